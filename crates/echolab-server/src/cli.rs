@@ -1,0 +1,120 @@
+//! The `echolab serve` command line: arguments, their checks, and the run.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::echo::{EchoConfig, Mode, DEFAULT_MAX_LINE};
+use crate::{logging, Model, ServeConfig};
+
+/// The default `--idle-timeout`, in seconds.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
+
+/// The default `--max-conns`.
+pub const DEFAULT_MAX_CONNS: usize = 10_000;
+
+/// Serve TCP echo with one of the lecture's concurrency models.
+///
+/// Prints `listening on ADDR (model MODEL)` on stderr once bound, then logs each
+/// connection. SIGINT or SIGTERM stops it: it stops accepting, closes every connection,
+/// ends its threads or child processes, and exits 0.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The concurrency model. Default: event (one thread, poll).
+    #[arg(long, short = 'm', value_enum)]
+    pub model: Option<Model>,
+
+    /// Address to listen on: IPv4 or IPv6 with a port; port 0 picks a free one.
+    #[arg(long, short = 'l', default_value = "127.0.0.1:7007", value_parser = parse_addr)]
+    pub listen: SocketAddr,
+
+    /// bytes: echo every byte back (RFC 862). lines: echo each line when its newline arrives.
+    #[arg(long, value_enum, default_value_t = Mode::Bytes)]
+    pub mode: Mode,
+
+    /// Lines mode: the longest line accepted, in bytes; a longer one closes its connection.
+    #[arg(long, default_value_t = DEFAULT_MAX_LINE, value_parser = parse_max_line)]
+    pub max_line: usize,
+
+    /// Close a connection after this many seconds without a byte in either direction; 0 never.
+    #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT_SECS, value_name = "SECS")]
+    pub idle_timeout: u64,
+
+    /// The most connections open at once. The next one is accepted and closed at once (the
+    /// client sees end-of-file without an echo), and a warning is logged.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNS, value_parser = parse_positive, value_name = "N")]
+    pub max_conns: usize,
+
+    /// Worker threads (prethreaded: default 4 per core; reactor, uring, async: one per core).
+    #[arg(long, value_parser = parse_positive, value_name = "N")]
+    pub workers: Option<usize>,
+
+    /// Log only warnings and errors (the listening line is still printed).
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+
+    /// Also log every read ("server received N bytes"); same as RUST_LOG=debug.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|_| format!("not an address with a port: {text:?} (try 127.0.0.1:7007 or [::1]:7007)"))
+}
+
+fn parse_positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("not a whole number: {text:?}")),
+    }
+}
+
+fn parse_max_line(text: &str) -> Result<usize, String> {
+    let n = parse_positive(text)?;
+    // A bound on a bound: a line is held whole in memory.
+    const MAX: usize = 1 << 30;
+    if n > MAX {
+        return Err(format!("at most {MAX} bytes"));
+    }
+    Ok(n)
+}
+
+impl ServeArgs {
+    /// The checked configuration these arguments describe.
+    pub fn config(&self) -> ServeConfig {
+        ServeConfig {
+            model: self.model.unwrap_or(Model::DEFAULT),
+            listen: self.listen,
+            echo: EchoConfig {
+                mode: self.mode,
+                max_line: self.max_line,
+            },
+            idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
+            max_conns: self.max_conns,
+            workers: self.workers,
+        }
+    }
+}
+
+/// Runs `echolab serve`: 0 after a clean shutdown, 2 for a bad setting (such as a port in
+/// use), 1 for a failure while serving.
+pub fn run(args: ServeArgs) -> ExitCode {
+    logging::init(args.quiet, args.verbose);
+    let config = args.config();
+    let model = config.model;
+    let result = crate::serve(config, |addr| {
+        eprintln!("listening on {addr} (model {model})");
+    });
+    match result {
+        Ok(()) => {
+            log::info!("server stopped");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("echolab serve: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}

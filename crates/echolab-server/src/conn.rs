@@ -1,0 +1,142 @@
+//! One connection served on a blocking socket: the lecture's `echo(connfd)`, shared by
+//! the iterative, process, thread and prethreaded models, plus the log lines every model
+//! writes when a connection opens and closes.
+
+use std::fmt;
+use std::io::{self, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::echo::{Echo, EchoConfig, EchoError};
+use crate::net;
+
+/// The read buffer of a blocking connection. Small enough for a 64 KiB thread stack
+/// (it lives on the heap anyway), large enough for one read per 16 KiB message.
+pub const READ_BUF: usize = 16 * 1024;
+
+/// How a connection ended.
+#[derive(Debug)]
+pub enum End {
+    /// The peer shut down its write side and got every byte back.
+    PeerClosed,
+    /// Nothing was read or written for the idle timeout.
+    Idle(Duration),
+    /// The server is shutting down.
+    Shutdown,
+    /// The echo failed: a reset, a broken pipe, an over-long line.
+    Failed(EchoError),
+}
+
+impl fmt::Display for End {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            End::PeerClosed => f.write_str("peer closed"),
+            End::Idle(timeout) => write!(f, "idle for {}s (--idle-timeout)", timeout.as_secs_f64()),
+            End::Shutdown => f.write_str("server shutting down"),
+            End::Failed(EchoError::Io(err)) => f.write_str(&net::describe(err)),
+            End::Failed(err) => err.fmt(f),
+        }
+    }
+}
+
+/// Logs that a connection from `peer` was accepted.
+pub fn log_opened(peer: SocketAddr) {
+    log::info!("conn {peer} opened");
+}
+
+/// Logs that the connection from `peer` ended, why, and how many bytes it moved.
+pub fn log_closed(peer: SocketAddr, echo: &Echo, end: &End) {
+    let (bytes_in, bytes_out) = (echo.bytes_in(), echo.bytes_out());
+    match end {
+        End::Failed(EchoError::LineTooLong { limit }) => {
+            log::warn!("conn {peer} closed: line longer than --max-line {limit} bytes ({bytes_in} bytes in, {bytes_out} out)")
+        }
+        _ => log::info!("conn {peer} closed: {end} ({bytes_in} bytes in, {bytes_out} out)"),
+    }
+}
+
+/// Logs and drops a connection accepted beyond `--max-conns`: the client sees the
+/// connection close at once, without an echo.
+pub fn refuse<C>(conn: C, peer: SocketAddr, max_conns: usize) {
+    log::warn!("conn {peer} refused: --max-conns {max_conns} connections already open");
+    drop(conn);
+}
+
+/// What a blocking connection needs besides its socket.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnSettings<'a> {
+    pub echo: EchoConfig,
+    pub idle_timeout: Option<Duration>,
+    /// Set when the server shuts down; tells a read that returned 0 after the server shut
+    /// the socket down apart from a peer that closed.
+    pub shutting_down: &'a AtomicBool,
+}
+
+/// Serves `conn` until the peer closes, the connection fails or idles, or the server
+/// shuts it down. Logs the open and the close.
+///
+/// Blocking I/O with the idle timeout set as `SO_RCVTIMEO`/`SO_SNDTIMEO`: a silent client
+/// times out in `read`, a client that never reads times out in `write` once the kernel's
+/// buffers are full. Either way the thread is freed.
+pub fn serve_blocking(conn: &TcpStream, peer: SocketAddr, settings: ConnSettings<'_>) -> End {
+    log_opened(peer);
+    let mut echo = Echo::new(settings.echo);
+    let end = echo_loop(conn, &mut echo, settings);
+    log_closed(peer, &echo, &end);
+    end
+}
+
+fn echo_loop(conn: &TcpStream, echo: &mut Echo, settings: ConnSettings<'_>) -> End {
+    if let Err(err) = conn
+        .set_read_timeout(settings.idle_timeout)
+        .and_then(|()| conn.set_write_timeout(settings.idle_timeout))
+    {
+        return End::Failed(EchoError::Io(err));
+    }
+    let idle = |err: &io::Error| matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut);
+    let mut buf = vec![0u8; READ_BUF];
+    let mut writer = conn;
+    loop {
+        let room = echo.read_room().min(buf.len());
+        match (&*conn).read(&mut buf[..room]) {
+            Ok(0) => {
+                if settings.shutting_down.load(Ordering::SeqCst) {
+                    return End::Shutdown;
+                }
+                if let Err(err) = echo.on_eof(&mut writer) {
+                    return End::Failed(err);
+                }
+                // A blocking write only stops early on the send timeout.
+                return if echo.is_finished() {
+                    End::PeerClosed
+                } else {
+                    End::Idle(settings.idle_timeout.unwrap_or_default())
+                };
+            }
+            Ok(n) => {
+                log::debug!("server received {n} bytes");
+                if let Err(err) = echo.on_input(&buf[..n], &mut writer) {
+                    return if settings.shutting_down.load(Ordering::SeqCst) {
+                        End::Shutdown
+                    } else {
+                        End::Failed(err)
+                    };
+                }
+                if echo.wants_write() {
+                    // The send timeout expired with bytes still owed: the peer stopped reading.
+                    return End::Idle(settings.idle_timeout.unwrap_or_default());
+                }
+            }
+            Err(err) if net::interrupted(&err) => {}
+            Err(err) if idle(&err) => return End::Idle(settings.idle_timeout.unwrap_or_default()),
+            Err(err) => {
+                return if settings.shutting_down.load(Ordering::SeqCst) {
+                    End::Shutdown
+                } else {
+                    End::Failed(EchoError::Io(err))
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! TCP echo servers in every concurrency model of CS:APP chapter 12, and the models that
+//! answer the lecture's "cons", all meeting one contract.
+//!
+//! A model differs from the others only in how it schedules connections; the bytes on the
+//! wire come from [`echo::Echo`], written once.
+//!
+//! # Layout
+//! - [`serve`]: binds the listener, installs the shutdown signal, runs one model.
+//! - [`cli`]: the `echolab serve` arguments and their checks.
+//! - Shared machinery: [`echo`] (what to echo, when, how much may wait), [`conn`] (the
+//!   blocking per-connection loop, the lecture's `echo(connfd)`), [`accept`] (an accept
+//!   loop that survives EMFILE and stops on shutdown), [`live`] (the open connections of a
+//!   blocking model, for `--max-conns` and shutdown), [`net`] (listener and socket
+//!   options), [`shutdown`] (SIGINT/SIGTERM as a pollable descriptor), [`sbuf`] (the
+//!   bounded queue, CS:APP's `sbuf`), [`logging`].
+//! - The lecture's models: [`iterative`], [`process`], [`event`], [`thread`],
+//!   [`prethreaded`].
+//! - Beyond the lecture: [`reactor`] (an event loop per core), [`uring`] (io_uring),
+//!   [`async_tokio`] (tokio, the conventional Rust server).
+#![forbid(unsafe_code)]
+
+pub mod accept;
+pub mod async_tokio;
+pub mod cli;
+pub mod conn;
+pub mod echo;
+pub mod event;
+pub mod iterative;
+pub mod live;
+pub mod logging;
+pub mod net;
+pub mod prethreaded;
+pub mod process;
+pub mod reactor;
+pub mod sbuf;
+pub mod shutdown;
+pub mod thread;
+pub mod uring;
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+pub use echo::{EchoConfig, Mode};
+
+/// A concurrency model: how the server schedules its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Model {
+    /// One client at a time (echoserveri); a second client waits in the listen backlog.
+    Iterative,
+    /// A child process per connection (echoserverp), reaped without a signal handler.
+    Process,
+    /// One thread multiplexing every connection with poll(2) (echoservers).
+    Event,
+    /// A thread per connection (echoservert).
+    Thread,
+    /// A fixed pool of worker threads fed by a bounded queue (echoservert_pre + sbuf).
+    Prethreaded,
+    /// One epoll event loop per core, each with its own SO_REUSEPORT listener.
+    Reactor,
+    /// io_uring: completion-based I/O with batched submission.
+    Uring,
+    /// tokio's multi-threaded runtime, the conventional Rust server.
+    Async,
+}
+
+impl Model {
+    /// Every model, in the lecture's order, then the fast ones.
+    pub const ALL: [Model; 8] = [
+        Model::Iterative,
+        Model::Process,
+        Model::Event,
+        Model::Thread,
+        Model::Prethreaded,
+        Model::Reactor,
+        Model::Uring,
+        Model::Async,
+    ];
+
+    /// The model `echolab serve` uses when none is named: the best one the project has.
+    pub const DEFAULT: Model = Model::Event;
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Model::Iterative => "iterative",
+            Model::Process => "process",
+            Model::Event => "event",
+            Model::Thread => "thread",
+            Model::Prethreaded => "prethreaded",
+            Model::Reactor => "reactor",
+            Model::Uring => "uring",
+            Model::Async => "async",
+        }
+    }
+}
+
+impl fmt::Display for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Everything a server needs to run, already checked.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub model: Model,
+    pub listen: SocketAddr,
+    pub echo: EchoConfig,
+    /// Connections silent (nothing read, nothing written) for this long are closed.
+    pub idle_timeout: Option<Duration>,
+    /// The most connections open at once; the next one is accepted and closed at once.
+    pub max_conns: usize,
+    /// Worker threads for the models that have a pool (prethreaded, reactor, uring, async).
+    pub workers: Option<usize>,
+}
+
+impl ServeConfig {
+    /// Defaults for `model` on `listen`, as `echolab serve` has them.
+    pub fn new(model: Model, listen: SocketAddr) -> ServeConfig {
+        ServeConfig {
+            model,
+            listen,
+            echo: EchoConfig::default(),
+            idle_timeout: Some(Duration::from_secs(cli::DEFAULT_IDLE_TIMEOUT_SECS)),
+            max_conns: cli::DEFAULT_MAX_CONNS,
+            workers: None,
+        }
+    }
+}
+
+/// Why a server could not start or stopped with an error.
+#[derive(Debug)]
+pub enum ServeError {
+    /// The listen address could not be bound.
+    Bind { addr: SocketAddr, source: io::Error },
+    /// The model cannot run here (for example io_uring refused by the kernel).
+    Unsupported { model: Model, reason: String },
+    /// Anything else, with what was being done.
+    Io { what: &'static str, source: io::Error },
+}
+
+impl fmt::Display for ServeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServeError::Bind { addr, source } => write!(f, "cannot bind {addr}: {}", net::describe(source)),
+            ServeError::Unsupported { model, reason } => write!(f, "model {model} cannot run here: {reason}"),
+            ServeError::Io { what, source } => write!(f, "{what}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+impl ServeError {
+    /// The exit status `echolab serve` uses: 2 for a bad setting, 1 for a runtime failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServeError::Bind { .. } | ServeError::Unsupported { .. } => 2,
+            ServeError::Io { .. } => 1,
+        }
+    }
+}
+
+/// What every model receives: the listener, the checked settings and the shutdown signal.
+#[derive(Debug)]
+pub struct Server {
+    pub listener: TcpListener,
+    pub config: ServeConfig,
+    pub shutdown: shutdown::Shutdown,
+}
+
+/// Binds `config.listen`, announces the address, and runs `config.model` until SIGINT or
+/// SIGTERM. `on_listening` receives the bound address (the real port when 0 was asked).
+pub fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -> Result<(), ServeError> {
+    let shutdown = shutdown::Shutdown::install().map_err(|source| ServeError::Io {
+        what: "cannot install the SIGINT/SIGTERM handlers",
+        source,
+    })?;
+    let listener = net::bind(config.listen, config.model == Model::Reactor).map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Io {
+        what: "cannot read the bound address",
+        source,
+    })?;
+    let server = Server {
+        listener,
+        config,
+        shutdown,
+    };
+    // Checks that can fail before the announcement (io_uring support) happen inside the
+    // model's `prepare`, so a script never sees "listening" from a server that cannot serve.
+    let model = server.config.model;
+    let runner = prepare(model, &server)?;
+    on_listening(addr);
+    log::info!("serving {} with model {model}", server.config.echo.mode);
+    runner(server).map_err(|source| ServeError::Io {
+        what: "server failed",
+        source,
+    })
+}
+
+type Runner = fn(Server) -> io::Result<()>;
+
+fn prepare(model: Model, server: &Server) -> Result<Runner, ServeError> {
+    Ok(match model {
+        Model::Iterative => iterative::run,
+        Model::Process => process::run,
+        Model::Event => event::run,
+        Model::Thread => thread::run,
+        Model::Prethreaded => prethreaded::run,
+        Model::Reactor => reactor::run,
+        Model::Uring => {
+            uring::probe(server).map_err(|reason| ServeError::Unsupported { model, reason })?;
+            uring::run
+        }
+        Model::Async => async_tokio::run,
+    })
+}
+
+/// The number of CPUs this process may run on.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

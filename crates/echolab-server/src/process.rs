@@ -1,0 +1,223 @@
+//! Process per connection (CS:APP's `echoserverp`): the parent accepts and forks; the
+//! child serves one connection and exits.
+//!
+//! Trade-off: the cleanest isolation (a child that crashes takes only its connection), at
+//! the price of a fork per connection and processes that must be reaped.
+//!
+//! The lecture's three rules, and where they are kept:
+//! - The parent closes its copy of the connection (`drop(conn)` after the fork): the
+//!   socket's reference count must fall to zero when the child closes it, or the client
+//!   never sees end-of-file.
+//! - The child closes its copy of the listener.
+//! - The parent reaps every child, but not in the signal handler: the SIGCHLD handler
+//!   only writes a byte to a pipe (async-signal-safe), and the parent's main loop, woken by
+//!   that pipe in `poll`, calls `waitpid(-1, WNOHANG)` until no child is left to reap.
+//!
+//! The parent forks while it is single-threaded (this model starts no thread), so the
+//! child may allocate and log. It ends with `_exit`: it must not run the parent's
+//! destructors or flush buffers it inherited.
+
+use std::collections::HashSet;
+use std::io::{self, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use echolab_sys::ForkResult;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::accept::OUT_OF_DESCRIPTORS_PAUSE;
+use crate::conn::{self, ConnSettings};
+use crate::{net, ServeConfig, Server};
+
+pub fn run(server: Server) -> io::Result<()> {
+    let Server {
+        listener,
+        config,
+        shutdown,
+    } = server;
+    listener.set_nonblocking(true)?;
+    // SIGCHLD as a readable pipe: the handler writes one byte, the loop below reaps.
+    let (sigchld_read, sigchld_write) = UnixStream::pair()?;
+    sigchld_read.set_nonblocking(true)?;
+    sigchld_write.set_nonblocking(true)?;
+    let sigchld_id = signal_hook::low_level::pipe::register(libc::SIGCHLD, sigchld_write)?;
+
+    let mut children: HashSet<Pid> = HashSet::new();
+    let mut accept_paused_until: Option<Instant> = None;
+    while !shutdown.is_triggered() {
+        let now = Instant::now();
+        let paused = accept_paused_until.filter(|until| *until > now);
+        let timeout = match paused {
+            Some(until) => PollTimeout::try_from(until - now).unwrap_or(PollTimeout::MAX),
+            None => PollTimeout::NONE,
+        };
+        let mut fds = [
+            PollFd::new(shutdown.fd(), PollFlags::POLLIN),
+            PollFd::new(sigchld_read.as_fd(), PollFlags::POLLIN),
+            PollFd::new(
+                listener.as_fd(),
+                if paused.is_some() { PollFlags::empty() } else { PollFlags::POLLIN },
+            ),
+        ];
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(err) => return Err(err.into()),
+        }
+        let sigchld = fds[1].any().unwrap_or(false);
+        let acceptable = fds[2].any().unwrap_or(false);
+        if sigchld {
+            drain(&sigchld_read);
+            reap(&mut children);
+        }
+        if acceptable {
+            accept_paused_until = None;
+            match listener.accept() {
+                Ok((conn, peer)) => {
+                    if children.len() >= config.max_conns {
+                        conn::refuse(conn, peer, config.max_conns);
+                    } else if let Some(pid) = fork_child(conn, peer, &listener, &config, &[&sigchld_read, &shutdown])? {
+                        children.insert(pid);
+                    }
+                }
+                Err(err) if net::would_block(&err) || net::interrupted(&err) || net::aborted_before_accept(&err) => {}
+                Err(err) => {
+                    log::warn!(
+                        "accept failed: {}; pausing accept for {} ms, open connections are still served",
+                        net::describe(&err),
+                        OUT_OF_DESCRIPTORS_PAUSE.as_millis()
+                    );
+                    accept_paused_until = Some(Instant::now() + OUT_OF_DESCRIPTORS_PAUSE);
+                }
+            }
+        }
+    }
+
+    // Shutdown: close the listener first (the port is free at once), then end every child
+    // and reap it, so that no process outlives the server.
+    drop(listener);
+    for pid in &children {
+        let _ = nix::sys::signal::kill(*pid, Signal::SIGTERM);
+    }
+    for pid in children.drain() {
+        loop {
+            match waitpid(pid, None) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                _ => break,
+            }
+        }
+        log::info!("child {pid} ended: server shutting down");
+    }
+    signal_hook::low_level::unregister(sigchld_id);
+    Ok(())
+}
+
+/// Something whose descriptor the child must close: the parent's pipes.
+trait ParentFd {
+    fn raw(&self) -> i32;
+}
+
+impl ParentFd for UnixStream {
+    fn raw(&self) -> i32 {
+        self.as_raw_fd()
+    }
+}
+
+impl ParentFd for crate::shutdown::Shutdown {
+    fn raw(&self) -> i32 {
+        self.fd().as_raw_fd()
+    }
+}
+
+/// Forks a child to serve `conn`. Returns the child's pid in the parent; never returns in
+/// the child. A failed fork costs only this connection.
+fn fork_child(
+    conn: TcpStream,
+    peer: SocketAddr,
+    listener: &TcpListener,
+    config: &ServeConfig,
+    parent_fds: &[&dyn ParentFd],
+) -> io::Result<Option<Pid>> {
+    if let Err(err) = conn.set_nonblocking(false).and_then(|()| net::configure(&conn)) {
+        log::warn!("conn {peer} dropped: cannot configure it: {}", net::describe(&err));
+        return Ok(None);
+    }
+    // Block SIGINT and SIGTERM across the fork, as CS:APP blocks SIGCHLD around its job
+    // list: until the child has reset their handlers (which write to the parent's pipe),
+    // it must not run them.
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGCHLD);
+    let mut old_mask = SigSet::empty();
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), Some(&mut old_mask))?;
+    // This model starts no thread, so the check inside always passes here.
+    let forked = echolab_sys::fork_single_threaded();
+    match forked {
+        Ok(ForkResult::Child) => {
+            // In the child. Signals default again: SIGTERM from the parent ends us.
+            for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGCHLD] {
+                let _ = echolab_sys::reset_signal_to_default(signal);
+            }
+            let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+            // The child's copies of the parent's descriptors: the listener (the lecture's
+            // `Close(listenfd)`) and the parent's pipes. Nothing here drops them, because
+            // the child ends in `_exit`.
+            let _ = nix::unistd::close(listener.as_raw_fd());
+            for fd in parent_fds {
+                let _ = nix::unistd::close(fd.raw());
+            }
+            let not_shutting_down = AtomicBool::new(false);
+            let settings = ConnSettings {
+                echo: config.echo,
+                idle_timeout: config.idle_timeout,
+                shutting_down: &not_shutting_down,
+            };
+            conn::serve_blocking(&conn, peer, settings);
+            drop(conn);
+            echolab_sys::exit_immediately(0)
+        }
+        Ok(ForkResult::Parent(pid)) => {
+            let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+            // The parent's copy of the connection: close it (the lecture's "important!").
+            drop(conn);
+            log::debug!("conn {peer} handed to child {pid}");
+            Ok(Some(Pid::from_raw(pid)))
+        }
+        Err(err) => {
+            let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+            log::warn!("conn {peer} dropped: fork failed: {}", net::describe(&err));
+            Ok(None)
+        }
+    }
+}
+
+/// Reaps every child that has exited, without blocking.
+fn reap(children: &mut HashSet<Pid>) {
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
+            Ok(status) => {
+                if let Some(pid) = status.pid() {
+                    children.remove(&pid);
+                    log::debug!("child {pid} reaped: {status:?}");
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(err) => {
+                log::warn!("waitpid failed: {err}");
+                return;
+            }
+        }
+    }
+}
+
+fn drain(pipe: &UnixStream) {
+    let mut buf = [0u8; 256];
+    while matches!((&*pipe).read(&mut buf), Ok(n) if n > 0) {}
+}

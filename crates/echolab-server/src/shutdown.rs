@@ -1,0 +1,101 @@
+//! SIGINT and SIGTERM as a descriptor that poll(2) can wait on (the self-pipe trick).
+//!
+//! The signal handler that `signal-hook` installs only writes one byte to a pipe, which is
+//! async-signal-safe; every reaction to the signal (stop accepting, close connections,
+//! join threads) happens in the normal flow of the program that polls the pipe.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::SigId;
+
+/// The server's stop signal. Readable (in poll) once SIGINT or SIGTERM arrived, or once
+/// [`Shutdown::trigger`] was called.
+#[derive(Debug)]
+pub struct Shutdown {
+    /// The read end of the self-pipe; non-blocking, never drained, so it stays readable.
+    read_end: UnixStream,
+    /// The write end, for [`Shutdown::trigger`]; a clone of it is registered with both
+    /// signals.
+    write_end: UnixStream,
+    /// Set with the pipe byte; lets threads that do not poll check cheaply.
+    flag: Arc<AtomicBool>,
+    /// The handler registrations, removed on drop.
+    sig_ids: Vec<SigId>,
+}
+
+impl Shutdown {
+    /// Installs handlers for SIGINT and SIGTERM that make this signal fire.
+    pub fn install() -> io::Result<Shutdown> {
+        let (read_end, write_end) = UnixStream::pair()?;
+        read_end.set_nonblocking(true)?;
+        write_end.set_nonblocking(true)?;
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut sig_ids = Vec::new();
+        for signal in [SIGINT, SIGTERM] {
+            // A second signal while shutting down ends the process at once (exit 1): the
+            // way out of a shutdown that hangs.
+            sig_ids.push(signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&flag))?);
+            // The flag before the pipe: a poller that wakes on the byte sees the flag set.
+            sig_ids.push(signal_hook::flag::register(signal, Arc::clone(&flag))?);
+            sig_ids.push(signal_hook::low_level::pipe::register(signal, write_end.try_clone()?)?);
+        }
+        Ok(Shutdown {
+            read_end,
+            write_end,
+            flag,
+            sig_ids,
+        })
+    }
+
+    /// Fires the signal from inside the program (tests, an embedding application).
+    pub fn trigger(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        // A full pipe already wakes every poller; nothing else can fail here.
+        let _ = (&self.write_end).write(&[1]);
+    }
+
+    /// Whether the signal has fired.
+    pub fn is_triggered(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    /// A shared handle on the flag, for threads that check it between blocking calls.
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.flag)
+    }
+
+    /// Waits up to `timeout` for the signal; true if it fired.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let mut fds = [PollFd::new(self.fd(), PollFlags::POLLIN)];
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        let _ = nix::poll::poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX));
+        self.is_triggered()
+    }
+
+    /// The descriptor to poll for readability.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.read_end.as_fd()
+    }
+
+    /// Empties the pipe (for a poller that must not keep waking, e.g. a model that
+    /// drains connections after the signal).
+    pub fn drain(&self) {
+        let mut buf = [0u8; 64];
+        while matches!((&self.read_end).read(&mut buf), Ok(n) if n > 0) {}
+    }
+}
+
+impl Drop for Shutdown {
+    fn drop(&mut self) {
+        for id in self.sig_ids.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+    }
+}

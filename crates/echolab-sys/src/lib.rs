@@ -1,0 +1,122 @@
+//! The only crate of echolab that contains `unsafe`: thin, documented wrappers over the
+//! process-control calls that have no safe equivalent (fork, `_exit`, resetting a signal
+//! disposition, reading the time-stamp counter).
+//!
+//! Every other crate is `#![forbid(unsafe_code)]` and calls these.
+//!
+//! # Layout
+//! - [`fork`], [`fork_single_threaded`], [`ForkResult`]: `fork(2)`, with the rules for the
+//!   child written down once, and a safe form that checks them.
+//! - [`exit_immediately`]: `_exit(2)`, which runs no destructors and flushes no buffers.
+//! - [`reset_signal_to_default`]: `sigaction(SIG_DFL)` for a child that must not run a
+//!   handler it inherited.
+//! - [`cycles`]: the CPU's time-stamp counter, for the lab's cost measurements.
+
+use std::io;
+
+/// What `fork` returned, in the process that sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForkResult {
+    /// We are the parent; the value is the child's process id.
+    Parent(libc::pid_t),
+    /// We are the child.
+    Child,
+}
+
+/// Forks the calling process.
+///
+/// # Safety
+///
+/// The caller must be single-threaded at the moment of the call, or the child must
+/// restrict itself to async-signal-safe calls until it calls [`exit_immediately`] or
+/// `exec`. A multi-threaded parent can hold a lock (in the allocator, in stdio) at the
+/// instant of the fork; the child gets a copy of that lock in the held state and
+/// deadlocks the first time it takes it. A single-threaded parent holds no such lock
+/// while it is inside `fork`, so its child may allocate and print freely.
+pub unsafe fn fork() -> io::Result<ForkResult> {
+    // SAFETY: fork has no memory-safety preconditions of its own; the caller upholds the
+    // threading rule above.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(ForkResult::Child),
+        pid => Ok(ForkResult::Parent(pid)),
+    }
+}
+
+/// Forks, after checking that the calling process has exactly one thread, which makes
+/// the child free to allocate, lock and print (see [`fork`]).
+///
+/// Fails with an error naming the thread count otherwise, so that a
+/// caller that started a thread by mistake gets an error instead of a child that may
+/// deadlock.
+pub fn fork_single_threaded() -> io::Result<ForkResult> {
+    let n_threads = thread_count()?;
+    if n_threads != 1 {
+        return Err(io::Error::other(format!(
+            "refusing to fork: the process has {n_threads} threads, and a child of a multi-threaded process may deadlock"
+        )));
+    }
+    // SAFETY: the process has one thread (checked just above; only this thread could
+    // start another, and it is here).
+    unsafe { fork() }
+}
+
+/// The number of threads of the calling process, from `/proc/self/stat`.
+pub fn thread_count() -> io::Result<usize> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Field 20 (num_threads); the command name (field 2) may hold spaces but ends at the
+    // last ')'.
+    let after_comm = stat.rfind(')').map_or("", |idx| &stat[idx + 1..]);
+    after_comm
+        .split_whitespace()
+        .nth(17)
+        .and_then(|field| field.parse().ok())
+        .ok_or_else(|| io::Error::other("cannot parse /proc/self/stat"))
+}
+
+/// Ends the calling process at once with `code`, like C's `_exit`.
+///
+/// No destructors run, no `atexit` handlers run, and no user-space buffer is flushed.
+/// That is what a forked child needs: buffers it inherited from its parent (a
+/// half-filled `BufWriter`, stdio) belong to the parent and would otherwise be written
+/// twice.
+pub fn exit_immediately(code: i32) -> ! {
+    // SAFETY: _exit is async-signal-safe and has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// Resets the disposition of `signal` to its default action (`SIG_DFL`).
+///
+/// A forked child inherits its parent's handlers; a handler that writes to the parent's
+/// self-pipe would wake the parent for the child's signals. Resetting is
+/// async-signal-safe, so it is allowed right after `fork` in any process.
+pub fn reset_signal_to_default(signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: a zeroed sigaction with sa_handler = SIG_DFL and an empty mask is a valid
+    // argument; sigaction only reads it.
+    let rc = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = libc::SIG_DFL;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(signal, &action, std::ptr::null_mut())
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Reads the CPU's time-stamp counter (a cycle count at a constant reference rate).
+///
+/// Returns `None` on architectures without one; callers then report nanoseconds only.
+pub fn cycles() -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: rdtsc is available on every x86_64 CPU and has no side effects.
+        Some(unsafe { core::arch::x86_64::_rdtsc() })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        None
+    }
+}

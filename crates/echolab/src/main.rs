@@ -1,0 +1,39 @@
+//! The `echolab` binary: parses the command line and hands it to one library crate.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// CS:APP chapter 12 made runnable: echo servers in every concurrency model, a load
+/// generator, and a lab of the lecture's hazards.
+#[derive(Debug, Parser)]
+#[command(name = "echolab", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve TCP echo with one concurrency model.
+    Serve(echolab_server::cli::ServeArgs),
+    /// Send stdin (or a file) to an echo server and print or verify what comes back.
+    Client(echolab_load::ClientArgs),
+    /// Load an echo server and measure it: messages/s, latency percentiles, errors.
+    Bench(echolab_load::BenchArgs),
+    /// Run every model under the same load and write tables and charts.
+    Compare(echolab_load::CompareArgs),
+    /// Reproduce the lecture's hazards (races, deadlock, starvation...) and measure them.
+    Lab(echolab_lab::LabArgs),
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Serve(args) => echolab_server::cli::run(args),
+        Command::Client(args) => echolab_load::run_client(args),
+        Command::Bench(args) => echolab_load::run_bench(args),
+        Command::Compare(args) => echolab_load::run_compare(args),
+        Command::Lab(args) => echolab_lab::run(args),
+    }
+}
