@@ -1,0 +1,431 @@
+//! The server contract, tested once and run against every model.
+//!
+//! Each test body below is a function of the model's name; `contract!` at the bottom
+//! expands every body into one `#[test]` per model (`iterative::basic_echo`,
+//! `event::basic_echo`, ...). A model's known limit (the iterative server serves one
+//! client at a time) is asserted as that model's expected behaviour, never skipped.
+//!
+//! Every server runs as a child process on `127.0.0.1:0`; every socket has timeouts, and
+//! waits are for a log line or a kernel state with a deadline, never a bare sleep.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Models that serve one client at a time.
+fn serializes(model: &str) -> bool {
+    model == "iterative"
+}
+
+fn basic_echo(model: &str) {
+    let server = Server::start(model, &[]);
+    let mut conn = connect(server.addr);
+    conn.write_all(b"hello, echo\n").unwrap();
+    assert_eq!(read_n(&mut conn, 12), b"hello, echo\n");
+    conn.write_all(b"again").unwrap();
+    assert_eq!(read_n(&mut conn, 5), b"again");
+    drop(conn);
+    server.log.wait_for("closed: peer closed", 1);
+}
+
+fn binary_64k_with_nul_and_crlf(model: &str) {
+    let server = Server::start(model, &[]);
+    let mut payload = pattern(64 * 1024);
+    for chunk in payload.chunks_mut(1000) {
+        chunk[..4].copy_from_slice(b"\0\r\n\0");
+    }
+    assert_eq!(round_trip(server.addr, payload.clone()), payload);
+}
+
+fn streams_16_mib_with_concurrent_send_and_receive(model: &str) {
+    let server = Server::start(model, &[]);
+    let payload = pattern(16 * 1024 * 1024);
+    let echoed = round_trip(server.addr, payload.clone());
+    assert_eq!(echoed.len(), payload.len());
+    assert!(echoed == payload, "16 MiB echo differs");
+    let closed = server.log.wait_for("closed: peer closed", 1);
+    assert!(closed[0].contains("16777216 bytes in, 16777216 out"), "{closed:?}");
+}
+
+fn hundred_concurrent_clients(model: &str) {
+    let server = Server::start(model, &[]);
+    let addr = server.addr;
+    let clients: Vec<_> = (0..100)
+        .map(|client_idx| {
+            std::thread::spawn(move || {
+                let payload: Vec<u8> = pattern(4096).into_iter().map(|b| b ^ client_idx as u8).collect();
+                assert_eq!(round_trip(addr, payload.clone()), payload);
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+    server.log.wait_for("closed: peer closed", 100);
+}
+
+/// The lecture's "where does the second client block?": client 2's connect and write
+/// succeed at once; an iterative server echoes to it only after client 1 leaves, a
+/// concurrent one while client 1 is still connected and idle.
+fn second_client_while_first_is_idle(model: &str) {
+    let server = Server::start(model, &[]);
+    let mut first = connect(server.addr);
+    first.write_all(b"one").unwrap();
+    assert_eq!(read_n(&mut first, 3), b"one");
+    let first_port = first.local_addr().unwrap().port();
+
+    let mut second = connect(server.addr);
+    second.write_all(b"two").unwrap(); // Returns at once for every model: kernel buffers.
+    let second_port = second.local_addr().unwrap().port();
+    if serializes(model) {
+        drop(first);
+        assert_eq!(read_n(&mut second, 3), b"two");
+        let log = server.log.lines();
+        let first_closed = log.iter().position(|l| l.contains(&format!(":{first_port} closed")));
+        let second_opened = log.iter().position(|l| l.contains(&format!(":{second_port} opened")));
+        assert!(
+            first_closed.unwrap() < second_opened.unwrap(),
+            "iterative: the second client must be accepted only after the first left:\n{}",
+            log.join("\n")
+        );
+    } else {
+        assert_eq!(read_n(&mut second, 3), b"two");
+        // The first client is still connected and idle, and still served.
+        first.write_all(b"still").unwrap();
+        assert_eq!(read_n(&mut first, 5), b"still");
+        assert!(server.log.position(&format!(":{first_port} closed")).is_none());
+    }
+}
+
+fn half_close_returns_every_byte_owed(model: &str) {
+    let server = Server::start(model, &[]);
+    let mut conn = connect(server.addr);
+    conn.write_all(b"no newline at the end").unwrap();
+    conn.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_end(&mut conn).unwrap(), b"no newline at the end");
+    // Lines mode: the last line without '\n' is echoed at end of input.
+    let lines = Server::start(model, &["--mode", "lines"]);
+    let echoed = round_trip(lines.addr, b"first\nsecond\nlast without newline".to_vec());
+    assert_eq!(echoed, b"first\nsecond\nlast without newline");
+}
+
+fn client_reset_mid_stream_costs_only_its_connection(model: &str) {
+    let server = Server::start(model, &[]);
+    let mut victim = connect(server.addr);
+    victim.write_all(&pattern(256 * 1024)[..1024]).unwrap();
+    assert_eq!(read_n(&mut victim, 1024).len(), 1024);
+    // Keep bytes in flight both ways, then reset: SO_LINGER 0 makes close send RST.
+    let mut writer = victim.try_clone().unwrap();
+    writer.write_all(&pattern(100 * 1024)).unwrap();
+    socket2::SockRef::from(&victim).set_linger(Some(Duration::ZERO)).unwrap();
+    drop(writer);
+    drop(victim);
+    server.log.wait_for(" closed: ", 1);
+    // Someone who closes without reading their echo.
+    let mut rude = connect(server.addr);
+    rude.write_all(&pattern(100 * 1024)).unwrap();
+    drop(rude);
+    server.log.wait_for(" closed: ", 2);
+    // The server is alive and serves the next client.
+    assert_eq!(round_trip(server.addr, b"alive?".to_vec()), b"alive?");
+}
+
+/// A client that sends and never reads: the server stops reading it once 64 KiB are owed,
+/// so its memory stays bounded, and it keeps serving everyone else.
+fn client_that_never_reads_cannot_grow_server_memory(model: &str) {
+    let server = Server::start(model, &[]);
+    let pss_before = pss_kib(server.pid());
+    let hog = connect(server.addr);
+    hog.set_nonblocking(true).unwrap();
+    let chunk = pattern(64 * 1024);
+    let mut pushed = 0usize;
+    let limit = 256 * 1024 * 1024;
+    let deadline = Instant::now() + STEP;
+    // Push until the kernel says "would block" for a while: every buffer on the way is
+    // full because the server stopped reading.
+    let mut blocked_since: Option<Instant> = None;
+    while pushed < limit && Instant::now() < deadline {
+        match (&hog).write(&chunk) {
+            Ok(n) => {
+                pushed += n;
+                blocked_since = None;
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                let since = *blocked_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_millis(300) {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            Err(err) => panic!("hog write failed: {err}"),
+        }
+    }
+    assert!(pushed < limit, "the server kept reading {pushed} bytes from a client that never reads");
+    let grown = pss_kib(server.pid()).saturating_sub(pss_before);
+    assert!(grown < 8 * 1024, "server memory (PSS) grew {grown} KiB for one non-reading client ({pushed} bytes pushed)");
+    if !serializes(model) {
+        assert_eq!(round_trip(server.addr, b"others are served".to_vec()), b"others are served");
+    }
+    drop(hog);
+    server.log.wait_for(" closed: ", 1);
+    assert_eq!(round_trip(server.addr, b"after".to_vec()), b"after");
+}
+
+fn slow_partial_line_blocks_no_one(model: &str) {
+    let server = Server::start(model, &["--mode", "lines"]);
+    let mut slow = connect(server.addr);
+    slow.write_all(b"hel").unwrap();
+    let slow_port = slow.local_addr().unwrap().port();
+    server.log.wait_for(&format!(":{slow_port} opened"), 1);
+    if !serializes(model) {
+        // Another client is served while the first one's line is incomplete.
+        assert_eq!(round_trip(server.addr, b"quick\n".to_vec()), b"quick\n");
+    }
+    for byte in b"lo, " {
+        slow.write_all(&[*byte]).unwrap();
+    }
+    slow.write_all(b"world\n").unwrap();
+    assert_eq!(read_n(&mut slow, 13), b"hello, world\n");
+    slow.write_all(b"no\0nl\r").unwrap();
+    slow.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_end(&mut slow).unwrap(), b"no\0nl\r");
+}
+
+fn over_long_line_closes_that_connection(model: &str) {
+    let server = Server::start(model, &["--mode", "lines", "--max-line", "1000"]);
+    let ok_line = [vec![b'a'; 1000], vec![b'\n']].concat();
+    assert_eq!(round_trip(server.addr, ok_line.clone()), ok_line);
+    let mut long = connect(server.addr);
+    let port = long.local_addr().unwrap().port();
+    long.write_all(&[b'x'; 5000]).unwrap();
+    // The server closes: end-of-file or a reset, never an echo.
+    let mut buf = [0u8; 16];
+    match long.read(&mut buf) {
+        Ok(n) => assert_eq!(n, 0, "an over-long line was echoed"),
+        Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
+    }
+    let logged = server.log.wait_for("--max-line 1000", 1);
+    assert!(logged[0].contains(&format!(":{port}")), "the log line names the peer: {logged:?}");
+    assert_eq!(round_trip(server.addr, b"short\n".to_vec()), b"short\n");
+}
+
+fn resources_back_to_baseline_after_200_connections(model: &str) {
+    let server = Server::start(model, &[]);
+    let pid = server.pid();
+    // One connection first, so that lazily created resources exist in the baseline.
+    assert_eq!(round_trip(server.addr, b"warm".to_vec()), b"warm");
+    server.log.wait_for("closed: peer closed", 1);
+    assert!(eventually(|| children(pid).0 == 0), "a child is left after the warm-up");
+    let (fds, threads) = (fd_count(pid), thread_count(pid));
+    let addr = server.addr;
+    for batch in 0..10 {
+        let clients: Vec<_> = (0..20)
+            .map(|i| std::thread::spawn(move || assert_eq!(round_trip(addr, vec![batch as u8, i as u8]), [batch as u8, i as u8])))
+            .collect();
+        clients.into_iter().for_each(|c| c.join().unwrap());
+    }
+    server.log.wait_for("closed: peer closed", 201);
+    assert!(
+        eventually(|| children(pid) == (0, 0)),
+        "children or zombies left: {:?}",
+        children(pid)
+    );
+    assert!(eventually(|| fd_count(pid) <= fds), "descriptors: {} now, {fds} before", fd_count(pid));
+    assert!(
+        eventually(|| thread_count(pid) <= threads),
+        "threads: {} now, {threads} before",
+        thread_count(pid)
+    );
+}
+
+fn idle_timeout_closes_silent_connections(model: &str) {
+    let server = Server::start(model, &["--idle-timeout", "1"]);
+    let mut silent = connect(server.addr);
+    let started = Instant::now();
+    match silent.read(&mut [0u8; 1]) {
+        Ok(n) => assert_eq!(n, 0),
+        Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(900), "closed before the timeout");
+    server.log.wait_for("idle for 1s", 1);
+    assert_eq!(round_trip(server.addr, b"busy".to_vec()), b"busy");
+}
+
+fn max_conns_caps_open_connections(model: &str) {
+    let server = Server::start(model, &["--max-conns", "2"]);
+    let mut held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut conn = connect(server.addr);
+            conn.write_all(b"x").unwrap();
+            if !serializes(model) {
+                assert_eq!(read_n(&mut conn, 1), b"x");
+            }
+            conn
+        })
+        .collect();
+    let mut third = connect(server.addr);
+    third.write_all(b"3").unwrap();
+    if serializes(model) {
+        // One connection at a time: the others wait in the backlog and are served in turn.
+        for mut conn in held.drain(..) {
+            assert_eq!(read_n(&mut conn, 1), b"x");
+        }
+        assert_eq!(read_n(&mut third, 1), b"3");
+    } else {
+        // Accepted and closed at once: end-of-file (or a reset, as the byte sent is unread).
+        match third.read(&mut [0u8; 1]) {
+            Ok(n) => assert_eq!(n, 0, "a connection over --max-conns was served"),
+            Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
+        }
+        server.log.wait_for("--max-conns 2", 1);
+        drop(held);
+        server.log.wait_for("closed: peer closed", 2);
+        assert_eq!(round_trip(server.addr, b"room again".to_vec()), b"room again");
+    }
+}
+
+/// Out of descriptors on accept: the server keeps serving what it has, does not spin, and
+/// accepts again once descriptors free up.
+fn survives_running_out_of_descriptors(model: &str) {
+    let mut command = std::process::Command::new("prlimit");
+    command.args(["--nofile=64:64", "--", env!("CARGO_BIN_EXE_echolab")]);
+    // Enough workers that the pool is not what runs out (its own limit is tested elsewhere).
+    let extra: &[&str] = if model == "prethreaded" { &["--workers", "128"] } else { &[] };
+    let server = Server::start_with(command, model, "127.0.0.1:0", extra);
+    let pid = server.pid();
+    let mut conns: Vec<TcpStream> = Vec::new();
+    for _ in 0..90 {
+        let mut conn = connect(server.addr);
+        conn.write_all(b"e").unwrap();
+        conns.push(conn);
+    }
+    // The process model's parent closes its copy of every connection, and the iterative
+    // server holds one at a time: neither runs out.
+    let parent_runs_out = model != "process" && !serializes(model);
+    if parent_runs_out {
+        server.log.wait_for("too many open files", 1);
+        let mut first = conns.remove(0);
+        if !serializes(model) {
+            assert_eq!(read_n(&mut first, 1), b"e", "an open connection stopped being served");
+        }
+        let ticks = cpu_ticks(pid);
+        let window = Instant::now();
+        // Not synchronisation: a measurement window over which a spinning accept loop
+        // would burn a whole core.
+        std::thread::sleep(Duration::from_millis(500));
+        let burned = cpu_ticks(pid) - ticks;
+        let ticks_per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap() as u64;
+        let window_ticks = window.elapsed().as_secs_f64() * ticks_per_sec as f64;
+        assert!(
+            (burned as f64) < window_ticks * 0.4,
+            "server burned {burned} ticks of CPU in {window_ticks:.0} while out of descriptors"
+        );
+        drop(first);
+    }
+    // Free descriptors: everyone still waiting is accepted and served.
+    for conn in conns.iter_mut().take(40) {
+        if !serializes(model) {
+            assert_eq!(read_n(conn, 1), b"e");
+        }
+        conn.shutdown(Shutdown::Both).unwrap();
+    }
+    conns.drain(..40);
+    for conn in conns.iter_mut() {
+        assert_eq!(read_n(conn, 1), b"e", "a connection waiting for a descriptor was never served");
+        if serializes(model) {
+            conn.shutdown(Shutdown::Both).unwrap();
+        }
+    }
+}
+
+fn graceful_shutdown_releases_everything(model: &str) {
+    let mut server = Server::start(model, &[]);
+    let pid = server.pid();
+    let mut busy = connect(server.addr);
+    busy.write_all(b"mid").unwrap();
+    assert_eq!(read_n(&mut busy, 3), b"mid");
+    let idle: Vec<TcpStream> = (0..3).map(|_| connect(server.addr)).collect();
+    if !serializes(model) {
+        server.log.wait_for(" opened", 4);
+    }
+    let kids = support::family(pid);
+    let started = Instant::now();
+    let status = server.terminate(Duration::from_secs(2)).expect("server did not exit within 2 s of SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // Every connection sees the close.
+    assert_eq!(read_to_end(&mut busy).unwrap_or_default(), b"");
+    for mut conn in idle {
+        let _ = read_to_end(&mut conn);
+    }
+    // No child outlives the server.
+    for kid in kids.into_iter().filter(|k| *k != pid) {
+        assert!(
+            eventually(|| !std::path::Path::new(&format!("/proc/{kid}")).exists()),
+            "child {kid} outlived the server"
+        );
+    }
+    // The port is free again.
+    let rebind = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    rebind.set_reuse_address(true).unwrap();
+    rebind.bind(&server.addr.into()).expect("port still held after shutdown");
+}
+
+fn serves_ipv6_loopback(model: &str) {
+    let ipv6_works = std::net::TcpListener::bind("[::1]:0").is_ok();
+    if !ipv6_works {
+        eprintln!("skipping: this machine has no IPv6 loopback");
+        return;
+    }
+    let server = Server::start_with(echolab(), model, "[::1]:0", &[]);
+    assert!(server.addr.is_ipv6());
+    assert_eq!(round_trip(server.addr, b"six".to_vec()), b"six");
+}
+
+/// Expands every contract test for one model, in a module named after it.
+macro_rules! model_tests {
+    ($module:ident, $model:literal: $($test:ident),* $(,)?) => {
+        mod $module {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test($model);
+                }
+            )*
+        }
+    };
+}
+
+/// Every contract test, for every model.
+macro_rules! contract {
+    ($($test:ident),* $(,)?) => {
+        model_tests!(iterative, "iterative": $($test),*);
+        model_tests!(process, "process": $($test),*);
+        model_tests!(event, "event": $($test),*);
+        model_tests!(thread, "thread": $($test),*);
+        model_tests!(prethreaded, "prethreaded": $($test),*);
+    };
+}
+
+contract!(
+    basic_echo,
+    binary_64k_with_nul_and_crlf,
+    streams_16_mib_with_concurrent_send_and_receive,
+    hundred_concurrent_clients,
+    second_client_while_first_is_idle,
+    half_close_returns_every_byte_owed,
+    client_reset_mid_stream_costs_only_its_connection,
+    client_that_never_reads_cannot_grow_server_memory,
+    slow_partial_line_blocks_no_one,
+    over_long_line_closes_that_connection,
+    resources_back_to_baseline_after_200_connections,
+    idle_timeout_closes_silent_connections,
+    max_conns_caps_open_connections,
+    survives_running_out_of_descriptors,
+    graceful_shutdown_releases_everything,
+    serves_ipv6_loopback,
+);

@@ -1,0 +1,301 @@
+//! Test support: runs `echolab serve` as a child process (never inside the multi-threaded
+//! test harness: the process model forks) and reads what it says and what it holds.
+#![allow(dead_code)] // Each test binary uses a different part of the support module.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// The longest any single step of a test may wait. Generous: CI shares two cores.
+pub const STEP: Duration = Duration::from_secs(20);
+
+/// The built binary.
+pub fn echolab() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_echolab"))
+}
+
+/// A running `echolab serve`, stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: Arc<Log>,
+}
+
+/// Every line the server wrote on stderr, with a way to wait for one.
+#[derive(Default)]
+pub struct Log {
+    lines: Mutex<Vec<String>>,
+    changed: Condvar,
+    closed: Mutex<bool>,
+}
+
+impl Log {
+    /// A copy of the lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits until `count` lines contain `needle`; panics after [`STEP`].
+    pub fn wait_for(&self, needle: &str, count: usize) -> Vec<String> {
+        let deadline = Instant::now() + STEP;
+        let mut lines = self.lines.lock().unwrap();
+        loop {
+            let matching: Vec<String> = lines.iter().filter(|l| l.contains(needle)).cloned().collect();
+            if matching.len() >= count {
+                return matching;
+            }
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "timed out waiting for {count} log lines containing {needle:?}; log so far:\n{}",
+                lines.join("\n")
+            );
+            lines = self.changed.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+
+    /// The index of the first line containing `needle`.
+    pub fn position(&self, needle: &str) -> Option<usize> {
+        self.lines().iter().position(|l| l.contains(needle))
+    }
+
+    fn push(&self, line: String) {
+        self.lines.lock().unwrap().push(line);
+        self.changed.notify_all();
+    }
+}
+
+impl Server {
+    /// Starts `echolab serve --model MODEL --listen 127.0.0.1:0 EXTRA...` and waits for
+    /// its `listening on` line.
+    pub fn start(model: &str, extra: &[&str]) -> Server {
+        Server::start_with(echolab(), model, "127.0.0.1:0", extra)
+    }
+
+    /// As [`Server::start`], from a prepared command (for `prlimit` and friends) and address.
+    pub fn start_with(mut command: Command, model: &str, listen: &str, extra: &[&str]) -> Server {
+        command
+            .args(["serve", "--model", model, "--listen", listen])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn echolab serve");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Log::default());
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                let mut addr_tx = Some(addr_tx);
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(rest) = line.strip_prefix("listening on ") {
+                        let addr: SocketAddr = rest.split(' ').next().unwrap().parse().unwrap();
+                        if let Some(tx) = addr_tx.take() {
+                            let _ = tx.send(addr);
+                        }
+                    }
+                    log.push(line);
+                }
+                *log.closed.lock().unwrap() = true;
+                log.changed.notify_all();
+            });
+        }
+        let addr = match addr_rx.recv_timeout(STEP) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("server {model} did not print its address; log:\n{}", log.lines().join("\n"));
+            }
+        };
+        Server { child, addr, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the exit.
+    pub fn terminate(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), nix::sys::signal::Signal::SIGTERM);
+        wait_exit(&mut self.child, limit)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            if self.terminate(Duration::from_secs(5)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+/// Waits for `child` to exit, up to `limit`.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Polls `condition` until it holds or [`STEP`] passes; returns whether it held. For state
+/// the kernel changes without telling us (a descriptor closed, a zombie reaped).
+pub fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + STEP;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A connection with read and write timeouts, so that no test step can hang.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let conn = TcpStream::connect_timeout(&addr, STEP).expect("connect");
+    conn.set_read_timeout(Some(STEP)).unwrap();
+    conn.set_write_timeout(Some(STEP)).unwrap();
+    conn
+}
+
+/// Reads exactly `n` bytes.
+pub fn read_n(conn: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    conn.read_exact(&mut buf).expect("read echo");
+    buf
+}
+
+/// Reads until end-of-file.
+pub fn read_to_end(conn: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    conn.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Sends `payload`, shuts down the write side, and returns everything echoed until EOF.
+/// The payload is written from a second thread, so that a payload larger than the socket
+/// buffers cannot deadlock the test.
+pub fn round_trip(addr: SocketAddr, payload: Vec<u8>) -> Vec<u8> {
+    let mut conn = connect(addr);
+    let mut writer = conn.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        writer.write_all(&payload).expect("send");
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let out = read_to_end(&mut conn).expect("read echo");
+    sender.join().unwrap();
+    out
+}
+
+/// A payload of `n` bytes whose every byte depends on its offset.
+pub fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+/// The server process and its descendants (the process model's children).
+pub fn family(pid: i32) -> Vec<i32> {
+    let mut out = vec![pid];
+    let mut idx = 0;
+    while idx < out.len() {
+        let p = out[idx];
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for task in tasks.flatten() {
+                let path = task.path().join("children");
+                if let Ok(text) = std::fs::read_to_string(path) {
+                    out.extend(text.split_whitespace().filter_map(|s| s.parse::<i32>().ok()));
+                }
+            }
+        }
+        idx += 1;
+    }
+    out
+}
+
+/// Resident memory of `pid` and its descendants, in KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    family(pid).iter().map(|p| status_field(*p, "VmRSS:")).sum()
+}
+
+/// Proportional set size of `pid` and its descendants, in KiB: pages shared after a fork
+/// count once in all, not once per process.
+pub fn pss_kib(pid: i32) -> u64 {
+    family(pid)
+        .iter()
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok()?;
+            let line = text.lines().find(|l| l.starts_with("Pss:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// A numeric field of /proc/PID/status (0 if absent).
+pub fn status_field(pid: i32, name: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// Open descriptors of `pid`.
+pub fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Threads of `pid`.
+pub fn thread_count(pid: i32) -> usize {
+    status_field(pid, "Threads:") as usize
+}
+
+/// The direct children of `pid`, and how many of them are zombies.
+pub fn children(pid: i32) -> (usize, usize) {
+    let kids: Vec<i32> = family(pid).into_iter().filter(|p| *p != pid && parent_of(*p) == Some(pid)).collect();
+    let zombies = kids.iter().filter(|p| state_of(**p) == Some('Z')).count();
+    (kids.len(), zombies)
+}
+
+fn stat_after_comm(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat[stat.rfind(')')? + 1..].to_string())
+}
+
+fn state_of(pid: i32) -> Option<char> {
+    stat_after_comm(pid)?.split_whitespace().next()?.chars().next()
+}
+
+fn parent_of(pid: i32) -> Option<i32> {
+    stat_after_comm(pid)?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// User plus system CPU time of `pid` and its descendants, in clock ticks.
+pub fn cpu_ticks(pid: i32) -> u64 {
+    family(pid)
+        .iter()
+        .filter_map(|p| {
+            let rest = stat_after_comm(*p)?;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15; `rest` starts at field 3.
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
