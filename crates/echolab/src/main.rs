@@ -29,11 +29,36 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => {
+            // --help and --version: clap's own output, on stdout.
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            eprintln!("echolab: {}", one_line(&err.render().to_string()));
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
         Command::Serve(args) => echolab_server::cli::run(args),
         Command::Client(args) => echolab_load::run_client(args),
         Command::Bench(args) => echolab_load::run_bench(args),
         Command::Compare(args) => echolab_load::run_compare(args),
         Command::Lab(args) => echolab_lab::run(args),
     }
+}
+
+/// A clap error on one line: "error: invalid value 'x' for '--model <MODEL>' [possible
+/// values: ...]", without the blank line and the "--help" hint.
+fn one_line(rendered: &str) -> String {
+    rendered
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("For more information"))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_string()
 }

@@ -1,0 +1,63 @@
+//! The command line: bad flags and values get one line on stderr naming the problem, and
+//! exit code 2; help explains.
+
+mod support;
+
+use std::process::Output;
+
+use support::echolab;
+
+fn run(args: &[&str]) -> Output {
+    echolab().args(args).output().expect("run echolab")
+}
+
+fn assert_usage_error(args: &[&str], names: &str) {
+    let out = run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{args:?}: one line expected, got:\n{stderr}");
+    assert!(stderr.contains(names), "{args:?}: {stderr:?} does not name {names:?}");
+}
+
+#[test]
+fn unknown_model_is_named() {
+    assert_usage_error(&["serve", "--model", "forky"], "forky");
+}
+
+#[test]
+fn zero_max_line_is_refused() {
+    assert_usage_error(&["serve", "--max-line", "0"], "--max-line");
+}
+
+#[test]
+fn zero_workers_and_max_conns_are_refused() {
+    assert_usage_error(&["serve", "--workers", "0"], "--workers");
+    assert_usage_error(&["serve", "--max-conns", "0"], "--max-conns");
+}
+
+#[test]
+fn bad_listen_address_is_named() {
+    assert_usage_error(&["serve", "--listen", "localhost"], "localhost");
+}
+
+#[test]
+fn unknown_subcommand_is_named() {
+    assert_usage_error(&["srve"], "srve");
+}
+
+#[test]
+fn port_in_use_is_named() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    assert_usage_error(&["serve", "--listen", &addr], &format!("cannot bind {addr}: address already in use"));
+}
+
+#[test]
+fn help_explains_the_models_and_the_connection_cap() {
+    let out = run(&["serve", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in ["iterative", "prethreaded", "reactor", "--max-conns", "closed at once", "--idle-timeout"] {
+        assert!(help.contains(word), "serve --help lacks {word:?}");
+    }
+}
