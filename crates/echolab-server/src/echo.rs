@@ -168,7 +168,11 @@ impl Echo {
     /// Bytes that `w` would not take (`WouldBlock`) are kept and written by a later
     /// [`Echo::flush`]. In bytes mode with nothing owed, the input goes straight from the
     /// caller's buffer to the socket, and only a remainder is copied.
-    pub fn on_input<W: Write + ?Sized>(&mut self, input: &[u8], w: &mut W) -> Result<(), EchoError> {
+    pub fn on_input<W: Write + ?Sized>(
+        &mut self,
+        input: &[u8],
+        w: &mut W,
+    ) -> Result<(), EchoError> {
         self.bytes_in += input.len() as u64;
         match self.config.mode {
             Mode::Bytes => self.send(input, w)?,
@@ -303,8 +307,6 @@ mod tests {
         out: Vec<u8>,
         script: Vec<usize>,
         call: usize,
-        /// Length of `out` at each point where the writer was asked to write.
-        seen_lengths: Vec<usize>,
     }
 
     impl Write for ShortWriter {
@@ -316,7 +318,6 @@ mod tests {
             }
             let n = take.min(buf.len());
             self.out.extend_from_slice(&buf[..n]);
-            self.seen_lengths.push(self.out.len());
             Ok(n)
         }
         fn flush(&mut self) -> io::Result<()> {
@@ -326,13 +327,17 @@ mod tests {
 
     /// Runs `input` through an `Echo`, split into reads of the scripted sizes (each
     /// capped by `read_room`, as a model does), against a writer with short writes.
-    fn run(config: EchoConfig, input: &[u8], reads: &[usize], writes: &[usize]) -> (Vec<u8>, Result<(), String>) {
+    fn run(
+        config: EchoConfig,
+        input: &[u8],
+        reads: &[usize],
+        writes: &[usize],
+    ) -> (Vec<u8>, Result<(), String>) {
         let mut echo = Echo::new(config);
         let mut w = ShortWriter {
             out: Vec::new(),
             script: writes.to_vec(),
             call: 0,
-            seen_lengths: Vec::new(),
         };
         let mut pos = 0;
         let mut read_idx = 0;
@@ -347,13 +352,19 @@ mod tests {
                 echo.flush(&mut w).unwrap();
                 continue;
             }
-            let n = reads[read_idx % reads.len()].clamp(1, room).min(input.len() - pos);
+            let n = reads[read_idx % reads.len()]
+                .clamp(1, room)
+                .min(input.len() - pos);
             read_idx += 1;
             if let Err(err) = echo.on_input(&input[pos..pos + n], &mut w) {
                 return (w.out, Err(err.to_string()));
             }
             pos += n;
             assert!(echo.owed_len() <= MAX_OWED + config.max_line + 1);
+            if config.mode == Mode::Lines {
+                // Nothing of a line goes out before its newline has arrived.
+                assert!(w.out.is_empty() || w.out.ends_with(b"\n"));
+            }
         }
         echo.on_eof(&mut w).unwrap();
         for _ in 0..1_000_000 {
@@ -376,6 +387,9 @@ mod tests {
     }
 
     proptest! {
+        // Large inputs make each case slow in a debug build; fewer cases cover them well.
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
         #[test]
         fn bytes_mode_echoes_everything(
             input in proptest::collection::vec(any::<u8>(), 0..200_000),
@@ -423,7 +437,10 @@ mod tests {
 
     #[test]
     fn a_line_is_held_until_its_newline() {
-        let config = EchoConfig { mode: Mode::Lines, max_line: 100 };
+        let config = EchoConfig {
+            mode: Mode::Lines,
+            max_line: 100,
+        };
         let mut echo = Echo::new(config);
         let mut out = Vec::new();
         echo.on_input(b"hel", &mut out).unwrap();
@@ -437,10 +454,15 @@ mod tests {
 
     #[test]
     fn a_line_at_the_limit_passes_and_one_byte_more_fails() {
-        let config = EchoConfig { mode: Mode::Lines, max_line: 4 };
+        let config = EchoConfig {
+            mode: Mode::Lines,
+            max_line: 4,
+        };
         let mut out = Vec::new();
         Echo::new(config).on_input(b"abcd\n", &mut out).unwrap();
-        let err = Echo::new(config).on_input(b"abcde\n", &mut out).unwrap_err();
+        let err = Echo::new(config)
+            .on_input(b"abcde\n", &mut out)
+            .unwrap_err();
         assert!(matches!(err, EchoError::LineTooLong { limit: 4 }));
         let err = Echo::new(config).on_input(b"abcde", &mut out).unwrap_err();
         assert!(matches!(err, EchoError::LineTooLong { limit: 4 }));
@@ -449,7 +471,11 @@ mod tests {
     #[test]
     fn backpressure_stops_reading_at_the_bound() {
         let mut echo = Echo::new(EchoConfig::default());
-        let mut blocked = ShortWriter { out: Vec::new(), script: vec![0], call: 0, seen_lengths: Vec::new() };
+        let mut blocked = ShortWriter {
+            out: Vec::new(),
+            script: vec![0],
+            call: 0,
+        };
         echo.on_input(&vec![7u8; MAX_OWED], &mut blocked).unwrap();
         assert_eq!(echo.read_room(), 0);
         assert!(!echo.wants_read());
