@@ -15,6 +15,23 @@ use crate::shutdown::Shutdown;
 /// until a connection closes.
 pub const OUT_OF_DESCRIPTORS_PAUSE: Duration = Duration::from_millis(100);
 
+/// What to do after `accept` failed with `err`: `None` to accept again at once (nothing
+/// to accept now, or a connection that went away before we took it), or the instant until
+/// which accepting pauses (out of descriptors or memory; logged).
+///
+/// Every model's accept loop goes through here, so that they all treat EMFILE alike.
+pub fn after_accept_error(err: &std::io::Error) -> Option<Instant> {
+    if net::would_block(err) || net::interrupted(err) || net::aborted_before_accept(err) {
+        return None;
+    }
+    log::warn!(
+        "accept failed: {}; pausing accept for {} ms, open connections are still served",
+        net::describe(err),
+        OUT_OF_DESCRIPTORS_PAUSE.as_millis()
+    );
+    Some(Instant::now() + OUT_OF_DESCRIPTORS_PAUSE)
+}
+
 /// Accepts connections until shutdown.
 #[derive(Debug)]
 pub struct Acceptor<'a> {
@@ -36,7 +53,7 @@ impl<'a> Acceptor<'a> {
 
     /// The next connection, configured (blocking, `TCP_NODELAY`), or `None` once the
     /// server is shutting down.
-    pub fn next(&mut self) -> Option<(TcpStream, SocketAddr)> {
+    pub fn accept(&mut self) -> Option<(TcpStream, SocketAddr)> {
         loop {
             if self.shutdown.is_triggered() {
                 return None;
@@ -68,19 +85,17 @@ impl<'a> Acceptor<'a> {
             }
             self.paused_until = None;
             match self.listener.accept() {
-                Ok((conn, peer)) => match conn.set_nonblocking(false).and_then(|()| net::configure(&conn)) {
+                Ok((conn, peer)) => match conn
+                    .set_nonblocking(false)
+                    .and_then(|()| net::configure(&conn))
+                {
                     Ok(()) => return Some((conn, peer)),
-                    Err(err) => log::warn!("conn {peer} dropped: cannot configure it: {}", net::describe(&err)),
+                    Err(err) => log::warn!(
+                        "conn {peer} dropped: cannot configure it: {}",
+                        net::describe(&err)
+                    ),
                 },
-                Err(err) if net::would_block(&err) || net::interrupted(&err) || net::aborted_before_accept(&err) => {}
-                Err(err) => {
-                    log::warn!(
-                        "accept failed: {}; pausing accept for {} ms, open connections are still served",
-                        net::describe(&err),
-                        OUT_OF_DESCRIPTORS_PAUSE.as_millis()
-                    );
-                    self.paused_until = Some(Instant::now() + OUT_OF_DESCRIPTORS_PAUSE);
-                }
+                Err(err) => self.paused_until = after_accept_error(&err),
             }
         }
     }

@@ -73,6 +73,17 @@ pub struct ConnSettings<'a> {
     pub shutting_down: &'a AtomicBool,
 }
 
+impl<'a> ConnSettings<'a> {
+    /// The settings of `config`, with `shutting_down` as the server's shutdown flag.
+    pub fn new(config: &crate::ServeConfig, shutting_down: &'a AtomicBool) -> ConnSettings<'a> {
+        ConnSettings {
+            echo: config.echo,
+            idle_timeout: config.idle_timeout,
+            shutting_down,
+        }
+    }
+}
+
 /// Serves `conn` until the peer closes, the connection fails or idles, or the server
 /// shuts it down. Logs the open and the close.
 ///
@@ -94,7 +105,12 @@ fn echo_loop(conn: &TcpStream, echo: &mut Echo, settings: ConnSettings<'_>) -> E
     {
         return End::Failed(EchoError::Io(err));
     }
-    let idle = |err: &io::Error| matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut);
+    let idle = |err: &io::Error| {
+        matches!(
+            err.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        )
+    };
     let mut buf = vec![0u8; READ_BUF];
     let mut writer = conn;
     loop {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
-use crate::accept::OUT_OF_DESCRIPTORS_PAUSE;
+use crate::accept;
 use crate::conn::{self, End};
 use crate::echo::{Echo, EchoConfig};
 use crate::{net, Server};
@@ -59,13 +59,22 @@ pub fn run(server: Server) -> io::Result<()> {
     loop {
         let now = Instant::now();
         let accept_paused = accept_paused_until.is_some_and(|until| until > now);
-        let timeout = next_timeout(now, &conns, config.idle_timeout, accept_paused_until.filter(|_| accept_paused));
+        let timeout = next_timeout(
+            now,
+            &conns,
+            config.idle_timeout,
+            accept_paused_until.filter(|_| accept_paused),
+        );
 
         // 1. Wait for events.
         {
             let mut fds = Vec::with_capacity(conns.len() + 2);
             fds.push(PollFd::new(shutdown.fd(), PollFlags::POLLIN));
-            let listen_events = if accept_paused { PollFlags::empty() } else { PollFlags::POLLIN };
+            let listen_events = if accept_paused {
+                PollFlags::empty()
+            } else {
+                PollFlags::POLLIN
+            };
             fds.push(PollFd::new(listener.as_fd(), listen_events));
             for conn in &conns {
                 let mut events = PollFlags::empty();
@@ -78,7 +87,10 @@ pub fn run(server: Server) -> io::Result<()> {
                 Err(err) => return Err(err.into()),
             }
             revents.clear();
-            revents.extend(fds.iter().map(|fd| fd.revents().unwrap_or(PollFlags::empty())));
+            revents.extend(
+                fds.iter()
+                    .map(|fd| fd.revents().unwrap_or(PollFlags::empty())),
+            );
         }
         if shutdown.is_triggered() {
             for conn in conns.drain(..) {
@@ -147,7 +159,12 @@ fn idle_end(conn: &Conn, now: Instant, idle_timeout: Option<Duration>) -> Option
 
 /// Accepts until the listener would block (or [`ACCEPTS_PER_TURN`]). Returns when to
 /// accept again if descriptors ran out.
-fn accept_some(listener: &TcpListener, conns: &mut Vec<Conn>, echo: EchoConfig, max_conns: usize) -> Option<Instant> {
+fn accept_some(
+    listener: &TcpListener,
+    conns: &mut Vec<Conn>,
+    echo: EchoConfig,
+    max_conns: usize,
+) -> Option<Instant> {
     for _ in 0..ACCEPTS_PER_TURN {
         match listener.accept() {
             Ok((stream, peer)) => {
@@ -155,8 +172,14 @@ fn accept_some(listener: &TcpListener, conns: &mut Vec<Conn>, echo: EchoConfig, 
                     conn::refuse(stream, peer, max_conns);
                     continue;
                 }
-                if let Err(err) = stream.set_nonblocking(true).and_then(|()| net::configure(&stream)) {
-                    log::warn!("conn {peer} dropped: cannot configure it: {}", net::describe(&err));
+                if let Err(err) = stream
+                    .set_nonblocking(true)
+                    .and_then(|()| net::configure(&stream))
+                {
+                    log::warn!(
+                        "conn {peer} dropped: cannot configure it: {}",
+                        net::describe(&err)
+                    );
                     continue;
                 }
                 conn::log_opened(peer);
@@ -168,14 +191,10 @@ fn accept_some(listener: &TcpListener, conns: &mut Vec<Conn>, echo: EchoConfig, 
                 });
             }
             Err(err) if net::would_block(&err) => return None,
-            Err(err) if net::interrupted(&err) || net::aborted_before_accept(&err) => {}
             Err(err) => {
-                log::warn!(
-                    "accept failed: {}; pausing accept for {} ms, open connections are still served",
-                    net::describe(&err),
-                    OUT_OF_DESCRIPTORS_PAUSE.as_millis()
-                );
-                return Some(Instant::now() + OUT_OF_DESCRIPTORS_PAUSE);
+                if let Some(until) = accept::after_accept_error(&err) {
+                    return Some(until);
+                }
             }
         }
     }
@@ -184,8 +203,14 @@ fn accept_some(listener: &TcpListener, conns: &mut Vec<Conn>, echo: EchoConfig, 
 
 /// How long poll may sleep: until the earliest idle deadline or the end of an accept
 /// pause, or forever.
-fn next_timeout(now: Instant, conns: &[Conn], idle_timeout: Option<Duration>, paused_until: Option<Instant>) -> PollTimeout {
-    let idle_deadline = idle_timeout.and_then(|timeout| conns.iter().map(|conn| conn.last_active + timeout).min());
+fn next_timeout(
+    now: Instant,
+    conns: &[Conn],
+    idle_timeout: Option<Duration>,
+    paused_until: Option<Instant>,
+) -> PollTimeout {
+    let idle_deadline =
+        idle_timeout.and_then(|timeout| conns.iter().map(|conn| conn.last_active + timeout).min());
     let deadline = match (idle_deadline, paused_until) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -194,7 +219,10 @@ fn next_timeout(now: Instant, conns: &[Conn], idle_timeout: Option<Duration>, pa
         None => PollTimeout::NONE,
         Some(deadline) => {
             // Round up, so that the loop does not wake just before the deadline and spin.
-            let ms = deadline.saturating_duration_since(now).as_micros().div_ceil(1000);
+            let ms = deadline
+                .saturating_duration_since(now)
+                .as_micros()
+                .div_ceil(1000);
             PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
         }
     }

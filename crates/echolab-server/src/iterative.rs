@@ -24,11 +24,7 @@ pub fn run(server: Server) -> io::Result<()> {
     } = server;
     let live = LiveConns::new();
     let flag = shutdown.flag();
-    let settings = ConnSettings {
-        echo: config.echo,
-        idle_timeout: config.idle_timeout,
-        shutting_down: &flag,
-    };
+    let settings = ConnSettings::new(&config, &flag);
     let mut acceptor = Acceptor::new(&listener, &shutdown)?;
     std::thread::scope(|scope| {
         // The one helper thread: it wakes the main thread out of a blocking read when the
@@ -37,7 +33,7 @@ pub fn run(server: Server) -> io::Result<()> {
             while !shutdown.wait_timeout(std::time::Duration::from_secs(3600)) {}
             live.close_all();
         });
-        while let Some((conn, peer)) = acceptor.next() {
+        while let Some((conn, peer)) = acceptor.accept() {
             let conn: Arc<TcpStream> = Arc::new(conn);
             let Some(_admitted) = live.admit(&conn, usize::MAX) else {
                 break; // Shutting down.

@@ -46,11 +46,7 @@ pub fn run(server: Server) -> io::Result<()> {
     let queue: BoundedQueue<Queued> = BoundedQueue::new(QUEUE_CAPACITY);
     let live = LiveConns::new();
     let flag = shutdown.flag();
-    let settings = ConnSettings {
-        echo: config.echo,
-        idle_timeout: config.idle_timeout,
-        shutting_down: &flag,
-    };
+    let settings = ConnSettings::new(&config, &flag);
     let mut acceptor = Acceptor::new(&listener, &shutdown)?;
     std::thread::scope(|scope| -> io::Result<()> {
         for worker_idx in 0..n_workers {
@@ -76,7 +72,7 @@ pub fn run(server: Server) -> io::Result<()> {
             live.close_all();
             queue.close();
         });
-        while let Some((conn, peer)) = acceptor.next() {
+        while let Some((conn, peer)) = acceptor.accept() {
             let conn = Arc::new(conn);
             let Some(admitted) = live.admit(&conn, config.max_conns) else {
                 conn::refuse(conn, peer, config.max_conns);

@@ -31,7 +31,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::accept::OUT_OF_DESCRIPTORS_PAUSE;
+use crate::accept;
 use crate::conn::{self, ConnSettings};
 use crate::{net, ServeConfig, Server};
 
@@ -62,7 +62,11 @@ pub fn run(server: Server) -> io::Result<()> {
             PollFd::new(sigchld_read.as_fd(), PollFlags::POLLIN),
             PollFd::new(
                 listener.as_fd(),
-                if paused.is_some() { PollFlags::empty() } else { PollFlags::POLLIN },
+                if paused.is_some() {
+                    PollFlags::empty()
+                } else {
+                    PollFlags::POLLIN
+                },
             ),
         ];
         match nix::poll::poll(&mut fds, timeout) {
@@ -81,19 +85,13 @@ pub fn run(server: Server) -> io::Result<()> {
                 Ok((conn, peer)) => {
                     if children.len() >= config.max_conns {
                         conn::refuse(conn, peer, config.max_conns);
-                    } else if let Some(pid) = fork_child(conn, peer, &listener, &config, &[&sigchld_read, &shutdown])? {
+                    } else if let Some(pid) =
+                        fork_child(conn, peer, &listener, &config, &[&sigchld_read, &shutdown])?
+                    {
                         children.insert(pid);
                     }
                 }
-                Err(err) if net::would_block(&err) || net::interrupted(&err) || net::aborted_before_accept(&err) => {}
-                Err(err) => {
-                    log::warn!(
-                        "accept failed: {}; pausing accept for {} ms, open connections are still served",
-                        net::describe(&err),
-                        OUT_OF_DESCRIPTORS_PAUSE.as_millis()
-                    );
-                    accept_paused_until = Some(Instant::now() + OUT_OF_DESCRIPTORS_PAUSE);
-                }
+                Err(err) => accept_paused_until = accept::after_accept_error(&err),
             }
         }
     }
@@ -105,12 +103,7 @@ pub fn run(server: Server) -> io::Result<()> {
         let _ = nix::sys::signal::kill(*pid, Signal::SIGTERM);
     }
     for pid in children.drain() {
-        loop {
-            match waitpid(pid, None) {
-                Err(nix::errno::Errno::EINTR) => continue,
-                _ => break,
-            }
-        }
+        while let Err(nix::errno::Errno::EINTR) = waitpid(pid, None) {}
         log::info!("child {pid} ended: server shutting down");
     }
     signal_hook::low_level::unregister(sigchld_id);
@@ -143,8 +136,14 @@ fn fork_child(
     config: &ServeConfig,
     parent_fds: &[&dyn ParentFd],
 ) -> io::Result<Option<Pid>> {
-    if let Err(err) = conn.set_nonblocking(false).and_then(|()| net::configure(&conn)) {
-        log::warn!("conn {peer} dropped: cannot configure it: {}", net::describe(&err));
+    if let Err(err) = conn
+        .set_nonblocking(false)
+        .and_then(|()| net::configure(&conn))
+    {
+        log::warn!(
+            "conn {peer} dropped: cannot configure it: {}",
+            net::describe(&err)
+        );
         return Ok(None);
     }
     // Block SIGINT and SIGTERM across the fork, as CS:APP blocks SIGCHLD around its job
@@ -173,12 +172,7 @@ fn fork_child(
                 let _ = nix::unistd::close(fd.raw());
             }
             let not_shutting_down = AtomicBool::new(false);
-            let settings = ConnSettings {
-                echo: config.echo,
-                idle_timeout: config.idle_timeout,
-                shutting_down: &not_shutting_down,
-            };
-            conn::serve_blocking(&conn, peer, settings);
+            conn::serve_blocking(&conn, peer, ConnSettings::new(config, &not_shutting_down));
             drop(conn);
             echolab_sys::exit_immediately(0)
         }

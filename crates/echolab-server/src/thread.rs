@@ -48,7 +48,7 @@ pub fn run(server: Server) -> io::Result<()> {
     let flag = shutdown.flag();
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     let mut acceptor = Acceptor::new(&listener, &shutdown)?;
-    while let Some((conn, peer)) = acceptor.next() {
+    while let Some((conn, peer)) = acceptor.accept() {
         // Reap the threads that finished, like waitpid(WNOHANG) for processes.
         threads.retain(|handle| !handle.is_finished());
         let conn = Arc::new(conn);
@@ -56,20 +56,14 @@ pub fn run(server: Server) -> io::Result<()> {
             conn::refuse(conn, peer, config.max_conns);
             continue;
         };
-        let echo = config.echo;
-        let idle_timeout = config.idle_timeout;
+        let config = config.clone();
         let flag = Arc::clone(&flag);
         let spawned = std::thread::Builder::new()
             .name(format!("conn {peer}"))
             .stack_size(STACK_SIZE)
             // `move`: the thread owns its connection; no other flow can touch it.
             .spawn(move || {
-                let settings = ConnSettings {
-                    echo,
-                    idle_timeout,
-                    shutting_down: &flag,
-                };
-                conn::serve_blocking(&conn, peer, settings);
+                conn::serve_blocking(&conn, peer, ConnSettings::new(&config, &flag));
                 drop(admitted);
             });
         match spawned {

@@ -15,8 +15,15 @@ fn assert_usage_error(args: &[&str], names: &str) {
     let out = run(args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{args:?}: one line expected, got:\n{stderr}");
-    assert!(stderr.contains(names), "{args:?}: {stderr:?} does not name {names:?}");
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "{args:?}: one line expected, got:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(names),
+        "{args:?}: {stderr:?} does not name {names:?}"
+    );
 }
 
 #[test]
@@ -49,7 +56,10 @@ fn unknown_subcommand_is_named() {
 fn port_in_use_is_named() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    assert_usage_error(&["serve", "--listen", &addr], &format!("cannot bind {addr}: address already in use"));
+    assert_usage_error(
+        &["serve", "--listen", &addr],
+        &format!("cannot bind {addr}: address already in use"),
+    );
 }
 
 #[test]
@@ -57,7 +67,14 @@ fn help_explains_the_models_and_the_connection_cap() {
     let out = run(&["serve", "--help"]);
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for word in ["iterative", "prethreaded", "reactor", "--max-conns", "closed at once", "--idle-timeout"] {
+    for word in [
+        "iterative",
+        "prethreaded",
+        "reactor",
+        "--max-conns",
+        "closed at once",
+        "--idle-timeout",
+    ] {
         assert!(help.contains(word), "serve --help lacks {word:?}");
     }
 }

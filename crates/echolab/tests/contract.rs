@@ -48,7 +48,10 @@ fn streams_16_mib_with_concurrent_send_and_receive(model: &str) {
     assert_eq!(echoed.len(), payload.len());
     assert!(echoed == payload, "16 MiB echo differs");
     let closed = server.log.wait_for("closed: peer closed", 1);
-    assert!(closed[0].contains("16777216 bytes in, 16777216 out"), "{closed:?}");
+    assert!(
+        closed[0].contains("16777216 bytes in, 16777216 out"),
+        "{closed:?}"
+    );
 }
 
 fn hundred_concurrent_clients(model: &str) {
@@ -57,7 +60,10 @@ fn hundred_concurrent_clients(model: &str) {
     let clients: Vec<_> = (0..100)
         .map(|client_idx| {
             std::thread::spawn(move || {
-                let payload: Vec<u8> = pattern(4096).into_iter().map(|b| b ^ client_idx as u8).collect();
+                let payload: Vec<u8> = pattern(4096)
+                    .into_iter()
+                    .map(|b| b ^ client_idx as u8)
+                    .collect();
                 assert_eq!(round_trip(addr, payload.clone()), payload);
             })
         })
@@ -85,8 +91,12 @@ fn second_client_while_first_is_idle(model: &str) {
         drop(first);
         assert_eq!(read_n(&mut second, 3), b"two");
         let log = server.log.lines();
-        let first_closed = log.iter().position(|l| l.contains(&format!(":{first_port} closed")));
-        let second_opened = log.iter().position(|l| l.contains(&format!(":{second_port} opened")));
+        let first_closed = log
+            .iter()
+            .position(|l| l.contains(&format!(":{first_port} closed")));
+        let second_opened = log
+            .iter()
+            .position(|l| l.contains(&format!(":{second_port} opened")));
         assert!(
             first_closed.unwrap() < second_opened.unwrap(),
             "iterative: the second client must be accepted only after the first left:\n{}",
@@ -97,7 +107,10 @@ fn second_client_while_first_is_idle(model: &str) {
         // The first client is still connected and idle, and still served.
         first.write_all(b"still").unwrap();
         assert_eq!(read_n(&mut first, 5), b"still");
-        assert!(server.log.position(&format!(":{first_port} closed")).is_none());
+        assert!(server
+            .log
+            .position(&format!(":{first_port} closed"))
+            .is_none());
     }
 }
 
@@ -121,7 +134,9 @@ fn client_reset_mid_stream_costs_only_its_connection(model: &str) {
     // Keep bytes in flight both ways, then reset: SO_LINGER 0 makes close send RST.
     let mut writer = victim.try_clone().unwrap();
     writer.write_all(&pattern(100 * 1024)).unwrap();
-    socket2::SockRef::from(&victim).set_linger(Some(Duration::ZERO)).unwrap();
+    socket2::SockRef::from(&victim)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
     drop(writer);
     drop(victim);
     server.log.wait_for(" closed: ", 1);
@@ -164,11 +179,20 @@ fn client_that_never_reads_cannot_grow_server_memory(model: &str) {
             Err(err) => panic!("hog write failed: {err}"),
         }
     }
-    assert!(pushed < limit, "the server kept reading {pushed} bytes from a client that never reads");
+    assert!(
+        pushed < limit,
+        "the server kept reading {pushed} bytes from a client that never reads"
+    );
     let grown = pss_kib(server.pid()).saturating_sub(pss_before);
-    assert!(grown < 8 * 1024, "server memory (PSS) grew {grown} KiB for one non-reading client ({pushed} bytes pushed)");
+    assert!(
+        grown < 8 * 1024,
+        "server memory (PSS) grew {grown} KiB for one non-reading client ({pushed} bytes pushed)"
+    );
     if !serializes(model) {
-        assert_eq!(round_trip(server.addr, b"others are served".to_vec()), b"others are served");
+        assert_eq!(
+            round_trip(server.addr, b"others are served".to_vec()),
+            b"others are served"
+        );
     }
     drop(hog);
     server.log.wait_for(" closed: ", 1);
@@ -209,7 +233,10 @@ fn over_long_line_closes_that_connection(model: &str) {
         Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
     }
     let logged = server.log.wait_for("--max-line 1000", 1);
-    assert!(logged[0].contains(&format!(":{port}")), "the log line names the peer: {logged:?}");
+    assert!(
+        logged[0].contains(&format!(":{port}")),
+        "the log line names the peer: {logged:?}"
+    );
     assert_eq!(round_trip(server.addr, b"short\n".to_vec()), b"short\n");
 }
 
@@ -219,12 +246,22 @@ fn resources_back_to_baseline_after_200_connections(model: &str) {
     // One connection first, so that lazily created resources exist in the baseline.
     assert_eq!(round_trip(server.addr, b"warm".to_vec()), b"warm");
     server.log.wait_for("closed: peer closed", 1);
-    assert!(eventually(|| children(pid).0 == 0), "a child is left after the warm-up");
+    assert!(
+        eventually(|| children(pid).0 == 0),
+        "a child is left after the warm-up"
+    );
     let (fds, threads) = (fd_count(pid), thread_count(pid));
     let addr = server.addr;
     for batch in 0..10 {
         let clients: Vec<_> = (0..20)
-            .map(|i| std::thread::spawn(move || assert_eq!(round_trip(addr, vec![batch as u8, i as u8]), [batch as u8, i as u8])))
+            .map(|i| {
+                std::thread::spawn(move || {
+                    assert_eq!(
+                        round_trip(addr, vec![batch as u8, i as u8]),
+                        [batch as u8, i as u8]
+                    )
+                })
+            })
             .collect();
         clients.into_iter().for_each(|c| c.join().unwrap());
     }
@@ -234,7 +271,11 @@ fn resources_back_to_baseline_after_200_connections(model: &str) {
         "children or zombies left: {:?}",
         children(pid)
     );
-    assert!(eventually(|| fd_count(pid) <= fds), "descriptors: {} now, {fds} before", fd_count(pid));
+    assert!(
+        eventually(|| fd_count(pid) <= fds),
+        "descriptors: {} now, {fds} before",
+        fd_count(pid)
+    );
     assert!(
         eventually(|| thread_count(pid) <= threads),
         "threads: {} now, {threads} before",
@@ -250,7 +291,10 @@ fn idle_timeout_closes_silent_connections(model: &str) {
         Ok(n) => assert_eq!(n, 0),
         Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
     }
-    assert!(started.elapsed() >= Duration::from_millis(900), "closed before the timeout");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed before the timeout"
+    );
     server.log.wait_for("idle for 1s", 1);
     assert_eq!(round_trip(server.addr, b"busy".to_vec()), b"busy");
 }
@@ -284,7 +328,10 @@ fn max_conns_caps_open_connections(model: &str) {
         server.log.wait_for("--max-conns 2", 1);
         drop(held);
         server.log.wait_for("closed: peer closed", 2);
-        assert_eq!(round_trip(server.addr, b"room again".to_vec()), b"room again");
+        assert_eq!(
+            round_trip(server.addr, b"room again".to_vec()),
+            b"room again"
+        );
     }
 }
 
@@ -294,7 +341,11 @@ fn survives_running_out_of_descriptors(model: &str) {
     let mut command = std::process::Command::new("prlimit");
     command.args(["--nofile=64:64", "--", env!("CARGO_BIN_EXE_echolab")]);
     // Enough workers that the pool is not what runs out (its own limit is tested elsewhere).
-    let extra: &[&str] = if model == "prethreaded" { &["--workers", "128"] } else { &[] };
+    let extra: &[&str] = if model == "prethreaded" {
+        &["--workers", "128"]
+    } else {
+        &[]
+    };
     let server = Server::start_with(command, model, "127.0.0.1:0", extra);
     let pid = server.pid();
     let mut conns: Vec<TcpStream> = Vec::new();
@@ -310,7 +361,11 @@ fn survives_running_out_of_descriptors(model: &str) {
         server.log.wait_for("too many open files", 1);
         let mut first = conns.remove(0);
         if !serializes(model) {
-            assert_eq!(read_n(&mut first, 1), b"e", "an open connection stopped being served");
+            assert_eq!(
+                read_n(&mut first, 1),
+                b"e",
+                "an open connection stopped being served"
+            );
         }
         let ticks = cpu_ticks(pid);
         let window = Instant::now();
@@ -318,7 +373,9 @@ fn survives_running_out_of_descriptors(model: &str) {
         // would burn a whole core.
         std::thread::sleep(Duration::from_millis(500));
         let burned = cpu_ticks(pid) - ticks;
-        let ticks_per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap() as u64;
+        let ticks_per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .unwrap()
+            .unwrap() as u64;
         let window_ticks = window.elapsed().as_secs_f64() * ticks_per_sec as f64;
         assert!(
             (burned as f64) < window_ticks * 0.4,
@@ -335,7 +392,11 @@ fn survives_running_out_of_descriptors(model: &str) {
     }
     conns.drain(..40);
     for conn in conns.iter_mut() {
-        assert_eq!(read_n(conn, 1), b"e", "a connection waiting for a descriptor was never served");
+        assert_eq!(
+            read_n(conn, 1),
+            b"e",
+            "a connection waiting for a descriptor was never served"
+        );
         if serializes(model) {
             conn.shutdown(Shutdown::Both).unwrap();
         }
@@ -354,7 +415,9 @@ fn graceful_shutdown_releases_everything(model: &str) {
     }
     let kids = support::family(pid);
     let started = Instant::now();
-    let status = server.terminate(Duration::from_secs(2)).expect("server did not exit within 2 s of SIGTERM");
+    let status = server
+        .terminate(Duration::from_secs(2))
+        .expect("server did not exit within 2 s of SIGTERM");
     assert!(status.success(), "exit status {status:?}");
     assert!(started.elapsed() < Duration::from_secs(2));
     // Every connection sees the close.
@@ -372,7 +435,9 @@ fn graceful_shutdown_releases_everything(model: &str) {
     // The port is free again.
     let rebind = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     rebind.set_reuse_address(true).unwrap();
-    rebind.bind(&server.addr.into()).expect("port still held after shutdown");
+    rebind
+        .bind(&server.addr.into())
+        .expect("port still held after shutdown");
 }
 
 fn serves_ipv6_loopback(model: &str) {

@@ -42,7 +42,11 @@ impl Log {
         let deadline = Instant::now() + STEP;
         let mut lines = self.lines.lock().unwrap();
         loop {
-            let matching: Vec<String> = lines.iter().filter(|l| l.contains(needle)).cloned().collect();
+            let matching: Vec<String> = lines
+                .iter()
+                .filter(|l| l.contains(needle))
+                .cloned()
+                .collect();
             if matching.len() >= count {
                 return matching;
             }
@@ -109,7 +113,10 @@ impl Server {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("server {model} did not print its address; log:\n{}", log.lines().join("\n"));
+                panic!(
+                    "server {model} did not print its address; log:\n{}",
+                    log.lines().join("\n")
+                );
             }
         };
         Server { child, addr, log }
@@ -121,7 +128,10 @@ impl Server {
 
     /// Sends SIGTERM and waits up to `limit` for the exit.
     pub fn terminate(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         wait_exit(&mut self.child, limit)
     }
 }
@@ -218,7 +228,10 @@ pub fn family(pid: i32) -> Vec<i32> {
             for task in tasks.flatten() {
                 let path = task.path().join("children");
                 if let Ok(text) = std::fs::read_to_string(path) {
-                    out.extend(text.split_whitespace().filter_map(|s| s.parse::<i32>().ok()));
+                    out.extend(
+                        text.split_whitespace()
+                            .filter_map(|s| s.parse::<i32>().ok()),
+                    );
                 }
             }
         }
@@ -259,7 +272,9 @@ pub fn status_field(pid: i32, name: &str) -> u64 {
 
 /// Open descriptors of `pid`.
 pub fn fd_count(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Threads of `pid`.
@@ -269,7 +284,10 @@ pub fn thread_count(pid: i32) -> usize {
 
 /// The direct children of `pid`, and how many of them are zombies.
 pub fn children(pid: i32) -> (usize, usize) {
-    let kids: Vec<i32> = family(pid).into_iter().filter(|p| *p != pid && parent_of(*p) == Some(pid)).collect();
+    let kids: Vec<i32> = family(pid)
+        .into_iter()
+        .filter(|p| *p != pid && parent_of(*p) == Some(pid))
+        .collect();
     let zombies = kids.iter().filter(|p| state_of(**p) == Some('Z')).count();
     (kids.len(), zombies)
 }
@@ -280,11 +298,19 @@ fn stat_after_comm(pid: i32) -> Option<String> {
 }
 
 fn state_of(pid: i32) -> Option<char> {
-    stat_after_comm(pid)?.split_whitespace().next()?.chars().next()
+    stat_after_comm(pid)?
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
 }
 
 fn parent_of(pid: i32) -> Option<i32> {
-    stat_after_comm(pid)?.split_whitespace().nth(1)?.parse().ok()
+    stat_after_comm(pid)?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// User plus system CPU time of `pid` and its descendants, in clock ticks.
