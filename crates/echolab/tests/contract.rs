@@ -328,6 +328,8 @@ fn max_conns_caps_open_connections(model: &str) {
         server.log.wait_for("--max-conns 2", 1);
         drop(held);
         server.log.wait_for("closed: peer closed", 2);
+        // The process model counts a child until it is reaped, just after its last log line.
+        assert!(eventually(|| children(server.pid()).0 == 0));
         assert_eq!(
             round_trip(server.addr, b"room again".to_vec()),
             b"room again"
