@@ -59,8 +59,9 @@ pub struct ServeArgs {
 }
 
 fn parse_addr(text: &str) -> Result<SocketAddr, String> {
-    text.parse()
-        .map_err(|_| format!("not an address with a port: {text:?} (try 127.0.0.1:7007 or [::1]:7007)"))
+    text.parse().map_err(|_| {
+        format!("not an address with a port: {text:?} (try 127.0.0.1:7007 or [::1]:7007)")
+    })
 }
 
 fn parse_positive(text: &str) -> Result<usize, String> {

@@ -137,14 +137,21 @@ pub enum ServeError {
     /// The model cannot run here (for example io_uring refused by the kernel).
     Unsupported { model: Model, reason: String },
     /// Anything else, with what was being done.
-    Io { what: &'static str, source: io::Error },
+    Io {
+        what: &'static str,
+        source: io::Error,
+    },
 }
 
 impl fmt::Display for ServeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ServeError::Bind { addr, source } => write!(f, "cannot bind {addr}: {}", net::describe(source)),
-            ServeError::Unsupported { model, reason } => write!(f, "model {model} cannot run here: {reason}"),
+            ServeError::Bind { addr, source } => {
+                write!(f, "cannot bind {addr}: {}", net::describe(source))
+            }
+            ServeError::Unsupported { model, reason } => {
+                write!(f, "model {model} cannot run here: {reason}")
+            }
             ServeError::Io { what, source } => write!(f, "{what}: {source}"),
         }
     }
@@ -177,9 +184,11 @@ pub fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -> Resu
         what: "cannot install the SIGINT/SIGTERM handlers",
         source,
     })?;
-    let listener = net::bind(config.listen, config.model == Model::Reactor).map_err(|source| ServeError::Bind {
-        addr: config.listen,
-        source,
+    let listener = net::bind(config.listen, config.model == Model::Reactor).map_err(|source| {
+        ServeError::Bind {
+            addr: config.listen,
+            source,
+        }
     })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Io {
         what: "cannot read the bound address",

@@ -20,7 +20,11 @@ impl Log for StderrLogger {
             return;
         }
         // One write per line: lines from threads and child processes never interleave.
-        let line = format!("echolab: {}: {}\n", level_word(record.level()), record.args());
+        let line = format!(
+            "echolab: {}: {}\n",
+            level_word(record.level()),
+            record.args()
+        );
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 

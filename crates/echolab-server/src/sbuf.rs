@@ -52,7 +52,9 @@ impl<T> BoundedQueue<T> {
     fn lock(&self) -> MutexGuard<'_, State<T>> {
         // Every critical section below leaves the state consistent before anything that
         // could panic, so a poisoned lock still guards valid data.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Adds `item` at the back, waiting while the queue is full (`sbuf_insert`).
@@ -60,7 +62,10 @@ impl<T> BoundedQueue<T> {
     pub fn push(&self, item: T) -> Result<(), T> {
         let mut state = self.lock();
         while state.items.len() == self.capacity && !state.closed {
-            state = self.not_full.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+            state = self
+                .not_full
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
         if state.closed {
             return Err(item);
@@ -84,7 +89,10 @@ impl<T> BoundedQueue<T> {
             if state.closed {
                 return None;
             }
-            state = self.not_empty.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+            state = self
+                .not_empty
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
     }
 
@@ -121,7 +129,10 @@ mod tests {
             queue.push(i).unwrap();
         }
         assert_eq!(queue.len(), 3);
-        assert_eq!((queue.pop(), queue.pop(), queue.pop()), (Some(0), Some(1), Some(2)));
+        assert_eq!(
+            (queue.pop(), queue.pop(), queue.pop()),
+            (Some(0), Some(1), Some(2))
+        );
     }
 
     #[test]
@@ -154,7 +165,9 @@ mod tests {
         let total: u64 = std::thread::scope(|scope| {
             let queue = &queue;
             let producers: Vec<_> = (0..4u64)
-                .map(|p| scope.spawn(move || (0..1000).for_each(|i| queue.push(p * 1000 + i).unwrap())))
+                .map(|p| {
+                    scope.spawn(move || (0..1000).for_each(|i| queue.push(p * 1000 + i).unwrap()))
+                })
                 .collect();
             let consumers: Vec<_> = (0..3)
                 .map(|_| scope.spawn(move || std::iter::from_fn(|| queue.pop()).sum::<u64>()))
@@ -217,7 +230,10 @@ mod loom_tests {
                 .collect();
             queue.push(10).unwrap();
             queue.push(20).unwrap();
-            let mut got: Vec<_> = consumers.into_iter().map(|c| c.join().unwrap().unwrap()).collect();
+            let mut got: Vec<_> = consumers
+                .into_iter()
+                .map(|c| c.join().unwrap().unwrap())
+                .collect();
             got.sort_unstable();
             assert_eq!(got, vec![10, 20]);
         });

@@ -41,10 +41,17 @@ impl Shutdown {
         for signal in [SIGINT, SIGTERM] {
             // A second signal while shutting down ends the process at once (exit 1): the
             // way out of a shutdown that hangs.
-            sig_ids.push(signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&flag))?);
+            sig_ids.push(signal_hook::flag::register_conditional_shutdown(
+                signal,
+                1,
+                Arc::clone(&flag),
+            )?);
             // The flag before the pipe: a poller that wakes on the byte sees the flag set.
             sig_ids.push(signal_hook::flag::register(signal, Arc::clone(&flag))?);
-            sig_ids.push(signal_hook::low_level::pipe::register(signal, write_end.try_clone()?)?);
+            sig_ids.push(signal_hook::low_level::pipe::register(
+                signal,
+                write_end.try_clone()?,
+            )?);
         }
         Ok(Shutdown {
             read_end,
@@ -75,7 +82,10 @@ impl Shutdown {
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         let mut fds = [PollFd::new(self.fd(), PollFlags::POLLIN)];
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        let _ = nix::poll::poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX));
+        let _ = nix::poll::poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        );
         self.is_triggered()
     }
 
