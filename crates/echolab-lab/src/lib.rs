@@ -1,12 +1,209 @@
-//! PLACEHOLDER: the lab (issue 5) is being written.
+//! The lab: every hazard of CS:APP chapter 12 (races, deadlock, livelock, starvation,
+//! zombies, descriptor leaks, the cost of a process) reproduced as a small experiment that
+//! measures what happens, says what it means, draws it, and runs the fix beside it.
+//!
+//! Every experiment runs under a deadline: one that could truly hang (a deadlock, a
+//! handler that blocks, a fork server) runs in a child process, a re-execution of the
+//! current binary, that a watchdog kills by process group; a hang comes back as a result.
+//!
+//! # Layout
+//! - [`experiment`]: the table of experiments, their [`experiment::Settings`] and the
+//!   [`experiment::Report`] each one returns, printed as text or JSON.
+//! - [`watchdog`]: runs a child process under a deadline, reads its state when it hangs,
+//!   kills its whole process group and reaps every orphan.
+//! - [`child`]: the child side of that: `echolab lab --child NAME` runs one experiment
+//!   body in a fresh single-threaded process and prints its result.
+//! - [`locks`]: the lab's own locks (reader-preferring and writer-preferring
+//!   readers-writers locks), checked with loom.
+//! - [`plot`]: bar and histogram panels as SVG text, via plotters.
+//! - [`report`]: `lab all --report DIR`, one HTML page with a section per experiment.
+//! - [`experiments`]: one module per experiment: [`experiments::counter`],
+//!   [`experiments::thread_arg`], [`experiments::signal_handler`],
+//!   [`experiments::deadlock`], [`experiments::livelock`], [`experiments::starvation`],
+//!   [`experiments::spawn_cost`], [`experiments::backlog`], [`experiments::zombies`],
+//!   [`experiments::fd_refcount`], and the fork server the last two share,
+//!   [`experiments::forkserver`].
 #![forbid(unsafe_code)]
 
+pub mod child;
+pub mod experiment;
+pub mod experiments;
+pub mod locks;
+pub mod plot;
+pub mod report;
+pub mod watchdog;
+
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-/// Run an experiment.
+use experiment::{Settings, EXPERIMENTS};
+
+/// Reproduce the lecture's hazards and measure them.
+///
+/// `echolab lab list`, `echolab lab EXPERIMENT [--json] [--trials N] [--cpus LIST]
+/// [--timeout SECS]`, `echolab lab all [--report DIR]`.
 #[derive(Debug, clap::Args)]
-pub struct LabArgs {}
+pub struct LabArgs {
+    /// `list`, `all`, or an experiment's name (see `echolab lab list`).
+    #[arg(value_name = "EXPERIMENT", required_unless_present = "child")]
+    pub experiment: Option<String>,
 
-pub fn run(_args: LabArgs) -> ExitCode {
-    ExitCode::FAILURE
+    /// Print the figures as JSON instead of sentences.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Repetitions (or the experiment's size, see `lab list`); each has a small default.
+    #[arg(long, value_name = "N", value_parser = parse_positive)]
+    pub trials: Option<usize>,
+
+    /// CPUs to run on, such as `0` or `0-1,3` (thread-arg pins its single-core run to the
+    /// first; counter pins its threads round-robin).
+    #[arg(long, value_name = "LIST", value_parser = parse_cpus)]
+    pub cpus: Option<Vec<usize>>,
+
+    /// Deadline of each experiment, in seconds; a run still going then is reported hung.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
+
+    /// With `all`: also write DIR/index.html (and each picture as DIR/EXPERIMENT.svg).
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+
+    /// Internal: run one experiment body as the child process of a watchdog.
+    #[arg(long, hide = true, value_name = "NAME")]
+    pub child: Option<String>,
+
+    /// Internal: the child's configuration, as JSON.
+    #[arg(long, hide = true, value_name = "JSON")]
+    pub child_config: Option<String>,
 }
+
+fn parse_positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("not a whole number: {text:?}")),
+    }
+}
+
+/// Parses a CPU list as `taskset -c` takes it: `0`, `0,2`, `0-3,6`.
+pub fn parse_cpus(text: &str) -> Result<Vec<usize>, String> {
+    let mut cpus = Vec::new();
+    for part in text.split(',') {
+        let bad = || format!("not a CPU list: {text:?} (try 0 or 0-1,3)");
+        let (first, last) = match part.split_once('-') {
+            Some((first, last)) => (first.trim(), last.trim()),
+            None => (part.trim(), part.trim()),
+        };
+        let first: usize = first.parse().map_err(|_| bad())?;
+        let last: usize = last.parse().map_err(|_| bad())?;
+        if first > last || last >= 1024 {
+            return Err(bad());
+        }
+        cpus.extend(first..=last);
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
+/// Runs `echolab lab`: 0 when every experiment ran (a hang it caught is a result, not a
+/// failure), 1 when one could not run, 2 for a bad argument.
+pub fn run(args: LabArgs) -> ExitCode {
+    if let Some(name) = &args.child {
+        return child::main(name, args.child_config.as_deref().unwrap_or("{}"));
+    }
+    let Some(which) = args.experiment.clone() else {
+        eprintln!("echolab lab: name an experiment, `list` or `all`");
+        return ExitCode::from(2);
+    };
+    let settings = match Settings::from_args(&args) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("echolab lab: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match which.as_str() {
+        "list" => {
+            print_list();
+            ExitCode::SUCCESS
+        }
+        "all" => run_all(&settings, args.json, args.report.as_ref()),
+        name => {
+            if args.report.is_some() {
+                eprintln!("echolab lab: --report goes with `all`, not with {name:?}");
+                return ExitCode::from(2);
+            }
+            let Some(experiment) = experiment::find(name) else {
+                eprintln!("echolab lab: unknown experiment {name:?} (try `echolab lab list`)");
+                return ExitCode::from(2);
+            };
+            match (experiment.run)(&settings) {
+                Ok(report) => {
+                    report.print(args.json);
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("echolab lab {name}: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn print_list() {
+    let mut out = std::io::stdout().lock();
+    for experiment in EXPERIMENTS {
+        let _ = writeln!(out, "{:<15} {}", experiment.name, experiment.summary);
+    }
+}
+
+fn run_all(settings: &Settings, json: bool, report_dir: Option<&PathBuf>) -> ExitCode {
+    let mut reports = Vec::new();
+    let mut failed = false;
+    for experiment in EXPERIMENTS {
+        if !json {
+            eprintln!("== running {} ==", experiment.name);
+        }
+        match (experiment.run)(settings) {
+            Ok(report) => {
+                if !json {
+                    report.print(false);
+                }
+                reports.push(report);
+            }
+            Err(err) => {
+                eprintln!("echolab lab {}: {err}", experiment.name);
+                failed = true;
+            }
+        }
+    }
+    if json {
+        let all: Vec<_> = reports.iter().map(|report| report.json()).collect();
+        println!("{}", serde_json::Value::Array(all));
+    }
+    if let Some(dir) = report_dir {
+        match report::write(dir, &reports) {
+            Ok(path) => eprintln!("wrote {}", path.display()),
+            Err(err) => {
+                eprintln!(
+                    "echolab lab: cannot write the report into {}: {err}",
+                    dir.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The default deadline of one experiment.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);

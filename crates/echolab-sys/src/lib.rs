@@ -7,12 +7,20 @@
 //! # Layout
 //! - [`fork`], [`fork_single_threaded`], [`ForkResult`]: `fork(2)`, with the rules for the
 //!   child written down once, and a safe form that checks them.
+//! - [`fork_exiting_child`]: a fork whose child only `_exit`s, safe from any process.
 //! - [`exit_immediately`]: `_exit(2)`, which runs no destructors and flushes no buffers.
 //! - [`reset_signal_to_default`]: `sigaction(SIG_DFL)` for a child that must not run a
 //!   handler it inherited.
 //! - [`cycles`]: the CPU's time-stamp counter, for the lab's cost measurements.
+//! - [`sigchld_lock`]: a SIGCHLD handler that takes a lock the main flow also takes, the
+//!   lab's reproduction of the lecture's printf-in-a-handler deadlock.
+//! - [`uring`]: io_uring for the `uring` server model, with the rule that memory named by
+//!   a request belongs to the ring until its completion.
 
 use std::io;
+
+pub mod sigchld_lock;
+pub mod uring;
 
 /// What `fork` returned, in the process that sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +67,20 @@ pub fn fork_single_threaded() -> io::Result<ForkResult> {
     // SAFETY: the process has one thread (checked just above; only this thread could
     // start another, and it is here).
     unsafe { fork() }
+}
+
+/// Forks a child that does nothing but `_exit(code)`, and returns its process id.
+///
+/// Safe from any process, multi-threaded or not: the child calls one async-signal-safe
+/// function and touches no lock, no buffer and no allocation it inherited. This is the
+/// child of the lecture's fork tests and of the lab's spawn-cost measurement, where
+/// checking the thread count on every fork would be part of what is measured.
+pub fn fork_exiting_child(code: i32) -> io::Result<libc::pid_t> {
+    // SAFETY: the child runs only `_exit`, which is async-signal-safe (see `fork`).
+    match unsafe { fork() }? {
+        ForkResult::Child => exit_immediately(code),
+        ForkResult::Parent(pid) => Ok(pid),
+    }
 }
 
 /// The number of threads of the calling process, from `/proc/self/stat`.

@@ -1,0 +1,299 @@
+//! `deadlock`: two threads, two locks, taken in opposite orders. Thread 1 holds A and
+//! waits for B while thread 2 holds B and waits for A: a cycle in the wait-for graph, and
+//! neither ever moves again (the lecture's traffic gridlock).
+//!
+//! Trade-off: locking in whatever order the code happens to need is convenient and can
+//! deadlock; one global order (always A before B) costs a little freedom in how code is
+//! written and makes a cycle impossible.
+//!
+//! The broken variant runs in a child process, because deadlocked threads can never be
+//! joined; inside it, parking_lot's deadlock detector (the `deadlock_detection` feature)
+//! finds the cycle, the child prints it, and exits, taking its stuck threads with it. The
+//! fixed variant runs in-process: it cannot hang.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+use crate::child::{config_bool, config_u64};
+use crate::experiment::{thousands, Deadline, Experiment, Report, Settings};
+use crate::plot::{Bar, Panel, Picture};
+use crate::watchdog::{child_args, End, WatchedChild};
+
+pub const EXPERIMENT: Experiment = Experiment {
+    name: "deadlock",
+    summary: "two locks in opposite orders: the detector reports the cycle; a global order completes (--trials: runs)",
+    run,
+};
+
+/// Lock rounds per thread by default.
+pub const DEFAULT_NITERS: u64 = 200_000;
+
+/// What the opposite-order run came to, as the child reports it.
+#[derive(Debug, Clone)]
+pub struct Broken {
+    /// The detector found a cycle (false: the threads finished, by luck of timing).
+    pub deadlocked: bool,
+    /// Threads in the first cycle found, with what each holds and waits for.
+    pub cycle: Vec<String>,
+    /// Rounds each thread completed before it stopped.
+    pub rounds: [u64; 2],
+    pub detected_after: Duration,
+    /// Set when the watchdog, not the detector, had to stop it.
+    pub hang: Option<String>,
+}
+
+/// Runs the opposite-order variant in a watched child. With `forced`, both threads take
+/// their first lock and meet at a barrier before taking the second: a deadlock by
+/// construction, which is what the tests use.
+pub fn run_broken(
+    settings: &Settings,
+    niters: u64,
+    forced: bool,
+    deadline: Deadline,
+) -> io::Result<Broken> {
+    let config = json!({ "niters": niters, "forced": forced, "timeout_ms": deadline.remaining().as_millis() as u64 });
+    let child = WatchedChild::spawn(&settings.exe, &child_args("deadlock", &config))?;
+    // A little beyond the child's own limit: the child reports first if it can.
+    let finished = child.wait(
+        Deadline::after(deadline.remaining() + Duration::from_secs(2)),
+        None,
+    )?;
+    if let End::Hung { after, state, .. } = &finished.end {
+        return Ok(Broken {
+            deadlocked: true,
+            cycle: Vec::new(),
+            rounds: [0, 0],
+            detected_after: *after,
+            hang: Some(format!(
+                "the detector did not report in time; the watchdog killed it; /proc showed: {}",
+                state.summary()
+            )),
+        });
+    }
+    let result = finished.expect_result("deadlock")?;
+    let cycle = result["cycle"]
+        .as_array()
+        .map(|threads| {
+            threads
+                .iter()
+                .filter_map(|thread| thread.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Broken {
+        deadlocked: result["deadlocked"] == true,
+        cycle,
+        rounds: [
+            result["rounds"][0].as_u64().unwrap_or(0),
+            result["rounds"][1].as_u64().unwrap_or(0),
+        ],
+        detected_after: Duration::from_millis(result["detected_after_ms"].as_u64().unwrap_or(0)),
+        hang: None,
+    })
+}
+
+/// The fix: both threads take A, then B. Returns the shared count (exactly 2 × niters)
+/// and the time it took.
+pub fn run_ordered(niters: u64) -> (u64, Duration) {
+    let a = Mutex::new(0u64);
+    let b = Mutex::new(0u64);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                for _ in 0..niters {
+                    // The global order: A before B, in every thread.
+                    let mut first = a.lock();
+                    let mut second = b.lock();
+                    *first += 1;
+                    *second += 1;
+                }
+            });
+        }
+    });
+    let count = *a.lock();
+    assert_eq!(count, *b.lock());
+    (count, started.elapsed())
+}
+
+fn run(settings: &Settings) -> io::Result<Report> {
+    let trials = settings.trials_or(1);
+    let deadline = settings.deadline();
+    let mut measured = Vec::new();
+    let mut hangs = Vec::new();
+    let mut runs = Vec::new();
+    let mut bars = Vec::new();
+    for trial in 0..trials {
+        let run_deadline = deadline.min_after(settings.timeout / (trials as u32 + 1));
+        let broken = run_broken(settings, DEFAULT_NITERS, false, run_deadline)?;
+        if let Some(hang) = &broken.hang {
+            hangs.push(hang.clone());
+        }
+        measured.push(if broken.deadlocked {
+            format!(
+                "opposite orders, run {}: DEADLOCK after {} and {} rounds, cycle found in {:.0} ms: {}",
+                trial + 1,
+                thousands(broken.rounds[0]),
+                thousands(broken.rounds[1]),
+                broken.detected_after.as_secs_f64() * 1e3,
+                broken.cycle.join("; ")
+            )
+        } else {
+            format!(
+                "opposite orders, run {}: both threads finished {} rounds without meeting (timing luck, not correctness)",
+                trial + 1,
+                thousands(DEFAULT_NITERS)
+            )
+        });
+        bars.push(Bar::new(
+            format!("run {} opposite", trial + 1),
+            (broken.rounds[0] + broken.rounds[1]) as f64,
+        ));
+        runs.push(json!({
+            "deadlocked": broken.deadlocked,
+            "cycle": broken.cycle,
+            "rounds": broken.rounds,
+            "detected_after_ms": broken.detected_after.as_millis() as u64,
+        }));
+    }
+    let (count, elapsed) = run_ordered(DEFAULT_NITERS);
+    measured.push(format!(
+        "global order (A then B): both threads completed, count {} = 2 x {}, in {:.1} ms",
+        thousands(count),
+        thousands(DEFAULT_NITERS),
+        elapsed.as_secs_f64() * 1e3
+    ));
+    bars.push(Bar::new("global order", count as f64));
+    let mut panel = Panel::new("lock rounds completed by both threads", bars);
+    panel
+        .references
+        .push(("all rounds".to_string(), 2.0 * DEFAULT_NITERS as f64));
+    let picture = Picture::new("Two threads, two locks", "rounds", vec![panel]);
+    let n_deadlocked = runs.iter().filter(|run| run["deadlocked"] == true).count();
+    Ok(Report {
+        experiment: EXPERIMENT.name,
+        title: "Deadlock: two locks, opposite orders",
+        claim: "Improper resource allocation prevents forward progress: each flow holds what the other needs and waits for what the other holds (traffic gridlock).",
+        did: format!(
+            "Two threads each took locks A and B {} times, one A-then-B and the other B-then-A, in a child process whose main thread ran \
+             parking_lot's deadlock detector every 10 ms; then both threads in the same order, in-process.",
+            thousands(DEFAULT_NITERS)
+        ),
+        measured,
+        meaning: format!(
+            "{n_deadlocked} of {trials} opposite-order run(s) deadlocked: the detector found a wait-for cycle of two threads, each holding one lock and waiting \
+             for the other's. Nothing times out and nothing fails: the threads just stop, which is why the lab needs a detector or a watchdog to see it."
+        ),
+        fix: format!(
+            "Take locks in one global order (A before B everywhere): a cycle needs someone to take them the other way round, so none can form. \
+             The ordered run completed all {} rounds.",
+            thousands(count)
+        ),
+        hangs,
+        figures: json!({ "niters": DEFAULT_NITERS, "opposite_order": runs, "global_order": { "count": count, "ms": elapsed.as_secs_f64() * 1e3 } }),
+        svg: Some(picture.svg()),
+    })
+}
+
+/// The child process: the opposite-order threads plus the detector on the main thread.
+pub fn child_body(config: &Value) -> io::Result<Value> {
+    let niters = config_u64(config, "niters", DEFAULT_NITERS);
+    let forced = config_bool(config, "forced", false);
+    let deadline = Deadline::after(Duration::from_millis(config_u64(
+        config,
+        "timeout_ms",
+        10_000,
+    )));
+    let locks = Arc::new([Mutex::new(0u64), Mutex::new(0u64)]);
+    let rounds = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    // 1 while thread k holds its first lock and waits for its second: the roles the
+    // detector's cycle is described with.
+    let waiting = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let barrier = Arc::new(Barrier::new(2));
+    let started = Instant::now();
+    // Thread k takes lock k first, then the other: thread 0 A-then-B, thread 1 B-then-A.
+    // These threads are not joined when they deadlock; the process exit ends them.
+    let threads: Vec<_> = (0..2usize)
+        .map(|k| {
+            let (locks, rounds, barrier, waiting) = (
+                locks.clone(),
+                rounds.clone(),
+                barrier.clone(),
+                waiting.clone(),
+            );
+            std::thread::Builder::new()
+                .name(format!("lock-{}-first", ["A", "B"][k]))
+                .spawn(move || {
+                    for round in 0..niters {
+                        let mut first = locks[k].lock();
+                        if forced && round == 0 {
+                            barrier.wait();
+                        }
+                        waiting[k].store(1, Ordering::SeqCst);
+                        let mut second = locks[1 - k].lock();
+                        waiting[k].store(0, Ordering::SeqCst);
+                        *first += 1;
+                        *second += 1;
+                        rounds[k].store(round + 1, Ordering::Relaxed);
+                    }
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    loop {
+        if threads.iter().all(|thread| thread.is_finished()) {
+            for thread in threads {
+                let _ = thread.join();
+            }
+            return Ok(json!({
+                "deadlocked": false,
+                "rounds": [rounds[0].load(Ordering::SeqCst), rounds[1].load(Ordering::SeqCst)],
+                "detected_after_ms": 0,
+                "cycle": [],
+            }));
+        }
+        if deadline.passed() {
+            return Err(io::Error::other(
+                "no deadlock found and the threads did not finish before the deadline",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        let cycles = parking_lot::deadlock::check_deadlock();
+        if let Some(cycle) = cycles.first() {
+            let mut named: Vec<String> = (0..2)
+                .filter(|&k| waiting[k].load(Ordering::SeqCst) == 1)
+                .map(|k| {
+                    format!(
+                        "thread lock-{}-first holds lock {} and waits for lock {}",
+                        ["A", "B"][k],
+                        ["A", "B"][k],
+                        ["B", "A"][k]
+                    )
+                })
+                .collect();
+            let ids: Vec<String> = cycle
+                .iter()
+                .map(|thread| format!("{:?}", thread.thread_id()))
+                .collect();
+            named.push(format!(
+                "detector: cycle of {} threads (ids {})",
+                cycle.len(),
+                ids.join(", ")
+            ));
+            let result = json!({
+                "deadlocked": true,
+                "cycle": named,
+                "cycle_len": cycle.len(),
+                "rounds": [rounds[0].load(Ordering::SeqCst), rounds[1].load(Ordering::SeqCst)],
+                "detected_after_ms": started.elapsed().as_millis() as u64,
+            });
+            println!("{}{result}", crate::child::RESULT_PREFIX);
+            // The two threads are stuck for good; exiting the process is the only way out.
+            std::process::exit(0);
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! `starvation`: the lecture's yellow car. A continuous stream of readers (green cars)
+//! keeps a writer (the yellow car that must yield) waiting: with a reader-preferring lock
+//! some reader is always inside, so the count of readers never drops to zero and the
+//! writer never gets in, while the system as a whole makes plenty of progress.
+//!
+//! Trade-off: preferring readers maximises read throughput and can starve writers;
+//! preferring a waiting writer (new readers queue behind it) costs readers a short wait
+//! and bounds the writer's wait by the length of one read.
+//!
+//! Both locks are the lab's own ([`crate::locks`]), identical but for that one rule, and
+//! checked with loom.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::experiment::{ms, thousands, Deadline, Experiment, Report, Settings, Spread};
+use crate::locks::{ReaderPreferringLock, WriterPreferringLock};
+use crate::plot::{Bar, Panel, Picture};
+
+pub const EXPERIMENT: Experiment = Experiment {
+    name: "starvation",
+    summary: "the yellow car: streaming readers starve a writer on a reader-preferring lock; writer preference fixes it (--trials: writer attempts)",
+    run,
+};
+
+/// Reader threads in the stream.
+pub const N_READERS: usize = 3;
+/// How long a reader holds the lock (busy, as a real reader reading).
+pub const READ_HOLD: Duration = Duration::from_micros(50);
+/// How long the writer holds it.
+pub const WRITE_HOLD: Duration = Duration::from_micros(10);
+
+/// The two locks, behind one interface.
+pub trait ReadersWriters: Sync {
+    fn name(&self) -> &'static str;
+    fn read_for(&self, hold: Duration);
+    /// Writes for `hold` if it gets in before `deadline`; false if it gave up.
+    fn write_for_before(&self, hold: Duration, deadline: Instant) -> bool;
+}
+
+fn busy(hold: Duration) {
+    let until = Instant::now() + hold;
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+}
+
+impl ReadersWriters for ReaderPreferringLock {
+    fn name(&self) -> &'static str {
+        "reader-preferring"
+    }
+    fn read_for(&self, hold: Duration) {
+        self.read(|| busy(hold));
+    }
+    fn write_for_before(&self, hold: Duration, deadline: Instant) -> bool {
+        self.write_before(deadline, || busy(hold)).is_some()
+    }
+}
+
+impl ReadersWriters for WriterPreferringLock {
+    fn name(&self) -> &'static str {
+        "writer-preferring"
+    }
+    fn read_for(&self, hold: Duration) {
+        self.read(|| busy(hold));
+    }
+    fn write_for_before(&self, hold: Duration, deadline: Instant) -> bool {
+        self.write_before(deadline, || busy(hold)).is_some()
+    }
+}
+
+/// What each thread got.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub lock: &'static str,
+    /// Acquisitions per reader thread.
+    pub reads: Vec<u64>,
+    /// Writer acquisitions (at most `attempts`).
+    pub writes: u64,
+    pub attempts: u64,
+    /// How long each successful write waited; a final give-up adds its wait too.
+    pub write_waits: Vec<Duration>,
+    /// The writer was still waiting when the interval ended.
+    pub writer_gave_up: bool,
+}
+
+impl Outcome {
+    pub fn longest_write_wait(&self) -> Duration {
+        self.write_waits.iter().max().copied().unwrap_or_default()
+    }
+}
+
+/// Streams `n_readers` readers through `lock` while one writer tries `attempts` writes;
+/// the writer gives up at `deadline`, and then the readers stop.
+pub fn stream(
+    lock: &dyn ReadersWriters,
+    n_readers: usize,
+    attempts: u64,
+    deadline: Deadline,
+) -> Outcome {
+    let stop = AtomicBool::new(false);
+    let reads: Vec<AtomicU64> = (0..n_readers).map(|_| AtomicU64::new(0)).collect();
+    let mut writes = 0;
+    let mut write_waits = Vec::new();
+    let mut writer_gave_up = false;
+    std::thread::scope(|scope| {
+        for count in &reads {
+            let stop = &stop;
+            scope.spawn(move || {
+                // Green cars: back-to-back reads, no gap between them.
+                while !stop.load(Ordering::Relaxed) {
+                    lock.read_for(READ_HOLD);
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        // Let the stream start before the yellow car arrives (bounded by the deadline).
+        while reads.iter().any(|count| count.load(Ordering::Relaxed) == 0) && !deadline.passed() {
+            std::thread::yield_now();
+        }
+        let give_up_at = Instant::now() + deadline.remaining();
+        for _ in 0..attempts {
+            let asked = Instant::now();
+            let got_in = lock.write_for_before(WRITE_HOLD, give_up_at);
+            write_waits.push(asked.elapsed());
+            if !got_in {
+                writer_gave_up = true;
+                break;
+            }
+            writes += 1;
+            // A gap between writes, so each write meets a running stream again.
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    Outcome {
+        lock: lock.name(),
+        reads: reads
+            .iter()
+            .map(|count| count.load(Ordering::SeqCst))
+            .collect(),
+        writes,
+        attempts,
+        write_waits,
+        writer_gave_up,
+    }
+}
+
+fn run(settings: &Settings) -> io::Result<Report> {
+    let attempts = settings.trials_or(20) as u64;
+    let deadline = settings.deadline();
+    // The reader-preferring run may starve the writer for its whole interval: keep that
+    // interval short and inside the experiment's deadline.
+    let interval = Duration::from_millis(1_500).min(settings.timeout / 3);
+    let outcomes = [
+        stream(
+            &ReaderPreferringLock::new(),
+            N_READERS,
+            attempts,
+            deadline.min_after(interval),
+        ),
+        stream(
+            &WriterPreferringLock::new(),
+            N_READERS,
+            attempts,
+            deadline.min_after(settings.timeout / 2),
+        ),
+    ];
+    let mut measured = Vec::new();
+    let mut panels = Vec::new();
+    let mut figures = Vec::new();
+    let mut hangs = Vec::new();
+    for outcome in &outcomes {
+        let waits_ms: Vec<f64> = outcome.write_waits.iter().map(|wait| ms(*wait)).collect();
+        let spread = Spread::of(&waits_ms);
+        let reads: Vec<String> = outcome.reads.iter().map(|&n| thousands(n)).collect();
+        measured.push(format!(
+            "{:<17} readers got {} reads; writer got {} of {} writes{}; writer wait median {:.2} ms, longest {:.1} ms",
+            outcome.lock,
+            reads.join(" / "),
+            outcome.writes,
+            outcome.attempts,
+            if outcome.writer_gave_up { " (gave up, still waiting, when the interval ended)" } else { "" },
+            spread.median,
+            ms(outcome.longest_write_wait()),
+        ));
+        if outcome.writer_gave_up {
+            hangs.push(format!(
+                "{}: the writer waited {:.0} ms for its write {} and was still waiting when the interval ended (starved, not deadlocked: readers kept going)",
+                outcome.lock,
+                ms(outcome.longest_write_wait()),
+                outcome.writes + 1
+            ));
+        }
+        let mut bars: Vec<Bar> = outcome
+            .reads
+            .iter()
+            .enumerate()
+            .map(|(idx, &n)| Bar::new(format!("reader {}", idx + 1), n as f64))
+            .collect();
+        bars.push(Bar::new("writer", outcome.writes as f64));
+        panels.push(Panel::new(
+            format!(
+                "{}: longest write wait {:.0} ms",
+                outcome.lock,
+                ms(outcome.longest_write_wait())
+            ),
+            bars,
+        ));
+        figures.push(json!({
+            "lock": outcome.lock,
+            "reads": outcome.reads,
+            "writes": outcome.writes,
+            "attempts": outcome.attempts,
+            "writer_gave_up": outcome.writer_gave_up,
+            "write_wait_ms": spread,
+            "longest_write_wait_ms": ms(outcome.longest_write_wait()),
+        }));
+    }
+    let mut picture = Picture::new("Acquisitions per thread", "acquisitions", panels);
+    picture.shared_scale = true;
+    let [starved, fixed] = &outcomes;
+    Ok(Report {
+        experiment: EXPERIMENT.name,
+        title: "Starvation: the yellow car",
+        claim: "Yellow must yield to green; with a continuous stream of green cars, the system as a whole makes progress but some individuals wait indefinitely.",
+        did: format!(
+            "{N_READERS} reader threads read back to back ({} µs each) while one writer tried {attempts} writes, on a reader-preferring lock \
+             (writer gives up after {:.1} s) and on a writer-preferring one.",
+            READ_HOLD.as_micros(),
+            interval.as_secs_f64()
+        ),
+        measured,
+        meaning: format!(
+            "On the reader-preferring lock the readers made {} reads while the writer got {} of {attempts} writes and waited up to {:.0} ms: \
+             the stream never let the reader count drop to zero. Preferring the waiting writer cut its longest wait to {:.1} ms, at the price of \
+             readers pausing while it goes.",
+            thousands(starved.reads.iter().sum()),
+            starved.writes,
+            ms(starved.longest_write_wait()),
+            ms(fixed.longest_write_wait())
+        ),
+        fix: format!(
+            "Make the lock fair to the waiter: a writer-preferring readers-writers lock (new readers queue behind a waiting writer), or a FIFO \
+             (ticket) lock. Here the writer got all {} of its {attempts} writes.",
+            fixed.writes
+        ),
+        hangs,
+        figures: json!({ "readers": N_READERS, "read_hold_us": READ_HOLD.as_micros() as u64, "locks": figures }),
+        svg: Some(picture.svg()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writer_preferring_lock_lets_every_write_in() {
+        let outcome = stream(
+            &WriterPreferringLock::new(),
+            N_READERS,
+            10,
+            Deadline::after(Duration::from_secs(60)),
+        );
+        assert_eq!(outcome.writes, 10);
+        assert!(!outcome.writer_gave_up);
+        assert_eq!(outcome.write_waits.len(), 10);
+        assert!(
+            outcome.reads.iter().all(|&n| n > 0),
+            "every reader read before the writer came"
+        );
+    }
+
+    /// Whether the writer starves is timing; the bookkeeping is not.
+    #[test]
+    fn reader_preferring_run_accounts_for_the_writer() {
+        let outcome = stream(
+            &ReaderPreferringLock::new(),
+            2,
+            5,
+            Deadline::after(Duration::from_millis(300)),
+        );
+        assert_eq!(outcome.reads.len(), 2);
+        assert!(outcome.writes <= 5);
+        let expected_waits = outcome.writes as usize + usize::from(outcome.writer_gave_up);
+        assert_eq!(outcome.write_waits.len(), expected_waits);
+        assert_eq!(outcome.writer_gave_up, outcome.writes < 5);
+    }
+}

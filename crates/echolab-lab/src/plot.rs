@@ -1,0 +1,277 @@
+//! The lab's pictures: panels of labelled bars, side by side, as SVG text (plotters'
+//! SVG backend), ready to inline into the HTML report.
+//!
+//! One shape serves every experiment: a panel is a title and a list of bars; a histogram
+//! is a panel with a bar per value. Drawing errors become an SVG that says so, so a
+//! picture can never make an experiment fail.
+
+use plotters::prelude::*;
+
+/// One panel: a title and its bars.
+#[derive(Debug, Clone)]
+pub struct Panel {
+    pub title: String,
+    pub bars: Vec<Bar>,
+    /// Horizontal reference lines, each with a label (the lecture's figure, say).
+    pub references: Vec<(String, f64)>,
+}
+
+/// One bar: its label under the axis, its height, and an optional spread (low, high).
+#[derive(Debug, Clone)]
+pub struct Bar {
+    pub label: String,
+    pub value: f64,
+    pub spread: Option<(f64, f64)>,
+}
+
+impl Bar {
+    pub fn new(label: impl Into<String>, value: f64) -> Bar {
+        Bar {
+            label: label.into(),
+            value,
+            spread: None,
+        }
+    }
+}
+
+impl Panel {
+    pub fn new(title: impl Into<String>, bars: Vec<Bar>) -> Panel {
+        Panel {
+            title: title.into(),
+            bars,
+            references: Vec::new(),
+        }
+    }
+}
+
+/// What the picture shows on its vertical axis, and how to label the bars.
+#[derive(Debug, Clone)]
+pub struct Picture {
+    pub caption: String,
+    pub y_label: String,
+    pub panels: Vec<Panel>,
+    /// Label only every n-th bar (a histogram of 100 values wants every 10th).
+    pub label_every: usize,
+    /// Every panel shares the tallest panel's scale (to compare panels by eye).
+    pub shared_scale: bool,
+}
+
+const PANEL_WIDTH: u32 = 380;
+const HEIGHT: u32 = 330;
+
+impl Picture {
+    pub fn new(
+        caption: impl Into<String>,
+        y_label: impl Into<String>,
+        panels: Vec<Panel>,
+    ) -> Picture {
+        Picture {
+            caption: caption.into(),
+            y_label: y_label.into(),
+            panels,
+            label_every: 1,
+            shared_scale: false,
+        }
+    }
+
+    /// The picture as an SVG document.
+    pub fn svg(&self) -> String {
+        let mut svg = String::new();
+        let width = self
+            .panels
+            .iter()
+            .map(panel_width)
+            .sum::<u32>()
+            .max(PANEL_WIDTH);
+        let drawn = {
+            let root = SVGBackend::with_string(&mut svg, (width, HEIGHT)).into_drawing_area();
+            self.draw(&root)
+                .and_then(|()| root.present().map_err(|err| err.to_string()))
+        };
+        match drawn {
+            Ok(()) => svg,
+            Err(err) => format!(
+                "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"400\" height=\"40\"><text x=\"4\" y=\"20\">cannot draw: {}</text></svg>",
+                crate::report::escape(&err)
+            ),
+        }
+    }
+
+    fn draw(
+        &self,
+        root: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    ) -> Result<(), String> {
+        root.fill(&WHITE).map_err(|err| err.to_string())?;
+        let root = root
+            .titled(&self.caption, ("sans-serif", 17))
+            .map_err(|err| err.to_string())?;
+        let shared_top = self.panels.iter().map(panel_top).fold(0.0, f64::max);
+        let mut rest = root;
+        for panel in &self.panels {
+            let (area, right) = rest.split_horizontally(panel_width(panel));
+            let top = if self.shared_scale {
+                shared_top
+            } else {
+                panel_top(panel)
+            };
+            self.draw_panel(panel, &area, top)?;
+            rest = right;
+        }
+        Ok(())
+    }
+
+    fn draw_panel(
+        &self,
+        panel: &Panel,
+        area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+        top: f64,
+    ) -> Result<(), String> {
+        let n_bars = panel.bars.len().max(1) as i32;
+        let mut chart = ChartBuilder::on(area)
+            .caption(&panel.title, ("sans-serif", 14))
+            .margin(8)
+            .x_label_area_size(42)
+            .y_label_area_size(62)
+            .build_cartesian_2d((0..n_bars).into_segmented(), 0f64..top)
+            .map_err(|err| err.to_string())?;
+        let labels: Vec<String> = panel.bars.iter().map(|bar| bar.label.clone()).collect();
+        let every = self.label_every.max(1);
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(labels.len().max(1))
+            .x_label_formatter(&|x| match x {
+                SegmentValue::CenterOf(idx)
+                    if *idx >= 0 && (*idx as usize).is_multiple_of(every) =>
+                {
+                    labels.get(*idx as usize).cloned().unwrap_or_default()
+                }
+                _ => String::new(),
+            })
+            .y_desc(&self.y_label)
+            .y_label_formatter(&|y| short_number(*y))
+            .label_style(("sans-serif", 11))
+            .draw()
+            .map_err(|err| err.to_string())?;
+        let colour = RGBColor(70, 110, 170);
+        let margin = if n_bars > 30 { 0 } else { 8 };
+        chart
+            .draw_series(
+                Histogram::vertical(&chart)
+                    .margin(margin)
+                    .style(colour.filled())
+                    .data(
+                        panel
+                            .bars
+                            .iter()
+                            .enumerate()
+                            .map(|(idx, bar)| (idx as i32, bar.value.max(0.0))),
+                    ),
+            )
+            .map_err(|err| err.to_string())?;
+        chart
+            .draw_series(panel.bars.iter().enumerate().filter_map(|(idx, bar)| {
+                let (low, high) = bar.spread?;
+                let x = SegmentValue::CenterOf(idx as i32);
+                Some(PathElement::new(
+                    vec![(x.clone(), low), (x, high)],
+                    BLACK.stroke_width(2),
+                ))
+            }))
+            .map_err(|err| err.to_string())?;
+        for (label, value) in &panel.references {
+            let red = RGBColor(200, 60, 40);
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![
+                        (SegmentValue::Exact(0), *value),
+                        (SegmentValue::Exact(n_bars), *value),
+                    ],
+                    red.stroke_width(1),
+                )))
+                .map_err(|err| err.to_string())?;
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    label.clone(),
+                    (SegmentValue::Exact(0), *value + top * 0.015),
+                    ("sans-serif", 11).into_font().color(&red),
+                )))
+                .map_err(|err| err.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// A panel's width: wide enough for its bar labels to sit side by side.
+fn panel_width(panel: &Panel) -> u32 {
+    let n_bars = panel.bars.len() as u32;
+    if n_bars > 30 {
+        PANEL_WIDTH
+    } else {
+        PANEL_WIDTH.max(90 * n_bars + 90)
+    }
+}
+
+/// The top of a panel's vertical axis: a little above its highest bar, spread or line.
+fn panel_top(panel: &Panel) -> f64 {
+    let highest = panel
+        .bars
+        .iter()
+        .map(|bar| {
+            bar.spread
+                .map_or(bar.value, |(_, high)| high.max(bar.value))
+        })
+        .chain(panel.references.iter().map(|(_, value)| *value))
+        .fold(0.0, f64::max);
+    if highest <= 0.0 {
+        1.0
+    } else {
+        highest * 1.12
+    }
+}
+
+/// `12345` as `12.3K`, `2500000` as `2.5M`.
+pub fn short_number(value: f64) -> String {
+    let magnitude = value.abs();
+    if magnitude >= 1e6 {
+        format!("{:.1}M", value / 1e6)
+    } else if magnitude >= 1e4 {
+        format!("{:.0}K", value / 1e3)
+    } else if magnitude >= 1e3 {
+        format!("{:.1}K", value / 1e3)
+    } else if magnitude >= 10.0 || value == value.trunc() {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_picture_is_an_svg_with_its_titles() {
+        let mut panel = Panel::new("left panel", vec![Bar::new("a", 3.0), Bar::new("b", 5.0)]);
+        panel.references.push(("lecture".to_string(), 4.0));
+        let svg = Picture::new(
+            "the caption",
+            "things",
+            vec![panel, Panel::new("right", vec![])],
+        )
+        .svg();
+        assert!(svg.starts_with("<svg"), "{svg}");
+        for text in ["the caption", "left panel", "right", "lecture"] {
+            assert!(svg.contains(text), "{text} missing");
+        }
+    }
+
+    #[test]
+    fn short_numbers() {
+        assert_eq!(short_number(0.0), "0");
+        assert_eq!(short_number(1500.0), "1.5K");
+        assert_eq!(short_number(20_000.0), "20K");
+        assert_eq!(short_number(2_500_000.0), "2.5M");
+        assert_eq!(short_number(0.25), "0.25");
+    }
+}

@@ -1,0 +1,568 @@
+//! A small safe face on io_uring for the `uring` server model: one ring, a ring of
+//! provided receive buffers, and send buffers that the ring owns while the kernel uses
+//! them.
+//!
+//! The `io-uring` crate makes pushing a request `unsafe` because a request names memory
+//! (a buffer to fill or to send) that the kernel touches later, after the call that
+//! queued it has returned. The safety argument of this module is one rule: **memory named
+//! by a request belongs to the [`Ring`] until the request's last completion arrives.**
+//! - Receive buffers are one allocation owned by the ring, handed to the kernel through a
+//!   registered buffer ring. The kernel picks a buffer, fills it and names it in a
+//!   completion; from then on the buffer is the caller's ([`RecvBuf`]) until
+//!   [`Ring::recycle`] gives it back. The caller reads it only through [`Ring::recv_data`].
+//! - Send buffers are `Vec<u8>` moved into the ring by [`Ring::send`] and moved back out
+//!   in the send's completion ([`Completion::Sent`]); nobody else can touch them between.
+//! - On drop, the ring cancels every request and waits for them; if it cannot be sure the
+//!   kernel is done, it leaks the memory rather than freeing what the kernel may write.
+//!
+//! Descriptors are passed as raw numbers: the kernel takes its own reference to the file
+//! when it starts a request, so a closed descriptor is never a memory hazard. The caller
+//! must still not close a descriptor while a request naming it waits unsubmitted in the
+//! queue (see [`Ring::push_pending`]), or the kernel resolves the number to whatever file
+//! reuses it.
+
+use std::alloc::{self, Layout};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::time::Duration;
+
+use io_uring::types::{BufRingEntry, CancelBuilder, Fd, SubmitArgs, Timespec};
+use io_uring::{cqueue, opcode, squeue, IoUring};
+
+/// The buffer group of the ring's receive buffers (one group per ring).
+const BUF_GROUP: u16 = 0;
+
+/// The kind of a request, in the top byte of its `user_data`; the rest is a tag.
+const KIND_SHIFT: u32 = 56;
+const TAG_MASK: u64 = (1 << KIND_SHIFT) - 1;
+const KIND_ACCEPT: u64 = 1;
+const KIND_RECV: u64 = 2;
+const KIND_SEND: u64 = 3;
+const KIND_POLL: u64 = 4;
+const KIND_CANCEL: u64 = 5;
+const KIND_CLOSE: u64 = 6;
+
+/// Tells rings apart, so a [`RecvBuf`] is only ever given back to its own ring.
+static NEXT_RING_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What a completion reported. Tags are the caller's (at most 56 bits).
+#[derive(Debug)]
+pub enum Completion {
+    /// The multishot accept produced a connection or failed. `more`: the accept is still
+    /// armed; when false the caller arms it again (after a pause if descriptors ran out).
+    Accepted {
+        result: io::Result<OwnedFd>,
+        more: bool,
+    },
+    /// A multishot receive delivered bytes (`Ok(Some)`), end of input (`Ok(None)`) or an
+    /// error. `more`: the receive is still armed. `ENOBUFS`: the provided buffers ran out
+    /// and the receive stopped; `ECANCELED`: [`Ring::cancel_recv`] stopped it.
+    Received {
+        tag: u64,
+        result: io::Result<Option<RecvBuf>>,
+        more: bool,
+    },
+    /// A send finished: `Ok(n)` bytes of `buf[start..]` were sent. The buffer comes back.
+    Sent {
+        tag: u64,
+        result: io::Result<usize>,
+        buf: Vec<u8>,
+        start: usize,
+    },
+    /// The descriptor watched by [`Ring::poll_readable`] became readable.
+    Readable { tag: u64 },
+}
+
+/// A filled receive buffer, lent to the caller until [`Ring::recycle`].
+///
+/// Dropping it without recycling only loses the buffer to the ring; it is never reused.
+#[derive(Debug)]
+pub struct RecvBuf {
+    ring_id: u64,
+    bid: u16,
+    len: u32,
+}
+
+impl RecvBuf {
+    /// How many bytes the kernel put in it.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// One io_uring instance and the memory its requests use.
+pub struct Ring {
+    ring: IoUring,
+    id: u64,
+    /// The registered buffer ring (entries for the kernel to pick from) and the buffers.
+    bufs: ProvidedBuffers,
+    /// Send buffers in flight, by slot; a slot's number is its send's tag in `user_data`.
+    /// Invariant: `Some` from [`Ring::send`] until that send's completion.
+    sends: Vec<Option<InFlightSend>>,
+    free_sends: Vec<usize>,
+    /// Requests pushed whose last completion has not arrived (a multishot request counts
+    /// once). Drop waits for this to reach zero before freeing memory.
+    in_flight: usize,
+    /// Completions taken from the queue but not yet handed out.
+    scratch: Vec<cqueue::Entry>,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring")
+            .field("id", &self.id)
+            .field("in_flight", &self.in_flight)
+            .field("n_bufs", &self.bufs.n_bufs)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct InFlightSend {
+    buf: Vec<u8>,
+    start: usize,
+    tag: u64,
+}
+
+/// Receive buffers provided to the kernel through a buffer ring.
+///
+/// Both allocations are made here and freed here, never through a Rust reference to the
+/// whole: the kernel writes into buffers that the program is not reading, and the program
+/// only ever forms a slice of one buffer that the kernel has finished with.
+struct ProvidedBuffers {
+    /// `n_bufs` entries of 16 bytes the kernel reads; the tail lives in entry 0.
+    entries: NonNull<BufRingEntry>,
+    entries_layout: Layout,
+    /// `n_bufs * buf_size` bytes.
+    data: NonNull<u8>,
+    data_layout: Layout,
+    n_bufs: u16,
+    buf_size: u32,
+    /// Our copy of the tail: entries before it are the kernel's to take.
+    tail: u16,
+    registered: bool,
+}
+
+impl Ring {
+    /// A ring with room for `entries` queued requests and `n_bufs` receive buffers of
+    /// `buf_size` bytes (`n_bufs` a power of two, at most 32768).
+    ///
+    /// Fails as the kernel does: `EPERM` or `ENOSYS` where io_uring is disabled (common in
+    /// containers), `EINVAL` on kernels without buffer rings (before 5.19).
+    pub fn new(entries: u32, n_bufs: u16, buf_size: u32) -> io::Result<Ring> {
+        if !n_bufs.is_power_of_two() || n_bufs > 32768 || buf_size == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "n_bufs must be a power of two",
+            ));
+        }
+        // Completions run only when this thread asks for them (DEFER_TASKRUN): no
+        // interrupting the loop, and all the work happens in the batched wait. Older
+        // kernels (before 6.1) reject the flags; they get a plain ring.
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_cqsize(entries * 4)
+            .build(entries)
+            .or_else(|_| IoUring::builder().setup_cqsize(entries * 4).build(entries))?;
+        let mut bufs = ProvidedBuffers::new(n_bufs, buf_size)?;
+        // SAFETY: the entries and the buffers they point at are owned by `bufs`, which
+        // lives in the Ring next to `ring`; `Drop for Ring` unregisters the buffer ring
+        // (or leaks the memory) before they are freed.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                bufs.entries.as_ptr() as u64,
+                n_bufs,
+                BUF_GROUP,
+                0,
+            )?;
+        }
+        bufs.registered = true;
+        for bid in 0..n_bufs {
+            bufs.push(bid);
+        }
+        bufs.publish();
+        Ok(Ring {
+            ring,
+            id: NEXT_RING_ID.fetch_add(1, Ordering::Relaxed),
+            bufs,
+            sends: Vec::new(),
+            free_sends: Vec::new(),
+            in_flight: 0,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Arms a multishot accept on `listener`; connections arrive as [`Completion::Accepted`].
+    pub fn accept_multi(&mut self, listener: RawFd) -> io::Result<()> {
+        let entry = opcode::AcceptMulti::new(Fd(listener))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(KIND_ACCEPT << KIND_SHIFT);
+        self.push(entry)
+    }
+
+    /// Arms a multishot receive on `fd` into the provided buffers.
+    pub fn recv_multi(&mut self, fd: RawFd, tag: u64) -> io::Result<()> {
+        let entry = opcode::RecvMulti::new(Fd(fd), BUF_GROUP)
+            .build()
+            .user_data(KIND_RECV << KIND_SHIFT | (tag & TAG_MASK));
+        self.push(entry)
+    }
+
+    /// Asks the kernel to stop the multishot receive armed with `tag`. Its final
+    /// completion (`ECANCELED`, or whatever it delivered first) still arrives.
+    pub fn cancel_recv(&mut self, tag: u64) -> io::Result<()> {
+        let target = KIND_RECV << KIND_SHIFT | (tag & TAG_MASK);
+        let entry = opcode::AsyncCancel2::new(CancelBuilder::user_data(target))
+            .build()
+            .user_data(KIND_CANCEL << KIND_SHIFT);
+        self.push(entry)
+    }
+
+    /// Sends `buf[start..]` on `fd`. The buffer is the ring's until [`Completion::Sent`]
+    /// returns it, with how much was sent (a stream socket may take less).
+    pub fn send(&mut self, fd: RawFd, tag: u64, buf: Vec<u8>, start: usize) -> io::Result<()> {
+        let start = start.min(buf.len());
+        let slot = self.free_sends.pop().unwrap_or(self.sends.len());
+        let len = u32::try_from(buf.len() - start).unwrap_or(u32::MAX);
+        // The pointer is taken from the Vec's heap allocation, which does not move when
+        // the Vec itself moves into `sends` below.
+        let ptr = buf[start..].as_ptr();
+        let entry = opcode::Send::new(Fd(fd), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(KIND_SEND << KIND_SHIFT | slot as u64);
+        let in_flight = Some(InFlightSend {
+            buf,
+            start,
+            tag: tag & TAG_MASK,
+        });
+        if slot == self.sends.len() {
+            self.sends.push(in_flight);
+        } else {
+            self.sends[slot] = in_flight;
+        }
+        if let Err(err) = self.push(entry) {
+            // Never queued: the buffer was not lent to the kernel.
+            self.sends[slot] = None;
+            self.free_sends.push(slot);
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// Completes once `fd` is readable ([`Completion::Readable`]).
+    pub fn poll_readable(&mut self, fd: RawFd, tag: u64) -> io::Result<()> {
+        let entry = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
+            .build()
+            .user_data(KIND_POLL << KIND_SHIFT | (tag & TAG_MASK));
+        self.push(entry)
+    }
+
+    /// Closes `fd` through the ring, in order after the requests already queued for it,
+    /// without a system call of its own. If the queue cannot take it, closes it now.
+    ///
+    /// A socket with a receive still armed stays open (the request holds the file) until
+    /// that receive ends: shut the socket down first to end it.
+    pub fn close(&mut self, fd: OwnedFd) {
+        let entry = opcode::Close::new(Fd(fd.as_raw_fd()))
+            .build()
+            .user_data(KIND_CLOSE << KIND_SHIFT);
+        if self.push(entry).is_ok() {
+            // The ring's close now owns the descriptor.
+            let _ = fd.into_raw_fd();
+        }
+    }
+
+    /// Requests queued but not yet submitted.
+    pub fn push_pending(&mut self) -> usize {
+        self.ring.submission().len()
+    }
+
+    /// Submits every queued request and waits for at least one completion, or until
+    /// `timeout` passes (`None`: no limit). One system call for the whole batch.
+    pub fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let result = match timeout {
+            None => self.ring.submit_and_wait(1),
+            Some(timeout) => {
+                let ts = Timespec::new()
+                    .sec(timeout.as_secs())
+                    .nsec(timeout.subsec_nanos());
+                let args = SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+        };
+        match result {
+            Ok(_) => Ok(()),
+            // The timeout passed, or a signal arrived: both just end the wait.
+            Err(err)
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Submits every queued request without waiting.
+    pub fn submit(&mut self) -> io::Result<()> {
+        self.ring.submit().map(drop)
+    }
+
+    /// Moves every available completion into `out` (which is cleared first).
+    pub fn completions(&mut self, out: &mut Vec<Completion>) {
+        out.clear();
+        self.scratch.clear();
+        self.scratch.extend(self.ring.completion());
+        for entry_idx in 0..self.scratch.len() {
+            let cqe = self.scratch[entry_idx].clone();
+            if let Some(completion) = self.complete(&cqe) {
+                out.push(completion);
+            }
+        }
+    }
+
+    /// The bytes of a filled receive buffer.
+    pub fn recv_data(&self, buf: &RecvBuf) -> &[u8] {
+        assert_eq!(
+            buf.ring_id, self.id,
+            "a receive buffer was given to another ring"
+        );
+        let offset = buf.bid as usize * self.bufs.buf_size as usize;
+        // SAFETY: `bid` came from a completion of this ring (checked above), so the buffer
+        // lies inside `data`, and `len` is at most `buf_size` as the kernel reported it.
+        // The kernel does not write into a buffer between the completion that named it
+        // and its recycling, and `recycle` takes `&mut self`, so it cannot happen while
+        // this slice lives.
+        unsafe { std::slice::from_raw_parts(self.bufs.data.as_ptr().add(offset), buf.len as usize) }
+    }
+
+    /// Gives a receive buffer back to the kernel.
+    pub fn recycle(&mut self, buf: RecvBuf) {
+        assert_eq!(
+            buf.ring_id, self.id,
+            "a receive buffer was given to another ring"
+        );
+        self.bufs.push(buf.bid);
+        self.bufs.publish();
+    }
+
+    fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
+        // SAFETY: every request built by this module names either no memory (accept,
+        // receive into provided buffers, poll, cancel) or a send buffer that `send` has
+        // just moved into `self.sends`, where it stays until the completion.
+        if unsafe { self.ring.submission().push(&entry) }.is_err() {
+            // The queue is full: hand the batch to the kernel and retry once.
+            self.ring.submit()?;
+            // SAFETY: as above.
+            unsafe { self.ring.submission().push(&entry) }
+                .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+        }
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Turns one completion into what the caller sees, taking back any memory it releases.
+    fn complete(&mut self, cqe: &cqueue::Entry) -> Option<Completion> {
+        let more = cqueue::more(cqe.flags());
+        if !more {
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
+        let kind = cqe.user_data() >> KIND_SHIFT;
+        let tag = cqe.user_data() & TAG_MASK;
+        let res = cqe.result();
+        let error = || io::Error::from_raw_os_error(-res);
+        match kind {
+            KIND_ACCEPT => {
+                let result = if res >= 0 {
+                    // SAFETY: a successful accept completion carries a new descriptor that
+                    // nothing else owns.
+                    Ok(unsafe { OwnedFd::from_raw_fd(res) })
+                } else {
+                    Err(error())
+                };
+                Some(Completion::Accepted { result, more })
+            }
+            KIND_RECV => {
+                let buf = cqueue::buffer_select(cqe.flags()).map(|bid| RecvBuf {
+                    ring_id: self.id,
+                    bid,
+                    len: res.max(0) as u32,
+                });
+                let result = match (res, buf) {
+                    (n, Some(buf)) if n > 0 => Ok(Some(buf)),
+                    (n, buf) => {
+                        // A buffer named by a completion without bytes goes straight back.
+                        if let Some(buf) = buf {
+                            self.recycle(buf);
+                        }
+                        if n == 0 {
+                            Ok(None)
+                        } else {
+                            Err(error())
+                        }
+                    }
+                };
+                Some(Completion::Received { tag, result, more })
+            }
+            KIND_SEND => {
+                let slot = tag as usize;
+                let send = self.sends.get_mut(slot).and_then(Option::take)?;
+                self.free_sends.push(slot);
+                let result = if res >= 0 {
+                    Ok(res as usize)
+                } else {
+                    Err(error())
+                };
+                Some(Completion::Sent {
+                    tag: send.tag,
+                    result,
+                    buf: send.buf,
+                    start: send.start,
+                })
+            }
+            KIND_POLL => Some(Completion::Readable { tag }),
+            _ => None, // Cancel results: the cancelled request reports for itself.
+        }
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // Stop everything still armed and wait for the kernel to let go of our memory.
+        let _ = self.ring.submit();
+        if self.in_flight > 0 {
+            let timeout = Timespec::new().sec(1);
+            let _ = self
+                .ring
+                .submitter()
+                .register_sync_cancel(Some(timeout), CancelBuilder::any());
+            let mut sink = Vec::new();
+            for _ in 0..100 {
+                self.completions(&mut sink);
+                for completion in sink.drain(..) {
+                    if let Completion::Received {
+                        result: Ok(Some(buf)),
+                        ..
+                    } = completion
+                    {
+                        self.recycle(buf);
+                    }
+                }
+                if self.in_flight == 0 {
+                    break;
+                }
+                let _ = self.submit_and_wait(Some(Duration::from_millis(10)));
+            }
+        }
+        if self.in_flight > 0
+            || self
+                .ring
+                .submitter()
+                .unregister_buf_ring(BUF_GROUP)
+                .is_err()
+        {
+            // The kernel may still write into the buffers or read the sends: leak them.
+            self.bufs.registered = true;
+            std::mem::forget(std::mem::take(&mut self.sends));
+            return;
+        }
+        self.bufs.registered = false;
+    }
+}
+
+impl ProvidedBuffers {
+    fn new(n_bufs: u16, buf_size: u32) -> io::Result<ProvidedBuffers> {
+        let too_big = || io::Error::new(io::ErrorKind::InvalidInput, "receive buffers too large");
+        // The kernel wants the entries page-aligned.
+        let entries_layout =
+            Layout::from_size_align(n_bufs as usize * std::mem::size_of::<BufRingEntry>(), 4096)
+                .map_err(|_| too_big())?;
+        let data_layout = Layout::from_size_align(n_bufs as usize * buf_size as usize, 4096)
+            .map_err(|_| too_big())?;
+        // SAFETY: both layouts have a non-zero size (n_bufs >= 1, buf_size >= 1).
+        let entries =
+            NonNull::new(unsafe { alloc::alloc_zeroed(entries_layout) }.cast::<BufRingEntry>());
+        // SAFETY: as above. Not zeroed: pages are touched only as the kernel fills them,
+        // so unused buffers cost no resident memory.
+        let data = NonNull::new(unsafe { alloc::alloc(data_layout) });
+        match (entries, data) {
+            (Some(entries), Some(data)) => Ok(ProvidedBuffers {
+                entries,
+                entries_layout,
+                data,
+                data_layout,
+                n_bufs,
+                buf_size,
+                tail: 0,
+                registered: false,
+            }),
+            (entries, data) => {
+                // SAFETY: each pointer, if allocated, came from `alloc` with its layout.
+                unsafe {
+                    if let Some(entries) = entries {
+                        alloc::dealloc(entries.as_ptr().cast(), entries_layout);
+                    }
+                    if let Some(data) = data {
+                        alloc::dealloc(data.as_ptr(), data_layout);
+                    }
+                }
+                Err(io::ErrorKind::OutOfMemory.into())
+            }
+        }
+    }
+
+    /// Writes the entry for buffer `bid` at our tail; [`Self::publish`] shows it to the kernel.
+    fn push(&mut self, bid: u16) {
+        let mask = self.n_bufs - 1;
+        let idx = (self.tail & mask) as usize;
+        // SAFETY: `idx < n_bufs`, inside the entries allocation. The kernel only reads
+        // entries between its head and the published tail; this one is at or past the
+        // published tail, which the kernel has not reached, and only this thread writes.
+        unsafe {
+            let entry = &mut *self.entries.as_ptr().add(idx);
+            entry.set_addr(
+                self.data
+                    .as_ptr()
+                    .add(bid as usize * self.buf_size as usize) as u64,
+            );
+            entry.set_len(self.buf_size);
+            entry.set_bid(bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Publishes the entries pushed so far (a release store of the tail, after them).
+    fn publish(&mut self) {
+        // SAFETY: the tail field lies inside entry 0 of our allocation, is 2-byte aligned,
+        // and the kernel reads it concurrently, hence the atomic store.
+        unsafe {
+            let tail = BufRingEntry::tail(self.entries.as_ptr()).cast_mut();
+            AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for ProvidedBuffers {
+    fn drop(&mut self) {
+        if self.registered {
+            return; // Still known to the kernel (see `Drop for Ring`): leaked on purpose.
+        }
+        // SAFETY: both were allocated in `new` with these layouts, and the kernel no
+        // longer knows them (unregistered, or never registered).
+        unsafe {
+            alloc::dealloc(self.entries.as_ptr().cast(), self.entries_layout);
+            alloc::dealloc(self.data.as_ptr(), self.data_layout);
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! `echolab lab` end to end, through the real binary: the list, one quick experiment as
+//! JSON, argument errors, and `lab all --report` writing a page with every section.
+
+use std::process::Command;
+
+fn echolab(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_echolab"))
+        .args(args)
+        .output()
+        .expect("the echolab binary runs")
+}
+
+#[test]
+fn list_names_every_experiment() {
+    let output = echolab(&["lab", "list"]);
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    for name in [
+        "counter",
+        "thread-arg",
+        "signal-handler",
+        "deadlock",
+        "livelock",
+        "starvation",
+        "spawn-cost",
+        "backlog",
+        "zombies",
+        "fd-refcount",
+    ] {
+        assert!(
+            text.lines().any(|line| line.starts_with(name)),
+            "{name} missing from:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn one_experiment_as_json() {
+    let output = echolab(&["lab", "thread-arg", "--json", "--trials", "1"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["experiment"], "thread-arg");
+    let panels = report["figures"]["panels"].as_array().unwrap();
+    assert_eq!(panels.len(), 3);
+    // The no-race panel is exact: every value once.
+    assert_eq!(panels[0]["distinct_per_trial"][0], 100);
+    for panel in panels {
+        let total: u64 = panel["histogram"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_u64().unwrap())
+            .sum();
+        assert_eq!(total, 100, "every thread counted once");
+    }
+}
+
+#[test]
+fn bad_arguments_name_the_bad_value() {
+    let output = echolab(&["lab", "no-such-thing"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("\"no-such-thing\""));
+    let output = echolab(&["lab", "counter", "--cpus", "9999"]);
+    assert_ne!(output.status.code(), Some(0));
+}
+
+#[test]
+fn all_writes_a_report_with_a_section_and_picture_per_experiment() {
+    let dir = std::env::temp_dir().join(format!("echolab-lab-report-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let output = echolab(&[
+        "lab",
+        "all",
+        "--trials",
+        "1",
+        "--timeout",
+        "30",
+        "--report",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let page = std::fs::read_to_string(dir.join("index.html")).unwrap();
+    assert_eq!(page.matches("<section class=\"experiment\"").count(), 10);
+    assert_eq!(page.matches("<figure>").count(), 10);
+    assert_eq!(page.matches("<svg").count(), 10);
+    let figures: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("lab.json")).unwrap()).unwrap();
+    let by_name = |name: &str| {
+        figures
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|report| report["experiment"] == name)
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .clone()
+    };
+    // The fixed variants, exactly.
+    let counter = by_name("counter");
+    for variant in &counter["figures"]["variants"].as_array().unwrap()[1..] {
+        assert_eq!(variant["lost"][0], 0, "{variant}");
+    }
+    assert_eq!(
+        by_name("signal-handler")["figures"]["signalfd"]["reaped"],
+        1000
+    );
+    assert_eq!(by_name("zombies")["figures"]["reaping"]["zombies"], 0);
+    assert_eq!(by_name("zombies")["figures"]["no_waitpid"]["zombies"], 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
