@@ -32,10 +32,12 @@ pub mod net;
 pub mod prethreaded;
 pub mod process;
 pub mod reactor;
-pub mod sbuf;
 pub mod shutdown;
 pub mod thread;
 pub mod uring;
+
+/// The bounded queue of the prethreaded model (CS:APP's `sbuf`), in a crate of its own.
+pub use echolab_sbuf as sbuf;
 
 use std::fmt;
 use std::io;

@@ -9,6 +9,9 @@
 //! [`BoundedQueue::close`] adds what the book leaves out, a way to stop: after it, `push`
 //! refuses and `pop` drains what is left and then returns `None`, so every worker thread
 //! can be joined.
+//!
+//! Model checks: `RUSTFLAGS="--cfg loom" cargo test -p echolab-sbuf --release --target-dir target/loom`.
+#![forbid(unsafe_code)]
 
 #[cfg(loom)]
 use loom::sync::{Condvar, Mutex, MutexGuard};
@@ -180,7 +183,7 @@ mod tests {
     }
 }
 
-/// Model checks with loom: `RUSTFLAGS="--cfg loom" cargo test -p echolab-server --release sbuf`.
+/// Model checks with loom (see the crate documentation for the command).
 #[cfg(all(test, loom))]
 mod loom_tests {
     use super::*;
