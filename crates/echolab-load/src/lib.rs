@@ -1,28 +1,84 @@
-//! PLACEHOLDER: the client, bench and compare (issues 2 and 3) are being written.
+//! The client side of echolab: `echolab client` (send stdin or a file to an echo server,
+//! print or verify what comes back), `echolab bench` (a load generator you can trust:
+//! closed loop, open loop without coordinated omission, connection churn, every byte
+//! verified, HDR percentiles) and `echolab compare` (every model under the same load,
+//! written up as tables and charts).
+//!
+//! Architecture invariant: the engine never prints; the three `run_*` functions are the
+//! only code that writes to stdout or stderr, and they return the exit status.
+//!
+//! # Layout
+//! - [`cli`]: the three command lines and their checks (`ClientArgs`, `BenchArgs`,
+//!   `CompareArgs`).
+//! - [`client`]: `echolab client`, interactive or `--send FILE`.
+//! - [`bench`]: `echolab bench`: signals, progress display, summary or JSON, exit status.
+//! - [`engine`]: the load engine: mio event loops on worker threads, one state machine
+//!   per connection ([`engine::BenchConfig`], [`engine::run`]).
+//! - [`pattern`]: the position-dependent byte stream each connection sends, and its check.
+//! - [`latency`]: HDR histograms of latency, merged across threads.
+//! - [`schedule`]: the open loop's constant-rate schedule (wrk2's method).
+//! - [`report`]: [`report::BenchReport`], errors by kind, text and JSON renderings.
+//! - [`progress`]: a progress bar on a terminal, a line per interval otherwise.
+//! - [`hold`]: many idle connections held open (compare's memory-per-connection step).
+//! - [`compare`]: `echolab compare`: starting and stopping servers, reading /proc, the
+//!   workload matrix, results.json, summary.md and SVG charts.
 #![forbid(unsafe_code)]
 
+pub mod bench;
+pub mod cli;
+pub mod client;
+pub mod compare;
+pub mod engine;
+pub mod hold;
+pub mod latency;
+pub mod pattern;
+pub mod progress;
+pub mod report;
+pub mod schedule;
+
+use std::io;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
-/// Send stdin (or a file) to an echo server.
-#[derive(Debug, clap::Args)]
-pub struct ClientArgs {}
+pub use cli::{BenchArgs, ClientArgs, CompareArgs};
 
-/// Load an echo server.
-#[derive(Debug, clap::Args)]
-pub struct BenchArgs {}
-
-/// Compare the models.
-#[derive(Debug, clap::Args)]
-pub struct CompareArgs {}
-
-pub fn run_client(_args: ClientArgs) -> ExitCode {
-    ExitCode::FAILURE
+/// Runs `echolab client`.
+pub fn run_client(args: ClientArgs) -> ExitCode {
+    client::run(args)
 }
 
-pub fn run_bench(_args: BenchArgs) -> ExitCode {
-    ExitCode::FAILURE
+/// Runs `echolab bench`.
+pub fn run_bench(args: BenchArgs) -> ExitCode {
+    bench::run(args)
 }
 
-pub fn run_compare(_args: CompareArgs) -> ExitCode {
-    ExitCode::FAILURE
+/// Runs `echolab compare`.
+pub fn run_compare(args: CompareArgs) -> ExitCode {
+    compare::run(args)
+}
+
+/// A flag that SIGINT or SIGTERM sets, so a run can stop and still report what it
+/// measured. A second signal, arriving when the flag is already set, exits at once
+/// (status 130) for a run that does not stop quickly enough.
+pub fn install_stop_flag() -> io::Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        // Registered first, so it sees the flag as it was before this signal set it.
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop))?;
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    Ok(stop)
+}
+
+/// Raises the soft limit on open descriptors to the hard limit: 512 connections and more
+/// need it on a default 1024.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
 }

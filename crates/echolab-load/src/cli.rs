@@ -1,0 +1,329 @@
+//! The command lines of `echolab client`, `echolab bench` and `echolab compare`, and the
+//! checks that turn them into plain configurations. A bad value is one line naming it.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::engine::{default_threads, BenchConfig};
+
+/// Send stdin (or a file) to an echo server and print or verify what comes back.
+///
+/// Interactive: each line typed goes to the server and its echo is printed. At the end of
+/// input (Ctrl-D) the client shuts down its sending side and prints every byte still owed;
+/// a server that closes or resets early is reported as an error, never printed as an echo.
+///
+/// Exit status: 0 when everything sent came back, 1 on an error (reset, timeout, early
+/// end of file), 2 for a bad argument, 3 when an echoed byte differs from the one sent.
+#[derive(Debug, clap::Args)]
+pub struct ClientArgs {
+    /// The server: IP:PORT or HOST:PORT.
+    #[arg(default_value = "127.0.0.1:7007", value_parser = parse_addr)]
+    pub addr: SocketAddr,
+
+    /// Send this file instead of stdin, check every byte of the echo, print nothing but
+    /// the verdict.
+    #[arg(long, value_name = "FILE")]
+    pub send: Option<PathBuf>,
+
+    /// Give up after this many seconds without progress (connecting, or waiting for an
+    /// owed echo).
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_secs)]
+    pub timeout: Duration,
+}
+
+/// Load an echo server and measure it: messages/s, latency percentiles, errors by kind.
+///
+/// Closed loop by default (each connection sends a message, waits for the whole echo,
+/// checks every byte, sends the next). --rate makes it an open loop measured from the
+/// intended send times (no coordinated omission); --churn measures connections per second.
+///
+/// Exit status: 0 clean run, 1 errors (connect, reset, eof, timeout, extra bytes, server
+/// gone), 2 bad argument, 3 byte mismatch, 130 interrupted.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// The server: IP:PORT or HOST:PORT.
+    #[arg(value_parser = parse_addr)]
+    pub addr: SocketAddr,
+
+    /// Connections (with --churn: connections in progress at once).
+    #[arg(long, short = 'c', default_value_t = 64, value_name = "N", value_parser = parse_positive)]
+    pub conns: usize,
+
+    /// Message size in bytes; K/KiB and M/MiB suffixes are accepted (16KiB).
+    #[arg(long, short = 's', default_value = "64", value_name = "BYTES", value_parser = parse_size)]
+    pub size: usize,
+
+    /// Measured seconds (after the warm-up).
+    #[arg(long, short = 'd', default_value = "5", value_name = "SECS", value_parser = parse_secs)]
+    pub duration: Duration,
+
+    /// Seconds of load before measuring; excluded from every figure.
+    #[arg(long, short = 'w', default_value = "1", value_name = "SECS", value_parser = parse_secs_or_zero)]
+    pub warmup: Duration,
+
+    /// Worker threads, each with its own event loop. Default: one per CPU.
+    #[arg(long, short = 't', value_name = "N", value_parser = parse_positive)]
+    pub threads: Option<usize>,
+
+    /// Messages in flight per connection (with --rate: at most in flight).
+    #[arg(long, short = 'P', default_value_t = 1, value_name = "DEPTH", value_parser = parse_pipeline)]
+    pub pipeline: usize,
+
+    /// Open loop: send this many messages per second in total, spread over the connections,
+    /// and measure latency from each message's intended send time.
+    #[arg(long, short = 'r', value_name = "MSGS_PER_SEC", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+
+    /// Connection churn: connect, one echo, close, repeat; reports connections/s.
+    #[arg(long)]
+    pub churn: bool,
+
+    /// Line mode: every message ends in '\n' and holds no other (for --mode lines servers).
+    #[arg(long)]
+    pub lines: bool,
+
+    /// Print one JSON document on stdout instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Seconds between progress lines when stderr is not a terminal; 0 for none.
+    #[arg(long, default_value = "1", value_name = "SECS", value_parser = parse_secs_or_zero)]
+    pub interval: Duration,
+
+    /// Seconds allowed to establish the connections.
+    #[arg(long, default_value = "5", value_name = "SECS", value_parser = parse_secs)]
+    pub connect_timeout: Duration,
+
+    /// A connection owed an echo that makes no progress for this many seconds counts as a
+    /// timeout error and is closed.
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_secs)]
+    pub timeout: Duration,
+}
+
+impl BenchArgs {
+    /// The checked configuration, or one line naming the conflict.
+    pub fn config(&self) -> Result<BenchConfig, String> {
+        if self.churn && self.rate.is_some() {
+            return Err(
+                "--churn cannot be combined with --rate: churn is a closed loop of connects"
+                    .to_string(),
+            );
+        }
+        if self.churn && self.pipeline > 1 {
+            return Err(format!(
+                "--pipeline {} cannot be combined with --churn: a churned connection carries one echo",
+                self.pipeline
+            ));
+        }
+        Ok(BenchConfig {
+            addr: self.addr,
+            n_conns: self.conns,
+            msg_size: self.size,
+            duration: self.duration,
+            warmup: self.warmup,
+            n_threads: self.threads.unwrap_or_else(default_threads),
+            pipeline: self.pipeline,
+            rate: self.rate,
+            churn: self.churn,
+            lines: self.lines,
+            connect_timeout: self.connect_timeout,
+            stall_timeout: self.timeout,
+        })
+    }
+}
+
+/// Run every model under the same load and write tables and charts.
+///
+/// Starts each model as `echolab serve --model M --listen 127.0.0.1:0` (this executable),
+/// runs the workload matrix against all of them alternately, reads each server's CPU time,
+/// memory, threads and processes from /proc, and writes results.json, summary.md and SVG
+/// charts. Models that fail to start are reported and left out.
+#[derive(Debug, clap::Args)]
+pub struct CompareArgs {
+    /// Models to compare, comma-separated. Default: every model that starts.
+    #[arg(long, value_delimiter = ',', value_name = "LIST", value_parser = parse_model)]
+    pub models: Option<Vec<String>>,
+
+    /// Where to write results.json, summary.md and the charts.
+    #[arg(long, default_value = "target/echolab-compare", value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// A reduced matrix that runs in under a minute (for CI and a first look).
+    #[arg(long)]
+    pub quick: bool,
+
+    /// Runs of each (workload, model) pair; the tables show medians. Default: 3.
+    #[arg(long, value_name = "N", value_parser = parse_positive)]
+    pub repeats: Option<usize>,
+}
+
+/// The models `echolab serve --model` accepts, in the lecture's order, then the fast ones.
+/// compare talks to servers only through that command line, so it names them as it does
+/// (a test checks this list against the server crate's).
+pub const MODELS: [&str; 8] = [
+    "iterative",
+    "process",
+    "event",
+    "thread",
+    "prethreaded",
+    "reactor",
+    "uring",
+    "async",
+];
+
+fn parse_model(text: &str) -> Result<String, String> {
+    let name = text.trim();
+    if MODELS.contains(&name) {
+        Ok(name.to_string())
+    } else {
+        Err(format!(
+            "unknown model {name:?} (models: {})",
+            MODELS.join(", ")
+        ))
+    }
+}
+
+/// An address with a port: `127.0.0.1:7007`, `[::1]:7007`, or a host name to resolve.
+pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let mut addrs = text
+        .to_socket_addrs()
+        .map_err(|_| format!("not an address with a port: {text:?} (try 127.0.0.1:7007)"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
+fn parse_positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err(format!("must be at least 1, got {text}")),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("not a whole number: {text:?}")),
+    }
+}
+
+fn parse_pipeline(text: &str) -> Result<usize, String> {
+    let depth = parse_positive(text)?;
+    // A bound on a bound: each message in flight holds its start time.
+    const MAX: usize = 65_536;
+    if depth > MAX {
+        return Err(format!("at most {MAX}, got {depth}"));
+    }
+    Ok(depth)
+}
+
+/// A size in bytes, with an optional K/KiB (1024) or M/MiB (1024²) suffix.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let (digits, unit) = match lower.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => lower.split_at(at),
+        None => (lower.as_str(), ""),
+    };
+    let scale: usize = match unit.trim() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        _ => {
+            return Err(format!(
+                "not a size in bytes: {text:?} (try 64, 16KiB or 1MiB)"
+            ))
+        }
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("not a size in bytes: {text:?} (try 64, 16KiB or 1MiB)"))?;
+    let bytes = n
+        .checked_mul(scale)
+        .ok_or_else(|| format!("size too large: {text:?}"))?;
+    const MAX: usize = 64 << 20;
+    match bytes {
+        0 => Err(format!("a message has at least 1 byte, got {text:?}")),
+        b if b > MAX => Err(format!("at most 64 MiB per message, got {text:?}")),
+        b => Ok(b),
+    }
+}
+
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    let secs: f64 = text
+        .trim()
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("not a number of seconds: {text:?}"))?;
+    if !secs.is_finite() || !(0.0..=86_400.0).contains(&secs) {
+        return Err(format!("seconds must be between 0 and 86400, got {text:?}"));
+    }
+    Ok(secs)
+}
+
+/// Seconds, more than zero, fractions allowed (`0.5`).
+pub fn parse_secs(text: &str) -> Result<Duration, String> {
+    let secs = parse_seconds(text)?;
+    if secs == 0.0 {
+        return Err(format!("must be more than 0 seconds, got {text:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_secs_or_zero(text: &str) -> Result<Duration, String> {
+    parse_seconds(text).map(Duration::from_secs_f64)
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .parse()
+        .map_err(|_| format!("not a rate in messages per second: {text:?}"))?;
+    if !rate.is_finite() || rate <= 0.0 || rate > 1e9 {
+        return Err(format!(
+            "a rate must be more than 0 and at most 1e9 messages/s, got {text:?}"
+        ));
+    }
+    Ok(rate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("64"), Ok(64));
+        assert_eq!(parse_size("16KiB"), Ok(16 * 1024));
+        assert_eq!(parse_size("16k"), Ok(16 * 1024));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert!(parse_size("0").unwrap_err().contains("\"0\""));
+        assert!(parse_size("12 furlongs")
+            .unwrap_err()
+            .contains("12 furlongs"));
+        assert!(parse_size("1G").is_err());
+    }
+
+    #[test]
+    fn seconds_take_fractions_and_name_bad_values() {
+        assert_eq!(parse_secs("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_secs("2s"), Ok(Duration::from_secs(2)));
+        assert!(parse_secs("0").unwrap_err().contains("\"0\""));
+        assert!(parse_secs("-1").is_err());
+        assert!(parse_secs("soon").unwrap_err().contains("soon"));
+        assert_eq!(parse_secs_or_zero("0"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn addresses_need_a_port() {
+        assert_eq!(parse_addr("127.0.0.1:7007").unwrap().port(), 7007);
+        assert_eq!(parse_addr("[::1]:9").unwrap().port(), 9);
+        assert!(parse_addr("127.0.0.1").unwrap_err().contains("127.0.0.1"));
+    }
+
+    #[test]
+    fn models_are_the_servers_models() {
+        let server: Vec<&str> = echolab_server::Model::ALL
+            .iter()
+            .map(|m| m.name())
+            .collect();
+        assert_eq!(server, MODELS);
+        assert!(parse_model("fork").unwrap_err().contains("fork"));
+    }
+}

@@ -1,0 +1,496 @@
+//! `echolab compare`: every model under the same load, side by side.
+//!
+//! Honesty rules, and where they are kept:
+//! - Same machine, same load: every model runs every workload with the same
+//!   [`BenchConfig`] from this process's own engine, against its own server child.
+//! - Alternation: the loop is repeats → workloads → models, and the model order rotates
+//!   each repeat, so slow drift in the neighbours' load spreads over every model instead of
+//!   landing on one.
+//! - Medians of repeats, with the spread (max − min over median) shown beside them.
+//! - Server CPU per message (from /proc) is reported next to throughput: on a shared
+//!   machine it is the steadier figure.
+//! - The iterative model serialises clients; it runs only the one-connection workloads and
+//!   churn, and the tables say so rather than showing a number that measures the backlog.
+//!
+//! # Layout
+//! - [`server`]: start, check and stop one server child.
+//! - [`procfs`]: the server's CPU, memory, threads and processes.
+//! - [`output`]: results.json and summary.md.
+//! - [`charts`]: the SVG charts.
+
+pub mod charts;
+pub mod output;
+pub mod procfs;
+pub mod server;
+
+use std::io::{self, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::{CompareArgs, MODELS};
+use crate::engine::{self, BenchConfig};
+use crate::hold;
+use output::{IdleResult, ModelStatus, Results, RunSample, WorkloadResults};
+use server::ServerProcess;
+
+/// One cell row of the matrix: a load every model runs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Workload {
+    /// A short title: "64 B × 64 conns", "churn × 4".
+    pub name: String,
+    pub conns: usize,
+    pub size: usize,
+    pub churn: bool,
+}
+
+/// The whole comparison's settings.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Plan {
+    pub quick: bool,
+    pub repeats: usize,
+    pub duration_secs: f64,
+    pub warmup_secs: f64,
+    pub workloads: Vec<Workload>,
+    /// Idle connections held for the memory step.
+    pub idle_conns: usize,
+}
+
+impl Plan {
+    /// The matrix (1, 8, 64, 512 connections; 64 B and 16 KiB; churn; 5,000 idle),
+    /// or a reduced one that runs in under a minute.
+    pub fn new(quick: bool, repeats: Option<usize>) -> Plan {
+        let closed = |conns: usize, size: usize| Workload {
+            name: format!("{} × {conns} conns", size_name(size)),
+            conns,
+            size,
+            churn: false,
+        };
+        let churn = |slots: usize| Workload {
+            name: format!("churn × {slots}"),
+            conns: slots,
+            size: 64,
+            churn: true,
+        };
+        if quick {
+            Plan {
+                quick,
+                repeats: repeats.unwrap_or(3),
+                duration_secs: 0.3,
+                warmup_secs: 0.1,
+                workloads: vec![
+                    closed(1, 64),
+                    closed(64, 64),
+                    closed(8, 16 * 1024),
+                    churn(4),
+                ],
+                idle_conns: 500,
+            }
+        } else {
+            let mut workloads = Vec::new();
+            for size in [64, 16 * 1024] {
+                for conns in [1, 8, 64, 512] {
+                    workloads.push(closed(conns, size));
+                }
+            }
+            workloads.push(churn(16));
+            Plan {
+                quick,
+                repeats: repeats.unwrap_or(3),
+                duration_secs: 2.0,
+                warmup_secs: 0.5,
+                workloads,
+                idle_conns: 5_000,
+            }
+        }
+    }
+
+    fn bench_config(&self, addr: std::net::SocketAddr, workload: &Workload) -> BenchConfig {
+        let mut config = BenchConfig::new(addr, workload.conns, workload.size);
+        config.duration = Duration::from_secs_f64(self.duration_secs);
+        config.warmup = Duration::from_secs_f64(self.warmup_secs);
+        config.churn = workload.churn;
+        config.stall_timeout = Duration::from_secs(5);
+        config
+    }
+}
+
+fn size_name(size: usize) -> String {
+    if size >= 1024 && size.trailing_zeros() >= 10 {
+        format!("{} KiB", size / 1024)
+    } else {
+        format!("{size} B")
+    }
+}
+
+/// Why a model does not run a workload, if it does not.
+pub fn skip_reason(model: &str, workload: &Workload) -> Option<&'static str> {
+    (model == "iterative" && !workload.churn && workload.conns > 1)
+        .then_some("serialises clients: one connection at a time")
+}
+
+/// Why a model is not asked to hold idle connections, if it is not: idle clients would
+/// hold its only thread (iterative) or every worker of its pool (prethreaded, the lecture's
+/// limit), and the rest would wait unserved; that is the finding, not a memory figure.
+pub fn idle_skip_reason(model: &str) -> Option<&'static str> {
+    match model {
+        "iterative" => Some("serialises clients: an idle client holds the only thread"),
+        "prethreaded" => {
+            Some("a fixed pool: idle clients hold every worker, the rest wait unserved")
+        }
+        _ => None,
+    }
+}
+
+/// Runs `echolab compare` and returns its exit status: 0 when every started model ran
+/// cleanly, 1 when a run had errors or nothing started, 2 for a bad argument.
+pub fn run(args: CompareArgs) -> ExitCode {
+    let stop = match crate::install_stop_flag() {
+        Ok(stop) => stop,
+        Err(err) => {
+            eprintln!("echolab compare: cannot install the SIGINT/SIGTERM handlers: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    crate::raise_fd_limit();
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(err) => {
+            eprintln!("echolab compare: cannot find this executable to start servers: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(err) = std::fs::create_dir_all(&args.out) {
+        eprintln!(
+            "echolab compare: cannot create {}: {}",
+            args.out.display(),
+            engine::describe(&err)
+        );
+        return ExitCode::from(2);
+    }
+    let plan = Plan::new(args.quick, args.repeats);
+    let names: Vec<String> = match &args.models {
+        Some(list) if !list.is_empty() => list.clone(),
+        _ => MODELS.iter().map(|m| m.to_string()).collect(),
+    };
+    let results = compare(&exe, &names, &plan, &stop);
+    match write_outputs(&args.out, &results) {
+        Ok(files) => {
+            eprintln!("echolab compare: wrote");
+            for file in files {
+                eprintln!("  {}", file.display());
+            }
+        }
+        Err(err) => {
+            eprintln!("echolab compare: {err}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let started = results.models.iter().filter(|m| m.error.is_none()).count();
+    if started == 0 {
+        eprintln!("echolab compare: no model started");
+        return ExitCode::FAILURE;
+    }
+    if results.interrupted {
+        return ExitCode::from(130);
+    }
+    if results.total_errors() > 0 {
+        eprintln!("echolab compare: some runs had errors (see summary.md)");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// Writes results.json, summary.md and the charts; returns their paths.
+fn write_outputs(out: &Path, results: &Results) -> Result<Vec<PathBuf>, String> {
+    let json_path = out.join("results.json");
+    let json = serde_json::to_string_pretty(results)
+        .map_err(|err| format!("cannot encode results: {err}"))?;
+    std::fs::write(&json_path, json).map_err(|err| {
+        format!(
+            "cannot write {}: {}",
+            json_path.display(),
+            engine::describe(&err)
+        )
+    })?;
+    let md_path = out.join("summary.md");
+    std::fs::write(&md_path, output::summary_markdown(results)).map_err(|err| {
+        format!(
+            "cannot write {}: {}",
+            md_path.display(),
+            engine::describe(&err)
+        )
+    })?;
+    let mut files = vec![json_path, md_path];
+    files.extend(charts::write_all(out, results)?);
+    Ok(files)
+}
+
+/// A step counter shown as a bar on a terminal and as lines otherwise.
+#[derive(Debug)]
+struct Steps {
+    bar: Option<ProgressBar>,
+    done: u64,
+    total: u64,
+}
+
+impl Steps {
+    fn new(total: u64) -> Steps {
+        let bar = io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total);
+            let style = ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {msg}")
+                .expect("a valid template")
+                .progress_chars("=> ");
+            bar.set_style(style);
+            bar.enable_steady_tick(Duration::from_millis(100));
+            bar
+        });
+        Steps {
+            bar,
+            done: 0,
+            total,
+        }
+    }
+
+    /// Announces the step about to run.
+    fn start(&self, what: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(what.to_string());
+        }
+    }
+
+    /// Reports a finished step and its outcome.
+    fn finish(&mut self, what: &str, outcome: &str) {
+        self.done += 1;
+        match &self.bar {
+            Some(bar) => {
+                bar.inc(1);
+                if outcome.contains("error") || outcome.contains("fail") {
+                    bar.println(format!("{what}: {outcome}"));
+                }
+            }
+            None => eprintln!("[{}/{}] {what}: {outcome}", self.done, self.total),
+        }
+    }
+
+    fn note(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn end(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Starts the models, runs the matrix and the idle step, stops the models.
+fn compare(exe: &Path, names: &[String], plan: &Plan, stop: &AtomicBool) -> Results {
+    let machine = output::Machine::here();
+    let mut statuses = Vec::new();
+    let mut servers: Vec<ServerProcess> = Vec::new();
+    let startup = Steps::new(0);
+    for name in names {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        startup.start(&format!("starting {name}"));
+        match ServerProcess::start(exe, name) {
+            Ok(server) => {
+                statuses.push(ModelStatus {
+                    name: name.clone(),
+                    addr: Some(server.addr.to_string()),
+                    error: None,
+                });
+                servers.push(server);
+            }
+            Err(why) => {
+                startup.note(&format!("model {name} did not start: {why}"));
+                statuses.push(ModelStatus {
+                    name: name.clone(),
+                    addr: None,
+                    error: Some(why),
+                });
+            }
+        }
+    }
+    startup.end();
+
+    let mut workloads: Vec<WorkloadResults> = plan
+        .workloads
+        .iter()
+        .map(|w| WorkloadResults::new(w.clone(), servers.iter().map(|s| s.model.as_str())))
+        .collect();
+    let runs_per_repeat: u64 = plan
+        .workloads
+        .iter()
+        .map(|w| {
+            servers
+                .iter()
+                .filter(|s| skip_reason(&s.model, w).is_none())
+                .count() as u64
+        })
+        .sum();
+    let idle_steps = servers
+        .iter()
+        .filter(|s| idle_skip_reason(&s.model).is_none())
+        .count() as u64;
+    let mut steps = Steps::new(runs_per_repeat * plan.repeats as u64 + idle_steps);
+
+    let mut interrupted = false;
+    'matrix: for repeat in 0..plan.repeats {
+        for (workload_idx, workload) in plan.workloads.iter().enumerate() {
+            for k in 0..servers.len() {
+                // Rotate the order each repeat: no model always runs first (or last).
+                let server_idx = (k + repeat) % servers.len();
+                if stop.load(Ordering::Relaxed) {
+                    interrupted = true;
+                    break 'matrix;
+                }
+                let server = &mut servers[server_idx];
+                if skip_reason(&server.model, workload).is_some() {
+                    continue;
+                }
+                let what = format!(
+                    "run {}/{} {} {}",
+                    repeat + 1,
+                    plan.repeats,
+                    server.model,
+                    workload.name
+                );
+                steps.start(&what);
+                let sample = run_one(server, plan, workload, stop);
+                let outcome = match &sample.error {
+                    Some(err) => format!("error: {err}"),
+                    None => format!(
+                        "{:.0}/s, p99 {:.0} µs, {:.2} µs CPU/msg",
+                        sample.messages_per_sec, sample.p99_us, sample.server_cpu_us_per_msg
+                    ),
+                };
+                steps.finish(&what, &outcome);
+                workloads[workload_idx].push(&server.model, sample);
+            }
+        }
+    }
+
+    let mut idle = Vec::new();
+    if !interrupted {
+        for server in servers.iter_mut() {
+            if stop.load(Ordering::Relaxed) {
+                interrupted = true;
+                break;
+            }
+            if let Some(why) = idle_skip_reason(&server.model) {
+                idle.push(IdleResult::skipped(&server.model, why));
+                continue;
+            }
+            let what = format!("hold {} idle conns on {}", plan.idle_conns, server.model);
+            steps.start(&what);
+            let result = run_idle(server, plan.idle_conns);
+            let outcome = match &result.error {
+                Some(err) => format!("error: {err}"),
+                None => format!("{:.1} KiB per idle connection", result.kib_per_conn),
+            };
+            steps.finish(&what, &outcome);
+            idle.push(result);
+        }
+    }
+    steps.end();
+    for server in servers.iter_mut() {
+        if !server.stop() {
+            eprintln!(
+                "echolab compare: model {} did not stop within 3 s of SIGTERM and was killed",
+                server.model
+            );
+        }
+    }
+    for w in &mut workloads {
+        w.summarise();
+    }
+    Results {
+        machine,
+        plan: plan.clone(),
+        models: statuses,
+        workloads,
+        idle_conns: plan.idle_conns,
+        idle,
+        interrupted,
+    }
+}
+
+/// One run of `workload` against `server`, with the server's CPU over it and its memory
+/// sampled halfway through the measured window.
+fn run_one(
+    server: &mut ServerProcess,
+    plan: &Plan,
+    workload: &Workload,
+    stop: &AtomicBool,
+) -> RunSample {
+    let Some(pid) = server.pid() else {
+        return RunSample::failed("the server is not running".to_string());
+    };
+    let config = plan.bench_config(server.addr, workload);
+    let before = procfs::read(pid).ok();
+    let halfway = config.warmup + config.duration / 2;
+    let (run_done, halfway_or_done) = mpsc::channel::<()>();
+    let (report, during) = thread::scope(|scope| {
+        let sampler = scope.spawn(move || {
+            // Sample while the load runs, when the connections are open and busy. One
+            // timed wait, cut short if the run ends first (an error, Ctrl-C).
+            match halfway_or_done.recv_timeout(halfway) {
+                Err(mpsc::RecvTimeoutError::Timeout) => procfs::read(pid).ok(),
+                _ => None,
+            }
+        });
+        let report = engine::run(&config, stop, Duration::from_secs(1), |_| {});
+        drop(run_done);
+        (report, sampler.join().ok().flatten())
+    });
+    let after = procfs::read(pid).ok();
+    let report = match report {
+        Ok(report) => report,
+        Err(err) => return RunSample::failed(err.to_string()),
+    };
+    let cpu_secs = match (before, after) {
+        (Some(b), Some(a)) => Some(a.cpu_secs - b.cpu_secs),
+        _ => None,
+    };
+    let loaded_secs = plan.warmup_secs + plan.duration_secs;
+    let mut sample = RunSample::from_report(&report, workload.size, loaded_secs, cpu_secs, during);
+    if !server.is_running() {
+        sample
+            .error
+            .get_or_insert_with(|| "the server exited during the run".to_string());
+    }
+    sample
+}
+
+/// Holds `n_conns` idle connections on `server` and reads what they cost it.
+fn run_idle(server: &mut ServerProcess, n_conns: usize) -> IdleResult {
+    let Some(pid) = server.pid() else {
+        return IdleResult::skipped(&server.model, "the server is not running");
+    };
+    let before = procfs::read(pid).ok();
+    let held = hold::hold(server.addr, n_conns, Duration::from_secs(30));
+    let during = procfs::read(pid).ok();
+    let result = match (&held, before, during) {
+        (Ok(_), Some(before), Some(during)) => {
+            IdleResult::measured(&server.model, n_conns, before, during)
+        }
+        (Err(why), _, _) => IdleResult::failed(&server.model, why.clone()),
+        _ => IdleResult::failed(
+            &server.model,
+            "cannot read the server's /proc entries".to_string(),
+        ),
+    };
+    drop(held);
+    result
+}

@@ -1,0 +1,459 @@
+//! compare's results: the records (serialised as results.json) and summary.md, a table per
+//! workload with each model's figures and its ratio to the best.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::procfs::ProcStats;
+use super::{skip_reason, Plan, Workload};
+use crate::report::BenchReport;
+
+/// Where the comparison ran.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub kernel: String,
+    /// Seconds since the Unix epoch when the comparison started.
+    pub started_unix_secs: u64,
+}
+
+impl Machine {
+    pub fn here() -> Machine {
+        Machine {
+            cores: crate::engine::default_threads(),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "unknown".to_string()),
+            started_unix_secs: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
+}
+
+/// Whether a model started, and where or why not.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelStatus {
+    pub name: String,
+    pub addr: Option<String>,
+    /// Why it did not start.
+    pub error: Option<String>,
+}
+
+/// One run of one workload against one model.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RunSample {
+    pub messages_per_sec: f64,
+    pub mb_per_sec: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+    pub errors: u64,
+    /// Server CPU seconds (user + system, children included) over the whole run.
+    pub server_cpu_secs: f64,
+    /// Server CPU per completed message (churn: per connection), in microseconds.
+    pub server_cpu_us_per_msg: f64,
+    /// The server's costs halfway through the measured window.
+    pub server: Option<ProcStats>,
+    /// Why the run failed, or the first error it met.
+    pub error: Option<String>,
+}
+
+impl RunSample {
+    pub fn failed(error: String) -> RunSample {
+        RunSample {
+            errors: 1,
+            error: Some(error),
+            ..RunSample::default()
+        }
+    }
+
+    /// A run's figures. `loaded_secs` is how long the load ran (warm-up and measured
+    /// window): the server's CPU over the run is divided by the messages of that time,
+    /// estimated as the measured rate times it, so warm-up messages are not free.
+    pub fn from_report(
+        report: &BenchReport,
+        size: usize,
+        loaded_secs: f64,
+        cpu_secs: Option<f64>,
+        during: Option<ProcStats>,
+    ) -> RunSample {
+        let cpu = cpu_secs.unwrap_or(0.0);
+        let messages = report.messages_per_sec() * loaded_secs;
+        let cpu_per_msg = if messages > 0.0 {
+            cpu * 1e6 / messages
+        } else {
+            0.0
+        };
+        let error = report
+            .error_samples
+            .iter()
+            .next()
+            .map(|(kind, what)| format!("{}: {what}", kind.name()));
+        RunSample {
+            messages_per_sec: report.messages_per_sec(),
+            mb_per_sec: report.mb_per_sec(size),
+            p50_us: report.latency.p50_us,
+            p90_us: report.latency.p90_us,
+            p99_us: report.latency.p99_us,
+            p999_us: report.latency.p999_us,
+            max_us: report.latency.max_us,
+            errors: report.errors.total(),
+            server_cpu_secs: cpu,
+            server_cpu_us_per_msg: cpu_per_msg,
+            server: during,
+            error,
+        }
+    }
+}
+
+/// Medians over the runs of one model on one workload.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Median {
+    pub runs: usize,
+    pub messages_per_sec: f64,
+    pub mb_per_sec: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub server_cpu_us_per_msg: f64,
+    pub pss_kib: u64,
+    pub rss_kib: u64,
+    pub threads: u64,
+    pub processes: u64,
+    /// (max − min) / median of messages/s over the runs, in percent: the noise.
+    pub spread_pct: f64,
+    pub errors: u64,
+}
+
+/// One model's runs on one workload.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ModelRuns {
+    pub runs: Vec<RunSample>,
+    pub median: Option<Median>,
+    /// Why the model does not run this workload.
+    pub skipped: Option<String>,
+}
+
+/// Every model's runs on one workload.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorkloadResults {
+    pub workload: Workload,
+    pub models: BTreeMap<String, ModelRuns>,
+}
+
+impl WorkloadResults {
+    pub fn new<'a>(workload: Workload, models: impl Iterator<Item = &'a str>) -> WorkloadResults {
+        let models = models
+            .map(|m| {
+                let runs = ModelRuns {
+                    skipped: skip_reason(m, &workload).map(str::to_string),
+                    ..ModelRuns::default()
+                };
+                (m.to_string(), runs)
+            })
+            .collect();
+        WorkloadResults { workload, models }
+    }
+
+    pub fn push(&mut self, model: &str, sample: RunSample) {
+        self.models
+            .entry(model.to_string())
+            .or_default()
+            .runs
+            .push(sample);
+    }
+
+    /// Computes the medians.
+    pub fn summarise(&mut self) {
+        for runs in self.models.values_mut() {
+            if runs.runs.is_empty() {
+                continue;
+            }
+            let r = &runs.runs;
+            let m = |f: &dyn Fn(&RunSample) -> f64| median(r.iter().map(f).collect());
+            let mu = |f: &dyn Fn(&ProcStats) -> u64| {
+                median(
+                    r.iter()
+                        .filter_map(|s| s.server.map(|p| f(&p) as f64))
+                        .collect(),
+                ) as u64
+            };
+            let rates: Vec<f64> = r.iter().map(|s| s.messages_per_sec).collect();
+            let mid = median(rates.clone());
+            let spread = if mid > 0.0 {
+                let max = rates.iter().cloned().fold(f64::MIN, f64::max);
+                let min = rates.iter().cloned().fold(f64::MAX, f64::min);
+                (max - min) / mid * 100.0
+            } else {
+                0.0
+            };
+            runs.median = Some(Median {
+                runs: r.len(),
+                messages_per_sec: mid,
+                mb_per_sec: m(&|s| s.mb_per_sec),
+                p50_us: m(&|s| s.p50_us),
+                p90_us: m(&|s| s.p90_us),
+                p99_us: m(&|s| s.p99_us),
+                p999_us: m(&|s| s.p999_us),
+                server_cpu_us_per_msg: m(&|s| s.server_cpu_us_per_msg),
+                pss_kib: mu(&|p| p.pss_kib),
+                rss_kib: mu(&|p| p.rss_kib),
+                threads: mu(&|p| p.threads),
+                processes: mu(&|p| p.processes),
+                spread_pct: spread,
+                errors: r.iter().map(|s| s.errors).sum(),
+            });
+        }
+    }
+}
+
+/// What holding idle connections cost one model.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct IdleResult {
+    pub model: String,
+    pub before: Option<ProcStats>,
+    pub during: Option<ProcStats>,
+    /// (PSS while holding − PSS before) / connections.
+    pub kib_per_conn: f64,
+    pub error: Option<String>,
+    pub skipped: Option<String>,
+}
+
+impl IdleResult {
+    pub fn measured(
+        model: &str,
+        n_conns: usize,
+        before: ProcStats,
+        during: ProcStats,
+    ) -> IdleResult {
+        let grown = during.pss_kib as f64 - before.pss_kib as f64;
+        IdleResult {
+            model: model.to_string(),
+            before: Some(before),
+            during: Some(during),
+            kib_per_conn: grown.max(0.0) / n_conns.max(1) as f64,
+            ..IdleResult::default()
+        }
+    }
+
+    pub fn failed(model: &str, error: String) -> IdleResult {
+        IdleResult {
+            model: model.to_string(),
+            error: Some(error),
+            ..IdleResult::default()
+        }
+    }
+
+    pub fn skipped(model: &str, why: &str) -> IdleResult {
+        IdleResult {
+            model: model.to_string(),
+            skipped: Some(why.to_string()),
+            ..IdleResult::default()
+        }
+    }
+}
+
+/// Everything compare measured: written as results.json.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Results {
+    pub machine: Machine,
+    pub plan: Plan,
+    pub models: Vec<ModelStatus>,
+    pub workloads: Vec<WorkloadResults>,
+    pub idle_conns: usize,
+    pub idle: Vec<IdleResult>,
+    /// Stopped early by SIGINT/SIGTERM: the figures cover the runs done.
+    pub interrupted: bool,
+}
+
+impl Results {
+    pub fn total_errors(&self) -> u64 {
+        let runs: u64 = self
+            .workloads
+            .iter()
+            .flat_map(|w| w.models.values())
+            .flat_map(|m| &m.runs)
+            .map(|s| s.errors)
+            .sum();
+        runs + self.idle.iter().filter(|i| i.error.is_some()).count() as u64
+    }
+}
+
+/// The median of `values` (0 when empty).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+fn ratio(value: f64, best: f64) -> String {
+    if best > 0.0 && value > 0.0 {
+        format!("{:.2}×", value / best)
+    } else {
+        "–".to_string()
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
+}
+
+/// summary.md: the setting, then a table per workload and one for idle connections.
+pub fn summary_markdown(results: &Results) -> String {
+    let mut out = String::new();
+    let plan = &results.plan;
+    let _ = writeln!(
+        out,
+        "# echolab compare{}\n",
+        if plan.quick { " (quick)" } else { "" }
+    );
+    let _ =
+        writeln!(
+        out,
+        "{} cores shared by the load generator and the server (kernel {}); every model ran every \
+         workload {} times, alternately (order rotated per repeat), {:.1} s measured after {:.1} s \
+         of warm-up. Figures are medians; *spread* is (max − min) / median of messages/s over the \
+         runs. Server CPU per message (user + system time from /proc, children included) is the \
+         steadier figure on a shared machine: throughput swings with the neighbours. Memory is \
+         the server's PSS halfway through the run.{}\n",
+        results.machine.cores,
+        results.machine.kernel,
+        plan.repeats,
+        plan.duration_secs,
+        plan.warmup_secs,
+        if results.interrupted { " **Interrupted: the figures cover the runs done.**" } else { "" }
+    );
+    let failed: Vec<&ModelStatus> = results
+        .models
+        .iter()
+        .filter(|m| m.error.is_some())
+        .collect();
+    if !failed.is_empty() {
+        let _ = writeln!(out, "Models that did not start:\n");
+        for m in failed {
+            let _ = writeln!(out, "- `{}`: {}", m.name, m.error.as_deref().unwrap_or(""));
+        }
+        let _ = writeln!(out);
+    }
+    for w in &results.workloads {
+        let kind = if w.workload.churn {
+            "connect, one echo, close; rates are connections/s"
+        } else {
+            "closed loop"
+        };
+        let _ = writeln!(out, "## {} ({kind})\n", w.workload.name);
+        let medians: Vec<(&String, &Median)> = w
+            .models
+            .iter()
+            .filter_map(|(name, runs)| runs.median.as_ref().map(|m| (name, m)))
+            .collect();
+        let best_rate = medians
+            .iter()
+            .map(|(_, m)| m.messages_per_sec)
+            .fold(0.0, f64::max);
+        let best_cpu = medians
+            .iter()
+            .map(|(_, m)| m.server_cpu_us_per_msg)
+            .filter(|c| *c > 0.0)
+            .fold(f64::MAX, f64::min);
+        let _ = writeln!(
+            out,
+            "| model | msgs/s | vs best | p50 µs | p99 µs | CPU µs/msg | vs best | PSS MiB | threads | procs | runs | spread | errors |"
+        );
+        let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+        for (name, runs) in &w.models {
+            if let Some(why) = &runs.skipped {
+                let _ = writeln!(out, "| {name} | *{why}* |||||||||||| ");
+                continue;
+            }
+            let Some(m) = &runs.median else {
+                let _ = writeln!(out, "| {name} | *not run* |||||||||||| ");
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "| {name} | {:.0} | {} | {:.1} | {:.1} | {:.2} | {} | {} | {} | {} | {} | {:.0}% | {} |",
+                m.messages_per_sec,
+                ratio(m.messages_per_sec, best_rate),
+                m.p50_us,
+                m.p99_us,
+                m.server_cpu_us_per_msg,
+                ratio(m.server_cpu_us_per_msg, best_cpu),
+                mib(m.pss_kib),
+                m.threads,
+                m.processes,
+                m.runs,
+                m.spread_pct,
+                m.errors
+            );
+        }
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(out, "## {} idle connections held\n", results.idle_conns);
+    let best = results
+        .idle
+        .iter()
+        .filter(|i| i.error.is_none() && i.skipped.is_none() && i.kib_per_conn > 0.0)
+        .map(|i| i.kib_per_conn)
+        .fold(f64::MAX, f64::min);
+    let _ = writeln!(
+        out,
+        "| model | PSS before MiB | PSS held MiB | KiB per idle conn | vs best | threads | procs |"
+    );
+    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|");
+    for i in &results.idle {
+        match (&i.skipped, &i.error, i.before, i.during) {
+            (Some(why), _, _, _) => {
+                let _ = writeln!(out, "| {} | *{why}* |||||| ", i.model);
+            }
+            (_, Some(err), _, _) => {
+                let _ = writeln!(out, "| {} | *failed: {err}* |||||| ", i.model);
+            }
+            (_, _, Some(before), Some(during)) => {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {:.1} | {} | {} | {} |",
+                    i.model,
+                    mib(before.pss_kib),
+                    mib(during.pss_kib),
+                    i.kib_per_conn,
+                    ratio(i.kib_per_conn, best),
+                    during.threads,
+                    during.processes
+                );
+            }
+            _ => {}
+        }
+    }
+    let _ = writeln!(out, "\nThe idle step runs once per model (not repeated).");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(vec![]), 0.0);
+    }
+
+    #[test]
+    fn ratios_to_the_best() {
+        assert_eq!(ratio(50.0, 100.0), "0.50×");
+        assert_eq!(ratio(0.0, 100.0), "–");
+    }
+}

@@ -1,0 +1,217 @@
+//! A server under comparison: `echolab serve --model M --listen 127.0.0.1:0 --quiet`, run
+//! as a child of this executable, found by its `listening on ADDR (model M)` line, proven
+//! by one echo, and always stopped: SIGTERM, up to 3 s to exit, then SIGKILL (also on
+//! drop, so an error or Ctrl-C in compare leaves no server behind).
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::engine::describe;
+
+/// How long a server may take to announce itself.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a server may take to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// The stderr lines kept to explain a failure.
+const TAIL_LINES: usize = 20;
+
+/// A running server child process.
+#[derive(Debug)]
+pub struct ServerProcess {
+    pub model: String,
+    pub addr: SocketAddr,
+    /// `None` once stopped.
+    child: Option<Child>,
+    /// The last lines the server wrote on stderr (drained by a thread so the server never
+    /// blocks on a full pipe).
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+/// What the stderr reader reports.
+enum Announce {
+    Listening(SocketAddr),
+    /// stderr closed: the server exited.
+    Ended,
+}
+
+impl ServerProcess {
+    /// Starts `exe serve --model model` on an ephemeral port and waits until it echoes.
+    /// On failure the child is stopped and the reason is the server's own last words when
+    /// it had any.
+    pub fn start(exe: &Path, model: &str) -> Result<ServerProcess, String> {
+        let mut child = Command::new(exe)
+            .args([
+                "serve",
+                "--model",
+                model,
+                "--listen",
+                "127.0.0.1:0",
+                "--quiet",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|err| format!("cannot run {}: {}", exe.display(), describe(&err)))?;
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+        let (tx, rx) = mpsc::channel();
+        let tail = Arc::clone(&stderr_tail);
+        // Ends when the server's stderr closes, that is when the server exits.
+        thread::spawn(move || read_stderr(stderr, &tail, &tx));
+        let mut server = ServerProcess {
+            model: model.to_string(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            child: Some(child),
+            stderr_tail,
+        };
+        let announced = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(Announce::Listening(addr)) => Ok(addr),
+            Ok(Announce::Ended) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err("exited at startup".to_string())
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(format!(
+                "did not print its listening line within {} s",
+                START_TIMEOUT.as_secs()
+            )),
+        };
+        let checked = announced.and_then(|addr| {
+            server.addr = addr;
+            echo_once(addr).map_err(|why| format!("listens on {addr} but does not echo ({why})"))
+        });
+        if let Err(why) = checked {
+            server.stop();
+            // The server's last line says why it stopped better than we can.
+            let last = server
+                .stderr_tail
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .back()
+                .cloned();
+            return Err(match last {
+                Some(line) => format!("{why}: {}", line.trim_start_matches("echolab serve: ")),
+                None => why,
+            });
+        }
+        Ok(server)
+    }
+
+    /// The server's process id (its children's parent).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// True while the server process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// Stops the server: SIGTERM, up to 3 s to exit, then SIGKILL; reaps it either way.
+    /// Returns false if it had to be killed.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        let pid = Pid::from_raw(child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => return true,
+                // Polling a child's exit: there is no portable blocking wait with a timeout.
+                Ok(None) => thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn read_stderr(stderr: impl Read, tail: &Mutex<VecDeque<String>>, tx: &mpsc::Sender<Announce>) {
+    let mut announced = false;
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        if !announced {
+            if let Some(addr) = parse_listening(&line) {
+                announced = true;
+                let _ = tx.send(Announce::Listening(addr));
+                continue;
+            }
+        }
+        let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+    let _ = tx.send(Announce::Ended);
+}
+
+/// The address in `listening on ADDR (model M)`.
+pub fn parse_listening(line: &str) -> Option<SocketAddr> {
+    let rest = line.strip_prefix("listening on ")?;
+    let addr = rest.split_whitespace().next()?;
+    addr.parse().ok()
+}
+
+/// One small echo, proof that the server serves.
+fn echo_once(addr: SocketAddr) -> Result<(), String> {
+    let timeout = Duration::from_secs(2);
+    let mut conn = TcpStream::connect_timeout(&addr, timeout).map_err(|err| describe(&err))?;
+    let _ = conn.set_read_timeout(Some(timeout));
+    let _ = conn.set_write_timeout(Some(timeout));
+    conn.write_all(b"compare\n").map_err(|err| describe(&err))?;
+    let mut echo = [0u8; 8];
+    conn.read_exact(&mut echo).map_err(|err| match err.kind() {
+        std::io::ErrorKind::UnexpectedEof => "closed without an echo".to_string(),
+        _ => describe(&err),
+    })?;
+    if &echo != b"compare\n" {
+        return Err("a wrong echo".to_string());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listening_line_gives_the_address() {
+        assert_eq!(
+            parse_listening("listening on 127.0.0.1:45635 (model reactor)"),
+            Some("127.0.0.1:45635".parse().unwrap())
+        );
+        assert_eq!(
+            parse_listening("listening on [::1]:9 (model event)"),
+            Some("[::1]:9".parse().unwrap())
+        );
+        assert_eq!(
+            parse_listening("echolab serve: model uring cannot run here"),
+            None
+        );
+    }
+}
