@@ -1,9 +1,451 @@
-//! PLACEHOLDER: filled by the fast-models work (issue 4).
+//! The reactor: one event loop per core, the answer production servers (nginx workers,
+//! memcached, monoio) give to the lecture's "an event-based server cannot use more than
+//! one core". Each loop is the [`crate::event`] server grown up: `epoll` (through `mio`)
+//! instead of `poll`, so a turn costs what is ready rather than what is open.
+//!
+//! Trade-off: as fast as the kernel lets one thread per core go, with no locks on the
+//! data path; but a connection is pinned to the loop that accepted it, so one busy
+//! connection slows only its neighbours on that loop, and nothing rebalances them.
+//!
+//! # How connections reach a loop
+//!
+//! Every loop has its own listener on the same address (`SO_REUSEPORT`). The kernel picks
+//! the listener of each new connection by a hash of its address and port pair, so the
+//! loops never touch a shared accept queue or wake each other. Fairness is statistical,
+//! not load-aware: many connections spread evenly, but two connections land on the same
+//! loop half the time with two loops, and a loop already busy gets its share all the same.
+//! The alternative, one acceptor handing connections round-robin, balances counts exactly
+//! but adds a cross-thread hand-off (a channel and a wake-up) to every accept.
+//!
+//! # One loop turn
+//!
+//! 1. `epoll_wait` (edge-triggered, as mio registers everything) for events, the next
+//!    idle deadline, or the end of an accept pause.
+//! 2. For each ready connection, one `read` into the loop's buffer and the echo's `write`
+//!    straight from it ([`Echo::on_input`]). Only bytes the kernel would not take stay in
+//!    the connection's [`Echo`]; only then does the loop ask for writability as well.
+//! 3. Accept until `accept` would block.
+//!
+//! Edge-triggered readiness normally means "read until `WouldBlock`", one wasted `read`
+//! per event. A read that returns less than it asked for has emptied the socket, and any
+//! byte arriving later raises a new edge, so the loop stops there instead, unless the
+//! event also reported the peer's FIN, which raises no further edge.
+//!
+//! Memory: an idle connection costs its [`Conn`] (under 200 bytes) and the kernel's
+//! socket. [`Echo`] allocates only when bytes are owed.
 
-use std::io;
+use std::io::{self, Read};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-use crate::Server;
+use mio::net::TcpStream;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
 
-pub fn run(_server: Server) -> io::Result<()> {
-    Err(io::Error::other("model not implemented yet"))
+use crate::accept;
+use crate::conn::{self, End};
+use crate::echo::{Echo, EchoConfig};
+use crate::shutdown::Shutdown;
+use crate::{cores, net, Server};
+
+/// Each loop's read buffer, shared by its connections: one read takes a whole 64 KiB.
+const READ_BUF: usize = 64 * 1024;
+
+/// At most this many accepts per turn, so a connection flood cannot starve the
+/// connections already open.
+const ACCEPTS_PER_TURN: usize = 64;
+
+/// Events taken from the kernel per `epoll_wait`.
+const EVENTS_PER_WAIT: usize = 1024;
+
+/// The idle sweep runs at most this often. Each sweep visits every connection of the
+/// loop, so the spacing bounds its cost; a silent connection is closed between the idle
+/// timeout and the timeout plus this.
+const SWEEP_SPACING: Duration = Duration::from_millis(100);
+
+const LISTENER: Token = Token(usize::MAX);
+const SHUTDOWN: Token = Token(usize::MAX - 1);
+
+/// What every loop shares with the others.
+#[derive(Debug)]
+struct Shared<'a> {
+    echo: EchoConfig,
+    idle_timeout: Option<Duration>,
+    max_conns: usize,
+    /// Connections open across all loops, for `--max-conns`: incremented before a
+    /// connection is admitted, decremented when it closes.
+    n_conns: AtomicUsize,
+    /// Watched by every loop; the first loop that fails fires it so the others stop too.
+    shutdown: &'a Shutdown,
+}
+
+/// One connection of a loop.
+#[derive(Debug)]
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// Bytes owed to the peer and the lines-mode state; empty (no allocation) when the
+    /// kernel took everything.
+    echo: Echo,
+    /// The last turn a byte moved in either direction, for `--idle-timeout`.
+    last_active: Instant,
+    /// Registered for writability too: true exactly while the echo owes bytes.
+    wants_writable: bool,
+    /// Reading stopped on backpressure before the socket was empty: no new edge will
+    /// come for the bytes already there, so the loop reads again once room frees up.
+    read_stalled: bool,
+}
+
+pub fn run(server: Server) -> io::Result<()> {
+    let Server {
+        listener,
+        config,
+        shutdown,
+    } = server;
+    let n_loops = config.workers.unwrap_or_else(cores).max(1);
+    // Every listener exists before any loop starts, so a bind failure stops the server
+    // before it serves anyone.
+    let mut listeners = Vec::with_capacity(n_loops);
+    for _ in 1..n_loops {
+        listeners.push(net::bind_another(&listener)?);
+    }
+    listeners.push(listener);
+    let shared = Shared {
+        echo: config.echo,
+        idle_timeout: config.idle_timeout,
+        max_conns: config.max_conns,
+        n_conns: AtomicUsize::new(0),
+        shutdown: &shutdown,
+    };
+    let shared = &shared;
+    // Every loop's epoll exists before any loop accepts: a loop that accepted first could
+    // take the descriptors the others need.
+    let mut reactors = Vec::with_capacity(n_loops);
+    for listener in listeners {
+        reactors.push(Reactor::new(listener, shared)?);
+    }
+    let first = reactors.pop().expect("at least one loop");
+    std::thread::scope(|scope| {
+        let mut handles = Vec::with_capacity(n_loops);
+        for (loop_idx, reactor) in reactors.into_iter().enumerate() {
+            let spawned = std::thread::Builder::new()
+                .name(format!("reactor-{}", loop_idx + 1))
+                .spawn_scoped(scope, move || run_loop(reactor));
+            match spawned {
+                Ok(handle) => handles.push(handle),
+                Err(err) => {
+                    shared.shutdown.trigger();
+                    return Err(err);
+                }
+            }
+        }
+        // The calling thread runs the last loop: n loops, n threads.
+        let mut result = run_loop(first);
+        for handle in handles {
+            let loop_result = handle
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("a reactor loop panicked")));
+            result = result.and(loop_result);
+        }
+        result
+    })
+}
+
+/// Runs one loop until shutdown; fires the shutdown for the others if it fails.
+fn run_loop(mut reactor: Reactor<'_>) -> io::Result<()> {
+    let result = reactor.run();
+    if result.is_err() {
+        reactor.shared.shutdown.trigger();
+    }
+    result
+}
+
+/// One event loop and its connections.
+struct Reactor<'a> {
+    poll: Poll,
+    listener: mio::net::TcpListener,
+    /// The connections, indexed by their token; `None` marks a free slot.
+    conns: Vec<Option<Conn>>,
+    /// Free slots of `conns`, reused before it grows.
+    free: Vec<usize>,
+    buf: Box<[u8]>,
+    shared: &'a Shared<'a>,
+    /// Out of descriptors: the listener is left alone until then.
+    accept_paused_until: Option<Instant>,
+    /// The last accept stopped at [`ACCEPTS_PER_TURN`] with connections still queued; no
+    /// new edge will report them, so the next turn accepts without waiting.
+    accept_pending: bool,
+    /// When to look for idle connections; `None` while there is nothing to look for.
+    next_sweep: Option<Instant>,
+}
+
+impl<'a> Reactor<'a> {
+    fn new(listener: TcpListener, shared: &'a Shared<'a>) -> io::Result<Reactor<'a>> {
+        listener.set_nonblocking(true)?;
+        let mut listener = mio::net::TcpListener::from_std(listener);
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        // The shutdown pipe is never drained, so every loop's epoll sees it readable.
+        let shutdown_fd = shared.shutdown.fd().as_raw_fd();
+        poll.registry()
+            .register(&mut SourceFd(&shutdown_fd), SHUTDOWN, Interest::READABLE)?;
+        Ok(Reactor {
+            poll,
+            listener,
+            conns: Vec::new(),
+            free: Vec::new(),
+            buf: vec![0u8; READ_BUF].into_boxed_slice(),
+            shared,
+            accept_paused_until: None,
+            accept_pending: false,
+            next_sweep: None,
+        })
+    }
+
+    fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(EVENTS_PER_WAIT);
+        let mut now = Instant::now();
+        loop {
+            let timeout = self.timeout(now);
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(err) if net::interrupted(&err) => {}
+                Err(err) => return Err(err),
+            }
+            if self.shared.shutdown.is_triggered() {
+                self.close_all();
+                return Ok(());
+            }
+            now = Instant::now();
+            let mut listener_ready = false;
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => listener_ready = true,
+                    SHUTDOWN => {}
+                    Token(conn_idx) => self.serve_ready(conn_idx, Flags::of(event), now),
+                }
+            }
+            if self.accept_paused_until.is_some_and(|until| until <= now) {
+                self.accept_paused_until = None;
+                listener_ready = true; // Connections may have queued during the pause.
+            }
+            if (listener_ready || self.accept_pending) && self.accept_paused_until.is_none() {
+                self.accept_some(now);
+            }
+            if self.next_sweep.is_some_and(|at| at <= now) {
+                self.sweep_idle(now);
+            }
+        }
+    }
+
+    /// How long `epoll_wait` may sleep: until the next sweep or the end of an accept
+    /// pause, not at all if accepts are pending, or forever.
+    fn timeout(&self, now: Instant) -> Option<Duration> {
+        if self.accept_pending {
+            return Some(Duration::ZERO);
+        }
+        let deadline = match (self.next_sweep, self.accept_paused_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // mio rounds a timeout up to whole milliseconds, so the loop never wakes just
+        // before the deadline and spins.
+        deadline.map(|deadline| deadline.saturating_duration_since(now))
+    }
+
+    /// Serves one connection that epoll reported ready; closes it if it is done.
+    fn serve_ready(&mut self, conn_idx: usize, flags: Flags, now: Instant) {
+        let Some(Some(conn)) = self.conns.get_mut(conn_idx) else {
+            return; // A connection closed earlier in this turn.
+        };
+        let end = conn.serve(&mut self.buf, flags, now);
+        if let Some(end) = end {
+            self.close(conn_idx, end);
+            return;
+        }
+        if conn.wants_writable != conn.echo.wants_write() {
+            conn.wants_writable = conn.echo.wants_write();
+            let interest = if conn.wants_writable {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if let Err(err) =
+                self.poll
+                    .registry()
+                    .reregister(&mut conn.stream, Token(conn_idx), interest)
+            {
+                self.close(conn_idx, End::Failed(err.into()));
+            }
+        }
+    }
+
+    /// Accepts until the listener would block (or [`ACCEPTS_PER_TURN`]).
+    fn accept_some(&mut self, now: Instant) {
+        self.accept_pending = false;
+        for _ in 0..ACCEPTS_PER_TURN {
+            match self.listener.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer, now),
+                Err(err) if net::would_block(&err) => return,
+                // Out of descriptors (or worse): retrying now would fail the same way and
+                // spin, since the queued connection keeps the listener ready.
+                Err(err) => {
+                    if let Some(until) = accept::after_accept_error(&err) {
+                        self.accept_paused_until = Some(until);
+                        return;
+                    }
+                }
+            }
+        }
+        self.accept_pending = true;
+    }
+
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
+        let max_conns = self.shared.max_conns;
+        if self.shared.n_conns.fetch_add(1, Ordering::Relaxed) >= max_conns {
+            self.shared.n_conns.fetch_sub(1, Ordering::Relaxed);
+            conn::refuse(stream, peer, max_conns);
+            return;
+        }
+        let conn_idx = self.free.pop().unwrap_or(self.conns.len());
+        let registered = stream.set_nodelay(true).and_then(|()| {
+            self.poll
+                .registry()
+                .register(&mut stream, Token(conn_idx), Interest::READABLE)
+        });
+        if let Err(err) = registered {
+            self.shared.n_conns.fetch_sub(1, Ordering::Relaxed);
+            self.free.push(conn_idx);
+            log::warn!(
+                "conn {peer} dropped: cannot configure it: {}",
+                net::describe(&err)
+            );
+            return;
+        }
+        conn::log_opened(peer);
+        let conn = Conn {
+            stream,
+            peer,
+            echo: Echo::new(self.shared.echo),
+            last_active: now,
+            wants_writable: false,
+            read_stalled: false,
+        };
+        // Registered with data already waiting, the socket raises its first edge at once.
+        if conn_idx == self.conns.len() {
+            self.conns.push(Some(conn));
+        } else {
+            self.conns[conn_idx] = Some(conn);
+        }
+        if let Some(timeout) = self.shared.idle_timeout {
+            self.next_sweep.get_or_insert(now + timeout);
+        }
+    }
+
+    fn close(&mut self, conn_idx: usize, end: End) {
+        if let Some(conn) = self.conns[conn_idx].take() {
+            conn::log_closed(conn.peer, &conn.echo, &end);
+            self.free.push(conn_idx);
+            self.shared.n_conns.fetch_sub(1, Ordering::Relaxed);
+            // Dropping the stream closes it, which also removes it from epoll.
+        }
+    }
+
+    /// Closes the connections silent for the idle timeout and schedules the next sweep
+    /// at the earliest remaining deadline (deadlines only move later as bytes move).
+    fn sweep_idle(&mut self, now: Instant) {
+        let Some(timeout) = self.shared.idle_timeout else {
+            self.next_sweep = None;
+            return;
+        };
+        let mut earliest: Option<Instant> = None;
+        for conn_idx in 0..self.conns.len() {
+            let Some(conn) = &self.conns[conn_idx] else {
+                continue;
+            };
+            let deadline = conn.last_active + timeout;
+            if deadline <= now {
+                self.close(conn_idx, End::Idle(timeout));
+            } else {
+                earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
+            }
+        }
+        self.next_sweep = earliest.map(|deadline| deadline.max(now + SWEEP_SPACING));
+    }
+
+    fn close_all(&mut self) {
+        for conn_idx in 0..self.conns.len() {
+            self.close(conn_idx, End::Shutdown);
+        }
+    }
+}
+
+/// What an event reported, copied out of mio's event.
+#[derive(Debug, Clone, Copy)]
+struct Flags {
+    readable: bool,
+    writable: bool,
+    /// The peer's FIN or an error: read until `read` says so, this edge is the last.
+    closed: bool,
+}
+
+impl Flags {
+    fn of(event: &mio::event::Event) -> Flags {
+        let closed = event.is_read_closed() || event.is_error();
+        Flags {
+            readable: event.is_readable() || closed,
+            writable: event.is_writable() || event.is_write_closed() || event.is_error(),
+            closed,
+        }
+    }
+}
+
+impl Conn {
+    /// Moves what bytes it can; `Some` when the connection is to be closed.
+    fn serve(&mut self, buf: &mut [u8], flags: Flags, now: Instant) -> Option<End> {
+        if flags.writable && self.echo.wants_write() {
+            if let Err(err) = self.echo.flush(&mut &self.stream) {
+                return Some(End::Failed(err.into()));
+            }
+            self.last_active = now;
+        }
+        if flags.readable || self.read_stalled {
+            self.read_stalled = false;
+            loop {
+                let room = self.echo.read_room().min(buf.len());
+                if room == 0 {
+                    // Backpressure (or end of input): bytes may wait in the socket.
+                    self.read_stalled = true;
+                    break;
+                }
+                let mut writer = &self.stream;
+                match (&self.stream).read(&mut buf[..room]) {
+                    Ok(0) => {
+                        self.last_active = now;
+                        if let Err(err) = self.echo.on_eof(&mut writer) {
+                            return Some(End::Failed(err));
+                        }
+                        break;
+                    }
+                    Ok(n) => {
+                        self.last_active = now;
+                        log::debug!("server received {n} bytes");
+                        if let Err(err) = self.echo.on_input(&buf[..n], &mut writer) {
+                            return Some(End::Failed(err));
+                        }
+                        if n < room && !flags.closed {
+                            break; // The socket is empty; new bytes raise a new edge.
+                        }
+                    }
+                    Err(err) if net::would_block(&err) => break,
+                    Err(err) if net::interrupted(&err) => {}
+                    Err(err) => return Some(End::Failed(err.into())),
+                }
+            }
+        }
+        self.echo.is_finished().then_some(End::PeerClosed)
+    }
 }
