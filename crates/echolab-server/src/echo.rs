@@ -22,6 +22,9 @@ use std::io::{self, Write};
 /// that client until it drains: memory per connection is bounded.
 pub const MAX_OWED: usize = 64 * 1024;
 
+/// A drained owed buffer up to this size is kept for the next burst; a larger one is freed.
+const KEEP_CAPACITY: usize = 4 * 1024;
+
 /// The default `--max-line`.
 pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
 
@@ -223,11 +226,13 @@ impl Echo {
             }
         }
         if self.owed_len() == 0 {
-            // Keep the allocation for the next burst, unless a long line made it large.
-            self.owed.clear();
             self.owed_start = 0;
-            if self.owed.capacity() > MAX_OWED {
-                self.owed.shrink_to(MAX_OWED);
+            if self.owed.capacity() > KEEP_CAPACITY {
+                // An idle connection should cost almost nothing: a burst's buffer goes back
+                // to the allocator once it drains.
+                self.owed = Vec::new();
+            } else {
+                self.owed.clear();
             }
         }
         Ok(())

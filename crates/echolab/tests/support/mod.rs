@@ -79,7 +79,23 @@ impl Server {
     }
 
     /// As [`Server::start`], from a prepared command (for `prlimit` and friends) and address.
-    pub fn start_with(mut command: Command, model: &str, listen: &str, extra: &[&str]) -> Server {
+    pub fn start_with(command: Command, model: &str, listen: &str, extra: &[&str]) -> Server {
+        match Server::try_start(command, model, listen, extra) {
+            Ok(server) => server,
+            Err(log) => panic!(
+                "server {model} did not print its address; log:\n{}",
+                log.join("\n")
+            ),
+        }
+    }
+
+    /// Starts a server; its log lines if it exits (or stays silent) instead of listening.
+    pub fn try_start(
+        mut command: Command,
+        model: &str,
+        listen: &str,
+        extra: &[&str],
+    ) -> Result<Server, Vec<String>> {
         command
             .args(["serve", "--model", model, "--listen", listen])
             .args(extra)
@@ -108,18 +124,19 @@ impl Server {
                 log.changed.notify_all();
             });
         }
-        let addr = match addr_rx.recv_timeout(STEP) {
-            Ok(addr) => addr,
+        match addr_rx.recv_timeout(STEP) {
+            Ok(addr) => Ok(Server { child, addr, log }),
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!(
-                    "server {model} did not print its address; log:\n{}",
-                    log.lines().join("\n")
-                );
+                // The reader thread ends with the pipe; its lines are all in by now or soon.
+                let deadline = Instant::now() + STEP;
+                while !*log.closed.lock().unwrap() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(log.lines())
             }
-        };
-        Server { child, addr, log }
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -174,6 +191,29 @@ pub fn eventually(mut condition: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Why `model` cannot run on this machine, if it cannot (io_uring refused by the kernel, as
+/// in many containers): the server's one-line error. Asked once per model per test binary.
+pub fn unsupported(model: &str) -> Option<String> {
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+    static ANSWERS: OnceLock<Mutex<HashMap<String, Option<String>>>> = OnceLock::new();
+    let answers = ANSWERS.get_or_init(Default::default);
+    if let Some(answer) = answers.lock().unwrap().get(model) {
+        return answer.clone();
+    }
+    let mut server = Server::try_start(echolab(), model, "127.0.0.1:0", &[]);
+    let answer = match &mut server {
+        Ok(_) => None,
+        Err(log) => log.iter().find(|l| l.contains("cannot run here")).cloned(),
+    };
+    drop(server);
+    answers
+        .lock()
+        .unwrap()
+        .insert(model.to_string(), answer.clone());
+    answer
 }
 
 /// A connection with read and write timeouts, so that no test step can hang.
