@@ -1,8 +1,15 @@
 #!/usr/bin/env python3
-"""The benchmark of issue 4: echolab's fast models (reactor, uring, async) and the event
-model against the reference C server `ref_epoll`, on this machine, in one sitting.
+"""echolab's models against the reference C servers of ../shared/bench, on this machine,
+in one sitting.
 
-Usage: scripts/bench-fast-models.py [--quick] [--runs N] [--secs S] [--echolab PATH]
+Usage: scripts/bench-models.py [--preset fast|lecture] [--quick] [--runs N] [--secs S] [--echolab PATH]
+
+- `--preset fast` (default): issue 4's targets. The fast models (reactor, uring, async) and
+  the event model against `ref_epoll`, every row with its ratio and PASS or FALL SHORT.
+- `--preset lecture`: the lecture's models (iterative, process, event, thread,
+  prethreaded) beside `ref_epoll -t 1` and `ref_threads`: loadgen, 64 connections (the
+  iterative server: 1, since it serves one at a time), 64-byte messages; messages/s, p99
+  and server CPU per message (the process model's children included).
 
 - Builds the reference tools (scripts/build-ref.sh) and `echolab` (cargo, release).
 - Every figure is the median of N runs (default 5; --quick: 2 runs of 1.5 s). The
@@ -68,9 +75,11 @@ class Server:
     def __init__(self, args, candidate):
         self.candidate = candidate
         kind, opts = candidate
-        if kind == "ref_epoll":
+        if kind in ("ref_epoll", "ref_threads"):
             self.port = free_port()
-            cmd = [os.path.join(args.ref, "ref_epoll"), "-p", str(self.port), "-t", str(opts)]
+            cmd = [os.path.join(args.ref, kind), "-p", str(self.port)]
+            if kind == "ref_epoll":
+                cmd += ["-t", str(opts)]
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL, preexec_fn=raise_nofile)
             wait_listening(self.port)
@@ -91,11 +100,17 @@ class Server:
     def pid(self):
         return self.proc.pid
 
-    def cpu_ticks(self, children=False):
+    def cpu_ticks(self):
+        """utime+stime of the server, plus its children: those reaped (cutime, cstime) and
+        those still running (the process model forks one per connection)."""
         fields = read_stat(self.pid)
-        ticks = int(fields[11]) + int(fields[12])  # utime, stime
-        if children:
-            ticks += int(fields[13]) + int(fields[14])  # cutime, cstime (reaped children)
+        ticks = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+        for kid in descendants(self.pid):
+            try:
+                kid_fields = read_stat(kid)
+            except OSError:
+                continue  # Exited between the listing and the read; counted once reaped.
+            ticks += int(kid_fields[11]) + int(kid_fields[12])
         return ticks
 
     def stop(self):
@@ -197,6 +212,8 @@ def label(c):
     kind, opts = c
     if kind == "ref_epoll":
         return f"ref_epoll -t {opts}"
+    if kind == "ref_threads":
+        return kind
     return f"{kind} -w {opts}" if opts else kind
 
 
@@ -264,6 +281,8 @@ class Table:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", choices=["fast", "lecture"], default="fast",
+                    help="fast: issue 4's targets (default); lecture: the lecture's models beside the C references")
     ap.add_argument("--quick", action="store_true", help="2 runs of 1.5 s, 2,000 idle connections")
     ap.add_argument("--runs", type=int, help="runs per candidate (default 5)")
     ap.add_argument("--secs", type=float, help="seconds per run (default 4)")
@@ -283,6 +302,8 @@ def main():
     cores = os.cpu_count()
     log(f"{cores} cores, shared by the load generator and the server; {args.runs} runs of {args.secs} s each")
 
+    if args.preset == "lecture":
+        return lecture(args)
     ref1, ref_all = ("ref_epoll", 1), ("ref_epoll", cores)
     reactor1, reactor = ("reactor", 1), ("reactor", None)
     uring, async_, event = ("uring", None), ("async", None), ("event", None)
@@ -337,9 +358,28 @@ def main():
     return 0
 
 
+def lecture(args):
+    """The lecture's models beside the C references: one table, no targets."""
+    load = ["-c", "64", "-s", "64"]
+    candidates = [("ref_epoll", 1), ("ref_threads", None), ("process", None), ("event", None),
+                  ("thread", None), ("prethreaded", None)]
+    log("ping-pong, 64-byte messages, 64 connections:")
+    medians = run_group(args, "64 conns", candidates, load)
+    log("ping-pong, 64-byte messages, 1 connection (the iterative server serves one at a time):")
+    single = run_group(args, "1 conn", [("ref_epoll", 1), ("iterative", None)], ["-c", "1", "-s", "64"])
+    print(f"\n# the lecture's models: loadgen, 64-byte ping-pong, medians of {args.runs} runs x {args.secs} s; "
+          f"{os.cpu_count()} cores shared by client and server")
+    print(f"{'server':<18}{'conns':>6}{'msgs/s':>11}{'p99 us':>10}{'CPU us/msg':>12}{'CPU vs ref_epoll':>18}")
+    for group, conns in ((medians, 64), (single, 1)):
+        ref = group[("ref_epoll", 1)]["cpu_us"]
+        for c, m in group.items():
+            print(f"{label(c):<18}{conns:>6}{m['rate']:>11.0f}{m['p99']:>10.1f}{m['cpu_us']:>12.2f}{m['cpu_us'] / ref:>17.2f}x")
+    return 0
+
+
 if __name__ == "__main__":
     try:
         sys.exit(main())
     except (RuntimeError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
-        print(f"bench-fast-models: {err}", file=sys.stderr)
+        print(f"bench-models: {err}", file=sys.stderr)
         sys.exit(1)
