@@ -41,11 +41,16 @@ impl Settings {
         let mut settings = Settings::new(Duration::from_secs(args.timeout))
             .map_err(|err| format!("cannot find the current executable to re-run: {err}"))?;
         settings.trials = args.trials;
-        if let Some(cpus) = &args.cpus {
+        if let Some(crate::CpuList(cpus)) = &args.cpus {
             let allowed = allowed_cpus();
             if let Some(bad) = cpus.iter().find(|cpu| !allowed.contains(cpu)) {
                 return Err(format!(
-                    "--cpus: CPU {bad} is not one this process may use ({allowed:?})"
+                    "--cpus: cpu {bad} is not one this process may use (allowed: {})",
+                    allowed
+                        .iter()
+                        .map(usize::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
                 ));
             }
             settings.cpus = Some(cpus.clone());

@@ -60,11 +60,11 @@ pub struct LabArgs {
 
     /// CPUs to run on, such as `0` or `0-1,3` (thread-arg pins its single-core run to the
     /// first; counter pins its threads round-robin).
-    #[arg(long, value_name = "LIST", value_parser = parse_cpus)]
-    pub cpus: Option<Vec<usize>>,
+    #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
+    pub cpus: Option<CpuList>,
 
     /// Deadline of each experiment, in seconds; a run still going then is reported hung.
-    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = parse_timeout)]
     pub timeout: u64,
 
     /// With `all`: also write DIR/index.html (and each picture as DIR/EXPERIMENT.svg).
@@ -80,11 +80,32 @@ pub struct LabArgs {
     pub child_config: Option<String>,
 }
 
+/// A parsed `--cpus` value. A newtype, not a bare `Vec<usize>`: clap's derive reads an
+/// `Option<Vec<T>>` field as "many values of T" and would ask the parser for one `usize`
+/// per value, which panics at run time against a parser that returns the whole list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuList(pub Vec<usize>);
+
+fn parse_cpu_list(text: &str) -> Result<CpuList, String> {
+    parse_cpus(text).map(CpuList)
+}
+
 fn parse_positive(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(0) => Err(format!("must be at least 1, got {text}")),
         Ok(n) => Ok(n),
         Err(_) => Err(format!("not a whole number: {text:?}")),
+    }
+}
+
+/// Whole seconds from 1 to 3600 (clap's own range check says "invalid digit found in
+/// string" for `0.5`, which names neither the value nor what is wanted).
+fn parse_timeout(text: &str) -> Result<u64, String> {
+    match text.trim().trim_end_matches('s').parse::<u64>() {
+        Ok(secs @ 1..=3600) => Ok(secs),
+        _ => Err(format!(
+            "a deadline is whole seconds from 1 to 3600, got {text:?}"
+        )),
     }
 }
 
@@ -92,7 +113,7 @@ fn parse_positive(text: &str) -> Result<usize, String> {
 pub fn parse_cpus(text: &str) -> Result<Vec<usize>, String> {
     let mut cpus = Vec::new();
     for part in text.split(',') {
-        let bad = || format!("not a CPU list: {text:?} (try 0 or 0-1,3)");
+        let bad = || format!("not a cpu list: {text:?} (try 0 or 0-1,3)");
         let (first, last) = match part.split_once('-') {
             Some((first, last)) => (first.trim(), last.trim()),
             None => (part.trim(), part.trim()),
@@ -128,7 +149,7 @@ pub fn run(args: LabArgs) -> ExitCode {
     };
     match which.as_str() {
         "list" => {
-            print_list();
+            print_list(args.json);
             ExitCode::SUCCESS
         }
         "all" => run_all(&settings, args.json, args.report.as_ref()),
@@ -155,8 +176,16 @@ pub fn run(args: LabArgs) -> ExitCode {
     }
 }
 
-fn print_list() {
+fn print_list(json: bool) {
     let mut out = std::io::stdout().lock();
+    if json {
+        let list: Vec<_> = EXPERIMENTS
+            .iter()
+            .map(|e| serde_json::json!({ "name": e.name, "summary": e.summary }))
+            .collect();
+        let _ = writeln!(out, "{}", serde_json::Value::Array(list));
+        return;
+    }
     for experiment in EXPERIMENTS {
         let _ = writeln!(out, "{:<15} {}", experiment.name, experiment.summary);
     }

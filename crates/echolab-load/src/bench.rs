@@ -29,9 +29,10 @@ pub fn run(args: BenchArgs) -> ExitCode {
     } else {
         "messages"
     };
-    let total = config.warmup + config.duration;
+    // The bar spans the measured window (its position is the time measured so far); the
+    // warm-up before it shows as a message on the empty bar.
     let (mut display, tick) =
-        crate::progress::ProgressDisplay::for_stderr(total, args.interval, unit);
+        crate::progress::ProgressDisplay::for_stderr(config.duration, args.interval, unit);
     let result = engine::run(&config, &stop, tick, |progress| display.update(progress));
     display.finish();
     match result {

@@ -47,32 +47,32 @@ pub struct BenchArgs {
     pub addr: SocketAddr,
 
     /// Connections (with --churn: connections in progress at once).
-    #[arg(long, short = 'c', default_value_t = 64, value_name = "N", value_parser = parse_positive)]
+    #[arg(long, short = 'c', default_value_t = 64, value_name = "N", value_parser = parse_positive, allow_negative_numbers = true)]
     pub conns: usize,
 
     /// Message size in bytes; K/KiB and M/MiB suffixes are accepted (16KiB).
-    #[arg(long, short = 's', default_value = "64", value_name = "BYTES", value_parser = parse_size)]
+    #[arg(long, short = 's', default_value = "64", value_name = "BYTES", value_parser = parse_size, allow_negative_numbers = true)]
     pub size: usize,
 
     /// Measured seconds (after the warm-up).
-    #[arg(long, short = 'd', default_value = "5", value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, short = 'd', default_value = "5", value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
     pub duration: Duration,
 
     /// Seconds of load before measuring; excluded from every figure.
-    #[arg(long, short = 'w', default_value = "1", value_name = "SECS", value_parser = parse_secs_or_zero)]
+    #[arg(long, short = 'w', default_value = "1", value_name = "SECS", value_parser = parse_secs_or_zero, allow_negative_numbers = true)]
     pub warmup: Duration,
 
     /// Worker threads, each with its own event loop. Default: one per CPU.
-    #[arg(long, short = 't', value_name = "N", value_parser = parse_positive)]
+    #[arg(long, short = 't', value_name = "N", value_parser = parse_positive, allow_negative_numbers = true)]
     pub threads: Option<usize>,
 
     /// Messages in flight per connection (with --rate: at most in flight).
-    #[arg(long, short = 'P', default_value_t = 1, value_name = "DEPTH", value_parser = parse_pipeline)]
+    #[arg(long, short = 'P', default_value_t = 1, value_name = "DEPTH", value_parser = parse_pipeline, allow_negative_numbers = true)]
     pub pipeline: usize,
 
     /// Open loop: send this many messages per second in total, spread over the connections,
     /// and measure latency from each message's intended send time.
-    #[arg(long, short = 'r', value_name = "MSGS_PER_SEC", value_parser = parse_rate)]
+    #[arg(long, short = 'r', value_name = "MSGS_PER_SEC", value_parser = parse_rate, allow_negative_numbers = true)]
     pub rate: Option<f64>,
 
     /// Connection churn: connect, one echo, close, repeat; reports connections/s.
@@ -88,16 +88,16 @@ pub struct BenchArgs {
     pub json: bool,
 
     /// Seconds between progress lines when stderr is not a terminal; 0 for none.
-    #[arg(long, default_value = "1", value_name = "SECS", value_parser = parse_secs_or_zero)]
+    #[arg(long, default_value = "1", value_name = "SECS", value_parser = parse_secs_or_zero, allow_negative_numbers = true)]
     pub interval: Duration,
 
     /// Seconds allowed to establish the connections.
-    #[arg(long, default_value = "5", value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, default_value = "5", value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
     pub connect_timeout: Duration,
 
     /// A connection owed an echo that makes no progress for this many seconds counts as a
     /// timeout error and is closed.
-    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
     pub timeout: Duration,
 }
 
@@ -189,9 +189,22 @@ pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = text.parse() {
         return Ok(addr);
     }
+    let usage = || format!("not an address with a port: {text:?} (try 127.0.0.1:7007)");
+    // Tell the three ways a HOST:PORT goes wrong apart: no port, a bad port, a host name
+    // that does not resolve.
+    let (host, port) = text.rsplit_once(':').ok_or_else(usage)?;
+    if host.is_empty() {
+        return Err(usage());
+    }
+    if port.parse::<u16>().is_err() {
+        return Err(match port.parse::<u64>() {
+            Ok(_) => format!("port out of range (0 to 65535) in {text:?}"),
+            Err(_) => usage(),
+        });
+    }
     let mut addrs = text
         .to_socket_addrs()
-        .map_err(|_| format!("not an address with a port: {text:?} (try 127.0.0.1:7007)"))?;
+        .map_err(|_| format!("cannot resolve host {host:?} in {text:?}"))?;
     addrs
         .next()
         .ok_or_else(|| format!("{text:?} resolves to no address"))
@@ -315,6 +328,12 @@ mod tests {
         assert_eq!(parse_addr("127.0.0.1:7007").unwrap().port(), 7007);
         assert_eq!(parse_addr("[::1]:9").unwrap().port(), 9);
         assert!(parse_addr("127.0.0.1").unwrap_err().contains("127.0.0.1"));
+        assert!(parse_addr("127.0.0.1:99999")
+            .unwrap_err()
+            .contains("out of range"));
+        assert!(parse_addr("nonsense:abc")
+            .unwrap_err()
+            .contains("nonsense:abc"));
     }
 
     #[test]

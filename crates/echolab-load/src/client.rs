@@ -120,10 +120,17 @@ pub fn send_file(
         File::open(path)
             .map_err(|err| ClientError::Usage(format!("cannot read {shown}: {}", describe(&err))))
     };
-    let total = open(path)?
+    let metadata = open(path)?
         .metadata()
-        .map_err(|err| ClientError::Usage(format!("cannot read {shown}: {}", describe(&err))))?
-        .len();
+        .map_err(|err| ClientError::Usage(format!("cannot read {shown}: {}", describe(&err))))?;
+    // The verdict compares the echo with a second reading of the file, and needs its length
+    // up front: a directory, a pipe or a device has neither.
+    if !metadata.is_file() {
+        return Err(ClientError::Usage(format!(
+            "cannot send {shown}: not a regular file"
+        )));
+    }
+    let total = metadata.len();
     let mut expected = BufReader::with_capacity(64 * 1024, open(path)?);
     let mut source = open(path)?;
     let started = Instant::now();
@@ -139,9 +146,16 @@ pub fn send_file(
         // The sender: the whole file, then a half-close so the server knows it has it all.
         let sender = scope.spawn(move || -> io::Result<u64> {
             let mut conn = writer_conn;
-            let copied = io::copy(&mut source, &mut conn)?;
-            conn.shutdown(Shutdown::Write)?;
-            Ok(copied)
+            let sent = io::copy(&mut source, &mut conn).and_then(|copied| {
+                conn.shutdown(Shutdown::Write)?;
+                Ok(copied)
+            });
+            if sent.is_err() {
+                // The receiver waits for an echo of the whole file, which will not come:
+                // wake it now rather than after the timeout.
+                let _ = conn.shutdown(Shutdown::Both);
+            }
+            sent
         });
         let verdict = receive_and_verify(&conn, &mut expected, total, timeout);
         // On a failure the sender may be blocked in write on a server that stopped
@@ -153,6 +167,14 @@ pub fn send_file(
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("the sender panicked")));
         match (verdict, sent) {
+            // A mismatch is the verdict whatever happened to the sender afterwards.
+            (Err(err @ ClientError::Mismatch { .. }), _) => Err(err),
+            // The sender failed first (the file could not be read, the server stopped
+            // reading): its reason explains the receiver's early end.
+            (Err(_), Err(err)) if !is_connection_error(&err) => Err(ClientError::Failed(format!(
+                "cannot send {shown}: {}",
+                describe(&err)
+            ))),
             (Err(err), _) => Err(err),
             (Ok(received), Err(err)) => Err(ClientError::Failed(format!(
                 "cannot send to the server after {received} bytes echoed: {}",
@@ -161,6 +183,20 @@ pub fn send_file(
             (Ok(received), Ok(_)) => Ok((received, started.elapsed())),
         }
     })
+}
+
+/// True for a sender error that comes from the connection (the server reset or stopped
+/// reading, or the receiver shut it down after its own failure) rather than from reading
+/// the file: the receiver's verdict then says better what happened.
+fn is_connection_error(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::NotConnected
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::WouldBlock
+            | io::ErrorKind::TimedOut
+    )
 }
 
 /// Reads the echo until the server closes, comparing it with `expected` (`total` bytes).

@@ -300,7 +300,10 @@ pub fn run(
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
-        let report = merge(results, config);
+        let mut report = merge(results, config);
+        if config.churn {
+            report.time_wait = crate::report::time_wait_to(config.addr);
+        }
         if t0.is_none() {
             let reason = report
                 .error_samples
@@ -350,6 +353,7 @@ fn merge(results: Vec<WorkerResult>, config: &BenchConfig) -> BenchReport {
         unsent: 0,
         interrupted: false,
         server_gone: !results.is_empty(),
+        time_wait: None,
     };
     for r in &results {
         latency.merge(&r.latency);
@@ -1110,9 +1114,8 @@ impl<'a> Worker<'a> {
                 self.unsent += conn.starts.len() as u64 - conn.in_flight(self.msg_size);
             }
         }
-        if self.churn {
-            return;
-        }
+        // Churn too: a connection closed with its echo still unread makes the kernel
+        // reset it, and the server would log a reset the server did not cause.
         let deadline = Instant::now() + DRAIN;
         loop {
             let busy = self

@@ -23,7 +23,8 @@ pub enum ProgressDisplay {
 
 impl ProgressDisplay {
     /// A bar on a terminal, lines every `interval` otherwise (none when it is zero).
-    /// Returns the display and how often the engine should tick it.
+    /// `duration` is the measured window, the bar's full length. Returns the display and
+    /// how often the engine should tick it.
     pub fn for_stderr(
         duration: Duration,
         interval: Duration,

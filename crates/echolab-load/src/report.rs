@@ -131,6 +131,9 @@ pub struct BenchReport {
     pub interrupted: bool,
     /// Every connection was closed or reset by the server before the end.
     pub server_gone: bool,
+    /// Churn only: this machine's connections to the server waiting in TIME_WAIT at the
+    /// end (each holds an ephemeral port), when /proc/net/tcp could be read.
+    pub time_wait: Option<u64>,
 }
 
 impl BenchReport {
@@ -147,12 +150,20 @@ impl BenchReport {
         self.messages_per_sec() * msg_size as f64 / 1e6
     }
 
+    /// True when the run completed no echo at all in its measured window although nothing
+    /// failed: the server accepted the connections and kept the bytes (a `--mode lines`
+    /// server waiting for a `\n`, an iterative server busy with another client). A run
+    /// that measured nothing is not a clean run.
+    pub fn nothing_echoed(&self) -> bool {
+        self.messages == 0 && !self.interrupted
+    }
+
     /// The exit status of `echolab bench` for this run: 3 for a byte mismatch, 1 for any
-    /// other error, 130 when interrupted, 0 otherwise.
+    /// other error or when nothing was echoed, 130 when interrupted, 0 otherwise.
     pub fn exit_code(&self) -> u8 {
         if self.errors.mismatch > 0 {
             3
-        } else if self.errors.total() > 0 || self.server_gone {
+        } else if self.errors.total() > 0 || self.server_gone || self.nothing_echoed() {
             1
         } else if self.interrupted {
             130
@@ -194,6 +205,8 @@ impl BenchReport {
             "unsent": self.unsent,
             "interrupted": self.interrupted,
             "server_gone": self.server_gone,
+            "nothing_echoed": self.nothing_echoed(),
+            "time_wait": self.time_wait,
         })
     }
 
@@ -253,21 +266,115 @@ impl BenchReport {
                 self.conns_established, config.n_conns, self.conns_echoed
             );
         }
-        if self.unsent > 0 {
+        let never_echoed = self.conns_established.saturating_sub(self.conns_echoed);
+        if never_echoed > 0
+            && !matches!(workload, Workload::Churn)
+            && !self.server_gone
+            && !self.nothing_echoed()
+        {
             let _ = writeln!(
                 out,
-                "  {} messages fell due but were not sent before the end (the server could not keep up with --rate)",
+                "  {never_echoed} connection(s) got no echo at all: the server accepted them but \
+                 served others (an iterative server, or a pool with fewer workers than \
+                 connections, leaves the rest waiting)"
+            );
+        }
+        if let (Some(time_wait), Some(ports)) = (self.time_wait, ephemeral_ports()) {
+            // Past about half the range, connects spend their time searching for a port.
+            if time_wait * 2 > ports {
+                let _ = writeln!(
+                    out,
+                    "  {time_wait} connections to {} wait in TIME_WAIT, of {ports} ephemeral ports: \
+                     each close leaves one, and connects then search the range for a free port, \
+                     which slows them and caps connections/s (a limit of this client's kernel, \
+                     not of the server; it clears within a minute)",
+                    config.addr
+                );
+            }
+        }
+        if self.unsent > 0 {
+            let why = if self.server_gone || self.errors.total() > 0 {
+                "connections had failed, none could take them"
+            } else {
+                "the server could not keep up with --rate"
+            };
+            let _ = writeln!(
+                out,
+                "  {} messages fell due but were not sent before the end ({why})",
                 self.unsent
             );
         }
         if self.server_gone {
             let _ = writeln!(
                 out,
-                "  the server closed or reset every connection: it stopped or crashed"
+                "  the server closed or reset every connection: it stopped or crashed, or \
+                 refused what it was sent (in lines mode, a line longer than its --max-line)"
+            );
+        } else if self.nothing_echoed() {
+            let hint = if config.lines {
+                ""
+            } else {
+                "; a --mode lines server echoes only complete lines: try --lines"
+            };
+            let _ = writeln!(
+                out,
+                "  no echo came back in the measured {:.2} s: the server accepted the \
+                 connections but sent nothing back{hint}",
+                self.seconds
             );
         }
         out
     }
+}
+
+/// The number of local ports the kernel hands out to `connect` (its ephemeral range).
+fn ephemeral_ports() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut bounds = text.split_whitespace().map(|n| n.parse::<u64>().ok());
+    let (low, high) = (bounds.next()??, bounds.next()??);
+    (high >= low).then(|| high - low + 1)
+}
+
+/// Connections to `addr` in TIME_WAIT on this machine, from /proc/net/tcp or tcp6.
+pub fn time_wait_to(addr: std::net::SocketAddr) -> Option<u64> {
+    let (table, remote) = proc_net_addr(addr);
+    let text = std::fs::read_to_string(format!("/proc/net/{table}")).ok()?;
+    Some(count_time_wait(&text, &remote))
+}
+
+/// The /proc/net table that lists connections to `addr`, and `addr` the way it prints it:
+/// each 32-bit word of the address as held in memory, in hex, then the port
+/// (`0100007F:1B5F` for 127.0.0.1:7007 on a little-endian machine).
+fn proc_net_addr(addr: std::net::SocketAddr) -> (&'static str, String) {
+    let words = |octets: &[u8]| -> String {
+        octets
+            .chunks(4)
+            .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+            .collect()
+    };
+    match addr {
+        std::net::SocketAddr::V4(a) => (
+            "tcp",
+            format!("{}:{:04X}", words(&a.ip().octets()), a.port()),
+        ),
+        std::net::SocketAddr::V6(a) => (
+            "tcp6",
+            format!("{}:{:04X}", words(&a.ip().octets()), a.port()),
+        ),
+    }
+}
+
+/// The lines of a /proc/net/tcp listing whose remote address is `remote` (as the kernel
+/// prints it, `0100007F:1B5F`) and whose state is TIME_WAIT (`06`).
+fn count_time_wait(listing: &str, remote: &str) -> u64 {
+    listing
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let mut fields = line.split_whitespace().skip(2);
+            fields.next() == Some(remote) && fields.next() == Some("06")
+        })
+        .count() as u64
 }
 
 fn config_json(config: &BenchConfig) -> serde_json::Value {
@@ -290,6 +397,24 @@ fn config_json(config: &BenchConfig) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_wait_is_counted_per_remote_address() {
+        let listing = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:9C40 0100007F:1B5F 06 00000000:00000000 03:00000F8C 00000000     0        0 0 3
+   1: 0100007F:9C41 0100007F:1B5F 01 00000000:00000000 00:00000000 00000000     0        0 77 1
+   2: 0100007F:9C42 0100007F:1B60 06 00000000:00000000 03:00000F8C 00000000     0        0 0 3
+   3: 0100007F:9C43 0100007F:1B5F 06 00000000:00000000 03:00000F8C 00000000     0        0 0 3";
+        let addr: std::net::SocketAddr = "127.0.0.1:7007".parse().unwrap();
+        if cfg!(target_endian = "little") {
+            assert_eq!(proc_net_addr(addr), ("tcp", "0100007F:1B5F".to_string()));
+            let v6: std::net::SocketAddr = "[::1]:7007".parse().unwrap();
+            assert_eq!(proc_net_addr(v6).1, "00000000000000000000000001000000:1B5F");
+        }
+        assert_eq!(count_time_wait(listing, "0100007F:1B5F"), 2);
+        assert_eq!(count_time_wait(listing, "0100007F:1B60"), 1);
+        assert!(time_wait_to(addr).is_some(), "/proc/net/tcp is readable");
+    }
 
     #[test]
     fn errors_add_up_and_print_by_kind() {

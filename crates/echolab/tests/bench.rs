@@ -268,12 +268,86 @@ fn bad_values_are_named() {
         (&["--size", "0"][..], "--size"),
         (&["--conns", "none"][..], "none"),
         (&["--churn", "--rate", "10"][..], "--churn"),
+        // Negative numbers reach the value's own check, which names them (clap alone
+        // took them for unknown flags).
+        (&["--rate", "-5"][..], "\"-5\""),
+        (&["--warmup", "-1"][..], "\"-1\""),
     ] {
         let output = bench(addr, args);
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn a_server_that_echoes_nothing_is_a_failure_with_a_hint() {
+    // Bytes-mode messages to a lines-mode server: it accepts, buffers, and waits for a
+    // newline that never comes. Nothing fails, yet nothing was measured: exit 1, and say
+    // why instead of printing a clean run of zeros.
+    let server = Server::start("event", &["--mode", "lines"]);
+    let output = bench(
+        server.addr,
+        &["--conns", "2", "--duration", "0.5", "--warmup", "0"],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("try --lines"), "{stdout}");
+    let output = bench(
+        server.addr,
+        &[
+            "--conns",
+            "2",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0",
+            "--json",
+        ],
+    );
+    let doc = json_of(&output);
+    assert_eq!(doc["nothing_echoed"], true, "{doc:#}");
+    assert_eq!(doc["errors"], 0, "{doc:#}");
+    // With --lines the same server is measured cleanly.
+    let output = bench(
+        server.addr,
+        &[
+            "--conns",
+            "2",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0",
+            "--lines",
+            "--json",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(json_of(&output)["nothing_echoed"], false);
+}
+
+#[test]
+fn connections_an_iterative_server_leaves_waiting_are_named() {
+    // The iterative model serves one client at a time: of 3 connections, at least 2 wait
+    // the whole run. The run still measures the one served; the summary says why the
+    // others got nothing.
+    let server = Server::start("iterative", &[]);
+    let output = bench(
+        server.addr,
+        &[
+            "--conns",
+            "3",
+            "--threads",
+            "1",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("got no echo at all"), "{stdout}");
 }
 
 /// Waits for a line containing `needle` on a child's stderr, with a deadline.
@@ -397,6 +471,16 @@ fn compare_quick_writes_results_that_parse() {
             conns > 1 && !churn,
             "{workload:#}"
         );
+    }
+    // Every run started on a server at rest: the previous run's connections had closed.
+    for workload in workloads {
+        for (model, runs) in workload["models"].as_object().unwrap() {
+            for run in runs["runs"].as_array().into_iter().flatten() {
+                assert_eq!(run["leftover_conns"], 0, "{model}: {run:#}");
+                assert_eq!(run["leftover_children"], 0, "{model}: {run:#}");
+                assert!(run["settle_ms"].as_f64().unwrap() < 2_000.0, "{run:#}");
+            }
+        }
     }
     let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
     assert!(summary.contains("| event |"), "{summary}");

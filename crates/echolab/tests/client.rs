@@ -327,3 +327,42 @@ fn an_unreachable_server_is_named() {
         "stderr: {stderr}"
     );
 }
+
+#[test]
+fn a_directory_is_a_bad_argument_not_a_timeout() {
+    // A directory opens and has a length, but cannot be read: the client once waited for
+    // the echo of its 4096 "bytes" until the timeout, blaming the server.
+    let server = Server::start("event", &[]);
+    let dir = std::env::temp_dir();
+    let output = client(
+        server.addr,
+        &["--send", dir.to_str().unwrap(), "--timeout", "30"],
+        b"",
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains(dir.to_str().unwrap()) && stderr.contains("not a regular file"),
+        "stderr: {stderr}"
+    );
+}
+
+#[test]
+fn a_port_out_of_range_is_named() {
+    let output = finish_bounded(
+        echolab()
+            .args(["client", "127.0.0.1:99999"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr.contains("99999") && stderr.contains("out of range"),
+        "stderr: {stderr}"
+    );
+}

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::*;
 
 use super::output::{Median, Results};
+use crate::cli::MODELS;
 
 type ChartResult = Result<(), Box<dyn Error>>;
 
@@ -50,15 +51,50 @@ fn series_by_conns(results: &Results, size: usize) -> Vec<(String, Vec<(usize, M
     models
 }
 
-fn color(idx: usize) -> RGBColor {
+/// A model's colour, the same on every chart (it follows the model's place in
+/// [`MODELS`], not its place on one chart, which changes with what that chart shows).
+fn color(model: &str) -> RGBColor {
+    let idx = MODELS
+        .iter()
+        .position(|m| *m == model)
+        .unwrap_or(MODELS.len());
     let (r, g, b) = Palette99::pick(idx).rgb();
     RGBColor(r, g, b)
 }
 
+/// Width of the column right of a line chart that holds its legend: inside the plot, a
+/// legend hides the points under it.
+const LEGEND_WIDTH: u32 = 130;
+
+/// The legend of a line chart, drawn in its own column: a coloured stroke and the name
+/// for each model.
+fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    names: &[&str],
+) -> ChartResult
+where
+    DB::ErrorType: 'static,
+{
+    let top = 60;
+    for (i, name) in names.iter().enumerate() {
+        let y = top + 22 * i as i32;
+        let c = color(name);
+        area.draw(&PathElement::new(vec![(8, y), (32, y)], c.stroke_width(3)))?;
+        area.draw(&Circle::new((20, y), 4, c.filled()))?;
+        area.draw(&Text::new(
+            name.to_string(),
+            (40, y - 7),
+            ("sans-serif", 14).into_font(),
+        ))?;
+    }
+    Ok(())
+}
+
 /// Messages/s against connections (64-byte messages), one line per model, log x axis.
 fn throughput_vs_conns(path: &Path, results: &Results) -> ChartResult {
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE)?;
+    let whole = SVGBackend::new(path, SIZE).into_drawing_area();
+    whole.fill(&WHITE)?;
+    let (root, legend) = whole.split_horizontally(SIZE.0 - LEGEND_WIDTH);
     let series = series_by_conns(results, 64);
     let max_conns = series
         .iter()
@@ -86,32 +122,26 @@ fn throughput_vs_conns(path: &Path, results: &Results) -> ChartResult {
         .x_label_formatter(&|v| format!("{v:.0}"))
         .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
-    for (idx, (name, points)) in series.iter().enumerate() {
-        let c = color(idx);
+    for (name, points) in &series {
+        let c = color(name);
         let xy: Vec<(f64, f64)> = points
             .iter()
             .map(|(conns, m)| (*conns as f64, m.messages_per_sec))
             .collect();
-        chart
-            .draw_series(LineSeries::new(xy.clone(), c.stroke_width(2)))?
-            .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart.draw_series(LineSeries::new(xy.clone(), c.stroke_width(2)))?;
         chart.draw_series(xy.into_iter().map(|p| Circle::new(p, 4, c.filled())))?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()?;
-    root.present()?;
+    let names: Vec<&str> = series.iter().map(|(n, _)| n.as_str()).collect();
+    draw_legend(&legend, &names)?;
+    whole.present()?;
     Ok(())
 }
 
 /// p50, p90, p99 and p99.9 per model at the busiest 64-byte workload, log y axis.
 fn latency_percentiles(path: &Path, results: &Results) -> ChartResult {
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE)?;
+    let whole = SVGBackend::new(path, SIZE).into_drawing_area();
+    whole.fill(&WHITE)?;
+    let (root, legend) = whole.split_horizontally(SIZE.0 - LEGEND_WIDTH);
     // The workload with the most connections every model ran (the iterative one only
     // runs one connection, so it appears on the chart of that workload only if alone).
     let workload = results
@@ -160,26 +190,19 @@ fn latency_percentiles(path: &Path, results: &Results) -> ChartResult {
         .y_desc("latency µs (median of runs)")
         .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
-    for (idx, (name, m)) in models.iter().enumerate() {
-        let c = color(idx);
+    for (name, m) in &models {
+        let c = color(name);
         let xy: Vec<(f64, f64)> = [m.p50_us, m.p90_us, m.p99_us, m.p999_us]
             .iter()
             .enumerate()
             .map(|(i, v)| (i as f64, v.max(min)))
             .collect();
-        chart
-            .draw_series(LineSeries::new(xy.clone(), c.stroke_width(2)))?
-            .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart.draw_series(LineSeries::new(xy.clone(), c.stroke_width(2)))?;
         chart.draw_series(xy.into_iter().map(|p| Circle::new(p, 4, c.filled())))?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()?;
-    root.present()?;
+    let names: Vec<&str> = models.iter().map(|(n, _)| n.as_str()).collect();
+    draw_legend(&legend, &names)?;
+    whole.present()?;
     Ok(())
 }
 
@@ -223,9 +246,18 @@ fn memory_per_idle_conn(path: &Path, results: &Results) -> ChartResult {
         .y_desc("KiB per connection")
         .y_label_formatter(&|v| format!("{v:.1}"))
         .draw()?;
-    chart.draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
+    chart.draw_series(bars.iter().enumerate().map(|(i, (name, v))| {
         let x = i as f64;
-        Rectangle::new([(x + 0.2, 0.0), (x + 0.8, *v)], color(i).filled())
+        Rectangle::new([(x + 0.2, 0.0), (x + 0.8, *v)], color(name).filled())
+    }))?;
+    // The value over each bar: the event-driven models' bars are a pixel high, and "less
+    // than a KiB" is the finding.
+    chart.draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
+        Text::new(
+            format!("{v:.1} KiB"),
+            (i as f64 + 0.35, *v + max * 0.06),
+            ("sans-serif", 13).into_font(),
+        )
     }))?;
     root.present()?;
     Ok(())

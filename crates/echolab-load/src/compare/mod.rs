@@ -9,6 +9,9 @@
 //! - Medians of repeats, with the spread (max − min over median) shown beside them.
 //! - Server CPU per message (from /proc) is reported next to throughput: on a shared
 //!   machine it is the steadier figure.
+//! - A clean slate: before each run compare waits (bounded) until the server holds no
+//!   connection and no child serving one, so a run never starts while
+//!   the previous one's connections are still closing ([`server::ServerProcess::settle`]).
 //! - The iterative model serialises clients; it runs only the one-connection workloads and
 //!   churn, and the tables say so rather than showing a number that measures the backlog.
 //!
@@ -438,6 +441,9 @@ fn run_one(
         return RunSample::failed("the server is not running".to_string());
     };
     let config = plan.bench_config(server.addr, workload);
+    // The previous run's connections first finish closing on the server's side, so that
+    // neither its open descriptors nor the CPU of closing them land on this run.
+    let settled = server.settle();
     let before = procfs::read(pid).ok();
     let halfway = config.warmup + config.duration / 2;
     let (run_done, halfway_or_done) = mpsc::channel::<()>();
@@ -454,6 +460,8 @@ fn run_one(
         drop(run_done);
         (report, sampler.join().ok().flatten())
     });
+    // And this run's own closing is charged to this run.
+    let _ = server.settle();
     let after = procfs::read(pid).ok();
     let report = match report {
         Ok(report) => report,
@@ -465,6 +473,9 @@ fn run_one(
     };
     let loaded_secs = plan.warmup_secs + plan.duration_secs;
     let mut sample = RunSample::from_report(&report, workload.size, loaded_secs, cpu_secs, during);
+    sample.settle_ms = settled.waited.as_secs_f64() * 1e3;
+    sample.leftover_conns = settled.leftover_conns;
+    sample.leftover_children = settled.leftover_children;
     if !server.is_running() {
         sample
             .error

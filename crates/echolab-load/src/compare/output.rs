@@ -59,6 +59,14 @@ pub struct RunSample {
     pub server: Option<ProcStats>,
     /// Why the run failed, or the first error it met.
     pub error: Option<String>,
+    /// How long the run waited, before it started, for the previous run's connections to
+    /// close on the server, in milliseconds.
+    pub settle_ms: f64,
+    /// Connections the server still held when that wait gave up (2 s): the previous
+    /// run's, still open as this one started. Zero normally.
+    pub leftover_conns: u64,
+    /// Likewise, the server's live children (the process model's connections).
+    pub leftover_children: u64,
 }
 
 impl RunSample {
@@ -105,6 +113,7 @@ impl RunSample {
             server_cpu_us_per_msg: cpu_per_msg,
             server: during,
             error,
+            ..RunSample::default()
         }
     }
 }
@@ -326,7 +335,9 @@ pub fn summary_markdown(results: &Results) -> String {
          of warm-up. Figures are medians; *spread* is (max − min) / median of messages/s over the \
          runs. Server CPU per message (user + system time from /proc, children included) is the \
          steadier figure on a shared machine: throughput swings with the neighbours. Memory is \
-         the server's PSS halfway through the run.{}\n",
+         the server's PSS halfway through the run. Before each run, compare waits (up to 2 s) \
+         until the server holds no connection (counted from /proc) and no child serving one, so \
+         the previous run's connections, still closing, are not charged to the next.{}\n",
         results.machine.cores,
         results.machine.kernel,
         plan.repeats,
@@ -346,6 +357,34 @@ pub fn summary_markdown(results: &Results) -> String {
         }
         let _ = writeln!(out);
     }
+    let leftovers: Vec<String> = results
+        .workloads
+        .iter()
+        .flat_map(|w| {
+            w.models.iter().flat_map(move |(model, runs)| {
+                runs.runs
+                    .iter()
+                    .filter(|r| r.leftover_conns + r.leftover_children > 0)
+                    .map(move |r| {
+                        format!(
+                            "- `{model}`, {}: {} connections and {} children of the previous run still open",
+                            w.workload.name, r.leftover_conns, r.leftover_children
+                        )
+                    })
+            })
+        })
+        .collect();
+    if !leftovers.is_empty() {
+        let _ = writeln!(
+            out,
+            "Runs that started before the server had closed the previous run's connections \
+             (after waiting 2 s); their figures include that load:\n"
+        );
+        for line in leftovers {
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = writeln!(out);
+    }
     for w in &results.workloads {
         let kind = if w.workload.churn {
             "connect, one echo, close; rates are connections/s"
@@ -353,6 +392,16 @@ pub fn summary_markdown(results: &Results) -> String {
             "closed loop"
         };
         let _ = writeln!(out, "## {} ({kind})\n", w.workload.name);
+        if w.workload.conns == 1 && !w.workload.churn {
+            let _ = writeln!(
+                out,
+                "One connection: every message wakes the other side, so where the scheduler \
+                 puts the client and the server decides the figure. On one CPU a wake-up is a \
+                 cheap switch; across two it is an inter-processor interrupt and an exit from \
+                 idle, several times slower and costlier in server CPU (notably in a virtual \
+                 machine). A large spread in this table is that placement, not the model.\n"
+            );
+        }
         let medians: Vec<(&String, &Median)> = w
             .models
             .iter()

@@ -7,6 +7,7 @@
 //! pages shared between a forked parent and its children are split between them instead of
 //! counted once per process, as RSS would.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io;
 
@@ -46,6 +47,71 @@ pub fn read(pid: u32) -> io::Result<ProcStats> {
         stats.processes += 1;
     }
     Ok(stats)
+}
+
+/// The inodes of the sockets process `pid` has open (its descriptors that link to
+/// `socket:[N]`): cheap, a readlink per descriptor.
+pub fn socket_inodes(pid: u32) -> io::Result<HashSet<u64>> {
+    let mut inodes = HashSet::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fd"))? {
+        // A descriptor may close between the listing and the readlink: skip it.
+        let Ok(target) = fs::read_link(entry?.path()) else {
+            continue;
+        };
+        if let Some(inode) = socket_inode(&target.to_string_lossy()) {
+            inodes.insert(inode);
+        }
+    }
+    Ok(inodes)
+}
+
+/// How many of `sockets` (inodes from [`socket_inodes`]) are TCP connections: in any
+/// state but LISTEN (established, or closed by the peer and not yet by the process).
+/// Listeners, pipes, epoll and io_uring descriptors are not counted, so the answer for a
+/// server at rest is 0 whatever it opened at start-up. Costly when the machine holds many
+/// sockets (the whole namespace's /proc/net/tcp is read, TIME_WAIT entries included).
+pub fn tcp_conns_among(pid: u32, sockets: &HashSet<u64>) -> u64 {
+    if sockets.is_empty() {
+        return 0;
+    }
+    let mut conns = 0;
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        conns += text
+            .lines()
+            .skip(1)
+            .filter_map(tcp_entry)
+            .filter(|(state, inode)| *state != TCP_LISTEN && sockets.contains(inode))
+            .count() as u64;
+    }
+    conns
+}
+
+/// The state code /proc/net/tcp gives a listening socket.
+const TCP_LISTEN: u8 = 0x0A;
+
+/// The inode in a descriptor link `socket:[12345]`.
+fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// The state and inode of one line of /proc/net/tcp:
+/// `sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode ...`.
+fn tcp_entry(line: &str) -> Option<(u8, u64)> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let state = u8::from_str_radix(fields.get(3)?, 16).ok()?;
+    let inode = fields.get(9)?.parse().ok()?;
+    Some((state, inode))
+}
+
+/// The server's live children (the `process` model's connections).
+pub fn child_count(pid: u32) -> u64 {
+    children(pid).len() as u64
 }
 
 /// The fields of /proc/PID/stat this module uses.
@@ -139,6 +205,28 @@ mod tests {
             (250, 50, 3, 4)
         );
         assert_eq!(stat.threads, 9);
+    }
+
+    #[test]
+    fn connections_are_told_from_listeners() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pid = std::process::id();
+        // Other tests of this binary may hold connections meanwhile: count relative to
+        // what this one adds, and only in the direction that is certain.
+        let conn = std::net::TcpStream::connect(addr).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let sockets = socket_inodes(pid).unwrap();
+        assert!(sockets.len() >= 3, "the listener and both ends");
+        assert!(tcp_conns_among(pid, &sockets) >= 2);
+        assert_eq!(tcp_conns_among(pid, &HashSet::new()), 0);
+        assert!(socket_inodes(u32::MAX).is_err());
+        drop((conn, accepted));
+        assert_eq!(socket_inode("socket:[4242]"), Some(4242));
+        assert_eq!(socket_inode("anon_inode:[io_uring]"), None);
+        let line = "   0: 0100007F:1B5F 00000000:0000 0A 00000000:00000000 00:00000000 \
+                    00000000     0        0 98765 1 0000000000000000 100 0 0 10 0";
+        assert_eq!(tcp_entry(line), Some((TCP_LISTEN, 98765)));
     }
 
     #[test]

@@ -26,6 +26,36 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 /// The stderr lines kept to explain a failure.
 const TAIL_LINES: usize = 20;
 
+/// How long [`ServerProcess::settle`] waits for the previous run's connections to close.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a server holds when it serves nobody: its live children (none for every model at
+/// rest, but counted rather than assumed). Its open connections at rest are zero by
+/// definition, which is why [`ServerProcess::settle`] counts connections and not all
+/// descriptors: a model may open more descriptors after it prints its listening line (the
+/// uring model's rings), and a baseline read then would be wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Baseline {
+    pub children: u64,
+    /// How many sockets the server holds at rest (its listeners), learned the first time
+    /// it is found holding no connection: from then on fewer or as many sockets means at
+    /// rest without reading /proc/net/tcp, which is slow after a churn run has left tens
+    /// of thousands of TIME_WAIT entries in it.
+    pub rest_sockets: Option<usize>,
+}
+
+/// What [`ServerProcess::settle`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// How long it waited.
+    pub waited: Duration,
+    /// Connections the server still held when the wait gave up: the previous run's,
+    /// still open on its side.
+    pub leftover_conns: u64,
+    /// Children above the baseline then (the process model's connections).
+    pub leftover_children: u64,
+}
+
 /// A running server child process.
 #[derive(Debug)]
 pub struct ServerProcess {
@@ -33,6 +63,8 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
     /// `None` once stopped.
     child: Option<Child>,
+    /// Its descriptors and children at rest, read before the first connection.
+    baseline: Option<Baseline>,
     /// The last lines the server wrote on stderr (drained by a thread so the server never
     /// blocks on a full pipe).
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
@@ -74,6 +106,7 @@ impl ServerProcess {
             model: model.to_string(),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             child: Some(child),
+            baseline: None,
             stderr_tail,
         };
         let announced = match rx.recv_timeout(START_TIMEOUT) {
@@ -88,6 +121,11 @@ impl ServerProcess {
         };
         let checked = announced.and_then(|addr| {
             server.addr = addr;
+            // Before the first connection (the echo check below), the server is at rest.
+            server.baseline = server.pid().map(|pid| Baseline {
+                children: super::procfs::child_count(pid),
+                rest_sockets: None,
+            });
             echo_once(addr).map_err(|why| format!("listens on {addr} but does not echo ({why})"))
         });
         if let Err(why) = checked {
@@ -110,6 +148,47 @@ impl ServerProcess {
     /// The server's process id (its children's parent).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Waits, at most [`SETTLE_TIMEOUT`], until the server is back at rest: every
+    /// connection of the previous run closed on the server's side too, and every child
+    /// serving one gone. The client side
+    /// closes at once, but the server may still be closing hundreds of connections (or
+    /// reaping their processes) when the next run connects, and that run would pay for
+    /// it: a poll(2) loop's cost per call grows with its open descriptors, and the
+    /// server's CPU time would be charged to the wrong workload.
+    pub fn settle(&mut self) -> Settled {
+        let started = Instant::now();
+        let (Some(pid), Some(mut baseline)) = (self.pid(), self.baseline) else {
+            return Settled {
+                waited: Duration::ZERO,
+                leftover_conns: 0,
+                leftover_children: 0,
+            };
+        };
+        loop {
+            let sockets = super::procfs::socket_inodes(pid).unwrap_or_default();
+            let conns = match baseline.rest_sockets {
+                Some(rest) if sockets.len() <= rest => 0,
+                _ => super::procfs::tcp_conns_among(pid, &sockets),
+            };
+            if conns == 0 && baseline.rest_sockets.is_none() {
+                baseline.rest_sockets = Some(sockets.len());
+                self.baseline = Some(baseline);
+            }
+            let children = super::procfs::child_count(pid);
+            let settled = Settled {
+                waited: started.elapsed(),
+                leftover_conns: conns,
+                leftover_children: children.saturating_sub(baseline.children),
+            };
+            let at_rest = settled.leftover_conns == 0 && settled.leftover_children == 0;
+            if at_rest || settled.waited >= SETTLE_TIMEOUT || !self.is_running() {
+                return settled;
+            }
+            // Polling /proc: no event says "the server closed its descriptors".
+            thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// True while the server process runs.
