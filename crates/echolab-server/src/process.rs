@@ -155,6 +155,7 @@ fn fork_child(
     mask.add(Signal::SIGCHLD);
     let mut old_mask = SigSet::empty();
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), Some(&mut old_mask))?;
+    let parent = nix::unistd::getpid();
     // This model starts no thread, so the check inside always passes here.
     let forked = echolab_sys::fork_single_threaded();
     match forked {
@@ -164,6 +165,12 @@ fn fork_child(
                 let _ = echolab_sys::reset_signal_to_default(signal);
             }
             let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+            // A parent killed without its shutdown (SIGKILL) cannot end its children; the
+            // kernel does it for us. If the parent is already gone, stop now.
+            let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
+            if nix::unistd::getppid() != parent {
+                echolab_sys::exit_immediately(0);
+            }
             // The child's copies of the parent's descriptors: the listener (the lecture's
             // `Close(listenfd)`) and the parent's pipes. Nothing here drops them, because
             // the child ends in `_exit`.

@@ -505,3 +505,29 @@ contract!(
     graceful_shutdown_releases_everything,
     serves_ipv6_loopback,
 );
+
+/// The process model's own promise: a parent killed without its shutdown (SIGKILL, which
+/// it cannot catch) still leaves no child serving behind it.
+#[test]
+fn process_children_end_with_a_killed_parent() {
+    let mut server = Server::start("process", &[]);
+    let mut conn = connect(server.addr);
+    conn.write_all(b"x").unwrap();
+    assert_eq!(read_n(&mut conn, 1), b"x");
+    let kids: Vec<i32> = family(server.pid())
+        .into_iter()
+        .filter(|p| *p != server.pid())
+        .collect();
+    assert_eq!(kids.len(), 1, "one child per connection");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    // The orphan gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and its client sees the close.
+    assert_eq!(read_to_end(&mut conn).unwrap_or_default(), b"");
+    assert!(eventually(|| !std::path::Path::new(&format!(
+        "/proc/{}",
+        kids[0]
+    ))
+    .exists()
+        || std::fs::read_to_string(format!("/proc/{}/stat", kids[0]))
+            .is_ok_and(|s| s.contains(") Z "))));
+}
