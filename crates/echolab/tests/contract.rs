@@ -522,7 +522,10 @@ fn process_children_end_with_a_killed_parent() {
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     // The orphan gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and its client sees the close.
-    assert_eq!(read_to_end(&mut conn).unwrap_or_default(), b"");
+    match read_to_end(&mut conn) {
+        Ok(rest) => assert_eq!(rest, b""),
+        Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
+    }
     assert!(eventually(|| !std::path::Path::new(&format!(
         "/proc/{}",
         kids[0]
