@@ -20,7 +20,7 @@ pub const DEFAULT_MAX_CONNS: usize = 10_000;
 /// ends its threads or child processes, and exits 0.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// The concurrency model. Default: event (one thread, poll).
+    /// The concurrency model. Default: reactor (one epoll loop per core).
     #[arg(long, short = 'm', value_enum)]
     pub model: Option<Model>,
 

@@ -51,7 +51,7 @@ pub use echo::{EchoConfig, Mode};
 pub enum Model {
     /// One client at a time (echoserveri); a second client waits in the listen backlog.
     Iterative,
-    /// A child process per connection (echoserverp), reaped without a signal handler.
+    /// A child process per connection (echoserverp), reaped in the main loop, not in a signal handler.
     Process,
     /// One thread multiplexing every connection with poll(2) (echoservers).
     Event,
@@ -80,8 +80,9 @@ impl Model {
         Model::Async,
     ];
 
-    /// The model `echolab serve` uses when none is named: the best one the project has.
-    pub const DEFAULT: Model = Model::Event;
+    /// The model `echolab serve` uses when none is named: the best one the project has
+    /// (`scripts/bench-models.py` shows it against the C reference).
+    pub const DEFAULT: Model = Model::Reactor;
 
     pub fn name(self) -> &'static str {
         match self {

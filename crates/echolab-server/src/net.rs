@@ -17,6 +17,16 @@ pub const BACKLOG: i32 = 1024;
 /// `reuse_port` sets `SO_REUSEPORT`, so that more listeners can bind the same address and
 /// the kernel spreads new connections among them (one per reactor).
 pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    if reuse_port && addr.port() != 0 {
+        // Linux lets a second SO_REUSEPORT listener of the same user bind a port already
+        // served, and the two servers would split the connections without a word. A
+        // plain bind first turns that into "address already in use".
+        drop(bind_socket(addr, false)?);
+    }
+    bind_socket(addr, reuse_port)
+}
+
+fn bind_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         // `[::1]` means IPv6 only; a dual-stack listener would surprise a reader of the
@@ -36,7 +46,7 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
 /// Another listener on the address `first` is bound to, for one more reactor thread.
 /// `first` must have been bound with `reuse_port`.
 pub fn bind_another(first: &TcpListener) -> io::Result<TcpListener> {
-    bind(first.local_addr()?, true)
+    bind_socket(first.local_addr()?, true)
 }
 
 /// Sets the options every connection gets.

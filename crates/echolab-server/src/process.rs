@@ -17,10 +17,10 @@
 //! child may allocate and log. It ends with `_exit`: it must not run the parent's
 //! destructors or flush buffers it inherited.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -33,6 +33,7 @@ use nix::unistd::Pid;
 
 use crate::accept;
 use crate::conn::{self, ConnSettings};
+use crate::shutdown::Shutdown;
 use crate::{net, ServeConfig, Server};
 
 pub fn run(server: Server) -> io::Result<()> {
@@ -48,7 +49,32 @@ pub fn run(server: Server) -> io::Result<()> {
     sigchld_write.set_nonblocking(true)?;
     let sigchld_id = signal_hook::low_level::pipe::register(libc::SIGCHLD, sigchld_write)?;
 
-    let mut children: HashSet<Pid> = HashSet::new();
+    // Every live child and the peer it serves.
+    let mut children: HashMap<Pid, SocketAddr> = HashMap::new();
+    let result = accept_loop(&listener, &config, &shutdown, &sigchld_read, &mut children);
+
+    // Shutdown, and after an error too: close the listener first (the port is free at
+    // once), then end every child and reap it, so that no process outlives the server.
+    drop(listener);
+    for pid in children.keys() {
+        let _ = nix::sys::signal::kill(*pid, Signal::SIGTERM);
+    }
+    for (pid, peer) in children.drain() {
+        while let Err(nix::errno::Errno::EINTR) = waitpid(pid, None) {}
+        log::info!("conn {peer} closed: server shutting down (child {pid} ended)");
+    }
+    signal_hook::low_level::unregister(sigchld_id);
+    result
+}
+
+/// The parent's loop: accept and fork, reap on SIGCHLD, until shutdown.
+fn accept_loop(
+    listener: &TcpListener,
+    config: &ServeConfig,
+    shutdown: &Shutdown,
+    sigchld_read: &UnixStream,
+    children: &mut HashMap<Pid, SocketAddr>,
+) -> io::Result<()> {
     let mut accept_paused_until: Option<Instant> = None;
     while !shutdown.is_triggered() {
         let now = Instant::now();
@@ -76,8 +102,8 @@ pub fn run(server: Server) -> io::Result<()> {
         let sigchld = fds[1].any().unwrap_or(false);
         let acceptable = fds[2].any().unwrap_or(false);
         if sigchld {
-            drain(&sigchld_read);
-            reap(&mut children);
+            drain(sigchld_read);
+            reap(children);
         }
         if acceptable {
             accept_paused_until = None;
@@ -85,46 +111,18 @@ pub fn run(server: Server) -> io::Result<()> {
                 Ok((conn, peer)) => {
                     if children.len() >= config.max_conns {
                         conn::refuse(conn, peer, config.max_conns);
-                    } else if let Some(pid) =
-                        fork_child(conn, peer, &listener, &config, &[&sigchld_read, &shutdown])?
-                    {
-                        children.insert(pid);
+                    } else {
+                        let parent_fds = [sigchld_read.as_raw_fd(), shutdown.fd().as_raw_fd()];
+                        if let Some(pid) = fork_child(conn, peer, listener, config, &parent_fds)? {
+                            children.insert(pid, peer);
+                        }
                     }
                 }
                 Err(err) => accept_paused_until = accept::after_accept_error(&err),
             }
         }
     }
-
-    // Shutdown: close the listener first (the port is free at once), then end every child
-    // and reap it, so that no process outlives the server.
-    drop(listener);
-    for pid in &children {
-        let _ = nix::sys::signal::kill(*pid, Signal::SIGTERM);
-    }
-    for pid in children.drain() {
-        while let Err(nix::errno::Errno::EINTR) = waitpid(pid, None) {}
-        log::info!("child {pid} ended: server shutting down");
-    }
-    signal_hook::low_level::unregister(sigchld_id);
     Ok(())
-}
-
-/// Something whose descriptor the child must close: the parent's pipes.
-trait ParentFd {
-    fn raw(&self) -> i32;
-}
-
-impl ParentFd for UnixStream {
-    fn raw(&self) -> i32 {
-        self.as_raw_fd()
-    }
-}
-
-impl ParentFd for crate::shutdown::Shutdown {
-    fn raw(&self) -> i32 {
-        self.fd().as_raw_fd()
-    }
 }
 
 /// Forks a child to serve `conn`. Returns the child's pid in the parent; never returns in
@@ -134,7 +132,7 @@ fn fork_child(
     peer: SocketAddr,
     listener: &TcpListener,
     config: &ServeConfig,
-    parent_fds: &[&dyn ParentFd],
+    parent_fds: &[RawFd],
 ) -> io::Result<Option<Pid>> {
     if let Err(err) = conn
         .set_nonblocking(false)
@@ -176,7 +174,7 @@ fn fork_child(
             // the child ends in `_exit`.
             let _ = nix::unistd::close(listener.as_raw_fd());
             for fd in parent_fds {
-                let _ = nix::unistd::close(fd.raw());
+                let _ = nix::unistd::close(*fd);
             }
             let not_shutting_down = AtomicBool::new(false);
             conn::serve_blocking(&conn, peer, ConnSettings::new(config, &not_shutting_down));
@@ -199,7 +197,7 @@ fn fork_child(
 }
 
 /// Reaps every child that has exited, without blocking.
-fn reap(children: &mut HashSet<Pid>) {
+fn reap(children: &mut HashMap<Pid, SocketAddr>) {
     loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,

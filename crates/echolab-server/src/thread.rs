@@ -50,7 +50,12 @@ pub fn run(server: Server) -> io::Result<()> {
     let mut acceptor = Acceptor::new(&listener, &shutdown)?;
     while let Some((conn, peer)) = acceptor.accept() {
         // Reap the threads that finished, like waitpid(WNOHANG) for processes.
-        threads.retain(|handle| !handle.is_finished());
+        let (finished, running): (Vec<_>, Vec<_>) =
+            threads.drain(..).partition(|handle| handle.is_finished());
+        for handle in finished {
+            let _ = handle.join();
+        }
+        threads = running;
         let conn = Arc::new(conn);
         let Some(admitted) = live.admit(&conn, config.max_conns) else {
             conn::refuse(conn, peer, config.max_conns);

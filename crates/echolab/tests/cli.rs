@@ -78,3 +78,14 @@ fn help_explains_the_models_and_the_connection_cap() {
         assert!(help.contains(word), "serve --help lacks {word:?}");
     }
 }
+
+#[test]
+fn port_in_use_by_another_reactor_is_named() {
+    // SO_REUSEPORT would let a second reactor share the port silently; it must refuse.
+    let first = support::Server::start("reactor", &[]);
+    let addr = first.addr.to_string();
+    assert_usage_error(
+        &["serve", "--model", "reactor", "--listen", &addr],
+        &format!("cannot bind {addr}: address already in use"),
+    );
+}
