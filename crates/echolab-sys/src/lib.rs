@@ -1,6 +1,6 @@
 //! The only crate of echolab that contains `unsafe`: thin, documented wrappers over the
-//! process-control calls that have no safe equivalent (fork, `_exit`, resetting a signal
-//! disposition, reading the time-stamp counter).
+//! calls that have no safe equivalent (fork, `_exit`, signal dispositions and a raw
+//! SIGCHLD handler, the time-stamp counter, io_uring).
 //!
 //! Every other crate is `#![forbid(unsafe_code)]` and calls these.
 //!
