@@ -21,11 +21,25 @@
 //! - At most one send per connection at a time, from a buffer the ring owns until it
 //!   completes; bytes the echo produces meanwhile wait in the connection's [`Echo`].
 //!
-//! Backpressure: a multishot receive keeps delivering until stopped, so when the echo
-//! owes [`crate::echo::MAX_OWED`] bytes the loop cancels it. Buffers that arrive before
-//! the cancel takes effect are kept as they are (not copied) in the connection's stash and
-//! fed to the echo as it drains; they come from the ring's fixed pool, so memory stays
-//! bounded. The receive is armed again once the stash is empty and the echo has room.
+//! Backpressure: a multishot receive keeps delivering until stopped, so when a
+//! connection holds [`crate::echo::MAX_OWED`] bytes (owed by its echo plus its send in
+//! flight) the loop cancels it. Bytes that arrive before the cancel takes effect still go
+//! to the echo, which owes them past its bound: the overshoot is at most what the kernel
+//! delivered to that connection in the turn its room ran out, before the cancel was
+//! submitted: what reached its socket since the previous turn, and never more than the
+//! pool, `N_BUFS` × `BUF_SIZE` (4 MiB), shared by the loop's connections. Every receive
+//! buffer goes back to the pool in the turn it arrived, so a client that never reads pins
+//! none of them.
+//!
+//! The receive is armed again once the connection has room for a whole buffer. Meanwhile
+//! the peer may have filled the socket's queue (megabytes), which a multishot receive
+//! would deliver at once, so the loop first catches up with single receives of at most
+//! the room, one per turn, and goes back to multishot when one comes back short (the
+//! queue is drained).
+//!
+//! When the pool runs dry, the kernel ends the receives that find no buffer (`ENOBUFS`);
+//! the loop arms them again at once, as above. The new request reaches the kernel with the
+//! next batch, after every buffer of this turn has gone back to the pool.
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -46,18 +60,32 @@ use crate::{cores, net, Server};
 const RING_ENTRIES: u32 = 1024;
 
 /// The receive buffers of one loop: 256 of 16 KiB. A receive takes a whole buffer
-/// whatever it carries, until the loop has copied the bytes out (within the same turn),
-/// so 256 cover 256 connections of the loop speaking at once (more only starve and rearm);
-/// 16 KiB take a 16 KiB message in one completion and one send. Only pages the kernel
-/// has written count as resident memory: small messages touch one page per buffer.
+/// whatever it carries, and the loop gives it back within the same turn, once the echo
+/// has the bytes. So 256 buffers serve 256 completions per turn across the loop's
+/// connections; beyond that receives end with `ENOBUFS` and are armed again for the next
+/// turn. 16 KiB take a 16 KiB message in one completion and one send. Only pages the
+/// kernel has written count as resident memory: small messages touch one page per buffer.
 const N_BUFS: u16 = 256;
 const BUF_SIZE: u32 = 16 * 1024;
+
+/// A cancelled receive is armed again once the connection has room for this much: one
+/// whole buffer, so that it is not cancelled again by its first completion.
+const REARM_ROOM: usize = if (BUF_SIZE as usize) < MAX_OWED {
+    BUF_SIZE as usize
+} else {
+    MAX_OWED
+};
 
 /// The most bytes one send carries.
 const MAX_SEND: usize = MAX_OWED;
 
 /// Send buffers kept for reuse per loop, instead of freed and allocated again.
-const SEND_POOL: usize = 256;
+const SEND_POOL: usize = 64;
+
+/// Only send buffers up to this capacity go back to the pool: one receive buffer's worth,
+/// so that a stream of 16 KiB messages allocates nothing per message, while a burst's
+/// larger buffers are freed. An idle loop holds at most `SEND_POOL` × 16 KiB (1 MiB).
+const SEND_POOL_CAPACITY: usize = BUF_SIZE as usize;
 
 /// The idle sweep runs at most this often (see the reactor).
 const SWEEP_SPACING: Duration = Duration::from_millis(100);
@@ -72,11 +100,15 @@ const SHUTDOWN_TAG: u64 = SLOT_MASK;
 /// The models that run where io_uring does not.
 const OTHER_MODELS: &str = "reactor, async, event, thread, prethreaded, process, iterative";
 
-/// Checks that this kernel lets the process use io_uring with provided-buffer rings, by
-/// building a small ring. The error is one line, naming the models that will work.
+/// Checks that this kernel lets the process use io_uring with what the model uses:
+/// provided-buffer rings (Linux 5.19) and multishot receive (6.0, which also brings
+/// multishot accept), by building a small ring and receiving on it once. The error is one
+/// line, naming the models that will work.
 pub fn probe(_server: &Server) -> Result<(), String> {
-    match Ring::new(8, 8, 64) {
-        Ok(_) => Ok(()),
+    let supported = Ring::new(8, 8, 64).and_then(|mut ring| ring.supports_multishot_recv());
+    match supported {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(format!("this kernel's io_uring lacks multishot receive (needs Linux 6.0 or later); models that work here: {OTHER_MODELS}")),
         Err(err) => {
             let why = match err.raw_os_error() {
                 Some(libc::EPERM) => "io_uring is not permitted here (EPERM: disabled by kernel.io_uring_disabled or a seccomp policy, common in containers)".to_string(),
@@ -218,18 +250,44 @@ struct Conn {
     last_active: Instant,
     /// A send is in flight; the echo's writer takes nothing until it completes.
     sending: bool,
-    /// The multishot receive is armed (its last completion has not arrived).
+    /// Bytes of the send in flight not yet confirmed sent (0 when none is). They count
+    /// against the connection's bound like the echo's owed bytes: the room to read is
+    /// `echo.read_room()` minus this.
+    send_len: usize,
+    /// Bytes the kernel confirmed sent, for the close log. The echo counts a byte as out
+    /// when it enters the send buffer, which is too early if the send then fails.
+    bytes_sent: u64,
+    /// A receive is armed, multishot or (while catching up) single, and its last
+    /// completion has not arrived.
     recv_armed: bool,
     /// A cancel of the receive was requested for backpressure.
     recv_cancelling: bool,
-    /// The receive stopped for lack of buffers; armed again when buffers come back.
-    starved: bool,
-    /// Buffers received but not yet fed to the echo (backpressure), and how far into the
-    /// first one the echo has read. Empty, without allocation, in the common case.
-    stash: Vec<RecvBuf>,
-    stash_offset: usize,
-    /// The peer's end of input arrived behind the stash.
-    eof_pending: bool,
+    /// The socket may hold more bytes than the connection has room for (its receive was
+    /// cancelled or ran out of buffers, and the peer kept sending): receives are armed one
+    /// at a time, each for at most the room, instead of a multishot receive that would take
+    /// the whole queue at once. Cleared when a receive comes back short of what it asked
+    /// for, which means the queue is drained.
+    catching_up: bool,
+    /// What the armed single receive asked for (`catching_up` only).
+    recv_asked: usize,
+}
+
+impl Conn {
+    /// How many more bytes this connection may take before it holds `MAX_OWED`.
+    fn room(&self) -> usize {
+        self.echo.read_room().saturating_sub(self.send_len)
+    }
+}
+
+/// What a completion hands to [`UringLoop::pump`].
+#[derive(Debug)]
+enum Input {
+    /// Nothing new arrived (a send completed, a receive ended).
+    Nothing,
+    /// Bytes arrived in a receive buffer.
+    Bytes(RecvBuf),
+    /// The peer shut down its write side.
+    End,
 }
 
 /// A slot of the connection table; the generation survives the connection.
@@ -244,10 +302,8 @@ struct UringLoop<'a> {
     shared: &'a Shared<'a>,
     slots: Vec<Slot>,
     free: Vec<usize>,
-    /// Emptied send buffers, ready for the next send.
+    /// Emptied send buffers of at most `SEND_POOL_CAPACITY`, ready for the next send.
     send_pool: Vec<Vec<u8>>,
-    /// Buffers held in stashes across the loop, to know when starved receives can rearm.
-    stashed: usize,
     accept_armed: bool,
     /// Out of descriptors: accept is armed again at this time.
     accept_paused_until: Option<Instant>,
@@ -264,7 +320,6 @@ impl<'a> UringLoop<'a> {
             slots: Vec::new(),
             free: Vec::new(),
             send_pool: Vec::new(),
-            stashed: 0,
             accept_armed: false,
             accept_paused_until: None,
             next_sweep: None,
@@ -291,9 +346,6 @@ impl<'a> UringLoop<'a> {
             self.ring.completions(&mut completions);
             for completion in completions.drain(..) {
                 self.on_completion(completion, now);
-            }
-            if self.stashed < usize::from(N_BUFS) / 2 {
-                self.rearm_starved();
             }
             if self.next_sweep.is_some_and(|at| at <= now) {
                 self.sweep_idle(now);
@@ -333,13 +385,25 @@ impl<'a> UringLoop<'a> {
                 }
                 conn.last_active = now;
                 match result {
-                    Ok(Some(buf)) => return self.pump(conn_idx, Some(buf)),
-                    Ok(None) => conn.eof_pending = true,
-                    Err(err) if err.raw_os_error() == Some(libc::ECANCELED) => {}
-                    Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => conn.starved = true,
-                    Err(err) => return self.close(conn_idx, End::Failed(err.into())),
+                    Ok(Some(buf)) => {
+                        if conn.catching_up && buf.len() < conn.recv_asked {
+                            conn.catching_up = false; // The socket's queue is drained.
+                        }
+                        self.pump(conn_idx, Input::Bytes(buf))
+                    }
+                    Ok(None) => self.pump(conn_idx, Input::End),
+                    // Cancelled for backpressure, or out of buffers: `pump` arms the
+                    // receive again when there is room (buffers are all back in the pool
+                    // by the time the new request reaches the kernel), one limited receive
+                    // at a time while the socket may hold a backlog.
+                    Err(err)
+                        if matches!(err.raw_os_error(), Some(libc::ECANCELED | libc::ENOBUFS)) =>
+                    {
+                        conn.catching_up = true;
+                        self.pump(conn_idx, Input::Nothing)
+                    }
+                    Err(err) => self.close(conn_idx, End::Failed(err.into())),
                 }
-                self.pump(conn_idx, None);
             }
             Completion::Sent {
                 tag,
@@ -353,6 +417,10 @@ impl<'a> UringLoop<'a> {
                 };
                 let conn = self.slots[conn_idx].conn.as_mut().expect("live slot");
                 conn.last_active = now;
+                if let Ok(n) = result {
+                    conn.bytes_sent += n as u64;
+                    conn.send_len = conn.send_len.saturating_sub(n);
+                }
                 match result {
                     Ok(n) if start + n < buf.len() => {
                         // A short send: the rest goes next, from the same buffer.
@@ -363,8 +431,9 @@ impl<'a> UringLoop<'a> {
                     }
                     Ok(_) => {
                         conn.sending = false;
+                        conn.send_len = 0;
                         self.reuse(buf);
-                        self.pump(conn_idx, None);
+                        self.pump(conn_idx, Input::Nothing);
                     }
                     Err(err) => {
                         self.reuse(buf);
@@ -372,7 +441,20 @@ impl<'a> UringLoop<'a> {
                     }
                 }
             }
-            Completion::Readable { .. } => {} // The shutdown pipe: seen by `is_triggered`.
+            Completion::Readable { .. } => {
+                // The shutdown pipe. A poll completes once: if it woke without the flag
+                // (spuriously), watch again, or the loop would never see the shutdown.
+                if !self.shared.shutdown.is_triggered() {
+                    let fd = self.shared.shutdown.fd().as_raw_fd();
+                    if let Err(err) = self.ring.poll_readable(fd, SHUTDOWN_TAG) {
+                        log::warn!(
+                            "cannot watch the shutdown pipe again: {}",
+                            net::describe(&err)
+                        );
+                        self.shared.shutdown.trigger();
+                    }
+                }
+            }
         }
     }
 
@@ -388,7 +470,7 @@ impl<'a> UringLoop<'a> {
     }
 
     fn reuse(&mut self, mut buf: Vec<u8>) {
-        if self.send_pool.len() < SEND_POOL && buf.capacity() <= MAX_SEND {
+        if self.send_pool.len() < SEND_POOL && buf.capacity() <= SEND_POOL_CAPACITY {
             buf.clear();
             self.send_pool.push(buf);
         }
@@ -427,12 +509,12 @@ impl<'a> UringLoop<'a> {
             echo: Echo::new(self.shared.echo),
             last_active: now,
             sending: false,
+            send_len: 0,
+            bytes_sent: 0,
             recv_armed: true,
             recv_cancelling: false,
-            starved: false,
-            stash: Vec::new(),
-            stash_offset: 0,
-            eof_pending: false,
+            catching_up: false,
+            recv_asked: 0,
         });
         let tag = self.tag(conn_idx);
         if let Err(err) = self.ring.recv_multi(fd, tag) {
@@ -444,11 +526,14 @@ impl<'a> UringLoop<'a> {
         }
     }
 
-    /// Moves a connection forward after any completion: feeds stashed bytes to the echo,
+    /// Moves a connection forward after any completion: feeds new bytes to the echo,
     /// starts a send, arms or cancels the receive, closes the connection when it is done.
-    fn pump(&mut self, conn_idx: usize, fresh: Option<RecvBuf>) {
+    fn pump(&mut self, conn_idx: usize, input: Input) {
         let tag = self.tag(conn_idx);
         let Some(conn) = self.slots[conn_idx].conn.as_mut() else {
+            if let Input::Bytes(buf) = input {
+                self.ring.recycle(buf);
+            }
             return;
         };
         let mut outbox = Outbox {
@@ -462,51 +547,30 @@ impl<'a> UringLoop<'a> {
                 failed = Some(err.into());
             }
         }
-        // Feed the stashed buffers, then the fresh one, while the echo has room.
-        let mut fresh = fresh;
-        while failed.is_none() {
-            let room = conn.echo.read_room();
-            let from_stash = !conn.stash.is_empty();
-            let (buf, offset) = match (&fresh, from_stash) {
-                _ if room == 0 => break,
-                (_, true) => (&conn.stash[0], conn.stash_offset),
-                (Some(buf), false) => (buf, 0),
-                (None, false) => break,
-            };
-            let data = &self.ring.recv_data(buf)[offset..];
-            let take = data.len().min(room);
-            log::debug!("server received {take} bytes");
-            if let Err(err) = conn.echo.on_input(&data[..take], &mut outbox) {
-                failed = Some(err);
-            }
-            let used_up = take == data.len();
-            match (from_stash, used_up) {
-                (true, true) => {
-                    self.ring.recycle(conn.stash.remove(0));
-                    self.stashed -= 1;
-                    conn.stash_offset = 0;
+        match input {
+            Input::Nothing => {}
+            Input::Bytes(buf) => {
+                // All of it goes to the echo, even past the connection's room: bytes that
+                // arrive before a cancel takes effect are owed past `MAX_OWED` (the bound
+                // is in the module's doc) rather than holding the pool's buffer.
+                if failed.is_none() {
+                    let data = self.ring.recv_data(&buf);
+                    log::debug!("server received {} bytes", data.len());
+                    if let Err(err) = conn.echo.on_input(data, &mut outbox) {
+                        failed = Some(err);
+                    }
                 }
-                (true, false) => conn.stash_offset += take,
-                (false, true) => self.ring.recycle(fresh.take().expect("fresh buffer")),
-                (false, false) => {
-                    conn.stash.push(fresh.take().expect("fresh buffer"));
-                    self.stashed += 1;
-                    conn.stash_offset = take;
+                self.ring.recycle(buf);
+            }
+            Input::End => {
+                if failed.is_none() {
+                    if let Err(err) = conn.echo.on_eof(&mut outbox) {
+                        failed = Some(err);
+                    }
                 }
             }
         }
-        // No room (backpressure): the fresh buffer waits in the stash, as it is.
-        if let Some(buf) = fresh {
-            conn.stash.push(buf);
-            self.stashed += 1;
-        }
-        if failed.is_none() && conn.stash.is_empty() && conn.eof_pending {
-            conn.eof_pending = false;
-            if let Err(err) = conn.echo.on_eof(&mut outbox) {
-                failed = Some(err);
-            }
-        }
-        let outgoing = outbox.buf.take();
+        let outgoing = outbox.buf.take().filter(|buf| !buf.is_empty());
         if let Some(err) = failed {
             if let Some(buf) = outgoing {
                 self.reuse(buf);
@@ -517,13 +581,18 @@ impl<'a> UringLoop<'a> {
         let mut result = Ok(());
         if let Some(buf) = outgoing {
             conn.sending = true;
+            conn.send_len = buf.len();
             result = self.ring.send(fd, tag, buf, 0);
         }
-        let room = conn.echo.read_room();
-        if result.is_ok() && !conn.recv_armed && !conn.starved && conn.stash.is_empty() && room > 0
-        {
+        let room = conn.room();
+        if result.is_ok() && !conn.recv_armed && room >= REARM_ROOM {
             conn.recv_armed = true;
-            result = self.ring.recv_multi(fd, tag);
+            result = if conn.catching_up {
+                conn.recv_asked = room.min(BUF_SIZE as usize);
+                self.ring.recv_limited(fd, tag, conn.recv_asked as u32)
+            } else {
+                self.ring.recv_multi(fd, tag)
+            };
         } else if result.is_ok()
             && conn.recv_armed
             && !conn.recv_cancelling
@@ -541,22 +610,9 @@ impl<'a> UringLoop<'a> {
         }
     }
 
-    /// Arms again the receives that stopped for lack of buffers.
-    fn rearm_starved(&mut self) {
-        for conn_idx in 0..self.slots.len() {
-            let Some(conn) = self.slots[conn_idx].conn.as_mut() else {
-                continue;
-            };
-            if conn.starved {
-                conn.starved = false;
-                self.pump(conn_idx, None);
-            }
-        }
-    }
-
     fn close(&mut self, conn_idx: usize, end: End) {
         let slot = &mut self.slots[conn_idx];
-        let Some(mut conn) = slot.conn.take() else {
+        let Some(conn) = slot.conn.take() else {
             return;
         };
         slot.generation = slot.generation.wrapping_add(1);
@@ -565,11 +621,7 @@ impl<'a> UringLoop<'a> {
         let line_too_long = matches!(end, End::Failed(EchoError::LineTooLong { .. }));
         if log::log_enabled!(log::Level::Info) || line_too_long {
             let peer = conn.peer.unwrap_or_else(|| peer_of(&conn.stream));
-            conn::log_closed(peer, &conn.echo, &end);
-        }
-        for buf in conn.stash.drain(..) {
-            self.ring.recycle(buf);
-            self.stashed -= 1;
+            conn::log_closed_counts(peer, conn.echo.bytes_in(), conn.bytes_sent, &end);
         }
         if conn.recv_armed || conn.sending {
             // An armed request holds the socket open past `close`; shutting it down ends

@@ -22,9 +22,11 @@
 //! reuses it.
 
 use std::alloc::{self, Layout};
-use std::io;
+use std::io::{self, Write};
+use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::ptr::NonNull;
+use std::os::unix::net::UnixStream;
+use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -111,6 +113,15 @@ pub struct Ring {
     in_flight: usize,
     /// Completions taken from the queue but not yet handed out.
     scratch: Vec<cqueue::Entry>,
+    /// Descriptors whose close could not be queued (the queue was full and could not be
+    /// submitted). They stay open, so their numbers cannot be reused while requests that
+    /// name them wait in the queue, and their close is queued again on the next submit.
+    /// Dropped (closed) after the ring, when nothing can name them any more.
+    close_later: Vec<OwnedFd>,
+    /// `Ring` is `!Send` on purpose: the ring is set up with `SINGLE_ISSUER` and
+    /// `DEFER_TASKRUN`, so the kernel accepts submissions only from the thread that made it.
+    /// (The raw pointers of `ProvidedBuffers` already imply this; this states it.)
+    _single_thread: PhantomData<*const ()>,
 }
 
 impl std::fmt::Debug for Ring {
@@ -196,6 +207,8 @@ impl Ring {
             free_sends: Vec::new(),
             in_flight: 0,
             scratch: Vec::new(),
+            close_later: Vec::new(),
+            _single_thread: PhantomData,
         })
     }
 
@@ -212,6 +225,19 @@ impl Ring {
     pub fn recv_multi(&mut self, fd: RawFd, tag: u64) -> io::Result<()> {
         let entry = opcode::RecvMulti::new(Fd(fd), BUF_GROUP)
             .build()
+            .user_data(KIND_RECV << KIND_SHIFT | (tag & TAG_MASK));
+        self.push(entry)
+    }
+
+    /// Arms one receive of at most `len` bytes on `fd` into a provided buffer (a buffer
+    /// holds at most its size whatever `len` says). It reports once, as a
+    /// [`Completion::Received`] with `more` false: for a socket that may hold more bytes
+    /// than the caller has room for, where a multishot receive would take them all.
+    pub fn recv_limited(&mut self, fd: RawFd, tag: u64, len: u32) -> io::Result<()> {
+        let entry = opcode::Recv::new(Fd(fd), ptr::null_mut(), len)
+            .buf_group(BUF_GROUP)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
             .user_data(KIND_RECV << KIND_SHIFT | (tag & TAG_MASK));
         self.push(entry)
     }
@@ -267,17 +293,41 @@ impl Ring {
     }
 
     /// Closes `fd` through the ring, in order after the requests already queued for it,
-    /// without a system call of its own. If the queue cannot take it, closes it now.
+    /// without a system call of its own. If the queue cannot take it, the descriptor stays
+    /// open until the next submit queues its close: closing it now would let its number be
+    /// reused while queued requests still name it (bytes sent to the wrong connection).
     ///
     /// A socket with a receive still armed stays open (the request holds the file) until
     /// that receive ends: shut the socket down first to end it.
     pub fn close(&mut self, fd: OwnedFd) {
+        if let Err(fd) = self.push_close(fd) {
+            self.close_later.push(fd);
+        }
+    }
+
+    /// Queues the close of `fd`, or gives it back if the queue cannot take it.
+    fn push_close(&mut self, fd: OwnedFd) -> Result<(), OwnedFd> {
         let entry = opcode::Close::new(Fd(fd.as_raw_fd()))
             .build()
             .user_data(KIND_CLOSE << KIND_SHIFT);
-        if self.push(entry).is_ok() {
-            // The ring's close now owns the descriptor.
-            let _ = fd.into_raw_fd();
+        match self.push(entry) {
+            Ok(()) => {
+                // The ring's close now owns the descriptor.
+                let _ = fd.into_raw_fd();
+                Ok(())
+            }
+            Err(_) => Err(fd),
+        }
+    }
+
+    /// Queues the closes that an earlier full queue refused, behind the requests queued
+    /// before them; those still refused wait for the next submit.
+    fn retry_closes(&mut self) {
+        while let Some(fd) = self.close_later.pop() {
+            if let Err(fd) = self.push_close(fd) {
+                self.close_later.push(fd);
+                return;
+            }
         }
     }
 
@@ -289,6 +339,7 @@ impl Ring {
     /// Submits every queued request and waits for at least one completion, or until
     /// `timeout` passes (`None`: no limit). One system call for the whole batch.
     pub fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.retry_closes();
         let result = match timeout {
             None => self.ring.submit_and_wait(1),
             Some(timeout) => {
@@ -316,7 +367,47 @@ impl Ring {
 
     /// Submits every queued request without waiting.
     pub fn submit(&mut self) -> io::Result<()> {
+        self.retry_closes();
         self.ring.submit().map(drop)
+    }
+
+    /// Whether this kernel supports multishot receive with provided buffers (Linux 6.0),
+    /// which the `uring` model depends on: the opcode is the plain receive's with a flag,
+    /// so an opcode probe cannot tell, and older kernels reject the flag with `EINVAL`.
+    /// Tries it once on a local socket pair holding one byte.
+    pub fn supports_multishot_recv(&mut self) -> io::Result<bool> {
+        // Dropped after `self`'s requests are done with them (the ring's own drop cancels
+        // the armed receive); the kernel holds its own reference meanwhile anyway.
+        let (mut writer, reader) = UnixStream::pair()?;
+        writer.write_all(&[0])?;
+        self.recv_multi(reader.as_raw_fd(), 0)?;
+        let mut completions = Vec::new();
+        // Bounded: the byte is already there, so the first completion is immediate.
+        for _ in 0..10 {
+            self.submit_and_wait(Some(Duration::from_millis(100)))?;
+            self.completions(&mut completions);
+            for completion in completions.drain(..) {
+                if let Completion::Received { result, more, .. } = completion {
+                    if more {
+                        let _ = self.cancel_recv(0);
+                        let _ = self.submit();
+                    }
+                    return match result {
+                        Ok(Some(buf)) => {
+                            self.recycle(buf);
+                            Ok(true)
+                        }
+                        Ok(None) => Ok(true),
+                        Err(err) if err.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+                        Err(err) => Err(err),
+                    };
+                }
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "io_uring multishot receive probe got no completion",
+        ))
     }
 
     /// Moves every available completion into `out` (which is cleared first).
@@ -526,18 +617,22 @@ impl ProvidedBuffers {
     fn push(&mut self, bid: u16) {
         let mask = self.n_bufs - 1;
         let idx = (self.tail & mask) as usize;
-        // SAFETY: `idx < n_bufs`, inside the entries allocation. The kernel only reads
-        // entries between its head and the published tail; this one is at or past the
-        // published tail, which the kernel has not reached, and only this thread writes.
+        // SAFETY: `idx < n_bufs`, inside the entries allocation, and `RawBufEntry` has the
+        // entries' layout (checked below its definition). The kernel only reads entries
+        // between its head and the published tail; this one is at or past the published
+        // tail, which the kernel has not reached, and only this thread writes. The writes
+        // go through raw pointers to the three fields: a `&mut` to the whole entry would
+        // also cover entry 0's last field, the ring's tail, which the kernel reads
+        // concurrently.
         unsafe {
-            let entry = &mut *self.entries.as_ptr().add(idx);
-            entry.set_addr(
-                self.data
-                    .as_ptr()
-                    .add(bid as usize * self.buf_size as usize) as u64,
-            );
-            entry.set_len(self.buf_size);
-            entry.set_bid(bid);
+            let entry = self.entries.as_ptr().cast::<RawBufEntry>().add(idx);
+            let addr = self
+                .data
+                .as_ptr()
+                .add(bid as usize * self.buf_size as usize);
+            ptr::addr_of_mut!((*entry).addr).write(addr as u64);
+            ptr::addr_of_mut!((*entry).len).write(self.buf_size);
+            ptr::addr_of_mut!((*entry).bid).write(bid);
         }
         self.tail = self.tail.wrapping_add(1);
     }
@@ -552,6 +647,20 @@ impl ProvidedBuffers {
         }
     }
 }
+
+/// The kernel's `struct io_uring_buf`, which [`BufRingEntry`] wraps with private fields:
+/// mirrored so that [`ProvidedBuffers::push`] can write fields without a reference to the
+/// whole entry. In entry 0, `resv` is the ring's tail.
+#[repr(C)]
+struct RawBufEntry {
+    addr: u64,
+    len: u32,
+    bid: u16,
+    _resv: u16,
+}
+
+const _: () = assert!(std::mem::size_of::<RawBufEntry>() == std::mem::size_of::<BufRingEntry>());
+const _: () = assert!(std::mem::offset_of!(RawBufEntry, _resv) == 14);
 
 impl Drop for ProvidedBuffers {
     fn drop(&mut self) {
