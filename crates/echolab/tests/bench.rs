@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{echolab, Server};
+use support::{echolab, finish_bounded, Server};
 
 /// Runs `command` to completion, killing it if it takes longer than `limit`.
 fn run_bounded(mut command: Command, limit: Duration) -> Output {
@@ -22,28 +22,7 @@ fn run_bounded(mut command: Command, limit: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn echolab");
-    let pid = child.id() as i32;
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    let watchdog = thread::spawn(move || {
-        let expired = matches!(
-            done_rx.recv_timeout(limit),
-            Err(mpsc::RecvTimeoutError::Timeout)
-        );
-        if expired {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        expired
-    });
-    let output = child.wait_with_output().expect("wait for echolab");
-    drop(done_tx);
-    assert!(
-        !watchdog.join().unwrap(),
-        "{command:?} did not finish within {limit:?}"
-    );
-    output
+    finish_bounded(child, limit)
 }
 
 fn bench(addr: SocketAddr, extra: &[&str]) -> Output {

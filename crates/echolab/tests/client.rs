@@ -7,38 +7,12 @@ mod support;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use support::{echolab, Server};
-
-/// Waits for `child` and collects its output, killing it if it takes longer than `limit`.
-fn finish_bounded(child: Child, limit: Duration) -> Output {
-    let pid = child.id() as i32;
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    let watchdog = thread::spawn(move || {
-        let expired = matches!(
-            done_rx.recv_timeout(limit),
-            Err(mpsc::RecvTimeoutError::Timeout)
-        );
-        if expired {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        expired
-    });
-    let output = child.wait_with_output().expect("wait for echolab client");
-    drop(done_tx);
-    assert!(
-        !watchdog.join().unwrap(),
-        "echolab client did not finish within {limit:?}"
-    );
-    output
-}
+use support::{echolab, finish_bounded, Server};
 
 /// `echolab client ADDR ARGS...` with `input` on stdin (then closed).
 fn client(addr: SocketAddr, args: &[&str], input: &[u8]) -> Output {

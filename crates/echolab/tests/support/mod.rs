@@ -164,6 +164,33 @@ impl Drop for Server {
     }
 }
 
+/// Waits for `child` and collects its output, killing it if it takes longer than `limit`
+/// (the test then fails, naming the limit).
+pub fn finish_bounded(child: Child, limit: Duration) -> std::process::Output {
+    let pid = child.id() as i32;
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let expired = matches!(
+            done_rx.recv_timeout(limit),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        );
+        if expired {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        expired
+    });
+    let output = child.wait_with_output().expect("wait for echolab");
+    drop(done_tx);
+    assert!(
+        !watchdog.join().unwrap(),
+        "echolab did not finish within {limit:?}"
+    );
+    output
+}
+
 /// Waits for `child` to exit, up to `limit`.
 pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + limit;
