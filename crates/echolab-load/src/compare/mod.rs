@@ -473,6 +473,10 @@ fn run_one(
     };
     let loaded_secs = plan.warmup_secs + plan.duration_secs;
     let mut sample = RunSample::from_report(&report, workload.size, loaded_secs, cpu_secs, during);
+    if workload.churn {
+        // Churn counts completed connections, not connections served: none stay unserved.
+        sample.unserved_conns = 0;
+    }
     sample.settle_ms = settled.waited.as_secs_f64() * 1e3;
     sample.leftover_conns = settled.leftover_conns;
     sample.leftover_children = settled.leftover_children;
