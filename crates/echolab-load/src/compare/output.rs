@@ -496,6 +496,16 @@ pub fn summary_markdown(results: &Results) -> String {
     out
 }
 
+/// The errors cell, with the connections that got no echo at all: their absence from the
+/// figures is the model's limit, not a success.
+fn errors_cell(m: &Median) -> String {
+    if m.unserved_conns == 0 {
+        m.errors.to_string()
+    } else {
+        format!("{} ({} conns never served)", m.errors, m.unserved_conns)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -511,15 +521,5 @@ mod tests {
     fn ratios_to_the_best() {
         assert_eq!(ratio(50.0, 100.0), "0.50×");
         assert_eq!(ratio(0.0, 100.0), "–");
-    }
-}
-
-/// The errors cell, with the connections that got no echo at all: their absence from the
-/// figures is the model's limit, not a success.
-fn errors_cell(m: &Median) -> String {
-    if m.unserved_conns == 0 {
-        m.errors.to_string()
-    } else {
-        format!("{} ({} conns never served)", m.errors, m.unserved_conns)
     }
 }
