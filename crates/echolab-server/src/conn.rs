@@ -6,7 +6,7 @@ use std::fmt;
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::echo::{Echo, EchoConfig, EchoError};
 use crate::net;
@@ -59,6 +59,33 @@ pub fn log_closed_counts(peer: SocketAddr, bytes_in: u64, bytes_out: u64, end: &
         }
         _ => log::info!("conn {peer} closed: {end} ({bytes_in} bytes in, {bytes_out} out)"),
     }
+}
+
+/// The idle sweep of the loop models (reactor, uring) runs at most this often. Each sweep
+/// visits every connection of the loop, so the spacing bounds its cost; a silent
+/// connection is closed between the idle timeout and the timeout plus this.
+pub const IDLE_SWEEP_SPACING: Duration = Duration::from_millis(100);
+
+/// One idle sweep over `(conn_idx, last_active)` pairs: the connections silent for
+/// `timeout` (to close with [`End::Idle`]), and when the next sweep is due, at the earliest
+/// remaining deadline but no sooner than [`IDLE_SWEEP_SPACING`] (`None`: nothing to watch).
+pub fn idle_sweep(
+    last_active: impl IntoIterator<Item = (usize, Instant)>,
+    timeout: Duration,
+    now: Instant,
+) -> (Vec<usize>, Option<Instant>) {
+    let mut expired = Vec::new();
+    let mut earliest: Option<Instant> = None;
+    for (conn_idx, active) in last_active {
+        let deadline = active + timeout;
+        if deadline <= now {
+            expired.push(conn_idx);
+        } else {
+            earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
+        }
+    }
+    let next = earliest.map(|deadline| deadline.max(now + IDLE_SWEEP_SPACING));
+    (expired, next)
 }
 
 /// Logs and drops a connection accepted beyond `--max-conns`: the client sees the

@@ -60,11 +60,6 @@ const ACCEPTS_PER_TURN: usize = 64;
 /// Events taken from the kernel per `epoll_wait`.
 const EVENTS_PER_WAIT: usize = 1024;
 
-/// The idle sweep runs at most this often. Each sweep visits every connection of the
-/// loop, so the spacing bounds its cost; a silent connection is closed between the idle
-/// timeout and the timeout plus this.
-const SWEEP_SPACING: Duration = Duration::from_millis(100);
-
 const LISTENER: Token = Token(usize::MAX);
 const SHUTDOWN: Token = Token(usize::MAX - 1);
 
@@ -361,19 +356,16 @@ impl<'a> Reactor<'a> {
             self.next_sweep = None;
             return;
         };
-        let mut earliest: Option<Instant> = None;
-        for conn_idx in 0..self.conns.len() {
-            let Some(conn) = &self.conns[conn_idx] else {
-                continue;
-            };
-            let deadline = conn.last_active + timeout;
-            if deadline <= now {
-                self.close(conn_idx, End::Idle(timeout));
-            } else {
-                earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
-            }
+        let last_active = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(conn_idx, slot)| slot.as_ref().map(|conn| (conn_idx, conn.last_active)));
+        let (expired, next) = conn::idle_sweep(last_active, timeout, now);
+        for conn_idx in expired {
+            self.close(conn_idx, End::Idle(timeout));
         }
-        self.next_sweep = earliest.map(|deadline| deadline.max(now + SWEEP_SPACING));
+        self.next_sweep = next;
     }
 
     fn close_all(&mut self) {

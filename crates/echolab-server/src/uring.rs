@@ -87,9 +87,6 @@ const SEND_POOL: usize = 64;
 /// larger buffers are freed. An idle loop holds at most `SEND_POOL` × 16 KiB (1 MiB).
 const SEND_POOL_CAPACITY: usize = BUF_SIZE as usize;
 
-/// The idle sweep runs at most this often (see the reactor).
-const SWEEP_SPACING: Duration = Duration::from_millis(100);
-
 /// Tags: a connection's slot in the low 24 bits, the slot's generation above, so that a
 /// completion for a connection that has closed is never applied to its slot's next one.
 const SLOT_BITS: u32 = 24;
@@ -637,19 +634,18 @@ impl<'a> UringLoop<'a> {
             self.next_sweep = None;
             return;
         };
-        let mut earliest: Option<Instant> = None;
-        for conn_idx in 0..self.slots.len() {
-            let Some(conn) = &self.slots[conn_idx].conn else {
-                continue;
-            };
-            let deadline = conn.last_active + timeout;
-            if deadline <= now {
-                self.close(conn_idx, End::Idle(timeout));
-            } else {
-                earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
-            }
+        let last_active = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(conn_idx, slot)| {
+                slot.conn.as_ref().map(|conn| (conn_idx, conn.last_active))
+            });
+        let (expired, next) = conn::idle_sweep(last_active, timeout, now);
+        for conn_idx in expired {
+            self.close(conn_idx, End::Idle(timeout));
         }
-        self.next_sweep = earliest.map(|deadline| deadline.max(now + SWEEP_SPACING));
+        self.next_sweep = next;
     }
 
     fn close_all(&mut self) {
