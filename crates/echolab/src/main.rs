@@ -36,6 +36,13 @@ fn main() -> ExitCode {
             let _ = err.print();
             return ExitCode::SUCCESS;
         }
+        Err(err)
+            if err.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            // Bare `echolab` (or `echolab lab`): the normal help page, on stderr, exit 2.
+            let _ = err.print();
+            return ExitCode::from(2);
+        }
         Err(err) => {
             eprintln!("echolab: {}", one_line(&err.render().to_string()));
             return ExitCode::from(2);

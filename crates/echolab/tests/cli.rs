@@ -48,6 +48,27 @@ fn bad_listen_address_is_named() {
 }
 
 #[test]
+fn bare_echolab_prints_the_help_page_and_exits_2() {
+    let out = run(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(out.stdout.is_empty(), "help belongs on stderr here");
+    // clap's page as it is printed for --help: a usage line and one line per subcommand,
+    // not squashed onto one line.
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with("Usage: echolab")),
+        "{stderr}"
+    );
+    for sub in ["serve", "client", "bench", "compare", "lab"] {
+        assert!(
+            lines.iter().any(|l| l.trim_start().starts_with(sub)),
+            "{sub} has no line of its own:\n{stderr}"
+        );
+    }
+}
+
+#[test]
 fn unknown_subcommand_is_named() {
     assert_usage_error(&["srve"], "srve");
 }
