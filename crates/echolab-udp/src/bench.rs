@@ -1,0 +1,397 @@
+//! The UDP load engine (`echolab bench --udp`): N connected UDP sockets spread over a few
+//! threads, each thread a mio loop; every datagram is built by [`crate::wire`] and every
+//! echo judged by [`crate::account::Flow`]. Closed loop (one datagram outstanding per
+//! socket: a lost one is waited for until `--timeout`) or open loop (`--rate`: a fixed
+//! schedule per socket, latency from the intended send time).
+//!
+//! The engine never prints; [`UdpReport`] renders the text and the JSON.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::account::{Counts, Echo, Flow};
+use crate::wire::{self, Parsed};
+use crate::BUF_LEN;
+
+/// Datagrams one socket may send in one turn of its loop (open loop catching up).
+const SEND_BUDGET: usize = 64;
+
+/// Echoes read from one socket per readiness before the next socket's turn.
+const RECV_BUDGET: usize = 256;
+
+/// The longest a loop waits without looking at the clock and the stop flag.
+const MAX_WAIT: Duration = Duration::from_millis(50);
+
+/// A checked `bench --udp` configuration.
+#[derive(Debug, Clone)]
+pub struct UdpBenchConfig {
+    pub addr: SocketAddr,
+    /// Sockets, each its own flow (connection id = socket index).
+    pub n_conns: usize,
+    /// Datagram size in bytes, header included (at least [`wire::HEADER`]).
+    pub size: usize,
+    /// How long datagrams are sent.
+    pub duration: Duration,
+    /// Stop each socket after this many datagrams (even if `duration` has not passed).
+    pub count: Option<u64>,
+    /// Open loop: datagrams per second in total; `None` is the closed loop.
+    pub rate: Option<f64>,
+    /// An echo later than this after its intended send time is lost.
+    pub timeout: Duration,
+    /// Threads (at most `n_conns`).
+    pub n_threads: usize,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone)]
+pub struct UdpReport {
+    pub config: UdpBenchConfig,
+    pub counts: Counts,
+    /// From the first send to the last datagram resolved (echoed or lost).
+    pub elapsed: Duration,
+    /// Latencies of on-time echoes, in nanoseconds.
+    pub latency: Histogram<u64>,
+    /// The mean over sockets of their RFC 3550 jitter (sockets with two echoes or more).
+    pub jitter: Duration,
+    /// Send or receive errors from the socket layer (ICMP port unreachable arrives as
+    /// ECONNREFUSED on a connected socket).
+    pub socket_errors: u64,
+    /// Whether SIGINT/SIGTERM cut the run short.
+    pub interrupted: bool,
+}
+
+impl UdpReport {
+    /// On-time echoes per second of the run.
+    pub fn echoes_per_sec(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.counts.echoed as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// A latency quantile in microseconds (0 when nothing was echoed).
+    pub fn quantile_us(&self, q: f64) -> f64 {
+        if self.latency.is_empty() {
+            0.0
+        } else {
+            self.latency.value_at_quantile(q) as f64 / 1000.0
+        }
+    }
+
+    /// The run as a human reads it; every sentence computed from the figures.
+    pub fn text(&self) -> String {
+        let c = &self.counts;
+        let cfg = &self.config;
+        let shape = match cfg.rate {
+            Some(rate) => format!("open loop at {rate} datagrams/s"),
+            None => "closed loop (one outstanding per socket)".to_string(),
+        };
+        let mut out = format!(
+            "udp bench {}: {} sockets × {} B, {shape}, {:.2} s{}\n",
+            cfg.addr,
+            cfg.n_conns,
+            cfg.size,
+            self.elapsed.as_secs_f64(),
+            if self.interrupted { " (interrupted)" } else { "" }
+        );
+        out += &format!("  echoes/s    {:.0}\n", self.echoes_per_sec());
+        out += &format!(
+            "  datagrams   sent {}, echoed {}, lost {} ({:.3}%), late {}, duplicates {}, reordered {} (largest distance {}), corrupt {}\n",
+            c.sent,
+            c.echoed,
+            c.lost,
+            100.0 * c.loss_ratio(),
+            c.late,
+            c.duplicates,
+            c.reordered,
+            c.max_reorder_distance,
+            c.corrupt
+        );
+        out += &format!(
+            "  latency µs  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}\n",
+            self.quantile_us(0.5),
+            self.quantile_us(0.9),
+            self.quantile_us(0.99),
+            self.quantile_us(0.999),
+            self.latency.max() as f64 / 1000.0
+        );
+        out += &format!(
+            "  jitter      {:.1} µs (RFC 3550, mean over sockets)\n",
+            self.jitter.as_nanos() as f64 / 1000.0
+        );
+        if self.socket_errors > 0 {
+            out += &format!(
+                "  errors      {} socket errors (ECONNREFUSED: nothing listens on {})\n",
+                self.socket_errors, cfg.addr
+            );
+        }
+        out
+    }
+
+    /// The run as one JSON document.
+    pub fn json(&self) -> serde_json::Value {
+        let c = &self.counts;
+        serde_json::json!({
+            "proto": "udp",
+            "addr": self.config.addr.to_string(),
+            "conns": self.config.n_conns,
+            "size": self.config.size,
+            "rate": self.config.rate,
+            "timeout_ms": self.config.timeout.as_secs_f64() * 1000.0,
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "echoes_per_sec": self.echoes_per_sec(),
+            "sent": c.sent,
+            "echoed": c.echoed,
+            "lost": c.lost,
+            "loss_ratio": c.loss_ratio(),
+            "late": c.late,
+            "duplicates": c.duplicates,
+            "reordered": c.reordered,
+            "max_reorder_distance": c.max_reorder_distance,
+            "corrupt": c.corrupt,
+            "socket_errors": self.socket_errors,
+            "jitter_us": self.jitter.as_nanos() as f64 / 1000.0,
+            "latency_us": {
+                "p50": self.quantile_us(0.5),
+                "p90": self.quantile_us(0.9),
+                "p99": self.quantile_us(0.99),
+                "p999": self.quantile_us(0.999),
+                "max": self.latency.max() as f64 / 1000.0,
+            },
+            "interrupted": self.interrupted,
+        })
+    }
+}
+
+/// One socket and its flow.
+struct Sock {
+    socket: mio::net::UdpSocket,
+    conn_id: u32,
+    flow: Flow,
+    /// Open loop: the next intended send time.
+    next_send: Duration,
+}
+
+/// What one thread measured.
+struct Part {
+    counts: Counts,
+    latency: Histogram<u64>,
+    jitters: Vec<Duration>,
+    socket_errors: u64,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 ns to 1 hour at 3 significant figures; the bounds are constants, so this cannot fail.
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("histogram bounds")
+}
+
+/// Runs the load until the duration (or count) is done and every datagram is resolved,
+/// or `stop` is set (then it stops sending and still resolves what is outstanding).
+///
+/// Errors: creating or connecting a socket.
+pub fn run(config: &UdpBenchConfig, stop: &AtomicBool) -> io::Result<UdpReport> {
+    let local: IpAddr = if config.addr.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    let n_threads = config.n_threads.clamp(1, config.n_conns.max(1));
+    let mut groups: Vec<Vec<Sock>> = (0..n_threads).map(|_| Vec::new()).collect();
+    // Open loop: socket i sends every n_conns/rate seconds, offset by i/rate, so that the
+    // total is the rate, evenly spread.
+    let interval = config
+        .rate
+        .map(|rate| Duration::from_secs_f64(config.n_conns as f64 / rate));
+    for conn_idx in 0..config.n_conns {
+        let socket = mio::net::UdpSocket::bind(SocketAddr::new(local, 0))?;
+        socket.connect(config.addr)?;
+        let offset = config
+            .rate
+            .map_or(Duration::ZERO, |rate| Duration::from_secs_f64(conn_idx as f64 / rate));
+        groups[conn_idx % n_threads].push(Sock {
+            socket,
+            conn_id: conn_idx as u32,
+            flow: Flow::new(config.timeout),
+            next_send: offset,
+        });
+    }
+    let start = Instant::now();
+    let parts: Vec<io::Result<Part>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = groups
+            .into_iter()
+            .map(|socks| scope.spawn(move || drive(config, socks, interval, start, stop)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(io::Error::other("bench thread panicked"))))
+            .collect()
+    });
+    let elapsed = start.elapsed();
+    let mut counts = Counts::default();
+    let mut latency = new_histogram();
+    let mut jitters = Vec::new();
+    let mut socket_errors = 0;
+    for part in parts {
+        let part = part?;
+        counts.add(&part.counts);
+        latency.add(&part.latency).map_err(io::Error::other)?;
+        jitters.extend(part.jitters);
+        socket_errors += part.socket_errors;
+    }
+    let jitter = if jitters.is_empty() {
+        Duration::ZERO
+    } else {
+        jitters.iter().sum::<Duration>() / jitters.len() as u32
+    };
+    Ok(UdpReport {
+        config: config.clone(),
+        counts,
+        elapsed,
+        latency,
+        jitter,
+        socket_errors,
+        interrupted: stop.load(Ordering::SeqCst),
+    })
+}
+
+/// One thread's loop over its sockets.
+fn drive(
+    config: &UdpBenchConfig,
+    mut socks: Vec<Sock>,
+    interval: Option<Duration>,
+    start: Instant,
+    stop: &AtomicBool,
+) -> io::Result<Part> {
+    let mut poll = Poll::new()?;
+    for (idx, sock) in socks.iter_mut().enumerate() {
+        poll.registry()
+            .register(&mut sock.socket, Token(idx), Interest::READABLE)?;
+    }
+    let mut events = Events::with_capacity(socks.len().max(1));
+    let mut out = vec![0u8; config.size];
+    let mut buf = vec![0u8; BUF_LEN];
+    let mut scratch = Vec::new();
+    let mut latency = new_histogram();
+    let mut socket_errors = 0u64;
+    loop {
+        let now = start.elapsed();
+        let sending = now < config.duration && !stop.load(Ordering::SeqCst);
+        // Sends.
+        let mut next_wake: Option<Duration> = None;
+        for sock in socks.iter_mut() {
+            let may_send = |flow: &Flow| sending && config.count.is_none_or(|n| flow.next_seq() < n);
+            match interval {
+                None => {
+                    if may_send(&sock.flow) && sock.flow.outstanding() == 0 {
+                        send(sock, now, now, &mut out, &mut socket_errors);
+                    }
+                }
+                Some(interval) => {
+                    for _ in 0..SEND_BUDGET {
+                        if !may_send(&sock.flow) || sock.next_send > now {
+                            break;
+                        }
+                        let intended = sock.next_send;
+                        sock.next_send += interval;
+                        send(sock, intended, now, &mut out, &mut socket_errors);
+                    }
+                    if may_send(&sock.flow) {
+                        next_wake = earliest(next_wake, sock.next_send);
+                    }
+                }
+            }
+        }
+        // Losses.
+        let mut done = true;
+        for sock in socks.iter_mut() {
+            sock.flow.expire(now);
+            if let Some(deadline) = sock.flow.next_deadline() {
+                next_wake = earliest(next_wake, deadline);
+            }
+            let more_to_send = sending && config.count.is_none_or(|n| sock.flow.next_seq() < n);
+            if more_to_send || sock.flow.outstanding() > 0 {
+                done = false;
+            }
+        }
+        if done {
+            break;
+        }
+        // Wait for echoes, a send time or a deadline.
+        let mut wait = next_wake.map_or(MAX_WAIT, |at| at.saturating_sub(start.elapsed()));
+        if sending {
+            wait = wait.min(config.duration.saturating_sub(start.elapsed()));
+        }
+        match poll.poll(&mut events, Some(wait.min(MAX_WAIT))) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        }
+        for event in events.iter() {
+            let Some(sock) = socks.get_mut(event.token().0) else {
+                continue;
+            };
+            for _ in 0..RECV_BUDGET {
+                match sock.socket.recv(&mut buf) {
+                    Ok(len) => {
+                        let now = start.elapsed();
+                        match wire::parse(&buf[..len], config.size, &mut scratch) {
+                            Parsed::Intact { conn_id, seq } if conn_id == sock.conn_id => {
+                                if let Echo::OnTime { latency: l } = sock.flow.echo(seq, true, now) {
+                                    let _ = latency.record((l.as_nanos() as u64).max(1));
+                                }
+                            }
+                            Parsed::Damaged { conn_id, seq } if conn_id == sock.conn_id => {
+                                sock.flow.echo(seq, false, now);
+                            }
+                            _ => sock.flow.unreadable(),
+                        }
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => socket_errors += 1,
+                }
+            }
+        }
+    }
+    for sock in socks.iter_mut() {
+        sock.flow.give_up();
+    }
+    let mut counts = Counts::default();
+    let mut jitters = Vec::new();
+    for sock in &socks {
+        counts.add(sock.flow.counts());
+        if sock.flow.counts().echoed >= 2 {
+            jitters.push(sock.flow.jitter());
+        }
+    }
+    Ok(Part {
+        counts,
+        latency,
+        jitters,
+        socket_errors,
+    })
+}
+
+fn earliest(a: Option<Duration>, b: Duration) -> Option<Duration> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
+/// Sends the socket's next datagram; a send error is counted and the datagram not
+/// recorded (it did not leave).
+fn send(sock: &mut Sock, intended: Duration, now: Duration, out: &mut [u8], errors: &mut u64) {
+    let seq = sock.flow.next_seq();
+    wire::encode(sock.conn_id, seq, out);
+    match sock.socket.send(out) {
+        Ok(_) => {
+            sock.flow.sent(intended, now);
+        }
+        Err(_) => *errors += 1,
+    }
+}

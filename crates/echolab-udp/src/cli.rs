@@ -1,0 +1,634 @@
+//! The UDP command lines: the flags `echolab serve` gains (`--udp`, `--udp-only`, the
+//! guard's settings), and the whole of `echolab bench --udp` and `echolab client --udp`,
+//! which have flags of their own (a loss timeout in milliseconds, a loss threshold) and
+//! so are parsed here when `--udp` is among the arguments ([`dispatch`]).
+//!
+//! A bad value is one line naming it, exit 2.
+
+use std::ffi::OsString;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::bench::UdpBenchConfig;
+use crate::guard::{Policy, DEFAULT_RATE_PER_SOURCE};
+use crate::{UdpConfig, UdpModel, UdpServer};
+
+/// The UDP flags of `echolab serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UdpServeArgs {
+    /// Also serve UDP echo (RFC 862) on the --listen address (same port as TCP). Models:
+    /// iterative, event, reactor, async.
+    #[arg(long, conflicts_with = "udp_only")]
+    pub udp: bool,
+
+    /// Serve UDP echo only (no TCP listener).
+    #[arg(long)]
+    pub udp_only: bool,
+
+    /// UDP replies per second per source address (token bucket, burst one second's worth);
+    /// `off` for no limit. Datagrams over the limit are dropped and counted.
+    #[arg(long, default_value_t = RateLimit(Some(DEFAULT_RATE_PER_SOURCE)), value_parser = parse_rate_limit, value_name = "N|off")]
+    pub udp_rate_per_source: RateLimit,
+
+    /// Answer UDP source ports 1-1023 too (by default they get no reply; ports 0, 7, 13,
+    /// 17, 19 and 37 never do).
+    #[arg(long)]
+    pub udp_allow_privileged_ports: bool,
+}
+
+/// `--udp-rate-per-source`: replies per second, or `None` for no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit(pub Option<u32>);
+
+impl std::fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, "{n}"),
+            None => f.write_str("off"),
+        }
+    }
+}
+
+/// A rate limit: a whole number from 1 to 1e9, or `off`.
+pub fn parse_rate_limit(text: &str) -> Result<RateLimit, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(RateLimit(None));
+    }
+    match text.parse::<u64>() {
+        Ok(0) => Err("0 would answer nobody; use `off` for no limit".to_string()),
+        Ok(n) if n <= 1_000_000_000 => Ok(RateLimit(Some(n as u32))),
+        Ok(_) => Err(format!("at most 1000000000 replies/s, got {text}")),
+        Err(_) => Err(format!(
+            "not a whole number of replies per second or `off`: {text:?}"
+        )),
+    }
+}
+
+impl UdpServeArgs {
+    /// Whether UDP is served at all.
+    pub fn enabled(&self) -> bool {
+        self.udp || self.udp_only
+    }
+
+    /// The guard's policy these flags describe.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            allow_privileged: self.udp_allow_privileged_ports,
+            rate_per_source: self.udp_rate_per_source.0,
+        }
+    }
+}
+
+/// A flag that SIGINT or SIGTERM sets; a second signal while it is set exits at once
+/// (status 1), the way out of a stop that hangs.
+fn stop_flag() -> std::io::Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop))?;
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    Ok(stop)
+}
+
+/// Runs the UDP side of `echolab serve`: binds UDP on `listen` with the UDP form of
+/// `model_name`, prints `udp listening on ADDR (model M, N loops)`, then either waits for
+/// SIGINT/SIGTERM (`--udp-only`) or calls `tcp` with the address to serve TCP on (the
+/// port UDP got, when `listen` had port 0) and stops UDP when it returns.
+///
+/// Logging must be initialised by the caller. Exit status: `tcp`'s, or 2 for a model
+/// without UDP or a bind error, 1 for a failure while serving.
+pub fn run_serve(
+    args: &UdpServeArgs,
+    model_name: &str,
+    listen: SocketAddr,
+    workers: Option<usize>,
+    tcp: impl FnOnce(SocketAddr) -> ExitCode,
+) -> ExitCode {
+    let model = match UdpModel::for_model(model_name) {
+        Ok(model) => model,
+        Err(reason) => {
+            eprintln!("echolab serve: {reason}");
+            return ExitCode::from(2);
+        }
+    };
+    let stop = match stop_flag() {
+        Ok(stop) => stop,
+        Err(err) => {
+            eprintln!("echolab serve: cannot install signal handlers: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let config = UdpConfig {
+        model,
+        listen,
+        workers,
+        policy: args.policy(),
+    };
+    let server = match UdpServer::start(&config, stop) {
+        Ok(server) => server,
+        Err(err) => {
+            eprintln!("echolab serve: {err}");
+            return ExitCode::from(err.exit_code());
+        }
+    };
+    let addr = server.local_addr();
+    eprintln!(
+        "udp listening on {addr} (model {model}, {} loop{}, rate per source {}, privileged ports {})",
+        server.n_loops(),
+        if server.n_loops() == 1 { "" } else { "s" },
+        args.udp_rate_per_source,
+        if args.udp_allow_privileged_ports { "answered" } else { "refused" }
+    );
+    let (code, result) = if args.udp_only {
+        (ExitCode::SUCCESS, server.wait())
+    } else {
+        let code = tcp(addr);
+        (code, server.join())
+    };
+    match result {
+        Ok(stats) => {
+            log::info!("{}", stats.summary());
+            code
+        }
+        Err(err) => {
+            eprintln!("echolab serve: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+/// Load an echo server over UDP and measure it: echoes/s, latency, loss, late,
+/// duplicates, reordering, corrupt and RFC 3550 jitter.
+///
+/// Every datagram carries the socket's id, a sequence number and a pattern unique to it.
+/// Closed loop by default (one datagram outstanding per socket); --rate makes it an open
+/// loop measured from the intended send times.
+///
+/// Exit status: 0 clean run, 1 loss above --max-loss (or socket errors), 2 bad argument,
+/// 3 a corrupt echo.
+#[derive(Debug, Parser)]
+#[command(name = "echolab bench --udp", disable_version_flag = true)]
+pub struct UdpBenchArgs {
+    /// Use UDP (this command line).
+    #[arg(long, required = true)]
+    pub udp: bool,
+
+    /// The server: IP:PORT or HOST:PORT.
+    #[arg(value_parser = parse_addr)]
+    pub addr: SocketAddr,
+
+    /// Sockets, each one flow with its own id.
+    #[arg(long, short = 'c', default_value_t = 8, value_name = "N", value_parser = parse_conns, allow_negative_numbers = true)]
+    pub conns: usize,
+
+    /// Datagram size in bytes, 12-byte header included (12 to 65507 over IPv4, 65527 over IPv6).
+    #[arg(long, short = 's', default_value_t = 64, value_name = "BYTES", value_parser = parse_size, allow_negative_numbers = true)]
+    pub size: usize,
+
+    /// Seconds of sending.
+    #[arg(long, short = 'd', default_value = "5", value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
+    pub duration: Duration,
+
+    /// Stop each socket after this many datagrams (the run ends earlier if --duration does).
+    #[arg(long, short = 'n', value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
+    pub count: Option<u64>,
+
+    /// Open loop: datagrams per second in total, spread over the sockets.
+    #[arg(long, short = 'r', value_name = "PER_SEC", value_parser = parse_rate, allow_negative_numbers = true)]
+    pub rate: Option<f64>,
+
+    /// Milliseconds after its intended send time that an echo counts lost (a later one
+    /// counts late).
+    #[arg(long, default_value = "1000", value_name = "MS", value_parser = parse_timeout_ms, allow_negative_numbers = true)]
+    pub timeout: Duration,
+
+    /// Loss, in percent, above which the exit status is 1.
+    #[arg(long, default_value_t = 0.0, value_name = "PERCENT", value_parser = parse_percent, allow_negative_numbers = true)]
+    pub max_loss: f64,
+
+    /// Threads. Default: one per CPU, at most one per socket.
+    #[arg(long, short = 't', value_name = "N", value_parser = parse_threads, allow_negative_numbers = true)]
+    pub threads: Option<usize>,
+
+    /// Print one JSON document on stdout instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl UdpBenchArgs {
+    /// The checked configuration, or one line naming the conflict.
+    pub fn config(&self) -> Result<UdpBenchConfig, String> {
+        let max = crate::max_payload(&self.addr);
+        if self.size > max {
+            return Err(format!(
+                "--size {} is more than one UDP datagram carries to {} ({max} bytes)",
+                self.size, self.addr
+            ));
+        }
+        Ok(UdpBenchConfig {
+            addr: self.addr,
+            n_conns: self.conns,
+            size: self.size,
+            duration: self.duration,
+            count: self.count,
+            rate: self.rate,
+            timeout: self.timeout,
+            n_threads: self
+                .threads
+                .unwrap_or_else(crate::default_workers)
+                .min(self.conns),
+        })
+    }
+}
+
+/// Send stdin (a datagram per line) or a file (in datagrams of --size) to a UDP echo
+/// server and print or verify the echoes.
+///
+/// Exit status: 0 when every datagram came back unchanged, 1 no echo within --timeout
+/// (or a socket error), 2 bad argument, 3 an echo that differs.
+#[derive(Debug, Parser)]
+#[command(name = "echolab client --udp", disable_version_flag = true)]
+pub struct UdpClientArgs {
+    /// Use UDP (this command line).
+    #[arg(long, required = true)]
+    pub udp: bool,
+
+    /// The server: IP:PORT or HOST:PORT.
+    #[arg(default_value = "127.0.0.1:7007", value_parser = parse_addr)]
+    pub addr: SocketAddr,
+
+    /// Send this file in datagrams of --size bytes, check every echo, print only the verdict.
+    #[arg(long, value_name = "FILE")]
+    pub send: Option<PathBuf>,
+
+    /// With --send: bytes per datagram (1 to 65507 over IPv4, 65527 over IPv6).
+    #[arg(long, short = 's', default_value_t = 1024, value_name = "BYTES", value_parser = parse_client_size, allow_negative_numbers = true)]
+    pub size: usize,
+
+    /// Milliseconds to wait for each echo.
+    #[arg(long, default_value = "1000", value_name = "MS", value_parser = parse_timeout_ms, allow_negative_numbers = true)]
+    pub timeout: Duration,
+}
+
+/// Runs `bench --udp` or `client --udp` when `args` (the whole command line, program
+/// name first) is one of them; `None` otherwise, for the caller's own parser.
+pub fn dispatch(args: &[OsString]) -> Option<ExitCode> {
+    let command = args.get(1)?.to_str()?;
+    if command != "bench" && command != "client" {
+        return None;
+    }
+    // Flags only: a `--udp` after `--` would be a positional value.
+    let flags = args[2..].iter().take_while(|a| a.as_os_str() != "--");
+    if !flags.into_iter().any(|a| a.as_os_str() == "--udp") {
+        return None;
+    }
+    let rest = args[2..].iter().cloned();
+    let argv = std::iter::once(OsString::from(format!("echolab {command} --udp"))).chain(rest);
+    Some(if command == "bench" {
+        match UdpBenchArgs::try_parse_from(argv) {
+            Ok(args) => run_bench(&args),
+            Err(err) => clap_exit(err),
+        }
+    } else {
+        match UdpClientArgs::try_parse_from(argv) {
+            Ok(args) => run_client(&args),
+            Err(err) => clap_exit(err),
+        }
+    })
+}
+
+/// A clap error as `echolab` reports them: help on stdout (exit 0), anything else as one
+/// line on stderr (exit 2).
+fn clap_exit(err: clap::Error) -> ExitCode {
+    if !err.use_stderr() {
+        let _ = err.print();
+        return ExitCode::SUCCESS;
+    }
+    let line = err
+        .render()
+        .to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information") && !l.starts_with("Usage:"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    eprintln!("echolab: {}", line.trim_start_matches("error: "));
+    ExitCode::from(2)
+}
+
+/// Runs `echolab bench --udp`.
+pub fn run_bench(args: &UdpBenchArgs) -> ExitCode {
+    let config = match args.config() {
+        Ok(config) => config,
+        Err(line) => {
+            eprintln!("echolab bench: {line}");
+            return ExitCode::from(2);
+        }
+    };
+    let stop = match stop_flag() {
+        Ok(stop) => stop,
+        Err(err) => {
+            eprintln!("echolab bench: cannot install signal handlers: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let report = match crate::bench::run(&config, &stop) {
+        Ok(report) => report,
+        Err(err) => {
+            eprintln!("echolab bench: udp {}: {err}", config.addr);
+            return ExitCode::from(1);
+        }
+    };
+    if args.json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.text());
+    }
+    let (code, verdict) = verdict(&report.counts, report.socket_errors, args.max_loss);
+    if !args.json {
+        println!("  verdict     {verdict}");
+    }
+    ExitCode::from(code)
+}
+
+/// The exit status of a run and the sentence that says why, from its counts.
+pub fn verdict(counts: &crate::account::Counts, socket_errors: u64, max_loss_percent: f64) -> (u8, String) {
+    let loss = 100.0 * counts.loss_ratio();
+    if counts.corrupt > 0 {
+        return (3, format!("FAIL: {} corrupt echoes", counts.corrupt));
+    }
+    if counts.echoed == 0 {
+        return (1, "FAIL: no echo came back".to_string());
+    }
+    if loss > max_loss_percent {
+        return (
+            1,
+            format!("FAIL: loss {loss:.3}% is above --max-loss {max_loss_percent}%"),
+        );
+    }
+    if socket_errors > 0 {
+        return (1, format!("FAIL: {socket_errors} socket errors"));
+    }
+    (0, format!("ok: loss {loss:.3}% within --max-loss {max_loss_percent}%"))
+}
+
+/// Runs `echolab client --udp`.
+pub fn run_client(args: &UdpClientArgs) -> ExitCode {
+    let max = crate::max_payload(&args.addr);
+    if args.size > max {
+        eprintln!(
+            "echolab client: --size {} is more than one UDP datagram carries to {} ({max} bytes)",
+            args.size, args.addr
+        );
+        return ExitCode::from(2);
+    }
+    let result = match &args.send {
+        Some(path) => {
+            let data = match std::fs::read(path) {
+                Ok(data) => data,
+                Err(err) => {
+                    eprintln!("echolab client: cannot read {}: {err}", path.display());
+                    return ExitCode::from(2);
+                }
+            };
+            crate::client::send_all(args.addr, &data, args.size, args.timeout).map(|n| {
+                eprintln!(
+                    "echolab client: {} bytes in {n} datagrams of up to {} bytes, every echo matched",
+                    data.len(),
+                    args.size
+                );
+            })
+        }
+        None => crate::client::interactive(
+            args.addr,
+            args.timeout,
+            std::io::stdin().lock(),
+            std::io::stdout().lock(),
+        )
+        .map(|_| ()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("echolab client: udp {}: {err}", args.addr);
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+/// An address with a port, or HOST:PORT resolved.
+pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    text.to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| format!("not an address with a port: {text:?} (try 127.0.0.1:7007)"))
+}
+
+fn parse_whole(text: &str, what: &str, min: u64, max: u64) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        Ok(_) => Err(format!("{what} must be between {min} and {max}, got {text}")),
+        Err(_) => Err(format!("not a whole number of {what}: {text:?}")),
+    }
+}
+
+fn parse_conns(text: &str) -> Result<usize, String> {
+    parse_whole(text, "sockets", 1, 4096).map(|n| n as usize)
+}
+
+fn parse_threads(text: &str) -> Result<usize, String> {
+    parse_whole(text, "threads", 1, 256).map(|n| n as usize)
+}
+
+fn parse_count(text: &str) -> Result<u64, String> {
+    parse_whole(text, "datagrams", 1, 1_000_000_000_000)
+}
+
+fn parse_size(text: &str) -> Result<usize, String> {
+    parse_whole(
+        text,
+        "bytes (a bench datagram carries a 12-byte header)",
+        crate::wire::HEADER as u64,
+        crate::MAX_PAYLOAD_V6 as u64,
+    )
+    .map(|n| n as usize)
+}
+
+fn parse_client_size(text: &str) -> Result<usize, String> {
+    parse_whole(text, "bytes", 1, crate::MAX_PAYLOAD_V6 as u64).map(|n| n as usize)
+}
+
+fn parse_float(text: &str, what: &str, min_exclusive: f64, max: f64) -> Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a number of {what}: {text:?}"))?;
+    if !value.is_finite() || value <= min_exclusive || value > max {
+        return Err(format!(
+            "{what} must be more than {min_exclusive} and at most {max}, got {text}"
+        ));
+    }
+    Ok(value)
+}
+
+fn parse_secs(text: &str) -> Result<Duration, String> {
+    // At least a millisecond: a shorter run measures nothing.
+    parse_float(text.trim_end_matches('s'), "seconds", 0.0, 86_400.0).and_then(|s| {
+        if s < 0.001 {
+            Err(format!("seconds must be at least 0.001, got {text}"))
+        } else {
+            Ok(Duration::from_secs_f64(s))
+        }
+    })
+}
+
+fn parse_timeout_ms(text: &str) -> Result<Duration, String> {
+    parse_float(text, "milliseconds", 0.0, 600_000.0).and_then(|ms| {
+        if ms < 0.001 {
+            Err(format!("milliseconds must be at least 0.001, got {text}"))
+        } else {
+            Ok(Duration::from_secs_f64(ms / 1000.0))
+        }
+    })
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    parse_float(text, "datagrams per second", 0.0, 1e9).and_then(|r| {
+        if r < 0.001 {
+            Err(format!("datagrams per second must be at least 0.001, got {text}"))
+        } else {
+            Ok(r)
+        }
+    })
+}
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("not a percentage: {text:?}"))?;
+    if !value.is_finite() || !(0.0..=100.0).contains(&value) {
+        return Err(format!("a percentage is between 0 and 100, got {text}"));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::account::Counts;
+
+    fn bench(args: &[&str]) -> Result<UdpBenchArgs, String> {
+        let argv = ["echolab bench --udp", "--udp", "127.0.0.1:9"]
+            .iter()
+            .chain(args)
+            .map(|s| s.to_string());
+        UdpBenchArgs::try_parse_from(argv).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn absurd_values_are_refused_with_the_value_named() {
+        for (flag, value) in [
+            ("--conns", "0"),
+            ("--conns", "18446744073709551615"),
+            ("--size", "0"),
+            ("--size", "11"),
+            ("--size", "65528"),
+            ("--duration", "0"),
+            ("--duration", "1e-10"),
+            ("--duration", "NaN"),
+            ("--rate", "0"),
+            ("--rate", "1e-10"),
+            ("--rate", "NaN"),
+            ("--rate", "inf"),
+            ("--rate", "-5"),
+            ("--timeout", "0"),
+            ("--timeout", "NaN"),
+            ("--timeout", "1e-10"),
+            ("--max-loss", "NaN"),
+            ("--max-loss", "101"),
+            ("--max-loss", "-1"),
+            ("--count", "0"),
+            ("--count", "18446744073709551615"),
+            ("--threads", "0"),
+        ] {
+            let err = bench(&[flag, value]).unwrap_err();
+            assert!(err.contains(value), "{flag} {value}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_ipv4_size_limit_is_checked_against_the_address() {
+        let args = bench(&["--size", "65508"]).unwrap();
+        assert!(args.config().unwrap_err().contains("65507"));
+        let args = bench(&["--size", "65507"]).unwrap();
+        assert_eq!(args.config().unwrap().size, 65_507);
+    }
+
+    #[test]
+    fn rate_limits_parse_and_zero_is_refused() {
+        assert_eq!(parse_rate_limit("off"), Ok(RateLimit(None)));
+        assert_eq!(parse_rate_limit("OFF"), Ok(RateLimit(None)));
+        assert_eq!(parse_rate_limit("10"), Ok(RateLimit(Some(10))));
+        assert_eq!(
+            parse_rate_limit("1000000000"),
+            Ok(RateLimit(Some(1_000_000_000)))
+        );
+        for bad in ["0", "1000000001", "18446744073709551615", "NaN", "1e-10", "-1"] {
+            assert!(parse_rate_limit(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dispatch_only_takes_udp_bench_and_client() {
+        let argv = |list: &[&str]| list.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(dispatch(&argv(&["echolab", "bench", "127.0.0.1:9"])).is_none());
+        assert!(dispatch(&argv(&["echolab", "serve", "--udp"])).is_none());
+        assert!(dispatch(&argv(&["echolab", "client", "--", "--udp"])).is_none());
+        assert!(dispatch(&argv(&["echolab"])).is_none());
+        // A bad value under --udp is handled here (exit 2), not by the TCP parser.
+        assert_eq!(
+            dispatch(&argv(&["echolab", "bench", "--udp", "127.0.0.1:9", "--conns", "0"])),
+            Some(ExitCode::from(2))
+        );
+    }
+
+    #[test]
+    fn the_verdict_follows_the_counts() {
+        let ok = Counts {
+            sent: 100,
+            echoed: 100,
+            ..Counts::default()
+        };
+        assert_eq!(verdict(&ok, 0, 0.0).0, 0);
+        let lossy = Counts {
+            sent: 100,
+            echoed: 90,
+            lost: 10,
+            ..Counts::default()
+        };
+        assert_eq!(verdict(&lossy, 0, 0.0).0, 1);
+        assert!(verdict(&lossy, 0, 0.0).1.contains("10.000%"));
+        assert_eq!(verdict(&lossy, 0, 10.0).0, 0, "exactly at the threshold passes");
+        assert_eq!(verdict(&lossy, 0, 9.99).0, 1);
+        let corrupt = Counts {
+            corrupt: 1,
+            ..ok.clone()
+        };
+        assert_eq!(verdict(&corrupt, 0, 100.0).0, 3);
+        assert_eq!(verdict(&Counts::default(), 0, 100.0).0, 1);
+        assert_eq!(verdict(&ok, 2, 0.0).0, 1);
+    }
+}
