@@ -309,7 +309,9 @@ mod tests {
         let mut flow = sent_n(1, ms(50));
         assert_eq!(flow.next_deadline(), Some(ms(50)));
         assert_eq!(flow.expire(ms(50)), 0);
-        assert!(matches!(flow.echo(0, true, ms(50)), Echo::OnTime { latency } if latency == ms(50)));
+        assert!(
+            matches!(flow.echo(0, true, ms(50)), Echo::OnTime { latency } if latency == ms(50))
+        );
         let mut flow = sent_n(1, ms(50));
         assert_eq!(flow.expire(ms(51)), 1);
         assert_eq!(flow.next_deadline(), None);
@@ -412,7 +414,11 @@ mod tests {
             jitter.record(ms(1 + u64::from(idx % 2)));
         }
         let expect = 1e6 * (1.0 - (15.0f64 / 16.0).powi(32));
-        assert!((jitter.value - expect).abs() < 1e-6, "{} vs {expect}", jitter.value);
+        assert!(
+            (jitter.value - expect).abs() < 1e-6,
+            "{} vs {expect}",
+            jitter.value
+        );
         assert_eq!(jitter.get(), Duration::from_nanos(expect.round() as u64));
     }
 

@@ -7,9 +7,7 @@ use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
 use std::time::Instant;
 
-use nix::sys::socket::{
-    recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage,
-};
+use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
 
 use crate::guard::{DropReason, Guard};
 use crate::BUF_LEN;

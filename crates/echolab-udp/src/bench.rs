@@ -99,7 +99,11 @@ impl UdpReport {
             cfg.n_conns,
             cfg.size,
             self.elapsed.as_secs_f64(),
-            if self.interrupted { " (interrupted)" } else { "" }
+            if self.interrupted {
+                " (interrupted)"
+            } else {
+                ""
+            }
         );
         out += &format!("  echoes/s    {:.0}\n", self.echoes_per_sec());
         out += &format!(
@@ -212,9 +216,9 @@ pub fn run(config: &UdpBenchConfig, stop: &AtomicBool) -> io::Result<UdpReport> 
     for conn_idx in 0..config.n_conns {
         let socket = mio::net::UdpSocket::bind(SocketAddr::new(local, 0))?;
         socket.connect(config.addr)?;
-        let offset = config
-            .rate
-            .map_or(Duration::ZERO, |rate| Duration::from_secs_f64(conn_idx as f64 / rate));
+        let offset = config.rate.map_or(Duration::ZERO, |rate| {
+            Duration::from_secs_f64(conn_idx as f64 / rate)
+        });
         groups[conn_idx % n_threads].push(Sock {
             socket,
             conn_id: conn_idx as u32,
@@ -230,7 +234,10 @@ pub fn run(config: &UdpBenchConfig, stop: &AtomicBool) -> io::Result<UdpReport> 
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(io::Error::other("bench thread panicked"))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("bench thread panicked")))
+            })
             .collect()
     });
     let elapsed = start.elapsed();
@@ -286,7 +293,8 @@ fn drive(
         // Sends.
         let mut next_wake: Option<Duration> = None;
         for sock in socks.iter_mut() {
-            let may_send = |flow: &Flow| sending && config.count.is_none_or(|n| flow.next_seq() < n);
+            let may_send =
+                |flow: &Flow| sending && config.count.is_none_or(|n| flow.next_seq() < n);
             match interval {
                 None => {
                     if may_send(&sock.flow) && sock.flow.outstanding() == 0 {
@@ -343,7 +351,8 @@ fn drive(
                         let now = start.elapsed();
                         match wire::parse(&buf[..len], config.size, &mut scratch) {
                             Parsed::Intact { conn_id, seq } if conn_id == sock.conn_id => {
-                                if let Echo::OnTime { latency: l } = sock.flow.echo(seq, true, now) {
+                                if let Echo::OnTime { latency: l } = sock.flow.echo(seq, true, now)
+                                {
                                     let _ = latency.record((l.as_nanos() as u64).max(1));
                                 }
                             }

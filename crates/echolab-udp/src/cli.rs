@@ -317,7 +317,9 @@ fn clap_exit(err: clap::Error) -> ExitCode {
         .to_string()
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("For more information") && !l.starts_with("Usage:"))
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("For more information") && !l.starts_with("Usage:")
+        })
         .collect::<Vec<_>>()
         .join(" ");
     eprintln!("echolab: {}", line.trim_start_matches("error: "));
@@ -360,7 +362,11 @@ pub fn run_bench(args: &UdpBenchArgs) -> ExitCode {
 }
 
 /// The exit status of a run and the sentence that says why, from its counts.
-pub fn verdict(counts: &crate::account::Counts, socket_errors: u64, max_loss_percent: f64) -> (u8, String) {
+pub fn verdict(
+    counts: &crate::account::Counts,
+    socket_errors: u64,
+    max_loss_percent: f64,
+) -> (u8, String) {
     let loss = 100.0 * counts.loss_ratio();
     if counts.corrupt > 0 {
         return (3, format!("FAIL: {} corrupt echoes", counts.corrupt));
@@ -377,7 +383,10 @@ pub fn verdict(counts: &crate::account::Counts, socket_errors: u64, max_loss_per
     if socket_errors > 0 {
         return (1, format!("FAIL: {socket_errors} socket errors"));
     }
-    (0, format!("ok: loss {loss:.3}% within --max-loss {max_loss_percent}%"))
+    (
+        0,
+        format!("ok: loss {loss:.3}% within --max-loss {max_loss_percent}%"),
+    )
 }
 
 /// Runs `echolab client --udp`.
@@ -438,7 +447,9 @@ pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
 fn parse_whole(text: &str, what: &str, min: u64, max: u64) -> Result<u64, String> {
     match text.trim().parse::<u64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
-        Ok(_) => Err(format!("{what} must be between {min} and {max}, got {text}")),
+        Ok(_) => Err(format!(
+            "{what} must be between {min} and {max}, got {text}"
+        )),
         Err(_) => Err(format!("not a whole number of {what}: {text:?}")),
     }
 }
@@ -506,7 +517,9 @@ fn parse_timeout_ms(text: &str) -> Result<Duration, String> {
 fn parse_rate(text: &str) -> Result<f64, String> {
     parse_float(text, "datagrams per second", 0.0, 1e9).and_then(|r| {
         if r < 0.001 {
-            Err(format!("datagrams per second must be at least 0.001, got {text}"))
+            Err(format!(
+                "datagrams per second must be at least 0.001, got {text}"
+            ))
         } else {
             Ok(r)
         }
@@ -586,7 +599,14 @@ mod tests {
             parse_rate_limit("1000000000"),
             Ok(RateLimit(Some(1_000_000_000)))
         );
-        for bad in ["0", "1000000001", "18446744073709551615", "NaN", "1e-10", "-1"] {
+        for bad in [
+            "0",
+            "1000000001",
+            "18446744073709551615",
+            "NaN",
+            "1e-10",
+            "-1",
+        ] {
             assert!(parse_rate_limit(bad).is_err(), "{bad}");
         }
     }
@@ -600,7 +620,14 @@ mod tests {
         assert!(dispatch(&argv(&["echolab"])).is_none());
         // A bad value under --udp is handled here (exit 2), not by the TCP parser.
         assert_eq!(
-            dispatch(&argv(&["echolab", "bench", "--udp", "127.0.0.1:9", "--conns", "0"])),
+            dispatch(&argv(&[
+                "echolab",
+                "bench",
+                "--udp",
+                "127.0.0.1:9",
+                "--conns",
+                "0"
+            ])),
             Some(ExitCode::from(2))
         );
     }
@@ -621,7 +648,11 @@ mod tests {
         };
         assert_eq!(verdict(&lossy, 0, 0.0).0, 1);
         assert!(verdict(&lossy, 0, 0.0).1.contains("10.000%"));
-        assert_eq!(verdict(&lossy, 0, 10.0).0, 0, "exactly at the threshold passes");
+        assert_eq!(
+            verdict(&lossy, 0, 10.0).0,
+            0,
+            "exactly at the threshold passes"
+        );
         assert_eq!(verdict(&lossy, 0, 9.99).0, 1);
         let corrupt = Counts {
             corrupt: 1,

@@ -175,7 +175,10 @@ impl DropLog {
                 0 => String::new(),
                 n => format!(" (and {n} more for this reason since the last warning)"),
             };
-            log::warn!("udp: dropped a datagram from {src}: {}{more}", explain(reason));
+            log::warn!(
+                "udp: dropped a datagram from {src}: {}{more}",
+                explain(reason)
+            );
             self.last[idx] = Some(now);
             self.suppressed[idx] = 0;
         } else {
@@ -344,7 +347,11 @@ mod tests {
             );
         }
         for port in [1, 6, 8, 12, 14, 18, 20, 36, 38, 1023, 1024, 65535] {
-            assert_eq!(guard.admit(from([10, 0, 0, 1], port), now), Ok(()), "{port}");
+            assert_eq!(
+                guard.admit(from([10, 0, 0, 1], port), now),
+                Ok(()),
+                "{port}"
+            );
         }
         assert_eq!(guard.stats().dropped(DropReason::ReservedPort), 6);
         assert_eq!(guard.stats().received, 18);
@@ -477,8 +484,16 @@ mod tests {
         let src = from([10, 0, 0, 1], 7);
         let t0 = Instant::now();
         log.note(DropReason::ReservedPort, src, t0);
-        log.note(DropReason::ReservedPort, src, t0 + Duration::from_millis(10));
-        log.note(DropReason::ReservedPort, src, t0 + Duration::from_millis(20));
+        log.note(
+            DropReason::ReservedPort,
+            src,
+            t0 + Duration::from_millis(10),
+        );
+        log.note(
+            DropReason::ReservedPort,
+            src,
+            t0 + Duration::from_millis(20),
+        );
         assert_eq!(log.suppressed[DropReason::ReservedPort.index()], 2);
         log.note(DropReason::ReservedPort, src, t0 + Duration::from_secs(1));
         assert_eq!(log.suppressed[DropReason::ReservedPort.index()], 0);

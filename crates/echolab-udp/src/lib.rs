@@ -175,8 +175,8 @@ impl std::error::Error for UdpError {}
 pub fn bind(addr: SocketAddr, reuse_port: bool) -> Result<UdpSocket, UdpError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let bind_err = |source| UdpError::Bind { addr, source };
-    let socket =
-        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(bind_err)?;
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(bind_err)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true).map_err(bind_err)?;
     }
@@ -385,7 +385,12 @@ mod tests {
         let src: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         sent(&guard, src, 10, Ok(10));
         sent(&guard, src, 10, Ok(9));
-        sent(&guard, src, 10, Err(io::ErrorKind::ConnectionRefused.into()));
+        sent(
+            &guard,
+            src,
+            10,
+            Err(io::ErrorKind::ConnectionRefused.into()),
+        );
         let stats = guard.lock().unwrap().stats().clone();
         assert_eq!(stats.echoed, 1);
         assert_eq!(stats.dropped(DropReason::SendFailed), 2);

@@ -73,20 +73,29 @@ mod tests {
         let mut scratch = Vec::new();
         assert_eq!(
             parse(&buf, 64, &mut scratch),
-            Parsed::Intact { conn_id: 3, seq: 77 }
+            Parsed::Intact {
+                conn_id: 3,
+                seq: 77
+            }
         );
         for idx in HEADER..64 {
             let mut bad = buf.clone();
             bad[idx] ^= 0x01;
             assert_eq!(
                 parse(&bad, 64, &mut scratch),
-                Parsed::Damaged { conn_id: 3, seq: 77 },
+                Parsed::Damaged {
+                    conn_id: 3,
+                    seq: 77
+                },
                 "flip at {idx}"
             );
         }
         assert_eq!(
             parse(&buf[..63], 64, &mut scratch),
-            Parsed::Damaged { conn_id: 3, seq: 77 }
+            Parsed::Damaged {
+                conn_id: 3,
+                seq: 77
+            }
         );
         assert_eq!(parse(&buf[..11], 64, &mut scratch), Parsed::Unreadable);
     }
