@@ -464,7 +464,7 @@ fn bench_udp_against_a_server_that_flips_bytes_exits_3_and_says_corrupt() {
             let Ok((len, src)) = socket.recv_from(&mut buf) else {
                 continue;
             };
-            if idx % 5 == 0 {
+            if idx.is_multiple_of(5) {
                 buf[len - 1] ^= 1;
             }
             idx += 1;
