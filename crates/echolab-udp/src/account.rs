@@ -175,6 +175,8 @@ impl Flow {
                 return Echo::Late;
             }
             if let Some(highest) = self.highest {
+                // `<` and `<=` decide alike here: `highest` was echoed, so it is no
+                // longer outstanding and cannot equal `seq` (a mutant that survives).
                 if seq < highest {
                     self.counts.reordered += 1;
                     self.counts.max_reorder_distance =
@@ -379,8 +381,10 @@ mod tests {
         flow.echo(0, true, ms(1));
         assert_eq!(flow.echo(0, true, ms(2)), Echo::Duplicate);
         assert_eq!(flow.echo(7, true, ms(2)), Echo::Corrupt);
+        // The first number not yet sent is not ours either (the boundary).
+        assert_eq!(flow.echo(2, true, ms(2)), Echo::Corrupt);
         let c = flow.counts();
-        assert_eq!((c.duplicates, c.corrupt, c.echoed), (1, 1, 1));
+        assert_eq!((c.duplicates, c.corrupt, c.echoed), (1, 2, 1));
         assert_eq!(flow.outstanding(), 1);
     }
 
@@ -458,25 +462,50 @@ mod tests {
             max_reorder_distance: 7,
             corrupt: 8,
         };
+        // Different values on each side, so that no other operator gives the same sums.
         let b = Counts {
+            sent: 10,
+            echoed: 20,
+            lost: 30,
+            late: 40,
+            duplicates: 50,
+            reordered: 60,
             max_reorder_distance: 3,
-            ..a.clone()
+            corrupt: 80,
         };
         a.add(&b);
         assert_eq!(
             a,
             Counts {
-                sent: 2,
-                echoed: 4,
-                lost: 6,
-                late: 8,
-                duplicates: 10,
-                reordered: 12,
+                sent: 11,
+                echoed: 22,
+                lost: 33,
+                late: 44,
+                duplicates: 55,
+                reordered: 66,
                 max_reorder_distance: 7,
-                corrupt: 16,
+                corrupt: 88,
             }
         );
+        // And the larger distance wins from either side.
+        let mut c = Counts::default();
+        c.add(&a);
+        assert_eq!(c.max_reorder_distance, 7);
         assert_eq!(Counts::default().loss_ratio(), 0.0);
+    }
+
+    #[test]
+    fn unreadable_echoes_are_corrupt_and_sequence_numbers_count_up() {
+        let mut flow = Flow::new(ms(10));
+        assert_eq!(flow.next_seq(), 0);
+        flow.unreadable();
+        flow.unreadable();
+        flow.unreadable();
+        assert_eq!(flow.counts().corrupt, 3);
+        flow.sent(ms(0), ms(0));
+        flow.sent(ms(1), ms(1));
+        assert_eq!(flow.next_seq(), 2);
+        assert_eq!(flow.counts().sent, 2);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use crate::batch::Batch;
+use crate::batch::{Batch, BATCH};
 use crate::guard::Guard;
 use crate::TICK;
 
@@ -34,7 +34,7 @@ pub fn serve(socket: UdpSocket, guard: &Mutex<Guard>, stop: &AtomicBool) -> std:
             Err(err) => return Err(err.into()),
         }
         for _ in 0..BUDGET {
-            if batch.echo_once(fd, guard)? == 0 {
+            if batch.echo_once(fd, guard)? < BATCH {
                 break;
             }
         }

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 
 use mio::{Events, Interest, Poll, Token};
 
-use crate::batch::Batch;
+use crate::batch::{Batch, BATCH};
 use crate::guard::Guard;
 use crate::TICK;
 
@@ -45,7 +45,7 @@ pub fn serve(socket: UdpSocket, guard: &Mutex<Guard>, stop: &AtomicBool) -> std:
         // mio is edge-triggered: drain until the socket is empty, or spend the budget.
         let mut drained = false;
         for _ in 0..BUDGET {
-            if batch.echo_once(fd, guard)? == 0 {
+            if batch.echo_once(fd, guard)? < BATCH {
                 drained = true;
                 break;
             }

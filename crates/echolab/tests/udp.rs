@@ -27,15 +27,12 @@ struct UdpServer {
 
 impl UdpServer {
     fn start(model: &str, extra: &[&str]) -> UdpServer {
+        UdpServer::start_on(model, "127.0.0.1:0", extra)
+    }
+
+    fn start_on(model: &str, listen: &str, extra: &[&str]) -> UdpServer {
         let mut child = echolab()
-            .args([
-                "serve",
-                "--udp-only",
-                "--model",
-                model,
-                "--listen",
-                "127.0.0.1:0",
-            ])
+            .args(["serve", "--udp-only", "--model", model, "--listen", listen])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -89,14 +86,15 @@ impl UdpServer {
 
     /// SIGTERM, then asserts a clean exit within 2 s; returns the closing stats line.
     fn stop_within_2s(&mut self) -> String {
+        self.signal_and_wait(nix::sys::signal::Signal::SIGTERM)
+    }
+
+    /// Sends `signal`, then asserts a clean exit within 2 s; returns the stats line.
+    fn signal_and_wait(&mut self, signal: nix::sys::signal::Signal) -> String {
         let sent = Instant::now();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
         let status = wait_exit(&mut self.child, Duration::from_secs(2))
-            .unwrap_or_else(|| panic!("udp server still running 2 s after SIGTERM"));
+            .unwrap_or_else(|| panic!("udp server still running 2 s after {signal}"));
         assert!(status.success(), "exit status {status}");
         eprintln!("stopped in {:?}", sent.elapsed());
         self.wait_for("udp stopped:", 1).remove(0)
@@ -382,6 +380,32 @@ fn shutdown_within_two_seconds_under_load(model: &str) {
     server.stop_within_2s();
 }
 
+fn sigint_stops_it_within_two_seconds_too(model: &str) {
+    let mut server = UdpServer::start(model, &[]);
+    let stats = server.signal_and_wait(nix::sys::signal::Signal::SIGINT);
+    assert!(stats.contains("0 received"), "{stats}");
+}
+
+fn ipv6_keeps_its_larger_boundary(model: &str) {
+    let Ok(socket) = client("[::1]:0") else {
+        eprintln!("skipped: cannot bind [::1] (no IPv6 loopback here)");
+        return;
+    };
+    let mut server = UdpServer::start_on(model, "[::1]:0", &[]);
+    assert!(server.addr.is_ipv6());
+    let mut buf = vec![0u8; 65_536];
+    for size in [0usize, 65_507, 65_527] {
+        let sent = payload(size, 3);
+        socket.send_to(&sent, server.addr).unwrap();
+        let (len, from) = socket.recv_from(&mut buf).expect("echo");
+        assert_eq!(from, server.addr);
+        assert_eq!(len, size);
+        assert!(buf[..len] == sent[..], "{size}-byte echo over IPv6 differs");
+    }
+    let stats = server.stop_within_2s();
+    assert!(stats.contains("3 received, 3 echoed, 0 dropped"), "{stats}");
+}
+
 macro_rules! udp_contract {
     ($($body:ident),* $(,)?) => {
         $(
@@ -403,6 +427,8 @@ udp_contract!(
     a_source_over_its_rate_is_cut_to_it_while_another_is_served,
     real_clients_socat_and_nc,
     shutdown_within_two_seconds_under_load,
+    sigint_stops_it_within_two_seconds_too,
+    ipv6_keeps_its_larger_boundary,
 );
 
 #[test]
