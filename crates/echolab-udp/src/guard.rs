@@ -439,6 +439,57 @@ mod tests {
     }
 
     #[test]
+    fn a_known_source_is_still_judged_by_its_bucket_when_the_table_is_full() {
+        let mut guard = Guard::new(Policy {
+            allow_privileged: false,
+            rate_per_source: Some(1),
+        });
+        let t0 = Instant::now();
+        for idx in 0..MAX_SOURCES as u32 {
+            let src = SocketAddr::from((Ipv4Addr::from(idx), 50000));
+            assert!(guard.admit(src, t0).is_ok());
+        }
+        let known = SocketAddr::from((Ipv4Addr::from(7u32), 50000));
+        assert_eq!(guard.admit(known, t0), Err(DropReason::RateLimited));
+        let later = t0 + Duration::from_millis(1500);
+        assert_eq!(guard.admit(known, later), Ok(()));
+    }
+
+    #[test]
+    fn a_full_table_is_swept_at_most_once_per_interval() {
+        // 1000/s: a bucket that spent one token refills in 1 ms.
+        let mut guard = Guard::new(Policy {
+            allow_privileged: false,
+            rate_per_source: Some(1000),
+        });
+        let t0 = Instant::now();
+        for idx in 0..MAX_SOURCES as u32 {
+            let src = SocketAddr::from((Ipv4Addr::from(idx), 50000));
+            assert!(guard.admit(src, t0).is_ok());
+        }
+        let newcomer = from([192, 168, 1, 1], 50000);
+        // Swept at t0: every bucket is one token short, nothing is freed.
+        assert_eq!(guard.admit(newcomer, t0), Err(DropReason::TableFull));
+        // Every bucket has refilled, but the last sweep was less than an interval ago.
+        let t1 = t0 + SWEEP_INTERVAL / 2;
+        assert_eq!(guard.admit(newcomer, t1), Err(DropReason::TableFull));
+        assert_eq!(guard.n_sources(), MAX_SOURCES);
+        // Exactly one interval later the sweep runs and frees the refilled buckets.
+        let t2 = t0 + SWEEP_INTERVAL;
+        assert_eq!(guard.admit(newcomer, t2), Ok(()));
+        assert_eq!(guard.n_sources(), 1);
+    }
+
+    #[test]
+    fn reasons_have_names_and_explanations() {
+        for reason in DropReason::ALL {
+            assert_eq!(reason.to_string(), reason.name());
+            assert!(explain(reason).starts_with(reason.name()), "{reason}");
+        }
+        assert_eq!(DropReason::RateLimited.to_string(), "rate-limited");
+    }
+
+    #[test]
     fn a_sweep_keeps_buckets_that_are_still_refilling() {
         let mut guard = Guard::new(Policy {
             allow_privileged: false,

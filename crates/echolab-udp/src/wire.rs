@@ -121,6 +121,25 @@ mod tests {
     }
 
     #[test]
+    fn the_generator_is_splitmix64() {
+        // The reference output of splitmix64 seeded with 0 (Vigna's splitmix64.c).
+        assert_eq!(mix(0), 0xE220_A839_7B1D_CDAF);
+    }
+
+    #[test]
+    fn five_hundred_and_twelve_messages_have_five_hundred_and_twelve_patterns() {
+        let mut seen = std::collections::HashSet::new();
+        for conn_id in 0..2u32 {
+            for seq in 0..256u64 {
+                let mut buf = vec![0u8; 40];
+                encode(conn_id, seq, &mut buf);
+                seen.insert(buf[HEADER..].to_vec());
+            }
+        }
+        assert_eq!(seen.len(), 512);
+    }
+
+    #[test]
     fn a_header_only_datagram_is_valid() {
         let mut buf = vec![0u8; HEADER];
         encode(9, u64::MAX, &mut buf);

@@ -474,7 +474,7 @@ fn udp_beside_tcp_on_the_same_port() {
 }
 
 #[test]
-fn bench_udp_against_a_server_that_flips_bytes_exits_3_and_says_corrupt() {
+fn bench_and_client_udp_against_a_server_that_flips_bytes_exit_3() {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket
         .set_read_timeout(Some(Duration::from_millis(20)))
@@ -513,6 +513,28 @@ fn bench_udp_against_a_server_that_flips_bytes_exits_3_and_says_corrupt() {
         .spawn()
         .unwrap();
     let output = finish_bounded(child, STEP);
+    // The flipper has seen the bench's 50 datagrams; it flips every one whose index is a
+    // multiple of 5, so the client's first (index 50) comes back flipped.
+    let dir = std::env::temp_dir().join(format!("echolab-udp-flip-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("data.bin");
+    std::fs::write(&file, payload(300, 1)).unwrap();
+    let client = echolab()
+        .args([
+            "client",
+            "--udp",
+            &addr.to_string(),
+            "--size",
+            "100",
+            "--send",
+        ])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client_output = finish_bounded(client, STEP);
+    std::fs::remove_dir_all(&dir).unwrap();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     flipper.join().unwrap();
     assert_eq!(output.status.code(), Some(3));
@@ -520,6 +542,12 @@ fn bench_udp_against_a_server_that_flips_bytes_exits_3_and_says_corrupt() {
     assert_eq!(json["corrupt"], 10);
     assert_eq!(json["echoed"], 40);
     assert_eq!(json["lost"], 0);
+    let stderr = String::from_utf8_lossy(&client_output.stderr);
+    assert_eq!(client_output.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("datagram 1 came back different"),
+        "{stderr}"
+    );
 }
 
 #[test]
