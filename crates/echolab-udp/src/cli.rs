@@ -132,7 +132,7 @@ pub fn run_serve(
         workers,
         policy: args.policy(),
     };
-    let server = match UdpServer::start(&config, stop) {
+    let server = match start_beside_tcp(&config, stop, !args.udp_only) {
         Ok(server) => server,
         Err(err) => {
             eprintln!("echolab serve: {err}");
@@ -163,6 +163,61 @@ pub fn run_serve(
             ExitCode::from(err.exit_code())
         }
     }
+}
+
+/// Attempts at a port free for both UDP and TCP when `--listen` has port 0.
+const PORT_ATTEMPTS: usize = 32;
+
+/// Starts the UDP server. Beside TCP with port 0, the port UDP gets must also be free for
+/// a TCP listener (a busy machine has many TCP sockets on ephemeral ports): a port is
+/// picked with a plain UDP socket, tried with a TCP listener bound as the TCP server binds
+/// it (SO_REUSEADDR, listen), and another is picked if that fails, at most
+/// [`PORT_ATTEMPTS`] times. Both probes close before the servers bind, so another program
+/// could still take the port in between; the bind then fails with its one-line error.
+///
+/// (The probing is done before the server starts, not by starting and dropping servers:
+/// dropping a server sets the stop flag, which is the one the signal handlers watch.)
+fn start_beside_tcp(
+    config: &UdpConfig,
+    stop: Arc<AtomicBool>,
+    beside_tcp: bool,
+) -> Result<UdpServer, crate::UdpError> {
+    let mut config = config.clone();
+    if beside_tcp && config.listen.port() == 0 {
+        config.listen = pick_port(config.listen);
+    }
+    UdpServer::start(&config, stop)
+}
+
+/// A port free for both UDP and TCP on `listen`'s address, or `listen` itself (port 0)
+/// when none was found.
+fn pick_port(listen: SocketAddr) -> SocketAddr {
+    for _ in 0..PORT_ATTEMPTS {
+        let Ok(probe) = std::net::UdpSocket::bind(listen) else {
+            return listen;
+        };
+        let Ok(addr) = probe.local_addr() else {
+            return listen;
+        };
+        if tcp_port_free(addr) {
+            return addr;
+        }
+    }
+    listen
+}
+
+/// Whether a TCP listener could bind and listen on `addr` now.
+fn tcp_port_free(addr: SocketAddr) -> bool {
+    use socket2::{Domain, Socket, Type};
+    let Ok(socket) = Socket::new(Domain::for_address(addr), Type::STREAM, None) else {
+        return false;
+    };
+    if addr.is_ipv6() && socket.set_only_v6(true).is_err() {
+        return false;
+    }
+    socket.set_reuse_address(true).is_ok()
+        && socket.bind(&addr.into()).is_ok()
+        && socket.listen(16).is_ok()
 }
 
 /// Load an echo server over UDP and measure it: echoes/s, latency, loss, late,
@@ -630,6 +685,43 @@ mod tests {
             ])),
             Some(ExitCode::from(2))
         );
+    }
+
+    #[test]
+    fn a_port_held_by_tcp_is_not_free_and_a_fresh_one_is() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(!tcp_port_free(held.local_addr().unwrap()));
+        let addr = held.local_addr().unwrap();
+        drop(held);
+        assert!(tcp_port_free(addr));
+    }
+
+    #[test]
+    fn beside_tcp_the_udp_port_is_one_tcp_can_bind() {
+        let config = UdpConfig {
+            model: UdpModel::Iterative,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            workers: None,
+            policy: Policy::default(),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let server = start_beside_tcp(&config, Arc::clone(&stop), true).unwrap();
+        assert!(tcp_port_free(server.local_addr()));
+        assert!(!stop.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[test]
+    fn picking_a_port_skips_those_tcp_holds() {
+        // Hold TCP on many ports; the pick must avoid them all.
+        let held: Vec<std::net::TcpListener> = (0..64)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let picked = pick_port("127.0.0.1:0".parse().unwrap());
+        assert_ne!(picked.port(), 0);
+        assert!(held
+            .iter()
+            .all(|l| l.local_addr().unwrap().port() != picked.port()));
+        assert!(tcp_port_free(picked));
     }
 
     #[test]
