@@ -32,9 +32,12 @@ pub struct UdpServeArgs {
     pub udp_only: bool,
 
     /// UDP replies per second per source address (token bucket, burst one second's worth);
-    /// `off` for no limit. Datagrams over the limit are dropped and counted.
-    #[arg(long, default_value_t = RateLimit(Some(DEFAULT_RATE_PER_SOURCE)), value_parser = parse_rate_limit, value_name = "N|off")]
-    pub udp_rate_per_source: RateLimit,
+    /// `off` for no limit. Datagrams over the limit are dropped and counted. Default:
+    /// 10000, sparing loopback sources (127.0.0.0/8, ::1: the kernel drops them from
+    /// off-host, so they cannot be forged from outside, and all local clients share one).
+    /// A value given here applies to every source, loopback included.
+    #[arg(long, value_parser = parse_rate_limit, value_name = "N|off")]
+    pub udp_rate_per_source: Option<RateLimit>,
 
     /// Answer UDP source ports 1-1023 too (by default they get no reply; ports 0, 7, 13,
     /// 17, 19 and 37 never do).
@@ -79,9 +82,20 @@ impl UdpServeArgs {
 
     /// The guard's policy these flags describe.
     pub fn policy(&self) -> Policy {
-        Policy {
-            allow_privileged: self.udp_allow_privileged_ports,
-            rate_per_source: self.udp_rate_per_source.0,
+        match self.udp_rate_per_source {
+            None => Policy {
+                allow_privileged: self.udp_allow_privileged_ports,
+                ..Policy::default()
+            },
+            Some(limit) => Policy::with_limit(self.udp_allow_privileged_ports, limit.0),
+        }
+    }
+
+    /// The rate limit as the serve banner says it.
+    pub fn rate_limit_text(&self) -> String {
+        match self.udp_rate_per_source {
+            None => format!("{DEFAULT_RATE_PER_SOURCE} (loopback sources spared)"),
+            Some(limit) => limit.to_string(),
         }
     }
 }
@@ -144,7 +158,7 @@ pub fn run_serve(
         "udp listening on {addr} (model {model}, {} loop{}, rate per source {}, privileged ports {})",
         server.n_loops(),
         if server.n_loops() == 1 { "" } else { "s" },
-        args.udp_rate_per_source,
+        args.rate_limit_text(),
         if args.udp_allow_privileged_ports { "answered" } else { "refused" }
     );
     let (code, result) = if args.udp_only {
@@ -664,6 +678,29 @@ mod tests {
         ] {
             assert!(parse_rate_limit(bad).is_err(), "{bad}");
         }
+    }
+
+    #[derive(Debug, Parser)]
+    struct ServeOnly {
+        #[command(flatten)]
+        udp: UdpServeArgs,
+    }
+
+    fn serve_policy(args: &[&str]) -> Policy {
+        let argv = std::iter::once("serve").chain(args.iter().copied());
+        ServeOnly::try_parse_from(argv).unwrap().udp.policy()
+    }
+
+    #[test]
+    fn the_default_limit_spares_loopback_and_an_explicit_one_applies_to_all() {
+        assert_eq!(serve_policy(&["--udp"]), Policy::default());
+        assert!(!serve_policy(&["--udp"]).limit_loopback);
+        let explicit = serve_policy(&["--udp", "--udp-rate-per-source", "10000"]);
+        assert_eq!(explicit.rate_per_source, Some(DEFAULT_RATE_PER_SOURCE));
+        assert!(explicit.limit_loopback);
+        let off = serve_policy(&["--udp", "--udp-rate-per-source", "off"]);
+        assert_eq!(off.rate_per_source, None);
+        assert!(serve_policy(&["--udp", "--udp-allow-privileged-ports"]).allow_privileged);
     }
 
     #[test]

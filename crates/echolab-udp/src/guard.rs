@@ -97,6 +97,9 @@ pub struct Policy {
     pub allow_privileged: bool,
     /// Replies per second per source address; `None` for no limit.
     pub rate_per_source: Option<u32>,
+    /// Whether `rate_per_source` applies to loopback sources too (an explicit
+    /// `--udp-rate-per-source`); the default limit spares them (see the module doc).
+    pub limit_loopback: bool,
 }
 
 impl Default for Policy {
@@ -104,8 +107,27 @@ impl Default for Policy {
         Policy {
             allow_privileged: false,
             rate_per_source: Some(DEFAULT_RATE_PER_SOURCE),
+            limit_loopback: false,
         }
     }
+}
+
+impl Policy {
+    /// The policy with an explicit limit (`--udp-rate-per-source`), which applies to
+    /// every source, loopback included.
+    pub fn with_limit(allow_privileged: bool, rate_per_source: Option<u32>) -> Policy {
+        Policy {
+            allow_privileged,
+            rate_per_source,
+            limit_loopback: true,
+        }
+    }
+}
+
+/// Whether `ip` is a loopback address, IPv4-mapped ones included (a dual-stack socket
+/// sees 127.0.0.1 as ::ffff:127.0.0.1).
+pub fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
 }
 
 /// Datagrams seen by a server, and what became of them.
@@ -283,9 +305,12 @@ impl Guard {
         let Some(rate) = self.policy.rate_per_source else {
             return Ok(());
         };
+        let ip = src.ip();
+        if !self.policy.limit_loopback && is_loopback(ip) {
+            return Ok(());
+        }
         let rate = f64::from(rate);
         let burst = rate;
-        let ip = src.ip();
         if !self.buckets.contains_key(&ip) && self.buckets.len() >= MAX_SOURCES {
             self.sweep(now, rate, burst);
             if self.buckets.len() >= MAX_SOURCES {
@@ -334,10 +359,7 @@ mod tests {
 
     #[test]
     fn small_services_and_port_zero_are_never_answered_even_when_privileged_is_allowed() {
-        let mut guard = Guard::new(Policy {
-            allow_privileged: true,
-            rate_per_source: None,
-        });
+        let mut guard = Guard::new(Policy::with_limit(true, None));
         let now = Instant::now();
         for port in RESERVED_PORTS {
             assert_eq!(
@@ -375,10 +397,7 @@ mod tests {
 
     #[test]
     fn a_bucket_gives_its_burst_then_exactly_its_rate() {
-        let mut guard = Guard::new(Policy {
-            allow_privileged: false,
-            rate_per_source: Some(10),
-        });
+        let mut guard = Guard::new(Policy::with_limit(false, Some(10)));
         let t0 = Instant::now();
         let src = from([10, 0, 0, 1], 40000);
         let admitted = (0..100).filter(|_| guard.admit(src, t0).is_ok()).count();
@@ -399,11 +418,44 @@ mod tests {
     }
 
     #[test]
+    fn the_default_limit_spares_loopback_sources_and_an_explicit_one_does_not() {
+        let t0 = Instant::now();
+        let burst = DEFAULT_RATE_PER_SOURCE as usize;
+        let loopbacks: [IpAddr; 4] = [
+            Ipv4Addr::LOCALHOST.into(),
+            Ipv4Addr::new(127, 1, 2, 3).into(),
+            std::net::Ipv6Addr::LOCALHOST.into(),
+            Ipv4Addr::LOCALHOST.to_ipv6_mapped().into(),
+        ];
+        // Default policy: twice the burst at one instant, all admitted, no bucket kept.
+        let mut guard = Guard::new(Policy::default());
+        for ip in loopbacks {
+            let src = SocketAddr::new(ip, 40000);
+            let admitted = (0..2 * burst)
+                .filter(|_| guard.admit(src, t0).is_ok())
+                .count();
+            assert_eq!(admitted, 2 * burst, "{ip}");
+        }
+        assert_eq!(guard.n_sources(), 0);
+        // ... while any other source gets exactly the burst.
+        let other = from([10, 0, 0, 1], 40000);
+        let admitted = (0..2 * burst)
+            .filter(|_| guard.admit(other, t0).is_ok())
+            .count();
+        assert_eq!(admitted, burst);
+        assert_eq!(guard.stats().dropped(DropReason::RateLimited), burst as u64);
+        // An explicit limit applies to loopback too.
+        let mut guard = Guard::new(Policy::with_limit(false, Some(10)));
+        for ip in loopbacks {
+            let src = SocketAddr::new(ip, 40000);
+            let admitted = (0..100).filter(|_| guard.admit(src, t0).is_ok()).count();
+            assert_eq!(admitted, 10, "{ip}");
+        }
+    }
+
+    #[test]
     fn no_limit_admits_everything_and_keeps_no_table() {
-        let mut guard = Guard::new(Policy {
-            allow_privileged: false,
-            rate_per_source: None,
-        });
+        let mut guard = Guard::new(Policy::with_limit(false, None));
         let now = Instant::now();
         for idx in 0..1000u32 {
             let src = SocketAddr::from((Ipv4Addr::from(idx), 50000));
@@ -414,10 +466,7 @@ mod tests {
 
     #[test]
     fn the_table_never_grows_past_its_bound_and_frees_refilled_buckets() {
-        let mut guard = Guard::new(Policy {
-            allow_privileged: false,
-            rate_per_source: Some(1),
-        });
+        let mut guard = Guard::new(Policy::with_limit(false, Some(1)));
         let t0 = Instant::now();
         for idx in 0..MAX_SOURCES as u32 {
             let src = SocketAddr::from((Ipv4Addr::from(idx), 50000));
@@ -440,10 +489,7 @@ mod tests {
 
     #[test]
     fn a_known_source_is_still_judged_by_its_bucket_when_the_table_is_full() {
-        let mut guard = Guard::new(Policy {
-            allow_privileged: false,
-            rate_per_source: Some(1),
-        });
+        let mut guard = Guard::new(Policy::with_limit(false, Some(1)));
         let t0 = Instant::now();
         for idx in 0..MAX_SOURCES as u32 {
             let src = SocketAddr::from((Ipv4Addr::from(idx), 50000));
@@ -458,10 +504,7 @@ mod tests {
     #[test]
     fn a_full_table_is_swept_at_most_once_per_interval() {
         // 1000/s: a bucket that spent one token refills in 1 ms.
-        let mut guard = Guard::new(Policy {
-            allow_privileged: false,
-            rate_per_source: Some(1000),
-        });
+        let mut guard = Guard::new(Policy::with_limit(false, Some(1000)));
         let t0 = Instant::now();
         for idx in 0..MAX_SOURCES as u32 {
             let src = SocketAddr::from((Ipv4Addr::from(idx), 50000));
@@ -491,10 +534,7 @@ mod tests {
 
     #[test]
     fn a_sweep_keeps_buckets_that_are_still_refilling() {
-        let mut guard = Guard::new(Policy {
-            allow_privileged: false,
-            rate_per_source: Some(1),
-        });
+        let mut guard = Guard::new(Policy::with_limit(false, Some(1)));
         let t0 = Instant::now();
         for idx in 0..MAX_SOURCES as u32 {
             let src = SocketAddr::from((Ipv4Addr::from(idx), 50000));
