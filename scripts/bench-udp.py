@@ -96,7 +96,7 @@ def udpgen(ref, port, secs):
 
 def echolab_bench(echolab, port, secs):
     out = subprocess.run([echolab, "bench", "--udp", f"127.0.0.1:{port}", "-c", "8", "-s", "64",
-                          "-d", str(secs), "-t", "1", "--timeout", "200", "--max-loss", "100", "--json"],
+                          "-d", str(secs), "-t", "1", "--timeout", "0.2", "--max-loss", "100", "--json"],
                          capture_output=True, text=True, timeout=secs + 30)
     if out.returncode not in (0, 1):
         raise RuntimeError(f"echolab bench --udp exited {out.returncode}: {out.stderr}")

@@ -43,6 +43,9 @@ pub struct Counts {
     pub max_reorder_distance: u64,
     /// Echoes whose bytes differ from the datagram sent.
     pub corrupt: u64,
+    /// Open loop: datagrams whose intended send time fell in the sending window but that
+    /// never left (the window ended first, or the send failed).
+    pub unsent: u64,
 }
 
 impl Counts {
@@ -56,6 +59,14 @@ impl Counts {
         self.reordered += other.reordered;
         self.max_reorder_distance = self.max_reorder_distance.max(other.max_reorder_distance);
         self.corrupt += other.corrupt;
+        self.unsent += other.unsent;
+    }
+
+    /// Every datagram meant to be sent: sent plus never sent. At the end of a run (nothing
+    /// outstanding) this is `echoed + lost + corrupt + unsent`, less any corrupt echo that
+    /// named no datagram awaited.
+    pub fn intended(&self) -> u64 {
+        self.sent + self.unsent
     }
 
     /// Lost datagrams as a fraction of those resolved (echoed, lost or corrupt); 0 when
@@ -234,6 +245,11 @@ impl Flow {
         if self.lost.len() > LOST_MEMORY {
             self.lost.pop_first();
         }
+    }
+
+    /// Counts `n` datagrams of the schedule that never left (open loop).
+    pub fn not_sent(&mut self, n: u64) {
+        self.counts.unsent += n;
     }
 
     /// Counts an echo that cannot be matched to any datagram of this flow (too short for
@@ -461,6 +477,7 @@ mod tests {
             reordered: 6,
             max_reorder_distance: 7,
             corrupt: 8,
+            unsent: 9,
         };
         // Different values on each side, so that no other operator gives the same sums.
         let b = Counts {
@@ -472,6 +489,7 @@ mod tests {
             reordered: 60,
             max_reorder_distance: 3,
             corrupt: 80,
+            unsent: 90,
         };
         a.add(&b);
         assert_eq!(
@@ -485,12 +503,14 @@ mod tests {
                 reordered: 66,
                 max_reorder_distance: 7,
                 corrupt: 88,
+                unsent: 99,
             }
         );
         // And the larger distance wins from either side.
         let mut c = Counts::default();
         c.add(&a);
         assert_eq!(c.max_reorder_distance, 7);
+        assert_eq!(c.intended(), 11 + 99);
         assert_eq!(Counts::default().loss_ratio(), 0.0);
     }
 

@@ -61,6 +61,9 @@ pub struct UdpReport {
     /// Send or receive errors from the socket layer (ICMP port unreachable arrives as
     /// ECONNREFUSED on a connected socket).
     pub socket_errors: u64,
+    /// The sending window: from the start to `--duration`, or to the stop when
+    /// interrupted. Open loop: every datagram due in it is accounted (sent or unsent).
+    pub window: Duration,
     /// Whether SIGINT/SIGTERM cut the run short.
     pub interrupted: bool,
 }
@@ -74,6 +77,82 @@ impl UdpReport {
         } else {
             0.0
         }
+    }
+
+    /// Datagrams due but never sent, as a fraction of those due (0 when none was due).
+    pub fn unsent_ratio(&self) -> f64 {
+        let intended = self.counts.intended();
+        if intended == 0 {
+            0.0
+        } else {
+            self.counts.unsent as f64 / intended as f64
+        }
+    }
+
+    /// Datagrams sent per second of the sending window.
+    pub fn sent_per_sec(&self) -> f64 {
+        let secs = self.window.as_secs_f64();
+        if secs > 0.0 {
+            self.counts.sent as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// The exit status of the run and the sentence that says why, computed from its
+    /// figures: 3 a corrupt echo; 1 datagrams due but never sent, nothing echoed (not
+    /// interrupted), loss above `max_loss_percent`, or socket errors; 130 interrupted; 0.
+    pub fn verdict(&self, max_loss_percent: f64) -> (u8, String) {
+        let counts = &self.counts;
+        let loss = 100.0 * counts.loss_ratio();
+        if counts.corrupt > 0 {
+            return (3, format!("FAIL: {} corrupt echoes", counts.corrupt));
+        }
+        if counts.unsent > 0 {
+            let rate = self.config.rate.unwrap_or(0.0);
+            return (
+                1,
+                format!(
+                    "FAIL: {} of {} datagrams due in the {:.2} s window ({:.1}%) were never sent: \
+                     the generator sent {:.0}/s and could not keep --rate {rate}{}",
+                    counts.unsent,
+                    counts.intended(),
+                    self.window.as_secs_f64(),
+                    100.0 * self.unsent_ratio(),
+                    self.sent_per_sec(),
+                    match self.socket_errors {
+                        0 => String::new(),
+                        n => format!(" ({n} socket errors)"),
+                    }
+                ),
+            );
+        }
+        if counts.echoed == 0 && !self.interrupted {
+            return (1, "FAIL: no echo came back".to_string());
+        }
+        if loss > max_loss_percent {
+            return (
+                1,
+                format!("FAIL: loss {loss:.3}% is above --max-loss {max_loss_percent}%"),
+            );
+        }
+        if self.socket_errors > 0 {
+            return (1, format!("FAIL: {} socket errors", self.socket_errors));
+        }
+        if self.interrupted {
+            return (
+                130,
+                format!(
+                    "interrupted after {:.2} s of {:.2} s: loss {loss:.3}% so far",
+                    self.window.as_secs_f64(),
+                    self.config.duration.as_secs_f64()
+                ),
+            );
+        }
+        (
+            0,
+            format!("ok: loss {loss:.3}% within --max-loss {max_loss_percent}%"),
+        )
     }
 
     /// A latency quantile in microseconds (0 when nothing was echoed).
@@ -118,6 +197,16 @@ impl UdpReport {
             c.max_reorder_distance,
             c.corrupt
         );
+        if let Some(rate) = cfg.rate {
+            out += &format!(
+                "  schedule    {} due in the {:.2} s window at {rate}/s: sent {}, never sent {} ({:.1}%)\n",
+                c.intended(),
+                self.window.as_secs_f64(),
+                c.sent,
+                c.unsent,
+                100.0 * self.unsent_ratio()
+            );
+        }
         out += &format!(
             "  latency µs  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}\n",
             self.quantile_us(0.5),
@@ -148,10 +237,13 @@ impl UdpReport {
             "conns": self.config.n_conns,
             "size": self.config.size,
             "rate": self.config.rate,
-            "timeout_ms": self.config.timeout.as_secs_f64() * 1000.0,
+            "timeout_secs": self.config.timeout.as_secs_f64(),
             "elapsed_s": self.elapsed.as_secs_f64(),
             "echoes_per_sec": self.echoes_per_sec(),
+            "window_s": self.window.as_secs_f64(),
+            "intended": c.intended(),
             "sent": c.sent,
+            "unsent": c.unsent,
             "echoed": c.echoed,
             "lost": c.lost,
             "loss_ratio": c.loss_ratio(),
@@ -181,6 +273,8 @@ struct Sock {
     flow: Flow,
     /// Open loop: the next intended send time.
     next_send: Duration,
+    /// Open loop: slots of the schedule used so far (sent, or failed to send).
+    slots: u64,
 }
 
 /// What one thread measured.
@@ -189,6 +283,8 @@ struct Part {
     latency: Histogram<u64>,
     jitters: Vec<Duration>,
     socket_errors: u64,
+    /// When this thread stopped sending (the duration, or when it saw the stop flag).
+    window: Duration,
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -224,6 +320,7 @@ pub fn run(config: &UdpBenchConfig, stop: &AtomicBool) -> io::Result<UdpReport> 
             conn_id: conn_idx as u32,
             flow: Flow::new(config.timeout),
             next_send: offset,
+            slots: 0,
         });
     }
     let start = Instant::now();
@@ -245,8 +342,10 @@ pub fn run(config: &UdpBenchConfig, stop: &AtomicBool) -> io::Result<UdpReport> 
     let mut latency = new_histogram();
     let mut jitters = Vec::new();
     let mut socket_errors = 0;
+    let mut window = Duration::ZERO;
     for part in parts {
         let part = part?;
+        window = window.max(part.window);
         counts.add(&part.counts);
         latency.add(&part.latency).map_err(io::Error::other)?;
         jitters.extend(part.jitters);
@@ -264,6 +363,7 @@ pub fn run(config: &UdpBenchConfig, stop: &AtomicBool) -> io::Result<UdpReport> 
         latency,
         jitter,
         socket_errors,
+        window,
         interrupted: stop.load(Ordering::SeqCst),
     })
 }
@@ -287,30 +387,46 @@ fn drive(
     let mut scratch = Vec::new();
     let mut latency = new_histogram();
     let mut socket_errors = 0u64;
+    let mut window: Option<Duration> = None;
     loop {
         let now = start.elapsed();
         let sending = now < config.duration && !stop.load(Ordering::SeqCst);
+        if !sending && window.is_none() {
+            // The window ends: every slot of the schedule due in it and not used is
+            // counted unsent (a generator that fell behind must say so).
+            let end = now.min(config.duration);
+            window = Some(end);
+            if let Some(interval) = interval {
+                for sock in socks.iter_mut() {
+                    let due = due_before(sock.next_send, interval, end);
+                    let left = config.count.map_or(due, |n| due.min(n - sock.slots));
+                    sock.flow.not_sent(left);
+                }
+            }
+        }
         // Sends.
         let mut next_wake: Option<Duration> = None;
         for sock in socks.iter_mut() {
-            let may_send =
-                |flow: &Flow| sending && config.count.is_none_or(|n| flow.next_seq() < n);
             match interval {
                 None => {
-                    if may_send(&sock.flow) && sock.flow.outstanding() == 0 {
-                        send(sock, now, now, &mut out, &mut socket_errors);
+                    let may_send = sending && config.count.is_none_or(|n| sock.flow.next_seq() < n);
+                    if may_send && sock.flow.outstanding() == 0 {
+                        send(sock, now, now, &mut out, &mut socket_errors, false);
                     }
                 }
                 Some(interval) => {
+                    let may_send =
+                        |sock: &Sock| sending && config.count.is_none_or(|n| sock.slots < n);
                     for _ in 0..SEND_BUDGET {
-                        if !may_send(&sock.flow) || sock.next_send > now {
+                        if !may_send(sock) || sock.next_send > now {
                             break;
                         }
                         let intended = sock.next_send;
                         sock.next_send += interval;
-                        send(sock, intended, now, &mut out, &mut socket_errors);
+                        sock.slots += 1;
+                        send(sock, intended, now, &mut out, &mut socket_errors, true);
                     }
-                    if may_send(&sock.flow) {
+                    if may_send(sock) {
                         next_wake = earliest(next_wake, sock.next_send);
                     }
                 }
@@ -323,7 +439,12 @@ fn drive(
             if let Some(deadline) = sock.flow.next_deadline() {
                 next_wake = earliest(next_wake, deadline);
             }
-            let more_to_send = sending && config.count.is_none_or(|n| sock.flow.next_seq() < n);
+            let used = if interval.is_some() {
+                sock.slots
+            } else {
+                sock.flow.next_seq()
+            };
+            let more_to_send = sending && config.count.is_none_or(|n| used < n);
             if more_to_send || sock.flow.outstanding() > 0 {
                 done = false;
             }
@@ -392,6 +513,7 @@ fn drive(
         latency,
         jitters,
         socket_errors,
+        window: window.unwrap_or_else(|| start.elapsed().min(config.duration)),
     })
 }
 
@@ -400,14 +522,170 @@ fn earliest(a: Option<Duration>, b: Duration) -> Option<Duration> {
 }
 
 /// Sends the socket's next datagram; a send error is counted and the datagram not
-/// recorded (it did not leave).
-fn send(sock: &mut Sock, intended: Duration, now: Duration, out: &mut [u8], errors: &mut u64) {
+/// recorded as sent (it did not leave): in the open loop (`scheduled`) its slot of the
+/// schedule is counted unsent.
+fn send(
+    sock: &mut Sock,
+    intended: Duration,
+    now: Duration,
+    out: &mut [u8],
+    errors: &mut u64,
+    scheduled: bool,
+) {
     let seq = sock.flow.next_seq();
     wire::encode(sock.conn_id, seq, out);
     match sock.socket.send(out) {
         Ok(_) => {
             sock.flow.sent(intended, now);
         }
-        Err(_) => *errors += 1,
+        Err(_) => {
+            *errors += 1;
+            if scheduled {
+                sock.flow.not_sent(1);
+            }
+        }
+    }
+}
+
+/// How many send times `first`, `first + interval`, ... fall before `end`.
+fn due_before(first: Duration, interval: Duration, end: Duration) -> u64 {
+    if first >= end {
+        return 0;
+    }
+    let span = (end - first).as_nanos();
+    let step = interval.as_nanos().max(1);
+    span.div_ceil(step) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(counts: Counts) -> UdpReport {
+        UdpReport {
+            config: UdpBenchConfig {
+                addr: "127.0.0.1:9".parse().unwrap(),
+                n_conns: 1,
+                size: 64,
+                duration: Duration::from_secs(2),
+                count: None,
+                rate: Some(1000.0),
+                timeout: Duration::from_secs(1),
+                n_threads: 1,
+            },
+            counts,
+            elapsed: Duration::from_secs(2),
+            latency: new_histogram(),
+            jitter: Duration::ZERO,
+            socket_errors: 0,
+            window: Duration::from_secs(2),
+            interrupted: false,
+        }
+    }
+
+    #[test]
+    fn due_before_counts_the_send_times_in_the_window() {
+        let ms = Duration::from_millis;
+        assert_eq!(due_before(ms(0), ms(10), ms(100)), 10, "0, 10, ..., 90");
+        assert_eq!(due_before(ms(5), ms(10), ms(100)), 10, "5, 15, ..., 95");
+        assert_eq!(due_before(ms(0), ms(10), ms(101)), 11, "100 too");
+        assert_eq!(
+            due_before(ms(100), ms(10), ms(100)),
+            0,
+            "the end is outside"
+        );
+        assert_eq!(due_before(ms(150), ms(10), ms(100)), 0);
+        assert_eq!(
+            due_before(ms(0), Duration::ZERO, Duration::from_nanos(3)),
+            3
+        );
+    }
+
+    #[test]
+    fn the_verdict_follows_the_figures() {
+        let ok = Counts {
+            sent: 100,
+            echoed: 100,
+            ..Counts::default()
+        };
+        assert_eq!(report(ok.clone()).verdict(0.0).0, 0);
+        let lossy = Counts {
+            sent: 100,
+            echoed: 90,
+            lost: 10,
+            ..Counts::default()
+        };
+        assert_eq!(report(lossy.clone()).verdict(0.0).0, 1);
+        assert!(report(lossy.clone()).verdict(0.0).1.contains("10.000%"));
+        assert_eq!(
+            report(lossy.clone()).verdict(10.0).0,
+            0,
+            "exactly at the threshold passes"
+        );
+        assert_eq!(report(lossy).verdict(9.99).0, 1);
+        let corrupt = Counts {
+            corrupt: 1,
+            ..ok.clone()
+        };
+        assert_eq!(report(corrupt).verdict(100.0).0, 3);
+        assert_eq!(report(Counts::default()).verdict(100.0).0, 1);
+        let mut errors = report(ok.clone());
+        errors.socket_errors = 2;
+        assert_eq!(errors.verdict(0.0).0, 1);
+    }
+
+    #[test]
+    fn datagrams_never_sent_fail_the_run_in_a_computed_sentence() {
+        // 2000 due in 2 s at 1000/s; 500 sent (all echoed), 1500 never sent.
+        let r = report(Counts {
+            sent: 500,
+            echoed: 500,
+            unsent: 1500,
+            ..Counts::default()
+        });
+        let (code, sentence) = r.verdict(100.0);
+        assert_eq!(code, 1);
+        assert_eq!(
+            sentence,
+            "FAIL: 1500 of 2000 datagrams due in the 2.00 s window (75.0%) were never sent: \
+             the generator sent 250/s and could not keep --rate 1000"
+        );
+        assert!(r.text().contains(
+            "2000 due in the 2.00 s window at 1000/s: sent 500, never sent 1500 (75.0%)"
+        ));
+        let doc = r.json();
+        assert_eq!(doc["intended"], 2000);
+        assert_eq!(doc["unsent"], 1500);
+        assert_eq!(doc["sent"], 500);
+    }
+
+    #[test]
+    fn an_interrupted_run_exits_130_unless_it_failed() {
+        let mut r = report(Counts {
+            sent: 100,
+            echoed: 100,
+            ..Counts::default()
+        });
+        r.interrupted = true;
+        r.window = Duration::from_millis(1500);
+        let (code, sentence) = r.verdict(0.0);
+        assert_eq!(code, 130);
+        assert_eq!(
+            sentence,
+            "interrupted after 1.50 s of 2.00 s: loss 0.000% so far"
+        );
+        // Nothing echoed before the interrupt is still just an interrupt.
+        r.counts = Counts::default();
+        assert_eq!(r.verdict(0.0).0, 130);
+        // A failure is reported first.
+        r.counts = Counts {
+            sent: 100,
+            echoed: 90,
+            lost: 10,
+            ..Counts::default()
+        };
+        assert_eq!(r.verdict(0.0).0, 1);
+        r.counts.corrupt = 1;
+        assert_eq!(r.verdict(0.0).0, 3);
     }
 }

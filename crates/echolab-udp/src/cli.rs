@@ -1,9 +1,10 @@
 //! The UDP command lines: the flags `echolab serve` gains (`--udp`, `--udp-only`, the
 //! guard's settings), and the whole of `echolab bench --udp` and `echolab client --udp`,
-//! which have flags of their own (a loss timeout in milliseconds, a loss threshold) and
-//! so are parsed here when `--udp` is among the arguments ([`dispatch`]).
+//! which have flags of their own (a loss timeout, a loss threshold) and so are parsed here
+//! when `--udp` is among the arguments ([`dispatch`]).
 //!
-//! A bad value is one line naming it, exit 2.
+//! A bad value is one line naming it, exit 2 (and with `bench --udp --json`, a JSON
+//! document `{"error": ..., "exit_code": 2}` on stdout, as TCP bench prints).
 
 use std::ffi::OsString;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -241,8 +242,11 @@ fn tcp_port_free(addr: SocketAddr) -> bool {
 /// Closed loop by default (one datagram outstanding per socket); --rate makes it an open
 /// loop measured from the intended send times.
 ///
-/// Exit status: 0 clean run, 1 loss above --max-loss (or socket errors), 2 bad argument,
-/// 3 a corrupt echo.
+/// With --rate, every datagram whose intended send time falls in the --duration window is
+/// accounted: echoed, lost, or never sent (a generator that fell behind).
+///
+/// Exit status: 0 clean run; 1 loss above --max-loss, datagrams due but never sent, socket
+/// errors, or nothing echoed; 2 bad argument; 3 a corrupt echo; 130 interrupted.
 #[derive(Debug, Parser)]
 #[command(name = "echolab bench --udp", disable_version_flag = true)]
 pub struct UdpBenchArgs {
@@ -274,9 +278,10 @@ pub struct UdpBenchArgs {
     #[arg(long, short = 'r', value_name = "PER_SEC", value_parser = parse_rate, allow_negative_numbers = true)]
     pub rate: Option<f64>,
 
-    /// Milliseconds after its intended send time that an echo counts lost (a later one
-    /// counts late).
-    #[arg(long, default_value = "1000", value_name = "MS", value_parser = parse_timeout_ms, allow_negative_numbers = true)]
+    /// Seconds after its intended send time that an echo counts lost (a later one counts
+    /// late), as TCP bench's --timeout: fractional (0.2) or with a unit (200ms, 2s). A bare
+    /// number is always seconds: 200 means 200 s, not 200 ms.
+    #[arg(long, default_value = "1", value_name = "SECS", value_parser = parse_timeout, allow_negative_numbers = true)]
     pub timeout: Duration,
 
     /// Loss, in percent, above which the exit status is 1.
@@ -342,8 +347,9 @@ pub struct UdpClientArgs {
     #[arg(long, short = 's', default_value_t = 1024, value_name = "BYTES", value_parser = parse_client_size, allow_negative_numbers = true)]
     pub size: usize,
 
-    /// Milliseconds to wait for each echo.
-    #[arg(long, default_value = "1000", value_name = "MS", value_parser = parse_timeout_ms, allow_negative_numbers = true)]
+    /// Seconds to wait for each echo, as TCP client's --timeout: fractional (0.2) or with a
+    /// unit (200ms, 2s). A bare number is always seconds: 200 means 200 s, not 200 ms.
+    #[arg(long, default_value = "1", value_name = "SECS", value_parser = parse_timeout, allow_negative_numbers = true)]
     pub timeout: Duration,
 }
 
@@ -361,22 +367,45 @@ pub fn dispatch(args: &[OsString]) -> Option<ExitCode> {
     }
     let rest = args[2..].iter().cloned();
     let argv = std::iter::once(OsString::from(format!("echolab {command} --udp"))).chain(rest);
+    // Flags only, as above: `--json` promises a JSON document even for a bad argument.
+    let json = command == "bench"
+        && args[2..]
+            .iter()
+            .take_while(|a| a.as_os_str() != "--")
+            .any(|a| a.as_os_str() == "--json");
     Some(if command == "bench" {
         match UdpBenchArgs::try_parse_from(argv) {
             Ok(args) => run_bench(&args),
-            Err(err) => clap_exit(err),
+            Err(err) => clap_exit(err, json),
         }
     } else {
         match UdpClientArgs::try_parse_from(argv) {
             Ok(args) => run_client(&args),
-            Err(err) => clap_exit(err),
+            Err(err) => clap_exit(err, false),
         }
     })
 }
 
+/// The JSON document of a run that could not take place, as TCP bench prints it:
+/// `{"error": message, "exit_code": code}`.
+pub fn error_json(message: &str, code: u8) -> String {
+    let doc = serde_json::json!({ "error": message, "exit_code": code });
+    serde_json::to_string_pretty(&doc).expect("JSON of plain values")
+}
+
+/// Says `message` on stderr (one line, after `echolab bench: `) and, with `json`, as
+/// [`error_json`] on stdout; returns `code`.
+fn bench_fail(json: bool, message: &str, code: u8) -> ExitCode {
+    eprintln!("echolab bench: {message}");
+    if json {
+        println!("{}", error_json(message, code));
+    }
+    ExitCode::from(code)
+}
+
 /// A clap error as `echolab` reports them: help on stdout (exit 0), anything else as one
-/// line on stderr (exit 2).
-fn clap_exit(err: clap::Error) -> ExitCode {
+/// line on stderr (exit 2), and with `json` as [`error_json`] on stdout too.
+fn clap_exit(err: clap::Error, json: bool) -> ExitCode {
     if !err.use_stderr() {
         let _ = err.print();
         return ExitCode::SUCCESS;
@@ -391,7 +420,11 @@ fn clap_exit(err: clap::Error) -> ExitCode {
         })
         .collect::<Vec<_>>()
         .join(" ");
-    eprintln!("echolab: {}", line.trim_start_matches("error: "));
+    let message = line.trim_start_matches("error: ");
+    eprintln!("echolab: {message}");
+    if json {
+        println!("{}", error_json(message, 2));
+    }
     ExitCode::from(2)
 }
 
@@ -399,63 +432,34 @@ fn clap_exit(err: clap::Error) -> ExitCode {
 pub fn run_bench(args: &UdpBenchArgs) -> ExitCode {
     let config = match args.config() {
         Ok(config) => config,
-        Err(line) => {
-            eprintln!("echolab bench: {line}");
-            return ExitCode::from(2);
-        }
+        Err(line) => return bench_fail(args.json, &line, 2),
     };
     let stop = match stop_flag() {
         Ok(stop) => stop,
         Err(err) => {
-            eprintln!("echolab bench: cannot install signal handlers: {err}");
-            return ExitCode::from(1);
+            let message = format!("cannot install signal handlers: {err}");
+            return bench_fail(args.json, &message, 1);
         }
     };
     let report = match crate::bench::run(&config, &stop) {
         Ok(report) => report,
         Err(err) => {
-            eprintln!("echolab bench: udp {}: {err}", config.addr);
-            return ExitCode::from(1);
+            let message = format!("udp {}: {err}", config.addr);
+            return bench_fail(args.json, &message, 1);
         }
     };
+    let (code, verdict) = report.verdict(args.max_loss);
     if args.json {
-        println!("{}", report.json());
+        let mut doc = report.json();
+        doc["max_loss_percent"] = args.max_loss.into();
+        doc["verdict"] = verdict.into();
+        doc["exit_code"] = code.into();
+        println!("{doc}");
     } else {
         print!("{}", report.text());
-    }
-    let (code, verdict) = verdict(&report.counts, report.socket_errors, args.max_loss);
-    if !args.json {
         println!("  verdict     {verdict}");
     }
     ExitCode::from(code)
-}
-
-/// The exit status of a run and the sentence that says why, from its counts.
-pub fn verdict(
-    counts: &crate::account::Counts,
-    socket_errors: u64,
-    max_loss_percent: f64,
-) -> (u8, String) {
-    let loss = 100.0 * counts.loss_ratio();
-    if counts.corrupt > 0 {
-        return (3, format!("FAIL: {} corrupt echoes", counts.corrupt));
-    }
-    if counts.echoed == 0 {
-        return (1, "FAIL: no echo came back".to_string());
-    }
-    if loss > max_loss_percent {
-        return (
-            1,
-            format!("FAIL: loss {loss:.3}% is above --max-loss {max_loss_percent}%"),
-        );
-    }
-    if socket_errors > 0 {
-        return (1, format!("FAIL: {socket_errors} socket errors"));
-    }
-    (
-        0,
-        format!("ok: loss {loss:.3}% within --max-loss {max_loss_percent}%"),
-    )
 }
 
 /// Runs `echolab client --udp`.
@@ -573,14 +577,31 @@ fn parse_secs(text: &str) -> Result<Duration, String> {
     })
 }
 
-fn parse_timeout_ms(text: &str) -> Result<Duration, String> {
-    parse_float(text, "milliseconds", 0.0, 600_000.0).and_then(|ms| {
-        if ms < 0.001 {
-            Err(format!("milliseconds must be at least 0.001, got {text}"))
-        } else {
-            Ok(Duration::from_secs_f64(ms / 1000.0))
-        }
-    })
+/// The longest `--timeout`, in seconds.
+const MAX_TIMEOUT_SECS: f64 = 3600.0;
+
+/// A timeout in seconds, as TCP bench's: a bare number is seconds (fractional allowed),
+/// or it carries its unit, `ms` or `s`. At least a millisecond, at most an hour.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    let (number, scale) = if let Some(ms) = trimmed.strip_suffix("ms") {
+        (ms, 0.001)
+    } else if let Some(secs) = trimmed.strip_suffix('s') {
+        (secs, 1.0)
+    } else {
+        (trimmed, 1.0)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a timeout (seconds, or a number with ms or s): {text:?}"))?;
+    let secs = value * scale;
+    if !secs.is_finite() || !(0.001..=MAX_TIMEOUT_SECS).contains(&secs) {
+        return Err(format!(
+            "a timeout is from 0.001 s (1ms) to {MAX_TIMEOUT_SECS} s, got {text}"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -610,7 +631,6 @@ fn parse_percent(text: &str) -> Result<f64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::account::Counts;
 
     fn bench(args: &[&str]) -> Result<UdpBenchArgs, String> {
         let argv = ["echolab bench --udp", "--udp", "127.0.0.1:9"]
@@ -762,33 +782,37 @@ mod tests {
     }
 
     #[test]
-    fn the_verdict_follows_the_counts() {
-        let ok = Counts {
-            sent: 100,
-            echoed: 100,
-            ..Counts::default()
-        };
-        assert_eq!(verdict(&ok, 0, 0.0).0, 0);
-        let lossy = Counts {
-            sent: 100,
-            echoed: 90,
-            lost: 10,
-            ..Counts::default()
-        };
-        assert_eq!(verdict(&lossy, 0, 0.0).0, 1);
-        assert!(verdict(&lossy, 0, 0.0).1.contains("10.000%"));
+    fn timeouts_are_seconds_as_in_tcp_bench_or_carry_their_unit() {
+        let secs = |t: &str| bench(&["--timeout", t]).map(|a| a.timeout);
         assert_eq!(
-            verdict(&lossy, 0, 10.0).0,
-            0,
-            "exactly at the threshold passes"
+            secs("5"),
+            Ok(Duration::from_secs(5)),
+            "a bare number is seconds"
         );
-        assert_eq!(verdict(&lossy, 0, 9.99).0, 1);
-        let corrupt = Counts {
-            corrupt: 1,
-            ..ok.clone()
+        assert_eq!(secs("0.2"), Ok(Duration::from_millis(200)));
+        assert_eq!(secs("200ms"), Ok(Duration::from_millis(200)));
+        assert_eq!(secs("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(secs("1ms"), Ok(Duration::from_millis(1)));
+        assert_eq!(secs("200"), Ok(Duration::from_secs(200)), "still seconds");
+        assert_eq!(bench(&[]).unwrap().timeout, Duration::from_secs(1));
+        for bad in ["0.0009", "0.5ms", "3601", "5 min", "ms", "-1", "inf"] {
+            let err = secs(bad).unwrap_err();
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
+        let client = |t: &str| {
+            UdpClientArgs::try_parse_from(["c", "--udp", "--timeout", t]).map(|a| a.timeout)
         };
-        assert_eq!(verdict(&corrupt, 0, 100.0).0, 3);
-        assert_eq!(verdict(&Counts::default(), 0, 100.0).0, 1);
-        assert_eq!(verdict(&ok, 2, 0.0).0, 1);
+        assert_eq!(client("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(client("250ms").unwrap(), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn the_error_document_is_the_one_tcp_bench_prints() {
+        let doc: serde_json::Value =
+            serde_json::from_str(&error_json("--size 5 is too small", 2)).unwrap();
+        assert_eq!(
+            doc,
+            serde_json::json!({ "error": "--size 5 is too small", "exit_code": 2 })
+        );
     }
 }
