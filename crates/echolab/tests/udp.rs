@@ -659,3 +659,86 @@ fn absurd_udp_flags_are_one_line_and_exit_2() {
         );
     }
 }
+
+#[test]
+fn bench_udp_with_json_prints_an_error_document_for_a_bad_argument() {
+    for (args, value) in [
+        (vec!["--json", "--size", "5"], "5"),
+        (vec!["--timeout", "0.5ms", "--json"], "0.5ms"),
+        // Checked after parsing, against the address: the same document.
+        (vec!["--size", "65508", "--json"], "65508"),
+    ] {
+        let child = echolab()
+            .args(["bench", "--udp", "127.0.0.1:9"])
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = finish_bounded(child, STEP);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        let doc: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: no JSON on stdout ({e}): {stderr}"));
+        assert_eq!(doc["exit_code"], 2, "{doc}");
+        let error = doc["error"].as_str().unwrap();
+        assert!(error.contains(value), "{args:?}: {error}");
+    }
+}
+
+#[test]
+fn bench_udp_interrupted_exits_130_as_tcp_bench_does() {
+    // An echo socket here, so that the test knows when the bench has begun: the signal is
+    // sent once its first datagram has arrived (the handlers are installed before it).
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let addr = socket.local_addr().unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let (first_tx, first_rx) = std::sync::mpsc::channel::<()>();
+    let echo = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut buf = [0u8; 2048];
+        while !flag.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+            let Ok((len, src)) = socket.recv_from(&mut buf) else {
+                continue;
+            };
+            let _ = first_tx.send(());
+            let _ = socket.send_to(&buf[..len], src);
+        }
+    });
+    let child = echolab()
+        .args([
+            "bench",
+            "--udp",
+            &addr.to_string(),
+            "-c",
+            "2",
+            "-d",
+            "30",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    first_rx.recv_timeout(STEP).expect("the bench sent nothing");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let output = finish_bounded(child, STEP);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    echo.join().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(130), "{stdout}");
+    let doc: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(doc["interrupted"], true);
+    assert_eq!(doc["exit_code"], 130);
+    assert!(doc["window_s"].as_f64().unwrap() < 30.0, "{doc}");
+}
