@@ -206,6 +206,10 @@ impl UdpReport {
                 c.unsent,
                 100.0 * self.unsent_ratio()
             );
+            if c.unsent > 0 {
+                out += "              (the generator fell behind its schedule: latency, loss and late are \
+                        measured from the intended send times, so they include its own lag)\n";
+            }
         }
         out += &format!(
             "  latency µs  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}\n",
