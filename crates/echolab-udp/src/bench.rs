@@ -223,6 +223,15 @@ impl UdpReport {
             "  jitter      {:.1} µs (RFC 3550, mean over sockets)\n",
             self.jitter.as_nanos() as f64 / 1000.0
         );
+        if c.lost > c.late {
+            out += &format!(
+                "  note        {} lost datagrams were not echoed while the bench listened; an echolab server counts what it \
+                 refuses: if its `rate-limited` count is not 0, its --udp-rate-per-source (per \
+                 source address: these {} sockets share one) dropped them\n",
+                c.lost - c.late,
+                cfg.n_conns
+            );
+        }
         if self.socket_errors > 0 {
             out += &format!(
                 "  errors      {} socket errors (ECONNREFUSED: nothing listens on {})\n",
@@ -661,6 +670,26 @@ mod tests {
         assert_eq!(doc["intended"], 2000);
         assert_eq!(doc["unsent"], 1500);
         assert_eq!(doc["sent"], 500);
+    }
+
+    #[test]
+    fn datagrams_with_no_echo_at_all_point_at_the_servers_refusal_count() {
+        let mut r = report(Counts {
+            sent: 100,
+            echoed: 90,
+            lost: 10,
+            late: 4,
+            ..Counts::default()
+        });
+        r.config.n_conns = 8;
+        let text = r.text();
+        assert!(
+            text.contains("6 lost datagrams were not echoed while the bench listened")
+                && text.contains("these 8 sockets share one"),
+            "{text}"
+        );
+        r.counts.late = 10;
+        assert!(!r.text().contains("not echoed while"));
     }
 
     #[test]
