@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the reference C tools of ../shared/bench (loadgen, ref_epoll, ref_threads,
-# pingpong) into target/ref/ (shared/ is read-only in CI) and prints that folder.
+# pingpong, and for UDP ref_udp and udpgen) into target/ref/ (shared/ is read-only in
+# CI) and prints that folder.
 # Usage: scripts/build-ref.sh            -> prints the folder on stdout
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -11,7 +12,7 @@ if [ ! -d "$src" ]; then
   exit 2
 fi
 mkdir -p "$out"
-for tool in loadgen ref_epoll ref_threads pingpong; do
+for tool in loadgen ref_epoll ref_threads pingpong ref_udp udpgen; do
   if [ ! -x "$out/$tool" ] || [ "$src/$tool.c" -nt "$out/$tool" ]; then
     gcc -O2 -pthread -o "$out/$tool" "$src/$tool.c"
   fi

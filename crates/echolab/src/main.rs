@@ -16,11 +16,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve TCP echo with one concurrency model.
-    Serve(echolab_server::cli::ServeArgs),
-    /// Send stdin (or a file) to an echo server and print or verify what comes back.
+    /// Serve TCP echo with one concurrency model (--udp: UDP echo too).
+    Serve(ServeCmd),
+    /// Send stdin (or a file) to an echo server and print or verify what comes back
+    /// (`client --udp --help`: over UDP).
     Client(echolab_load::ClientArgs),
-    /// Load an echo server and measure it: messages/s, latency percentiles, errors.
+    /// Load an echo server and measure it: messages/s, latency percentiles, errors
+    /// (`bench --udp --help`: the UDP load).
     Bench(echolab_load::BenchArgs),
     /// Run every model under the same load and write tables and charts.
     Compare(echolab_load::CompareArgs),
@@ -28,7 +30,34 @@ enum Command {
     Lab(echolab_lab::LabArgs),
 }
 
+// UDP hook (issue 10): `serve` is the TCP flags plus the UDP ones.
+#[derive(Debug, clap::Args)]
+struct ServeCmd {
+    #[command(flatten)]
+    tcp: echolab_server::cli::ServeArgs,
+    #[command(flatten)]
+    udp: echolab_udp::cli::UdpServeArgs,
+}
+
+// UDP hook (issue 10): UDP beside TCP, or alone; without --udp, TCP exactly as before.
+fn serve(args: ServeCmd) -> ExitCode {
+    let ServeCmd { mut tcp, udp } = args;
+    if !udp.enabled() {
+        return echolab_server::cli::run(tcp);
+    }
+    echolab_server::logging::init(tcp.quiet, tcp.verbose);
+    let model = tcp.model.unwrap_or(echolab_server::Model::DEFAULT).name();
+    echolab_udp::cli::run_serve(&udp, model, tcp.listen, tcp.workers, |addr| {
+        tcp.listen = addr;
+        echolab_server::cli::run(tcp)
+    })
+}
+
 fn main() -> ExitCode {
+    // UDP hook (issue 10): `bench --udp` and `client --udp` have their own flags.
+    if let Some(code) = echolab_udp::cli::dispatch(&std::env::args_os().collect::<Vec<_>>()) {
+        return code;
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => {
@@ -49,7 +78,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve(args) => echolab_server::cli::run(args),
+        Command::Serve(args) => serve(args),
         Command::Client(args) => echolab_load::run_client(args),
         Command::Bench(args) => echolab_load::run_bench(args),
         Command::Compare(args) => echolab_load::run_compare(args),

@@ -1,0 +1,724 @@
+//! The UDP load engine (`echolab bench --udp`): N connected UDP sockets spread over a few
+//! threads, each thread a mio loop; every datagram is built by [`crate::wire`] and every
+//! echo judged by [`crate::account::Flow`]. Closed loop (one datagram outstanding per
+//! socket: a lost one is waited for until `--timeout`) or open loop (`--rate`: a fixed
+//! schedule per socket, latency from the intended send time).
+//!
+//! The engine never prints; [`UdpReport`] renders the text and the JSON.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::account::{Counts, Echo, Flow};
+use crate::wire::{self, Parsed};
+use crate::BUF_LEN;
+
+/// Datagrams one socket may send in one turn of its loop (open loop catching up).
+const SEND_BUDGET: usize = 64;
+
+/// Echoes read from one socket per readiness before the next socket's turn.
+const RECV_BUDGET: usize = 256;
+
+/// The longest a loop waits without looking at the clock and the stop flag.
+const MAX_WAIT: Duration = Duration::from_millis(50);
+
+/// A checked `bench --udp` configuration.
+#[derive(Debug, Clone)]
+pub struct UdpBenchConfig {
+    pub addr: SocketAddr,
+    /// Sockets, each its own flow (connection id = socket index).
+    pub n_conns: usize,
+    /// Datagram size in bytes, header included (at least [`wire::HEADER`]).
+    pub size: usize,
+    /// How long datagrams are sent.
+    pub duration: Duration,
+    /// Stop each socket after this many datagrams (even if `duration` has not passed).
+    pub count: Option<u64>,
+    /// Open loop: datagrams per second in total; `None` is the closed loop.
+    pub rate: Option<f64>,
+    /// An echo later than this after its intended send time is lost.
+    pub timeout: Duration,
+    /// Threads (at most `n_conns`).
+    pub n_threads: usize,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone)]
+pub struct UdpReport {
+    pub config: UdpBenchConfig,
+    pub counts: Counts,
+    /// From the first send to the last datagram resolved (echoed or lost).
+    pub elapsed: Duration,
+    /// Latencies of on-time echoes, in nanoseconds.
+    pub latency: Histogram<u64>,
+    /// The mean over sockets of their RFC 3550 jitter (sockets with two echoes or more).
+    pub jitter: Duration,
+    /// Send or receive errors from the socket layer (ICMP port unreachable arrives as
+    /// ECONNREFUSED on a connected socket).
+    pub socket_errors: u64,
+    /// The sending window: from the start to `--duration`, or to the stop when
+    /// interrupted. Open loop: every datagram due in it is accounted (sent or unsent).
+    pub window: Duration,
+    /// Whether SIGINT/SIGTERM cut the run short.
+    pub interrupted: bool,
+}
+
+impl UdpReport {
+    /// On-time echoes per second of the run.
+    pub fn echoes_per_sec(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.counts.echoed as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Datagrams due but never sent, as a fraction of those due (0 when none was due).
+    pub fn unsent_ratio(&self) -> f64 {
+        let intended = self.counts.intended();
+        if intended == 0 {
+            0.0
+        } else {
+            self.counts.unsent as f64 / intended as f64
+        }
+    }
+
+    /// Datagrams sent per second of the sending window.
+    pub fn sent_per_sec(&self) -> f64 {
+        let secs = self.window.as_secs_f64();
+        if secs > 0.0 {
+            self.counts.sent as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// The exit status of the run and the sentence that says why, computed from its
+    /// figures: 3 a corrupt echo; 1 datagrams due but never sent, nothing echoed (not
+    /// interrupted), loss above `max_loss_percent`, or socket errors; 130 interrupted; 0.
+    pub fn verdict(&self, max_loss_percent: f64) -> (u8, String) {
+        let counts = &self.counts;
+        let loss = 100.0 * counts.loss_ratio();
+        if counts.corrupt > 0 {
+            return (3, format!("FAIL: {} corrupt echoes", counts.corrupt));
+        }
+        if counts.unsent > 0 {
+            let rate = self.config.rate.unwrap_or(0.0);
+            return (
+                1,
+                format!(
+                    "FAIL: {} of {} datagrams due in the {:.2} s window ({:.1}%) were never sent: \
+                     the generator sent {:.0}/s and could not keep --rate {rate}{}",
+                    counts.unsent,
+                    counts.intended(),
+                    self.window.as_secs_f64(),
+                    100.0 * self.unsent_ratio(),
+                    self.sent_per_sec(),
+                    match self.socket_errors {
+                        0 => String::new(),
+                        n => format!(" ({n} socket errors)"),
+                    }
+                ),
+            );
+        }
+        if counts.echoed == 0 && !self.interrupted {
+            return (1, "FAIL: no echo came back".to_string());
+        }
+        if loss > max_loss_percent {
+            return (
+                1,
+                format!("FAIL: loss {loss:.3}% is above --max-loss {max_loss_percent}%"),
+            );
+        }
+        if self.socket_errors > 0 {
+            return (1, format!("FAIL: {} socket errors", self.socket_errors));
+        }
+        if self.interrupted {
+            return (
+                130,
+                format!(
+                    "interrupted after {:.2} s of {:.2} s: loss {loss:.3}% so far",
+                    self.window.as_secs_f64(),
+                    self.config.duration.as_secs_f64()
+                ),
+            );
+        }
+        (
+            0,
+            format!("ok: loss {loss:.3}% within --max-loss {max_loss_percent}%"),
+        )
+    }
+
+    /// A latency quantile in microseconds (0 when nothing was echoed).
+    pub fn quantile_us(&self, q: f64) -> f64 {
+        if self.latency.is_empty() {
+            0.0
+        } else {
+            self.latency.value_at_quantile(q) as f64 / 1000.0
+        }
+    }
+
+    /// The run as a human reads it; every sentence computed from the figures.
+    pub fn text(&self) -> String {
+        let c = &self.counts;
+        let cfg = &self.config;
+        let shape = match cfg.rate {
+            Some(rate) => format!("open loop at {rate} datagrams/s"),
+            None => "closed loop (one outstanding per socket)".to_string(),
+        };
+        let mut out = format!(
+            "udp bench {}: {} sockets × {} B, {shape}, {:.2} s{}\n",
+            cfg.addr,
+            cfg.n_conns,
+            cfg.size,
+            self.elapsed.as_secs_f64(),
+            if self.interrupted {
+                " (interrupted)"
+            } else {
+                ""
+            }
+        );
+        out += &format!("  echoes/s    {:.0}\n", self.echoes_per_sec());
+        out += &format!(
+            "  datagrams   sent {}, echoed {}, lost {} ({:.3}%), late {}, duplicates {}, reordered {} (largest distance {}), corrupt {}\n",
+            c.sent,
+            c.echoed,
+            c.lost,
+            100.0 * c.loss_ratio(),
+            c.late,
+            c.duplicates,
+            c.reordered,
+            c.max_reorder_distance,
+            c.corrupt
+        );
+        if let Some(rate) = cfg.rate {
+            out += &format!(
+                "  schedule    {} due in the {:.2} s window at {rate}/s: sent {}, never sent {} ({:.1}%)\n",
+                c.intended(),
+                self.window.as_secs_f64(),
+                c.sent,
+                c.unsent,
+                100.0 * self.unsent_ratio()
+            );
+            if c.unsent > 0 {
+                out += "              (the generator fell behind its schedule: latency, loss and late are \
+                        measured from the intended send times, so they include its own lag)\n";
+            }
+        }
+        out += &format!(
+            "  latency µs  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}\n",
+            self.quantile_us(0.5),
+            self.quantile_us(0.9),
+            self.quantile_us(0.99),
+            self.quantile_us(0.999),
+            self.latency.max() as f64 / 1000.0
+        );
+        out += &format!(
+            "  jitter      {:.1} µs (RFC 3550, mean over sockets)\n",
+            self.jitter.as_nanos() as f64 / 1000.0
+        );
+        if c.lost > c.late {
+            out += &format!(
+                "  note        {} lost datagrams were not echoed while the bench listened; an echolab server counts what it \
+                 refuses: if its `rate-limited` count is not 0, its --udp-rate-per-source (per \
+                 source address: these {} sockets share one) dropped them\n",
+                c.lost - c.late,
+                cfg.n_conns
+            );
+        }
+        if self.socket_errors > 0 {
+            out += &format!(
+                "  errors      {} socket errors (ECONNREFUSED: nothing listens on {})\n",
+                self.socket_errors, cfg.addr
+            );
+        }
+        out
+    }
+
+    /// The run as one JSON document.
+    pub fn json(&self) -> serde_json::Value {
+        let c = &self.counts;
+        serde_json::json!({
+            "proto": "udp",
+            "addr": self.config.addr.to_string(),
+            "conns": self.config.n_conns,
+            "size": self.config.size,
+            "rate": self.config.rate,
+            "timeout_secs": self.config.timeout.as_secs_f64(),
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "echoes_per_sec": self.echoes_per_sec(),
+            "window_s": self.window.as_secs_f64(),
+            "intended": c.intended(),
+            "sent": c.sent,
+            "unsent": c.unsent,
+            "echoed": c.echoed,
+            "lost": c.lost,
+            "loss_ratio": c.loss_ratio(),
+            "late": c.late,
+            "duplicates": c.duplicates,
+            "reordered": c.reordered,
+            "max_reorder_distance": c.max_reorder_distance,
+            "corrupt": c.corrupt,
+            "socket_errors": self.socket_errors,
+            "jitter_us": self.jitter.as_nanos() as f64 / 1000.0,
+            "latency_us": {
+                "p50": self.quantile_us(0.5),
+                "p90": self.quantile_us(0.9),
+                "p99": self.quantile_us(0.99),
+                "p999": self.quantile_us(0.999),
+                "max": self.latency.max() as f64 / 1000.0,
+            },
+            "interrupted": self.interrupted,
+        })
+    }
+}
+
+/// One socket and its flow.
+struct Sock {
+    socket: mio::net::UdpSocket,
+    conn_id: u32,
+    flow: Flow,
+    /// Open loop: the next intended send time.
+    next_send: Duration,
+    /// Open loop: slots of the schedule used so far (sent, or failed to send).
+    slots: u64,
+}
+
+/// What one thread measured.
+struct Part {
+    counts: Counts,
+    latency: Histogram<u64>,
+    jitters: Vec<Duration>,
+    socket_errors: u64,
+    /// When this thread stopped sending (the duration, or when it saw the stop flag).
+    window: Duration,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 ns to 1 hour at 3 significant figures; the bounds are constants, so this cannot fail.
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("histogram bounds")
+}
+
+/// Runs the load until the duration (or count) is done and every datagram is resolved,
+/// or `stop` is set (then it stops sending and still resolves what is outstanding).
+///
+/// Errors: creating or connecting a socket.
+pub fn run(config: &UdpBenchConfig, stop: &AtomicBool) -> io::Result<UdpReport> {
+    let local: IpAddr = if config.addr.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    let n_threads = config.n_threads.clamp(1, config.n_conns.max(1));
+    let mut groups: Vec<Vec<Sock>> = (0..n_threads).map(|_| Vec::new()).collect();
+    // Open loop: socket i sends every n_conns/rate seconds, offset by i/rate, so that the
+    // total is the rate, evenly spread.
+    let interval = config
+        .rate
+        .map(|rate| Duration::from_secs_f64(config.n_conns as f64 / rate));
+    for conn_idx in 0..config.n_conns {
+        let socket = mio::net::UdpSocket::bind(SocketAddr::new(local, 0))?;
+        socket.connect(config.addr)?;
+        let offset = config.rate.map_or(Duration::ZERO, |rate| {
+            Duration::from_secs_f64(conn_idx as f64 / rate)
+        });
+        groups[conn_idx % n_threads].push(Sock {
+            socket,
+            conn_id: conn_idx as u32,
+            flow: Flow::new(config.timeout),
+            next_send: offset,
+            slots: 0,
+        });
+    }
+    let start = Instant::now();
+    let parts: Vec<io::Result<Part>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = groups
+            .into_iter()
+            .map(|socks| scope.spawn(move || drive(config, socks, interval, start, stop)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("bench thread panicked")))
+            })
+            .collect()
+    });
+    let elapsed = start.elapsed();
+    let mut counts = Counts::default();
+    let mut latency = new_histogram();
+    let mut jitters = Vec::new();
+    let mut socket_errors = 0;
+    let mut window = Duration::ZERO;
+    for part in parts {
+        let part = part?;
+        window = window.max(part.window);
+        counts.add(&part.counts);
+        latency.add(&part.latency).map_err(io::Error::other)?;
+        jitters.extend(part.jitters);
+        socket_errors += part.socket_errors;
+    }
+    let jitter = if jitters.is_empty() {
+        Duration::ZERO
+    } else {
+        jitters.iter().sum::<Duration>() / jitters.len() as u32
+    };
+    Ok(UdpReport {
+        config: config.clone(),
+        counts,
+        elapsed,
+        latency,
+        jitter,
+        socket_errors,
+        window,
+        interrupted: stop.load(Ordering::SeqCst),
+    })
+}
+
+/// One thread's loop over its sockets.
+fn drive(
+    config: &UdpBenchConfig,
+    mut socks: Vec<Sock>,
+    interval: Option<Duration>,
+    start: Instant,
+    stop: &AtomicBool,
+) -> io::Result<Part> {
+    let mut poll = Poll::new()?;
+    for (idx, sock) in socks.iter_mut().enumerate() {
+        poll.registry()
+            .register(&mut sock.socket, Token(idx), Interest::READABLE)?;
+    }
+    let mut events = Events::with_capacity(socks.len().max(1));
+    let mut out = vec![0u8; config.size];
+    let mut buf = vec![0u8; BUF_LEN];
+    let mut scratch = Vec::new();
+    let mut latency = new_histogram();
+    let mut socket_errors = 0u64;
+    let mut window: Option<Duration> = None;
+    loop {
+        let now = start.elapsed();
+        let sending = now < config.duration && !stop.load(Ordering::SeqCst);
+        if !sending && window.is_none() {
+            // The window ends: every slot of the schedule due in it and not used is
+            // counted unsent (a generator that fell behind must say so).
+            let end = now.min(config.duration);
+            window = Some(end);
+            if let Some(interval) = interval {
+                for sock in socks.iter_mut() {
+                    let due = due_before(sock.next_send, interval, end);
+                    let left = config.count.map_or(due, |n| due.min(n - sock.slots));
+                    sock.flow.not_sent(left);
+                }
+            }
+        }
+        // Sends.
+        let mut next_wake: Option<Duration> = None;
+        for sock in socks.iter_mut() {
+            match interval {
+                None => {
+                    let may_send = sending && config.count.is_none_or(|n| sock.flow.next_seq() < n);
+                    if may_send && sock.flow.outstanding() == 0 {
+                        send(sock, now, now, &mut out, &mut socket_errors, false);
+                    }
+                }
+                Some(interval) => {
+                    let may_send =
+                        |sock: &Sock| sending && config.count.is_none_or(|n| sock.slots < n);
+                    for _ in 0..SEND_BUDGET {
+                        if !may_send(sock) || sock.next_send > now {
+                            break;
+                        }
+                        let intended = sock.next_send;
+                        sock.next_send += interval;
+                        sock.slots += 1;
+                        send(sock, intended, now, &mut out, &mut socket_errors, true);
+                    }
+                    if may_send(sock) {
+                        next_wake = earliest(next_wake, sock.next_send);
+                    }
+                }
+            }
+        }
+        // Losses.
+        let mut done = true;
+        for sock in socks.iter_mut() {
+            sock.flow.expire(now);
+            if let Some(deadline) = sock.flow.next_deadline() {
+                next_wake = earliest(next_wake, deadline);
+            }
+            let used = if interval.is_some() {
+                sock.slots
+            } else {
+                sock.flow.next_seq()
+            };
+            let more_to_send = sending && config.count.is_none_or(|n| used < n);
+            if more_to_send || sock.flow.outstanding() > 0 {
+                done = false;
+            }
+        }
+        if done {
+            break;
+        }
+        // Wait for echoes, a send time or a deadline.
+        let mut wait = next_wake.map_or(MAX_WAIT, |at| at.saturating_sub(start.elapsed()));
+        if sending {
+            wait = wait.min(config.duration.saturating_sub(start.elapsed()));
+        }
+        match poll.poll(&mut events, Some(wait.min(MAX_WAIT))) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        }
+        for event in events.iter() {
+            let Some(sock) = socks.get_mut(event.token().0) else {
+                continue;
+            };
+            for _ in 0..RECV_BUDGET {
+                // Closed loop: once nothing is awaited, the next datagram is due before
+                // anything else can arrive; reading on only to hear WouldBlock would cost
+                // a system call per echo. (Epoll reports the next arrival as a new edge,
+                // so a stray duplicate still queued is read then.)
+                if interval.is_none() && sock.flow.outstanding() == 0 {
+                    break;
+                }
+                match sock.socket.recv(&mut buf) {
+                    Ok(len) => {
+                        let now = start.elapsed();
+                        match wire::parse(&buf[..len], config.size, &mut scratch) {
+                            Parsed::Intact { conn_id, seq } if conn_id == sock.conn_id => {
+                                if let Echo::OnTime { latency: l } = sock.flow.echo(seq, true, now)
+                                {
+                                    let _ = latency.record((l.as_nanos() as u64).max(1));
+                                }
+                            }
+                            Parsed::Damaged { conn_id, seq } if conn_id == sock.conn_id => {
+                                sock.flow.echo(seq, false, now);
+                            }
+                            _ => sock.flow.unreadable(),
+                        }
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => socket_errors += 1,
+                }
+            }
+        }
+    }
+    for sock in socks.iter_mut() {
+        sock.flow.give_up();
+    }
+    let mut counts = Counts::default();
+    let mut jitters = Vec::new();
+    for sock in &socks {
+        counts.add(sock.flow.counts());
+        if sock.flow.counts().echoed >= 2 {
+            jitters.push(sock.flow.jitter());
+        }
+    }
+    Ok(Part {
+        counts,
+        latency,
+        jitters,
+        socket_errors,
+        window: window.unwrap_or_else(|| start.elapsed().min(config.duration)),
+    })
+}
+
+fn earliest(a: Option<Duration>, b: Duration) -> Option<Duration> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
+/// Sends the socket's next datagram; a send error is counted and the datagram not
+/// recorded as sent (it did not leave): in the open loop (`scheduled`) its slot of the
+/// schedule is counted unsent.
+fn send(
+    sock: &mut Sock,
+    intended: Duration,
+    now: Duration,
+    out: &mut [u8],
+    errors: &mut u64,
+    scheduled: bool,
+) {
+    let seq = sock.flow.next_seq();
+    wire::encode(sock.conn_id, seq, out);
+    match sock.socket.send(out) {
+        Ok(_) => {
+            sock.flow.sent(intended, now);
+        }
+        Err(_) => {
+            *errors += 1;
+            if scheduled {
+                sock.flow.not_sent(1);
+            }
+        }
+    }
+}
+
+/// How many send times `first`, `first + interval`, ... fall before `end`.
+fn due_before(first: Duration, interval: Duration, end: Duration) -> u64 {
+    if first >= end {
+        return 0;
+    }
+    let span = (end - first).as_nanos();
+    let step = interval.as_nanos().max(1);
+    span.div_ceil(step) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(counts: Counts) -> UdpReport {
+        UdpReport {
+            config: UdpBenchConfig {
+                addr: "127.0.0.1:9".parse().unwrap(),
+                n_conns: 1,
+                size: 64,
+                duration: Duration::from_secs(2),
+                count: None,
+                rate: Some(1000.0),
+                timeout: Duration::from_secs(1),
+                n_threads: 1,
+            },
+            counts,
+            elapsed: Duration::from_secs(2),
+            latency: new_histogram(),
+            jitter: Duration::ZERO,
+            socket_errors: 0,
+            window: Duration::from_secs(2),
+            interrupted: false,
+        }
+    }
+
+    #[test]
+    fn due_before_counts_the_send_times_in_the_window() {
+        let ms = Duration::from_millis;
+        assert_eq!(due_before(ms(0), ms(10), ms(100)), 10, "0, 10, ..., 90");
+        assert_eq!(due_before(ms(5), ms(10), ms(100)), 10, "5, 15, ..., 95");
+        assert_eq!(due_before(ms(0), ms(10), ms(101)), 11, "100 too");
+        assert_eq!(
+            due_before(ms(100), ms(10), ms(100)),
+            0,
+            "the end is outside"
+        );
+        assert_eq!(due_before(ms(150), ms(10), ms(100)), 0);
+        assert_eq!(
+            due_before(ms(0), Duration::ZERO, Duration::from_nanos(3)),
+            3
+        );
+    }
+
+    #[test]
+    fn the_verdict_follows_the_figures() {
+        let ok = Counts {
+            sent: 100,
+            echoed: 100,
+            ..Counts::default()
+        };
+        assert_eq!(report(ok.clone()).verdict(0.0).0, 0);
+        let lossy = Counts {
+            sent: 100,
+            echoed: 90,
+            lost: 10,
+            ..Counts::default()
+        };
+        assert_eq!(report(lossy.clone()).verdict(0.0).0, 1);
+        assert!(report(lossy.clone()).verdict(0.0).1.contains("10.000%"));
+        assert_eq!(
+            report(lossy.clone()).verdict(10.0).0,
+            0,
+            "exactly at the threshold passes"
+        );
+        assert_eq!(report(lossy).verdict(9.99).0, 1);
+        let corrupt = Counts {
+            corrupt: 1,
+            ..ok.clone()
+        };
+        assert_eq!(report(corrupt).verdict(100.0).0, 3);
+        assert_eq!(report(Counts::default()).verdict(100.0).0, 1);
+        let mut errors = report(ok.clone());
+        errors.socket_errors = 2;
+        assert_eq!(errors.verdict(0.0).0, 1);
+    }
+
+    #[test]
+    fn datagrams_never_sent_fail_the_run_in_a_computed_sentence() {
+        // 2000 due in 2 s at 1000/s; 500 sent (all echoed), 1500 never sent.
+        let r = report(Counts {
+            sent: 500,
+            echoed: 500,
+            unsent: 1500,
+            ..Counts::default()
+        });
+        let (code, sentence) = r.verdict(100.0);
+        assert_eq!(code, 1);
+        assert_eq!(
+            sentence,
+            "FAIL: 1500 of 2000 datagrams due in the 2.00 s window (75.0%) were never sent: \
+             the generator sent 250/s and could not keep --rate 1000"
+        );
+        assert!(r.text().contains(
+            "2000 due in the 2.00 s window at 1000/s: sent 500, never sent 1500 (75.0%)"
+        ));
+        let doc = r.json();
+        assert_eq!(doc["intended"], 2000);
+        assert_eq!(doc["unsent"], 1500);
+        assert_eq!(doc["sent"], 500);
+    }
+
+    #[test]
+    fn datagrams_with_no_echo_at_all_point_at_the_servers_refusal_count() {
+        let mut r = report(Counts {
+            sent: 100,
+            echoed: 90,
+            lost: 10,
+            late: 4,
+            ..Counts::default()
+        });
+        r.config.n_conns = 8;
+        let text = r.text();
+        assert!(
+            text.contains("6 lost datagrams were not echoed while the bench listened")
+                && text.contains("these 8 sockets share one"),
+            "{text}"
+        );
+        r.counts.late = 10;
+        assert!(!r.text().contains("not echoed while"));
+    }
+
+    #[test]
+    fn an_interrupted_run_exits_130_unless_it_failed() {
+        let mut r = report(Counts {
+            sent: 100,
+            echoed: 100,
+            ..Counts::default()
+        });
+        r.interrupted = true;
+        r.window = Duration::from_millis(1500);
+        let (code, sentence) = r.verdict(0.0);
+        assert_eq!(code, 130);
+        assert_eq!(
+            sentence,
+            "interrupted after 1.50 s of 2.00 s: loss 0.000% so far"
+        );
+        // Nothing echoed before the interrupt is still just an interrupt.
+        r.counts = Counts::default();
+        assert_eq!(r.verdict(0.0).0, 130);
+        // A failure is reported first.
+        r.counts = Counts {
+            sent: 100,
+            echoed: 90,
+            lost: 10,
+            ..Counts::default()
+        };
+        assert_eq!(r.verdict(0.0).0, 1);
+        r.counts.corrupt = 1;
+        assert_eq!(r.verdict(0.0).0, 3);
+    }
+}

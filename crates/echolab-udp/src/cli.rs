@@ -1,0 +1,818 @@
+//! The UDP command lines: the flags `echolab serve` gains (`--udp`, `--udp-only`, the
+//! guard's settings), and the whole of `echolab bench --udp` and `echolab client --udp`,
+//! which have flags of their own (a loss timeout, a loss threshold) and so are parsed here
+//! when `--udp` is among the arguments ([`dispatch`]).
+//!
+//! A bad value is one line naming it, exit 2 (and with `bench --udp --json`, a JSON
+//! document `{"error": ..., "exit_code": 2}` on stdout, as TCP bench prints).
+
+use std::ffi::OsString;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::bench::UdpBenchConfig;
+use crate::guard::{Policy, DEFAULT_RATE_PER_SOURCE};
+use crate::{UdpConfig, UdpModel, UdpServer};
+
+/// The UDP flags of `echolab serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UdpServeArgs {
+    /// Also serve UDP echo (RFC 862) on the --listen address (same port as TCP). Models:
+    /// iterative, event, reactor, async.
+    #[arg(long, conflicts_with = "udp_only")]
+    pub udp: bool,
+
+    /// Serve UDP echo only (no TCP listener).
+    #[arg(long)]
+    pub udp_only: bool,
+
+    /// UDP replies per second per source address (token bucket, burst one second's worth);
+    /// `off` for no limit. Datagrams over the limit are dropped and counted. Default:
+    /// 10000, sparing loopback sources (127.0.0.0/8, ::1: the kernel drops them from
+    /// off-host, so they cannot be forged from outside, and all local clients share one).
+    /// A value given here applies to every source, loopback included.
+    #[arg(long, value_parser = parse_rate_limit, value_name = "N|off")]
+    pub udp_rate_per_source: Option<RateLimit>,
+
+    /// Answer UDP source ports 1-1023 too (by default they get no reply; ports 0, 7, 13,
+    /// 17, 19 and 37 never do).
+    #[arg(long)]
+    pub udp_allow_privileged_ports: bool,
+}
+
+/// `--udp-rate-per-source`: replies per second, or `None` for no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit(pub Option<u32>);
+
+impl std::fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, "{n}"),
+            None => f.write_str("off"),
+        }
+    }
+}
+
+/// A rate limit: a whole number from 1 to 1e9, or `off`.
+pub fn parse_rate_limit(text: &str) -> Result<RateLimit, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(RateLimit(None));
+    }
+    match text.parse::<u64>() {
+        Ok(0) => Err("0 would answer nobody; use `off` for no limit".to_string()),
+        Ok(n) if n <= 1_000_000_000 => Ok(RateLimit(Some(n as u32))),
+        Ok(_) => Err(format!("at most 1000000000 replies/s, got {text}")),
+        Err(_) => Err(format!(
+            "not a whole number of replies per second or `off`: {text:?}"
+        )),
+    }
+}
+
+impl UdpServeArgs {
+    /// Whether UDP is served at all.
+    pub fn enabled(&self) -> bool {
+        self.udp || self.udp_only
+    }
+
+    /// The guard's policy these flags describe.
+    pub fn policy(&self) -> Policy {
+        match self.udp_rate_per_source {
+            None => Policy {
+                allow_privileged: self.udp_allow_privileged_ports,
+                ..Policy::default()
+            },
+            Some(limit) => Policy::with_limit(self.udp_allow_privileged_ports, limit.0),
+        }
+    }
+
+    /// The rate limit as the serve banner says it.
+    pub fn rate_limit_text(&self) -> String {
+        match self.udp_rate_per_source {
+            None => format!("{DEFAULT_RATE_PER_SOURCE} (loopback sources spared)"),
+            Some(limit) => limit.to_string(),
+        }
+    }
+}
+
+/// A flag that SIGINT or SIGTERM sets; a second signal while it is set exits at once
+/// (status 1), the way out of a stop that hangs.
+fn stop_flag() -> std::io::Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop))?;
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    Ok(stop)
+}
+
+/// Runs the UDP side of `echolab serve`: binds UDP on `listen` with the UDP form of
+/// `model_name`, prints `udp listening on ADDR (model M, N loops)`, then either waits for
+/// SIGINT/SIGTERM (`--udp-only`) or calls `tcp` with the address to serve TCP on (the
+/// port UDP got, when `listen` had port 0) and stops UDP when it returns.
+///
+/// Logging must be initialised by the caller. Exit status: `tcp`'s, or 2 for a model
+/// without UDP or a bind error, 1 for a failure while serving.
+pub fn run_serve(
+    args: &UdpServeArgs,
+    model_name: &str,
+    listen: SocketAddr,
+    workers: Option<usize>,
+    tcp: impl FnOnce(SocketAddr) -> ExitCode,
+) -> ExitCode {
+    let model = match UdpModel::for_model(model_name) {
+        Ok(model) => model,
+        Err(reason) => {
+            eprintln!("echolab serve: {reason}");
+            return ExitCode::from(2);
+        }
+    };
+    let stop = match stop_flag() {
+        Ok(stop) => stop,
+        Err(err) => {
+            eprintln!("echolab serve: cannot install signal handlers: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let config = UdpConfig {
+        model,
+        listen,
+        workers,
+        policy: args.policy(),
+    };
+    let server = match start_beside_tcp(&config, stop, !args.udp_only) {
+        Ok(server) => server,
+        Err(err) => {
+            eprintln!("echolab serve: {err}");
+            return ExitCode::from(err.exit_code());
+        }
+    };
+    let addr = server.local_addr();
+    eprintln!(
+        "udp listening on {addr} (model {model}, {} loop{}, rate per source {}, privileged ports {})",
+        server.n_loops(),
+        if server.n_loops() == 1 { "" } else { "s" },
+        args.rate_limit_text(),
+        if args.udp_allow_privileged_ports { "answered" } else { "refused" }
+    );
+    let (code, result) = if args.udp_only {
+        (ExitCode::SUCCESS, server.wait())
+    } else {
+        let code = tcp(addr);
+        (code, server.join())
+    };
+    match result {
+        Ok(stats) => {
+            log::info!("{}", stats.summary());
+            code
+        }
+        Err(err) => {
+            eprintln!("echolab serve: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+/// Attempts at a port free for both UDP and TCP when `--listen` has port 0.
+const PORT_ATTEMPTS: usize = 32;
+
+/// Starts the UDP server. Beside TCP with port 0, the port UDP gets must also be free for
+/// a TCP listener (a busy machine has many TCP sockets on ephemeral ports): a port is
+/// picked with a plain UDP socket, tried with a TCP listener bound as the TCP server binds
+/// it (SO_REUSEADDR, listen), and another is picked if that fails, at most
+/// [`PORT_ATTEMPTS`] times. Both probes close before the servers bind, so another program
+/// could still take the port in between; the bind then fails with its one-line error.
+///
+/// (The probing is done before the server starts, not by starting and dropping servers:
+/// dropping a server sets the stop flag, which is the one the signal handlers watch.)
+fn start_beside_tcp(
+    config: &UdpConfig,
+    stop: Arc<AtomicBool>,
+    beside_tcp: bool,
+) -> Result<UdpServer, crate::UdpError> {
+    let mut config = config.clone();
+    if beside_tcp && config.listen.port() == 0 {
+        config.listen = pick_port(config.listen);
+    }
+    UdpServer::start(&config, stop)
+}
+
+/// A port free for both UDP and TCP on `listen`'s address, or `listen` itself (port 0)
+/// when none was found.
+fn pick_port(listen: SocketAddr) -> SocketAddr {
+    for _ in 0..PORT_ATTEMPTS {
+        let Ok(probe) = std::net::UdpSocket::bind(listen) else {
+            return listen;
+        };
+        let Ok(addr) = probe.local_addr() else {
+            return listen;
+        };
+        if tcp_port_free(addr) {
+            return addr;
+        }
+    }
+    listen
+}
+
+/// Whether a TCP listener could bind and listen on `addr` now.
+fn tcp_port_free(addr: SocketAddr) -> bool {
+    use socket2::{Domain, Socket, Type};
+    let Ok(socket) = Socket::new(Domain::for_address(addr), Type::STREAM, None) else {
+        return false;
+    };
+    if addr.is_ipv6() && socket.set_only_v6(true).is_err() {
+        return false;
+    }
+    socket.set_reuse_address(true).is_ok()
+        && socket.bind(&addr.into()).is_ok()
+        && socket.listen(16).is_ok()
+}
+
+/// Load an echo server over UDP and measure it: echoes/s, latency, loss, late,
+/// duplicates, reordering, corrupt and RFC 3550 jitter.
+///
+/// Every datagram carries the socket's id, a sequence number and a pattern unique to it.
+/// Closed loop by default (one datagram outstanding per socket); --rate makes it an open
+/// loop measured from the intended send times.
+///
+/// With --rate, every datagram whose intended send time falls in the --duration window is
+/// accounted: echoed, lost, or never sent (a generator that fell behind).
+///
+/// Exit status: 0 clean run; 1 loss above --max-loss, datagrams due but never sent, socket
+/// errors, or nothing echoed; 2 bad argument; 3 a corrupt echo; 130 interrupted.
+#[derive(Debug, Parser)]
+#[command(name = "echolab bench --udp", disable_version_flag = true)]
+pub struct UdpBenchArgs {
+    /// Use UDP (this command line).
+    #[arg(long, required = true)]
+    pub udp: bool,
+
+    /// The server: IP:PORT or HOST:PORT.
+    #[arg(value_parser = parse_addr)]
+    pub addr: SocketAddr,
+
+    /// Sockets, each one flow with its own id.
+    #[arg(long, short = 'c', default_value_t = 8, value_name = "N", value_parser = parse_conns, allow_negative_numbers = true)]
+    pub conns: usize,
+
+    /// Datagram size in bytes, 12-byte header included (12 to 65507 over IPv4, 65527 over IPv6).
+    #[arg(long, short = 's', default_value_t = 64, value_name = "BYTES", value_parser = parse_size, allow_negative_numbers = true)]
+    pub size: usize,
+
+    /// Seconds of sending.
+    #[arg(long, short = 'd', default_value = "5", value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
+    pub duration: Duration,
+
+    /// Stop each socket after this many datagrams (the run ends earlier if --duration does).
+    #[arg(long, short = 'n', value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
+    pub count: Option<u64>,
+
+    /// Open loop: datagrams per second in total, spread over the sockets.
+    #[arg(long, short = 'r', value_name = "PER_SEC", value_parser = parse_rate, allow_negative_numbers = true)]
+    pub rate: Option<f64>,
+
+    /// Seconds after its intended send time that an echo counts lost (a later one counts
+    /// late), as TCP bench's --timeout: fractional (0.2) or with a unit (200ms, 2s). A bare
+    /// number is always seconds: 200 means 200 s, not 200 ms.
+    #[arg(long, default_value = "1", value_name = "SECS", value_parser = parse_timeout, allow_negative_numbers = true)]
+    pub timeout: Duration,
+
+    /// Loss, in percent, above which the exit status is 1.
+    #[arg(long, default_value_t = 0.0, value_name = "PERCENT", value_parser = parse_percent, allow_negative_numbers = true)]
+    pub max_loss: f64,
+
+    /// Threads. Default: one per CPU, at most one per socket.
+    #[arg(long, short = 't', value_name = "N", value_parser = parse_threads, allow_negative_numbers = true)]
+    pub threads: Option<usize>,
+
+    /// Print one JSON document on stdout instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl UdpBenchArgs {
+    /// The checked configuration, or one line naming the conflict.
+    pub fn config(&self) -> Result<UdpBenchConfig, String> {
+        let max = crate::max_payload(&self.addr);
+        if self.size > max {
+            return Err(format!(
+                "--size {} is more than one UDP datagram carries to {} ({max} bytes)",
+                self.size, self.addr
+            ));
+        }
+        Ok(UdpBenchConfig {
+            addr: self.addr,
+            n_conns: self.conns,
+            size: self.size,
+            duration: self.duration,
+            count: self.count,
+            rate: self.rate,
+            timeout: self.timeout,
+            n_threads: self
+                .threads
+                .unwrap_or_else(crate::default_workers)
+                .min(self.conns),
+        })
+    }
+}
+
+/// Send stdin (a datagram per line) or a file (in datagrams of --size) to a UDP echo
+/// server and print or verify the echoes.
+///
+/// Exit status: 0 when every datagram came back unchanged, 1 no echo within --timeout
+/// (or a socket error), 2 bad argument, 3 an echo that differs.
+#[derive(Debug, Parser)]
+#[command(name = "echolab client --udp", disable_version_flag = true)]
+pub struct UdpClientArgs {
+    /// Use UDP (this command line).
+    #[arg(long, required = true)]
+    pub udp: bool,
+
+    /// The server: IP:PORT or HOST:PORT.
+    #[arg(default_value = "127.0.0.1:7007", value_parser = parse_addr)]
+    pub addr: SocketAddr,
+
+    /// Send this file in datagrams of --size bytes, check every echo, print only the verdict.
+    #[arg(long, value_name = "FILE")]
+    pub send: Option<PathBuf>,
+
+    /// With --send: bytes per datagram (1 to 65507 over IPv4, 65527 over IPv6).
+    #[arg(long, short = 's', default_value_t = 1024, value_name = "BYTES", value_parser = parse_client_size, allow_negative_numbers = true)]
+    pub size: usize,
+
+    /// Seconds to wait for each echo, as TCP client's --timeout: fractional (0.2) or with a
+    /// unit (200ms, 2s). A bare number is always seconds: 200 means 200 s, not 200 ms.
+    #[arg(long, default_value = "1", value_name = "SECS", value_parser = parse_timeout, allow_negative_numbers = true)]
+    pub timeout: Duration,
+}
+
+/// Runs `bench --udp` or `client --udp` when `args` (the whole command line, program
+/// name first) is one of them; `None` otherwise, for the caller's own parser.
+pub fn dispatch(args: &[OsString]) -> Option<ExitCode> {
+    let command = args.get(1)?.to_str()?;
+    if command != "bench" && command != "client" {
+        return None;
+    }
+    // Flags only: a `--udp` after `--` would be a positional value.
+    let flags = args[2..].iter().take_while(|a| a.as_os_str() != "--");
+    if !flags.into_iter().any(|a| a.as_os_str() == "--udp") {
+        return None;
+    }
+    let rest = args[2..].iter().cloned();
+    let argv = std::iter::once(OsString::from(format!("echolab {command} --udp"))).chain(rest);
+    // Flags only, as above: `--json` promises a JSON document even for a bad argument.
+    let json = command == "bench"
+        && args[2..]
+            .iter()
+            .take_while(|a| a.as_os_str() != "--")
+            .any(|a| a.as_os_str() == "--json");
+    Some(if command == "bench" {
+        match UdpBenchArgs::try_parse_from(argv) {
+            Ok(args) => run_bench(&args),
+            Err(err) => clap_exit(err, json),
+        }
+    } else {
+        match UdpClientArgs::try_parse_from(argv) {
+            Ok(args) => run_client(&args),
+            Err(err) => clap_exit(err, false),
+        }
+    })
+}
+
+/// The JSON document of a run that could not take place, as TCP bench prints it:
+/// `{"error": message, "exit_code": code}`.
+pub fn error_json(message: &str, code: u8) -> String {
+    let doc = serde_json::json!({ "error": message, "exit_code": code });
+    serde_json::to_string_pretty(&doc).expect("JSON of plain values")
+}
+
+/// Says `message` on stderr (one line, after `echolab bench: `) and, with `json`, as
+/// [`error_json`] on stdout; returns `code`.
+fn bench_fail(json: bool, message: &str, code: u8) -> ExitCode {
+    eprintln!("echolab bench: {message}");
+    if json {
+        println!("{}", error_json(message, code));
+    }
+    ExitCode::from(code)
+}
+
+/// A clap error as `echolab` reports them: help on stdout (exit 0), anything else as one
+/// line on stderr (exit 2), and with `json` as [`error_json`] on stdout too.
+fn clap_exit(err: clap::Error, json: bool) -> ExitCode {
+    if !err.use_stderr() {
+        let _ = err.print();
+        return ExitCode::SUCCESS;
+    }
+    let line = err
+        .render()
+        .to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("For more information") && !l.starts_with("Usage:")
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let message = line.trim_start_matches("error: ");
+    eprintln!("echolab: {message}");
+    if json {
+        println!("{}", error_json(message, 2));
+    }
+    ExitCode::from(2)
+}
+
+/// Runs `echolab bench --udp`.
+pub fn run_bench(args: &UdpBenchArgs) -> ExitCode {
+    let config = match args.config() {
+        Ok(config) => config,
+        Err(line) => return bench_fail(args.json, &line, 2),
+    };
+    let stop = match stop_flag() {
+        Ok(stop) => stop,
+        Err(err) => {
+            let message = format!("cannot install signal handlers: {err}");
+            return bench_fail(args.json, &message, 1);
+        }
+    };
+    let report = match crate::bench::run(&config, &stop) {
+        Ok(report) => report,
+        Err(err) => {
+            let message = format!("udp {}: {err}", config.addr);
+            return bench_fail(args.json, &message, 1);
+        }
+    };
+    let (code, verdict) = report.verdict(args.max_loss);
+    if args.json {
+        let mut doc = report.json();
+        doc["max_loss_percent"] = args.max_loss.into();
+        doc["verdict"] = verdict.into();
+        doc["exit_code"] = code.into();
+        println!("{doc}");
+    } else {
+        print!("{}", report.text());
+        println!("  verdict     {verdict}");
+    }
+    ExitCode::from(code)
+}
+
+/// Runs `echolab client --udp`.
+pub fn run_client(args: &UdpClientArgs) -> ExitCode {
+    let max = crate::max_payload(&args.addr);
+    if args.size > max {
+        eprintln!(
+            "echolab client: --size {} is more than one UDP datagram carries to {} ({max} bytes)",
+            args.size, args.addr
+        );
+        return ExitCode::from(2);
+    }
+    let result = match &args.send {
+        Some(path) => {
+            let data = match std::fs::read(path) {
+                Ok(data) => data,
+                Err(err) => {
+                    eprintln!("echolab client: cannot read {}: {err}", path.display());
+                    return ExitCode::from(2);
+                }
+            };
+            crate::client::send_all(args.addr, &data, args.size, args.timeout).map(|n| {
+                eprintln!(
+                    "echolab client: {} bytes in {n} datagrams of up to {} bytes, every echo matched",
+                    data.len(),
+                    args.size
+                );
+            })
+        }
+        None => crate::client::interactive(
+            args.addr,
+            args.timeout,
+            std::io::stdin().lock(),
+            std::io::stdout().lock(),
+        )
+        .map(|_| ()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("echolab client: udp {}: {err}", args.addr);
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+/// An address with a port, or HOST:PORT resolved.
+pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    text.to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| format!("not an address with a port: {text:?} (try 127.0.0.1:7007)"))
+}
+
+fn parse_whole(text: &str, what: &str, min: u64, max: u64) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        Ok(_) => Err(format!(
+            "{what} must be between {min} and {max}, got {text}"
+        )),
+        Err(_) => Err(format!("not a whole number of {what}: {text:?}")),
+    }
+}
+
+fn parse_conns(text: &str) -> Result<usize, String> {
+    parse_whole(text, "sockets", 1, 4096).map(|n| n as usize)
+}
+
+fn parse_threads(text: &str) -> Result<usize, String> {
+    parse_whole(text, "threads", 1, 256).map(|n| n as usize)
+}
+
+fn parse_count(text: &str) -> Result<u64, String> {
+    parse_whole(text, "datagrams", 1, 1_000_000_000_000)
+}
+
+fn parse_size(text: &str) -> Result<usize, String> {
+    parse_whole(
+        text,
+        "bytes (a bench datagram carries a 12-byte header)",
+        crate::wire::HEADER as u64,
+        crate::MAX_PAYLOAD_V6 as u64,
+    )
+    .map(|n| n as usize)
+}
+
+fn parse_client_size(text: &str) -> Result<usize, String> {
+    parse_whole(text, "bytes", 1, crate::MAX_PAYLOAD_V6 as u64).map(|n| n as usize)
+}
+
+fn parse_float(text: &str, what: &str, min_exclusive: f64, max: f64) -> Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a number of {what}: {text:?}"))?;
+    if !value.is_finite() || value <= min_exclusive || value > max {
+        return Err(format!(
+            "{what} must be more than {min_exclusive} and at most {max}, got {text}"
+        ));
+    }
+    Ok(value)
+}
+
+fn parse_secs(text: &str) -> Result<Duration, String> {
+    // At least a millisecond: a shorter run measures nothing.
+    parse_float(text.trim_end_matches('s'), "seconds", 0.0, 86_400.0).and_then(|s| {
+        if s < 0.001 {
+            Err(format!("seconds must be at least 0.001, got {text}"))
+        } else {
+            Ok(Duration::from_secs_f64(s))
+        }
+    })
+}
+
+/// The longest `--timeout`, in seconds.
+const MAX_TIMEOUT_SECS: f64 = 3600.0;
+
+/// A timeout in seconds, as TCP bench's: a bare number is seconds (fractional allowed),
+/// or it carries its unit, `ms` or `s`. At least a millisecond, at most an hour.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    let (number, scale) = if let Some(ms) = trimmed.strip_suffix("ms") {
+        (ms, 0.001)
+    } else if let Some(secs) = trimmed.strip_suffix('s') {
+        (secs, 1.0)
+    } else {
+        (trimmed, 1.0)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a timeout (seconds, or a number with ms or s): {text:?}"))?;
+    let secs = value * scale;
+    if !secs.is_finite() || !(0.001..=MAX_TIMEOUT_SECS).contains(&secs) {
+        return Err(format!(
+            "a timeout is from 0.001 s (1ms) to {MAX_TIMEOUT_SECS} s, got {text}"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    parse_float(text, "datagrams per second", 0.0, 1e9).and_then(|r| {
+        if r < 0.001 {
+            Err(format!(
+                "datagrams per second must be at least 0.001, got {text}"
+            ))
+        } else {
+            Ok(r)
+        }
+    })
+}
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("not a percentage: {text:?}"))?;
+    if !value.is_finite() || !(0.0..=100.0).contains(&value) {
+        return Err(format!("a percentage is between 0 and 100, got {text}"));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bench(args: &[&str]) -> Result<UdpBenchArgs, String> {
+        let argv = ["echolab bench --udp", "--udp", "127.0.0.1:9"]
+            .iter()
+            .chain(args)
+            .map(|s| s.to_string());
+        UdpBenchArgs::try_parse_from(argv).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn absurd_values_are_refused_with_the_value_named() {
+        for (flag, value) in [
+            ("--conns", "0"),
+            ("--conns", "18446744073709551615"),
+            ("--size", "0"),
+            ("--size", "11"),
+            ("--size", "65528"),
+            ("--duration", "0"),
+            ("--duration", "1e-10"),
+            ("--duration", "NaN"),
+            ("--rate", "0"),
+            ("--rate", "1e-10"),
+            ("--rate", "NaN"),
+            ("--rate", "inf"),
+            ("--rate", "-5"),
+            ("--timeout", "0"),
+            ("--timeout", "NaN"),
+            ("--timeout", "1e-10"),
+            ("--max-loss", "NaN"),
+            ("--max-loss", "101"),
+            ("--max-loss", "-1"),
+            ("--count", "0"),
+            ("--count", "18446744073709551615"),
+            ("--threads", "0"),
+        ] {
+            let err = bench(&[flag, value]).unwrap_err();
+            assert!(err.contains(value), "{flag} {value}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_ipv4_size_limit_is_checked_against_the_address() {
+        let args = bench(&["--size", "65508"]).unwrap();
+        assert!(args.config().unwrap_err().contains("65507"));
+        let args = bench(&["--size", "65507"]).unwrap();
+        assert_eq!(args.config().unwrap().size, 65_507);
+    }
+
+    #[test]
+    fn rate_limits_parse_and_zero_is_refused() {
+        assert_eq!(parse_rate_limit("off"), Ok(RateLimit(None)));
+        assert_eq!(parse_rate_limit("OFF"), Ok(RateLimit(None)));
+        assert_eq!(parse_rate_limit("10"), Ok(RateLimit(Some(10))));
+        assert_eq!(
+            parse_rate_limit("1000000000"),
+            Ok(RateLimit(Some(1_000_000_000)))
+        );
+        for bad in [
+            "0",
+            "1000000001",
+            "18446744073709551615",
+            "NaN",
+            "1e-10",
+            "-1",
+        ] {
+            assert!(parse_rate_limit(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[derive(Debug, Parser)]
+    struct ServeOnly {
+        #[command(flatten)]
+        udp: UdpServeArgs,
+    }
+
+    fn serve_policy(args: &[&str]) -> Policy {
+        let argv = std::iter::once("serve").chain(args.iter().copied());
+        ServeOnly::try_parse_from(argv).unwrap().udp.policy()
+    }
+
+    #[test]
+    fn the_default_limit_spares_loopback_and_an_explicit_one_applies_to_all() {
+        assert_eq!(serve_policy(&["--udp"]), Policy::default());
+        assert!(!serve_policy(&["--udp"]).limit_loopback);
+        let explicit = serve_policy(&["--udp", "--udp-rate-per-source", "10000"]);
+        assert_eq!(explicit.rate_per_source, Some(DEFAULT_RATE_PER_SOURCE));
+        assert!(explicit.limit_loopback);
+        let off = serve_policy(&["--udp", "--udp-rate-per-source", "off"]);
+        assert_eq!(off.rate_per_source, None);
+        assert!(serve_policy(&["--udp", "--udp-allow-privileged-ports"]).allow_privileged);
+    }
+
+    #[test]
+    fn dispatch_only_takes_udp_bench_and_client() {
+        let argv = |list: &[&str]| list.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(dispatch(&argv(&["echolab", "bench", "127.0.0.1:9"])).is_none());
+        assert!(dispatch(&argv(&["echolab", "serve", "--udp"])).is_none());
+        assert!(dispatch(&argv(&["echolab", "client", "--", "--udp"])).is_none());
+        assert!(dispatch(&argv(&["echolab"])).is_none());
+        // A bad value under --udp is handled here (exit 2), not by the TCP parser.
+        assert_eq!(
+            dispatch(&argv(&[
+                "echolab",
+                "bench",
+                "--udp",
+                "127.0.0.1:9",
+                "--conns",
+                "0"
+            ])),
+            Some(ExitCode::from(2))
+        );
+    }
+
+    #[test]
+    fn a_port_held_by_tcp_is_not_free_and_a_fresh_one_is() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(!tcp_port_free(held.local_addr().unwrap()));
+        let addr = held.local_addr().unwrap();
+        drop(held);
+        assert!(tcp_port_free(addr));
+    }
+
+    #[test]
+    fn beside_tcp_the_udp_port_is_one_tcp_can_bind() {
+        let config = UdpConfig {
+            model: UdpModel::Iterative,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            workers: None,
+            policy: Policy::default(),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let server = start_beside_tcp(&config, Arc::clone(&stop), true).unwrap();
+        assert!(tcp_port_free(server.local_addr()));
+        assert!(!stop.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[test]
+    fn picking_a_port_skips_those_tcp_holds() {
+        // Hold TCP on many ports; the pick must avoid them all.
+        let held: Vec<std::net::TcpListener> = (0..64)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let picked = pick_port("127.0.0.1:0".parse().unwrap());
+        assert_ne!(picked.port(), 0);
+        assert!(held
+            .iter()
+            .all(|l| l.local_addr().unwrap().port() != picked.port()));
+        assert!(tcp_port_free(picked));
+    }
+
+    #[test]
+    fn timeouts_are_seconds_as_in_tcp_bench_or_carry_their_unit() {
+        let secs = |t: &str| bench(&["--timeout", t]).map(|a| a.timeout);
+        assert_eq!(
+            secs("5"),
+            Ok(Duration::from_secs(5)),
+            "a bare number is seconds"
+        );
+        assert_eq!(secs("0.2"), Ok(Duration::from_millis(200)));
+        assert_eq!(secs("200ms"), Ok(Duration::from_millis(200)));
+        assert_eq!(secs("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(secs("1ms"), Ok(Duration::from_millis(1)));
+        assert_eq!(secs("200"), Ok(Duration::from_secs(200)), "still seconds");
+        assert_eq!(bench(&[]).unwrap().timeout, Duration::from_secs(1));
+        for bad in ["0.0009", "0.5ms", "3601", "5 min", "ms", "-1", "inf"] {
+            let err = secs(bad).unwrap_err();
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
+        let client = |t: &str| {
+            UdpClientArgs::try_parse_from(["c", "--udp", "--timeout", t]).map(|a| a.timeout)
+        };
+        assert_eq!(client("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(client("250ms").unwrap(), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn the_error_document_is_the_one_tcp_bench_prints() {
+        let doc: serde_json::Value =
+            serde_json::from_str(&error_json("--size 5 is too small", 2)).unwrap();
+        assert_eq!(
+            doc,
+            serde_json::json!({ "error": "--size 5 is too small", "exit_code": 2 })
+        );
+    }
+}

@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""echolab's UDP server and UDP load generator against the reference C tools of
+../shared/bench (ref_udp, udpgen), on this machine, in one sitting (issue 10).
+
+Usage: scripts/bench-udp.py [--runs N] [--secs S] [--echolab PATH]
+
+Two groups, each run alternately (A B A B ...), N runs each (default 3), medians:
+
+1. Server CPU per datagram: `echolab serve --udp-only --model reactor --workers 1
+   --udp-rate-per-source off` against `ref_udp -t 1` (one loop each), both loaded by the
+   same `udpgen -c 8 -s 64` (no warm-up). CPU is utime+stime of the server process from
+   /proc/PID/stat over the run, divided by the echoes udpgen counted. The uring model
+   serves no UDP yet, so it has no row.
+2. Load generator: `echolab bench --udp -c 8 -s 64 -t 1` against `udpgen -c 8 -s 64 -t 1`,
+   both against the same `ref_udp -t 1`: echoes/s and the loss counts of each.
+
+Client and server share this machine's cores (and other people's work): every figure is
+"on a loaded machine". The targets of issue 10 are printed beside each ratio
+(CPU ≤ 1.00× ref_udp; echoes/s ≥ 0.95× udpgen), with PASS or FALL SHORT computed from
+the figures. Exit status 0 whether or not a row falls short (the table is the result);
+1 on errors. Every process it starts is stopped by its PID; every wait has a deadline.
+"""
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def free_udp_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15; `rest` starts at field 3.
+    return int(rest[11]) + int(rest[12])
+
+
+class Server:
+    """A server process, started and waited for by its "listening" line, stopped by PID."""
+
+    def __init__(self, argv, ready):
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                raise RuntimeError(f"{argv[0]} exited before listening")
+            if ready in line:
+                return
+        self.stop()
+        raise RuntimeError(f"{argv[0]} did not say {ready!r} within 20 s")
+
+    def cpu(self):
+        return cpu_ticks(self.proc.pid)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.proc.stderr.close()
+
+
+def udpgen(ref, port, secs):
+    out = subprocess.run([f"{ref}/udpgen", "-p", str(port), "-c", "8", "-s", "64", "-d", str(secs),
+                          "-w", "0", "-t", "1", "-T", "200", "-q"],
+                         capture_output=True, text=True, timeout=secs + 30)
+    m = re.search(r"msgs=(\d+) rate=([\d.]+) lost=(\d+) late=(\d+) bad=(\d+)", out.stdout)
+    if not m:
+        raise RuntimeError(f"udpgen printed no RESULT: {out.stdout} {out.stderr}")
+    msgs, rate, lost, late, bad = m.groups()
+    return {"msgs": int(msgs), "rate": float(rate), "lost": int(lost), "late": int(late), "bad": int(bad)}
+
+
+def echolab_bench(echolab, port, secs):
+    out = subprocess.run([echolab, "bench", "--udp", f"127.0.0.1:{port}", "-c", "8", "-s", "64",
+                          "-d", str(secs), "-t", "1", "--timeout", "0.2", "--max-loss", "100", "--json"],
+                         capture_output=True, text=True, timeout=secs + 30)
+    if out.returncode not in (0, 1):
+        raise RuntimeError(f"echolab bench --udp exited {out.returncode}: {out.stderr}")
+    doc = json.loads(out.stdout)
+    return {"msgs": doc["echoed"], "rate": doc["echoes_per_sec"], "lost": doc["lost"],
+            "late": doc["late"], "bad": doc["corrupt"]}
+
+
+def echolab_server(echolab, port):
+    return Server([echolab, "serve", "--udp-only", "--model", "reactor", "--workers", "1",
+                   "--udp-rate-per-source", "off", "--quiet", "--listen", f"127.0.0.1:{port}"],
+                  "udp listening on")
+
+
+def ref_server(ref, port):
+    return Server([f"{ref}/ref_udp", "-p", str(port), "-t", "1"], "listening on")
+
+
+def verdict(ratio, target, higher_is_better):
+    ok = ratio >= target if higher_is_better else ratio <= target
+    return "PASS" if ok else "FALL SHORT"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--secs", type=float, default=3.0)
+    ap.add_argument("--echolab", default=os.path.join(ROOT, "target/release/echolab"))
+    args = ap.parse_args()
+    if not (1 <= args.runs <= 50) or not (0.5 <= args.secs <= 60):
+        log(f"bench-udp: --runs must be 1..50 and --secs 0.5..60, got {args.runs} and {args.secs}")
+        return 2
+    if not os.access(args.echolab, os.X_OK):
+        log(f"bench-udp: no echolab at {args.echolab} (cargo build --release -p echolab)")
+        return 1
+    ref = subprocess.run([os.path.join(ROOT, "scripts/build-ref.sh")], capture_output=True,
+                         text=True, check=True).stdout.strip()
+
+    # Group 1: server CPU per datagram, one loop each, the same udpgen load.
+    cpu = {"echolab reactor (1 loop)": [], "ref_udp -t 1": []}
+    loss1 = {k: [] for k in cpu}
+    for run in range(args.runs):
+        for name in cpu:
+            port = free_udp_port()
+            server = echolab_server(args.echolab, port) if name.startswith("echolab") else ref_server(ref, port)
+            try:
+                before = server.cpu()
+                res = udpgen(ref, port, args.secs)
+                ticks = server.cpu() - before
+            finally:
+                server.stop()
+            per = ticks / CLK_TCK / max(res["msgs"], 1) * 1e9
+            cpu[name].append(per)
+            loss1[name].append(res["lost"] + res["late"])
+            log(f"  run {run + 1} {name}: {res['msgs']} echoes, {res['rate']:.0f}/s, "
+                f"server CPU {per:.0f} ns/datagram, lost {res['lost']}, late {res['late']}")
+
+    # Group 2: the two load generators against the same reference server.
+    gens = {"echolab bench --udp": [], "udpgen": []}
+    losses = {k: [] for k in gens}
+    for run in range(args.runs):
+        for name in gens:
+            port = free_udp_port()
+            server = ref_server(ref, port)
+            try:
+                res = echolab_bench(args.echolab, port, args.secs) if name.startswith("echolab") \
+                    else udpgen(ref, port, args.secs)
+            finally:
+                server.stop()
+            gens[name].append(res["rate"])
+            losses[name].append(res["lost"])
+            log(f"  run {run + 1} {name}: {res['rate']:.0f} echoes/s, lost {res['lost']}, "
+                f"late {res['late']}, bad {res['bad']}")
+
+    print(f"UDP, 8 sockets × 64 B, {args.runs} alternated runs of {args.secs} s each, medians; "
+          "client and server share this machine's cores.")
+    print()
+    print("| server (loaded by udpgen) | CPU ns/datagram | ratio to ref_udp -t 1 | target | lost+late per run |")
+    print("|---|---|---|---|---|")
+    ref_cpu = statistics.median(cpu["ref_udp -t 1"])
+    for name, values in cpu.items():
+        med = statistics.median(values)
+        ratio = med / ref_cpu if ref_cpu else float("nan")
+        target = "—" if name.startswith("ref") else f"≤ 1.00× {verdict(ratio, 1.0, False)}"
+        print(f"| {name} | {med:.0f} | {ratio:.2f}× | {target} | {loss1[name]} |")
+    print("| echolab uring | — | — | no row: uring serves no UDP yet | — |")
+    print()
+    print("| load generator (against ref_udp -t 1) | echoes/s | ratio to udpgen | target | lost per run |")
+    print("|---|---|---|---|---|")
+    ref_rate = statistics.median(gens["udpgen"])
+    for name, values in gens.items():
+        med = statistics.median(values)
+        ratio = med / ref_rate if ref_rate else float("nan")
+        target = "—" if name == "udpgen" else f"≥ 0.95× {verdict(ratio, 0.95, True)}"
+        print(f"| {name} | {med:.0f} | {ratio:.2f}× | {target} | {losses[name]} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
