@@ -68,6 +68,26 @@ impl Settings {
         self.cpus.clone().unwrap_or_else(allowed_cpus)
     }
 
+    /// Refuses a `--trials` above `experiment`'s maximum, in one line naming the value.
+    pub fn check_trials(&self, experiment: &Experiment) -> Result<(), String> {
+        match self.trials {
+            Some(trials) if trials > experiment.max_trials => Err(format!(
+                "--trials {trials} is too many for {}: at most {}",
+                experiment.name,
+                thousands(experiment.max_trials as u64)
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// One trial's share of the deadline when `trials` trials share it (one part is kept
+    /// for what comes after them), but never less than `floor` (capped by the timeout):
+    /// trials beyond what fits are not run, the overall deadline stops the loop.
+    pub fn per_trial(&self, trials: usize, floor: Duration) -> Duration {
+        let parts = u32::try_from(trials.saturating_add(1)).unwrap_or(u32::MAX);
+        (self.timeout / parts).max(floor.min(self.timeout))
+    }
+
     /// A deadline `timeout` from now.
     pub fn deadline(&self) -> Deadline {
         Deadline::after(self.timeout)
@@ -135,6 +155,9 @@ pub struct Experiment {
     pub name: &'static str,
     /// One line for `lab list`, ending with what `--trials` sets.
     pub summary: &'static str,
+    /// The largest `--trials` it accepts: beyond it a run could not finish in any sensible
+    /// deadline or would exhaust the machine (zombies pile up one per connection).
+    pub max_trials: usize,
     pub run: fn(&Settings) -> io::Result<Report>,
 }
 

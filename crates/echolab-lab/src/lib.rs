@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod child;
+pub mod disasm;
 pub mod experiment;
 pub mod experiments;
 pub mod locks;
@@ -147,6 +148,16 @@ pub fn run(args: LabArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let checked: Vec<&experiment::Experiment> = match which.as_str() {
+        "all" => EXPERIMENTS.iter().collect(),
+        name => experiment::find(name).into_iter().collect(),
+    };
+    for experiment in checked {
+        if let Err(err) = settings.check_trials(experiment) {
+            eprintln!("echolab lab: {err}");
+            return ExitCode::from(2);
+        }
+    }
     match which.as_str() {
         "list" => {
             print_list(args.json);
@@ -162,7 +173,7 @@ pub fn run(args: LabArgs) -> ExitCode {
                 eprintln!("echolab lab: unknown experiment {name:?} (try `echolab lab list`)");
                 return ExitCode::from(2);
             };
-            match (experiment.run)(&settings) {
+            match run_one(experiment, &settings) {
                 Ok(report) => {
                     report.print(args.json);
                     ExitCode::SUCCESS
@@ -174,6 +185,32 @@ pub fn run(args: LabArgs) -> ExitCode {
             }
         }
     }
+}
+
+/// Runs one experiment, honouring `--cpus` for all of them: the calling thread is pinned
+/// to the list first, so every thread it starts and every process it forks or executes
+/// inherits the mask (counter and thread-arg pin their own threads further, within it).
+/// The report then says on which CPUs it ran, as read back from the affinity mask.
+fn run_one(
+    experiment: &experiment::Experiment,
+    settings: &Settings,
+) -> std::io::Result<experiment::Report> {
+    if let Some(cpus) = &settings.cpus {
+        experiment::pin_current_thread(cpus)?;
+    }
+    let mut report = (experiment.run)(settings)?;
+    if settings.cpus.is_some() {
+        let ran_on = experiment::allowed_cpus();
+        report.did.push_str(&format!(
+            " Every thread and child process ran restricted to CPU(s) {} (--cpus).",
+            ran_on
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+    }
+    Ok(report)
 }
 
 fn print_list(json: bool) {
@@ -198,7 +235,7 @@ fn run_all(settings: &Settings, json: bool, report_dir: Option<&PathBuf>) -> Exi
         if !json {
             eprintln!("== running {} ==", experiment.name);
         }
-        match (experiment.run)(settings) {
+        match run_one(&experiment, settings) {
             Ok(report) => {
                 if !json {
                     report.print(false);

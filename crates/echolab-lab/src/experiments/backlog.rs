@@ -23,6 +23,7 @@ use crate::watchdog::WatchedChild;
 pub const EXPERIMENT: Experiment = Experiment {
     name: "backlog",
     summary: "iterative server: client 2's connect and write return at once, its read waits for client 1 (--trials: runs)",
+    max_trials: 1_000,
     run,
 };
 

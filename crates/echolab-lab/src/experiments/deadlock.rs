@@ -27,6 +27,7 @@ use crate::watchdog::{child_args, End, WatchedChild};
 pub const EXPERIMENT: Experiment = Experiment {
     name: "deadlock",
     summary: "two locks in opposite orders: the detector reports the cycle; a global order completes (--trials: runs)",
+    max_trials: 1_000,
     run,
 };
 

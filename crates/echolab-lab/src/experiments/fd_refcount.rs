@@ -19,6 +19,7 @@ use crate::plot::{Bar, Panel, Picture};
 pub const EXPERIMENT: Experiment = Experiment {
     name: "fd-refcount",
     summary: "a parent that keeps its copy of connfd: the client never sees EOF after the child exits (--trials: clients)",
+    max_trials: 1_000,
     run,
 };
 

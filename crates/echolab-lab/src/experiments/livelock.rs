@@ -25,6 +25,7 @@ use crate::plot::{Bar, Panel, Picture};
 pub const EXPERIMENT: Experiment = Experiment {
     name: "livelock",
     summary: "two polite threads backing off symmetrically make no progress; random back-off does (--trials: thousands of rounds)",
+    max_trials: 1_000_000,
     run,
 };
 

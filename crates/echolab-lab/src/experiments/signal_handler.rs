@@ -36,6 +36,7 @@ use crate::watchdog::{child_args, End, WatchedChild};
 pub const EXPERIMENT: Experiment = Experiment {
     name: "signal-handler",
     summary: "printf in a SIGCHLD handler: a handler sharing a lock with main hangs; signalfd reaps all (--trials: runs of the hang)",
+    max_trials: 1_000,
     run,
 };
 

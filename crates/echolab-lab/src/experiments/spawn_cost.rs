@@ -28,6 +28,7 @@ use crate::watchdog::{child_args, WatchedChild};
 pub const EXPERIMENT: Experiment = Experiment {
     name: "spawn-cost",
     summary: "create+reap a process vs a thread vs a pool hand-off, in TSC cycles and ns (--trials: samples of each)",
+    max_trials: 1_000_000,
     run,
 };
 

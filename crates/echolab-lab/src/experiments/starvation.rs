@@ -23,6 +23,7 @@ use crate::plot::{Bar, Panel, Picture};
 pub const EXPERIMENT: Experiment = Experiment {
     name: "starvation",
     summary: "the yellow car: streaming readers starve a writer on a reader-preferring lock; writer preference fixes it (--trials: writer attempts)",
+    max_trials: 1_000_000,
     run,
 };
 

@@ -22,6 +22,7 @@ use crate::plot::{Bar, Panel, Picture};
 pub const EXPERIMENT: Experiment = Experiment {
     name: "thread-arg",
     summary: "race.c: 100 threads read the loop index late; histogram pinned to one CPU vs all vs moved value (--trials: runs)",
+    max_trials: 10_000,
     run,
 };
 
