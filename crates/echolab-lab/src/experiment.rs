@@ -198,7 +198,8 @@ pub struct Report {
     pub meaning: String,
     /// The fix, and how it fared.
     pub fix: String,
-    /// Runs that hit their deadline or stalled, described; empty when nothing hung.
+    /// Runs that timed out (cut off while making progress) or hung (stalled), each
+    /// described as which; empty when every run ended by itself.
     pub hangs: Vec<String>,
     /// The figures, for `--json`.
     pub figures: Value,
@@ -232,7 +233,7 @@ impl Report {
             out.push_str(&format!("  {line}\n"));
         }
         for hang in &self.hangs {
-            out.push_str(&format!("  HANG: {hang}\n"));
+            out.push_str(&format!("  stopped early: {hang}\n"));
         }
         out.push_str(&format!("means:   {}\n", self.meaning));
         out.push_str(&format!("fix:     {}\n", self.fix));

@@ -91,7 +91,7 @@ fn section(report: &Report) -> String {
     out.push_str("</pre>\n");
     for hang in &report.hangs {
         out.push_str(&format!(
-            "<p class=\"hang\"><strong>Hang or stall, reported as a result.</strong> {}</p>\n",
+            "<p class=\"hang\"><strong>A run stopped early (hung, or timed out), reported as a result.</strong> {}</p>\n",
             escape(hang)
         ));
     }

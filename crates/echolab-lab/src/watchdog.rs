@@ -60,6 +60,9 @@ pub struct ProcState {
     pub pid: i32,
     /// One entry per thread: `tid state wchan`, then its kernel stack if readable.
     pub threads: Vec<ThreadState>,
+    /// Its child processes still in the process table (exited but not reaped: zombies,
+    /// state `Z`), as (pid, state letter).
+    pub children: Vec<(i32, String)>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -106,7 +109,19 @@ impl ProcState {
                 stack,
             });
         }
-        ProcState { pid, threads }
+        ProcState {
+            pid,
+            threads,
+            children: children_of(pid),
+        }
+    }
+
+    /// Children in state `Z`: exited, not yet reaped by this process.
+    pub fn zombie_children(&self) -> usize {
+        self.children
+            .iter()
+            .filter(|(_, state)| state == "Z")
+            .count()
     }
 
     /// One line: `tid 123 S futex_wait_queue [futex_wait_queue <- ...]` per thread.
@@ -131,6 +146,39 @@ impl ProcState {
             parts.join("; ")
         }
     }
+}
+
+/// The processes whose parent is `pid`, with their state letter, from /proc/*/stat.
+pub fn children_of(pid: i32) -> Vec<(i32, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut children = Vec::new();
+    for entry in dir.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // After the command name in parentheses: state, then the parent's pid.
+        let Some(rest) = stat.rfind(')').map(|idx| &stat[idx + 1..]) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let (Some(state), Some(ppid)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if ppid.parse() == Ok(pid) {
+            children.push((child, state.to_string()));
+        }
+    }
+    children.sort_unstable();
+    children
 }
 
 /// A child process in its own process group, whose stdout arrives line by line.
@@ -376,6 +424,7 @@ mod tests {
                 assert_eq!(state.pid, pid);
                 assert_eq!(state.threads.len(), 1, "sleep has one thread: {state:?}");
                 assert_eq!(state.threads[0].state, "S");
+                assert!(state.children.is_empty(), "{state:?}");
             }
             other => panic!("expected a hang, got {other:?}"),
         }
@@ -383,6 +432,25 @@ mod tests {
             !std::path::Path::new(&format!("/proc/{pid}")).exists(),
             "the child was reaped"
         );
+    }
+
+    /// A shell with one exited, unreaped child: /proc shows it as a zombie of the shell.
+    #[test]
+    fn children_of_finds_a_zombie() {
+        let script = "sh -c 'exit 0' & echo started; exec sleep 600".to_string();
+        let mut child = WatchedChild::spawn(Path::new("sh"), &["-c".to_string(), script]).unwrap();
+        let line = child.next_line(Deadline::after(Duration::from_secs(20)));
+        assert_eq!(line.map(|line| line.text).as_deref(), Some("started"));
+        // The zombie appears once the background child has exited: poll, bounded.
+        let give_up = Instant::now() + Duration::from_secs(20);
+        let mut state = ProcState::read(child.pid());
+        while state.zombie_children() == 0 && Instant::now() < give_up {
+            std::thread::yield_now();
+            state = ProcState::read(child.pid());
+        }
+        assert_eq!(state.zombie_children(), 1, "{state:?}");
+        assert_eq!(state.children.len(), 1, "{state:?}");
+        child.kill_and_reap();
     }
 
     #[test]
