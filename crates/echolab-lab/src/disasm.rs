@@ -67,6 +67,17 @@ fn is_memory(operand: &str) -> bool {
     operand.contains('(') || operand.contains('[')
 }
 
+/// The mnemonic without AT&T's size suffix (`addq` is `add`, `subb` is `sub`, `sub` stays).
+fn base_mnemonic(mnemonic: &str) -> &str {
+    const SIZED: [&str; 9] = [
+        "mov", "add", "inc", "sub", "dec", "adc", "xadd", "neg", "xchg",
+    ];
+    match mnemonic.strip_suffix(['q', 'l', 'w', 'b']) {
+        Some(base) if !SIZED.contains(&mnemonic) && SIZED.contains(&base) => base,
+        _ => mnemonic,
+    }
+}
+
 /// True for a memory operand on the thread's own stack (`-0x10(%rsp)`, `[sp, #8]`).
 fn is_stack(operand: &str) -> bool {
     is_memory(operand)
@@ -80,44 +91,39 @@ pub fn classify<S: AsRef<str>>(instructions: &[S]) -> Steps {
     for line in instructions {
         let line = line.as_ref().trim();
         let (mnemonic, operands) = parse(line);
-        let base = mnemonic.trim_end_matches(['q', 'l', 'w', 'b']);
+        let base = base_mnemonic(&mnemonic);
         // A debug build spills its arguments to the stack: not the shared counter.
         if operands.iter().any(|op| is_stack(op)) {
             continue;
         }
-        let memory_operands = operands.iter().filter(|op| is_memory(op)).count();
-        if mnemonic == "lock"
-            || mnemonic.starts_with("lock")
+        // x86's lock prefix and xchg with memory, aarch64's atomic instructions: one
+        // indivisible read-modify-write.
+        let atomic = mnemonic.starts_with("lock")
+            || (base == "xchg" && operands.iter().any(|op| is_memory(op)))
             || ["ldadd", "stadd", "swp", "cas", "ldxr", "ldaxr"]
                 .iter()
-                .any(|rmw| mnemonic.starts_with(rmw))
-        {
+                .any(|rmw| mnemonic.starts_with(rmw));
+        if atomic {
             steps.read_modify_writes.push(line.to_string());
             continue;
         }
-        match (mnemonic.as_str(), operands.as_slice()) {
-            ("ldr", [_, src]) if is_memory(src) => steps.loads.push(line.to_string()),
-            ("str", [_, dst]) if is_memory(dst) => steps.stores.push(line.to_string()),
-            ("add", [dst, _, _]) if !is_memory(dst) => steps.register_adds.push(line.to_string()),
-            _ if base == "mov" && operands.len() == 2 => {
-                match (is_memory(&operands[0]), is_memory(&operands[1])) {
-                    (true, false) => steps.loads.push(line.to_string()),
-                    (false, true) => steps.stores.push(line.to_string()),
-                    _ => {}
-                }
+        // AT&T order: the destination is the last operand (aarch64's `ldr` and `str` are
+        // the only memory instructions it has; its `add` works on registers).
+        let to_memory = operands.last().is_some_and(|dst| is_memory(dst));
+        let from_memory = operands.first().is_some_and(|src| is_memory(src));
+        let bucket = match base {
+            "ldr" => Some(&mut steps.loads),
+            "str" => Some(&mut steps.stores),
+            "mov" if operands.len() == 2 && from_memory && !to_memory => Some(&mut steps.loads),
+            "mov" if operands.len() == 2 && to_memory && !from_memory => Some(&mut steps.stores),
+            "add" | "inc" | "sub" | "dec" | "adc" | "xadd" | "neg" | "not" if to_memory => {
+                Some(&mut steps.read_modify_writes)
             }
-            _ if ["add", "inc", "xadd", "adc", "sub"].contains(&base) => {
-                // AT&T: the destination is the last operand.
-                if operands.last().is_some_and(|dst| is_memory(dst)) {
-                    steps.read_modify_writes.push(line.to_string());
-                } else if base == "add" || base == "inc" {
-                    steps.register_adds.push(line.to_string());
-                }
-            }
-            _ if memory_operands > 0 && base == "xchg" => {
-                steps.read_modify_writes.push(line.to_string());
-            }
-            _ => {}
+            "add" | "inc" => Some(&mut steps.register_adds),
+            _ => None,
+        };
+        if let Some(bucket) = bucket {
+            bucket.push(line.to_string());
         }
     }
     steps
@@ -223,9 +229,56 @@ mod tests {
     }
 
     #[test]
+    fn only_what_writes_memory_counts_as_a_write() {
+        let steps = classify(&[
+            "cmpq $0x0,(%rdi)",
+            "test %rsi,%rsi",
+            "sub $0x1,%rax",
+            "dec %rsi",
+            "xchg %rax,%rdx",
+            "inc %rax",
+            "mov %rax,%rdx",
+        ]);
+        assert_eq!(
+            steps,
+            Steps {
+                register_adds: vec!["inc %rax".to_string()],
+                ..Steps::default()
+            }
+        );
+        for rmw in [
+            "xchg %rax,(%rdi)",
+            "subq $0x1,(%rdi)",
+            "decq (%rdi)",
+            "adc $0x0,(%rdi)",
+        ] {
+            assert_eq!(classify(&[rmw]).read_modify_writes, [rmw], "{rmw}");
+        }
+    }
+
+    #[test]
+    fn size_suffixes_are_dropped_once() {
+        assert_eq!(base_mnemonic("addq"), "add");
+        assert_eq!(base_mnemonic("subb"), "sub");
+        assert_eq!(base_mnemonic("sub"), "sub");
+        assert_eq!(base_mnemonic("movl"), "mov");
+        assert_eq!(base_mnemonic("ldr"), "ldr");
+        assert_eq!(base_mnemonic("jb"), "jb");
+    }
+
+    #[test]
     fn aarch64_steps() {
         let steps = classify(&["ldr x8, [x0]", "add x8, x8, #0x1", "str x8, [x0]"]);
         assert!(steps.is_split(), "{steps:?}");
+        assert_eq!(
+            (
+                steps.loads.len(),
+                steps.register_adds.len(),
+                steps.stores.len()
+            ),
+            (1, 1, 1)
+        );
+        assert!(!classify(&["ldr x8, [x0]", "ldadd x1, x2, [x0]", "str x8, [x0]"]).is_split());
     }
 
     /// The proof the issue asks for: the racy loop compiled into this very binary is a
