@@ -162,9 +162,10 @@ pub struct Experiment {
 }
 
 /// Every experiment, in the lecture's order.
-pub const EXPERIMENTS: [Experiment; 10] = [
+pub const EXPERIMENTS: [Experiment; 11] = [
     experiments::counter::EXPERIMENT,
     experiments::thread_arg::EXPERIMENT,
+    experiments::thread_leak::EXPERIMENT,
     experiments::signal_handler::EXPERIMENT,
     experiments::deadlock::EXPERIMENT,
     experiments::livelock::EXPERIMENT,

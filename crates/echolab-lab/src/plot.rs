@@ -49,6 +49,8 @@ impl Panel {
 pub struct Picture {
     pub caption: String,
     pub y_label: String,
+    /// What the bars along the horizontal axis are (empty: no axis title).
+    pub x_label: String,
     pub panels: Vec<Panel>,
     /// Label only every n-th bar (a histogram of 100 values wants every 10th).
     pub label_every: usize,
@@ -68,6 +70,7 @@ impl Picture {
         Picture {
             caption: caption.into(),
             y_label: y_label.into(),
+            x_label: String::new(),
             panels,
             label_every: 1,
             shared_scale: false,
@@ -149,6 +152,7 @@ impl Picture {
                 _ => String::new(),
             })
             .y_desc(&self.y_label)
+            .x_desc(&self.x_label)
             .y_label_formatter(&|y| short_number(*y))
             .label_style(("sans-serif", 11))
             .draw()

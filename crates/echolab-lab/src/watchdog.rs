@@ -197,21 +197,33 @@ impl WatchedChild {
     /// Starts `exe args...` with stdin closed, stdout and stderr captured; stdout arrives
     /// line by line.
     pub fn spawn(exe: &Path, args: &[String]) -> io::Result<WatchedChild> {
-        WatchedChild::spawn_reading(exe, args, false)
+        WatchedChild::spawn_reading(exe, args, false, &[])
+    }
+
+    /// Like [`WatchedChild::spawn`], with extra environment variables for the child.
+    pub fn spawn_with_env(
+        exe: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> io::Result<WatchedChild> {
+        WatchedChild::spawn_reading(exe, args, false, env)
     }
 
     /// Like [`WatchedChild::spawn`], but with `lines_from_stderr` the lines come from
-    /// stderr (a server announces its address there) and stdout is collected instead.
+    /// stderr (a server announces its address there) and stdout is collected instead; `env`
+    /// adds environment variables.
     pub fn spawn_reading(
         exe: &Path,
         args: &[String],
         lines_from_stderr: bool,
+        env: &[(&str, &str)],
     ) -> io::Result<WatchedChild> {
         // Orphaned grandchildren come to us, so that we can reap them (see the module doc).
         // Failing to become a subreaper only means the init process reaps them instead.
         let _ = nix::sys::prctl::set_child_subreaper(true);
         let mut child = Command::new(exe)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

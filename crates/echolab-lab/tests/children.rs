@@ -184,7 +184,50 @@ fn spawn_cost_measures_all_three() {
     }
 }
 
+/// Unjoined joinable threads keep their stacks: deterministic on glibc (the stack of a
+/// joinable thread is freed only by pthread_join), whatever the timing.
+fn unjoined_threads_keep_their_stacks() {
+    let mut settings = settings();
+    settings.trials = Some(2);
+    let report = (echolab_lab::experiment::find("thread-leak").unwrap().run)(&settings).unwrap();
+    let variants = report.figures["variants"].as_array().unwrap();
+    let growth = |idx: usize| {
+        let samples = variants[idx]["samples"].as_array().unwrap();
+        assert_eq!(samples.len(), 3, "a sample before and after each batch");
+        let last = &samples[2];
+        assert_eq!(last["threads"], 1, "every thread has returned: {last}");
+        assert_eq!(
+            last["started"],
+            2 * echolab_lab::experiments::thread_leak::PER_BATCH
+        );
+        last["vsz_kib"].as_u64().unwrap() as i64 - samples[0]["vsz_kib"].as_u64().unwrap() as i64
+    };
+    assert_eq!(variants[0]["variant"], "never-joined");
+    let leaked = growth(0);
+    // At least a 64 KiB stack (plus guard page) per thread, whatever `ulimit -s` says.
+    assert!(leaked >= 100 * 64, "never-joined grew only {leaked} KiB");
+    for idx in 1..4 {
+        let kept = growth(idx);
+        assert!(
+            kept * 10 < leaked,
+            "{}: {kept} KiB against {leaked}",
+            variants[idx]["variant"]
+        );
+    }
+    assert!(
+        report
+            .meaning
+            .starts_with("Each joinable thread that was never joined kept"),
+        "{}",
+        report.meaning
+    );
+}
+
 const TESTS: &[(&str, fn())] = &[
+    (
+        "unjoined_threads_keep_their_stacks",
+        unjoined_threads_keep_their_stacks,
+    ),
     (
         "watchdog_reports_a_blocked_child_as_a_hang",
         watchdog_reports_a_blocked_child_as_a_hang,

@@ -60,7 +60,7 @@ pub fn start_iterative(
     .iter()
     .map(|arg| arg.to_string())
     .collect();
-    let mut server = WatchedChild::spawn_reading(exe, &args, true)?;
+    let mut server = WatchedChild::spawn_reading(exe, &args, true, &[])?;
     while let Some(line) = server.next_line(deadline) {
         // `listening on 127.0.0.1:PORT (model iterative)`
         if let Some(rest) = line.text.strip_prefix("listening on ") {

@@ -13,4 +13,5 @@ pub mod signal_handler;
 pub mod spawn_cost;
 pub mod starvation;
 pub mod thread_arg;
+pub mod thread_leak;
 pub mod zombies;

@@ -1,0 +1,398 @@
+//! `thread-leak`: the lecture's "a joinable thread must be reaped by another thread, or run
+//! detached, to avoid a memory leak". Batches of short-lived threads are started in a fresh
+//! process; after each batch, once every thread has returned, the process's thread count,
+//! virtual size (VSZ) and resident size (RSS) are read from /proc/self/status.
+//!
+//! Trade-off: a joinable thread lets someone collect its result and know it ended, and
+//! costs its stack until someone does; a detached thread frees itself and can be neither
+//! waited for nor asked how it went.
+//!
+//! About Rust: `std::thread::JoinHandle` detaches the thread when the handle is dropped,
+//! so forgetting to join cannot leak in safe Rust (and `std::thread::scope` joins for
+//! you). The leak needs raw pthreads, through [`echolab_sys::pthread`]. Each variant runs
+//! in its own child process, so what one leaks cannot pollute the next one's figures.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use echolab_sys::pthread;
+
+use crate::child::{config_str, config_u64};
+use crate::experiment::{thousands, Experiment, Report, Settings};
+use crate::plot::{Bar, Panel, Picture};
+use crate::watchdog::{child_args, WatchedChild};
+
+pub const EXPERIMENT: Experiment = Experiment {
+    name: "thread-leak",
+    summary: "joinable threads never joined keep their stacks (VSZ grows); detached or joined do not (--trials: batches)",
+    max_trials: 64,
+    run,
+};
+
+/// Threads started per batch.
+pub const PER_BATCH: u64 = 50;
+
+/// The ways a thread's life can end, in the order they are run.
+pub const VARIANTS: [(&str, &str); 4] = [
+    ("never-joined", "pthread_create, never joined (C's leak)"),
+    ("detached", "pthread_create + pthread_detach"),
+    ("joined", "pthread_create + pthread_join"),
+    ("rust-dropped", "std::thread::spawn, JoinHandle dropped"),
+];
+
+/// What /proc/self/status says after a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Sample {
+    /// Threads started so far.
+    pub started: u64,
+    /// Threads the process has (the kernel's count: tasks still alive).
+    pub threads: u64,
+    /// Virtual size, KiB.
+    pub vsz_kib: u64,
+    /// Resident size, KiB.
+    pub rss_kib: u64,
+}
+
+/// Reads `Threads`, `VmSize` and `VmRSS` from a /proc/PID/status text.
+pub fn parse_status(status: &str, started: u64) -> Option<Sample> {
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some(Sample {
+        started,
+        threads: field("Threads:")?,
+        vsz_kib: field("VmSize:")?,
+        rss_kib: field("VmRSS:")?,
+    })
+}
+
+fn sample_self(started: u64) -> io::Result<Sample> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    parse_status(&status, started)
+        .ok_or_else(|| io::Error::other("no Threads/VmSize/VmRSS in /proc/self/status"))
+}
+
+/// The child process: `batches` batches of [`PER_BATCH`] threads of one variant, a sample
+/// before the first and after each.
+pub fn child_body(config: &Value) -> io::Result<Value> {
+    let batches = config_u64(config, "batches", 5);
+    let variant = config_str(config, "variant", "joined").to_string();
+    let mut samples = vec![sample_self(0)?];
+    let mut started = 0;
+    for _ in 0..batches {
+        for _ in 0..PER_BATCH {
+            match variant.as_str() {
+                // Dropping a RawThread does nothing: the C program that never joins.
+                "never-joined" => drop(pthread::spawn_returning()?),
+                "detached" => pthread::spawn_returning()?.detach()?,
+                "joined" => pthread::spawn_returning()?.join()?,
+                "rust-dropped" => drop(std::thread::spawn(|| ())),
+                other => return Err(io::Error::other(format!("unknown variant {other:?}"))),
+            }
+            started += 1;
+        }
+        // Every thread returns at once; wait (bounded) until the kernel has seen them go,
+        // so that the sample shows what stays after the threads are gone.
+        let give_up = Instant::now() + Duration::from_secs(2);
+        let mut sample = sample_self(started)?;
+        while sample.threads > 1 && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(1));
+            sample = sample_self(started)?;
+        }
+        samples.push(sample);
+    }
+    // The CPUs this process may run on, as the kernel says: `--cpus` reaches children.
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let cpus = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .map(str::trim)
+        .unwrap_or("?")
+        .to_string();
+    Ok(json!({ "variant": variant, "samples": samples, "cpus_allowed": cpus }))
+}
+
+/// One variant's growth from its first sample to its last.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Growth {
+    pub threads_started: u64,
+    /// Threads alive at the end (the kernel's count, main included).
+    pub threads_left: u64,
+    pub vsz_kib: i64,
+    pub rss_kib: i64,
+    /// See [`Growth::steady_per_thread`].
+    pub steady_kib_per_thread: f64,
+}
+
+impl Growth {
+    pub fn of(samples: &[Sample]) -> Growth {
+        let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+            return Growth {
+                threads_started: 0,
+                threads_left: 0,
+                vsz_kib: 0,
+                rss_kib: 0,
+                steady_kib_per_thread: 0.0,
+            };
+        };
+        Growth {
+            threads_started: last.started,
+            threads_left: last.threads,
+            vsz_kib: last.vsz_kib as i64 - first.vsz_kib as i64,
+            rss_kib: last.rss_kib as i64 - first.rss_kib as i64,
+            steady_kib_per_thread: Growth::steady_per_thread(samples),
+        }
+    }
+
+    /// Address space kept per thread started, KiB.
+    pub fn vsz_per_thread(&self) -> f64 {
+        self.vsz_kib as f64 / self.threads_started.max(1) as f64
+    }
+
+    /// Address space kept per thread from the first batch on, KiB: what keeps growing
+    /// (a leak) and not what the first batch sets up once (glibc's cache of a few freed
+    /// stacks). With a single batch, from the start.
+    pub fn steady_per_thread(samples: &[Sample]) -> f64 {
+        let from = if samples.len() > 2 { 1 } else { 0 };
+        match (samples.get(from), samples.last()) {
+            (Some(first), Some(last)) if last.started > first.started => {
+                (last.vsz_kib as f64 - first.vsz_kib as f64) / (last.started - first.started) as f64
+            }
+            _ => 0.0,
+        }
+    }
+}
+
+/// What the four variants' growths mean, in [`VARIANTS`] order.
+pub fn meaning(growths: &[Growth; 4]) -> String {
+    let [leak, detached, joined, rust] = growths;
+    let others = [detached, joined, rust]
+        .iter()
+        .map(|growth| growth.steady_kib_per_thread)
+        .fold(0.0, f64::max);
+    // A leak is a stack's worth per thread, batch after batch: far above what the
+    // others keep growing by (nothing, once glibc's stack cache is filled).
+    let leaked = leak.steady_kib_per_thread > 4.0 * others.max(16.0);
+    let mut text = if leaked {
+        format!(
+            "Each joinable thread that was never joined kept {:.0} KiB of address space, batch after batch ({} MiB more after {} threads), \
+             and the process grew {} KiB resident, although the thread count was back to {}: the kernel task is gone, its stack and \
+             descriptor are not, until a join that never comes. Detached, joined and Rust-dropped threads grew by at most {:.1} KiB per \
+             thread once the first batch was done (glibc reuses their stacks).",
+            leak.steady_kib_per_thread,
+            thousands((leak.vsz_kib.max(0) as u64) / 1024),
+            leak.threads_started,
+            leak.rss_kib,
+            leak.threads_left,
+            others
+        )
+    } else {
+        format!(
+            "No leak was measured: never-joined threads grew the address space by {:.1} KiB per thread, the others by at most {:.1} KiB. \
+             Either this libc frees unjoined stacks or the samples missed them.",
+            leak.steady_kib_per_thread, others
+        )
+    };
+    text.push_str(&format!(
+        " Rust hides this leak: dropping a JoinHandle detaches the thread (its {} threads grew it by {:.1} KiB each), so only raw pthreads can forget one.",
+        rust.threads_started, rust.steady_kib_per_thread
+    ));
+    text
+}
+
+fn run(settings: &Settings) -> io::Result<Report> {
+    let batches = settings.trials_or(5) as u64;
+    let deadline = settings.deadline();
+    let mut measured = Vec::new();
+    let mut panels = Vec::new();
+    let mut growths = Vec::new();
+    let mut figures = Vec::new();
+    for (variant, label) in VARIANTS {
+        let child = WatchedChild::spawn_with_env(
+            &settings.exe,
+            &child_args(
+                "thread-leak",
+                &json!({ "variant": variant, "batches": batches }),
+            ),
+            &[("MALLOC_ARENA_MAX", "1")],
+        )?;
+        let finished = child.wait(deadline.min_after(settings.timeout / 4), None)?;
+        let result = finished.expect_result("thread-leak")?;
+        let samples: Vec<Sample> =
+            serde_json::from_value(result["samples"].clone()).map_err(io::Error::other)?;
+        let growth = Growth::of(&samples);
+        let after: Vec<String> = samples
+            .iter()
+            .skip(1)
+            .map(|s| format!("{} MiB", thousands(s.vsz_kib / 1024)))
+            .collect();
+        measured.push(format!(
+            "{label:<41} VSZ {} -> {} (+{:.0} KiB per thread after batch 1), RSS {:+} KiB, threads left {}",
+            samples
+                .first()
+                .map_or("?".to_string(), |s| format!("{} MiB", thousands(s.vsz_kib / 1024))),
+            after.join(", "),
+            growth.steady_kib_per_thread,
+            growth.rss_kib,
+            growth.threads_left
+        ));
+        let first_vsz = samples.first().map_or(0, |s| s.vsz_kib);
+        panels.push(Panel::new(
+            variant,
+            samples
+                .iter()
+                .map(|s| {
+                    Bar::new(
+                        s.started.to_string(),
+                        (s.vsz_kib as f64 - first_vsz as f64) / 1024.0,
+                    )
+                })
+                .collect(),
+        ));
+        figures.push(json!({ "variant": variant, "samples": samples, "cpus_allowed": result["cpus_allowed"] }));
+        growths.push(growth);
+    }
+    let growths: [Growth; 4] = growths
+        .try_into()
+        .map_err(|_| io::Error::other("thread-leak: a variant is missing"))?;
+    let mut picture = Picture::new(
+        "Address space kept after the threads have returned (MiB above the start), by threads started",
+        "MiB",
+        panels,
+    );
+    picture.shared_scale = true;
+    picture.x_label = "threads started".to_string();
+    Ok(Report {
+        experiment: EXPERIMENT.name,
+        title: "Joinable threads that are never joined leak",
+        claim: "A joinable thread can be reaped and killed by other threads and must be reaped (pthread_join) to free its memory resources; a detached thread's are freed automatically when it terminates.",
+        did: format!(
+            "In a fresh process per variant: {batches} batch(es) of {PER_BATCH} threads that return at once; after each batch, once the kernel's thread \
+             count was back down, read Threads, VmSize and VmRSS from /proc/self/status. Variants: {}. The children run with MALLOC_ARENA_MAX=1: \
+             otherwise malloc gives threads arenas of their own (64 MiB of address space each, up to 8 per CPU), which grows VSZ without any leak.",
+            VARIANTS.map(|(_, label)| label).join("; ")
+        ),
+        measured,
+        meaning: meaning(&growths),
+        fix: "Join every joinable thread (pthread_join), or detach it (pthread_detach(pthread_self()) as the lecture's echo server does). In Rust, \
+              join the JoinHandle when the result matters, or use std::thread::scope, which joins every thread it started before it returns."
+            .to_string(),
+        hangs: Vec::new(),
+        figures: json!({ "per_batch": PER_BATCH, "variants": figures }),
+        svg: Some(picture.svg()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_fields_are_read() {
+        let status = "Name:\tx\nVmSize:\t  123456 kB\nVmRSS:\t    2048 kB\nThreads:\t3\n";
+        assert_eq!(
+            parse_status(status, 7),
+            Some(Sample {
+                started: 7,
+                threads: 3,
+                vsz_kib: 123_456,
+                rss_kib: 2_048
+            })
+        );
+        assert_eq!(parse_status("Threads:\t1\n", 0), None);
+    }
+
+    fn growth(started: u64, steady: f64) -> Growth {
+        Growth {
+            threads_started: started,
+            threads_left: 1,
+            vsz_kib: (steady * started as f64) as i64,
+            rss_kib: 40,
+            steady_kib_per_thread: steady,
+        }
+    }
+
+    fn sample(started: u64, vsz_kib: u64, rss_kib: u64) -> Sample {
+        Sample {
+            started,
+            threads: 1,
+            vsz_kib,
+            rss_kib,
+        }
+    }
+
+    #[test]
+    fn growth_is_last_minus_first_and_steady_from_the_first_batch() {
+        let g = Growth::of(&[
+            sample(0, 1_000, 100),
+            sample(50, 2_000, 90),
+            sample(100, 9_192, 300),
+        ]);
+        assert_eq!(
+            (g.threads_started, g.threads_left, g.vsz_kib, g.rss_kib),
+            (100, 1, 8_192, 200)
+        );
+        assert_eq!(g.vsz_per_thread(), 81.92);
+        assert_eq!(g.steady_kib_per_thread, (9_192.0 - 2_000.0) / 50.0);
+        // One batch: from the start.
+        let g = Growth::of(&[sample(0, 1_000, 100), sample(50, 2_000, 90)]);
+        assert_eq!(g.steady_kib_per_thread, 20.0);
+        assert_eq!(Growth::of(&[]).vsz_per_thread(), 0.0);
+        assert_eq!(Growth::of(&[sample(0, 5, 5)]).steady_kib_per_thread, 0.0);
+    }
+
+    #[test]
+    fn a_leak_is_named_with_its_size() {
+        let text = meaning(&[
+            growth(100, 8_192.0),
+            growth(100, 0.0),
+            growth(100, 81.9),
+            growth(100, 0.0),
+        ]);
+        assert!(text.starts_with("Each joinable thread that was never joined kept 8192 KiB of address space, batch after batch (800 MiB more after 100 threads), and the process grew 40 KiB resident, although the thread count was back to 1"), "{text}");
+        assert!(
+            text.contains("grew by at most 81.9 KiB per thread"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "(its 100 threads grew it by 0.0 KiB each), so only raw pthreads can forget one."
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn no_leak_is_not_called_one() {
+        let text = meaning(&[
+            growth(100, 60.0),
+            growth(100, 0.0),
+            growth(100, 81.9),
+            growth(100, 0.0),
+        ]);
+        assert!(text.starts_with("No leak was measured: never-joined threads grew the address space by 60.0 KiB per thread, the others by at most 81.9 KiB"), "{text}");
+        // The floor: a few KiB each is noise, not a leak.
+        let text = meaning(&[
+            growth(100, 60.0),
+            growth(100, 0.0),
+            growth(100, 0.0),
+            growth(100, 0.0),
+        ]);
+        assert!(text.starts_with("No leak was measured"), "{text}");
+        let text = meaning(&[
+            growth(100, 65.0),
+            growth(100, 0.0),
+            growth(100, 0.0),
+            growth(100, 0.0),
+        ]);
+        assert!(text.starts_with("Each joinable thread"), "{text}");
+    }
+}
