@@ -107,8 +107,11 @@ pub fn timeline(addr: SocketAddr, hold: Duration, deadline: Deadline) -> io::Res
         let leaver = scope.spawn(move || {
             // Client 1 stays for `hold` (the experiment's independent variable), then leaves.
             std::thread::sleep(hold);
+            // The moment it leaves is taken before the close: taken after, it could come
+            // later than client 2's answer, which the close itself sets off.
+            let leaving = Instant::now();
             drop(client1);
-            Instant::now()
+            leaving
         });
         let mut echo = [0u8; 9];
         let read = client2.read_exact(&mut echo).map(|()| Instant::now());
