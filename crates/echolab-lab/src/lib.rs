@@ -31,6 +31,7 @@ pub mod experiment;
 pub mod experiments;
 pub mod locks;
 pub mod plot;
+pub mod progress;
 pub mod report;
 pub mod watchdog;
 

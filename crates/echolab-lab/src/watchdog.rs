@@ -446,23 +446,33 @@ mod tests {
         );
     }
 
-    /// A shell with one exited, unreaped child: /proc shows it as a zombie of the shell.
+    /// A child that has exited and is not yet reaped is listed as a zombie of its parent
+    /// (this process): `waitid(WNOWAIT)` waits for the exit without reaping, so the state
+    /// is certain, not timing.
     #[test]
     fn children_of_finds_a_zombie() {
-        let script = "sh -c 'exit 0' & echo started; exec sleep 600".to_string();
-        let mut child = WatchedChild::spawn(Path::new("sh"), &["-c".to_string(), script]).unwrap();
-        let line = child.next_line(Deadline::after(Duration::from_secs(20)));
-        assert_eq!(line.map(|line| line.text).as_deref(), Some("started"));
-        // The zombie appears once the background child has exited: poll, bounded.
-        let give_up = Instant::now() + Duration::from_secs(20);
-        let mut state = ProcState::read(child.pid());
-        while state.zombie_children() == 0 && Instant::now() < give_up {
-            std::thread::yield_now();
-            state = ProcState::read(child.pid());
-        }
-        assert_eq!(state.zombie_children(), 1, "{state:?}");
-        assert_eq!(state.children.len(), 1, "{state:?}");
-        child.kill_and_reap();
+        use nix::sys::wait::{waitid, Id, WaitPidFlag};
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        waitid(
+            Id::Pid(Pid::from_raw(pid)),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+        )
+        .unwrap();
+        let children = children_of(std::process::id() as i32);
+        assert!(children.contains(&(pid, "Z".to_string())), "{children:?}");
+        let state = ProcState {
+            pid: 1,
+            threads: Vec::new(),
+            children: vec![
+                (2, "Z".to_string()),
+                (3, "S".to_string()),
+                (4, "Z".to_string()),
+            ],
+        };
+        assert_eq!(state.zombie_children(), 2);
+        child.wait().unwrap();
+        assert!(!children_of(std::process::id() as i32).contains(&(pid, "Z".to_string())));
     }
 
     #[test]
