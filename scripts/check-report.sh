@@ -8,7 +8,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$root/target/lab-report}
-experiments=(counter thread-arg thread-leak signal-handler deadlock livelock starvation spawn-cost backlog zombies fd-refcount)
+experiments=(counter thread-arg thread-leak signal-handler deadlock progress-graph livelock starvation spawn-cost backlog zombies fd-refcount)
 
 browser=$(command -v chromium || command -v chromium-browser || true)
 if [ -z "$browser" ]; then

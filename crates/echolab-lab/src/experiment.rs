@@ -162,12 +162,13 @@ pub struct Experiment {
 }
 
 /// Every experiment, in the lecture's order.
-pub const EXPERIMENTS: [Experiment; 11] = [
+pub const EXPERIMENTS: [Experiment; 12] = [
     experiments::counter::EXPERIMENT,
     experiments::thread_arg::EXPERIMENT,
     experiments::thread_leak::EXPERIMENT,
     experiments::signal_handler::EXPERIMENT,
     experiments::deadlock::EXPERIMENT,
+    experiments::progress_graph::EXPERIMENT,
     experiments::livelock::EXPERIMENT,
     experiments::starvation::EXPERIMENT,
     experiments::spawn_cost::EXPERIMENT,

@@ -269,10 +269,31 @@ pub fn deadlock_region(program: &[[LockOp; 4]; 2]) -> Vec<(usize, usize)> {
 const CELL: f64 = 52.0;
 const MARGIN: f64 = 64.0;
 
-fn svg_open(width: f64, height: f64) -> String {
-    format!(
+/// One graph: its size and its SVG elements (without the `<svg>` wrapper).
+#[derive(Debug, Clone)]
+pub struct Drawing {
+    pub width: f64,
+    pub height: f64,
+    pub body: String,
+}
+
+/// Drawings side by side in one SVG document.
+pub fn compose(drawings: &[Drawing]) -> String {
+    let width: f64 = drawings.iter().map(|d| d.width).sum();
+    let height = drawings.iter().map(|d| d.height).fold(0.0, f64::max);
+    let mut out = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" viewBox=\"0 0 {width:.0} {height:.0}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    )
+    );
+    let mut x = 0.0;
+    for drawing in drawings {
+        out.push_str(&format!(
+            "<g transform=\"translate({x:.0},0)\">\n{}</g>\n",
+            drawing.body
+        ));
+        x += drawing.width;
+    }
+    out.push_str("</svg>\n");
+    out
 }
 
 /// The grid, axes and instruction labels of an `nx` × `ny` progress graph whose origin is
@@ -380,13 +401,18 @@ pub fn counter_trajectories(k: usize) -> (Vec<usize>, Vec<usize>) {
 /// The counter's progress graph for `k` increments per thread: the unsafe regions shaded,
 /// one safe and one unsafe trajectory with the final count each leaves.
 pub fn svg_counter(k: usize) -> String {
+    compose(&[counter_drawing(k)])
+}
+
+/// The counter's progress graph, to compose with others (see [`svg_counter`]).
+pub fn counter_drawing(k: usize) -> Drawing {
     let n = 3 * k;
     let size = 2.0 * MARGIN + n as f64 * CELL;
     let grid = Grid {
         x0: MARGIN,
         y0: size - MARGIN + 8.0,
     };
-    let mut out = svg_open(size + 150.0, size + 20.0);
+    let mut out = String::new();
     // Unsafe region of iterations (a, b): thread 1 between its a-th L and S, thread 2
     // between its b-th L and S: the states i in {3a+1, 3a+2}, j in {3b+1, 3b+2}.
     for a in 0..k {
@@ -427,20 +453,28 @@ pub fn svg_counter(k: usize) -> String {
         &format!("unsafe: cnt = {}", run_order(&unsafe_)),
         "6 3",
     );
-    out.push_str("</svg>\n");
-    out
+    Drawing {
+        width: size + 110.0,
+        height: size + 20.0,
+        body: out,
+    }
 }
 
 /// A lock program's progress graph: forbidden regions shaded, the deadlock region (if any)
 /// marked, and one trajectory that enters it.
 pub fn svg_locks(program: &[[LockOp; 4]; 2], title: &str) -> String {
+    compose(&[locks_drawing(program, title)])
+}
+
+/// A lock program's progress graph, to compose with others (see [`svg_locks`]).
+pub fn locks_drawing(program: &[[LockOp; 4]; 2], title: &str) -> Drawing {
     let n = 4;
     let size = 2.0 * MARGIN + n as f64 * CELL;
     let grid = Grid {
         x0: MARGIN,
         y0: size - MARGIN + 8.0,
     };
-    let mut out = svg_open(size + 40.0, size + 20.0);
+    let mut out = String::new();
     let outcome = lock_outcomes(program);
     for &(i, j) in &outcome.forbidden {
         out.push_str(&format!(
@@ -473,8 +507,11 @@ pub fn svg_locks(program: &[[LockOp; 4]; 2], title: &str) -> String {
         "completes",
         "",
     );
-    out.push_str("</svg>\n");
-    out
+    Drawing {
+        width: size + 70.0,
+        height: size + 20.0,
+        body: out,
+    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ fn list_names_every_experiment() {
         "thread-leak",
         "signal-handler",
         "deadlock",
+        "progress-graph",
         "livelock",
         "starvation",
         "spawn-cost",
@@ -191,7 +192,7 @@ fn the_list_as_json() {
     let output = echolab(&["lab", "list", "--json"]);
     assert!(output.status.success());
     let list: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(list.as_array().unwrap().len(), 11);
+    assert_eq!(list.as_array().unwrap().len(), 12);
     assert_eq!(list[0]["name"], "counter");
 }
 
@@ -226,9 +227,9 @@ fn all_writes_a_report_with_a_section_and_picture_per_experiment() {
         String::from_utf8_lossy(&output.stderr)
     );
     let page = std::fs::read_to_string(dir.join("index.html")).unwrap();
-    assert_eq!(page.matches("<section class=\"experiment\"").count(), 11);
-    assert_eq!(page.matches("<figure>").count(), 11);
-    assert_eq!(page.matches("<svg").count(), 11);
+    assert_eq!(page.matches("<section class=\"experiment\"").count(), 12);
+    assert_eq!(page.matches("<figure>").count(), 12);
+    assert_eq!(page.matches("<svg").count(), 12);
     let figures: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("lab.json")).unwrap()).unwrap();
     let by_name = |name: &str| {

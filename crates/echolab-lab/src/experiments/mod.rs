@@ -9,6 +9,7 @@ pub mod deadlock;
 pub mod fd_refcount;
 pub mod forkserver;
 pub mod livelock;
+pub mod progress_graph;
 pub mod signal_handler;
 pub mod spawn_cost;
 pub mod starvation;
