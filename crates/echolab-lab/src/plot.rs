@@ -6,6 +6,7 @@
 //! picture can never make an experiment fail.
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 /// One panel: a title and its bars.
 #[derive(Debug, Clone)]
@@ -130,12 +131,25 @@ impl Picture {
         top: f64,
     ) -> Result<(), String> {
         let n_bars = panel.bars.len().max(1) as i32;
+        // Reference lines are named in the caption, not written over the bars.
+        let caption = if panel.references.is_empty() {
+            panel.title.clone()
+        } else {
+            let names: Vec<&str> = panel
+                .references
+                .iter()
+                .map(|(label, _)| label.as_str())
+                .collect();
+            format!("{} (red: {})", panel.title, names.join("; "))
+        };
         let mut chart = ChartBuilder::on(area)
-            .caption(&panel.title, ("sans-serif", 14))
+            .caption(&caption, ("sans-serif", 14))
             .margin(8)
             .x_label_area_size(42)
             .y_label_area_size(62)
-            .build_cartesian_2d((0..n_bars).into_segmented(), 0f64..top)
+            // 0..n as segments is n + 1 slots (0 to n inclusive): 0..n-1 is one per bar
+            // (a single bar keeps its spare slot: a zero-width range cannot be drawn).
+            .build_cartesian_2d((0..(n_bars - 1).max(1)).into_segmented(), 0f64..top)
             .map_err(|err| err.to_string())?;
         let labels: Vec<String> = panel.bars.iter().map(|bar| bar.label.clone()).collect();
         let every = self.label_every.max(1);
@@ -183,23 +197,36 @@ impl Picture {
                 ))
             }))
             .map_err(|err| err.to_string())?;
-        for (label, value) in &panel.references {
+        for (_, value) in &panel.references {
             let red = RGBColor(200, 60, 40);
             chart
                 .draw_series(std::iter::once(PathElement::new(
                     vec![
                         (SegmentValue::Exact(0), *value),
-                        (SegmentValue::Exact(n_bars), *value),
+                        (SegmentValue::Last, *value),
                     ],
                     red.stroke_width(1),
                 )))
                 .map_err(|err| err.to_string())?;
+        }
+        // Each bar's value above it, so that a zero or a tiny bar still reads (not for
+        // histograms, whose bars are too narrow for text).
+        if n_bars <= 30 {
             chart
-                .draw_series(std::iter::once(Text::new(
-                    label.clone(),
-                    (SegmentValue::Exact(0), *value + top * 0.015),
-                    ("sans-serif", 11).into_font().color(&red),
-                )))
+                .draw_series(panel.bars.iter().enumerate().map(|(idx, bar)| {
+                    let top_of_bar = bar
+                        .spread
+                        .map_or(bar.value, |(_, high)| high.max(bar.value));
+                    Text::new(
+                        short_number(bar.value),
+                        (
+                            SegmentValue::CenterOf(idx as i32),
+                            top_of_bar.max(0.0) + top * 0.02,
+                        ),
+                        TextStyle::from(("sans-serif", 11).into_font())
+                            .pos(Pos::new(HPos::Center, VPos::Bottom)),
+                    )
+                }))
                 .map_err(|err| err.to_string())?;
         }
         Ok(())

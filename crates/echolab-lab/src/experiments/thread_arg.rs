@@ -116,7 +116,7 @@ fn run(settings: &Settings) -> io::Result<Report> {
         for trial in 0..trials {
             if deadline.passed() {
                 hangs.push(format!(
-                    "{title}: the deadline passed after {trial} of {trials} trials"
+                    "{title}: timed out: the deadline passed after {trial} of {trials} trials"
                 ));
                 break;
             }
@@ -146,7 +146,10 @@ fn run(settings: &Settings) -> io::Result<Report> {
                 Bar::new(label, count as f64)
             })
             .collect();
-        panels.push(Panel::new(title, bars));
+        panels.push(Panel::new(
+            format!("{title}: summed over {} trial(s)", distinct_per_trial.len()),
+            bars,
+        ));
         figures.push(json!({
             "panel": title,
             "cpus": cpus,
@@ -155,11 +158,12 @@ fn run(settings: &Settings) -> io::Result<Report> {
         }));
     }
     let mut picture = Picture::new(
-        format!("Values seen by {N_THREADS} threads, summed over {trials} trial(s)"),
+        format!("Values seen by {N_THREADS} threads in each trial, summed over the trials"),
         "threads that saw the value",
         panels,
     );
     picture.label_every = 20;
+    picture.x_label = "value the thread read (end: the loop had already finished)".to_string();
     let summary = |idx: usize| {
         let values = &headline[idx].1;
         if values.is_empty() {
