@@ -8,13 +8,25 @@
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-/// One panel: a title and its bars.
+/// One panel: a title and its bars, or (when `series` is not empty) its lines.
 #[derive(Debug, Clone)]
 pub struct Panel {
     pub title: String,
     pub bars: Vec<Bar>,
     /// Horizontal reference lines, each with a label (the lecture's figure, say).
     pub references: Vec<(String, f64)>,
+    /// Lines over a numeric horizontal axis (a timeline, a growth curve); a panel with
+    /// series draws them instead of bars.
+    pub series: Vec<Series>,
+    /// This panel's horizontal axis title, instead of the picture's (empty: the picture's).
+    pub x_label: String,
+}
+
+/// One line of a line panel: its legend label and its (x, y) points.
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
 }
 
 /// One bar: its label under the axis, its height, and an optional spread (low, high).
@@ -41,6 +53,19 @@ impl Panel {
             title: title.into(),
             bars,
             references: Vec::new(),
+            series: Vec::new(),
+            x_label: String::new(),
+        }
+    }
+
+    /// A panel of lines (see [`Panel::series`]).
+    pub fn lines(title: impl Into<String>, series: Vec<Series>) -> Panel {
+        Panel {
+            title: title.into(),
+            bars: Vec::new(),
+            references: Vec::new(),
+            series,
+            x_label: String::new(),
         }
     }
 }
@@ -118,9 +143,69 @@ impl Picture {
             } else {
                 panel_top(panel)
             };
-            self.draw_panel(panel, &area, top)?;
+            if panel.series.is_empty() {
+                self.draw_panel(panel, &area, top)?;
+            } else {
+                self.draw_lines(panel, &area)?;
+            }
             rest = right;
         }
+        Ok(())
+    }
+
+    fn x_label_of<'a>(&'a self, panel: &'a Panel) -> &'a str {
+        if panel.x_label.is_empty() {
+            &self.x_label
+        } else {
+            &panel.x_label
+        }
+    }
+
+    fn draw_lines(
+        &self,
+        panel: &Panel,
+        area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    ) -> Result<(), String> {
+        let points = || panel.series.iter().flat_map(|series| series.points.iter());
+        let right = points().map(|p| p.0).fold(0.0, f64::max).max(1e-9);
+        let top = points().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.12;
+        let mut chart = ChartBuilder::on(area)
+            .caption(&panel.title, ("sans-serif", 14))
+            .margin(8)
+            .x_label_area_size(42)
+            .y_label_area_size(62)
+            .build_cartesian_2d(0f64..right, 0f64..top)
+            .map_err(|err| err.to_string())?;
+        chart
+            .configure_mesh()
+            .y_desc(&self.y_label)
+            .x_desc(self.x_label_of(panel))
+            .x_label_formatter(&|x| short_number(*x))
+            .y_label_formatter(&|y| short_number(*y))
+            .label_style(("sans-serif", 11))
+            .draw()
+            .map_err(|err| err.to_string())?;
+        for (idx, series) in panel.series.iter().enumerate() {
+            let colour = PALETTE[idx % PALETTE.len()];
+            chart
+                .draw_series(LineSeries::new(
+                    series.points.iter().copied(),
+                    colour.stroke_width(2),
+                ))
+                .map_err(|err| err.to_string())?
+                .label(series.label.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .label_font(("sans-serif", 11))
+            .draw()
+            .map_err(|err| err.to_string())?;
         Ok(())
     }
 
@@ -166,7 +251,7 @@ impl Picture {
                 _ => String::new(),
             })
             .y_desc(&self.y_label)
-            .x_desc(&self.x_label)
+            .x_desc(self.x_label_of(panel))
             .y_label_formatter(&|y| short_number(*y))
             .label_style(("sans-serif", 11))
             .draw()
@@ -233,8 +318,20 @@ impl Picture {
     }
 }
 
+/// Line colours, in series order.
+const PALETTE: [RGBColor; 5] = [
+    RGBColor(70, 110, 170),
+    RGBColor(200, 60, 40),
+    RGBColor(40, 140, 70),
+    RGBColor(150, 90, 170),
+    RGBColor(220, 140, 30),
+];
+
 /// A panel's width: wide enough for its bar labels to sit side by side.
 fn panel_width(panel: &Panel) -> u32 {
+    if !panel.series.is_empty() {
+        return 2 * PANEL_WIDTH;
+    }
     let n_bars = panel.bars.len() as u32;
     if n_bars > 30 {
         PANEL_WIDTH
@@ -295,6 +392,28 @@ mod tests {
         for text in ["the caption", "left panel", "right", "lecture"] {
             assert!(svg.contains(text), "{text} missing");
         }
+    }
+
+    #[test]
+    fn a_line_panel_draws_its_series_and_legend() {
+        let panel = Panel::lines(
+            "growth",
+            vec![
+                Series {
+                    label: "leaky".to_string(),
+                    points: vec![(0.0, 0.0), (50.0, 400.0)],
+                },
+                Series {
+                    label: "joined".to_string(),
+                    points: vec![(0.0, 0.0), (50.0, 8.0)],
+                },
+            ],
+        );
+        let svg = Picture::new("c", "MiB", vec![panel]).svg();
+        for text in ["growth", "leaky", "joined", "MiB"] {
+            assert!(svg.contains(text), "{text} missing");
+        }
+        assert!(svg.matches("<polyline").count() >= 2, "{svg}");
     }
 
     #[test]

@@ -266,7 +266,7 @@ pub fn deadlock_region(program: &[[LockOp; 4]; 2]) -> Vec<(usize, usize)> {
 
 // ---- drawing ----
 
-const CELL: f64 = 52.0;
+const CELL: f64 = 56.0;
 const MARGIN: f64 = 64.0;
 
 /// One graph: its size and its SVG elements (without the `<svg>` wrapper).
@@ -301,6 +301,9 @@ pub fn compose(drawings: &[Drawing]) -> String {
 struct Grid {
     x0: f64,
     y0: f64,
+    /// Instructions of thread 1 and of thread 2.
+    nx: f64,
+    ny: f64,
 }
 
 impl Grid {
@@ -366,7 +369,15 @@ impl Grid {
     }
 
     /// A path through states, `moves` being 0 (thread 1, right) or 1 (thread 2, up).
-    fn trajectory(&self, out: &mut String, moves: &[usize], colour: &str, label: &str, dash: &str) {
+    fn trajectory(
+        &self,
+        out: &mut String,
+        moves: &[usize],
+        colour: &str,
+        label: &str,
+        dash: &str,
+        row: usize,
+    ) {
         let (mut i, mut j) = (0.0, 0.0);
         let mut points = vec![format!("{:.1},{:.1}", self.x(i), self.y(j))];
         for &t in moves {
@@ -381,10 +392,16 @@ impl Grid {
             "<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"3\" stroke-dasharray=\"{dash}\"/>\n",
             points.join(" ")
         ));
+        // The legend, beside the graph's top right corner, one row per trajectory.
+        let (lx, ly) = (
+            self.x(self.nx) + 10.0,
+            self.y(self.ny) + 6.0 + 16.0 * row as f64,
+        );
         out.push_str(&format!(
-            "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"{colour}\" font-size=\"11\">{}</text>\n",
-            self.x(i) + 4.0,
-            self.y(j) - 4.0,
+            "<line x1=\"{lx:.1}\" y1=\"{ly:.1}\" x2=\"{:.1}\" y2=\"{ly:.1}\" stroke=\"{colour}\" stroke-width=\"3\" stroke-dasharray=\"{dash}\"/>\n<text x=\"{:.1}\" y=\"{:.1}\" fill=\"{colour}\" font-size=\"11\">{}</text>\n",
+            lx + 18.0,
+            lx + 22.0,
+            ly + 4.0,
             crate::report::escape(label)
         ));
     }
@@ -411,6 +428,8 @@ pub fn counter_drawing(k: usize) -> Drawing {
     let grid = Grid {
         x0: MARGIN,
         y0: size - MARGIN + 8.0,
+        nx: n as f64,
+        ny: n as f64,
     };
     let mut out = String::new();
     // Unsafe region of iterations (a, b): thread 1 between its a-th L and S, thread 2
@@ -445,6 +464,7 @@ pub fn counter_drawing(k: usize) -> Drawing {
         "#1e7b34",
         &format!("safe: cnt = {}", run_order(&safe)),
         "",
+        0,
     );
     grid.trajectory(
         &mut out,
@@ -452,9 +472,10 @@ pub fn counter_drawing(k: usize) -> Drawing {
         "#b03a2e",
         &format!("unsafe: cnt = {}", run_order(&unsafe_)),
         "6 3",
+        1,
     );
     Drawing {
-        width: size + 110.0,
+        width: size + 120.0,
         height: size + 20.0,
         body: out,
     }
@@ -473,6 +494,8 @@ pub fn locks_drawing(program: &[[LockOp; 4]; 2], title: &str) -> Drawing {
     let grid = Grid {
         x0: MARGIN,
         y0: size - MARGIN + 8.0,
+        nx: n as f64,
+        ny: n as f64,
     };
     let mut out = String::new();
     let outcome = lock_outcomes(program);
@@ -498,7 +521,7 @@ pub fn locks_drawing(program: &[[LockOp; 4]; 2], title: &str) -> Drawing {
     grid.axes(&mut out, &labels(0), &labels(1), title);
     if let Some(&(i, j)) = outcome.deadlock_states.first() {
         let into: Vec<usize> = [vec![0; i], vec![1; j]].concat();
-        grid.trajectory(&mut out, &into, "#b03a2e", "deadlock", "6 3");
+        grid.trajectory(&mut out, &into, "#b03a2e", "deadlock", "6 3", 1);
     }
     grid.trajectory(
         &mut out,
@@ -506,9 +529,10 @@ pub fn locks_drawing(program: &[[LockOp; 4]; 2], title: &str) -> Drawing {
         "#1e7b34",
         "completes",
         "",
+        0,
     );
     Drawing {
-        width: size + 70.0,
+        width: size + 100.0,
         height: size + 20.0,
         body: out,
     }

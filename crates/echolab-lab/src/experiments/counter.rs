@@ -41,6 +41,24 @@ pub const DEFAULT_NITERS: u64 = if cfg!(debug_assertions) {
 /// On one CPU each thread increments this many times more (see `run`).
 pub const ONE_CPU_FACTOR: u64 = 10;
 
+/// Increments per thread of the racy variant: its loop is assembly, as fast in a debug
+/// build as in a release one, and it needs to run long enough for the threads to overlap
+/// (on one CPU, for many time slices: about 4 ms per 10 million here).
+pub const RACY_NITERS: u64 = 10_000_000;
+
+/// Increments per thread of `variant`, on one CPU or on several.
+pub fn niters_for(variant: Variant, one_cpu: bool) -> u64 {
+    let base = match variant {
+        Variant::Racy => RACY_NITERS,
+        Variant::Atomic | Variant::Mutex => DEFAULT_NITERS,
+    };
+    if one_cpu && variant == Variant::Racy {
+        ONE_CPU_FACTOR * base
+    } else {
+        base
+    }
+}
+
 /// How the shared counter is incremented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
@@ -228,28 +246,40 @@ pub fn meaning(findings: &Findings) -> String {
     text
 }
 
-/// The measured line that shows the racy loop as compiled, and whether it is split.
-pub fn listing_line(listing: &Result<(Vec<String>, crate::disasm::Steps), String>) -> String {
+/// The measured lines that show the racy loop as compiled, one instruction a line with
+/// its role (as the lecture's assembly slide does), and whether it is split.
+pub fn listing_lines(listing: &Result<(Vec<String>, crate::disasm::Steps), String>) -> Vec<String> {
     match listing {
-        Ok((instructions, steps)) => format!(
-            "racy loop as compiled (objdump of {}): {}  => {}",
-            echolab_sys::racy::RACY_SYMBOL,
-            instructions.join(" | "),
-            if steps.is_split() {
-                format!(
-                    "load {} (L), add {} (U), store {} (S): three instructions, so a context switch can fall between L and S",
-                    steps.loads.join(" "),
-                    steps.register_adds.join(" "),
-                    steps.stores.join(" ")
-                )
+        Ok((instructions, steps)) => {
+            let mut lines = vec![format!(
+                "racy loop as compiled (objdump of {} in this binary):",
+                echolab_sys::racy::RACY_SYMBOL
+            )];
+            for insn in instructions {
+                let role = if steps.loads.contains(insn) {
+                    "L: load cnt into a register"
+                } else if steps.register_adds.contains(insn) {
+                    "U: update the register"
+                } else if steps.stores.contains(insn) {
+                    "S: store the register into cnt"
+                } else if steps.read_modify_writes.contains(insn) {
+                    "read-modify-write of memory in ONE instruction"
+                } else {
+                    ""
+                };
+                lines.push(format!("    {insn:<28} {role}").trim_end().to_string());
+            }
+            lines.push(if steps.is_split() {
+                "  => a separate load (L), update (U) and store (S): a context switch can fall between L and S".to_string()
             } else {
                 format!(
-                    "NOT a separate load, add and store (read-modify-write: {}); one core cannot lose updates",
+                    "  => NOT a separate load, update and store ({}): a context switch cannot split it, so one core cannot lose updates",
                     steps.read_modify_writes.join(", ")
                 )
-            }
-        ),
-        Err(err) => format!("racy loop: cannot show its instructions ({err})"),
+            });
+            lines
+        }
+        Err(err) => vec![format!("racy loop: cannot show its instructions ({err})")],
     }
 }
 
@@ -259,15 +289,10 @@ fn run(settings: &Settings) -> io::Result<Report> {
     let one_cpu = settings.cpus().len() == 1;
     // On one CPU the threads take turns, and updates are lost only when a time slice ends
     // between a load and its store: a run must last many slices (a few ms each) for that
-    // to happen, and 10 million increments take about 4 ms in the racy loop.
-    let niters = if one_cpu {
-        ONE_CPU_FACTOR * DEFAULT_NITERS
-    } else {
-        DEFAULT_NITERS
-    };
+    // to happen (see `niters_for`).
     let deadline = settings.deadline();
     let listing = crate::disasm::racy_loop();
-    let mut measured = vec![listing_line(&listing)];
+    let mut measured = listing_lines(&listing);
     let mut figures = Vec::new();
     let mut hangs = Vec::new();
     let mut lost_bars = Vec::new();
@@ -275,6 +300,7 @@ fn run(settings: &Settings) -> io::Result<Report> {
     let mut racy_lost = Vec::new();
     let mut fixed_lost = 0;
     for variant in Variant::ALL {
+        let niters = niters_for(variant, one_cpu);
         let mut counts = Vec::new();
         // At least one run of each variant; further trials only while time is left.
         while counts.len() < trials && (counts.is_empty() || !deadline.passed()) {
@@ -343,9 +369,10 @@ fn run(settings: &Settings) -> io::Result<Report> {
     }
     let picture = Picture::new(
         format!(
-            "{n_threads} threads x {} increments, {} trial(s)",
-            thousands(niters),
-            racy_lost.len()
+            "{n_threads} threads, {} trial(s); racy {} increments per thread, the others {}",
+            racy_lost.len(),
+            thousands(niters_for(Variant::Racy, one_cpu)),
+            thousands(niters_for(Variant::Atomic, one_cpu))
         ),
         "",
         vec![
@@ -367,9 +394,10 @@ fn run(settings: &Settings) -> io::Result<Report> {
         title: "Shared counter: lost updates (badcnt.c)",
         claim: "cnt++ is load, update, store; two threads running it on a shared counter interleave those steps and the final count comes out short and different every run.",
         did: format!(
-            "{n_threads} threads each incremented one shared counter {} times, up to {trials} time(s) per variant: racy (load, add, store as three \
-             instructions, the lecture's L, U, S), atomic fetch_add, and a mutex{}.",
-            thousands(niters),
+            "{n_threads} threads each incremented one shared counter, up to {trials} time(s) per variant: racy (load, add, store as three \
+             instructions, the lecture's L, U, S; {} times per thread), atomic fetch_add and a mutex ({} times per thread){}.",
+            thousands(niters_for(Variant::Racy, one_cpu)),
+            thousands(niters_for(Variant::Atomic, one_cpu)),
             settings.cpus.as_ref().map_or(String::new(), |cpus| format!(", threads pinned round-robin to CPUs {cpus:?}"))
         ),
         measured,
@@ -503,33 +531,40 @@ mod tests {
     }
 
     #[test]
-    fn the_listing_line_says_what_the_instructions_are() {
+    fn the_listing_says_what_each_instruction_is() {
         let lines = |insns: &[&str]| {
             let insns: Vec<String> = insns.iter().map(|s| s.to_string()).collect();
             let steps = crate::disasm::classify(&insns);
-            listing_line(&Ok((insns, steps)))
+            listing_lines(&Ok((insns, steps)))
         };
-        let split = lines(&["mov (%rdi),%rax", "add $0x1,%rax", "mov %rax,(%rdi)"]);
-        assert!(
-            split.contains("mov (%rdi),%rax | add $0x1,%rax | mov %rax,(%rdi)"),
-            "{split}"
-        );
-        assert!(
-            split.contains(
-                "load mov (%rdi),%rax (L), add add $0x1,%rax (U), store mov %rax,(%rdi) (S)"
-            ),
-            "{split}"
+        let split = lines(&[
+            "test %rsi,%rsi",
+            "mov (%rdi),%rax",
+            "add $0x1,%rax",
+            "mov %rax,(%rdi)",
+        ]);
+        assert_eq!(
+            split[1..],
+            [
+                "    test %rsi,%rsi".to_string(),
+                format!("    {:<28} L: load cnt into a register", "mov (%rdi),%rax"),
+                format!("    {:<28} U: update the register", "add $0x1,%rax"),
+                format!("    {:<28} S: store the register into cnt", "mov %rax,(%rdi)"),
+                "  => a separate load (L), update (U) and store (S): a context switch can fall between L and S".to_string(),
+            ]
         );
         let fused = lines(&["addq $0x1,(%rdi)"]);
         assert!(
-            fused.contains(
-                "NOT a separate load, add and store (read-modify-write: addq $0x1,(%rdi))"
-            ),
-            "{fused}"
+            fused[1].ends_with("read-modify-write of memory in ONE instruction"),
+            "{fused:?}"
+        );
+        assert!(
+            fused[2].starts_with("  => NOT a separate load, update and store (addq $0x1,(%rdi))"),
+            "{fused:?}"
         );
         assert_eq!(
-            listing_line(&Err("no objdump".to_string())),
-            "racy loop: cannot show its instructions (no objdump)"
+            listing_lines(&Err("no objdump".to_string())),
+            ["racy loop: cannot show its instructions (no objdump)"]
         );
     }
 

@@ -174,7 +174,12 @@ fn run(settings: &Settings) -> io::Result<Report> {
         .eof_after
         .iter()
         .enumerate()
-        .filter_map(|(idx, eof)| Some(Bar::new(format!("client {}", idx + 1), ms((*eof)?))))
+        .filter_map(|(idx, eof)| {
+            Some(Bar::new(
+                format!("client {}", idx + 1),
+                (*eof)?.as_secs_f64() * 1e6,
+            ))
+        })
         .collect();
     let picture = Picture::new(
         "End-of-file after the child exits",
@@ -184,7 +189,7 @@ fn run(settings: &Settings) -> io::Result<Report> {
                 "clients that saw end-of-file (parent keeps / closes connfd)",
                 counts,
             ),
-            Panel::new("parent closes connfd: ms until EOF", fixed_ms),
+            Panel::new("parent closes connfd: µs until end-of-file", fixed_ms),
         ],
     );
     Ok(Report {

@@ -30,7 +30,7 @@ pub const EXPERIMENT: Experiment = Experiment {
 };
 
 /// Increments per thread in the real run set beside the enumeration.
-pub const REAL_NITERS: u64 = crate::experiments::counter::DEFAULT_NITERS;
+pub const REAL_NITERS: u64 = crate::experiments::counter::RACY_NITERS;
 
 /// One line per k: the count, its closed form, and the distribution of final values.
 pub fn counter_line(outcomes: &CounterOutcomes) -> String {

@@ -30,7 +30,7 @@ use echolab_sys::sigchld_lock;
 
 use crate::child::{config_str, config_u64};
 use crate::experiment::{thousands, Deadline, Experiment, Report, Settings};
-use crate::plot::{Bar, Panel, Picture};
+use crate::plot::{Bar, Panel, Picture, Series};
 use crate::watchdog::{child_args, End, WatchedChild};
 
 pub const EXPERIMENT: Experiment = Experiment {
@@ -73,6 +73,27 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// How long it had printed nothing when it ended (zero when it finished).
     pub silent_for: Duration,
+    /// (seconds since the start, children started so far), at most [`TIMELINE_POINTS`]
+    /// points, ending when the run ended (a flat end is the silence before the verdict).
+    pub timeline: Vec<(f64, f64)>,
+}
+
+/// Points kept of a run's timeline.
+pub const TIMELINE_POINTS: usize = 300;
+
+/// Thins `points` to at most `max` of them, keeping the first and the last.
+pub fn thin(points: &[(f64, f64)], max: usize) -> Vec<(f64, f64)> {
+    if points.len() <= max || max < 2 {
+        return points.to_vec();
+    }
+    let step = points.len().div_ceil(max - 1);
+    let mut kept: Vec<(f64, f64)> = points.iter().step_by(step).copied().collect();
+    if let Some(&last) = points.last() {
+        if kept.last() != Some(&last) {
+            kept.push(last);
+        }
+    }
+    kept
 }
 
 /// Runs one variant (`locking` or `signalfd`) with `n_children` in a watched child.
@@ -86,11 +107,19 @@ pub fn run_variant(
     let started_at = Instant::now();
     let child = WatchedChild::spawn(&settings.exe, &child_args("signal-handler", &config))?;
     let finished = child.wait(deadline, Some(STALL))?;
-    let started = finished
+    let forked: Vec<(f64, f64)> = finished
         .lines
         .iter()
         .filter(|line| line.text.starts_with("forked "))
-        .count() as u64;
+        .enumerate()
+        .map(|(idx, line)| {
+            (
+                line.at.saturating_duration_since(started_at).as_secs_f64(),
+                (idx + 1) as f64,
+            )
+        })
+        .collect();
+    let started = forked.len() as u64;
     let silent_for = match &finished.end {
         End::Exited(_) => Duration::ZERO,
         End::Hung { after, .. } => finished
@@ -142,13 +171,18 @@ pub fn run_variant(
             )
         }
     };
+    let elapsed = started_at.elapsed();
+    let mut timeline = thin(&forked, TIMELINE_POINTS - 2);
+    timeline.insert(0, (0.0, 0.0));
+    timeline.push((elapsed.as_secs_f64(), started as f64));
     Ok(Outcome {
         started,
         reaped,
         ending,
         detail,
-        elapsed: started_at.elapsed(),
+        elapsed,
         silent_for,
+        timeline,
     })
 }
 
@@ -288,18 +322,49 @@ fn run(settings: &Settings) -> io::Result<Report> {
     if let Some(detail) = &fixed.detail {
         hangs.push(format!("signalfd run: {detail}"));
     }
-    let hang_panel = Panel::new("locking handler: children started per run", hang_bars);
+    let mut lines: Vec<Series> = outcomes
+        .iter()
+        .enumerate()
+        .map(|(idx, outcome)| Series {
+            label: format!(
+                "locking run {} ({})",
+                idx + 1,
+                match outcome.ending {
+                    Ending::Hung => "hung",
+                    Ending::TimedOut => "timed out",
+                    Ending::Finished => "finished",
+                }
+            ),
+            points: outcome.timeline.clone(),
+        })
+        .take(4)
+        .collect();
+    lines.push(Series {
+        label: "signalfd".to_string(),
+        points: fixed.timeline.clone(),
+    });
+    let mut hang_panel = Panel::lines(
+        format!(
+            "children started over time (first {} locking run(s) and the fix)",
+            lines.len() - 1
+        ),
+        lines,
+    );
+    hang_panel.x_label = "seconds since the run started".to_string();
     let picture = Picture::new(
-        "Children forked before each run ended",
+        "Children forked until each run ended (a flat end: silence, then the verdict)",
         "children",
         vec![
             hang_panel,
             Panel::new(
-                "signalfd: children started and reaped",
-                vec![
-                    Bar::new("started", fixed.started as f64),
-                    Bar::new("reaped", fixed.reaped as f64),
-                ],
+                "children started per locking run; the fix: started, reaped",
+                hang_bars
+                    .into_iter()
+                    .chain([
+                        Bar::new("signalfd started", fixed.started as f64),
+                        Bar::new("signalfd reaped", fixed.reaped as f64),
+                    ])
+                    .collect(),
             ),
         ],
     );
@@ -441,6 +506,7 @@ mod tests {
             ending,
             detail: None,
             elapsed: Duration::from_millis(1_500),
+            timeline: Vec::new(),
             silent_for: if ending == Ending::Hung {
                 Duration::from_millis(1_020)
             } else {
@@ -494,6 +560,17 @@ mod tests {
             thread("futex_do_wait")
         ])));
         assert!(!blocked_on_itself(&state(Vec::new())));
+    }
+
+    #[test]
+    fn thinning_keeps_the_ends_and_the_bound() {
+        let points: Vec<(f64, f64)> = (0..1_000).map(|n| (n as f64, n as f64)).collect();
+        let thinned = thin(&points, 100);
+        assert!(thinned.len() <= 100, "{}", thinned.len());
+        assert_eq!(thinned.first(), Some(&(0.0, 0.0)));
+        assert_eq!(thinned.last(), Some(&(999.0, 999.0)));
+        assert_eq!(thin(&points[..50], 100).len(), 50);
+        assert_eq!(thin(&points[..3], 1).len(), 3);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use echolab_sys::pthread;
 
 use crate::child::{config_str, config_u64};
 use crate::experiment::{thousands, Experiment, Report, Settings};
-use crate::plot::{Bar, Panel, Picture};
+use crate::plot::{Panel, Picture, Series};
 use crate::watchdog::{child_args, WatchedChild};
 
 pub const EXPERIMENT: Experiment = Experiment {
@@ -212,7 +212,8 @@ fn run(settings: &Settings) -> io::Result<Report> {
     let batches = settings.trials_or(5) as u64;
     let deadline = settings.deadline();
     let mut measured = Vec::new();
-    let mut panels = Vec::new();
+    let mut vsz_lines = Vec::new();
+    let mut rss_lines = Vec::new();
     let mut growths = Vec::new();
     let mut figures = Vec::new();
     for (variant, label) in VARIANTS {
@@ -244,19 +245,19 @@ fn run(settings: &Settings) -> io::Result<Report> {
             growth.rss_kib,
             growth.threads_left
         ));
-        let first_vsz = samples.first().map_or(0, |s| s.vsz_kib);
-        panels.push(Panel::new(
-            variant,
-            samples
+        let first = samples.first().copied();
+        let above = |value: fn(&Sample) -> u64, scale: f64| Series {
+            label: variant.to_string(),
+            points: samples
                 .iter()
                 .map(|s| {
-                    Bar::new(
-                        s.started.to_string(),
-                        (s.vsz_kib as f64 - first_vsz as f64) / 1024.0,
-                    )
+                    let base = first.as_ref().map_or(0, value);
+                    (s.started as f64, (value(s) as f64 - base as f64) / scale)
                 })
                 .collect(),
-        ));
+        };
+        vsz_lines.push(above(|s| s.vsz_kib, 1024.0));
+        rss_lines.push(above(|s| s.rss_kib, 1.0));
         figures.push(json!({ "variant": variant, "samples": samples, "cpus_allowed": result["cpus_allowed"] }));
         growths.push(growth);
     }
@@ -264,12 +265,14 @@ fn run(settings: &Settings) -> io::Result<Report> {
         .try_into()
         .map_err(|_| io::Error::other("thread-leak: a variant is missing"))?;
     let mut picture = Picture::new(
-        "Address space kept after the threads have returned (MiB above the start), by threads started",
-        "MiB",
-        panels,
+        "Memory kept after every thread has returned, above the process's start",
+        "",
+        vec![
+            Panel::lines("virtual size (VSZ), MiB", vsz_lines),
+            Panel::lines("resident size (RSS), KiB", rss_lines),
+        ],
     );
-    picture.shared_scale = true;
-    picture.x_label = "threads started".to_string();
+    picture.x_label = "threads started (all returned)".to_string();
     Ok(Report {
         experiment: EXPERIMENT.name,
         title: "Joinable threads that are never joined leak",
