@@ -2,7 +2,8 @@
 //! experiment returns: what it did, what it measured, what that means, and the figures.
 //!
 //! An experiment never hangs its caller: it gets a [`Deadline`], bounds each of its loops
-//! by it, and reports running out of time as a finding (`hung`), not as an error.
+//! by it, and reports running out of time as a finding ("timed out" while still making
+//! progress, "hung" when it stalled), not as an error.
 
 use std::io;
 use std::path::PathBuf;

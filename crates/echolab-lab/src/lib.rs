@@ -15,11 +15,16 @@
 //!   body in a fresh single-threaded process and prints its result.
 //! - [`locks`]: the lab's own locks (reader-preferring and writer-preferring
 //!   readers-writers locks), checked with loom.
-//! - [`plot`]: bar and histogram panels as SVG text, via plotters.
+//! - [`disasm`]: the racy counter's loop read back with objdump and checked to be a
+//!   separate load, add and store.
+//! - [`progress`]: every interleaving of two threads enumerated, and progress graphs
+//!   drawn as SVG.
+//! - [`plot`]: bar, histogram and line panels as SVG text, via plotters.
 //! - [`report`]: `lab all --report DIR`, one HTML page with a section per experiment.
 //! - [`experiments`]: one module per experiment: [`experiments::counter`],
-//!   [`experiments::thread_arg`], [`experiments::signal_handler`],
-//!   [`experiments::deadlock`], [`experiments::livelock`], [`experiments::starvation`],
+//!   [`experiments::thread_arg`], [`experiments::thread_leak`],
+//!   [`experiments::signal_handler`], [`experiments::deadlock`],
+//!   [`experiments::progress_graph`], [`experiments::livelock`], [`experiments::starvation`],
 //!   [`experiments::spawn_cost`], [`experiments::backlog`], [`experiments::zombies`],
 //!   [`experiments::fd_refcount`], and the fork server the last two share,
 //!   [`experiments::forkserver`].
@@ -56,16 +61,19 @@ pub struct LabArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Repetitions (or the experiment's size, see `lab list`); each has a small default.
+    /// Repetitions (or the experiment's size, see `lab list`); each has a small default and
+    /// a maximum, beyond which the value is refused (exit 2).
     #[arg(long, value_name = "N", value_parser = parse_positive)]
     pub trials: Option<usize>,
 
-    /// CPUs to run on, such as `0` or `0-1,3` (thread-arg pins its single-core run to the
-    /// first; counter pins its threads round-robin).
+    /// CPUs to run on, such as `0` or `0-1,3`: every experiment, its threads and its child
+    /// processes are restricted to them (thread-arg pins its single-core run to the first;
+    /// counter pins its threads round-robin).
     #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
     pub cpus: Option<CpuList>,
 
-    /// Deadline of each experiment, in seconds; a run still going then is reported hung.
+    /// Deadline of each experiment, in seconds; a run still going then is reported as timed
+    /// out (a stalled one as hung).
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = parse_timeout)]
     pub timeout: u64,
 

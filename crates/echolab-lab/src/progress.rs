@@ -19,14 +19,16 @@
 
 use std::collections::BTreeMap;
 
-/// C(n, k), exactly (saturating at u128::MAX, far beyond any size drawn here).
+/// C(n, k), exactly (0 when k > n; exact while the running product fits a u128, far
+/// beyond any size enumerated here).
 pub fn binomial(n: u64, k: u64) -> u128 {
-    let k = k.min(n - k.min(n));
-    let mut result: u128 = 1;
-    for idx in 0..k {
-        result = result.saturating_mul(u128::from(n - idx)) / u128::from(idx + 1);
+    if k > n {
+        return 0;
     }
-    result
+    // After step idx the product is C(n, idx + 1), a whole number: each division is exact.
+    (0..k).fold(1u128, |acc, idx| {
+        acc.saturating_mul(u128::from(n - idx)) / u128::from(idx + 1)
+    })
 }
 
 /// One instruction of the racy increment.
@@ -102,14 +104,16 @@ impl Machine {
 /// means more than 10^9 paths: callers keep it small.
 pub fn counter_outcomes(k: usize) -> CounterOutcomes {
     fn walk(machine: Machine, len: usize, finals: &mut BTreeMap<u64, u128>) {
-        if machine.pos == [len, len] {
-            *finals.entry(machine.cnt).or_default() += 1;
-            return;
-        }
+        let mut moved = false;
         for t in 0..2 {
             if machine.pos[t] < len {
+                moved = true;
                 walk(machine.step(t), len, finals);
             }
+        }
+        // Neither thread has an instruction left: one whole interleaving.
+        if !moved {
+            *finals.entry(machine.cnt).or_default() += 1;
         }
     }
     let mut finals = BTreeMap::new();
@@ -140,22 +144,36 @@ pub enum LockOp {
 impl LockOp {
     pub fn label(self) -> String {
         match self {
-            LockOp::P(lock) => format!("P({})", ["a", "b"][lock]),
-            LockOp::V(lock) => format!("V({})", ["a", "b"][lock]),
+            LockOp::P(lock) => format!("P({})", lock_name(lock)),
+            LockOp::V(lock) => format!("V({})", lock_name(lock)),
         }
     }
 }
 
+/// `a`, `b`, `c`... for lock 0, 1, 2...
+fn lock_name(lock: usize) -> String {
+    u8::try_from(lock)
+        .ok()
+        .filter(|&lock| lock < 26)
+        .map_or_else(
+            || format!("l{lock}"),
+            |lock| char::from(b'a' + lock).to_string(),
+        )
+}
+
+/// A two-thread lock program: each thread's operations, in order.
+pub type Program<'a> = [&'a [LockOp]; 2];
+
 /// Thread 1 and thread 2 of the lecture's deadlock: a then b, and b then a.
-pub const OPPOSITE_ORDERS: [[LockOp; 4]; 2] = [
-    [LockOp::P(0), LockOp::P(1), LockOp::V(1), LockOp::V(0)],
-    [LockOp::P(1), LockOp::P(0), LockOp::V(0), LockOp::V(1)],
+pub const OPPOSITE_ORDERS: Program<'static> = [
+    &[LockOp::P(0), LockOp::P(1), LockOp::V(1), LockOp::V(0)],
+    &[LockOp::P(1), LockOp::P(0), LockOp::V(0), LockOp::V(1)],
 ];
 
 /// The fix: both threads take a, then b.
-pub const ONE_ORDER: [[LockOp; 4]; 2] = [
-    [LockOp::P(0), LockOp::P(1), LockOp::V(1), LockOp::V(0)],
-    [LockOp::P(0), LockOp::P(1), LockOp::V(1), LockOp::V(0)],
+pub const ONE_ORDER: Program<'static> = [
+    &[LockOp::P(0), LockOp::P(1), LockOp::V(1), LockOp::V(0)],
+    &[LockOp::P(0), LockOp::P(1), LockOp::V(1), LockOp::V(0)],
 ];
 
 /// True when a thread that has executed `done` of `ops` holds `lock`.
@@ -172,8 +190,16 @@ pub fn holds(ops: &[LockOp], done: usize, lock: usize) -> bool {
 }
 
 /// State (i, j) is forbidden: both threads would hold the same lock.
-pub fn forbidden(program: &[[LockOp; 4]; 2], i: usize, j: usize) -> bool {
-    (0..2).any(|lock| holds(&program[0], i, lock) && holds(&program[1], j, lock))
+pub fn forbidden(program: &Program<'_>, i: usize, j: usize) -> bool {
+    let locks = program
+        .iter()
+        .flat_map(|ops| ops.iter())
+        .map(|op| match *op {
+            LockOp::P(lock) | LockOp::V(lock) => lock + 1,
+        })
+        .max()
+        .unwrap_or(0);
+    (0..locks).any(|lock| holds(program[0], i, lock) && holds(program[1], j, lock))
 }
 
 /// What every lock-respecting trajectory of a two-thread program comes to.
@@ -190,31 +216,30 @@ pub struct LockOutcomes {
 }
 
 /// Walks every trajectory of `program` that respects its locks.
-pub fn lock_outcomes(program: &[[LockOp; 4]; 2]) -> LockOutcomes {
-    let n = 4;
+pub fn lock_outcomes(program: &Program<'_>) -> LockOutcomes {
+    let (n0, n1) = (program[0].len(), program[1].len());
     let moves = |i: usize, j: usize| -> Vec<(usize, usize)> {
         let mut next = Vec::new();
-        if i < n && !forbidden(program, i + 1, j) {
+        if i < n0 && !forbidden(program, i + 1, j) {
             next.push((i + 1, j));
         }
-        if j < n && !forbidden(program, i, j + 1) {
+        if j < n1 && !forbidden(program, i, j + 1) {
             next.push((i, j + 1));
         }
         next
     };
-    // Paths into each state, counted in order of i + j (every move adds one).
-    let mut paths = vec![vec![0u128; n + 1]; n + 1];
+    // Paths into each state; both predecessors of (i, j) come before it in this order.
+    let mut paths = vec![vec![0u128; n1 + 1]; n0 + 1];
     paths[0][0] = 1;
     let (mut completed, mut deadlocked) = (0, 0);
     let mut deadlock_states = Vec::new();
-    for sum in 0..=2 * n {
-        for i in 0..=n.min(sum) {
-            let j = sum - i;
-            if j > n || paths[i][j] == 0 {
+    for i in 0..=n0 {
+        for j in 0..=n1 {
+            if paths[i][j] == 0 {
                 continue;
             }
             let next = moves(i, j);
-            if (i, j) == (n, n) {
+            if (i, j) == (n0, n1) {
                 completed += paths[i][j];
             } else if next.is_empty() {
                 deadlocked += paths[i][j];
@@ -225,8 +250,8 @@ pub fn lock_outcomes(program: &[[LockOp; 4]; 2]) -> LockOutcomes {
             }
         }
     }
-    let forbidden = (0..=n)
-        .flat_map(|i| (0..=n).map(move |j| (i, j)))
+    let forbidden = (0..=n0)
+        .flat_map(|i| (0..=n1).map(move |j| (i, j)))
         .filter(|&(i, j)| forbidden(program, i, j))
         .collect();
     LockOutcomes {
@@ -238,28 +263,28 @@ pub fn lock_outcomes(program: &[[LockOp; 4]; 2]) -> LockOutcomes {
 }
 
 /// The states from which every trajectory ends in a deadlock (the deadlock region).
-pub fn deadlock_region(program: &[[LockOp; 4]; 2]) -> Vec<(usize, usize)> {
-    let n = 4;
+pub fn deadlock_region(program: &Program<'_>) -> Vec<(usize, usize)> {
+    let (n0, n1) = (program[0].len(), program[1].len());
     // doomed[i][j]: not the end, and every move leads to a doomed state (or none exists).
-    let mut doomed = vec![vec![false; n + 1]; n + 1];
-    for sum in (0..=2 * n).rev() {
-        for i in 0..=n.min(sum) {
-            let j = sum - i;
-            if j > n || (i, j) == (n, n) || forbidden(program, i, j) {
+    let mut doomed = vec![vec![false; n1 + 1]; n0 + 1];
+    // From the far corner back: both successors of (i, j) are decided before it.
+    for i in (0..=n0).rev() {
+        for j in (0..=n1).rev() {
+            if (i, j) == (n0, n1) || forbidden(program, i, j) {
                 continue;
             }
             let mut next = Vec::new();
-            if i < n && !forbidden(program, i + 1, j) {
+            if i < n0 && !forbidden(program, i + 1, j) {
                 next.push(doomed[i + 1][j]);
             }
-            if j < n && !forbidden(program, i, j + 1) {
+            if j < n1 && !forbidden(program, i, j + 1) {
                 next.push(doomed[i][j + 1]);
             }
             doomed[i][j] = next.iter().all(|&d| d);
         }
     }
-    (0..=n)
-        .flat_map(|i| (0..=n).map(move |j| (i, j)))
+    (0..=n0)
+        .flat_map(|i| (0..=n1).map(move |j| (i, j)))
         .filter(|&(i, j)| doomed[i][j])
         .collect()
 }
@@ -483,19 +508,19 @@ pub fn counter_drawing(k: usize) -> Drawing {
 
 /// A lock program's progress graph: forbidden regions shaded, the deadlock region (if any)
 /// marked, and one trajectory that enters it.
-pub fn svg_locks(program: &[[LockOp; 4]; 2], title: &str) -> String {
+pub fn svg_locks(program: &Program<'_>, title: &str) -> String {
     compose(&[locks_drawing(program, title)])
 }
 
 /// A lock program's progress graph, to compose with others (see [`svg_locks`]).
-pub fn locks_drawing(program: &[[LockOp; 4]; 2], title: &str) -> Drawing {
-    let n = 4;
-    let size = 2.0 * MARGIN + n as f64 * CELL;
+pub fn locks_drawing(program: &Program<'_>, title: &str) -> Drawing {
+    let (n0, n1) = (program[0].len(), program[1].len());
+    let size = 2.0 * MARGIN + n0.max(n1) as f64 * CELL;
     let grid = Grid {
         x0: MARGIN,
         y0: size - MARGIN + 8.0,
-        nx: n as f64,
-        ny: n as f64,
+        nx: n0 as f64,
+        ny: n1 as f64,
     };
     let mut out = String::new();
     let outcome = lock_outcomes(program);
@@ -525,7 +550,7 @@ pub fn locks_drawing(program: &[[LockOp; 4]; 2], title: &str) -> Drawing {
     }
     grid.trajectory(
         &mut out,
-        &[vec![0; n], vec![1; n]].concat(),
+        &[vec![0; n0], vec![1; n1]].concat(),
         "#1e7b34",
         "completes",
         "",
@@ -550,6 +575,8 @@ mod tests {
         assert_eq!(binomial(4, 0), 1);
         assert_eq!(binomial(4, 4), 1);
         assert_eq!(binomial(5, 2), 10);
+        assert_eq!(binomial(3, 5), 0);
+        assert_eq!(binomial(60, 30), 118_264_581_564_861_424);
     }
 
     #[test]
@@ -621,6 +648,34 @@ mod tests {
         // One order: a is held for i, j in 1..=3, so the threads must run one after the
         // other: exactly two trajectories.
         assert_eq!(ordered.completed, 2);
+    }
+
+    /// Three locks, a then c then b against b then c then a: from (1, 1) (T1 holds a, T2
+    /// holds b) either move leads into a deadlock, (2, 1) or (1, 2); so the deadlock
+    /// region is three states, of which two are deadlocks.
+    #[test]
+    fn a_deadlock_region_larger_than_its_deadlocks() {
+        use LockOp::{P, V};
+        let program: Program<'_> = [
+            &[P(0), P(2), P(1), V(1), V(2), V(0)],
+            &[P(1), P(2), P(0), V(0), V(2), V(1)],
+        ];
+        let outcome = lock_outcomes(&program);
+        assert_eq!(outcome.deadlock_states, vec![(1, 2), (2, 1)]);
+        assert_eq!(deadlock_region(&program), vec![(1, 1), (1, 2), (2, 1)]);
+        // Into (2, 1): from (1, 1), reached two ways, and from (2, 0), reached one way: 3;
+        // (1, 2) likewise: 3.
+        assert_eq!(outcome.deadlocked, 6);
+        let svg = svg_locks(&program, "three locks");
+        assert!(svg.contains(">P(c)<"), "{svg}");
+        assert_eq!(svg.matches("fill=\"#f4b6ad\"").count(), 3);
+    }
+
+    #[test]
+    fn lock_names() {
+        assert_eq!(lock_name(0), "a");
+        assert_eq!(lock_name(25), "z");
+        assert_eq!(lock_name(26), "l26");
     }
 
     #[test]

@@ -569,6 +569,18 @@ mod tests {
     }
 
     #[test]
+    fn the_racy_loop_runs_longer_on_one_cpu() {
+        assert_eq!(niters_for(Variant::Racy, false), RACY_NITERS);
+        assert_eq!(
+            niters_for(Variant::Racy, true),
+            ONE_CPU_FACTOR * RACY_NITERS
+        );
+        assert_eq!(niters_for(Variant::Atomic, true), DEFAULT_NITERS);
+        assert_eq!(niters_for(Variant::Mutex, false), DEFAULT_NITERS);
+        assert_eq!(ONE_CPU_FACTOR * RACY_NITERS, 100_000_000);
+    }
+
+    #[test]
     fn a_passed_deadline_cuts_the_run_short_and_says_so() {
         let count = count(
             Variant::Atomic,

@@ -430,6 +430,12 @@ mod tests {
     }
 
     #[test]
+    fn the_global_order_completes_every_round() {
+        let (count, _) = run_ordered(1_000);
+        assert_eq!(count, 2_000);
+    }
+
+    #[test]
     fn each_ending_has_its_line() {
         assert_eq!(
             run_line(1, &broken(Ending::Deadlocked, [1_234, 5]), 200_000),

@@ -277,7 +277,7 @@ pub fn meaning(simulated: &[[u64; 2]; 3], fixed: &FreeProgress, random: &FreePro
         );
     } else {
         text.push_str(
-            " Here the scheduler's own jitter kept the fixed back-off from livelocking: fewer than one collision per pass.",
+            " Here the scheduler's own jitter kept the fixed back-off from livelocking: at most one collision per pass.",
         );
     }
     if random_rate > fixed_rate {
@@ -459,6 +459,14 @@ mod tests {
             text.ends_with("Random back-off did not pass more often this time."),
             "{text}"
         );
+        // The boundaries: exactly one collision per pass is no livelock; equal rates are
+        // not "more often".
+        let text = meaning(&sim, &free(100, 100), &free(100, 10));
+        assert!(text.contains("at most one collision per pass"), "{text}");
+        assert!(
+            text.ends_with("Random back-off did not pass more often this time."),
+            "{text}"
+        );
         let text = meaning(&sim, &free(100, 50), &free(300, 10));
         assert!(
             text.contains("kept the fixed back-off from livelocking"),
@@ -467,6 +475,17 @@ mod tests {
         assert!(
             text.ends_with("Random back-off passed 3.0x as often."),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn the_free_line_states_the_figures() {
+        assert_eq!(
+            free_line("fixed back-off", &free(1_500, 3_000)),
+            format!(
+                "measured, free-running, {:<15} 2.00 s: passes 1,500 + 1,500 (1500/s), collisions 3,000 + 3,000 (2.0 per pass)",
+                "fixed back-off"
+            )
         );
     }
 

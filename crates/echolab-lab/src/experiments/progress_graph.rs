@@ -228,6 +228,10 @@ mod tests {
             counter_line(&counter_outcomes(1)),
             "k = 1: 20 interleavings (equals C(6, 3) = 20); final cnt 1 in 18, 2 in 2; right (2) in 10.00%"
         );
+        assert_eq!(
+            counter_line(&counter_outcomes(2)),
+            "k = 2: 924 interleavings (equals C(12, 6) = 924); final cnt 2 in 702, 3 in 216, 4 in 6; right (4) in 0.65%"
+        );
         let mut wrong = counter_outcomes(1);
         wrong.interleavings = 19;
         assert!(counter_line(&wrong).contains("(DIFFERS FROM C(6, 3) = 20)"));
@@ -264,6 +268,14 @@ mod tests {
         assert!(
             text.contains("lost 50.0% of their increments, as many as"),
             "{text}"
+        );
+        // Exactly half the share of bad interleavings (18/20 = 0.9) is not "far fewer".
+        let boundary = meaning(&counters, &opposite, &ordered, Some(0.5 * (18.0 / 20.0)));
+        assert!(boundary.contains("as many as"), "{boundary}");
+        let none = meaning(&counters, &ordered, &ordered, Some(0.1));
+        assert!(
+            none.ends_with("Deadlocking trajectories: 0 in opposite orders, 0 in one order."),
+            "{none}"
         );
         assert!(
             text.contains("In opposite lock orders 2 trajectories enter the deadlock region"),

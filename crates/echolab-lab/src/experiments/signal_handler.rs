@@ -570,6 +570,11 @@ mod tests {
         assert_eq!(thinned.first(), Some(&(0.0, 0.0)));
         assert_eq!(thinned.last(), Some(&(999.0, 999.0)));
         assert_eq!(thin(&points[..50], 100).len(), 50);
+        assert_eq!(
+            thin(&points[..100], 100).len(),
+            100,
+            "exactly max: kept whole"
+        );
         assert_eq!(thin(&points[..3], 1).len(), 3);
     }
 

@@ -370,6 +370,14 @@ mod tests {
     fn a_longer_wait_is_not_called_a_cut() {
         let text = meaning(
             &outcome(20, false, 3, 30_000, 2),
+            &outcome(20, false, 3, 1_000, 1),
+        );
+        assert!(
+            text.contains("did not shorten its longest wait this time (3.0 ms against 3.0 ms)"),
+            "{text}"
+        );
+        let text = meaning(
+            &outcome(20, false, 3, 30_000, 2),
             &outcome(19, true, 9, 1_000, 1),
         );
         assert!(

@@ -390,6 +390,14 @@ mod tests {
             growth(100, 0.0),
         ]);
         assert!(text.starts_with("No leak was measured"), "{text}");
+        // The boundary: exactly four times the 16 KiB floor is not yet a leak.
+        let text = meaning(&[
+            growth(100, 64.0),
+            growth(100, 0.0),
+            growth(100, 0.0),
+            growth(100, 0.0),
+        ]);
+        assert!(text.starts_with("No leak was measured"), "{text}");
         let text = meaning(&[
             growth(100, 65.0),
             growth(100, 0.0),
