@@ -576,6 +576,11 @@ mod tests {
             "exactly max: kept whole"
         );
         assert_eq!(thin(&points[..3], 1).len(), 3);
+        assert_eq!(
+            thin(&points, 2),
+            vec![(0.0, 0.0), (999.0, 999.0)],
+            "two: the ends"
+        );
     }
 
     #[test]
