@@ -124,8 +124,8 @@ pub fn meaning(buggy: &Views, fixed: &Views) -> String {
             .copied()
             .unwrap_or_default();
         text.push_str(&format!(
-            " With the parent's copy closed, all {fixed_eof} client(s) saw end-of-file, the slowest after {:.2} ms.",
-            ms(slowest)
+            " With the parent's copy closed, all {fixed_eof} client(s) saw end-of-file, the slowest after {:.0} µs.",
+            slowest.as_secs_f64() * 1e6
         ));
     } else {
         text.push_str(&format!(
@@ -246,7 +246,7 @@ mod tests {
         let text = meaning(&buggy, &fixed);
         assert!(text.starts_with("With the parent's copy open, 2 of 2 client(s) saw no end-of-file in up to 1003 ms of waiting"), "{text}");
         assert!(
-            text.ends_with("all 2 client(s) saw end-of-file, the slowest after 0.25 ms."),
+            text.ends_with("all 2 client(s) saw end-of-file, the slowest after 250 µs."),
             "{text}"
         );
     }

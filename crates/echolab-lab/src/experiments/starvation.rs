@@ -181,13 +181,16 @@ pub fn meaning(starved: &Outcome, fixed: &Outcome) -> String {
     };
     let (before, after) = (starved.longest_write_wait(), fixed.longest_write_wait());
     if after < before {
+        let (paid, free) = (read_rate(fixed), read_rate(starved));
         text.push_str(&format!(
-            " Preferring the waiting writer cut its longest wait to {:.1} ms (from {:.1} ms), at the price of readers pausing while it goes \
-             ({:.0} reads/s against {:.0} reads/s).",
+            " Preferring the waiting writer cut its longest wait to {:.1} ms (from {:.1} ms), {} ({paid:.0} reads/s against {free:.0} reads/s).",
             ms(after),
             ms(before),
-            read_rate(fixed),
-            read_rate(starved)
+            if paid < 0.95 * free {
+                "at the price of readers pausing while it goes"
+            } else {
+                "and the readers' throughput stayed within 5%"
+            }
         ));
     } else {
         text.push_str(&format!(
@@ -364,6 +367,25 @@ mod tests {
         );
         assert!(text.starts_with("On the reader-preferring lock the writer got all 20 of its writes this time (longest wait 3.0 ms)"), "{text}");
         assert!(!text.contains("never let"), "{text}");
+        // Readers as fast with the fix (at exactly 95%, and above): no price is claimed.
+        let text = meaning(
+            &outcome(0, true, 1_500, 20_000, 2),
+            &outcome(20, false, 2, 9_500, 1),
+        );
+        assert!(
+            text.contains(
+                "and the readers' throughput stayed within 5% (9500 reads/s against 10000 reads/s)"
+            ),
+            "{text}"
+        );
+        let text = meaning(
+            &outcome(0, true, 1_500, 20_000, 2),
+            &outcome(20, false, 2, 9_499, 1),
+        );
+        assert!(
+            text.contains("at the price of readers pausing while it goes (9499 reads/s"),
+            "{text}"
+        );
     }
 
     #[test]
