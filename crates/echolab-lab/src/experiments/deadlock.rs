@@ -165,10 +165,11 @@ pub fn meaning(runs: &[Broken], asked: usize) -> String {
         ));
     }
     if deadlocked > 0 {
-        text.push_str(
-            ": in each, the detector found a wait-for cycle of two threads, each holding one lock and waiting for the other's. \
+        text.push_str(&format!(
+            ": in {}, the detector found a wait-for cycle of two threads, each holding one lock and waiting for the other's. \
              Nothing times out and nothing fails: the threads just stop, which is why the lab needs a detector or a watchdog to see it.",
-        );
+            if deadlocked == 1 { "it" } else { "each" }
+        ));
     } else {
         text.push_str(
             ": the detector found no cycle, because the two threads never held their first locks at the same moment. \
@@ -427,6 +428,11 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("finished all their rounds"), "{text}");
+        let text = meaning(&runs[..2], 2);
+        assert!(
+            text.starts_with("1 of 2 opposite-order run(s) deadlocked: in it, the detector found"),
+            "{text}"
+        );
     }
 
     #[test]
