@@ -268,17 +268,41 @@ pub fn meaning(simulated: &[[u64; 2]; 3], fixed: &FreeProgress, random: &FreePro
         fixed.collisions_per_pass(),
         random.collisions_per_pass()
     ));
+    // Each thread's own progress: a total can hide one side that never passed.
+    let per_thread = |k: usize| {
+        if fixed.passes[k] == 0 {
+            f64::INFINITY
+        } else {
+            fixed.collisions[k] as f64 / fixed.passes[k] as f64
+        }
+    };
+    let worst = if per_thread(1) > per_thread(0) { 1 } else { 0 };
     if fixed_rate == 0.0 {
         text.push_str(" The fixed back-off made no progress at all: a livelock, measured.");
-    } else if fixed.collisions_per_pass() > 1.0 {
-        text.push_str(
-            " The fixed back-off is a partial livelock: both threads stay busy, and most of their work is colliding and retreating; \
-             real scheduling jitter breaks the symmetry now and then, which the lock-step simulation does not allow.",
-        );
+    } else if fixed.passes[worst] == 0 {
+        text.push_str(&format!(
+            " The fixed back-off livelocked one side: thread {} never passed and collided {} times, while thread {} passed {} times. \
+             Real scheduling jitter broke the symmetry in one thread's favour only; the total hides a thread that made no progress.",
+            worst + 1,
+            thousands(fixed.collisions[worst]),
+            2 - worst,
+            thousands(fixed.passes[1 - worst])
+        ));
+    } else if fixed.collisions_per_pass() > 1.0 || per_thread(worst) > 1.0 {
+        text.push_str(&format!(
+            " The fixed back-off is a partial livelock: both threads stay busy, and most of their work is colliding and retreating \
+             (thread 1 {:.1} collisions per pass, thread 2 {:.1}); real scheduling jitter breaks the symmetry now and then, which the \
+             lock-step simulation does not allow.",
+            per_thread(0),
+            per_thread(1)
+        ));
     } else {
-        text.push_str(
-            " Here the scheduler's own jitter kept the fixed back-off from livelocking: at most one collision per pass.",
-        );
+        text.push_str(&format!(
+            " Here the scheduler's own jitter kept the fixed back-off from livelocking: each thread passed ({} and {} times) with at most \
+             one collision per pass.",
+            thousands(fixed.passes[0]),
+            thousands(fixed.passes[1])
+        ));
     }
     if random_rate > fixed_rate {
         text.push_str(&format!(
@@ -462,7 +486,7 @@ mod tests {
         // The boundaries: exactly one collision per pass is no livelock; equal rates are
         // not "more often".
         let text = meaning(&sim, &free(100, 100), &free(100, 10));
-        assert!(text.contains("at most one collision per pass"), "{text}");
+        assert!(text.contains("each thread passed (100 and 100 times) with at most one collision per pass."), "{text}");
         assert!(
             text.ends_with("Random back-off did not pass more often this time."),
             "{text}"
@@ -476,6 +500,35 @@ mod tests {
             text.ends_with("Random back-off passed 3.0x as often."),
             "{text}"
         );
+    }
+
+    /// The report run's figures: one thread passed every time, the other never did.
+    #[test]
+    fn one_starved_thread_is_not_called_no_livelock() {
+        let sim = [[0, 0], [0, 0], [300, 250]];
+        let lopsided = FreeProgress {
+            passes: [67_273, 0],
+            collisions: [0, 65_801],
+            elapsed: Duration::from_millis(500),
+        };
+        let text = meaning(&sim, &lopsided, &free(1_000, 100));
+        assert!(text.contains(" The fixed back-off livelocked one side: thread 2 never passed and collided 65,801 times, while thread 1 passed 67,273 times."), "{text}");
+        assert!(!text.contains("kept the fixed back-off from livelocking"), "{text}");
+        let mirrored = FreeProgress {
+            passes: [0, 10],
+            collisions: [7, 0],
+            elapsed: Duration::from_secs(1),
+        };
+        let text = meaning(&sim, &mirrored, &free(1_000, 100));
+        assert!(text.contains("thread 1 never passed and collided 7 times, while thread 2 passed 10 times."), "{text}");
+        // Both passed, the total under one collision per pass, one thread over it.
+        let uneven = FreeProgress {
+            passes: [1_000, 10],
+            collisions: [0, 50],
+            elapsed: Duration::from_secs(1),
+        };
+        let text = meaning(&sim, &uneven, &free(1_000, 100));
+        assert!(text.contains("a partial livelock: both threads stay busy, and most of their work is colliding and retreating (thread 1 0.0 collisions per pass, thread 2 5.0)"), "{text}");
     }
 
     #[test]

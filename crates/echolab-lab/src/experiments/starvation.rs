@@ -183,11 +183,14 @@ pub fn meaning(starved: &Outcome, fixed: &Outcome) -> String {
     if after < before {
         let (paid, free) = (read_rate(fixed), read_rate(starved));
         text.push_str(&format!(
-            " Preferring the waiting writer cut its longest wait to {:.1} ms (from {:.1} ms), {} ({paid:.0} reads/s against {free:.0} reads/s).",
+            " Preferring the waiting writer cut its longest wait to {:.1} ms (from {:.1} ms), {} ({paid:.0} reads/s on the writer-preferring \
+             lock against {free:.0} reads/s on the reader-preferring one).",
             ms(after),
             ms(before),
             if paid < 0.95 * free {
                 "at the price of readers pausing while it goes"
+            } else if paid > free / 0.95 {
+                "and the readers went faster too, not slower: this run shows no price for the fix"
             } else {
                 "and the readers' throughput stayed within 5%"
             }
@@ -360,7 +363,7 @@ mod tests {
             &outcome(20, false, 2, 1_000, 1),
         );
         assert!(text.starts_with("On the reader-preferring lock the readers made 30,000 reads while the writer got 0 of 20 writes and gave up after waiting 1500 ms"), "{text}");
-        assert!(text.contains("cut its longest wait to 2.0 ms (from 1500.0 ms), at the price of readers pausing while it goes (1000 reads/s against 15000 reads/s)"), "{text}");
+        assert!(text.contains("cut its longest wait to 2.0 ms (from 1500.0 ms), at the price of readers pausing while it goes (1000 reads/s on the writer-preferring lock against 15000 reads/s on the reader-preferring one)"), "{text}");
         let text = meaning(
             &outcome(20, false, 3, 30_000, 2),
             &outcome(20, false, 2, 1_000, 1),
@@ -374,7 +377,7 @@ mod tests {
         );
         assert!(
             text.contains(
-                "and the readers' throughput stayed within 5% (9500 reads/s against 10000 reads/s)"
+                "and the readers' throughput stayed within 5% (9500 reads/s on the writer-preferring lock against 10000 reads/s on the reader-preferring one)"
             ),
             "{text}"
         );
@@ -386,6 +389,28 @@ mod tests {
             text.contains("at the price of readers pausing while it goes (9499 reads/s"),
             "{text}"
         );
+    }
+
+    /// The finding's figures: readers were faster on the writer-preferring lock.
+    #[test]
+    fn faster_readers_are_not_called_a_price() {
+        let text = meaning(
+            &outcome(0, true, 1_500, 16_934, 2),
+            &outcome(20, false, 2, 13_844, 1),
+        );
+        assert!(text.contains("cut its longest wait to 2.0 ms (from 1500.0 ms), and the readers went faster too, not slower: this run shows no price for the fix (13844 reads/s on the writer-preferring lock against 8467 reads/s on the reader-preferring one)."), "{text}");
+        assert!(!text.contains("at the price"), "{text}");
+        // The boundary: up to 1/0.95 of the other rate is still "within 5%".
+        let text = meaning(
+            &outcome(0, true, 1_500, 19_000, 1),
+            &outcome(20, false, 2, 20_000, 1),
+        );
+        assert!(text.contains("stayed within 5% (20000 reads/s"), "{text}");
+        let text = meaning(
+            &outcome(0, true, 1_500, 19_000, 1),
+            &outcome(20, false, 2, 20_001, 1),
+        );
+        assert!(text.contains("the readers went faster too"), "{text}");
     }
 
     #[test]
