@@ -130,7 +130,16 @@ pub struct Growth {
     pub rss_kib: i64,
     /// See [`Growth::steady_per_thread`].
     pub steady_kib_per_thread: f64,
+    /// Batches run (samples after the first).
+    pub batches: u64,
+    /// Bit `i` set when batch `i + 1` grew VSZ by more than [`GREW_KIB_PER_THREAD`] per
+    /// thread it started (at most 64 batches: `max_trials`).
+    pub grew: u64,
 }
+
+/// A batch "grew" VSZ when it kept more than this per thread it started: below a
+/// stack's worth by far, above malloc's bookkeeping (the same floor as the leak verdict).
+pub const GREW_KIB_PER_THREAD: f64 = 16.0;
 
 impl Growth {
     pub fn of(samples: &[Sample]) -> Growth {
@@ -141,6 +150,8 @@ impl Growth {
                 vsz_kib: 0,
                 rss_kib: 0,
                 steady_kib_per_thread: 0.0,
+                batches: 0,
+                grew: 0,
             };
         };
         Growth {
@@ -149,6 +160,47 @@ impl Growth {
             vsz_kib: last.vsz_kib as i64 - first.vsz_kib as i64,
             rss_kib: last.rss_kib as i64 - first.rss_kib as i64,
             steady_kib_per_thread: Growth::steady_per_thread(samples),
+            batches: (samples.len() - 1) as u64,
+            grew: samples
+                .windows(2)
+                .take(64)
+                .enumerate()
+                .filter(|(_, pair)| {
+                    let threads = pair[1].started.saturating_sub(pair[0].started).max(1);
+                    pair[1].vsz_kib as f64 - pair[0].vsz_kib as f64
+                        > GREW_KIB_PER_THREAD * threads as f64
+                })
+                .fold(0, |mask, (i, _)| mask | 1 << i),
+        }
+    }
+
+    /// The batches (from 1) that grew VSZ.
+    pub fn grew_in(&self) -> Vec<u64> {
+        (0..self.batches.min(64))
+            .filter(|i| self.grew & (1 << i) != 0)
+            .map(|i| i + 1)
+            .collect()
+    }
+
+    /// How VSZ grew batch by batch: flat, grew then flat, or still growing at the end.
+    pub fn pattern(&self) -> String {
+        let grew = self.grew_in();
+        let list = grew
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        match grew.last() {
+            None => format!("flat in all {} batch(es)", self.batches),
+            Some(&last) if last < self.batches => format!(
+                "grew in batch(es) {list} of {}, then flat for the last {}",
+                self.batches,
+                self.batches - last
+            ),
+            Some(_) => format!(
+                "grew in batch(es) {list} of {}, the last one included",
+                self.batches
+            ),
         }
     }
 
@@ -201,9 +253,26 @@ pub fn meaning(growths: &[Growth; 4]) -> String {
             leak.steady_kib_per_thread, others
         )
     };
+    let rust_growth = match rust.grew_in().last() {
+        None => format!(
+            "its {} threads left VSZ flat in all {} batch(es)",
+            rust.threads_started, rust.batches
+        ),
+        Some(&last) if last < rust.batches => format!(
+            "its {} threads' VSZ {}: a one-time step of {} KiB in all, not growth per thread",
+            rust.threads_started,
+            rust.pattern(),
+            rust.vsz_kib
+        ),
+        Some(_) => format!(
+            "yet its {} threads' VSZ {}, {:.1} KiB per thread after batch 1: more batches would tell whether that levels off",
+            rust.threads_started,
+            rust.pattern(),
+            rust.steady_kib_per_thread
+        ),
+    };
     text.push_str(&format!(
-        " Rust hides this leak: dropping a JoinHandle detaches the thread (its {} threads grew it by {:.1} KiB each), so only raw pthreads can forget one.",
-        rust.threads_started, rust.steady_kib_per_thread
+        " Rust hides this leak: dropping a JoinHandle detaches the thread ({rust_growth}), so only raw pthreads can forget one."
     ));
     text
 }
@@ -236,11 +305,12 @@ fn run(settings: &Settings) -> io::Result<Report> {
             .map(|s| format!("{} MiB", thousands(s.vsz_kib / 1024)))
             .collect();
         measured.push(format!(
-            "{label:<41} VSZ {} -> {} (+{:.0} KiB per thread after batch 1), RSS {:+} KiB, threads left {}",
+            "{label:<41} VSZ {} -> {} ({}; +{:.0} KiB per thread after batch 1), RSS {:+} KiB, threads left {}",
             samples
                 .first()
                 .map_or("?".to_string(), |s| format!("{} MiB", thousands(s.vsz_kib / 1024))),
             after.join(", "),
+            growth.pattern(),
             growth.steady_kib_per_thread,
             growth.rss_kib,
             growth.threads_left
@@ -320,6 +390,8 @@ mod tests {
             vsz_kib: (steady * started as f64) as i64,
             rss_kib: 40,
             steady_kib_per_thread: steady,
+            batches: 2,
+            grew: 0,
         }
     }
 
@@ -352,6 +424,37 @@ mod tests {
         assert_eq!(Growth::of(&[sample(0, 5, 5)]).steady_kib_per_thread, 0.0);
     }
 
+    /// The report run's std::thread::spawn figures: 7 -> 17, 45, 45, 45, 45 MiB.
+    #[test]
+    fn a_single_step_is_described_as_one() {
+        let mib = |m: u64| m * 1024;
+        let samples: Vec<Sample> = [7, 17, 45, 45, 45, 45]
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| sample(i as u64 * PER_BATCH, mib(m), 100))
+            .collect();
+        let rust = Growth::of(&samples);
+        assert_eq!(rust.grew_in(), vec![1, 2]);
+        assert_eq!(rust.pattern(), "grew in batch(es) 1, 2 of 5, then flat for the last 3");
+        let text = meaning(&[growth(100, 8_192.0), growth(100, 0.0), growth(100, 0.0), rust]);
+        assert!(text.ends_with("(its 250 threads' VSZ grew in batch(es) 1, 2 of 5, then flat for the last 3: a one-time step of 38912 KiB in all, not growth per thread), so only raw pthreads can forget one."), "{text}");
+        assert!(!text.contains("KiB each"), "{text}");
+        // Still growing in the last batch: said so, with the rate.
+        let samples: Vec<Sample> = [7, 17, 17, 27]
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| sample(i as u64 * PER_BATCH, mib(m), 100))
+            .collect();
+        let still = Growth::of(&samples);
+        assert_eq!(still.pattern(), "grew in batch(es) 1, 3 of 3, the last one included");
+        let text = meaning(&[growth(100, 8_192.0), growth(100, 0.0), growth(100, 0.0), still]);
+        assert!(text.contains("(yet its 150 threads' VSZ grew in batch(es) 1, 3 of 3, the last one included, 102.4 KiB per thread after batch 1: more batches would tell whether that levels off)"), "{text}");
+        // The floor: 16 KiB per thread of the batch is flat, one more KiB grows.
+        let edge = Growth::of(&[sample(0, 1_000, 1), sample(50, 1_800, 1), sample(100, 2_601, 1)]);
+        assert_eq!(edge.grew_in(), vec![2]);
+        assert_eq!(Growth::of(&[sample(0, 1, 1)]).pattern(), "flat in all 0 batch(es)");
+    }
+
     #[test]
     fn a_leak_is_named_with_its_size() {
         let text = meaning(&[
@@ -367,7 +470,7 @@ mod tests {
         );
         assert!(
             text.ends_with(
-                "(its 100 threads grew it by 0.0 KiB each), so only raw pthreads can forget one."
+                "(its 100 threads left VSZ flat in all 2 batch(es)), so only raw pthreads can forget one."
             ),
             "{text}"
         );
