@@ -47,7 +47,9 @@ fn one_experiment_as_json() {
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["experiment"], "thread-arg");
     let panels = report["figures"]["panels"].as_array().unwrap();
-    assert_eq!(panels.len(), 3);
+    // The all-cores panel exists only when there is more than one core to run on.
+    let several = std::thread::available_parallelism().map_or(1, |n| n.get()) > 1;
+    assert_eq!(panels.len(), if several { 3 } else { 2 });
     // The no-race panel is exact: every value once.
     assert_eq!(panels[0]["distinct_per_trial"][0], 100);
     for panel in panels {
@@ -205,6 +207,65 @@ fn first_allowed_cpu() -> usize {
         .unwrap()
         .trim();
     list.split([',', '-']).next().unwrap().parse().unwrap()
+}
+
+/// With one CPU given, thread-arg runs no "all cores" panel and makes no all-cores
+/// comparison.
+#[test]
+fn thread_arg_on_one_cpu_says_so() {
+    let cpu = first_allowed_cpu().to_string();
+    let output = echolab(&[
+        "lab",
+        "thread-arg",
+        "--json",
+        "--trials",
+        "1",
+        "--cpus",
+        &cpu,
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let panels = report["figures"]["panels"].as_array().unwrap();
+    assert_eq!(panels.len(), 2);
+    assert!(panels.iter().all(|panel| panel["panel"] != "all cores"));
+    let meaning = report["meaning"].as_str().unwrap();
+    assert!(
+        meaning.contains(&format!(
+            "only CPU [{cpu}] was given, so nothing ran on several cores and there is no all-cores comparison"
+        )),
+        "{meaning}"
+    );
+    assert!(!meaning.contains("all cores 1"), "{meaning}");
+}
+
+/// The opposite-order run is set up to meet: a common start and a window between the
+/// two locks, both stated. Whether a given run deadlocks is not asserted.
+#[test]
+fn deadlock_states_its_start_and_window() {
+    let output = echolab(&["lab", "deadlock", "--json", "--trials", "1"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["figures"]["window_us"], 10);
+    let did = report["did"].as_str().unwrap();
+    assert!(
+        did.contains("starting together from a barrier and holding the first lock for 10 µs (busy) before asking for the second"),
+        "{did}"
+    );
+    assert_eq!(
+        report["figures"]["opposite_order"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[test]

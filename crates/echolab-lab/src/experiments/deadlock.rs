@@ -10,6 +10,11 @@
 //! joined; inside it, parking_lot's deadlock detector (the `deadlock_detection` feature)
 //! finds the cycle, the child prints it, and exits, taking its stuck threads with it. The
 //! fixed variant runs in-process: it cannot hang.
+//!
+//! The two opposite-order threads start together from a barrier and hold their first
+//! lock for [`WINDOW`] before asking for the second, so at the defaults they meet within
+//! a few hundred rounds (started one after the other with no window, they usually did
+//! not meet at all). When a run does not deadlock, the text says so and why.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +38,21 @@ pub const EXPERIMENT: Experiment = Experiment {
 
 /// Lock rounds per thread by default.
 pub const DEFAULT_NITERS: u64 = 200_000;
+
+/// How long each opposite-order thread holds its first lock before it asks for the
+/// second (a busy wait, not a sleep): the window in which the other thread can take its
+/// own first lock. Without it the window is a few instructions wide and the two threads,
+/// started one after the other, rarely meet inside it.
+pub const WINDOW: Duration = Duration::from_micros(10);
+
+/// Busy-waits `duration` (bounded by the clock), keeping the CPU like the lecture's
+/// threads doing work between their two P operations.
+fn hold(duration: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        std::hint::spin_loop();
+    }
+}
 
 /// How an opposite-order run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -75,7 +95,7 @@ pub fn run_broken(
     forced: bool,
     deadline: Deadline,
 ) -> io::Result<Broken> {
-    let config = json!({ "niters": niters, "forced": forced, "timeout_ms": deadline.remaining().as_millis() as u64 });
+    let config = json!({ "niters": niters, "forced": forced, "window_us": WINDOW.as_micros() as u64, "timeout_ms": deadline.remaining().as_millis() as u64 });
     let child = WatchedChild::spawn(&settings.exe, &child_args("deadlock", &config))?;
     // A little beyond the child's own limit: the child reports first if it can.
     let finished = child.wait(
@@ -261,9 +281,11 @@ fn run(settings: &Settings) -> io::Result<Report> {
         title: "Deadlock: two locks, opposite orders",
         claim: "Improper resource allocation prevents forward progress: each flow holds what the other needs and waits for what the other holds (traffic gridlock).",
         did: format!(
-            "Two threads each took locks A and B {} times, one A-then-B and the other B-then-A, in a child process whose main thread ran \
-             parking_lot's deadlock detector every 10 ms; then both threads in the same order, in-process.",
-            thousands(DEFAULT_NITERS)
+            "Two threads each took locks A and B {} times, one A-then-B and the other B-then-A, starting together from a barrier and holding \
+             the first lock for {} µs (busy) before asking for the second, in a child process whose main thread ran parking_lot's deadlock \
+             detector every 10 ms; then both threads in the same order, in-process.",
+            thousands(DEFAULT_NITERS),
+            WINDOW.as_micros()
         ),
         measured,
         meaning: meaning(&broken_runs, trials),
@@ -273,7 +295,7 @@ fn run(settings: &Settings) -> io::Result<Report> {
             thousands(count)
         ),
         hangs,
-        figures: json!({ "niters": DEFAULT_NITERS, "opposite_order": runs, "global_order": { "count": count, "ms": elapsed.as_secs_f64() * 1e3 } }),
+        figures: json!({ "niters": DEFAULT_NITERS, "window_us": WINDOW.as_micros() as u64, "opposite_order": runs, "global_order": { "count": count, "ms": elapsed.as_secs_f64() * 1e3 } }),
         svg: Some(picture.svg()),
     })
 }
@@ -282,6 +304,7 @@ fn run(settings: &Settings) -> io::Result<Report> {
 pub fn child_body(config: &Value) -> io::Result<Value> {
     let niters = config_u64(config, "niters", DEFAULT_NITERS);
     let forced = config_bool(config, "forced", false);
+    let window = Duration::from_micros(config_u64(config, "window_us", WINDOW.as_micros() as u64));
     let deadline = Deadline::after(Duration::from_millis(config_u64(
         config,
         "timeout_ms",
@@ -307,11 +330,15 @@ pub fn child_body(config: &Value) -> io::Result<Value> {
             std::thread::Builder::new()
                 .name(format!("lock-{}-first", ["A", "B"][k]))
                 .spawn(move || {
+                    // Both threads start their rounds together: otherwise the first is
+                    // far into its rounds before the second exists.
+                    barrier.wait();
                     for round in 0..niters {
                         let mut first = locks[k].lock();
                         if forced && round == 0 {
                             barrier.wait();
                         }
+                        hold(window);
                         waiting[k].store(1, Ordering::SeqCst);
                         let mut second = locks[1 - k].lock();
                         waiting[k].store(0, Ordering::SeqCst);
@@ -433,6 +460,14 @@ mod tests {
             text.starts_with("1 of 2 opposite-order run(s) deadlocked: in it, the detector found"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_window_is_held_for_its_length() {
+        let started = Instant::now();
+        hold(Duration::from_micros(300));
+        assert!(started.elapsed() >= Duration::from_micros(300));
+        hold(Duration::ZERO);
     }
 
     #[test]

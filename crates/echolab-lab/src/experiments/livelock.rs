@@ -486,7 +486,12 @@ mod tests {
         // The boundaries: exactly one collision per pass is no livelock; equal rates are
         // not "more often".
         let text = meaning(&sim, &free(100, 100), &free(100, 10));
-        assert!(text.contains("each thread passed (100 and 100 times) with at most one collision per pass."), "{text}");
+        assert!(
+            text.contains(
+                "each thread passed (100 and 100 times) with at most one collision per pass."
+            ),
+            "{text}"
+        );
         assert!(
             text.ends_with("Random back-off did not pass more often this time."),
             "{text}"
@@ -513,14 +518,22 @@ mod tests {
         };
         let text = meaning(&sim, &lopsided, &free(1_000, 100));
         assert!(text.contains(" The fixed back-off livelocked one side: thread 2 never passed and collided 65,801 times, while thread 1 passed 67,273 times."), "{text}");
-        assert!(!text.contains("kept the fixed back-off from livelocking"), "{text}");
+        assert!(
+            !text.contains("kept the fixed back-off from livelocking"),
+            "{text}"
+        );
         let mirrored = FreeProgress {
             passes: [0, 10],
             collisions: [7, 0],
             elapsed: Duration::from_secs(1),
         };
         let text = meaning(&sim, &mirrored, &free(1_000, 100));
-        assert!(text.contains("thread 1 never passed and collided 7 times, while thread 2 passed 10 times."), "{text}");
+        assert!(
+            text.contains(
+                "thread 1 never passed and collided 7 times, while thread 2 passed 10 times."
+            ),
+            "{text}"
+        );
         // Both passed, the total under one collision per pass, one thread over it.
         let uneven = FreeProgress {
             passes: [1_000, 10],

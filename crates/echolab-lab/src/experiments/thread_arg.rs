@@ -260,7 +260,10 @@ mod tests {
         assert!(text.starts_with("Distinct values out of 100: moved 100-100, one core 34-35; only CPU [0] was given, so nothing ran on several cores and there is no all-cores comparison."), "{text}");
         assert!(!text.contains("all cores 3"), "{text}");
         let did = did_text(5, 0, &[0]);
-        assert!(did.contains("pinned to CPU 0, the only CPU given, so there is no all-cores panel;"), "{did}");
+        assert!(
+            did.contains("pinned to CPU 0, the only CPU given, so there is no all-cores panel;"),
+            "{did}"
+        );
         assert!(!did.contains("(all cores)"), "{did}");
     }
 
@@ -269,7 +272,10 @@ mod tests {
         let text = meaning(&[0, 1], "100-100", "34-35", Some("60-70"));
         assert!(text.starts_with("Distinct values out of 100: moved 100-100, one core 34-35, all cores 60-70. Any number"), "{text}");
         let did = did_text(5, 0, &[0, 1]);
-        assert!(did.contains("pinned to CPU 0 (one core) or on CPUs [0, 1] (all cores);"), "{did}");
+        assert!(
+            did.contains("pinned to CPU 0 (one core) or on CPUs [0, 1] (all cores);"),
+            "{did}"
+        );
     }
 
     #[test]

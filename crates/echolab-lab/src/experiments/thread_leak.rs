@@ -435,8 +435,16 @@ mod tests {
             .collect();
         let rust = Growth::of(&samples);
         assert_eq!(rust.grew_in(), vec![1, 2]);
-        assert_eq!(rust.pattern(), "grew in batch(es) 1, 2 of 5, then flat for the last 3");
-        let text = meaning(&[growth(100, 8_192.0), growth(100, 0.0), growth(100, 0.0), rust]);
+        assert_eq!(
+            rust.pattern(),
+            "grew in batch(es) 1, 2 of 5, then flat for the last 3"
+        );
+        let text = meaning(&[
+            growth(100, 8_192.0),
+            growth(100, 0.0),
+            growth(100, 0.0),
+            rust,
+        ]);
         assert!(text.ends_with("(its 250 threads' VSZ grew in batch(es) 1, 2 of 5, then flat for the last 3: a one-time step of 38912 KiB in all, not growth per thread), so only raw pthreads can forget one."), "{text}");
         assert!(!text.contains("KiB each"), "{text}");
         // Still growing in the last batch: said so, with the rate.
@@ -446,13 +454,28 @@ mod tests {
             .map(|(i, &m)| sample(i as u64 * PER_BATCH, mib(m), 100))
             .collect();
         let still = Growth::of(&samples);
-        assert_eq!(still.pattern(), "grew in batch(es) 1, 3 of 3, the last one included");
-        let text = meaning(&[growth(100, 8_192.0), growth(100, 0.0), growth(100, 0.0), still]);
+        assert_eq!(
+            still.pattern(),
+            "grew in batch(es) 1, 3 of 3, the last one included"
+        );
+        let text = meaning(&[
+            growth(100, 8_192.0),
+            growth(100, 0.0),
+            growth(100, 0.0),
+            still,
+        ]);
         assert!(text.contains("(yet its 150 threads' VSZ grew in batch(es) 1, 3 of 3, the last one included, 102.4 KiB per thread after batch 1: more batches would tell whether that levels off)"), "{text}");
         // The floor: 16 KiB per thread of the batch is flat, one more KiB grows.
-        let edge = Growth::of(&[sample(0, 1_000, 1), sample(50, 1_800, 1), sample(100, 2_601, 1)]);
+        let edge = Growth::of(&[
+            sample(0, 1_000, 1),
+            sample(50, 1_800, 1),
+            sample(100, 2_601, 1),
+        ]);
         assert_eq!(edge.grew_in(), vec![2]);
-        assert_eq!(Growth::of(&[sample(0, 1, 1)]).pattern(), "flat in all 0 batch(es)");
+        assert_eq!(
+            Growth::of(&[sample(0, 1, 1)]).pattern(),
+            "flat in all 0 batch(es)"
+        );
     }
 
     #[test]
