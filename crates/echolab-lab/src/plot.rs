@@ -85,6 +85,14 @@ pub struct Picture {
 }
 
 const PANEL_WIDTH: u32 = 380;
+/// The report's content width (its `body` max-width): a picture no wider than this is
+/// drawn at its own size, so its text keeps the size it was drawn with.
+pub const PAGE_WIDTH: u32 = 1180;
+/// A line panel's width: two of them side by side fit [`PAGE_WIDTH`].
+const LINE_PANEL_WIDTH: u32 = PAGE_WIDTH / 2 - 10;
+/// Tick labels and legends of line panels, in plotters' font units (the SVG backend
+/// writes 1/1.24 of it as the font-size: about 13 px).
+const LINE_LABEL_SIZE: u32 = 16;
 const HEIGHT: u32 = 330;
 
 impl Picture {
@@ -170,10 +178,10 @@ impl Picture {
         let right = points().map(|p| p.0).fold(0.0, f64::max).max(1e-9);
         let top = points().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.12;
         let mut chart = ChartBuilder::on(area)
-            .caption(&panel.title, ("sans-serif", 14))
+            .caption(&panel.title, ("sans-serif", 18))
             .margin(8)
-            .x_label_area_size(42)
-            .y_label_area_size(62)
+            .x_label_area_size(50)
+            .y_label_area_size(72)
             .build_cartesian_2d(0f64..right, 0f64..top)
             .map_err(|err| err.to_string())?;
         chart
@@ -182,7 +190,8 @@ impl Picture {
             .x_desc(self.x_label_of(panel))
             .x_label_formatter(&|x| short_number(*x))
             .y_label_formatter(&|y| short_number(*y))
-            .label_style(("sans-serif", 11))
+            .label_style(("sans-serif", LINE_LABEL_SIZE))
+            .axis_desc_style(("sans-serif", LINE_LABEL_SIZE))
             .draw()
             .map_err(|err| err.to_string())?;
         for (idx, series) in panel.series.iter().enumerate() {
@@ -203,7 +212,7 @@ impl Picture {
             .position(SeriesLabelPosition::UpperLeft)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK.mix(0.3))
-            .label_font(("sans-serif", 11))
+            .label_font(("sans-serif", LINE_LABEL_SIZE))
             .draw()
             .map_err(|err| err.to_string())?;
         Ok(())
@@ -330,7 +339,7 @@ const PALETTE: [RGBColor; 5] = [
 /// A panel's width: wide enough for its bar labels to sit side by side.
 fn panel_width(panel: &Panel) -> u32 {
     if !panel.series.is_empty() {
-        return 2 * PANEL_WIDTH;
+        return LINE_PANEL_WIDTH;
     }
     let n_bars = panel.bars.len() as u32;
     if n_bars > 30 {
@@ -414,6 +423,44 @@ mod tests {
             assert!(svg.contains(text), "{text} missing");
         }
         assert!(svg.matches("<polyline").count() >= 2, "{svg}");
+        // thread-leak's picture: two line panels side by side, drawn no wider than the
+        // page, so the browser does not shrink their text.
+        let two = Picture::new(
+            "c",
+            "",
+            vec![
+                Panel::lines(
+                    "a",
+                    vec![Series {
+                        label: "x".to_string(),
+                        points: vec![(0.0, 0.0), (1.0, 1.0)],
+                    }],
+                ),
+                Panel::lines(
+                    "b",
+                    vec![Series {
+                        label: "y".to_string(),
+                        points: vec![(0.0, 0.0), (1.0, 1.0)],
+                    }],
+                ),
+            ],
+        )
+        .svg();
+        let width: u32 = two
+            .split("width=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .and_then(|w| w.parse().ok())
+            .unwrap();
+        assert!(width <= PAGE_WIDTH, "{width}");
+        // Every text at least 12 px as drawn (and so as shown).
+        let sizes: Vec<f64> = two
+            .split("font-size=\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next()?.parse().ok())
+            .collect();
+        assert!(!sizes.is_empty());
+        assert!(sizes.iter().all(|&size| size >= 12.0), "{sizes:?}");
     }
 
     #[test]
