@@ -182,6 +182,11 @@ impl Growth {
             .collect()
     }
 
+    /// Batches at the end in which VSZ did not grow (all of them when none grew).
+    pub fn flat_tail(&self) -> u64 {
+        self.batches - self.grew_in().last().copied().unwrap_or(0)
+    }
+
     /// How VSZ grew batch by batch: flat, grew then flat, or still growing at the end.
     pub fn pattern(&self) -> String {
         let grew = self.grew_in();
@@ -191,7 +196,7 @@ impl Growth {
             .collect::<Vec<_>>()
             .join(", ");
         match grew.last() {
-            None => format!("flat in all {} batch(es)", self.batches),
+            None => format!("was flat in all {} batch(es)", self.batches),
             Some(&last) if last < self.batches => format!(
                 "grew in batch(es) {list} of {}, then flat for the last {}",
                 self.batches,
@@ -234,17 +239,46 @@ pub fn meaning(growths: &[Growth; 4]) -> String {
     // others keep growing by (nothing, once glibc's stack cache is filled).
     let leaked = leak.steady_kib_per_thread > 4.0 * others.max(16.0);
     let mut text = if leaked {
+        let when = if leak.grew_in().len() as u64 == leak.batches {
+            format!("in every one of the {} batches", leak.batches)
+        } else {
+            format!("with a VSZ that {}", leak.pattern())
+        };
+        let others_text = if [detached, joined, rust].iter().all(|g| g.flat_tail() > 0) {
+            format!(
+                "Detached, joined and Rust-dropped threads' address space stopped growing: flat for the last {}, {} and {} of {} batches \
+                 (glibc reuses their stacks).",
+                detached.flat_tail(),
+                joined.flat_tail(),
+                rust.flat_tail(),
+                rust.batches
+            )
+        } else {
+            let still: Vec<&str> = [
+                (detached, "detached"),
+                (joined, "joined"),
+                (rust, "Rust-dropped"),
+            ]
+            .iter()
+            .filter(|(g, _)| g.flat_tail() == 0)
+            .map(|(_, name)| *name)
+            .collect();
+            format!(
+                "Of the others, the {} threads' address space still grew in the last batch (at most {:.1} KiB per thread after batch 1): \
+                 more batches would tell whether it levels off.",
+                still.join(" and "),
+                others
+            )
+        };
         format!(
-            "Each joinable thread that was never joined kept {:.0} KiB of address space, batch after batch ({} MiB more after {} threads), \
+            "Each joinable thread that was never joined kept {:.0} KiB of address space, {when} ({} MiB more after {} threads), \
              and the process grew {} KiB resident, although the thread count was back to {}: the kernel task is gone, its stack and \
-             descriptor are not, until a join that never comes. Detached, joined and Rust-dropped threads grew by at most {:.1} KiB per \
-             thread once the first batch was done (glibc reuses their stacks).",
+             descriptor are not, until a join that never comes. {others_text}",
             leak.steady_kib_per_thread,
             thousands((leak.vsz_kib.max(0) as u64) / 1024),
             leak.threads_started,
             leak.rss_kib,
             leak.threads_left,
-            others
         )
     } else {
         format!(
@@ -259,7 +293,7 @@ pub fn meaning(growths: &[Growth; 4]) -> String {
             rust.threads_started, rust.batches
         ),
         Some(&last) if last < rust.batches => format!(
-            "its {} threads' VSZ {}: a one-time step of {} KiB in all, not growth per thread",
+            "its {} threads' VSZ {}: growth that stopped, {} KiB in all, not a cost per thread",
             rust.threads_started,
             rust.pattern(),
             rust.vsz_kib
@@ -445,7 +479,7 @@ mod tests {
             growth(100, 0.0),
             rust,
         ]);
-        assert!(text.ends_with("(its 250 threads' VSZ grew in batch(es) 1, 2 of 5, then flat for the last 3: a one-time step of 38912 KiB in all, not growth per thread), so only raw pthreads can forget one."), "{text}");
+        assert!(text.ends_with("(its 250 threads' VSZ grew in batch(es) 1, 2 of 5, then flat for the last 3: growth that stopped, 38912 KiB in all, not a cost per thread), so only raw pthreads can forget one."), "{text}");
         assert!(!text.contains("KiB each"), "{text}");
         // Still growing in the last batch: said so, with the rate.
         let samples: Vec<Sample> = [7, 17, 17, 27]
@@ -474,7 +508,7 @@ mod tests {
         assert_eq!(edge.grew_in(), vec![2]);
         assert_eq!(
             Growth::of(&[sample(0, 1, 1)]).pattern(),
-            "flat in all 0 batch(es)"
+            "was flat in all 0 batch(es)"
         );
     }
 
@@ -486,11 +520,24 @@ mod tests {
             growth(100, 81.9),
             growth(100, 0.0),
         ]);
-        assert!(text.starts_with("Each joinable thread that was never joined kept 8192 KiB of address space, batch after batch (800 MiB more after 100 threads), and the process grew 40 KiB resident, although the thread count was back to 1"), "{text}");
+        assert!(text.starts_with("Each joinable thread that was never joined kept 8192 KiB of address space, with a VSZ that was flat in all 2 batch(es) (800 MiB more after 100 threads), and the process grew 40 KiB resident, although the thread count was back to 1"), "{text}");
         assert!(
-            text.contains("grew by at most 81.9 KiB per thread"),
+            text.contains("Detached, joined and Rust-dropped threads' address space stopped growing: flat for the last 2, 2 and 2 of 2 batches (glibc reuses their stacks)."),
             "{text}"
         );
+        // The leak grew in every batch; the joined threads still grew in the last one.
+        let every = Growth {
+            grew: 0b11,
+            ..growth(100, 8_192.0)
+        };
+        let joined = Growth {
+            grew: 0b10,
+            ..growth(100, 81.9)
+        };
+        let text = meaning(&[every, growth(100, 0.0), joined, growth(100, 0.0)]);
+        assert!(text.starts_with("Each joinable thread that was never joined kept 8192 KiB of address space, in every one of the 2 batches (800 MiB"), "{text}");
+        assert!(text.contains("Of the others, the joined threads' address space still grew in the last batch (at most 81.9 KiB per thread after batch 1): more batches would tell whether it levels off."), "{text}");
+        assert!(!text.contains("stopped growing"), "{text}");
         assert!(
             text.ends_with(
                 "(its 100 threads left VSZ flat in all 2 batch(es)), so only raw pthreads can forget one."
