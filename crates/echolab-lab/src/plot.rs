@@ -180,6 +180,8 @@ impl Picture {
         let mut chart = ChartBuilder::on(area)
             .caption(&panel.title, ("sans-serif", 18))
             .margin(8)
+            // Room for the last x tick label, centred on the right edge.
+            .margin_right(24)
             .x_label_area_size(50)
             .y_label_area_size(72)
             .build_cartesian_2d(0f64..right, 0f64..top)
