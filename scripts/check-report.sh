@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Generates the lab report and checks that it renders in headless Chromium: every
-# experiment's section and picture must be in the rendered DOM, and a screenshot is kept
-# for a human to look at.
+# experiment's section and picture must be in the rendered DOM, and a screenshot of the
+# whole page (measured first, then captured at that height) is kept for a human to look at.
 #
 # Usage: scripts/check-report.sh [OUT_DIR]     (default: target/lab-report)
 # Installs Debian's chromium if it is missing (needs root and the package mirror).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$root/target/lab-report}
-experiments=(counter thread-arg signal-handler deadlock livelock starvation spawn-cost backlog zombies fd-refcount)
+experiments=(counter thread-arg thread-leak signal-handler deadlock progress-graph livelock starvation spawn-cost backlog zombies fd-refcount)
 
 browser=$(command -v chromium || command -v chromium-browser || true)
 if [ -z "$browser" ]; then
@@ -35,7 +35,25 @@ chrome() {
     --user-data-dir="$profile" "$@" 2>/dev/null
 }
 chrome --dump-dom "file://$out/index.html" > "$out/dom.html"
-chrome --screenshot="$out/screenshot.png" --window-size=1280,4000 --hide-scrollbars "file://$out/index.html" > /dev/null
+
+# The whole page, not its first screenful: a copy of the page with a script that writes
+# the rendered height (and where the last section ends) into its title tells how tall a
+# window the screenshot needs.
+width=1280
+measure="$out/measure.html"
+sed 's|</body>|<script>document.title = "HEIGHT " + document.documentElement.scrollHeight + " LAST " + Math.ceil(document.querySelector("section.experiment:last-of-type").getBoundingClientRect().bottom + window.scrollY);</script></body>|' \
+  "$out/index.html" > "$measure"
+measured=$(chrome --window-size=$width,1000 --dump-dom "file://$measure" | grep -o 'HEIGHT [0-9]* LAST [0-9]*' | head -1)
+rm -f "$measure"
+height=$(echo "$measured" | awk '{print $2}')
+last=$(echo "$measured" | awk '{print $4}')
+if [ -z "$height" ] || [ -z "$last" ]; then
+  echo "check-report: could not measure the rendered page's height" >&2
+  exit 1
+fi
+chrome --screenshot="$out/screenshot.png" --window-size=$width,"$height" --hide-scrollbars "file://$out/index.html" > /dev/null
+# The PNG's own header says how tall the screenshot is (bytes 20-23 of the IHDR chunk).
+shot_height=$(od -An -tu1 -j20 -N4 "$out/screenshot.png" | awk '{print $1*16777216 + $2*65536 + $3*256 + $4}')
 
 fail=0
 for name in "${experiments[@]}"; do
@@ -54,8 +72,11 @@ fi
 if [ ! -s "$out/screenshot.png" ]; then
   echo "check-report: no screenshot was written" >&2
   fail=1
+elif [ "$shot_height" -lt "$height" ] || [ "$last" -gt "$shot_height" ]; then
+  echo "check-report: the screenshot is $shot_height px tall, the page $height px (last section ends at $last px)" >&2
+  fail=1
 fi
 if [ "$fail" -ne 0 ]; then
   exit 1
 fi
-echo "check-report: ok: $n_sections sections, $n_svgs pictures rendered; page $out/index.html, screenshot $out/screenshot.png"
+echo "check-report: ok: $n_sections sections, $n_svgs pictures rendered; page $out/index.html ($height px), screenshot $out/screenshot.png (${width}x$shot_height, the whole page)"

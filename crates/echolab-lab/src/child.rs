@@ -21,6 +21,7 @@ const BODIES: &[(&str, Body)] = &[
     ("signal-handler", experiments::signal_handler::child_body),
     ("deadlock", experiments::deadlock::child_body),
     ("spawn-cost", experiments::spawn_cost::child_body),
+    ("thread-leak", experiments::thread_leak::child_body),
     ("forkserver", experiments::forkserver::child_body),
     ("block", block_forever),
 ];

@@ -2,7 +2,8 @@
 //! experiment returns: what it did, what it measured, what that means, and the figures.
 //!
 //! An experiment never hangs its caller: it gets a [`Deadline`], bounds each of its loops
-//! by it, and reports running out of time as a finding (`hung`), not as an error.
+//! by it, and reports running out of time as a finding ("timed out" while still making
+//! progress, "hung" when it stalled), not as an error.
 
 use std::io;
 use std::path::PathBuf;
@@ -66,6 +67,26 @@ impl Settings {
     /// `--cpus`, or every CPU this process may run on.
     pub fn cpus(&self) -> Vec<usize> {
         self.cpus.clone().unwrap_or_else(allowed_cpus)
+    }
+
+    /// Refuses a `--trials` above `experiment`'s maximum, in one line naming the value.
+    pub fn check_trials(&self, experiment: &Experiment) -> Result<(), String> {
+        match self.trials {
+            Some(trials) if trials > experiment.max_trials => Err(format!(
+                "--trials {trials} is too many for {}: at most {}",
+                experiment.name,
+                thousands(experiment.max_trials as u64)
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// One trial's share of the deadline when `trials` trials share it (one part is kept
+    /// for what comes after them), but never less than `floor` (capped by the timeout):
+    /// trials beyond what fits are not run, the overall deadline stops the loop.
+    pub fn per_trial(&self, trials: usize, floor: Duration) -> Duration {
+        let parts = u32::try_from(trials.saturating_add(1)).unwrap_or(u32::MAX);
+        (self.timeout / parts).max(floor.min(self.timeout))
     }
 
     /// A deadline `timeout` from now.
@@ -135,15 +156,20 @@ pub struct Experiment {
     pub name: &'static str,
     /// One line for `lab list`, ending with what `--trials` sets.
     pub summary: &'static str,
+    /// The largest `--trials` it accepts: beyond it a run could not finish in any sensible
+    /// deadline or would exhaust the machine (zombies pile up one per connection).
+    pub max_trials: usize,
     pub run: fn(&Settings) -> io::Result<Report>,
 }
 
 /// Every experiment, in the lecture's order.
-pub const EXPERIMENTS: [Experiment; 10] = [
+pub const EXPERIMENTS: [Experiment; 12] = [
     experiments::counter::EXPERIMENT,
     experiments::thread_arg::EXPERIMENT,
+    experiments::thread_leak::EXPERIMENT,
     experiments::signal_handler::EXPERIMENT,
     experiments::deadlock::EXPERIMENT,
+    experiments::progress_graph::EXPERIMENT,
     experiments::livelock::EXPERIMENT,
     experiments::starvation::EXPERIMENT,
     experiments::spawn_cost::EXPERIMENT,
@@ -175,7 +201,8 @@ pub struct Report {
     pub meaning: String,
     /// The fix, and how it fared.
     pub fix: String,
-    /// Runs that hit their deadline or stalled, described; empty when nothing hung.
+    /// Runs that timed out (cut off while making progress) or hung (stalled), each
+    /// described as which; empty when every run ended by itself.
     pub hangs: Vec<String>,
     /// The figures, for `--json`.
     pub figures: Value,
@@ -209,7 +236,7 @@ impl Report {
             out.push_str(&format!("  {line}\n"));
         }
         for hang in &self.hangs {
-            out.push_str(&format!("  HANG: {hang}\n"));
+            out.push_str(&format!("  stopped early: {hang}\n"));
         }
         out.push_str(&format!("means:   {}\n", self.meaning));
         out.push_str(&format!("fix:     {}\n", self.fix));

@@ -15,21 +15,28 @@
 //!   body in a fresh single-threaded process and prints its result.
 //! - [`locks`]: the lab's own locks (reader-preferring and writer-preferring
 //!   readers-writers locks), checked with loom.
-//! - [`plot`]: bar and histogram panels as SVG text, via plotters.
+//! - [`disasm`]: the racy counter's loop read back with objdump and checked to be a
+//!   separate load, add and store.
+//! - [`progress`]: every interleaving of two threads enumerated, and progress graphs
+//!   drawn as SVG.
+//! - [`plot`]: bar, histogram and line panels as SVG text, via plotters.
 //! - [`report`]: `lab all --report DIR`, one HTML page with a section per experiment.
 //! - [`experiments`]: one module per experiment: [`experiments::counter`],
-//!   [`experiments::thread_arg`], [`experiments::signal_handler`],
-//!   [`experiments::deadlock`], [`experiments::livelock`], [`experiments::starvation`],
+//!   [`experiments::thread_arg`], [`experiments::thread_leak`],
+//!   [`experiments::signal_handler`], [`experiments::deadlock`],
+//!   [`experiments::progress_graph`], [`experiments::livelock`], [`experiments::starvation`],
 //!   [`experiments::spawn_cost`], [`experiments::backlog`], [`experiments::zombies`],
 //!   [`experiments::fd_refcount`], and the fork server the last two share,
 //!   [`experiments::forkserver`].
 #![forbid(unsafe_code)]
 
 pub mod child;
+pub mod disasm;
 pub mod experiment;
 pub mod experiments;
 pub mod locks;
 pub mod plot;
+pub mod progress;
 pub mod report;
 pub mod watchdog;
 
@@ -54,16 +61,19 @@ pub struct LabArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Repetitions (or the experiment's size, see `lab list`); each has a small default.
+    /// Repetitions (or the experiment's size, see `lab list`); each has a small default and
+    /// a maximum, beyond which the value is refused (exit 2).
     #[arg(long, value_name = "N", value_parser = parse_positive)]
     pub trials: Option<usize>,
 
-    /// CPUs to run on, such as `0` or `0-1,3` (thread-arg pins its single-core run to the
-    /// first; counter pins its threads round-robin).
+    /// CPUs to run on, such as `0` or `0-1,3`: every experiment, its threads and its child
+    /// processes are restricted to them (thread-arg pins its single-core run to the first;
+    /// counter pins its threads round-robin).
     #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
     pub cpus: Option<CpuList>,
 
-    /// Deadline of each experiment, in seconds; a run still going then is reported hung.
+    /// Deadline of each experiment, in seconds; a run still going then is reported as timed
+    /// out (a stalled one as hung).
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = parse_timeout)]
     pub timeout: u64,
 
@@ -147,6 +157,16 @@ pub fn run(args: LabArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let checked: Vec<&experiment::Experiment> = match which.as_str() {
+        "all" => EXPERIMENTS.iter().collect(),
+        name => experiment::find(name).into_iter().collect(),
+    };
+    for experiment in checked {
+        if let Err(err) = settings.check_trials(experiment) {
+            eprintln!("echolab lab: {err}");
+            return ExitCode::from(2);
+        }
+    }
     match which.as_str() {
         "list" => {
             print_list(args.json);
@@ -162,7 +182,7 @@ pub fn run(args: LabArgs) -> ExitCode {
                 eprintln!("echolab lab: unknown experiment {name:?} (try `echolab lab list`)");
                 return ExitCode::from(2);
             };
-            match (experiment.run)(&settings) {
+            match run_one(experiment, &settings) {
                 Ok(report) => {
                     report.print(args.json);
                     ExitCode::SUCCESS
@@ -174,6 +194,32 @@ pub fn run(args: LabArgs) -> ExitCode {
             }
         }
     }
+}
+
+/// Runs one experiment, honouring `--cpus` for all of them: the calling thread is pinned
+/// to the list first, so every thread it starts and every process it forks or executes
+/// inherits the mask (counter and thread-arg pin their own threads further, within it).
+/// The report then says on which CPUs it ran, as read back from the affinity mask.
+fn run_one(
+    experiment: &experiment::Experiment,
+    settings: &Settings,
+) -> std::io::Result<experiment::Report> {
+    if let Some(cpus) = &settings.cpus {
+        experiment::pin_current_thread(cpus)?;
+    }
+    let mut report = (experiment.run)(settings)?;
+    if settings.cpus.is_some() {
+        let ran_on = experiment::allowed_cpus();
+        report.did.push_str(&format!(
+            " Every thread and child process ran restricted to CPU(s) {} (--cpus).",
+            ran_on
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+    }
+    Ok(report)
 }
 
 fn print_list(json: bool) {
@@ -198,7 +244,7 @@ fn run_all(settings: &Settings, json: bool, report_dir: Option<&PathBuf>) -> Exi
         if !json {
             eprintln!("== running {} ==", experiment.name);
         }
-        match (experiment.run)(settings) {
+        match run_one(&experiment, settings) {
             Ok(report) => {
                 if !json {
                     report.print(false);

@@ -6,14 +6,27 @@
 //! picture can never make an experiment fail.
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-/// One panel: a title and its bars.
+/// One panel: a title and its bars, or (when `series` is not empty) its lines.
 #[derive(Debug, Clone)]
 pub struct Panel {
     pub title: String,
     pub bars: Vec<Bar>,
     /// Horizontal reference lines, each with a label (the lecture's figure, say).
     pub references: Vec<(String, f64)>,
+    /// Lines over a numeric horizontal axis (a timeline, a growth curve); a panel with
+    /// series draws them instead of bars.
+    pub series: Vec<Series>,
+    /// This panel's horizontal axis title, instead of the picture's (empty: the picture's).
+    pub x_label: String,
+}
+
+/// One line of a line panel: its legend label and its (x, y) points.
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
 }
 
 /// One bar: its label under the axis, its height, and an optional spread (low, high).
@@ -40,6 +53,19 @@ impl Panel {
             title: title.into(),
             bars,
             references: Vec::new(),
+            series: Vec::new(),
+            x_label: String::new(),
+        }
+    }
+
+    /// A panel of lines (see [`Panel::series`]).
+    pub fn lines(title: impl Into<String>, series: Vec<Series>) -> Panel {
+        Panel {
+            title: title.into(),
+            bars: Vec::new(),
+            references: Vec::new(),
+            series,
+            x_label: String::new(),
         }
     }
 }
@@ -49,6 +75,8 @@ impl Panel {
 pub struct Picture {
     pub caption: String,
     pub y_label: String,
+    /// What the bars along the horizontal axis are (empty: no axis title).
+    pub x_label: String,
     pub panels: Vec<Panel>,
     /// Label only every n-th bar (a histogram of 100 values wants every 10th).
     pub label_every: usize,
@@ -57,6 +85,14 @@ pub struct Picture {
 }
 
 const PANEL_WIDTH: u32 = 380;
+/// The report's content width (its `body` max-width): a picture no wider than this is
+/// drawn at its own size, so its text keeps the size it was drawn with.
+pub const PAGE_WIDTH: u32 = 1180;
+/// A line panel's width: two of them side by side fit [`PAGE_WIDTH`].
+const LINE_PANEL_WIDTH: u32 = PAGE_WIDTH / 2 - 10;
+/// Tick labels and legends of line panels, in plotters' font units (the SVG backend
+/// writes 1/1.24 of it as the font-size: about 13 px).
+const LINE_LABEL_SIZE: u32 = 16;
 const HEIGHT: u32 = 330;
 
 impl Picture {
@@ -68,6 +104,7 @@ impl Picture {
         Picture {
             caption: caption.into(),
             y_label: y_label.into(),
+            x_label: String::new(),
             panels,
             label_every: 1,
             shared_scale: false,
@@ -114,9 +151,72 @@ impl Picture {
             } else {
                 panel_top(panel)
             };
-            self.draw_panel(panel, &area, top)?;
+            if panel.series.is_empty() {
+                self.draw_panel(panel, &area, top)?;
+            } else {
+                self.draw_lines(panel, &area)?;
+            }
             rest = right;
         }
+        Ok(())
+    }
+
+    fn x_label_of<'a>(&'a self, panel: &'a Panel) -> &'a str {
+        if panel.x_label.is_empty() {
+            &self.x_label
+        } else {
+            &panel.x_label
+        }
+    }
+
+    fn draw_lines(
+        &self,
+        panel: &Panel,
+        area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    ) -> Result<(), String> {
+        let points = || panel.series.iter().flat_map(|series| series.points.iter());
+        let right = points().map(|p| p.0).fold(0.0, f64::max).max(1e-9);
+        let top = points().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.12;
+        let mut chart = ChartBuilder::on(area)
+            .caption(&panel.title, ("sans-serif", 18))
+            .margin(8)
+            // Room for the last x tick label, centred on the right edge.
+            .margin_right(24)
+            .x_label_area_size(50)
+            .y_label_area_size(72)
+            .build_cartesian_2d(0f64..right, 0f64..top)
+            .map_err(|err| err.to_string())?;
+        chart
+            .configure_mesh()
+            .y_desc(&self.y_label)
+            .x_desc(self.x_label_of(panel))
+            .x_label_formatter(&|x| short_number(*x))
+            .y_label_formatter(&|y| short_number(*y))
+            .label_style(("sans-serif", LINE_LABEL_SIZE))
+            .axis_desc_style(("sans-serif", LINE_LABEL_SIZE))
+            .draw()
+            .map_err(|err| err.to_string())?;
+        for (idx, series) in panel.series.iter().enumerate() {
+            let colour = PALETTE[idx % PALETTE.len()];
+            chart
+                .draw_series(LineSeries::new(
+                    series.points.iter().copied(),
+                    colour.stroke_width(2),
+                ))
+                .map_err(|err| err.to_string())?
+                .label(series.label.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .label_font(("sans-serif", LINE_LABEL_SIZE))
+            .draw()
+            .map_err(|err| err.to_string())?;
         Ok(())
     }
 
@@ -127,12 +227,25 @@ impl Picture {
         top: f64,
     ) -> Result<(), String> {
         let n_bars = panel.bars.len().max(1) as i32;
+        // Reference lines are named in the caption, not written over the bars.
+        let caption = if panel.references.is_empty() {
+            panel.title.clone()
+        } else {
+            let names: Vec<&str> = panel
+                .references
+                .iter()
+                .map(|(label, _)| label.as_str())
+                .collect();
+            format!("{} (red: {})", panel.title, names.join("; "))
+        };
         let mut chart = ChartBuilder::on(area)
-            .caption(&panel.title, ("sans-serif", 14))
+            .caption(&caption, ("sans-serif", 14))
             .margin(8)
             .x_label_area_size(42)
             .y_label_area_size(62)
-            .build_cartesian_2d((0..n_bars).into_segmented(), 0f64..top)
+            // 0..n as segments is n + 1 slots (0 to n inclusive): 0..n-1 is one per bar
+            // (a single bar keeps its spare slot: a zero-width range cannot be drawn).
+            .build_cartesian_2d((0..(n_bars - 1).max(1)).into_segmented(), 0f64..top)
             .map_err(|err| err.to_string())?;
         let labels: Vec<String> = panel.bars.iter().map(|bar| bar.label.clone()).collect();
         let every = self.label_every.max(1);
@@ -149,6 +262,7 @@ impl Picture {
                 _ => String::new(),
             })
             .y_desc(&self.y_label)
+            .x_desc(self.x_label_of(panel))
             .y_label_formatter(&|y| short_number(*y))
             .label_style(("sans-serif", 11))
             .draw()
@@ -179,31 +293,56 @@ impl Picture {
                 ))
             }))
             .map_err(|err| err.to_string())?;
-        for (label, value) in &panel.references {
+        for (_, value) in &panel.references {
             let red = RGBColor(200, 60, 40);
             chart
                 .draw_series(std::iter::once(PathElement::new(
                     vec![
                         (SegmentValue::Exact(0), *value),
-                        (SegmentValue::Exact(n_bars), *value),
+                        (SegmentValue::Last, *value),
                     ],
                     red.stroke_width(1),
                 )))
                 .map_err(|err| err.to_string())?;
+        }
+        // Each bar's value above it, so that a zero or a tiny bar still reads (not for
+        // histograms, whose bars are too narrow for text).
+        if n_bars <= 30 {
             chart
-                .draw_series(std::iter::once(Text::new(
-                    label.clone(),
-                    (SegmentValue::Exact(0), *value + top * 0.015),
-                    ("sans-serif", 11).into_font().color(&red),
-                )))
+                .draw_series(panel.bars.iter().enumerate().map(|(idx, bar)| {
+                    let top_of_bar = bar
+                        .spread
+                        .map_or(bar.value, |(_, high)| high.max(bar.value));
+                    Text::new(
+                        short_number(bar.value),
+                        (
+                            SegmentValue::CenterOf(idx as i32),
+                            top_of_bar.max(0.0) + top * 0.02,
+                        ),
+                        TextStyle::from(("sans-serif", 11).into_font())
+                            .pos(Pos::new(HPos::Center, VPos::Bottom)),
+                    )
+                }))
                 .map_err(|err| err.to_string())?;
         }
         Ok(())
     }
 }
 
+/// Line colours, in series order.
+const PALETTE: [RGBColor; 5] = [
+    RGBColor(70, 110, 170),
+    RGBColor(200, 60, 40),
+    RGBColor(40, 140, 70),
+    RGBColor(150, 90, 170),
+    RGBColor(220, 140, 30),
+];
+
 /// A panel's width: wide enough for its bar labels to sit side by side.
 fn panel_width(panel: &Panel) -> u32 {
+    if !panel.series.is_empty() {
+        return LINE_PANEL_WIDTH;
+    }
     let n_bars = panel.bars.len() as u32;
     if n_bars > 30 {
         PANEL_WIDTH
@@ -264,6 +403,66 @@ mod tests {
         for text in ["the caption", "left panel", "right", "lecture"] {
             assert!(svg.contains(text), "{text} missing");
         }
+    }
+
+    #[test]
+    fn a_line_panel_draws_its_series_and_legend() {
+        let panel = Panel::lines(
+            "growth",
+            vec![
+                Series {
+                    label: "leaky".to_string(),
+                    points: vec![(0.0, 0.0), (50.0, 400.0)],
+                },
+                Series {
+                    label: "joined".to_string(),
+                    points: vec![(0.0, 0.0), (50.0, 8.0)],
+                },
+            ],
+        );
+        let svg = Picture::new("c", "MiB", vec![panel]).svg();
+        for text in ["growth", "leaky", "joined", "MiB"] {
+            assert!(svg.contains(text), "{text} missing");
+        }
+        assert!(svg.matches("<polyline").count() >= 2, "{svg}");
+        // thread-leak's picture: two line panels side by side, drawn no wider than the
+        // page, so the browser does not shrink their text.
+        let two = Picture::new(
+            "c",
+            "",
+            vec![
+                Panel::lines(
+                    "a",
+                    vec![Series {
+                        label: "x".to_string(),
+                        points: vec![(0.0, 0.0), (1.0, 1.0)],
+                    }],
+                ),
+                Panel::lines(
+                    "b",
+                    vec![Series {
+                        label: "y".to_string(),
+                        points: vec![(0.0, 0.0), (1.0, 1.0)],
+                    }],
+                ),
+            ],
+        )
+        .svg();
+        let width: u32 = two
+            .split("width=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .and_then(|w| w.parse().ok())
+            .unwrap();
+        assert!(width <= PAGE_WIDTH, "{width}");
+        // Every text at least 12 px as drawn (and so as shown).
+        let sizes: Vec<f64> = two
+            .split("font-size=\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next()?.parse().ok())
+            .collect();
+        assert!(!sizes.is_empty());
+        assert!(sizes.iter().all(|&size| size >= 12.0), "{sizes:?}");
     }
 
     #[test]

@@ -33,7 +33,7 @@ nav ol { columns: 2; }
 .claim { background: #f3f3ee; border-left: 4px solid #998; padding: 0.4em 0.8em; }
 .fix { background: #eef5ee; border-left: 4px solid #585; padding: 0.4em 0.8em; }
 .hang { background: #fbeeee; border-left: 4px solid #a44; padding: 0.4em 0.8em; }
-pre { background: #f6f6f8; padding: 0.6em; overflow-x: auto; font-size: 0.88em; }
+pre { background: #f6f6f8; padding: 0.6em; overflow-x: auto; font-size: 0.88em; white-space: pre-wrap; overflow-wrap: anywhere; }
 figure { margin: 1em 0; overflow-x: auto; }
 figure svg { max-width: 100%; height: auto; }
 ";
@@ -91,7 +91,7 @@ fn section(report: &Report) -> String {
     out.push_str("</pre>\n");
     for hang in &report.hangs {
         out.push_str(&format!(
-            "<p class=\"hang\"><strong>Hang or stall, reported as a result.</strong> {}</p>\n",
+            "<p class=\"hang\"><strong>A run stopped early (hung, or timed out), reported as a result.</strong> {}</p>\n",
             escape(hang)
         ));
     }
@@ -159,6 +159,8 @@ mod tests {
         assert_eq!(page.matches("<figure>").count(), 2);
         assert!(page.contains("A &lt;title&gt;"));
         assert!(page.contains("a &amp; b"));
+        // Long measured lines wrap instead of needing a horizontal scroll.
+        assert!(page.contains("white-space: pre-wrap"));
         assert!(page.contains("href=\"#two\""));
     }
 }

@@ -60,6 +60,9 @@ pub struct ProcState {
     pub pid: i32,
     /// One entry per thread: `tid state wchan`, then its kernel stack if readable.
     pub threads: Vec<ThreadState>,
+    /// Its child processes still in the process table (exited but not reaped: zombies,
+    /// state `Z`), as (pid, state letter).
+    pub children: Vec<(i32, String)>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -106,7 +109,19 @@ impl ProcState {
                 stack,
             });
         }
-        ProcState { pid, threads }
+        ProcState {
+            pid,
+            threads,
+            children: children_of(pid),
+        }
+    }
+
+    /// Children in state `Z`: exited, not yet reaped by this process.
+    pub fn zombie_children(&self) -> usize {
+        self.children
+            .iter()
+            .filter(|(_, state)| state == "Z")
+            .count()
     }
 
     /// One line: `tid 123 S futex_wait_queue [futex_wait_queue <- ...]` per thread.
@@ -133,6 +148,39 @@ impl ProcState {
     }
 }
 
+/// The processes whose parent is `pid`, with their state letter, from /proc/*/stat.
+pub fn children_of(pid: i32) -> Vec<(i32, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut children = Vec::new();
+    for entry in dir.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // After the command name in parentheses: state, then the parent's pid.
+        let Some(rest) = stat.rfind(')').map(|idx| &stat[idx + 1..]) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let (Some(state), Some(ppid)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if ppid.parse() == Ok(pid) {
+            children.push((child, state.to_string()));
+        }
+    }
+    children.sort_unstable();
+    children
+}
+
 /// A child process in its own process group, whose stdout arrives line by line.
 #[derive(Debug)]
 pub struct WatchedChild {
@@ -149,21 +197,33 @@ impl WatchedChild {
     /// Starts `exe args...` with stdin closed, stdout and stderr captured; stdout arrives
     /// line by line.
     pub fn spawn(exe: &Path, args: &[String]) -> io::Result<WatchedChild> {
-        WatchedChild::spawn_reading(exe, args, false)
+        WatchedChild::spawn_reading(exe, args, false, &[])
+    }
+
+    /// Like [`WatchedChild::spawn`], with extra environment variables for the child.
+    pub fn spawn_with_env(
+        exe: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> io::Result<WatchedChild> {
+        WatchedChild::spawn_reading(exe, args, false, env)
     }
 
     /// Like [`WatchedChild::spawn`], but with `lines_from_stderr` the lines come from
-    /// stderr (a server announces its address there) and stdout is collected instead.
+    /// stderr (a server announces its address there) and stdout is collected instead; `env`
+    /// adds environment variables.
     pub fn spawn_reading(
         exe: &Path,
         args: &[String],
         lines_from_stderr: bool,
+        env: &[(&str, &str)],
     ) -> io::Result<WatchedChild> {
         // Orphaned grandchildren come to us, so that we can reap them (see the module doc).
         // Failing to become a subreaper only means the init process reaps them instead.
         let _ = nix::sys::prctl::set_child_subreaper(true);
         let mut child = Command::new(exe)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -376,6 +436,7 @@ mod tests {
                 assert_eq!(state.pid, pid);
                 assert_eq!(state.threads.len(), 1, "sleep has one thread: {state:?}");
                 assert_eq!(state.threads[0].state, "S");
+                assert!(state.children.is_empty(), "{state:?}");
             }
             other => panic!("expected a hang, got {other:?}"),
         }
@@ -383,6 +444,35 @@ mod tests {
             !std::path::Path::new(&format!("/proc/{pid}")).exists(),
             "the child was reaped"
         );
+    }
+
+    /// A child that has exited and is not yet reaped is listed as a zombie of its parent
+    /// (this process): `waitid(WNOWAIT)` waits for the exit without reaping, so the state
+    /// is certain, not timing.
+    #[test]
+    fn children_of_finds_a_zombie() {
+        use nix::sys::wait::{waitid, Id, WaitPidFlag};
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        waitid(
+            Id::Pid(Pid::from_raw(pid)),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+        )
+        .unwrap();
+        let children = children_of(std::process::id() as i32);
+        assert!(children.contains(&(pid, "Z".to_string())), "{children:?}");
+        let state = ProcState {
+            pid: 1,
+            threads: Vec::new(),
+            children: vec![
+                (2, "Z".to_string()),
+                (3, "S".to_string()),
+                (4, "Z".to_string()),
+            ],
+        };
+        assert_eq!(state.zombie_children(), 2);
+        child.wait().unwrap();
+        assert!(!children_of(std::process::id() as i32).contains(&(pid, "Z".to_string())));
     }
 
     #[test]

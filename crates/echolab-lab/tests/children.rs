@@ -65,10 +65,36 @@ fn watchdog_reports_a_blocked_child_as_a_hang() {
 
 fn signalfd_version_reaps_every_child() {
     let outcome = signal_handler::run_variant(&settings(), "signalfd", 300, deadline()).unwrap();
-    assert!(outcome.hang.is_none(), "{:?}", outcome.hang);
+    assert_eq!(
+        outcome.ending,
+        signal_handler::Ending::Finished,
+        "{:?}",
+        outcome.detail
+    );
     assert_eq!(outcome.started, 300);
-    assert_eq!(outcome.exited, 300);
-    assert_eq!(outcome.result.unwrap()["reaped"], 300);
+    assert_eq!(outcome.reaped, 300);
+}
+
+/// The signalfd variant cannot hang (no handler shares its lock); cut off by a budget
+/// shorter than the stall interval while it forks 20,000 children, it is "timed out"
+/// (still making progress), never "hung" (this once said "HUNG, 0 reaped").
+fn a_run_cut_off_by_its_budget_is_timed_out_not_hung() {
+    use signal_handler::{Ending, STALL};
+    let budget = Deadline::after(STALL / 4);
+    let outcome = signal_handler::run_variant(
+        &settings(),
+        "signalfd",
+        signal_handler::HANG_MAX_CHILDREN,
+        budget,
+    )
+    .unwrap();
+    assert_ne!(outcome.ending, Ending::Hung, "{outcome:?}");
+    if outcome.ending == Ending::TimedOut {
+        assert!(outcome.started < signal_handler::HANG_MAX_CHILDREN);
+        assert!(outcome.reaped <= outcome.started);
+        let detail = outcome.detail.unwrap();
+        assert!(detail.starts_with("timed out"), "{detail}");
+    }
 }
 
 /// Whether (and when) the locking handler hangs is timing; that a run is accounted for
@@ -76,8 +102,9 @@ fn signalfd_version_reaps_every_child() {
 fn locking_handler_run_is_accounted_for() {
     let outcome = signal_handler::run_variant(&settings(), "locking", 200, deadline()).unwrap();
     assert!(outcome.started <= 200);
-    match &outcome.hang {
-        Some(hang) => assert!(hang.contains("children started"), "{hang}"),
+    assert!(outcome.reaped <= outcome.started, "{outcome:?}");
+    match &outcome.detail {
+        Some(detail) => assert!(detail.contains("children started"), "{detail}"),
         None => assert_eq!(outcome.started, 200),
     }
 }
@@ -85,7 +112,7 @@ fn locking_handler_run_is_accounted_for() {
 fn detector_finds_a_constructed_cycle() {
     let broken = deadlock::run_broken(&settings(), 1_000, true, deadline()).unwrap();
     assert!(broken.hang.is_none(), "{:?}", broken.hang);
-    assert!(broken.deadlocked);
+    assert!(broken.deadlocked());
     assert_eq!(
         broken.rounds,
         [0, 0],
@@ -157,7 +184,50 @@ fn spawn_cost_measures_all_three() {
     }
 }
 
+/// Unjoined joinable threads keep their stacks: deterministic on glibc (the stack of a
+/// joinable thread is freed only by pthread_join), whatever the timing.
+fn unjoined_threads_keep_their_stacks() {
+    let mut settings = settings();
+    settings.trials = Some(2);
+    let report = (echolab_lab::experiment::find("thread-leak").unwrap().run)(&settings).unwrap();
+    let variants = report.figures["variants"].as_array().unwrap();
+    let growth = |idx: usize| {
+        let samples = variants[idx]["samples"].as_array().unwrap();
+        assert_eq!(samples.len(), 3, "a sample before and after each batch");
+        let last = &samples[2];
+        assert_eq!(last["threads"], 1, "every thread has returned: {last}");
+        assert_eq!(
+            last["started"],
+            2 * echolab_lab::experiments::thread_leak::PER_BATCH
+        );
+        last["vsz_kib"].as_u64().unwrap() as i64 - samples[0]["vsz_kib"].as_u64().unwrap() as i64
+    };
+    assert_eq!(variants[0]["variant"], "never-joined");
+    let leaked = growth(0);
+    // At least a 64 KiB stack (plus guard page) per thread, whatever `ulimit -s` says.
+    assert!(leaked >= 100 * 64, "never-joined grew only {leaked} KiB");
+    for (idx, variant) in variants.iter().enumerate().skip(1) {
+        let kept = growth(idx);
+        assert!(
+            kept * 10 < leaked,
+            "{}: {kept} KiB against {leaked}",
+            variant["variant"]
+        );
+    }
+    assert!(
+        report
+            .meaning
+            .starts_with("Each joinable thread that was never joined kept"),
+        "{}",
+        report.meaning
+    );
+}
+
 const TESTS: &[(&str, fn())] = &[
+    (
+        "unjoined_threads_keep_their_stacks",
+        unjoined_threads_keep_their_stacks,
+    ),
     (
         "watchdog_reports_a_blocked_child_as_a_hang",
         watchdog_reports_a_blocked_child_as_a_hang,
@@ -165,6 +235,10 @@ const TESTS: &[(&str, fn())] = &[
     (
         "signalfd_version_reaps_every_child",
         signalfd_version_reaps_every_child,
+    ),
+    (
+        "a_run_cut_off_by_its_budget_is_timed_out_not_hung",
+        a_run_cut_off_by_its_budget_is_timed_out_not_hung,
     ),
     (
         "locking_handler_run_is_accounted_for",

@@ -19,6 +19,8 @@
 
 use std::io;
 
+pub mod pthread;
+pub mod racy;
 pub mod sigchld_lock;
 pub mod uring;
 

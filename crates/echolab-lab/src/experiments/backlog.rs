@@ -23,6 +23,7 @@ use crate::watchdog::WatchedChild;
 pub const EXPERIMENT: Experiment = Experiment {
     name: "backlog",
     summary: "iterative server: client 2's connect and write return at once, its read waits for client 1 (--trials: runs)",
+    max_trials: 1_000,
     run,
 };
 
@@ -59,7 +60,7 @@ pub fn start_iterative(
     .iter()
     .map(|arg| arg.to_string())
     .collect();
-    let mut server = WatchedChild::spawn_reading(exe, &args, true)?;
+    let mut server = WatchedChild::spawn_reading(exe, &args, true, &[])?;
     while let Some(line) = server.next_line(deadline) {
         // `listening on 127.0.0.1:PORT (model iterative)`
         if let Some(rest) = line.text.strip_prefix("listening on ") {
@@ -106,8 +107,11 @@ pub fn timeline(addr: SocketAddr, hold: Duration, deadline: Deadline) -> io::Res
         let leaver = scope.spawn(move || {
             // Client 1 stays for `hold` (the experiment's independent variable), then leaves.
             std::thread::sleep(hold);
+            // The moment it leaves is taken before the close: taken after, it could come
+            // later than client 2's answer, which the close itself sets off.
+            let leaving = Instant::now();
             drop(client1);
-            Instant::now()
+            leaving
         });
         let mut echo = [0u8; 9];
         let read = client2.read_exact(&mut echo).map(|()| Instant::now());
@@ -141,7 +145,8 @@ fn run(settings: &Settings) -> io::Result<Report> {
     let deadline = settings.deadline();
     let (mut server, addr) = start_iterative(&settings.exe, deadline)?;
     let mut timelines = Vec::new();
-    for _ in 0..trials {
+    // At least one run; the rest only while the deadline allows.
+    while timelines.len() < trials && (timelines.is_empty() || !deadline.passed()) {
         timelines.push(timeline(addr, HOLD, deadline)?);
     }
     server.kill_and_reap();

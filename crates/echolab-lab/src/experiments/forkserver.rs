@@ -97,6 +97,8 @@ impl ForkServer {
 pub struct ClientView {
     /// Time from our shutdown(write) to end-of-file; `None` if none came within the wait.
     pub eof_after: Option<Duration>,
+    /// How long the client actually waited for it (measured, whether or not it came).
+    pub waited: Duration,
 }
 
 /// Connects, sends a line, reads the echo, shuts down writing, and waits up to `eof_wait`
@@ -120,6 +122,7 @@ pub fn echo_once(addr: SocketAddr, eof_wait: Duration) -> io::Result<ClientView>
     match conn.read(&mut rest) {
         Ok(0) => Ok(ClientView {
             eof_after: Some(asked.elapsed()),
+            waited: asked.elapsed(),
         }),
         Ok(n) => Err(io::Error::other(format!(
             "{n} unexpected bytes after the echo"
@@ -130,7 +133,10 @@ pub fn echo_once(addr: SocketAddr, eof_wait: Duration) -> io::Result<ClientView>
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
             ) =>
         {
-            Ok(ClientView { eof_after: None })
+            Ok(ClientView {
+                eof_after: None,
+                waited: asked.elapsed(),
+            })
         }
         Err(err) => Err(err),
     }

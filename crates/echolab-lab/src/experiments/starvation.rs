@@ -23,6 +23,7 @@ use crate::plot::{Bar, Panel, Picture};
 pub const EXPERIMENT: Experiment = Experiment {
     name: "starvation",
     summary: "the yellow car: streaming readers starve a writer on a reader-preferring lock; writer preference fixes it (--trials: writer attempts)",
+    max_trials: 1_000_000,
     run,
 };
 
@@ -85,6 +86,8 @@ pub struct Outcome {
     pub write_waits: Vec<Duration>,
     /// The writer was still waiting when the interval ended.
     pub writer_gave_up: bool,
+    /// How long the stream ran (readers and writer together).
+    pub elapsed: Duration,
 }
 
 impl Outcome {
@@ -106,6 +109,7 @@ pub fn stream(
     let mut writes = 0;
     let mut write_waits = Vec::new();
     let mut writer_gave_up = false;
+    let started = Instant::now();
     std::thread::scope(|scope| {
         for count in &reads {
             let stop = &stop;
@@ -146,6 +150,86 @@ pub fn stream(
         attempts,
         write_waits,
         writer_gave_up,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// Reads per second over all readers.
+pub fn read_rate(outcome: &Outcome) -> f64 {
+    outcome.reads.iter().sum::<u64>() as f64 / outcome.elapsed.as_secs_f64().max(1e-9)
+}
+
+/// What the two runs mean: `starved` on the reader-preferring lock, `fixed` on the
+/// writer-preferring one.
+pub fn meaning(starved: &Outcome, fixed: &Outcome) -> String {
+    let mut text = if starved.writer_gave_up {
+        format!(
+            "On the reader-preferring lock the readers made {} reads while the writer got {} of {} writes and gave up after waiting {:.0} ms: \
+             the stream never let the reader count drop to zero for that long.",
+            thousands(starved.reads.iter().sum()),
+            starved.writes,
+            starved.attempts,
+            ms(starved.longest_write_wait())
+        )
+    } else {
+        format!(
+            "On the reader-preferring lock the writer got all {} of its writes this time (longest wait {:.1} ms): the reader count did drop \
+             to zero often enough, so no starvation was seen. It is a matter of timing: a busier stream starves it.",
+            starved.writes,
+            ms(starved.longest_write_wait())
+        )
+    };
+    let (before, after) = (starved.longest_write_wait(), fixed.longest_write_wait());
+    if after < before {
+        let (paid, free) = (read_rate(fixed), read_rate(starved));
+        text.push_str(&format!(
+            " Preferring the waiting writer cut its longest wait to {:.1} ms (from {:.1} ms), {} ({paid:.0} reads/s on the writer-preferring \
+             lock against {free:.0} reads/s on the reader-preferring one).",
+            ms(after),
+            ms(before),
+            if paid < 0.95 * free {
+                "at the price of readers pausing while it goes"
+            } else if paid > free / 0.95 {
+                "and the readers went faster too, not slower: this run shows no price for the fix"
+            } else {
+                "and the readers' throughput stayed within 5%"
+            }
+        ));
+    } else {
+        text.push_str(&format!(
+            " Preferring the waiting writer did not shorten its longest wait this time ({:.1} ms against {:.1} ms).",
+            ms(after),
+            ms(before)
+        ));
+    }
+    if fixed.writer_gave_up {
+        text.push_str(" Even the writer-preferring lock's writer gave up before its last write: its deadline was too short.");
+    }
+    text
+}
+
+/// The fix's sentence, from the writer-preferring run.
+pub fn fix_text(fixed: &Outcome) -> String {
+    let got = if fixed.writes == fixed.attempts {
+        format!("Here the writer got all {} of its writes.", fixed.writes)
+    } else {
+        format!(
+            "Here the writer got {} of its {} writes before the deadline.",
+            fixed.writes, fixed.attempts
+        )
+    };
+    format!(
+        "Make the lock fair to the waiter: a writer-preferring readers-writers lock (new readers queue behind a waiting writer), or a FIFO \
+         (ticket) lock. {got}"
+    )
+}
+
+/// "reader-pref." or "writer-pref.", for bar labels.
+fn short_name(lock: &str) -> &'static str {
+    if lock.starts_with("reader") {
+        "reader-pref."
+    } else {
+        "writer-pref."
     }
 }
 
@@ -170,7 +254,8 @@ fn run(settings: &Settings) -> io::Result<Report> {
         ),
     ];
     let mut measured = Vec::new();
-    let mut panels = Vec::new();
+    let mut rate_bars = Vec::new();
+    let mut write_bars = Vec::new();
     let mut figures = Vec::new();
     let mut hangs = Vec::new();
     for outcome in &outcomes {
@@ -195,20 +280,19 @@ fn run(settings: &Settings) -> io::Result<Report> {
                 outcome.writes + 1
             ));
         }
-        let mut bars: Vec<Bar> = outcome
-            .reads
-            .iter()
-            .enumerate()
-            .map(|(idx, &n)| Bar::new(format!("reader {}", idx + 1), n as f64))
-            .collect();
-        bars.push(Bar::new("writer", outcome.writes as f64));
-        panels.push(Panel::new(
-            format!(
-                "{}: longest write wait {:.0} ms",
-                outcome.lock,
-                ms(outcome.longest_write_wait())
-            ),
-            bars,
+        rate_bars.extend(outcome.reads.iter().enumerate().map(|(idx, &n)| {
+            Bar::new(
+                format!("{} reader {}", short_name(outcome.lock), idx + 1),
+                n as f64 / outcome.elapsed.as_secs_f64().max(1e-9),
+            )
+        }));
+        write_bars.push(Bar::new(
+            format!("{} attempted", short_name(outcome.lock)),
+            outcome.attempts as f64,
+        ));
+        write_bars.push(Bar::new(
+            format!("{} got in", short_name(outcome.lock)),
+            outcome.writes as f64,
         ));
         figures.push(json!({
             "lock": outcome.lock,
@@ -218,11 +302,25 @@ fn run(settings: &Settings) -> io::Result<Report> {
             "writer_gave_up": outcome.writer_gave_up,
             "write_wait_ms": spread,
             "longest_write_wait_ms": ms(outcome.longest_write_wait()),
+            "seconds": outcome.elapsed.as_secs_f64(),
         }));
     }
-    let mut picture = Picture::new("Acquisitions per thread", "acquisitions", panels);
-    picture.shared_scale = true;
     let [starved, fixed] = &outcomes;
+    let picture = Picture::new(
+        "Readers per second (runs differ in length) and the writer's writes",
+        "",
+        vec![
+            Panel::new("reads per second, each reader", rate_bars),
+            Panel::new(
+                format!(
+                    "writes: longest wait {:.0} ms (reader-pref.), {:.1} ms (writer-pref.)",
+                    ms(starved.longest_write_wait()),
+                    ms(fixed.longest_write_wait())
+                ),
+                write_bars,
+            ),
+        ],
+    );
     Ok(Report {
         experiment: EXPERIMENT.name,
         title: "Starvation: the yellow car",
@@ -234,20 +332,8 @@ fn run(settings: &Settings) -> io::Result<Report> {
             interval.as_secs_f64()
         ),
         measured,
-        meaning: format!(
-            "On the reader-preferring lock the readers made {} reads while the writer got {} of {attempts} writes and waited up to {:.0} ms: \
-             the stream never let the reader count drop to zero. Preferring the waiting writer cut its longest wait to {:.1} ms, at the price of \
-             readers pausing while it goes.",
-            thousands(starved.reads.iter().sum()),
-            starved.writes,
-            ms(starved.longest_write_wait()),
-            ms(fixed.longest_write_wait())
-        ),
-        fix: format!(
-            "Make the lock fair to the waiter: a writer-preferring readers-writers lock (new readers queue behind a waiting writer), or a FIFO \
-             (ticket) lock. Here the writer got all {} of its {attempts} writes.",
-            fixed.writes
-        ),
+        meaning: meaning(starved, fixed),
+        fix: fix_text(fixed),
         hangs,
         figures: json!({ "readers": N_READERS, "read_hold_us": READ_HOLD.as_micros() as u64, "locks": figures }),
         svg: Some(picture.svg()),
@@ -257,6 +343,101 @@ fn run(settings: &Settings) -> io::Result<Report> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn outcome(writes: u64, gave_up: bool, longest_ms: u64, reads: u64, secs: u64) -> Outcome {
+        Outcome {
+            lock: "x",
+            reads: vec![reads],
+            writes,
+            attempts: 20,
+            write_waits: vec![Duration::from_millis(longest_ms), Duration::from_millis(1)],
+            writer_gave_up: gave_up,
+            elapsed: Duration::from_secs(secs),
+        }
+    }
+
+    #[test]
+    fn starvation_is_claimed_only_when_the_writer_gave_up() {
+        let text = meaning(
+            &outcome(0, true, 1_500, 30_000, 2),
+            &outcome(20, false, 2, 1_000, 1),
+        );
+        assert!(text.starts_with("On the reader-preferring lock the readers made 30,000 reads while the writer got 0 of 20 writes and gave up after waiting 1500 ms"), "{text}");
+        assert!(text.contains("cut its longest wait to 2.0 ms (from 1500.0 ms), at the price of readers pausing while it goes (1000 reads/s on the writer-preferring lock against 15000 reads/s on the reader-preferring one)"), "{text}");
+        let text = meaning(
+            &outcome(20, false, 3, 30_000, 2),
+            &outcome(20, false, 2, 1_000, 1),
+        );
+        assert!(text.starts_with("On the reader-preferring lock the writer got all 20 of its writes this time (longest wait 3.0 ms)"), "{text}");
+        assert!(!text.contains("never let"), "{text}");
+        // Readers as fast with the fix (at exactly 95%, and above): no price is claimed.
+        let text = meaning(
+            &outcome(0, true, 1_500, 20_000, 2),
+            &outcome(20, false, 2, 9_500, 1),
+        );
+        assert!(
+            text.contains(
+                "and the readers' throughput stayed within 5% (9500 reads/s on the writer-preferring lock against 10000 reads/s on the reader-preferring one)"
+            ),
+            "{text}"
+        );
+        let text = meaning(
+            &outcome(0, true, 1_500, 20_000, 2),
+            &outcome(20, false, 2, 9_499, 1),
+        );
+        assert!(
+            text.contains("at the price of readers pausing while it goes (9499 reads/s"),
+            "{text}"
+        );
+    }
+
+    /// The finding's figures: readers were faster on the writer-preferring lock.
+    #[test]
+    fn faster_readers_are_not_called_a_price() {
+        let text = meaning(
+            &outcome(0, true, 1_500, 16_934, 2),
+            &outcome(20, false, 2, 13_844, 1),
+        );
+        assert!(text.contains("cut its longest wait to 2.0 ms (from 1500.0 ms), and the readers went faster too, not slower: this run shows no price for the fix (13844 reads/s on the writer-preferring lock against 8467 reads/s on the reader-preferring one)."), "{text}");
+        assert!(!text.contains("at the price"), "{text}");
+        // The boundary: up to 1/0.95 of the other rate is still "within 5%".
+        let text = meaning(
+            &outcome(0, true, 1_500, 19_000, 1),
+            &outcome(20, false, 2, 20_000, 1),
+        );
+        assert!(text.contains("stayed within 5% (20000 reads/s"), "{text}");
+        let text = meaning(
+            &outcome(0, true, 1_500, 19_000, 1),
+            &outcome(20, false, 2, 20_001, 1),
+        );
+        assert!(text.contains("the readers went faster too"), "{text}");
+    }
+
+    #[test]
+    fn a_longer_wait_is_not_called_a_cut() {
+        let text = meaning(
+            &outcome(20, false, 3, 30_000, 2),
+            &outcome(20, false, 3, 1_000, 1),
+        );
+        assert!(
+            text.contains("did not shorten its longest wait this time (3.0 ms against 3.0 ms)"),
+            "{text}"
+        );
+        let text = meaning(
+            &outcome(20, false, 3, 30_000, 2),
+            &outcome(19, true, 9, 1_000, 1),
+        );
+        assert!(
+            text.contains("did not shorten its longest wait this time (9.0 ms against 3.0 ms)"),
+            "{text}"
+        );
+        assert!(!text.contains("cut its longest wait"), "{text}");
+        assert!(text.ends_with("its deadline was too short."), "{text}");
+        assert!(fix_text(&outcome(19, true, 9, 1, 1))
+            .ends_with("Here the writer got 19 of its 20 writes before the deadline."));
+        assert!(fix_text(&outcome(20, false, 9, 1, 1))
+            .ends_with("Here the writer got all 20 of its writes."));
+    }
 
     #[test]
     fn writer_preferring_lock_lets_every_write_in() {

@@ -22,6 +22,7 @@ use crate::plot::{Bar, Panel, Picture};
 pub const EXPERIMENT: Experiment = Experiment {
     name: "thread-arg",
     summary: "race.c: 100 threads read the loop index late; histogram pinned to one CPU vs all vs moved value (--trials: runs)",
+    max_trials: 10_000,
     run,
 };
 
@@ -98,11 +99,14 @@ fn run(settings: &Settings) -> io::Result<Report> {
     } else {
         allowed_cpus()
     };
-    let panels_spec: [(&str, &[usize], Variant); 3] = [
+    let mut panels_spec: Vec<(&str, &[usize], Variant)> = vec![
         ("no race (value moved)", &all_cpus, Variant::Moved),
         ("one core (pinned)", &one_core, Variant::Shared),
-        ("all cores", &all_cpus, Variant::Shared),
     ];
+    // With a single CPU given there are no "all cores" to compare with.
+    if all_cpus.len() > 1 {
+        panels_spec.push(("all cores", &all_cpus, Variant::Shared));
+    }
     let deadline = settings.deadline();
     let mut measured = Vec::new();
     let mut panels = Vec::new();
@@ -115,7 +119,7 @@ fn run(settings: &Settings) -> io::Result<Report> {
         for trial in 0..trials {
             if deadline.passed() {
                 hangs.push(format!(
-                    "{title}: the deadline passed after {trial} of {trials} trials"
+                    "{title}: timed out: the deadline passed after {trial} of {trials} trials"
                 ));
                 break;
             }
@@ -145,7 +149,10 @@ fn run(settings: &Settings) -> io::Result<Report> {
                 Bar::new(label, count as f64)
             })
             .collect();
-        panels.push(Panel::new(title, bars));
+        panels.push(Panel::new(
+            format!("{title}: summed over {} trial(s)", distinct_per_trial.len()),
+            bars,
+        ));
         figures.push(json!({
             "panel": title,
             "cpus": cpus,
@@ -154,11 +161,12 @@ fn run(settings: &Settings) -> io::Result<Report> {
         }));
     }
     let mut picture = Picture::new(
-        format!("Values seen by {N_THREADS} threads, summed over {trials} trial(s)"),
+        format!("Values seen by {N_THREADS} threads in each trial, summed over the trials"),
         "threads that saw the value",
         panels,
     );
     picture.label_every = 20;
+    picture.x_label = "value the thread read (end: the loop had already finished)".to_string();
     let summary = |idx: usize| {
         let values = &headline[idx].1;
         if values.is_empty() {
@@ -175,17 +183,13 @@ fn run(settings: &Settings) -> io::Result<Report> {
         experiment: EXPERIMENT.name,
         title: "Passing the loop index to threads (race.c)",
         claim: "If main passes &i to each new thread, a thread may read i after the loop has advanced: without a race the saved values are 0..99 once each; with it, some values repeat and others vanish, on one core and (more) on many.",
-        did: format!(
-            "Created {N_THREADS} threads {trials} time(s) per panel; in the racy panels the spawner stores the index in a shared atomic that each thread reads when it starts, pinned to CPU {} (one core) or on CPUs {all_cpus:?} (all cores); in the first panel the value is moved into the thread.",
-            one_core[0]
-        ),
+        did: did_text(trials, one_core[0], &all_cpus),
         measured,
-        meaning: format!(
-            "Distinct values out of {N_THREADS}: moved {}, one core {}, all cores {}. Any number below {N_THREADS} means threads read an index \
-             that had already moved on: the race is real, and how often it shows depends on when the scheduler runs the new thread.",
-            summary(0),
-            summary(1),
-            summary(2)
+        meaning: meaning(
+            &all_cpus,
+            &summary(0),
+            &summary(1),
+            (headline.len() > 2).then(|| summary(2)).as_deref(),
         ),
         fix: "Give each thread its own copy: a `move` closure capturing the value (the lecture mallocs a slot per thread and frees it in the thread). \
               Rust rejects the lecture's bug at compile time: a spawned closure that borrows the loop variable does not compile \
@@ -195,6 +199,34 @@ fn run(settings: &Settings) -> io::Result<Report> {
         figures: json!({ "threads": N_THREADS, "trials": trials, "panels": figures }),
         svg: Some(picture.svg()),
     })
+}
+
+/// What was run: the racy panels on one core and, when more than one CPU was given, on
+/// all of them.
+pub fn did_text(trials: usize, one_core: usize, all_cpus: &[usize]) -> String {
+    let racy = if all_cpus.len() > 1 {
+        format!("pinned to CPU {one_core} (one core) or on CPUs {all_cpus:?} (all cores)")
+    } else {
+        format!("pinned to CPU {one_core}, the only CPU given, so there is no all-cores panel")
+    };
+    format!(
+        "Created {N_THREADS} threads {trials} time(s) per panel; in the racy panels the spawner stores the index in a shared atomic that each \
+         thread reads when it starts, {racy}; in the first panel the value is moved into the thread."
+    )
+}
+
+/// What the distinct-value ranges mean (`all` is None when only one CPU was given).
+pub fn meaning(all_cpus: &[usize], moved: &str, one: &str, all: Option<&str>) -> String {
+    let ranges = match all {
+        Some(all) => format!("moved {moved}, one core {one}, all cores {all}"),
+        None => format!(
+            "moved {moved}, one core {one}; only CPU {all_cpus:?} was given, so nothing ran on several cores and there is no all-cores comparison"
+        ),
+    };
+    format!(
+        "Distinct values out of {N_THREADS}: {ranges}. Any number below {N_THREADS} means threads read an index \
+         that had already moved on: the race is real, and how often it shows depends on when the scheduler runs the new thread."
+    )
 }
 
 #[cfg(test)]
@@ -220,6 +252,30 @@ mod tests {
         let counts = histogram(&seen, N_THREADS);
         assert_eq!(counts.iter().sum::<u64>(), N_THREADS as u64);
         assert!((1..=N_THREADS + 1).contains(&distinct(&counts)));
+    }
+
+    #[test]
+    fn one_cpu_given_makes_no_all_cores_claim() {
+        let text = meaning(&[0], "100-100", "34-35", None);
+        assert!(text.starts_with("Distinct values out of 100: moved 100-100, one core 34-35; only CPU [0] was given, so nothing ran on several cores and there is no all-cores comparison."), "{text}");
+        assert!(!text.contains("all cores 3"), "{text}");
+        let did = did_text(5, 0, &[0]);
+        assert!(
+            did.contains("pinned to CPU 0, the only CPU given, so there is no all-cores panel;"),
+            "{did}"
+        );
+        assert!(!did.contains("(all cores)"), "{did}");
+    }
+
+    #[test]
+    fn several_cpus_are_compared_with_one() {
+        let text = meaning(&[0, 1], "100-100", "34-35", Some("60-70"));
+        assert!(text.starts_with("Distinct values out of 100: moved 100-100, one core 34-35, all cores 60-70. Any number"), "{text}");
+        let did = did_text(5, 0, &[0, 1]);
+        assert!(
+            did.contains("pinned to CPU 0 (one core) or on CPUs [0, 1] (all cores);"),
+            "{did}"
+        );
     }
 
     #[test]

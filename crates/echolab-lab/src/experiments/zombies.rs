@@ -18,6 +18,7 @@ use crate::plot::{Bar, Panel, Picture};
 pub const EXPERIMENT: Experiment = Experiment {
     name: "zombies",
     summary: "a fork server that does not reap leaves a zombie per connection; one that reaps leaves none (--trials: connections)",
+    max_trials: 1_000,
     run,
 };
 
