@@ -6,7 +6,7 @@ use std::fmt::{self, Write as _};
 
 use serde_json::json;
 
-use crate::engine::{BenchConfig, Workload};
+use crate::config::{BenchConfig, Workload};
 use crate::latency::LatencySummary;
 use crate::pattern::Mismatch;
 
@@ -23,8 +23,11 @@ pub struct ErrorCounts {
     pub timeout: u64,
     /// An echoed byte differed from the byte sent at that position.
     pub mismatch: u64,
-    /// The server sent more bytes than it was sent.
+    /// The server sent more bytes than it was sent (churn: any byte after the echo).
     pub extra: u64,
+    /// A connection waited longer than `--starve-after` for an echo (counted once per
+    /// connection; the connection stays open).
+    pub starved: u64,
 }
 
 /// One kind of error, as [`ErrorCounts`] counts them.
@@ -36,6 +39,7 @@ pub enum ErrorKind {
     Timeout,
     Mismatch,
     Extra,
+    Starved,
 }
 
 impl ErrorKind {
@@ -47,13 +51,20 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Mismatch => "mismatch",
             ErrorKind::Extra => "extra",
+            ErrorKind::Starved => "starved",
         }
     }
 }
 
 impl ErrorCounts {
     pub fn total(&self) -> u64 {
-        self.connect + self.reset + self.eof + self.timeout + self.mismatch + self.extra
+        self.connect
+            + self.reset
+            + self.eof
+            + self.timeout
+            + self.mismatch
+            + self.extra
+            + self.starved
     }
 
     pub fn count(&mut self, kind: ErrorKind) {
@@ -64,6 +75,7 @@ impl ErrorCounts {
             ErrorKind::Timeout => &mut self.timeout,
             ErrorKind::Mismatch => &mut self.mismatch,
             ErrorKind::Extra => &mut self.extra,
+            ErrorKind::Starved => &mut self.starved,
         } += 1;
     }
 
@@ -74,6 +86,7 @@ impl ErrorCounts {
         self.timeout += other.timeout;
         self.mismatch += other.mismatch;
         self.extra += other.extra;
+        self.starved += other.starved;
     }
 }
 
@@ -84,15 +97,78 @@ impl fmt::Display for ErrorCounts {
         }
         write!(
             f,
-            "{} (connect {}, reset {}, eof {}, timeout {}, mismatch {}, extra {})",
+            "{} (connect {}, reset {}, eof {}, timeout {}, mismatch {}, extra {}, starved {})",
             self.total(),
             self.connect,
             self.reset,
             self.eof,
             self.timeout,
             self.mismatch,
-            self.extra
+            self.extra,
+            self.starved
         )
+    }
+}
+
+/// Messages of the measured window that did not complete, by where they were at the end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Unfinished {
+    /// Handed to a connection and still pending after the drain: held back by the
+    /// pipeline, or sent and not (wholly) echoed.
+    pub waiting: u64,
+    /// Pending on a connection that failed (reset, closed, timed out, mismatched).
+    pub lost: u64,
+    /// Open loop: due when no connection could take it (every one failed or full).
+    pub unsent: u64,
+}
+
+impl Unfinished {
+    /// Every incomplete message.
+    pub fn total(&self) -> u64 {
+        self.waiting + self.lost + self.unsent
+    }
+
+    pub fn add(&mut self, other: &Unfinished) {
+        self.waiting += other.waiting;
+        self.lost += other.lost;
+        self.unsent += other.unsent;
+    }
+}
+
+/// How evenly the connections were served: messages of the window per connection.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Fairness {
+    pub min: u64,
+    /// The middle count (the mean of the two middle ones for an even number).
+    pub median: f64,
+    pub max: u64,
+    /// Jain's fairness index, `(Σx)² / (n·Σx²)`: 1 when every connection completed as
+    /// many messages, `1/n` when one connection got them all; `None` when none got any.
+    pub jain: Option<f64>,
+}
+
+impl Fairness {
+    /// The fairness of `counts` (one per connection); `None` for no connection.
+    pub fn of(counts: &[u64]) -> Option<Fairness> {
+        if counts.is_empty() {
+            return None;
+        }
+        let mut sorted = counts.to_vec();
+        sorted.sort_unstable();
+        let n = sorted.len();
+        let median = if n % 2 == 1 {
+            sorted[n / 2] as f64
+        } else {
+            (sorted[n / 2 - 1] + sorted[n / 2]) as f64 / 2.0
+        };
+        let sum: f64 = sorted.iter().map(|x| *x as f64).sum();
+        let sum_sq: f64 = sorted.iter().map(|x| (*x as f64) * (*x as f64)).sum();
+        Some(Fairness {
+            min: sorted[0],
+            median,
+            max: sorted[n - 1],
+            jain: (sum_sq > 0.0).then(|| sum * sum / (n as f64 * sum_sq)),
+        })
     }
 }
 
@@ -104,16 +180,22 @@ pub struct MismatchAt {
     pub mismatch: Mismatch,
 }
 
-/// Everything one bench run measured. Messages, rates and latencies cover the measured
-/// window only: warm-up and the final drain are excluded.
+/// Everything one bench run measured. Messages, rates and latencies cover the messages
+/// whose start (open loop: intended send time) falls in the measured window: warm-up
+/// messages are excluded, and window messages that complete in the final drain count.
 #[derive(Debug, Clone)]
 pub struct BenchReport {
-    /// Completed echoes in the measured window (churn: completed connections).
+    /// Completed echoes of the measured window (churn: completed connections).
     pub messages: u64,
+    /// Messages of the window that did not complete; `messages + unfinished.total()` is
+    /// every message of the window.
+    pub unfinished: Unfinished,
     /// The measured window, in seconds (shorter than asked when interrupted).
     pub seconds: f64,
-    /// Round-trip latency: closed loop from the send, open loop from the intended send
-    /// time, churn from the start of the connect to the end of the echo.
+    /// Round-trip latency in microseconds: closed loop from the send, open loop from the
+    /// intended send time, churn from the start of the connect to the end of the echo.
+    /// Incomplete messages handed to a connection count with their wait until the end of
+    /// the window (a lower bound).
     pub latency: LatencySummary,
     /// Churn only: from the start of the connect to the connection being established.
     pub connect_latency: Option<LatencySummary>,
@@ -123,10 +205,12 @@ pub struct BenchReport {
     pub error_samples: BTreeMap<ErrorKind, String>,
     /// Connections established (churn: in total, over the run).
     pub conns_established: u64,
-    /// Connections that completed at least one echo (not churn).
+    /// Connections that completed at least one echo of the window (not churn).
     pub conns_echoed: u64,
-    /// Open loop: messages that fell due but were never sent (the run ended first).
-    pub unsent: u64,
+    /// Bytes that came back over the whole run, verified or not.
+    pub bytes_received: u64,
+    /// Messages of the window each connection completed (churn: each slot), by index.
+    pub per_conn: Vec<u64>,
     /// The run was stopped by SIGINT/SIGTERM before its end.
     pub interrupted: bool,
     /// Every connection was closed or reset by the server before the end.
@@ -137,6 +221,33 @@ pub struct BenchReport {
 }
 
 impl BenchReport {
+    /// A report of nothing yet, for `n_conns` connections.
+    pub fn empty(n_conns: usize) -> BenchReport {
+        BenchReport {
+            messages: 0,
+            unfinished: Unfinished::default(),
+            seconds: 0.0,
+            latency: LatencySummary::default(),
+            connect_latency: None,
+            errors: ErrorCounts::default(),
+            first_mismatch: None,
+            error_samples: BTreeMap::new(),
+            conns_established: 0,
+            conns_echoed: 0,
+            bytes_received: 0,
+            per_conn: vec![0; n_conns],
+            interrupted: false,
+            server_gone: false,
+            time_wait: None,
+        }
+    }
+
+    /// Every message of the window: completed plus incomplete.
+    pub fn intended(&self) -> u64 {
+        self.messages + self.unfinished.total()
+    }
+
+    /// Completed messages per second of the window.
     pub fn messages_per_sec(&self) -> f64 {
         if self.seconds > 0.0 {
             self.messages as f64 / self.seconds
@@ -150,20 +261,35 @@ impl BenchReport {
         self.messages_per_sec() * msg_size as f64 / 1e6
     }
 
-    /// True when the run completed no echo at all in its measured window although nothing
-    /// failed: the server accepted the connections and kept the bytes (a `--mode lines`
-    /// server waiting for a `\n`, an iterative server busy with another client). A run
-    /// that measured nothing is not a clean run.
+    /// True when not one byte came back over the whole run from established
+    /// connections: the server accepted them and kept the bytes (a `--mode lines` server
+    /// waiting for a `\n`, an iterative server busy with another client).
     pub fn nothing_echoed(&self) -> bool {
+        self.bytes_received == 0 && self.conns_established > 0 && !self.interrupted
+    }
+
+    /// True when the window completed no message although it was not interrupted: a run
+    /// that measured nothing is not a clean run.
+    pub fn nothing_completed(&self) -> bool {
         self.messages == 0 && !self.interrupted
     }
 
-    /// The exit status of `echolab bench` for this run: 3 for a byte mismatch, 1 for any
-    /// other error or when nothing was echoed, 130 when interrupted, 0 otherwise.
+    /// Per-connection fairness over the window (`None` in churn's sense is never: slots).
+    pub fn fairness(&self) -> Option<Fairness> {
+        Fairness::of(&self.per_conn)
+    }
+
+    /// The exit status of `echolab bench` for this run: 3 for a byte mismatch; 1 for any
+    /// other error (starved connections included), an incomplete message, a server gone,
+    /// or a window that completed nothing; 130 when interrupted; 0 otherwise.
     pub fn exit_code(&self) -> u8 {
         if self.errors.mismatch > 0 {
             3
-        } else if self.errors.total() > 0 || self.server_gone || self.nothing_echoed() {
+        } else if self.errors.total() > 0
+            || self.unfinished.total() > 0
+            || self.server_gone
+            || self.nothing_completed()
+        {
             1
         } else if self.interrupted {
             130
@@ -185,6 +311,10 @@ impl BenchReport {
             "config": config_json(config),
             "workload": config.workload().name(),
             "messages": self.messages,
+            "intended": self.intended(),
+            "completed": self.messages,
+            "incomplete": self.unfinished.total(),
+            "incomplete_by_state": self.unfinished,
             "seconds": self.seconds,
             "messages_per_sec": self.messages_per_sec(),
             "mb_per_sec": self.mb_per_sec(config.msg_size),
@@ -202,21 +332,26 @@ impl BenchReport {
             "error_samples": samples,
             "conns_established": self.conns_established,
             "conns_echoed": self.conns_echoed,
-            "unsent": self.unsent,
+            "starved": self.errors.starved,
+            "fairness": self.fairness(),
+            "bytes_received": self.bytes_received,
+            "unsent": self.unfinished.unsent,
             "interrupted": self.interrupted,
             "server_gone": self.server_gone,
             "nothing_echoed": self.nothing_echoed(),
+            "nothing_completed": self.nothing_completed(),
             "time_wait": self.time_wait,
         })
     }
 
-    /// The human summary, several lines, the way loadgen prints its own.
+    /// The human summary, several lines, the way loadgen prints its own. Every sentence
+    /// is computed from the figures it names.
     pub fn to_text(&self, config: &BenchConfig) -> String {
         let mut out = String::new();
         let workload = config.workload();
         let _ = writeln!(
             out,
-            "echolab bench {}: {}, {} conns, {} B messages{}, pipeline {}, {} threads, warm-up {:.1} s, measured {:.2} s{}",
+            "echolab bench {}: {}, {} conns, {} B messages{}, pipeline {}, {} threads ({}), warm-up {:.1} s, measured {:.2} s{}",
             config.addr,
             workload.describe(),
             config.n_conns,
@@ -224,26 +359,46 @@ impl BenchReport {
             if config.lines { " (lines)" } else { "" },
             config.pipeline,
             config.effective_threads(),
+            config.threads_from.describe(),
             config.warmup.as_secs_f64(),
             self.seconds,
             if self.interrupted { " (interrupted)" } else { "" },
         );
-        let unit = if matches!(workload, Workload::Churn) {
-            "connections"
-        } else {
-            "messages"
-        };
+        let churn = matches!(workload, Workload::Churn);
+        let unit = if churn { "connections" } else { "messages" };
         let _ = writeln!(
             out,
             "  {unit}/s: {:.0}   payload MB/s (one way): {:.2}",
             self.messages_per_sec(),
             self.mb_per_sec(config.msg_size)
         );
-        let l = &self.latency;
+        let u = &self.unfinished;
         let _ = writeln!(
             out,
-            "  latency us: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  (n={})",
-            l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.count
+            "  {unit} of the window: {} = {} completed + {} incomplete ({} waiting at the end, {} lost with a failed connection, {} never sent)",
+            self.intended(),
+            self.messages,
+            u.total(),
+            u.waiting,
+            u.lost,
+            u.unsent
+        );
+        let l = &self.latency;
+        let floor = u.waiting + u.lost;
+        let _ = writeln!(
+            out,
+            "  latency us: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  (n={}{})",
+            l.p50_us,
+            l.p90_us,
+            l.p99_us,
+            l.p999_us,
+            l.max_us,
+            l.count,
+            if floor > 0 {
+                format!(", {floor} of them incomplete, counted with their wait until the end")
+            } else {
+                String::new()
+            }
         );
         if let Some(c) = &self.connect_latency {
             let _ = writeln!(
@@ -259,24 +414,30 @@ impl BenchReport {
         if let Some(m) = &self.first_mismatch {
             let _ = writeln!(out, "  MISMATCH on conn {}: {}", m.conn_idx, m.mismatch);
         }
-        if !matches!(workload, Workload::Churn) {
+        if !churn {
             let _ = writeln!(
                 out,
-                "  connections: {} of {} established, {} completed at least one echo",
+                "  connections: {} of {} established, {} completed at least one echo of the window",
                 self.conns_established, config.n_conns, self.conns_echoed
             );
         }
-        let never_echoed = self.conns_established.saturating_sub(self.conns_echoed);
-        if never_echoed > 0
-            && !matches!(workload, Workload::Churn)
-            && !self.server_gone
-            && !self.nothing_echoed()
-        {
+        if let Some(f) = self.fairness() {
+            let per = if churn { "slot" } else { "connection" };
+            let jain = f.jain.map_or("n/a (nothing completed)".to_string(), |j| format!("{j:.3}"));
             let _ = writeln!(
                 out,
-                "  {never_echoed} connection(s) got no echo at all: the server accepted them but \
-                 served others (an iterative server, or a pool with fewer workers than \
-                 connections, leaves the rest waiting)"
+                "  per {per}: min {}  median {}  max {} {unit}; Jain's fairness index {jain}",
+                f.min, f.median, f.max
+            );
+        }
+        if self.errors.starved > 0 {
+            let _ = writeln!(
+                out,
+                "  {} of {} connections starved: each waited more than {:.2} s (--starve-after) for an echo \
+                 (an iterative server, or a pool with fewer workers than connections, leaves the rest waiting)",
+                self.errors.starved,
+                config.n_conns,
+                config.starve_after.as_secs_f64()
             );
         }
         if let (Some(time_wait), Some(ports)) = (self.time_wait, ephemeral_ports()) {
@@ -292,16 +453,16 @@ impl BenchReport {
                 );
             }
         }
-        if self.unsent > 0 {
-            let why = if self.server_gone || self.errors.total() > 0 {
-                "connections had failed, none could take them"
-            } else {
-                "the server could not keep up with --rate"
-            };
+        if u.total() > 0 {
             let _ = writeln!(
                 out,
-                "  {} messages fell due but were not sent before the end ({why})",
-                self.unsent
+                "  INCOMPLETE: {} of the window's {} {unit} did not complete ({} waiting at the end, \
+                 {} lost with a failed connection, {} never sent)",
+                u.total(),
+                self.intended(),
+                u.waiting,
+                u.lost,
+                u.unsent
             );
         }
         if self.server_gone {
@@ -318,9 +479,15 @@ impl BenchReport {
             };
             let _ = writeln!(
                 out,
-                "  no echo came back in the measured {:.2} s: the server accepted the \
-                 connections but sent nothing back{hint}",
-                self.seconds
+                "  no byte came back on {} established connections in {:.2} s: the server \
+                 accepted them but sent nothing back{hint}",
+                self.conns_established, self.seconds
+            );
+        } else if self.nothing_completed() && self.errors.total() == 0 {
+            let _ = writeln!(
+                out,
+                "  {} bytes came back but no message of the window completed in {:.2} s",
+                self.bytes_received, self.seconds
             );
         }
         out
@@ -391,6 +558,8 @@ fn config_json(config: &BenchConfig) -> serde_json::Value {
         "lines": config.lines,
         "connect_timeout_secs": config.connect_timeout.as_secs_f64(),
         "timeout_secs": config.stall_timeout.as_secs_f64(),
+        "starve_after_secs": config.starve_after.as_secs_f64(),
+        "threads_from": config.threads_from.describe(),
     })
 }
 

@@ -37,7 +37,8 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::{CompareArgs, MODELS};
-use crate::engine::{self, BenchConfig};
+use crate::config::BenchConfig;
+use crate::engine;
 use crate::hold;
 use output::{IdleResult, ModelStatus, Results, RunSample, WorkloadResults};
 use server::ServerProcess;

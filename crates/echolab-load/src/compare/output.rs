@@ -20,7 +20,7 @@ pub struct Machine {
 impl Machine {
     pub fn here() -> Machine {
         Machine {
-            cores: crate::engine::default_threads(),
+            cores: crate::config::cores(),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_string())
                 .unwrap_or_else(|_| "unknown".to_string()),
