@@ -62,11 +62,14 @@ pub fn run(args: BenchArgs) -> ExitCode {
 fn fail(json: bool, message: &str, code: u8) -> ExitCode {
     eprintln!("echolab bench: {message}");
     if json {
-        let doc = json!({ "error": message, "exit_code": code });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&doc).expect("JSON of plain values")
-        );
+        println!("{}", error_json(message, code));
     }
     ExitCode::from(code)
+}
+
+/// The JSON document of a run that could not take place: `{"error": message,
+/// "exit_code": code}`, pretty-printed.
+pub fn error_json(message: &str, code: u8) -> String {
+    let doc = json!({ "error": message, "exit_code": code });
+    serde_json::to_string_pretty(&doc).expect("JSON of plain values")
 }

@@ -143,7 +143,7 @@ impl BenchArgs {
             let window = self.duration.as_secs_f64();
             if rate * window < 1.0 {
                 return Err(format!(
-                    "--rate {rate} sends no message in a {window} s window: at least {} per second",
+                    "--rate {rate:?} sends no message in a {window} s window: at least {} per second",
                     1.0 / window
                 ));
             }

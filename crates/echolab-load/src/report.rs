@@ -465,6 +465,11 @@ impl BenchReport {
                 u.unsent
             );
         }
+        let hint = if config.lines {
+            ""
+        } else {
+            "; a --mode lines server echoes only complete lines: try --lines"
+        };
         if self.server_gone {
             let _ = writeln!(
                 out,
@@ -472,11 +477,6 @@ impl BenchReport {
                  refused what it was sent (in lines mode, a line longer than its --max-line)"
             );
         } else if self.nothing_echoed() {
-            let hint = if config.lines {
-                ""
-            } else {
-                "; a --mode lines server echoes only complete lines: try --lines"
-            };
             let _ = writeln!(
                 out,
                 "  no byte came back on {} established connections in {:.2} s: the server \
@@ -486,7 +486,7 @@ impl BenchReport {
         } else if self.nothing_completed() && self.errors.total() == 0 {
             let _ = writeln!(
                 out,
-                "  {} bytes came back but no message of the window completed in {:.2} s",
+                "  {} bytes came back but no message of the window completed in {:.2} s{hint}",
                 self.bytes_received, self.seconds
             );
         }

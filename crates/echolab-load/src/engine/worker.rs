@@ -614,17 +614,7 @@ impl<'a> Worker<'a> {
             );
             return false;
         }
-        if n > owed {
-            let at = conn.recvd + owed as u64;
-            let what = if conn.closing {
-                format!("the server sent bytes after the echo, from stream offset {at}")
-            } else {
-                format!("the server sent bytes never sent to it, from stream offset {at}")
-            };
-            self.fail(i, ErrorKind::Extra, what);
-            return false;
-        }
-        conn.recvd += n as u64;
+        conn.recvd += checked as u64;
         conn.last_progress = now;
         let (t_meas, window_end) = (self.t_meas, self.window_end);
         let in_window = |start: Instant| match (t_meas, window_end) {
@@ -644,6 +634,17 @@ impl<'a> Worker<'a> {
                 self.messages += 1;
                 conn.completed_in_window += 1;
             }
+        }
+        if n > owed {
+            // Checked after completing what was owed, so that the echo itself counts.
+            let at = conn.recvd;
+            let what = if conn.closing || self.workload == Workload::Churn {
+                format!("the server sent bytes after the echo, from stream offset {at}")
+            } else {
+                format!("the server sent bytes never sent to it, from stream offset {at}")
+            };
+            self.fail(i, ErrorKind::Extra, what);
+            return false;
         }
         if completed == 0 {
             return true;
