@@ -245,10 +245,7 @@ mod tests {
         // Reference values of splitmix64's first outputs from seed 0 (Vigna's C code):
         // its state advances by the golden gamma before each mix.
         assert_eq!(splitmix64(0), 0xe220_a839_7b1d_cdaf);
-        assert_eq!(
-            splitmix64(0x9e37_79b9_7f4a_7c15),
-            0x6e78_9e6a_a1b9_65f4
-        );
+        assert_eq!(splitmix64(0x9e37_79b9_7f4a_7c15), 0x6e78_9e6a_a1b9_65f4);
     }
 
     #[test]
@@ -266,7 +263,10 @@ mod tests {
         let bytes_mode = Pattern::new(1 << 20, false);
         let lines_mode = Pattern::new(1 << 20, true);
         let raw = filled(&bytes_mode, 0, 0, 10_000);
-        let at = raw.iter().position(|b| *b == b'\n').expect("a '\\n' in 10 kB");
+        let at = raw
+            .iter()
+            .position(|b| *b == b'\n')
+            .expect("a '\\n' in 10 kB");
         assert_eq!(lines_mode.byte(0, at as u64), 0x8a);
         assert_eq!(lines_mode.byte(0, at as u64 + 1), raw[at + 1]);
     }
@@ -280,7 +280,15 @@ mod tests {
             let p = 1usize << shift;
             sizes.extend([p - 1, p, p + 1]);
         }
-        sizes.extend([65_520, 65_521, 65_522, 131_042, 196_563, 8 * 4_099, 8 * 65_521]);
+        sizes.extend([
+            65_520,
+            65_521,
+            65_522,
+            131_042,
+            196_563,
+            8 * 4_099,
+            8 * 65_521,
+        ]);
         sizes.extend((0..40).map(|k| 1 + (splitmix64(k) % (1 << 20)) as usize));
         sizes.retain(|s| *s <= 1 << 20);
         sizes.sort_unstable();
@@ -356,7 +364,10 @@ mod tests {
                 let mut caught_by = |wrong: &dyn Fn(u64) -> Vec<u8>| {
                     (1..=within).any(|m| pattern.verify(7, m * s, &wrong(m), &mut scratch).is_err())
                 };
-                assert!(caught_by(&|_| first.clone()), "replay, size {size} lines {lines}");
+                assert!(
+                    caught_by(&|_| first.clone()),
+                    "replay, size {size} lines {lines}"
+                );
                 assert!(
                     caught_by(&|m| filled(&pattern, 8, m * s, size)),
                     "crossed, size {size} lines {lines}"

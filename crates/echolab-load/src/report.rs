@@ -423,7 +423,9 @@ impl BenchReport {
         }
         if let Some(f) = self.fairness() {
             let per = if churn { "slot" } else { "connection" };
-            let jain = f.jain.map_or("n/a (nothing completed)".to_string(), |j| format!("{j:.3}"));
+            let jain = f
+                .jain
+                .map_or("n/a (nothing completed)".to_string(), |j| format!("{j:.3}"));
             let _ = writeln!(
                 out,
                 "  per {per}: min {}  median {}  max {} {unit}; Jain's fairness index {jain}",

@@ -259,8 +259,14 @@ fn bad_values_are_named() {
         (&["--interval", "1e-6"][..], "0.1 s"),
         // Bookkeeping bounded over all connections, not per factor.
         (&["--conns", "100", "--pipeline", "65536"][..], "6553600"),
-        (&["--conns", "18446744073709551615"][..], "18446744073709551615"),
-        (&["--threads", "18446744073709551615"][..], "18446744073709551615"),
+        (
+            &["--conns", "18446744073709551615"][..],
+            "18446744073709551615",
+        ),
+        (
+            &["--threads", "18446744073709551615"][..],
+            "18446744073709551615",
+        ),
         (&["--rate", "1e-10"][..], "1e-10"),
         (&["--rate", "NaN"][..], "NaN"),
         (&["--starve-after", "0"][..], "\"0\""),
@@ -622,7 +628,10 @@ fn a_stall_to_the_end_of_the_window_is_incomplete_and_counts_its_wait() {
     // HDR histograms are exact to 0.1%; the waits are computed from the schedule.
     assert!((p90 - 800_000.0).abs() <= 1_000.0, "p90 {p90} µs: {doc:#}");
     assert!((p99 - 980_000.0).abs() <= 1_000.0, "p99 {p99} µs: {doc:#}");
-    assert!((max - 1_000_000.0).abs() <= 1_000.0, "max {max} µs: {doc:#}");
+    assert!(
+        (max - 1_000_000.0).abs() <= 1_000.0,
+        "max {max} µs: {doc:#}"
+    );
 }
 
 #[test]
@@ -719,7 +728,10 @@ fn a_server_replaying_the_first_message_is_caught_at_the_old_periods() {
         assert_eq!(output.status.code(), Some(3), "size {size}: {stdout}");
         assert!(stdout.contains("MISMATCH"), "size {size}: {stdout}");
         // Bytes came back, so the summary must not say that none did.
-        assert!(!stdout.contains("sent nothing back"), "size {size}: {stdout}");
+        assert!(
+            !stdout.contains("sent nothing back"),
+            "size {size}: {stdout}"
+        );
         // The first wrong byte is in message 1: the JSON names it on connection 0 or 1.
         let server = replaying_server(2, size.parse().unwrap());
         args.push("--json");
@@ -775,7 +787,9 @@ fn connections_a_one_at_a_time_server_never_serves_are_starved_and_unfair() {
     );
     // The bench's connections are closed: the server serves them in turn (nothing to
     // echo), then these wake its remaining accepts.
-    let wakers: Vec<_> = (0..8).filter_map(|_| TcpStream::connect(addr).ok()).collect();
+    let wakers: Vec<_> = (0..8)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect();
     drop(wakers);
     server.join().unwrap();
     let doc = json_of(&output);
@@ -869,10 +883,16 @@ fn with_json_a_refused_run_is_still_a_json_document() {
     assert_eq!(output.status.code(), Some(1));
     let doc = json_of(&output);
     let error = doc["error"].as_str().unwrap();
-    assert!(error.contains("refused") && error.contains(&addr.to_string()), "{doc:#}");
+    assert!(
+        error.contains("refused") && error.contains(&addr.to_string()),
+        "{doc:#}"
+    );
     assert_eq!(doc["exit_code"], 1);
     // A bad value too: the same exit status as without --json, and a document.
-    for args in [&["--duration", "1e-10"][..], &["--conns", "100", "--pipeline", "65536"][..]] {
+    for args in [
+        &["--duration", "1e-10"][..],
+        &["--conns", "100", "--pipeline", "65536"][..],
+    ] {
         let mut args = args.to_vec();
         args.push("--json");
         let output = bench(addr, &args);
@@ -918,7 +938,16 @@ fn churn_catches_bytes_after_the_echo_and_counts_lost_messages() {
     });
     let output = bench(
         server.addr,
-        &["--churn", "--conns", "1", "--duration", "0.3", "--warmup", "0", "--json"],
+        &[
+            "--churn",
+            "--conns",
+            "1",
+            "--duration",
+            "0.3",
+            "--warmup",
+            "0",
+            "--json",
+        ],
     );
     server.finish();
     let doc = json_of(&output);
@@ -940,7 +969,16 @@ fn churn_catches_bytes_after_the_echo_and_counts_lost_messages() {
     });
     let output = bench(
         server.addr,
-        &["--churn", "--conns", "1", "--duration", "0.3", "--warmup", "0", "--json"],
+        &[
+            "--churn",
+            "--conns",
+            "1",
+            "--duration",
+            "0.3",
+            "--warmup",
+            "0",
+            "--json",
+        ],
     );
     server.finish();
     let doc = json_of(&output);
@@ -950,7 +988,10 @@ fn churn_catches_bytes_after_the_echo_and_counts_lost_messages() {
     assert!(eof >= 1.0, "{doc:#}");
     // Every connection that failed lost its one message, but for those begun before the
     // window (none: no warm-up) or whose error came in the drain after it.
-    assert!(lost >= eof - 1.0 && lost <= eof, "lost {lost}, eof {eof}: {doc:#}");
+    assert!(
+        lost >= eof - 1.0 && lost <= eof,
+        "lost {lost}, eof {eof}: {doc:#}"
+    );
     assert_eq!(doc["completed"], 0, "{doc:#}");
     assert_eq!(
         number(&doc, "intended"),

@@ -12,7 +12,9 @@ use mio::Token;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum State {
     /// Not connected; churn reconnects it at `retry_at`.
-    Idle { retry_at: Instant },
+    Idle {
+        retry_at: Instant,
+    },
     Connecting,
     Active,
     /// Failed or closed for good; never reused (not churn).

@@ -63,17 +63,12 @@ impl Worker<'_> {
     fn release_due(&mut self, now: Instant) {
         let n = self.conns.len();
         let mut touched = false;
-        loop {
-            let Some((_, intended)) = self.schedule.as_mut().and_then(|s| s.pop_due(now)) else {
-                break;
-            };
+        while let Some((_, intended)) = self.schedule.as_mut().and_then(|s| s.pop_due(now)) {
             // The next connection in turn that can still take a message.
-            let target = (0..n)
-                .map(|k| (self.next_conn + k) % n)
-                .find(|&i| {
-                    self.conns[i].state == State::Active
-                        && self.conns[i].starts.len() < self.max_pending
-                });
+            let target = (0..n).map(|k| (self.next_conn + k) % n).find(|&i| {
+                self.conns[i].state == State::Active
+                    && self.conns[i].starts.len() < self.max_pending
+            });
             self.next_conn = (self.next_conn + 1) % n;
             match target {
                 Some(i) => {

@@ -143,7 +143,9 @@ impl<'a> Worker<'a> {
         let conns = (0..n_conns)
             .map(|i| Conn::new((first_conn_idx + i) as u64, now))
             .collect();
-        let buf_len = CHUNK.min(config.msg_size.max(1) * config.pipeline.max(1)).max(4096);
+        let buf_len = CHUNK
+            .min(config.msg_size.max(1) * config.pipeline.max(1))
+            .max(4096);
         Ok(Worker {
             config,
             pattern,
@@ -413,7 +415,9 @@ impl<'a> Worker<'a> {
             let stalled_for = now - conn.last_progress;
             let owes = conn.in_flight(self.msg_size) > 0;
             match conn.state {
-                State::Active if (owes || conn.closing) && stalled_for > self.config.stall_timeout => {
+                State::Active
+                    if (owes || conn.closing) && stalled_for > self.config.stall_timeout =>
+                {
                     let secs = stalled_for.as_secs_f64();
                     let what = if conn.closing {
                         format!("no end of stream for {secs:.1} s after the echo")
