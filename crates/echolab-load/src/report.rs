@@ -587,6 +587,198 @@ mod tests {
         assert!(time_wait_to(addr).is_some(), "/proc/net/tcp is readable");
     }
 
+    fn config() -> BenchConfig {
+        BenchConfig::new("127.0.0.1:7007".parse().unwrap(), 4, 64)
+    }
+
+    /// A clean run's report: 4 connections, 100 messages each, in 1 s.
+    fn clean() -> BenchReport {
+        let mut report = BenchReport::empty(4);
+        report.messages = 400;
+        report.seconds = 1.0;
+        report.conns_established = 4;
+        report.conns_echoed = 4;
+        report.bytes_received = 400 * 64;
+        report.per_conn = vec![100; 4];
+        report
+    }
+
+    #[test]
+    fn fairness_of_known_spreads() {
+        assert_eq!(Fairness::of(&[]), None);
+        let even = Fairness::of(&[5, 5, 5, 5]).unwrap();
+        assert_eq!((even.min, even.median, even.max), (5, 5.0, 5));
+        assert_eq!(even.jain, Some(1.0));
+        // One connection got everything: 1/n.
+        let one = Fairness::of(&[0, 12, 0, 0]).unwrap();
+        assert_eq!((one.min, one.median, one.max), (0, 0.0, 12));
+        assert_eq!(one.jain, Some(0.25));
+        // (1+2+3)² / (3·(1+4+9)) = 36/42; odd count: the middle one.
+        let spread = Fairness::of(&[3, 1, 2]).unwrap();
+        assert_eq!((spread.min, spread.median, spread.max), (1, 2.0, 3));
+        assert!((spread.jain.unwrap() - 36.0 / 42.0).abs() < 1e-12);
+        // Even count: the mean of the two middle ones.
+        assert_eq!(Fairness::of(&[1, 4, 2, 9]).unwrap().median, 3.0);
+        assert_eq!(Fairness::of(&[0, 0]).unwrap().jain, None);
+    }
+
+    #[test]
+    fn unfinished_messages_add_up_to_the_intended() {
+        let mut report = clean();
+        report.unfinished = Unfinished {
+            waiting: 3,
+            lost: 2,
+            unsent: 1,
+        };
+        let mut more = Unfinished {
+            waiting: 10,
+            lost: 20,
+            unsent: 30,
+        };
+        more.add(&report.unfinished);
+        assert_eq!(
+            more,
+            Unfinished {
+                waiting: 13,
+                lost: 22,
+                unsent: 31
+            }
+        );
+        assert_eq!(report.unfinished.total(), 6);
+        assert_eq!(report.intended(), 406);
+        let doc = report.to_json(&config());
+        assert_eq!(doc["intended"], 406);
+        assert_eq!(doc["completed"], 400);
+        assert_eq!(doc["incomplete"], 6);
+        assert_eq!(doc["incomplete_by_state"]["lost"], 2);
+        assert_eq!(doc["unsent"], 1);
+        let text = report.to_text(&config());
+        assert!(
+            text.contains("messages of the window: 406 = 400 completed + 6 incomplete (3 waiting at the end, 2 lost with a failed connection, 1 never sent)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("INCOMPLETE: 6 of the window's 406 messages"),
+            "{text}"
+        );
+        assert!(text.contains("5 of them incomplete"), "{text}");
+        assert_eq!(report.exit_code(), 1);
+    }
+
+    #[test]
+    fn rates_are_per_second_of_the_window() {
+        let mut r = clean();
+        r.seconds = 2.0;
+        assert_eq!(r.messages_per_sec(), 200.0);
+        assert_eq!(r.mb_per_sec(1_000_000), 200.0);
+        r.seconds = 0.0;
+        assert_eq!(r.messages_per_sec(), 0.0);
+    }
+
+    #[test]
+    fn exit_codes_follow_the_figures() {
+        assert_eq!(clean().exit_code(), 0);
+        let mut r = clean();
+        r.interrupted = true;
+        assert_eq!(r.exit_code(), 130);
+        r.errors.count(ErrorKind::Starved);
+        assert_eq!(r.exit_code(), 1);
+        r.errors.count(ErrorKind::Mismatch);
+        assert_eq!(r.exit_code(), 3);
+        let mut r = clean();
+        r.server_gone = true;
+        assert_eq!(r.exit_code(), 1);
+        let mut r = clean();
+        r.messages = 0;
+        assert!(r.nothing_completed());
+        assert_eq!(r.exit_code(), 1);
+        r.interrupted = true;
+        assert!(!r.nothing_completed());
+        assert_eq!(r.exit_code(), 130);
+        let mut r = clean();
+        r.unfinished.unsent = 1;
+        assert_eq!(r.exit_code(), 1);
+    }
+
+    #[test]
+    fn each_verdict_is_computed_from_the_figures_it_names() {
+        let config = config();
+        let text = clean().to_text(&config);
+        for absent in [
+            "no byte came back",
+            "bytes came back",
+            "starved",
+            "INCOMPLETE",
+            "stopped or crashed",
+        ] {
+            assert!(!text.contains(absent), "{absent}: {text}");
+        }
+        assert!(text.contains("messages/s: 400"), "{text}");
+        assert!(text.contains("Jain's fairness index 1.000"), "{text}");
+        assert!(
+            text.contains("per connection: min 100  median 100  max 100 messages"),
+            "{text}"
+        );
+        // Nothing came back at all: said, with the hint for a lines server.
+        let mut r = clean();
+        r.messages = 0;
+        r.bytes_received = 0;
+        r.per_conn = vec![0; 4];
+        let text = r.to_text(&config);
+        assert!(
+            text.contains("no byte came back on 4 established connections in 1.00 s"),
+            "{text}"
+        );
+        assert!(text.contains("try --lines"), "{text}");
+        assert!(text.contains("n/a (nothing completed)"), "{text}");
+        assert_eq!(r.to_json(&config)["nothing_echoed"], true);
+        // Bytes came back but no message completed: not "nothing came back".
+        r.bytes_received = 15;
+        let text = r.to_text(&config);
+        assert!(!text.contains("no byte came back"), "{text}");
+        assert!(text.contains("15 bytes came back but no message"), "{text}");
+        assert_eq!(r.to_json(&config)["nothing_echoed"], false);
+        // A mismatch: bytes came back, so neither sentence; the mismatch is named.
+        let mut r = clean();
+        r.messages = 0;
+        r.errors.count(ErrorKind::Mismatch);
+        r.first_mismatch = Some(MismatchAt {
+            conn_idx: 2,
+            mismatch: Mismatch {
+                offset: 70,
+                expected: 1,
+                got: 2,
+            },
+        });
+        let text = r.to_text(&config);
+        assert!(!text.contains("came back"), "{text}");
+        assert!(
+            text.contains(
+                "MISMATCH on conn 2: byte mismatch at offset 70: expected 0x01, got 0x02"
+            ),
+            "{text}"
+        );
+        // Starved connections: the count and the threshold, from the figures.
+        let mut r = clean();
+        r.errors.count(ErrorKind::Starved);
+        r.errors.count(ErrorKind::Starved);
+        let text = r.to_text(&config);
+        assert!(
+            text.contains("2 of 4 connections starved: each waited more than 1.00 s"),
+            "{text}"
+        );
+        assert_eq!(r.to_json(&config)["starved"], 2);
+        // The server gone: that sentence, not "nothing came back".
+        let mut r = clean();
+        r.server_gone = true;
+        r.bytes_received = 0;
+        let text = r.to_text(&config);
+        assert!(
+            text.contains("stopped or crashed") && !text.contains("no byte"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn errors_add_up_and_print_by_kind() {
         let mut a = ErrorCounts::default();
@@ -599,5 +791,44 @@ mod tests {
         assert_eq!(a.total(), 3);
         assert_eq!(a.reset, 2);
         assert!(a.to_string().contains("reset 2"));
+        // Every kind counts in its own field, adds, and shows by its name.
+        let kinds = [
+            ErrorKind::Connect,
+            ErrorKind::Reset,
+            ErrorKind::Eof,
+            ErrorKind::Timeout,
+            ErrorKind::Mismatch,
+            ErrorKind::Extra,
+            ErrorKind::Starved,
+        ];
+        let mut all = ErrorCounts::default();
+        for (k, kind) in kinds.iter().enumerate() {
+            for _ in 0..=k {
+                all.count(*kind);
+            }
+        }
+        let mut twice = all;
+        twice.add(&all);
+        assert_eq!(twice.total(), 2 * all.total());
+        assert_eq!(all.total(), 28);
+        assert_eq!(
+            all.to_string(),
+            "28 (connect 1, reset 2, eof 3, timeout 4, mismatch 5, extra 6, starved 7)"
+        );
+        assert_eq!(
+            (
+                twice.connect,
+                twice.eof,
+                twice.timeout,
+                twice.extra,
+                twice.starved
+            ),
+            (2, 6, 8, 12, 14)
+        );
+        let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+        assert_eq!(
+            names,
+            ["connect", "reset", "eof", "timeout", "mismatch", "extra", "starved"]
+        );
     }
 }
