@@ -27,7 +27,8 @@ impl Worker<'_> {
         }
         let connect_start = self.conns[i].connect_start;
         if self.in_window(connect_start) {
-            self.connect_latency.record(now - connect_start);
+            self.connect_latency
+                .record(now.saturating_duration_since(connect_start));
         }
         self.issue(i, connect_start);
         self.flush(i);

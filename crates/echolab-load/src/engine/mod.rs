@@ -6,10 +6,10 @@
 //! costs one `epoll_wait` share, one `read`, one `write`, like loadgen) at the price of a
 //! state machine per connection instead of straight-line blocking code.
 //!
-//! Layout: this file starts the workers and merges what they measured; [`worker`] is one
-//! worker's event loop and the I/O and verification every workload shares; [`closed`],
-//! [`open`] and [`churn`] are the three drivers, one per [`Workload`], each deciding when
-//! a connection sends its next message; `conn` is one connection's state.
+//! Layout: this file starts the workers and merges what they measured; `worker` is one
+//! worker's event loop and the I/O and verification every workload shares; `closed`,
+//! `open` and `churn` are the three drivers, one per [`Workload`], each deciding when a
+//! connection sends its next message; `conn` is one connection's state.
 //! (`echolab compare`'s fourth load, idle connections held open, is [`crate::hold`].)
 //!
 //! The rules the loop follows:

@@ -1,6 +1,6 @@
 //! One worker thread: its connections, its mio event loop, and the I/O and verification
 //! every workload shares. When a connection sends its next message is the business of the
-//! drivers ([`super::closed`], [`super::open`], [`super::churn`]); this file calls them at
+//! drivers (`closed.rs`, `open.rs`, `churn.rs`); this file calls them at
 //! four points: the start of the run, every pass of the loop, a completed echo, and the
 //! end of the window.
 
