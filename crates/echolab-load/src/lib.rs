@@ -11,7 +11,7 @@
 //! - [`cli`]: the three command lines and their checks (`ClientArgs`, `BenchArgs`,
 //!   `CompareArgs`).
 //! - [`client`]: `echolab client`, interactive or `--send FILE`.
-//! - [`bench`]: `echolab bench`: signals, progress display, summary or JSON, exit status.
+//! - [`bench`](mod@bench): `echolab bench`: signals, progress display, summary or JSON, exit status.
 //! - [`config`]: a run's plain configuration ([`config::BenchConfig`]), the workloads
 //!   ([`config::Workload`]) and the limits; it imports nothing from the crate.
 //! - [`engine`]: the load engine ([`engine::run`]): mio event loops on worker threads, one

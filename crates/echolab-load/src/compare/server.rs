@@ -150,7 +150,7 @@ impl ServerProcess {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Waits, at most [`SETTLE_TIMEOUT`], until the server is back at rest: every
+    /// Waits, at most `SETTLE_TIMEOUT`, until the server is back at rest: every
     /// connection of the previous run closed on the server's side too, and every child
     /// serving one gone. The client side
     /// closes at once, but the server may still be closing hundreds of connections (or
