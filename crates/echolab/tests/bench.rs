@@ -25,6 +25,18 @@ fn run_bounded(mut command: Command, limit: Duration) -> Output {
     finish_bounded(child, limit)
 }
 
+/// Held by the tests whose figures depend on timing (a stall's share of the window, the
+/// spacing of arrivals) and by the heaviest test (compare), so that this file does not
+/// load the machine under its own measurements. A test that panicked leaves the lock
+/// poisoned; the next one takes it all the same.
+static TIMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn timing_lock() -> std::sync::MutexGuard<'static, ()> {
+    TIMING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn bench(addr: SocketAddr, extra: &[&str]) -> Output {
     let mut command = echolab();
     command
@@ -109,6 +121,7 @@ fn a_second_against_the_event_model_gives_the_contracted_json() {
 
 #[test]
 fn open_loop_and_churn_run_against_the_event_model() {
+    let _timing = timing_lock();
     let server = Server::start("event", &["--quiet"]);
     let output = bench(
         server.addr,
@@ -331,6 +344,7 @@ fn a_server_that_echoes_nothing_is_a_failure_with_a_hint() {
 
 #[test]
 fn connections_an_iterative_server_leaves_waiting_are_starved_and_a_failure() {
+    let _timing = timing_lock();
     // The iterative model serves one client at a time: of 3 connections, 2 wait the whole
     // run. That is an error of its own kind (starved), printed, with exit 1.
     let server = Server::start("iterative", &[]);
@@ -427,6 +441,7 @@ fn a_server_that_dies_mid_run_ends_it_with_a_summary_and_a_failure() {
 
 #[test]
 fn compare_quick_writes_results_that_parse() {
+    let _timing = timing_lock();
     let out = std::env::temp_dir().join(format!("echolab-compare-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let mut command = echolab();
@@ -571,6 +586,7 @@ fn swallow(conn: &mut TcpStream) {
 
 #[test]
 fn a_stall_to_the_end_of_the_window_is_incomplete_and_counts_its_wait() {
+    let _timing = timing_lock();
     // At 200/s for 2 s the window holds messages 0..399, message j meant for j/200 s.
     // The server echoes the first 200 messages it receives, then never another: the 200
     // messages of the last second are incomplete, each waiting `2 s - j/200` at the end.
@@ -636,6 +652,7 @@ fn a_stall_to_the_end_of_the_window_is_incomplete_and_counts_its_wait() {
 
 #[test]
 fn a_stall_inside_the_window_is_measured_from_the_intended_send_times() {
+    let _timing = timing_lock();
     // One connection at 200/s for 2 s; the server holds message 100 (due at 0.5 s) for
     // 500 ms. Messages 101..199 fall due during the stall and are held back by the
     // pipeline: measured from their intended times they waited 495, 490, ... ms. Sorted,
@@ -674,13 +691,15 @@ fn a_stall_inside_the_window_is_measured_from_the_intended_send_times() {
     assert_eq!(doc["intended"], 400, "{doc:#}");
     assert_eq!(doc["completed"], 400, "{doc:#}");
     let (p90, p99) = (number(&doc, "p90_us"), number(&doc, "p99_us"));
-    // Catching up after the stall adds one round trip per held message (tens of µs).
+    // Catching up after the stall adds one round trip per held message (tens of µs on
+    // a quiet machine, more on a loaded one): the bounds allow 75 ms of it. With the
+    // latency taken from the actual send time, p90 is under a millisecond.
     assert!(
-        (300_000.0..340_000.0).contains(&p90),
+        (300_000.0..380_000.0).contains(&p90),
         "p90 {p90} µs, expected 305 ms: {doc:#}"
     );
     assert!(
-        (480_000.0..520_000.0).contains(&p99),
+        (480_000.0..560_000.0).contains(&p99),
         "p99 {p99} µs, expected 485 ms: {doc:#}"
     );
 }
@@ -749,6 +768,7 @@ fn a_server_replaying_the_first_message_is_caught_at_the_old_periods() {
 
 #[test]
 fn connections_a_one_at_a_time_server_never_serves_are_starved_and_unfair() {
+    let _timing = timing_lock();
     // The server echoes its first connection until it closes and only then accepts the
     // next (CS:APP's echoserveri): of 4 connections 3 wait the whole run. Each is starved
     // (exit 1), and the one served got every message: min 0, median 0, Jain's index
@@ -847,12 +867,13 @@ fn arrival_gaps(rate: &str, conns: usize, threads: &str, duration: &str) -> Vec<
 
 #[test]
 fn the_open_loop_spaces_arrivals_evenly_whatever_the_thread_count() {
+    let _timing = timing_lock();
     // 8/s over 4 connections on 4 threads: one arrival every 125 ms (before the fix the
     // four threads sent at the same instants: 3 gaps in 4 were 0, then one of 500 ms).
     // 20/s on 2 threads: every 50 ms (before: pairs, every other gap 0). On a shared
     // machine single gaps jitter by tens of ms, so the test asserts what bursts break and
-    // jitter does not: the median gap within 20% of 1/rate, and at most one gap in ten
-    // under a quarter of it.
+    // jitter does not: the median gap within 20% of 1/rate, and at most one gap in five
+    // under a quarter of it (a descheduled sender catches up with a short gap or two).
     for (rate, conns, threads, duration, expected) in
         [("8", 4, "4", "1.5", 12), ("20", 2, "2", "1.5", 30)]
     {
@@ -861,7 +882,7 @@ fn the_open_loop_spaces_arrivals_evenly_whatever_the_thread_count() {
         let gap = Duration::from_secs_f64(1.0 / rate.parse::<f64>().unwrap());
         let bursts = gaps.iter().filter(|g| **g < gap / 4).count();
         assert!(
-            bursts * 10 <= gaps.len(),
+            bursts * 5 <= gaps.len(),
             "rate {rate}, {threads} threads: {bursts} arrivals came at once: {gaps:?}"
         );
         gaps.sort();

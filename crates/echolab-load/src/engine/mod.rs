@@ -24,7 +24,7 @@
 //!   window is accounted for: completed, or incomplete at the end (held back, in flight,
 //!   lost with a failed connection, or never sent), and an incomplete message that had
 //!   been handed to a connection counts in the latency with the time it waited until the
-//!   window's end. In-flight echoes get a bounded drain (300 ms) after the end.
+//!   window's end. In-flight echoes get a bounded drain (1 s) after the end.
 //! - Every loop is bounded: the run ends at its deadline, on the stop flag, or when every
 //!   connection is gone; start-up ends on the first failure.
 

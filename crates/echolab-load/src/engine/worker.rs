@@ -23,8 +23,10 @@ use crate::pattern::{Pattern, CHUNK};
 use crate::report::{ErrorCounts, ErrorKind, MismatchAt, Unfinished};
 use crate::schedule::RateSchedule;
 
-/// How long the final drain waits for in-flight echoes.
-const DRAIN: Duration = Duration::from_millis(300);
+/// How long the final drain waits for pending echoes: long enough for a healthy server on
+/// a loaded machine, short enough not to matter after a stall (it runs only while
+/// something is pending).
+const DRAIN: Duration = Duration::from_secs(1);
 
 /// The most connects a worker keeps in progress at once, so a slow acceptor's listen
 /// backlog (1024 in echolab's servers) never overflows into SYN retransmits.
