@@ -147,9 +147,10 @@ impl Pattern {
     }
 }
 
-/// The counter of word `word` of stream `stream`: the stream number in the high 24 bits.
+/// The counter of word `word` of stream `stream`: the stream number in the high 24 bits
+/// (the shift drops its higher bits: stream numbers count modulo [`STREAMS`]).
 fn counter(stream: u64, word: u64) -> u64 {
-    (stream % STREAMS) << 40 | (word & ((1 << 40) - 1))
+    stream << 40 | (word & ((1 << 40) - 1))
 }
 
 /// splitmix64's output function: a bijection of `u64` that mixes every input bit into
@@ -221,6 +222,15 @@ mod tests {
         assert_eq!(err.offset, 70_001);
         assert_eq!(err.got, err.expected ^ 0x20);
         assert_eq!(err.expected, pattern.byte(0, 70_001));
+        let named = Mismatch {
+            offset: 7,
+            expected: 0x0a,
+            got: 0xff,
+        };
+        assert_eq!(
+            named.to_string(),
+            "byte mismatch at offset 7: expected 0x0a, got 0xff"
+        );
     }
 
     #[test]
