@@ -14,7 +14,7 @@
 # every figure below is "client + server on the same cores", so read ratios, not rates.
 #
 # Usage: scripts/trust-check.sh   (env: RUNS=3 SECS=3 WARMUP=1 THREADS=$(nproc) CONNS="1 64 512"
-#                                       MODES="defaults equal")
+#                                       MODES="defaults equal" ECHOLAB=path/to/echolab)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 runs=${RUNS:-3}
@@ -26,8 +26,13 @@ modes=${MODES:-"defaults equal"}
 size=64
 
 ref=$("$root/scripts/build-ref.sh")
-(cd "$root" && cargo build --release -q -p echolab)
-echolab=$root/target/release/echolab
+# ECHOLAB=/path/to/echolab checks another build (an older one, for a before/after).
+if [ -n "${ECHOLAB:-}" ]; then
+  echolab=$ECHOLAB
+else
+  (cd "$root" && cargo build --release -q -p echolab)
+  echolab=$root/target/release/echolab
+fi
 
 # A port nobody listens on (ref_epoll takes a port number, not port 0).
 port=$(( 20000 + RANDOM % 20000 ))
