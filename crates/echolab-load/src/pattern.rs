@@ -355,6 +355,36 @@ mod tests {
         }
     }
 
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any size from 1 byte to 1 MiB (and up to 8 times the old generator's period),
+        /// any two messages of any two streams: distinct from the size at which a message
+        /// holds a word of its own, and an echo of the one in place of the other is caught.
+        #[test]
+        fn any_two_messages_differ_and_a_swap_is_caught(
+            size in prop_oneof![1usize..=(1 << 20), (1usize..=8).prop_map(|k| k * 65_521)],
+            lines: bool,
+            a in (0u64..4, 0u64..2_000),
+            b in (0u64..4, 0u64..2_000),
+        ) {
+            prop_assume!(a != b);
+            prop_assume!(size >= distinct_from(lines));
+            let pattern = Pattern::new(size, lines);
+            let s = size as u64;
+            // Their first 4 KiB already differ (which is more than the messages differing),
+            // so an echo of b where a belongs fails the check there.
+            let head = size.min(4_096);
+            let head_a = filled(&pattern, a.0, a.1 * s, head);
+            let head_b = filled(&pattern, b.0, b.1 * s, head);
+            prop_assert_ne!(&head_a, &head_b);
+            let mut scratch = vec![0; CHUNK];
+            prop_assert!(pattern.verify(a.0, a.1 * s, &head_b, &mut scratch).is_err());
+        }
+    }
+
     #[test]
     fn a_replayed_or_crossed_echo_is_caught_at_every_size() {
         // A server that answers message m with message 0 (replay), with message m of
