@@ -101,12 +101,12 @@ pub struct BenchArgs {
     pub interval: Duration,
 
     /// Seconds allowed to establish the connections.
-    #[arg(long, default_value = "5", value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
+    #[arg(long, default_value = "5", value_name = "SECS", value_parser = parse_timeout, allow_negative_numbers = true)]
     pub connect_timeout: Duration,
 
     /// A connection owed an echo that makes no progress for this many seconds counts as a
     /// timeout error and is closed.
-    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_timeout, allow_negative_numbers = true)]
     pub timeout: Duration,
 
     /// A connection owed an echo that waits this many seconds without progress is
@@ -336,7 +336,16 @@ pub fn parse_secs(text: &str) -> Result<Duration, String> {
 }
 
 fn parse_secs_f64(text: &str) -> Result<f64, String> {
-    parse_secs(text).map(|d| d.as_secs_f64())
+    parse_timeout(text).map(|d| d.as_secs_f64())
+}
+
+/// A timeout: at least a millisecond (below that it would fire before a round trip).
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = parse_secs(text)?;
+    if timeout < Duration::from_millis(1) {
+        return Err(format!("at least 0.001 seconds, got {text:?}"));
+    }
+    Ok(timeout)
 }
 
 fn parse_secs_or_zero(text: &str) -> Result<Duration, String> {
@@ -420,6 +429,15 @@ mod tests {
             assert!(parse_duration(absurd).unwrap_err().contains(absurd));
             assert!(parse_interval(absurd).unwrap_err().contains(absurd));
         }
+    }
+
+    #[test]
+    fn timeouts_are_at_least_a_millisecond() {
+        assert_eq!(parse_timeout("0.001"), Ok(Duration::from_millis(1)));
+        assert!(parse_timeout("1e-10").unwrap_err().contains("1e-10"));
+        assert!(parse_timeout("0.0009").is_err());
+        assert_eq!(parse_secs_f64("0.25"), Ok(0.25));
+        assert!(parse_secs_f64("1e-10").is_err());
     }
 
     #[test]

@@ -283,6 +283,9 @@ fn bad_values_are_named() {
         (&["--rate", "1e-10"][..], "1e-10"),
         (&["--rate", "NaN"][..], "NaN"),
         (&["--starve-after", "0"][..], "\"0\""),
+        (&["--starve-after", "1e-10"][..], "1e-10"),
+        (&["--connect-timeout", "1e-10"][..], "1e-10"),
+        (&["--timeout", "inf"][..], "inf"),
     ] {
         let mut command = echolab();
         command.arg("bench").arg(addr.to_string()).args(args);
