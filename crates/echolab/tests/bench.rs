@@ -953,10 +953,13 @@ fn a_worker_thread_that_cannot_start_ends_the_run_with_one_line() {
 
 #[test]
 fn churn_catches_bytes_after_the_echo_and_counts_lost_messages() {
-    // A server that echoes the message, then sends one byte more and closes.
+    // A server that echoes the message, waits for the client's end of stream, then sends
+    // one byte more and closes: only a client that reads on after the echo, until the
+    // server's end of stream, can see that byte.
     let server = TestServer::start(1_000, |_, mut conn| {
         if let Some(message) = read_message(&mut conn, 64) {
             let _ = conn.write_all(&message);
+            swallow(&mut conn);
             let _ = conn.write_all(b"!");
         }
     });
