@@ -617,8 +617,11 @@ mod tests {
         let spread = Fairness::of(&[3, 1, 2]).unwrap();
         assert_eq!((spread.min, spread.median, spread.max), (1, 2.0, 3));
         assert!((spread.jain.unwrap() - 36.0 / 42.0).abs() < 1e-12);
-        // Even count: the mean of the two middle ones.
+        // Even count: the mean of the two middle ones; odd: the middle one.
         assert_eq!(Fairness::of(&[1, 4, 2, 9]).unwrap().median, 3.0);
+        assert_eq!(Fairness::of(&[1, 3]).unwrap().median, 2.0);
+        assert_eq!(Fairness::of(&[7]).unwrap().median, 7.0);
+        assert_eq!(Fairness::of(&[5, 1, 4, 2, 3]).unwrap().median, 3.0);
         assert_eq!(Fairness::of(&[0, 0]).unwrap().jain, None);
     }
 
@@ -732,6 +735,10 @@ mod tests {
         assert!(text.contains("try --lines"), "{text}");
         assert!(text.contains("n/a (nothing completed)"), "{text}");
         assert_eq!(r.to_json(&config)["nothing_echoed"], true);
+        // With no connection established there was nobody to echo: not that verdict.
+        r.conns_established = 0;
+        assert!(!r.nothing_echoed());
+        r.conns_established = 4;
         // Bytes came back but no message completed: not "nothing came back".
         r.bytes_received = 15;
         let text = r.to_text(&config);
