@@ -499,6 +499,11 @@ impl BenchReport {
 /// The number of local ports the kernel hands out to `connect` (its ephemeral range).
 fn ephemeral_ports() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    port_range_size(&text)
+}
+
+/// The number of ports in a range as /proc prints it ("32768\t60999\n"), if it is one.
+fn port_range_size(text: &str) -> Option<u64> {
     let mut bounds = text.split_whitespace().map(|n| n.parse::<u64>().ok());
     let (low, high) = (bounds.next()??, bounds.next()??);
     (high >= low).then(|| high - low + 1)
@@ -784,6 +789,82 @@ mod tests {
             text.contains("stopped or crashed") && !text.contains("no byte"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_json_carries_the_configuration() {
+        let config = config();
+        let doc = clean().to_json(&config);
+        assert_eq!(doc["config"]["conns"], 4);
+        assert_eq!(doc["config"]["size"], 64);
+        assert_eq!(doc["config"]["addr"], "127.0.0.1:7007");
+        assert_eq!(doc["config"]["starve_after_secs"], 1.0);
+        assert_eq!(doc["workload"], "closed");
+    }
+
+    #[test]
+    fn churn_speaks_of_connections_and_slots() {
+        let mut config = config();
+        config.churn = true;
+        let text = clean().to_text(&config);
+        assert!(text.contains("connections/s: 400"), "{text}");
+        assert!(text.contains("per slot: min 100"), "{text}");
+        assert!(!text.contains("established"), "{text}");
+        let text = clean().to_text(&self::config());
+        assert!(text.contains("connections: 4 of 4 established"), "{text}");
+    }
+
+    #[test]
+    fn port_ranges_and_the_time_wait_warning() {
+        assert_eq!(port_range_size("32768\t60999\n"), Some(28_232));
+        assert_eq!(port_range_size("7 7"), Some(1));
+        assert_eq!(port_range_size("9 7"), None);
+        assert_eq!(port_range_size("x 7"), None);
+        assert_eq!(port_range_size("7"), None);
+        // The warning shows past half this machine's range, computed from its /proc.
+        let Some(ports) = ephemeral_ports() else {
+            eprintln!(
+                "skipped the warning's half: /proc/sys/net/ipv4/ip_local_port_range is unreadable"
+            );
+            return;
+        };
+        let mut r = clean();
+        r.time_wait = Some(ports / 2 + 1);
+        let text = r.to_text(&config());
+        let expected = format!(
+            "{} connections to 127.0.0.1:7007 wait in TIME_WAIT, of {ports} ephemeral ports",
+            ports / 2 + 1
+        );
+        assert!(text.contains(&expected), "{text}");
+        r.time_wait = Some(ports / 2);
+        assert!(!r.to_text(&config()).contains("TIME_WAIT"));
+    }
+
+    #[test]
+    fn time_wait_is_counted_on_this_machine() {
+        // Two connections closed by this side first each leave one socket in TIME_WAIT
+        // towards the listener's address; the kernel makes the change on its own, so the
+        // count is polled, for at most 20 s.
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        for _ in 0..2 {
+            let conn = TcpStream::connect(addr).unwrap();
+            let (mut accepted, _) = listener.accept().unwrap();
+            drop(conn);
+            // The server side reads the end of stream and closes too.
+            let _ = std::io::Read::read(&mut accepted, &mut [0u8; 1]);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut seen = None;
+        while std::time::Instant::now() < deadline {
+            seen = time_wait_to(addr);
+            if seen >= Some(2) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(seen, Some(2));
     }
 
     #[test]
