@@ -1026,3 +1026,66 @@ fn churn_catches_bytes_after_the_echo_and_counts_lost_messages() {
         "{doc:#}"
     );
 }
+
+/// Corks `conn` (TCP_CORK) so that what is written next leaves in one segment with the
+/// FIN of the close that follows.
+fn cork(conn: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket and a c_int option of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_CORK: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn an_end_of_stream_that_arrives_with_the_last_bytes_is_an_eof() {
+    // The server reads one 64-byte message, then sends back its first 32 bytes and its
+    // FIN in one segment (corked) and closes. The edge that announces the 32 bytes also
+    // announces the end of stream, and no other edge follows: a client that stops at the
+    // short read never sees the FIN, calls the connection starved and its message
+    // waiting. Expected: 1 eof, no starved, the message lost with a failed connection,
+    // and the sentence that the server closed every connection.
+    let server = TestServer::start(1, move |_, mut conn| {
+        let Some(message) = read_message(&mut conn, 64) else {
+            return;
+        };
+        cork(&conn);
+        let _ = conn.write_all(&message[..32]);
+    });
+    let output = bench(
+        server.addr,
+        &[
+            "--conns",
+            "1",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--starve-after",
+            "0.2",
+            "--json",
+        ],
+    );
+    server.finish();
+    let doc = json_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{doc:#}");
+    assert_eq!(doc["errors_by_kind"]["eof"], 1, "{doc:#}");
+    assert_eq!(doc["errors_by_kind"]["starved"], 0, "{doc:#}");
+    assert_eq!(doc["errors"], 1, "{doc:#}");
+    assert_eq!(doc["incomplete_by_state"]["lost"], 1, "{doc:#}");
+    assert_eq!(doc["incomplete_by_state"]["waiting"], 0, "{doc:#}");
+    assert_eq!(doc["bytes_received"], 32, "{doc:#}");
+    assert_eq!(doc["server_gone"], true, "{doc:#}");
+    assert_eq!(
+        doc["error_samples"]["eof"], "the server closed the connection with 32 bytes still owed",
+        "{doc:#}"
+    );
+}

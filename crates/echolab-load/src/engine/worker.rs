@@ -494,7 +494,10 @@ impl<'a> Worker<'a> {
                 }
                 State::Active => {
                     if event.is_readable() || event.is_read_closed() || event.is_error() {
-                        self.on_readable(i, &mut now);
+                        // A FIN queued behind the data raises no edge of its own: when
+                        // the event says the peer closed, read on to the end of stream.
+                        let closed = event.is_read_closed() || event.is_error();
+                        self.on_readable(i, closed, &mut now);
                     }
                     if event.is_writable() && self.conns[i].state == State::Active {
                         self.flush(i);
@@ -554,8 +557,10 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// Reads, verifies and completes messages until the socket is empty.
-    fn on_readable(&mut self, i: usize, now: &mut Instant) {
+    /// Reads, verifies and completes messages until the socket is empty; when `closed`
+    /// (the event reported the peer's end of stream or an error), until the read returns
+    /// end of stream or an error, since no further edge will come.
+    fn on_readable(&mut self, i: usize, closed: bool, now: &mut Instant) {
         loop {
             let Some(stream) = self.conns[i].stream.as_mut() else {
                 return;
@@ -588,7 +593,7 @@ impl<'a> Worker<'a> {
             if !self.on_bytes(i, n, *now) {
                 return;
             }
-            if n < self.rbuf.len() {
+            if n < self.rbuf.len() && !closed {
                 // A short read emptied the socket; the next byte raises a new edge.
                 return;
             }
