@@ -215,6 +215,15 @@ pub struct BenchReport {
     pub interrupted: bool,
     /// Every connection was closed or reset by the server before the end.
     pub server_gone: bool,
+    /// Seconds from the window's start to the last completed echo (negative: during the
+    /// warm-up); `None` when nothing completed.
+    pub last_echo_secs: Option<f64>,
+    /// Seconds into the window when every connection had failed, when that ended the run
+    /// before its planned end (the window keeps its planned length: rates are over it).
+    pub ended_early_secs: Option<f64>,
+    /// Connections (not churn) that at the end had failed, or owed an echo unanswered
+    /// for longer than `--starve-after` or all window long.
+    pub conns_stopped: u64,
     /// Churn only: this machine's connections to the server waiting in TIME_WAIT at the
     /// end (each holds an ephemeral port), when /proc/net/tcp could be read.
     pub time_wait: Option<u64>,
@@ -238,6 +247,9 @@ impl BenchReport {
             per_conn: vec![0; n_conns],
             interrupted: false,
             server_gone: false,
+            last_echo_secs: None,
+            ended_early_secs: None,
+            conns_stopped: 0,
             time_wait: None,
         }
     }
@@ -338,6 +350,9 @@ impl BenchReport {
             "unsent": self.unfinished.unsent,
             "interrupted": self.interrupted,
             "server_gone": self.server_gone,
+            "last_echo_secs": self.last_echo_secs,
+            "ended_early_secs": self.ended_early_secs,
+            "conns_stopped": self.conns_stopped,
             "nothing_echoed": self.nothing_echoed(),
             "nothing_completed": self.nothing_completed(),
             "time_wait": self.time_wait,
@@ -432,14 +447,15 @@ impl BenchReport {
                 f.min, f.median, f.max
             );
         }
-        if self.errors.starved > 0 {
+        if let Some(sentence) = self.stopped_sentence(config) {
+            let _ = writeln!(out, "  {sentence}");
+        }
+        if let Some(at) = self.ended_early_secs {
             let _ = writeln!(
                 out,
-                "  {} of {} connections starved: each waited more than {:.2} s (--starve-after) for an echo \
-                 (an iterative server, or a pool with fewer workers than connections, leaves the rest waiting)",
-                self.errors.starved,
-                config.n_conns,
-                config.starve_after.as_secs_f64()
+                "  the run ended {at:.2} s into the {:.2} s window, when every connection had failed; \
+                 the rest of the window served nothing and the rates are over the whole window",
+                self.seconds
             );
         }
         if let (Some(time_wait), Some(ports)) = (self.time_wait, ephemeral_ports()) {
@@ -485,7 +501,7 @@ impl BenchReport {
                  accepted them but sent nothing back{hint}",
                 self.conns_established, self.seconds
             );
-        } else if self.nothing_completed() && self.errors.total() == 0 {
+        } else if self.nothing_completed() && self.errors.total() == self.errors.starved {
             let _ = writeln!(
                 out,
                 "  {} bytes came back but no message of the window completed in {:.2} s{hint}",
@@ -493,6 +509,47 @@ impl BenchReport {
             );
         }
         out
+    }
+}
+
+impl BenchReport {
+    /// The sentence about connections left without echoes, computed from the figures:
+    /// when every connection stopped getting echoes (failed or unanswered at the end),
+    /// the server stopped answering, with when; when some did and others were served to
+    /// the end, the server serves fewer connections than it accepts.
+    pub fn stopped_sentence(&self, config: &BenchConfig) -> Option<String> {
+        if matches!(config.workload(), Workload::Churn) || self.server_gone {
+            return None;
+        }
+        let n = config.n_conns as u64;
+        let starve = config.starve_after.as_secs_f64();
+        if self.conns_stopped >= n && n > 0 && self.conns_established > 0 {
+            return Some(match self.last_echo_secs {
+                None => {
+                    format!("the server answered none of the {n} connections: no message completed")
+                }
+                Some(at) if at < 0.0 => format!(
+                    "the server stopped answering before the window began ({:.2} s before it): \
+                     none of the {n} connections got an echo in the {:.2} s window",
+                    -at, self.seconds
+                ),
+                Some(at) => format!(
+                    "the server stopped answering {at:.2} s into the {:.2} s window: every one of \
+                     the {n} connections failed or went without an echo from then on",
+                    self.seconds
+                ),
+            });
+        }
+        if self.errors.starved == 0 {
+            return None;
+        }
+        let served = n.saturating_sub(self.conns_stopped);
+        Some(format!(
+            "{} of {n} connections starved (waited more than {starve:.2} s, or the whole window, \
+             for an echo) while {served} were served to the end: an iterative server, or a pool \
+             with fewer workers than connections, leaves the rest waiting",
+            self.errors.starved
+        ))
     }
 }
 
@@ -771,15 +828,60 @@ mod tests {
             "{text}"
         );
         // Starved connections: the count and the threshold, from the figures.
+        // Two of four starved, two served to the end: the pool sentence.
         let mut r = clean();
         r.errors.count(ErrorKind::Starved);
         r.errors.count(ErrorKind::Starved);
+        r.conns_stopped = 2;
         let text = r.to_text(&config);
         assert!(
-            text.contains("2 of 4 connections starved: each waited more than 1.00 s"),
+            text.contains(
+                "2 of 4 connections starved (waited more than 1.00 s, or the whole window, \
+                 for an echo) while 2 were served to the end: an iterative server"
+            ),
             "{text}"
         );
         assert_eq!(r.to_json(&config)["starved"], 2);
+        // All four stopped getting echoes: the server stopped answering, and when; no
+        // word of a pool.
+        r.errors.count(ErrorKind::Starved);
+        r.errors.count(ErrorKind::Starved);
+        r.conns_stopped = 4;
+        r.last_echo_secs = Some(1.5);
+        r.seconds = 6.0;
+        let text = r.to_text(&config);
+        assert!(
+            text.contains(
+                "the server stopped answering 1.50 s into the 6.00 s window: every one of \
+                 the 4 connections failed or went without an echo from then on"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("iterative"), "{text}");
+        r.last_echo_secs = Some(-0.25);
+        let text = r.to_text(&config);
+        assert!(
+            text.contains(
+                "the server stopped answering before the window began (0.25 s before it)"
+            ),
+            "{text}"
+        );
+        r.last_echo_secs = None;
+        let text = r.to_text(&config);
+        assert!(
+            text.contains("the server answered none of the 4 connections"),
+            "{text}"
+        );
+        // Every connection failed 2.11 s into a 6 s window: the early end is said.
+        r.ended_early_secs = Some(2.11);
+        let text = r.to_text(&config);
+        assert!(
+            text.contains(
+                "the run ended 2.11 s into the 6.00 s window, when every connection had failed"
+            ),
+            "{text}"
+        );
+        assert_eq!(r.to_json(&config)["ended_early_secs"], 2.11);
         // The server gone: that sentence, not "nothing came back".
         let mut r = clean();
         r.server_gone = true;

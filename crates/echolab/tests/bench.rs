@@ -230,8 +230,10 @@ fn a_corrupted_byte_is_a_mismatch_with_its_offset_and_a_failure() {
         &doc["first_mismatch"]["got"],
     );
     assert_eq!(expected.as_u64().unwrap() ^ 0x55, got.as_u64().unwrap());
-    // The only connection is dead, so the run ends at once rather than after 5 s.
-    assert!(number(&doc, "seconds") < 4.0);
+    // The only connection is dead, so the run ends at once rather than after 5 s, and
+    // says so; the window keeps its 5 s (the rest of it served nothing).
+    assert!(number(&doc, "ended_early_secs") < 4.0, "{doc:#}");
+    assert_eq!(doc["seconds"], 5.0, "{doc:#}");
 }
 
 #[test]
@@ -326,7 +328,10 @@ fn a_server_that_echoes_nothing_is_a_failure_with_a_hint() {
     // The bytes up to the first '\n' of the stream may come back, but no message.
     assert_eq!(doc["nothing_completed"], true, "{doc:#}");
     assert_eq!(doc["completed"], 0, "{doc:#}");
-    assert_eq!(doc["errors"], 0, "{doc:#}");
+    // Both connections owed an echo all window long and completed none: starved.
+    assert_eq!(doc["errors"], 2, "{doc:#}");
+    assert_eq!(doc["errors_by_kind"]["starved"], 2, "{doc:#}");
+    assert_eq!(doc["conns_stopped"], 2, "{doc:#}");
     // With --lines the same server is measured cleanly.
     let output = bench(
         server.addr,
@@ -1088,4 +1093,131 @@ fn an_end_of_stream_that_arrives_with_the_last_bytes_is_an_eof() {
         doc["error_samples"]["eof"], "the server closed the connection with 32 bytes still owed",
         "{doc:#}"
     );
+}
+
+#[test]
+fn messages_owed_since_the_warm_up_count_in_the_window_and_unserved_connections_are_starved() {
+    let _timing = timing_lock();
+    // A pool of 2 serving 8 connections: the server echoes 2 of them and never answers
+    // the other 6. Each of the 6 sends its one message at the start of the warm-up and
+    // waits to the end: the window (0.5 s after a 0.5 s warm-up) must count those 6
+    // messages as waiting, with their whole wait (1 s, the maximum latency), and the 6
+    // connections as starved although --starve-after (30 s) never expired. Before this
+    // was fixed the 6 messages were warm-up messages: 0 incomplete, a max latency of the
+    // served connections' round trips, and no starved connection.
+    let server = TestServer::start(8, move |conn_idx, mut conn| {
+        if conn_idx >= 2 {
+            swallow(&mut conn);
+            return;
+        }
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    let output = bench(
+        server.addr,
+        &[
+            "--conns",
+            "8",
+            "--threads",
+            "1",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.5",
+            "--starve-after",
+            "30",
+            "--timeout",
+            "30",
+            "--json",
+        ],
+    );
+    server.finish();
+    let doc = json_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{doc:#}");
+    assert_eq!(doc["incomplete"], 6, "{doc:#}");
+    assert_eq!(doc["incomplete_by_state"]["waiting"], 6, "{doc:#}");
+    assert_eq!(doc["starved"], 6, "{doc:#}");
+    assert_eq!(doc["errors"], 6, "{doc:#}");
+    assert_eq!(doc["conns_echoed"], 2, "{doc:#}");
+    assert_eq!(doc["fairness"]["min"], 0, "{doc:#}");
+    // The 6 waited from the start of the warm-up to the end of the window: 1 s.
+    let max = number(&doc, "max_us");
+    assert!(
+        (max - 1_000_000.0).abs() <= 2_000.0,
+        "max {max} µs: {doc:#}"
+    );
+}
+
+#[test]
+fn a_server_that_stops_answering_keeps_the_window_and_is_named_with_when() {
+    let _timing = timing_lock();
+    // Each connection gets 100 echoes, then the server reads and never answers again.
+    // With --timeout 0.3 every connection times out well before the end of the 1 s
+    // window: the run stops early, but the window keeps its 1 s (the rest of it served
+    // nothing), so 400 completed over 1 s is 400/s; the early end is stated. Before this
+    // was fixed the window shrank to the moment the last connection failed and the rate
+    // was over that shorter time, with no sentence about it.
+    let stopping = || {
+        TestServer::start(4, move |_, mut conn| {
+            for _ in 0..100 {
+                let Some(message) = read_message(&mut conn, 64) else {
+                    return;
+                };
+                if conn.write_all(&message).is_err() {
+                    return;
+                }
+            }
+            swallow(&mut conn);
+        })
+    };
+    let args = [
+        "--conns",
+        "4",
+        "--threads",
+        "1",
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+        "--starve-after",
+        "0.1",
+    ];
+    let server = stopping();
+    let mut with_timeout = args.to_vec();
+    with_timeout.extend(["--timeout", "0.3", "--json"]);
+    let output = bench(server.addr, &with_timeout);
+    server.finish();
+    let doc = json_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{doc:#}");
+    assert_eq!(doc["completed"], 400, "{doc:#}");
+    assert_eq!(doc["incomplete_by_state"]["lost"], 4, "{doc:#}");
+    assert_eq!(doc["errors_by_kind"]["timeout"], 4, "{doc:#}");
+    assert_eq!(doc["seconds"], 1.0, "{doc:#}");
+    assert_eq!(doc["messages_per_sec"], 400.0, "{doc:#}");
+    assert_eq!(doc["conns_stopped"], 4, "{doc:#}");
+    let ended = number(&doc, "ended_early_secs");
+    let last = number(&doc, "last_echo_secs");
+    assert!(0.3 < ended && ended < 1.0, "{doc:#}");
+    assert!(0.0 < last && last < ended - 0.3, "{doc:#}");
+    // Without a timeout that ends it, the connections starve to the end; the summary says
+    // the server stopped answering, and when, not that a pool left some waiting.
+    let server = stopping();
+    let output = bench(server.addr, &args);
+    server.finish();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("starved 4)"), "{stdout}");
+    assert!(
+        stdout.contains("the server stopped answering 0.")
+            && stdout.contains(
+                " s into the 1.00 s window: every one of the 4 connections failed or went \
+                 without an echo from then on"
+            ),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("iterative"), "{stdout}");
 }

@@ -263,6 +263,11 @@ struct WorkerResult {
     per_conn: Vec<u64>,
     interrupted: bool,
     server_gone: bool,
+    /// Seconds from the window's start to the last echo (negative: in the warm-up).
+    last_echo_secs: Option<f64>,
+    /// Seconds into the window when every connection had failed, if before the end.
+    ended_early_secs: Option<f64>,
+    conns_stopped: u64,
 }
 
 fn merge(results: Vec<WorkerResult>, config: &BenchConfig) -> BenchReport {
@@ -270,6 +275,7 @@ fn merge(results: Vec<WorkerResult>, config: &BenchConfig) -> BenchReport {
     let mut connect_latency = Latency::new();
     let mut report = BenchReport::empty(config.n_conns);
     report.server_gone = !results.is_empty();
+    let mut ended_early = (!results.is_empty()).then_some(f64::NEG_INFINITY);
     for r in &results {
         latency.merge(&r.latency);
         connect_latency.merge(&r.connect_latency);
@@ -294,7 +300,14 @@ fn merge(results: Vec<WorkerResult>, config: &BenchConfig) -> BenchReport {
         }
         report.interrupted |= r.interrupted;
         report.server_gone &= r.server_gone;
+        report.conns_stopped += r.conns_stopped;
+        if let Some(at) = r.last_echo_secs {
+            report.last_echo_secs = Some(report.last_echo_secs.map_or(at, |was: f64| was.max(at)));
+        }
+        // The run ended early only when every worker's connections had all failed.
+        ended_early = ended_early.zip(r.ended_early_secs).map(|(a, b)| a.max(b));
     }
+    report.ended_early_secs = ended_early;
     report.latency = latency.summary();
     if config.workload() == Workload::Churn {
         report.connect_latency = Some(connect_latency.summary());

@@ -76,8 +76,9 @@ pub(super) struct Worker<'a> {
     pub(super) connect_latency: Latency,
     messages: u64,
     pub(super) unfinished: Unfinished,
-    /// Start times of messages lost with a failed connection (at most [`MAX_PENDING`]).
-    lost: Vec<Instant>,
+    /// Start times of messages lost with a failed connection, with the time of the
+    /// failure (at most [`MAX_PENDING`]).
+    lost: Vec<(Instant, Instant)>,
     errors: ErrorCounts,
     error_samples: BTreeMap<ErrorKind, String>,
     first_mismatch: Option<MismatchAt>,
@@ -92,6 +93,13 @@ pub(super) struct Worker<'a> {
     pub(super) refused_in_a_row: u64,
     /// The server closed, reset or refused everything before the end.
     pub(super) server_gone: bool,
+    /// When the last echo of the run completed.
+    last_echo: Option<Instant>,
+    /// When every connection had failed, if that happened before the planned end.
+    all_failed_at: Option<Instant>,
+    /// Connections failed, or owing an echo unanswered for longer than `--starve-after`
+    /// (or never answered in the window), at the end.
+    conns_stopped: u64,
 }
 
 impl std::fmt::Debug for Worker<'_> {
@@ -187,6 +195,9 @@ impl<'a> Worker<'a> {
             interrupted: false,
             refused_in_a_row: 0,
             server_gone: false,
+            last_echo: None,
+            all_failed_at: None,
+            conns_stopped: 0,
         })
     }
 
@@ -341,7 +352,12 @@ impl<'a> Worker<'a> {
             if self.workload != Workload::Churn && self.n_live == 0 {
                 let e = &self.errors;
                 self.server_gone = e.eof + e.reset > 0 && e.mismatch + e.extra == 0;
-                self.end_window(now);
+                // The window keeps its planned length: the rest of it was time the
+                // server served nothing, and the rates are over the whole of it.
+                if now < t_end {
+                    self.all_failed_at = Some(now);
+                }
+                self.end_window(t_end);
                 break;
             }
             let mut timeout = (t_end - now).min(Duration::from_millis(50));
@@ -385,9 +401,23 @@ impl<'a> Worker<'a> {
         }
     }
 
+    /// True when a message started at `start` and still outstanding at `at` belongs to
+    /// the window: it started before the window's end, and was outstanding at some point
+    /// of the window (`at` is not before its start). A message issued in the warm-up and
+    /// still owed when the window opens belongs to it, with its whole wait: a stall that
+    /// began in the warm-up is not hidden from the figures.
+    pub(super) fn belongs(&self, start: Instant, at: Instant) -> bool {
+        match (self.t_meas, self.window_end) {
+            (Some(from), Some(to)) => from <= to && start < to && at >= from,
+            _ => false,
+        }
+    }
+
     /// Counts every message of the window still pending after the drain (held back or in
     /// flight) or lost with a failed connection as incomplete, and records each in the
     /// latency with the time it had waited by the end of the window: at least that long.
+    /// A connection that had messages of the window pending at the end and completed none
+    /// of them is counted starved (once), however short the window.
     fn account_unfinished(&mut self) {
         let Some(end) = self.window_end else { return };
         let waiting: Vec<Instant> = self
@@ -396,17 +426,51 @@ impl<'a> Worker<'a> {
             .flat_map(|c| c.starts.iter().copied())
             .collect();
         for start in waiting {
-            if self.in_window(start) {
+            if self.belongs(start, end) {
                 self.unfinished.waiting += 1;
-                self.latency.record(end - start);
+                self.latency.record(end.saturating_duration_since(start));
             }
         }
-        for start in std::mem::take(&mut self.lost) {
-            if self.in_window(start) {
+        for (start, failed_at) in std::mem::take(&mut self.lost) {
+            if self.belongs(start, failed_at) {
                 self.unfinished.lost += 1;
-                self.latency.record(end - start);
+                self.latency.record(end.saturating_duration_since(start));
             }
         }
+        if self.workload == Workload::Churn {
+            return;
+        }
+        for i in 0..self.conns.len() {
+            let conn = &self.conns[i];
+            let pending = conn.starts.iter().any(|s| self.belongs(*s, end));
+            if conn.state == State::Active
+                && pending
+                && conn.completed_in_window == 0
+                && !conn.starved
+            {
+                let conn_idx = self.first_conn_idx + i;
+                self.conns[i].starved = true;
+                self.errors.count(ErrorKind::Starved);
+                self.sample(
+                    ErrorKind::Starved,
+                    format!("conn {conn_idx} completed no echo in the window"),
+                );
+            }
+        }
+        let starve_after = self.config.starve_after;
+        self.conns_stopped = self
+            .conns
+            .iter()
+            .filter(|c| match c.state {
+                State::Dead => true,
+                State::Active => {
+                    let owes = c.starts.iter().any(|s| self.belongs(*s, end));
+                    owes && (c.completed_in_window == 0
+                        || end.saturating_duration_since(c.last_progress) > starve_after)
+                }
+                _ => false,
+            })
+            .count() as u64;
     }
 
     /// Times out connections owed an echo (or still connecting) without progress, and
@@ -628,8 +692,10 @@ impl<'a> Worker<'a> {
         conn.recvd += checked as u64;
         conn.last_progress = now;
         let (t_meas, window_end) = (self.t_meas, self.window_end);
-        let in_window = |start: Instant| match (t_meas, window_end) {
-            (Some(from), Some(to)) => from <= start && start < to,
+        // A message belongs to the window when it started before its end and completes
+        // after its start (see `belongs`).
+        let belongs = |start: Instant| match (t_meas, window_end) {
+            (Some(from), Some(to)) => from <= to && start < to && now >= from,
             _ => false,
         };
         let mut completed = 0;
@@ -640,9 +706,10 @@ impl<'a> Worker<'a> {
                 .expect("a start time for every issued message");
             conn.done += 1;
             completed += 1;
-            if in_window(start) {
+            if belongs(start) {
                 self.latency.record(now.saturating_duration_since(start));
                 self.messages += 1;
+                self.last_echo = Some(now);
                 conn.completed_in_window += 1;
             }
         }
@@ -705,11 +772,16 @@ impl<'a> Worker<'a> {
     pub(super) fn fail(&mut self, i: usize, kind: ErrorKind, what: String) {
         self.errors.count(kind);
         self.sample(kind, what);
+        let now = Instant::now();
         let conn = &mut self.conns[i];
+        let counted = match (self.t_meas, self.window_end) {
+            (Some(from), Some(to)) => now >= from && from <= to,
+            _ => false,
+        };
         for start in conn.starts.drain(..) {
             if self.lost.len() < MAX_PENDING {
-                self.lost.push(start);
-            } else if Some(start) >= self.t_meas {
+                self.lost.push((start, now));
+            } else if counted && Some(start) < self.window_end {
                 // Past the bound the message is counted without its wait.
                 self.unfinished.lost += 1;
             }
@@ -784,6 +856,24 @@ impl<'a> Worker<'a> {
             per_conn,
             interrupted: self.interrupted,
             server_gone: self.server_gone,
+            last_echo_secs: self
+                .t_meas
+                .zip(self.last_echo)
+                .map(|(from, at)| signed_secs(from, at)),
+            ended_early_secs: self
+                .t_meas
+                .zip(self.all_failed_at)
+                .map(|(from, at)| signed_secs(from, at)),
+            conns_stopped: self.conns_stopped,
         }
+    }
+}
+
+/// `at - from` in seconds, negative when `at` is earlier.
+fn signed_secs(from: Instant, at: Instant) -> f64 {
+    if at >= from {
+        (at - from).as_secs_f64()
+    } else {
+        -(from - at).as_secs_f64()
     }
 }
