@@ -138,6 +138,17 @@ pub fn skip_reason(model: &str, workload: &Workload) -> Option<&'static str> {
         .then_some("serialises clients: one connection at a time")
 }
 
+impl Plan {
+    /// The most connections any step of the plan holds open at once (the largest
+    /// workload, or the idle step), plus room for a previous run still closing and the
+    /// settle probes:
+    /// what each server is started with as `--max-conns`.
+    pub fn max_conns(&self) -> usize {
+        let busiest = self.workloads.iter().map(|w| w.conns).max().unwrap_or(0);
+        busiest.max(self.idle_conns) + busiest + 64
+    }
+}
+
 /// Why a model is not asked to hold idle connections, if it is not: idle clients would
 /// hold its only thread (iterative) or every worker of its pool (prethreaded, the lecture's
 /// limit), and the rest would wait unserved; that is the finding, not a memory figure.
@@ -307,7 +318,7 @@ fn compare(exe: &Path, names: &[String], plan: &Plan, stop: &AtomicBool) -> Resu
             break;
         }
         startup.start(&format!("starting {name}"));
-        match ServerProcess::start(exe, name) {
+        match ServerProcess::start(exe, name, plan.max_conns()) {
             Ok(server) => {
                 statuses.push(ModelStatus {
                     name: name.clone(),
