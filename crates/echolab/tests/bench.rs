@@ -1221,3 +1221,49 @@ fn a_server_that_stops_answering_keeps_the_window_and_is_named_with_when() {
     );
     assert!(!stdout.contains("iterative"), "{stdout}");
 }
+
+#[test]
+fn a_deep_pipeline_to_a_fast_server_shares_the_loop_and_keeps_to_the_clock() {
+    let _timing = timing_lock();
+    // Each completion sends more, and a server that echoes as fast as it is fed keeps
+    // every socket readable: a client that reads one connection until its socket is
+    // empty never leaves it. Then the other connections wait (the run is unfair by the
+    // client's doing) and the loop does not look at the clock: the window and the drain
+    // overrun. Expected: every connection completes messages in the window, and the run
+    // ends within its 1 s plus the drain's 1 s.
+    let server = TestServer::start(4, move |_, mut conn| {
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    let started = Instant::now();
+    let output = bench(
+        server.addr,
+        &[
+            "--conns",
+            "4",
+            "--threads",
+            "1",
+            "--pipeline",
+            "65536",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+        ],
+    );
+    let wall = started.elapsed();
+    server.finish();
+    let doc = json_of(&output);
+    assert_eq!(output.status.code(), Some(0), "{doc:#}");
+    assert_eq!(doc["conns_echoed"], 4, "{doc:#}");
+    let min = doc["fairness"]["min"].as_u64().unwrap();
+    let max = doc["fairness"]["max"].as_u64().unwrap();
+    assert!(min * 4 >= max, "min {min} max {max}: {doc:#}");
+    assert!(number(&doc, "max_us") < 2_000_000.0, "{doc:#}");
+    assert!(wall < Duration::from_secs(4), "{wall:?}: {doc:#}");
+}

@@ -32,6 +32,13 @@ const DRAIN: Duration = Duration::from_secs(1);
 /// backlog (1024 in echolab's servers) never overflows into SYN retransmits.
 const CONNECT_WINDOW: usize = 256;
 
+/// The most full reads one connection gets per pass of the loop. A connection whose
+/// server echoes as fast as it is fed would otherwise keep the read loop to itself (each
+/// completion sends more, so the socket never empties): the other connections starve and
+/// the loop never looks at the clock. One left with bytes unread goes on the backlog and
+/// is read again on the next pass, without waiting for an edge that may not come.
+const READS_PER_PASS: usize = 4;
+
 /// The token of a worker's timerfd (the open loop's clock).
 pub(super) const TIMER: Token = Token(usize::MAX);
 
@@ -95,6 +102,9 @@ pub(super) struct Worker<'a> {
     pub(super) server_gone: bool,
     /// When the last echo of the run completed.
     last_echo: Option<Instant>,
+    /// Connections (slot, generation, peer closed) that stopped reading at
+    /// [`READS_PER_PASS`] with bytes left: read again on the next pass.
+    backlog: Vec<(usize, u32, bool)>,
     /// When every connection had failed, if that happened before the planned end.
     all_failed_at: Option<Instant>,
     /// Connections failed, or owing an echo unanswered for longer than `--starve-after`
@@ -196,6 +206,7 @@ impl<'a> Worker<'a> {
             refused_in_a_row: 0,
             server_gone: false,
             last_echo: None,
+            backlog: Vec::new(),
             all_failed_at: None,
             conns_stopped: 0,
         })
@@ -520,6 +531,13 @@ impl<'a> Worker<'a> {
 
     /// Waits up to `timeout` for events and handles them.
     pub(super) fn poll_once(&mut self, events: &mut Events, timeout: Duration) {
+        let backlog = std::mem::take(&mut self.backlog);
+        // With bytes still to read, only look for events: do not wait.
+        let timeout = if backlog.is_empty() {
+            timeout
+        } else {
+            Duration::ZERO
+        };
         if let Err(err) = self.poll.poll(events, Some(timeout)) {
             if !interrupted(&err) {
                 // epoll_wait fails only on programming errors (EBADF, EINVAL); stop this
@@ -568,6 +586,13 @@ impl<'a> Worker<'a> {
                     }
                 }
                 State::Idle { .. } | State::Dead => {}
+            }
+        }
+        for (i, generation, closed) in backlog {
+            let conn = &self.conns[i];
+            if conn.generation == generation && conn.stream.is_some() && conn.state == State::Active
+            {
+                self.on_readable(i, closed, &mut now);
             }
         }
     }
@@ -625,7 +650,7 @@ impl<'a> Worker<'a> {
     /// (the event reported the peer's end of stream or an error), until the read returns
     /// end of stream or an error, since no further edge will come.
     fn on_readable(&mut self, i: usize, closed: bool, now: &mut Instant) {
-        loop {
+        for _ in 0..READS_PER_PASS {
             let Some(stream) = self.conns[i].stream.as_mut() else {
                 return;
             };
@@ -661,6 +686,15 @@ impl<'a> Worker<'a> {
                 // A short read emptied the socket; the next byte raises a new edge.
                 return;
             }
+        }
+        // Bytes may be left: read on at the next pass, after the other connections.
+        let generation = self.conns[i].generation;
+        if !self
+            .backlog
+            .iter()
+            .any(|&(j, g, _)| j == i && g == generation)
+        {
+            self.backlog.push((i, generation, closed));
         }
     }
 
