@@ -16,12 +16,17 @@
 //! - Sockets are registered once, edge-triggered, for both directions, so the loop never
 //!   changes its interest (no `epoll_ctl` per message).
 //! - Reads continue until `WouldBlock` or a short read: a read that returns less than the
-//!   buffer has emptied the socket, and new bytes raise a new edge.
+//!   buffer has emptied the socket, and new bytes raise a new edge. Not when the event
+//!   reported the peer's end of stream: a FIN that came with the last bytes raises no
+//!   edge of its own, so the reads go on to the end of stream. A connection gets at most
+//!   a few full reads per pass and goes on a backlog, read again next pass, so that one
+//!   fast connection cannot keep the loop to itself.
 //! - Partial reads and writes are normal: a connection's state is counted in stream bytes
 //!   (`issued`, `sent`, `recvd`), never in "messages read".
 //! - Every connection is established before the clock starts (not in churn).
-//! - Every message whose start (intended send time in the open loop) falls in the measured
-//!   window is accounted for: completed, or incomplete at the end (held back, in flight,
+//! - Every message that starts (open loop: falls due) before the window's end and is owed
+//!   at some point of the window, warm-up messages still owed when it opens included, is
+//!   accounted for: completed, or incomplete at the end (held back, in flight,
 //!   lost with a failed connection, or never sent), and an incomplete message that had
 //!   been handed to a connection counts in the latency with the time it waited until the
 //!   window's end. In-flight echoes get a bounded drain (1 s) after the end.
