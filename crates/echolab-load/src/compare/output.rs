@@ -98,10 +98,13 @@ impl RunSample {
         } else {
             0.0
         };
+        // Starved connections are the model's limit, shown as connections never served
+        // ("served N/M", not ranked), not a failure of the run: compare's exit status is
+        // about runs that went wrong.
         let error = report
             .error_samples
             .iter()
-            .next()
+            .find(|(kind, _)| **kind != crate::report::ErrorKind::Starved)
             .map(|(kind, what)| format!("{}: {what}", kind.name()));
         RunSample {
             messages_per_sec: report.messages_per_sec(),
@@ -111,7 +114,7 @@ impl RunSample {
             p99_us: report.latency.p99_us,
             p999_us: report.latency.p999_us,
             max_us: report.latency.max_us,
-            errors: report.errors.total(),
+            errors: report.errors.total() - report.errors.starved,
             unserved_conns: report.conns_established.saturating_sub(report.conns_echoed),
             server_cpu_secs: cpu,
             server_cpu_us_per_msg: cpu_per_msg,
@@ -591,6 +594,37 @@ mod tests {
         assert!(
             row("event").starts_with("| event | 40000 | 1.00× |"),
             "{md}"
+        );
+    }
+
+    #[test]
+    fn starved_connections_are_unserved_not_run_errors() {
+        // A pool serving 8 of 64 connections: 56 starved. compare shows them as never
+        // served, and the run's errors (what makes compare exit 1) exclude them; a reset
+        // still counts.
+        use crate::report::{BenchReport, ErrorKind};
+        let mut r = BenchReport::empty(64);
+        r.messages = 1000;
+        r.seconds = 1.0;
+        r.conns_established = 64;
+        r.conns_echoed = 8;
+        for _ in 0..56 {
+            r.errors.count(ErrorKind::Starved);
+        }
+        r.error_samples
+            .insert(ErrorKind::Starved, "conn 8 completed no echo".to_string());
+        let sample = RunSample::from_report(&r, 64, 1.0, None, None);
+        assert_eq!(sample.errors, 0);
+        assert_eq!(sample.unserved_conns, 56);
+        assert_eq!(sample.error, None);
+        r.errors.count(ErrorKind::Reset);
+        r.error_samples
+            .insert(ErrorKind::Reset, "connection reset by peer".to_string());
+        let sample = RunSample::from_report(&r, 64, 1.0, None, None);
+        assert_eq!(sample.errors, 1);
+        assert_eq!(
+            sample.error.as_deref(),
+            Some("reset: connection reset by peer")
         );
     }
 
