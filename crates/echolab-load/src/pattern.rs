@@ -82,14 +82,25 @@ impl Pattern {
 
     /// Writes the bytes of stream `stream` from position `pos` on into `out` (all of it).
     pub fn fill(&self, stream: u64, pos: u64, out: &mut [u8]) {
-        let mut at = 0;
-        while at < out.len() {
-            let p = pos + at as u64;
-            let word = splitmix64(counter(stream, p / 8)).to_le_bytes();
-            let skip = (p % 8) as usize;
-            let take = (8 - skip).min(out.len() - at);
-            out[at..at + take].copy_from_slice(&word[skip..skip + take]);
-            at += take;
+        // The bytes up to the next word boundary, then whole words (the hot path, one
+        // store per word), then the tail.
+        let head = (((8 - pos % 8) % 8) as usize).min(out.len());
+        if head > 0 {
+            let word = splitmix64(counter(stream, pos / 8)).to_le_bytes();
+            let skip = (pos % 8) as usize;
+            out[..head].copy_from_slice(&word[skip..skip + head]);
+        }
+        let mut word_no = (pos + head as u64) / 8;
+        let mut words = out[head..].chunks_exact_mut(8);
+        for chunk in &mut words {
+            chunk.copy_from_slice(&splitmix64(counter(stream, word_no)).to_le_bytes());
+            word_no += 1;
+        }
+        let tail = words.into_remainder();
+        if !tail.is_empty() {
+            let word = splitmix64(counter(stream, word_no)).to_le_bytes();
+            let n = tail.len();
+            tail.copy_from_slice(&word[..n]);
         }
         if self.lines {
             for (k, byte) in out.iter_mut().enumerate() {
@@ -186,7 +197,7 @@ mod tests {
         for lines in [false, true] {
             let pattern = Pattern::new(13, lines);
             for pos in 0..20 {
-                for len in [0, 1, 7, 8, 9, 31] {
+                for len in [0, 1, 2, 7, 8, 9, 15, 16, 17, 31, 64, 100] {
                     assert_eq!(
                         filled(&pattern, 3, pos, len),
                         bytes(&pattern, 3, pos, len),
