@@ -1229,8 +1229,10 @@ fn a_deep_pipeline_to_a_fast_server_shares_the_loop_and_keeps_to_the_clock() {
     // every socket readable: a client that reads one connection until its socket is
     // empty never leaves it. Then the other connections wait (the run is unfair by the
     // client's doing) and the loop does not look at the clock: the window and the drain
-    // overrun. Expected: every connection completes messages in the window, and the run
-    // ends within its 1 s plus the drain's 1 s.
+    // overrun. Expected: every connection completes messages in the window, evenly
+    // (Jain's index at least 0.95), and the run ends within its 1 s plus the drain's 1 s.
+    // (A guard, not a proof: against this server the old loop failed it in 1 run of 5
+    // or so; against ref_epoll at 16 connections, in release, every time.)
     let server = TestServer::start(4, move |_, mut conn| {
         let mut buf = [0u8; 65536];
         while let Ok(n) = conn.read(&mut buf) {
@@ -1261,9 +1263,8 @@ fn a_deep_pipeline_to_a_fast_server_shares_the_loop_and_keeps_to_the_clock() {
     let doc = json_of(&output);
     assert_eq!(output.status.code(), Some(0), "{doc:#}");
     assert_eq!(doc["conns_echoed"], 4, "{doc:#}");
-    let min = doc["fairness"]["min"].as_u64().unwrap();
-    let max = doc["fairness"]["max"].as_u64().unwrap();
-    assert!(min * 4 >= max, "min {min} max {max}: {doc:#}");
+    let jain = number(&doc["fairness"], "jain");
+    assert!(jain >= 0.95, "Jain's index {jain}: {doc:#}");
     assert!(number(&doc, "max_us") < 2_000_000.0, "{doc:#}");
     assert!(wall < Duration::from_secs(4), "{wall:?}: {doc:#}");
 }
