@@ -1035,19 +1035,9 @@ fn churn_catches_bytes_after_the_echo_and_counts_lost_messages() {
 /// Corks `conn` (TCP_CORK) so that what is written next leaves in one segment with the
 /// FIN of the close that follows.
 fn cork(conn: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket and a c_int option of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            conn.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_CORK,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "TCP_CORK: {}", std::io::Error::last_os_error());
+    socket2::SockRef::from(conn)
+        .set_cork(true)
+        .expect("TCP_CORK");
 }
 
 #[test]
