@@ -1,30 +1,32 @@
-//! `echolab bench`: turns the command line into a [`engine::BenchConfig`], runs the engine with a
-//! progress display and Ctrl-C handling, and prints the summary or the JSON document.
+//! `echolab bench`: turns the command line into a [`crate::config::BenchConfig`], runs the
+//! engine with a progress display and Ctrl-C handling, and prints the summary or the JSON
+//! document. With `--json`, stdout always holds one JSON document, an `error` field
+//! included when the run could not take place.
 
 use std::io::{self, Write};
 use std::process::ExitCode;
 
+use serde_json::json;
+
 use crate::cli::BenchArgs;
+use crate::config::Workload;
 use crate::engine;
 
 /// Runs `echolab bench` and returns its exit status (see [`BenchArgs`]).
 pub fn run(args: BenchArgs) -> ExitCode {
     let config = match args.config() {
         Ok(config) => config,
-        Err(message) => {
-            eprintln!("echolab bench: {message}");
-            return ExitCode::from(2);
-        }
+        Err(message) => return fail(args.json, &message, 2),
     };
     let stop = match crate::install_stop_flag() {
         Ok(stop) => stop,
         Err(err) => {
-            eprintln!("echolab bench: cannot install the SIGINT/SIGTERM handlers: {err}");
-            return ExitCode::FAILURE;
+            let message = format!("cannot install the SIGINT/SIGTERM handlers: {err}");
+            return fail(args.json, &message, 1);
         }
     };
     crate::raise_fd_limit();
-    let unit = if config.churn {
+    let unit = if config.workload() == Workload::Churn {
         "connections"
     } else {
         "messages"
@@ -51,9 +53,23 @@ pub fn run(args: BenchArgs) -> ExitCode {
             let _ = printed.and_then(|()| stdout.flush());
             ExitCode::from(report.exit_code())
         }
-        Err(err) => {
-            eprintln!("echolab bench: {err}");
-            ExitCode::FAILURE
-        }
+        Err(err) => fail(args.json, &err.to_string(), 1),
     }
+}
+
+/// Says `message` on stderr (one line) and, with `--json`, as `{"error": ..., "exit_code":
+/// ...}` on stdout, so that a script always gets a document; returns `code`.
+fn fail(json: bool, message: &str, code: u8) -> ExitCode {
+    eprintln!("echolab bench: {message}");
+    if json {
+        println!("{}", error_json(message, code));
+    }
+    ExitCode::from(code)
+}
+
+/// The JSON document of a run that could not take place: `{"error": message,
+/// "exit_code": code}`, pretty-printed.
+pub fn error_json(message: &str, code: u8) -> String {
+    let doc = json!({ "error": message, "exit_code": code });
+    serde_json::to_string_pretty(&doc).expect("JSON of plain values")
 }

@@ -5,7 +5,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::engine::{default_threads, BenchConfig};
+use crate::config::{
+    cores, BenchConfig, ThreadsFrom, DEFAULT_STARVE_AFTER, MAX_PENDING, MIN_DURATION, MIN_INTERVAL,
+};
 
 /// Send stdin (or a file) to an echo server and print or verify what comes back.
 ///
@@ -38,8 +40,12 @@ pub struct ClientArgs {
 /// checks every byte, sends the next). --rate makes it an open loop measured from the
 /// intended send times (no coordinated omission); --churn measures connections per second.
 ///
-/// Exit status: 0 clean run, 1 errors (connect, reset, eof, timeout, extra bytes, server
-/// gone), 2 bad argument, 3 byte mismatch, 130 interrupted.
+/// Every message of the measured window is accounted for: completed, or incomplete
+/// (still waiting at the end, lost with a failed connection, or never sent).
+///
+/// Exit status: 0 clean run; 1 errors (connect, reset, eof, timeout, extra bytes, starved
+/// connections), incomplete messages, a server gone, or nothing completed; 2 bad argument;
+/// 3 byte mismatch; 130 interrupted.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// The server: IP:PORT or HOST:PORT.
@@ -47,23 +53,25 @@ pub struct BenchArgs {
     pub addr: SocketAddr,
 
     /// Connections (with --churn: connections in progress at once).
-    #[arg(long, short = 'c', default_value_t = 64, value_name = "N", value_parser = parse_positive, allow_negative_numbers = true)]
+    #[arg(long, short = 'c', default_value_t = 64, value_name = "N", value_parser = parse_conns, allow_negative_numbers = true)]
     pub conns: usize,
 
     /// Message size in bytes; K/KiB and M/MiB suffixes are accepted (16KiB).
     #[arg(long, short = 's', default_value = "64", value_name = "BYTES", value_parser = parse_size, allow_negative_numbers = true)]
     pub size: usize,
 
-    /// Measured seconds (after the warm-up).
-    #[arg(long, short = 'd', default_value = "5", value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
+    /// Measured seconds (after the warm-up), at least 0.1.
+    #[arg(long, short = 'd', default_value = "5", value_name = "SECS", value_parser = parse_duration, allow_negative_numbers = true)]
     pub duration: Duration,
 
     /// Seconds of load before measuring; excluded from every figure.
     #[arg(long, short = 'w', default_value = "1", value_name = "SECS", value_parser = parse_secs_or_zero, allow_negative_numbers = true)]
     pub warmup: Duration,
 
-    /// Worker threads, each with its own event loop. Default: one per CPU.
-    #[arg(long, short = 't', value_name = "N", value_parser = parse_positive, allow_negative_numbers = true)]
+    /// Worker threads, each with its own event loop. Default: half the cores (at least 1)
+    /// when the server is on this machine, so it keeps the other half; every core when it
+    /// is elsewhere.
+    #[arg(long, short = 't', value_name = "N", value_parser = parse_threads, allow_negative_numbers = true)]
     pub threads: Option<usize>,
 
     /// Messages in flight per connection (with --rate: at most in flight).
@@ -87,18 +95,24 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Seconds between progress lines when stderr is not a terminal; 0 for none.
-    #[arg(long, default_value = "1", value_name = "SECS", value_parser = parse_secs_or_zero, allow_negative_numbers = true)]
+    /// Seconds between progress lines when stderr is not a terminal: 0 for none, else at
+    /// least 0.1.
+    #[arg(long, default_value = "1", value_name = "SECS", value_parser = parse_interval, allow_negative_numbers = true)]
     pub interval: Duration,
 
     /// Seconds allowed to establish the connections.
-    #[arg(long, default_value = "5", value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
+    #[arg(long, default_value = "5", value_name = "SECS", value_parser = parse_timeout, allow_negative_numbers = true)]
     pub connect_timeout: Duration,
 
     /// A connection owed an echo that makes no progress for this many seconds counts as a
     /// timeout error and is closed.
-    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_timeout, allow_negative_numbers = true)]
     pub timeout: Duration,
+
+    /// A connection owed an echo that waits this many seconds without progress is
+    /// starved: an error (exit 1), counted once per connection, which stays open.
+    #[arg(long, default_value_t = DEFAULT_STARVE_AFTER.as_secs_f64(), value_name = "SECS", value_parser = parse_secs_f64, allow_negative_numbers = true)]
+    pub starve_after: f64,
 }
 
 impl BenchArgs {
@@ -116,19 +130,43 @@ impl BenchArgs {
                 self.pipeline
             ));
         }
+        // Each message in flight holds its send time: bound them all, not each factor.
+        if self.conns.saturating_mul(self.pipeline) > MAX_PENDING {
+            return Err(format!(
+                "--conns {} x --pipeline {} = {} messages in flight, at most {MAX_PENDING}",
+                self.conns,
+                self.pipeline,
+                self.conns.saturating_mul(self.pipeline)
+            ));
+        }
+        if let Some(rate) = self.rate {
+            let window = self.duration.as_secs_f64();
+            if rate * window < 1.0 {
+                return Err(format!(
+                    "--rate {rate:?} sends no message in a {window} s window: at least {} per second",
+                    1.0 / window
+                ));
+            }
+        }
+        let (n_threads, threads_from) = match self.threads {
+            Some(n) => (n, ThreadsFrom::Given),
+            None => ThreadsFrom::default_for(self.addr, cores()),
+        };
         Ok(BenchConfig {
             addr: self.addr,
             n_conns: self.conns,
             msg_size: self.size,
             duration: self.duration,
             warmup: self.warmup,
-            n_threads: self.threads.unwrap_or_else(default_threads),
+            n_threads,
+            threads_from,
             pipeline: self.pipeline,
             rate: self.rate,
             churn: self.churn,
             lines: self.lines,
             connect_timeout: self.connect_timeout,
             stall_timeout: self.timeout,
+            starve_after: Duration::from_secs_f64(self.starve_after),
         })
     }
 }
@@ -218,6 +256,23 @@ fn parse_positive(text: &str) -> Result<usize, String> {
     }
 }
 
+fn parse_conns(text: &str) -> Result<usize, String> {
+    let n = parse_positive(text)?;
+    if n > MAX_PENDING {
+        return Err(format!("at most {MAX_PENDING} connections, got {text}"));
+    }
+    Ok(n)
+}
+
+fn parse_threads(text: &str) -> Result<usize, String> {
+    let n = parse_positive(text)?;
+    const MAX: usize = 4_096;
+    if n > MAX {
+        return Err(format!("at most {MAX} threads, got {text}"));
+    }
+    Ok(n)
+}
+
 fn parse_pipeline(text: &str) -> Result<usize, String> {
     let depth = parse_positive(text)?;
     // A bound on a bound: each message in flight holds its start time.
@@ -280,8 +335,45 @@ pub fn parse_secs(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+fn parse_secs_f64(text: &str) -> Result<f64, String> {
+    parse_timeout(text).map(|d| d.as_secs_f64())
+}
+
+/// A timeout: at least a millisecond (below that it would fire before a round trip).
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = parse_secs(text)?;
+    if timeout < Duration::from_millis(1) {
+        return Err(format!("at least 0.001 seconds, got {text:?}"));
+    }
+    Ok(timeout)
+}
+
 fn parse_secs_or_zero(text: &str) -> Result<Duration, String> {
     parse_seconds(text).map(Duration::from_secs_f64)
+}
+
+/// The measured window: at least [`MIN_DURATION`].
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_secs(text)?;
+    if duration < MIN_DURATION {
+        return Err(format!(
+            "a window shorter than {} s measures the clock, not the server: got {text:?}",
+            MIN_DURATION.as_secs_f64()
+        ));
+    }
+    Ok(duration)
+}
+
+/// The progress interval: 0 (none) or at least [`MIN_INTERVAL`].
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_secs_or_zero(text)?;
+    if !interval.is_zero() && interval < MIN_INTERVAL {
+        return Err(format!(
+            "progress lines at most every {} s (or 0 for none), got {text:?}",
+            MIN_INTERVAL.as_secs_f64()
+        ));
+    }
+    Ok(interval)
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -321,6 +413,44 @@ mod tests {
         assert!(parse_secs("-1").is_err());
         assert!(parse_secs("soon").unwrap_err().contains("soon"));
         assert_eq!(parse_secs_or_zero("0"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn windows_and_intervals_have_a_floor_that_is_named() {
+        assert_eq!(parse_duration("0.1"), Ok(Duration::from_millis(100)));
+        let err = parse_duration("1e-10").unwrap_err();
+        assert!(err.contains("0.1 s") && err.contains("1e-10"), "{err}");
+        assert!(parse_duration("0.099").is_err());
+        assert_eq!(parse_interval("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_interval("0.1"), Ok(Duration::from_millis(100)));
+        let err = parse_interval("1e-6").unwrap_err();
+        assert!(err.contains("0.1 s") && err.contains("1e-6"), "{err}");
+        for absurd in ["NaN", "inf", "-inf", "18446744073709551615"] {
+            assert!(parse_duration(absurd).unwrap_err().contains(absurd));
+            assert!(parse_interval(absurd).unwrap_err().contains(absurd));
+        }
+    }
+
+    #[test]
+    fn timeouts_are_at_least_a_millisecond() {
+        assert_eq!(parse_timeout("0.001"), Ok(Duration::from_millis(1)));
+        assert!(parse_timeout("1e-10").unwrap_err().contains("1e-10"));
+        assert!(parse_timeout("0.0009").is_err());
+        assert_eq!(parse_secs_f64("0.25"), Ok(0.25));
+        assert!(parse_secs_f64("1e-10").is_err());
+    }
+
+    #[test]
+    fn counts_are_bounded_and_named() {
+        assert_eq!(parse_conns("1"), Ok(1));
+        assert_eq!(parse_conns("1048576"), Ok(MAX_PENDING));
+        assert!(parse_conns("1048577").unwrap_err().contains("1048577"));
+        assert!(parse_conns("18446744073709551615")
+            .unwrap_err()
+            .contains("18446744073709551615"));
+        assert_eq!(parse_threads("4096"), Ok(4096));
+        assert!(parse_threads("4097").unwrap_err().contains("4097"));
+        assert!(parse_threads("0").unwrap_err().contains('0'));
     }
 
     #[test]

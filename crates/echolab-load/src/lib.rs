@@ -11,13 +11,17 @@
 //! - [`cli`]: the three command lines and their checks (`ClientArgs`, `BenchArgs`,
 //!   `CompareArgs`).
 //! - [`client`]: `echolab client`, interactive or `--send FILE`.
-//! - [`bench`]: `echolab bench`: signals, progress display, summary or JSON, exit status.
-//! - [`engine`]: the load engine: mio event loops on worker threads, one state machine
-//!   per connection ([`engine::BenchConfig`], [`engine::run`]).
-//! - [`pattern`]: the position-dependent byte stream each connection sends, and its check.
+//! - [`bench`](mod@bench): `echolab bench`: signals, progress display, summary or JSON, exit status.
+//! - [`config`]: a run's plain configuration ([`config::BenchConfig`]), the workloads
+//!   ([`config::Workload`]) and the limits; it imports nothing from the crate.
+//! - [`engine`]: the load engine ([`engine::run`]): mio event loops on worker threads, one
+//!   state machine per connection, one driver per workload (closed, open, churn).
+//! - [`pattern`]: the never-repeating byte stream each connection sends, and its check.
 //! - [`latency`]: HDR histograms of latency, merged across threads.
-//! - [`schedule`]: the open loop's constant-rate schedule (wrk2's method).
-//! - [`report`]: [`report::BenchReport`], errors by kind, text and JSON renderings.
+//! - [`schedule`]: the open loop's constant-rate schedule (wrk2's method), shared by the
+//!   worker threads at evenly spaced phases.
+//! - [`report`]: [`report::BenchReport`], errors by kind, incomplete messages, fairness,
+//!   text and JSON renderings. Imports the configuration, never the engine.
 //! - [`progress`]: a progress bar on a terminal, a line per interval otherwise.
 //! - [`hold`]: many idle connections held open (compare's memory-per-connection step).
 //! - [`compare`]: `echolab compare`: starting and stopping servers, reading /proc, the
@@ -28,6 +32,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod compare;
+pub mod config;
 pub mod engine;
 pub mod hold;
 pub mod latency;

@@ -6,7 +6,7 @@ use std::fmt::{self, Write as _};
 
 use serde_json::json;
 
-use crate::engine::{BenchConfig, Workload};
+use crate::config::{BenchConfig, Workload};
 use crate::latency::LatencySummary;
 use crate::pattern::Mismatch;
 
@@ -23,8 +23,11 @@ pub struct ErrorCounts {
     pub timeout: u64,
     /// An echoed byte differed from the byte sent at that position.
     pub mismatch: u64,
-    /// The server sent more bytes than it was sent.
+    /// The server sent more bytes than it was sent (churn: any byte after the echo).
     pub extra: u64,
+    /// A connection waited longer than `--starve-after` for an echo (counted once per
+    /// connection; the connection stays open).
+    pub starved: u64,
 }
 
 /// One kind of error, as [`ErrorCounts`] counts them.
@@ -36,6 +39,7 @@ pub enum ErrorKind {
     Timeout,
     Mismatch,
     Extra,
+    Starved,
 }
 
 impl ErrorKind {
@@ -47,13 +51,20 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Mismatch => "mismatch",
             ErrorKind::Extra => "extra",
+            ErrorKind::Starved => "starved",
         }
     }
 }
 
 impl ErrorCounts {
     pub fn total(&self) -> u64 {
-        self.connect + self.reset + self.eof + self.timeout + self.mismatch + self.extra
+        self.connect
+            + self.reset
+            + self.eof
+            + self.timeout
+            + self.mismatch
+            + self.extra
+            + self.starved
     }
 
     pub fn count(&mut self, kind: ErrorKind) {
@@ -64,6 +75,7 @@ impl ErrorCounts {
             ErrorKind::Timeout => &mut self.timeout,
             ErrorKind::Mismatch => &mut self.mismatch,
             ErrorKind::Extra => &mut self.extra,
+            ErrorKind::Starved => &mut self.starved,
         } += 1;
     }
 
@@ -74,6 +86,7 @@ impl ErrorCounts {
         self.timeout += other.timeout;
         self.mismatch += other.mismatch;
         self.extra += other.extra;
+        self.starved += other.starved;
     }
 }
 
@@ -84,15 +97,78 @@ impl fmt::Display for ErrorCounts {
         }
         write!(
             f,
-            "{} (connect {}, reset {}, eof {}, timeout {}, mismatch {}, extra {})",
+            "{} (connect {}, reset {}, eof {}, timeout {}, mismatch {}, extra {}, starved {})",
             self.total(),
             self.connect,
             self.reset,
             self.eof,
             self.timeout,
             self.mismatch,
-            self.extra
+            self.extra,
+            self.starved
         )
+    }
+}
+
+/// Messages of the measured window that did not complete, by where they were at the end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Unfinished {
+    /// Handed to a connection and still pending after the drain: held back by the
+    /// pipeline, or sent and not (wholly) echoed.
+    pub waiting: u64,
+    /// Pending on a connection that failed (reset, closed, timed out, mismatched).
+    pub lost: u64,
+    /// Open loop: due when no connection could take it (every one failed or full).
+    pub unsent: u64,
+}
+
+impl Unfinished {
+    /// Every incomplete message.
+    pub fn total(&self) -> u64 {
+        self.waiting + self.lost + self.unsent
+    }
+
+    pub fn add(&mut self, other: &Unfinished) {
+        self.waiting += other.waiting;
+        self.lost += other.lost;
+        self.unsent += other.unsent;
+    }
+}
+
+/// How evenly the connections were served: messages of the window per connection.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Fairness {
+    pub min: u64,
+    /// The middle count (the mean of the two middle ones for an even number).
+    pub median: f64,
+    pub max: u64,
+    /// Jain's fairness index, `(Σx)² / (n·Σx²)`: 1 when every connection completed as
+    /// many messages, `1/n` when one connection got them all; `None` when none got any.
+    pub jain: Option<f64>,
+}
+
+impl Fairness {
+    /// The fairness of `counts` (one per connection); `None` for no connection.
+    pub fn of(counts: &[u64]) -> Option<Fairness> {
+        if counts.is_empty() {
+            return None;
+        }
+        let mut sorted = counts.to_vec();
+        sorted.sort_unstable();
+        let n = sorted.len();
+        let median = if n % 2 == 1 {
+            sorted[n / 2] as f64
+        } else {
+            (sorted[n / 2 - 1] + sorted[n / 2]) as f64 / 2.0
+        };
+        let sum: f64 = sorted.iter().map(|x| *x as f64).sum();
+        let sum_sq: f64 = sorted.iter().map(|x| (*x as f64) * (*x as f64)).sum();
+        Some(Fairness {
+            min: sorted[0],
+            median,
+            max: sorted[n - 1],
+            jain: (sum_sq > 0.0).then(|| sum * sum / (n as f64 * sum_sq)),
+        })
     }
 }
 
@@ -104,16 +180,22 @@ pub struct MismatchAt {
     pub mismatch: Mismatch,
 }
 
-/// Everything one bench run measured. Messages, rates and latencies cover the measured
-/// window only: warm-up and the final drain are excluded.
+/// Everything one bench run measured. Messages, rates and latencies cover the messages
+/// whose start (open loop: intended send time) falls in the measured window: warm-up
+/// messages are excluded, and window messages that complete in the final drain count.
 #[derive(Debug, Clone)]
 pub struct BenchReport {
-    /// Completed echoes in the measured window (churn: completed connections).
+    /// Completed echoes of the measured window (churn: completed connections).
     pub messages: u64,
+    /// Messages of the window that did not complete; `messages + unfinished.total()` is
+    /// every message of the window.
+    pub unfinished: Unfinished,
     /// The measured window, in seconds (shorter than asked when interrupted).
     pub seconds: f64,
-    /// Round-trip latency: closed loop from the send, open loop from the intended send
-    /// time, churn from the start of the connect to the end of the echo.
+    /// Round-trip latency in microseconds: closed loop from the send, open loop from the
+    /// intended send time, churn from the start of the connect to the end of the echo.
+    /// Incomplete messages handed to a connection count with their wait until the end of
+    /// the window (a lower bound).
     pub latency: LatencySummary,
     /// Churn only: from the start of the connect to the connection being established.
     pub connect_latency: Option<LatencySummary>,
@@ -123,20 +205,61 @@ pub struct BenchReport {
     pub error_samples: BTreeMap<ErrorKind, String>,
     /// Connections established (churn: in total, over the run).
     pub conns_established: u64,
-    /// Connections that completed at least one echo (not churn).
+    /// Connections that completed at least one echo of the window (not churn).
     pub conns_echoed: u64,
-    /// Open loop: messages that fell due but were never sent (the run ended first).
-    pub unsent: u64,
+    /// Bytes that came back over the whole run, verified or not.
+    pub bytes_received: u64,
+    /// Messages of the window each connection completed (churn: each slot), by index.
+    pub per_conn: Vec<u64>,
     /// The run was stopped by SIGINT/SIGTERM before its end.
     pub interrupted: bool,
     /// Every connection was closed or reset by the server before the end.
     pub server_gone: bool,
+    /// Seconds from the window's start to the last completed echo (negative: during the
+    /// warm-up); `None` when nothing completed.
+    pub last_echo_secs: Option<f64>,
+    /// Seconds into the window when every connection had failed, when that ended the run
+    /// before its planned end (the window keeps its planned length: rates are over it).
+    pub ended_early_secs: Option<f64>,
+    /// Connections (not churn) that at the end had failed, or owed an echo unanswered
+    /// for longer than `--starve-after` or all window long.
+    pub conns_stopped: u64,
     /// Churn only: this machine's connections to the server waiting in TIME_WAIT at the
     /// end (each holds an ephemeral port), when /proc/net/tcp could be read.
     pub time_wait: Option<u64>,
 }
 
 impl BenchReport {
+    /// A report of nothing yet, for `n_conns` connections.
+    pub fn empty(n_conns: usize) -> BenchReport {
+        BenchReport {
+            messages: 0,
+            unfinished: Unfinished::default(),
+            seconds: 0.0,
+            latency: LatencySummary::default(),
+            connect_latency: None,
+            errors: ErrorCounts::default(),
+            first_mismatch: None,
+            error_samples: BTreeMap::new(),
+            conns_established: 0,
+            conns_echoed: 0,
+            bytes_received: 0,
+            per_conn: vec![0; n_conns],
+            interrupted: false,
+            server_gone: false,
+            last_echo_secs: None,
+            ended_early_secs: None,
+            conns_stopped: 0,
+            time_wait: None,
+        }
+    }
+
+    /// Every message of the window: completed plus incomplete.
+    pub fn intended(&self) -> u64 {
+        self.messages + self.unfinished.total()
+    }
+
+    /// Completed messages per second of the window.
     pub fn messages_per_sec(&self) -> f64 {
         if self.seconds > 0.0 {
             self.messages as f64 / self.seconds
@@ -150,20 +273,35 @@ impl BenchReport {
         self.messages_per_sec() * msg_size as f64 / 1e6
     }
 
-    /// True when the run completed no echo at all in its measured window although nothing
-    /// failed: the server accepted the connections and kept the bytes (a `--mode lines`
-    /// server waiting for a `\n`, an iterative server busy with another client). A run
-    /// that measured nothing is not a clean run.
+    /// True when not one byte came back over the whole run from established
+    /// connections: the server accepted them and kept the bytes (a `--mode lines` server
+    /// waiting for a `\n`, an iterative server busy with another client).
     pub fn nothing_echoed(&self) -> bool {
+        self.bytes_received == 0 && self.conns_established > 0 && !self.interrupted
+    }
+
+    /// True when the window completed no message although it was not interrupted: a run
+    /// that measured nothing is not a clean run.
+    pub fn nothing_completed(&self) -> bool {
         self.messages == 0 && !self.interrupted
     }
 
-    /// The exit status of `echolab bench` for this run: 3 for a byte mismatch, 1 for any
-    /// other error or when nothing was echoed, 130 when interrupted, 0 otherwise.
+    /// Per-connection fairness over the window (`None` in churn's sense is never: slots).
+    pub fn fairness(&self) -> Option<Fairness> {
+        Fairness::of(&self.per_conn)
+    }
+
+    /// The exit status of `echolab bench` for this run: 3 for a byte mismatch; 1 for any
+    /// other error (starved connections included), an incomplete message, a server gone,
+    /// or a window that completed nothing; 130 when interrupted; 0 otherwise.
     pub fn exit_code(&self) -> u8 {
         if self.errors.mismatch > 0 {
             3
-        } else if self.errors.total() > 0 || self.server_gone || self.nothing_echoed() {
+        } else if self.errors.total() > 0
+            || self.unfinished.total() > 0
+            || self.server_gone
+            || self.nothing_completed()
+        {
             1
         } else if self.interrupted {
             130
@@ -185,6 +323,10 @@ impl BenchReport {
             "config": config_json(config),
             "workload": config.workload().name(),
             "messages": self.messages,
+            "intended": self.intended(),
+            "completed": self.messages,
+            "incomplete": self.unfinished.total(),
+            "incomplete_by_state": self.unfinished,
             "seconds": self.seconds,
             "messages_per_sec": self.messages_per_sec(),
             "mb_per_sec": self.mb_per_sec(config.msg_size),
@@ -202,21 +344,29 @@ impl BenchReport {
             "error_samples": samples,
             "conns_established": self.conns_established,
             "conns_echoed": self.conns_echoed,
-            "unsent": self.unsent,
+            "starved": self.errors.starved,
+            "fairness": self.fairness(),
+            "bytes_received": self.bytes_received,
+            "unsent": self.unfinished.unsent,
             "interrupted": self.interrupted,
             "server_gone": self.server_gone,
+            "last_echo_secs": self.last_echo_secs,
+            "ended_early_secs": self.ended_early_secs,
+            "conns_stopped": self.conns_stopped,
             "nothing_echoed": self.nothing_echoed(),
+            "nothing_completed": self.nothing_completed(),
             "time_wait": self.time_wait,
         })
     }
 
-    /// The human summary, several lines, the way loadgen prints its own.
+    /// The human summary, several lines, the way loadgen prints its own. Every sentence
+    /// is computed from the figures it names.
     pub fn to_text(&self, config: &BenchConfig) -> String {
         let mut out = String::new();
         let workload = config.workload();
         let _ = writeln!(
             out,
-            "echolab bench {}: {}, {} conns, {} B messages{}, pipeline {}, {} threads, warm-up {:.1} s, measured {:.2} s{}",
+            "echolab bench {}: {}, {} conns, {} B messages{}, pipeline {}, {} threads ({}), warm-up {:.1} s, measured {:.2} s{}",
             config.addr,
             workload.describe(),
             config.n_conns,
@@ -224,26 +374,46 @@ impl BenchReport {
             if config.lines { " (lines)" } else { "" },
             config.pipeline,
             config.effective_threads(),
+            config.threads_from.describe(),
             config.warmup.as_secs_f64(),
             self.seconds,
             if self.interrupted { " (interrupted)" } else { "" },
         );
-        let unit = if matches!(workload, Workload::Churn) {
-            "connections"
-        } else {
-            "messages"
-        };
+        let churn = matches!(workload, Workload::Churn);
+        let unit = if churn { "connections" } else { "messages" };
         let _ = writeln!(
             out,
             "  {unit}/s: {:.0}   payload MB/s (one way): {:.2}",
             self.messages_per_sec(),
             self.mb_per_sec(config.msg_size)
         );
-        let l = &self.latency;
+        let u = &self.unfinished;
         let _ = writeln!(
             out,
-            "  latency us: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  (n={})",
-            l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.count
+            "  {unit} of the window: {} = {} completed + {} incomplete ({} waiting at the end, {} lost with a failed connection, {} never sent)",
+            self.intended(),
+            self.messages,
+            u.total(),
+            u.waiting,
+            u.lost,
+            u.unsent
+        );
+        let l = &self.latency;
+        let floor = u.waiting + u.lost;
+        let _ = writeln!(
+            out,
+            "  latency us: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  (n={}{})",
+            l.p50_us,
+            l.p90_us,
+            l.p99_us,
+            l.p999_us,
+            l.max_us,
+            l.count,
+            if floor > 0 {
+                format!(", {floor} of them incomplete, counted with their wait until the end")
+            } else {
+                String::new()
+            }
         );
         if let Some(c) = &self.connect_latency {
             let _ = writeln!(
@@ -259,24 +429,33 @@ impl BenchReport {
         if let Some(m) = &self.first_mismatch {
             let _ = writeln!(out, "  MISMATCH on conn {}: {}", m.conn_idx, m.mismatch);
         }
-        if !matches!(workload, Workload::Churn) {
+        if !churn {
             let _ = writeln!(
                 out,
-                "  connections: {} of {} established, {} completed at least one echo",
+                "  connections: {} of {} established, {} completed at least one echo of the window",
                 self.conns_established, config.n_conns, self.conns_echoed
             );
         }
-        let never_echoed = self.conns_established.saturating_sub(self.conns_echoed);
-        if never_echoed > 0
-            && !matches!(workload, Workload::Churn)
-            && !self.server_gone
-            && !self.nothing_echoed()
-        {
+        if let Some(f) = self.fairness() {
+            let per = if churn { "slot" } else { "connection" };
+            let jain = f
+                .jain
+                .map_or("n/a (nothing completed)".to_string(), |j| format!("{j:.3}"));
             let _ = writeln!(
                 out,
-                "  {never_echoed} connection(s) got no echo at all: the server accepted them but \
-                 served others (an iterative server, or a pool with fewer workers than \
-                 connections, leaves the rest waiting)"
+                "  per {per}: min {}  median {}  max {} {unit}; Jain's fairness index {jain}",
+                f.min, f.median, f.max
+            );
+        }
+        if let Some(sentence) = self.stopped_sentence(config) {
+            let _ = writeln!(out, "  {sentence}");
+        }
+        if let Some(at) = self.ended_early_secs {
+            let _ = writeln!(
+                out,
+                "  the run ended {at:.2} s into the {:.2} s window, when every connection had failed; \
+                 the rest of the window served nothing and the rates are over the whole window",
+                self.seconds
             );
         }
         if let (Some(time_wait), Some(ports)) = (self.time_wait, ephemeral_ports()) {
@@ -292,18 +471,23 @@ impl BenchReport {
                 );
             }
         }
-        if self.unsent > 0 {
-            let why = if self.server_gone || self.errors.total() > 0 {
-                "connections had failed, none could take them"
-            } else {
-                "the server could not keep up with --rate"
-            };
+        if u.total() > 0 {
             let _ = writeln!(
                 out,
-                "  {} messages fell due but were not sent before the end ({why})",
-                self.unsent
+                "  INCOMPLETE: {} of the window's {} {unit} did not complete ({} waiting at the end, \
+                 {} lost with a failed connection, {} never sent)",
+                u.total(),
+                self.intended(),
+                u.waiting,
+                u.lost,
+                u.unsent
             );
         }
+        let hint = if config.lines {
+            ""
+        } else {
+            "; a --mode lines server echoes only complete lines: try --lines"
+        };
         if self.server_gone {
             let _ = writeln!(
                 out,
@@ -311,25 +495,72 @@ impl BenchReport {
                  refused what it was sent (in lines mode, a line longer than its --max-line)"
             );
         } else if self.nothing_echoed() {
-            let hint = if config.lines {
-                ""
-            } else {
-                "; a --mode lines server echoes only complete lines: try --lines"
-            };
             let _ = writeln!(
                 out,
-                "  no echo came back in the measured {:.2} s: the server accepted the \
-                 connections but sent nothing back{hint}",
-                self.seconds
+                "  no byte came back on {} established connections in {:.2} s: the server \
+                 accepted them but sent nothing back{hint}",
+                self.conns_established, self.seconds
+            );
+        } else if self.nothing_completed() && self.errors.total() == self.errors.starved {
+            let _ = writeln!(
+                out,
+                "  {} bytes came back but no message of the window completed in {:.2} s{hint}",
+                self.bytes_received, self.seconds
             );
         }
         out
     }
 }
 
+impl BenchReport {
+    /// The sentence about connections left without echoes, computed from the figures:
+    /// when every connection stopped getting echoes (failed or unanswered at the end),
+    /// the server stopped answering, with when; when some did and others were served to
+    /// the end, the server serves fewer connections than it accepts.
+    pub fn stopped_sentence(&self, config: &BenchConfig) -> Option<String> {
+        if matches!(config.workload(), Workload::Churn) || self.server_gone {
+            return None;
+        }
+        let n = config.n_conns as u64;
+        let starve = config.starve_after.as_secs_f64();
+        if self.conns_stopped >= n && n > 0 && self.conns_established > 0 {
+            return Some(match self.last_echo_secs {
+                None => {
+                    format!("the server answered none of the {n} connections: no message completed")
+                }
+                Some(at) if at < 0.0 => format!(
+                    "the server stopped answering before the window began ({:.2} s before it): \
+                     none of the {n} connections got an echo in the {:.2} s window",
+                    -at, self.seconds
+                ),
+                Some(at) => format!(
+                    "the server stopped answering {at:.2} s into the {:.2} s window: every one of \
+                     the {n} connections failed or went without an echo from then on",
+                    self.seconds
+                ),
+            });
+        }
+        if self.errors.starved == 0 {
+            return None;
+        }
+        let served = n.saturating_sub(self.conns_stopped);
+        Some(format!(
+            "{} of {n} connections starved (waited more than {starve:.2} s, or the whole window, \
+             for an echo) while {served} were served to the end: an iterative server, or a pool \
+             with fewer workers than connections, leaves the rest waiting",
+            self.errors.starved
+        ))
+    }
+}
+
 /// The number of local ports the kernel hands out to `connect` (its ephemeral range).
 fn ephemeral_ports() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    port_range_size(&text)
+}
+
+/// The number of ports in a range as /proc prints it ("32768\t60999\n"), if it is one.
+fn port_range_size(text: &str) -> Option<u64> {
     let mut bounds = text.split_whitespace().map(|n| n.parse::<u64>().ok());
     let (low, high) = (bounds.next()??, bounds.next()??);
     (high >= low).then(|| high - low + 1)
@@ -391,6 +622,8 @@ fn config_json(config: &BenchConfig) -> serde_json::Value {
         "lines": config.lines,
         "connect_timeout_secs": config.connect_timeout.as_secs_f64(),
         "timeout_secs": config.stall_timeout.as_secs_f64(),
+        "starve_after_secs": config.starve_after.as_secs_f64(),
+        "threads_from": config.threads_from.describe(),
     })
 }
 
@@ -416,6 +649,328 @@ mod tests {
         assert!(time_wait_to(addr).is_some(), "/proc/net/tcp is readable");
     }
 
+    fn config() -> BenchConfig {
+        BenchConfig::new("127.0.0.1:7007".parse().unwrap(), 4, 64)
+    }
+
+    /// A clean run's report: 4 connections, 100 messages each, in 1 s.
+    fn clean() -> BenchReport {
+        let mut report = BenchReport::empty(4);
+        report.messages = 400;
+        report.seconds = 1.0;
+        report.conns_established = 4;
+        report.conns_echoed = 4;
+        report.bytes_received = 400 * 64;
+        report.per_conn = vec![100; 4];
+        report
+    }
+
+    #[test]
+    fn fairness_of_known_spreads() {
+        assert_eq!(Fairness::of(&[]), None);
+        let even = Fairness::of(&[5, 5, 5, 5]).unwrap();
+        assert_eq!((even.min, even.median, even.max), (5, 5.0, 5));
+        assert_eq!(even.jain, Some(1.0));
+        // One connection got everything: 1/n.
+        let one = Fairness::of(&[0, 12, 0, 0]).unwrap();
+        assert_eq!((one.min, one.median, one.max), (0, 0.0, 12));
+        assert_eq!(one.jain, Some(0.25));
+        // (1+2+3)² / (3·(1+4+9)) = 36/42; odd count: the middle one.
+        let spread = Fairness::of(&[3, 1, 2]).unwrap();
+        assert_eq!((spread.min, spread.median, spread.max), (1, 2.0, 3));
+        assert!((spread.jain.unwrap() - 36.0 / 42.0).abs() < 1e-12);
+        // Even count: the mean of the two middle ones; odd: the middle one.
+        assert_eq!(Fairness::of(&[1, 4, 2, 9]).unwrap().median, 3.0);
+        assert_eq!(Fairness::of(&[1, 3]).unwrap().median, 2.0);
+        assert_eq!(Fairness::of(&[7]).unwrap().median, 7.0);
+        assert_eq!(Fairness::of(&[5, 1, 4, 2, 3]).unwrap().median, 3.0);
+        assert_eq!(Fairness::of(&[0, 0]).unwrap().jain, None);
+    }
+
+    #[test]
+    fn unfinished_messages_add_up_to_the_intended() {
+        let mut report = clean();
+        report.unfinished = Unfinished {
+            waiting: 3,
+            lost: 2,
+            unsent: 1,
+        };
+        let mut more = Unfinished {
+            waiting: 10,
+            lost: 20,
+            unsent: 30,
+        };
+        more.add(&report.unfinished);
+        assert_eq!(
+            more,
+            Unfinished {
+                waiting: 13,
+                lost: 22,
+                unsent: 31
+            }
+        );
+        assert_eq!(report.unfinished.total(), 6);
+        assert_eq!(report.intended(), 406);
+        let doc = report.to_json(&config());
+        assert_eq!(doc["intended"], 406);
+        assert_eq!(doc["completed"], 400);
+        assert_eq!(doc["incomplete"], 6);
+        assert_eq!(doc["incomplete_by_state"]["lost"], 2);
+        assert_eq!(doc["unsent"], 1);
+        let text = report.to_text(&config());
+        assert!(
+            text.contains("messages of the window: 406 = 400 completed + 6 incomplete (3 waiting at the end, 2 lost with a failed connection, 1 never sent)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("INCOMPLETE: 6 of the window's 406 messages"),
+            "{text}"
+        );
+        assert!(text.contains("5 of them incomplete"), "{text}");
+        assert_eq!(report.exit_code(), 1);
+    }
+
+    #[test]
+    fn rates_are_per_second_of_the_window() {
+        let mut r = clean();
+        r.seconds = 2.0;
+        assert_eq!(r.messages_per_sec(), 200.0);
+        assert_eq!(r.mb_per_sec(1_000_000), 200.0);
+        r.seconds = 0.0;
+        assert_eq!(r.messages_per_sec(), 0.0);
+    }
+
+    #[test]
+    fn exit_codes_follow_the_figures() {
+        assert_eq!(clean().exit_code(), 0);
+        let mut r = clean();
+        r.interrupted = true;
+        assert_eq!(r.exit_code(), 130);
+        r.errors.count(ErrorKind::Starved);
+        assert_eq!(r.exit_code(), 1);
+        r.errors.count(ErrorKind::Mismatch);
+        assert_eq!(r.exit_code(), 3);
+        let mut r = clean();
+        r.server_gone = true;
+        assert_eq!(r.exit_code(), 1);
+        let mut r = clean();
+        r.messages = 0;
+        assert!(r.nothing_completed());
+        assert_eq!(r.exit_code(), 1);
+        r.interrupted = true;
+        assert!(!r.nothing_completed());
+        assert_eq!(r.exit_code(), 130);
+        let mut r = clean();
+        r.unfinished.unsent = 1;
+        assert_eq!(r.exit_code(), 1);
+    }
+
+    #[test]
+    fn each_verdict_is_computed_from_the_figures_it_names() {
+        let config = config();
+        let text = clean().to_text(&config);
+        for absent in [
+            "no byte came back",
+            "bytes came back",
+            "starved",
+            "INCOMPLETE",
+            "stopped or crashed",
+        ] {
+            assert!(!text.contains(absent), "{absent}: {text}");
+        }
+        assert!(text.contains("messages/s: 400"), "{text}");
+        assert!(text.contains("Jain's fairness index 1.000"), "{text}");
+        assert!(
+            text.contains("per connection: min 100  median 100  max 100 messages"),
+            "{text}"
+        );
+        // Nothing came back at all: said, with the hint for a lines server.
+        let mut r = clean();
+        r.messages = 0;
+        r.bytes_received = 0;
+        r.per_conn = vec![0; 4];
+        let text = r.to_text(&config);
+        assert!(
+            text.contains("no byte came back on 4 established connections in 1.00 s"),
+            "{text}"
+        );
+        assert!(text.contains("try --lines"), "{text}");
+        assert!(text.contains("n/a (nothing completed)"), "{text}");
+        assert_eq!(r.to_json(&config)["nothing_echoed"], true);
+        // With no connection established there was nobody to echo: not that verdict.
+        r.conns_established = 0;
+        assert!(!r.nothing_echoed());
+        r.conns_established = 4;
+        // Bytes came back but no message completed: not "nothing came back".
+        r.bytes_received = 15;
+        let text = r.to_text(&config);
+        assert!(!text.contains("no byte came back"), "{text}");
+        assert!(text.contains("15 bytes came back but no message"), "{text}");
+        assert_eq!(r.to_json(&config)["nothing_echoed"], false);
+        // A mismatch: bytes came back, so neither sentence; the mismatch is named.
+        let mut r = clean();
+        r.messages = 0;
+        r.errors.count(ErrorKind::Mismatch);
+        r.first_mismatch = Some(MismatchAt {
+            conn_idx: 2,
+            mismatch: Mismatch {
+                offset: 70,
+                expected: 1,
+                got: 2,
+            },
+        });
+        let text = r.to_text(&config);
+        assert!(!text.contains("came back"), "{text}");
+        assert!(
+            text.contains(
+                "MISMATCH on conn 2: byte mismatch at offset 70: expected 0x01, got 0x02"
+            ),
+            "{text}"
+        );
+        // Starved connections: the count and the threshold, from the figures.
+        // Two of four starved, two served to the end: the pool sentence.
+        let mut r = clean();
+        r.errors.count(ErrorKind::Starved);
+        r.errors.count(ErrorKind::Starved);
+        r.conns_stopped = 2;
+        let text = r.to_text(&config);
+        assert!(
+            text.contains(
+                "2 of 4 connections starved (waited more than 1.00 s, or the whole window, \
+                 for an echo) while 2 were served to the end: an iterative server"
+            ),
+            "{text}"
+        );
+        assert_eq!(r.to_json(&config)["starved"], 2);
+        // All four stopped getting echoes: the server stopped answering, and when; no
+        // word of a pool.
+        r.errors.count(ErrorKind::Starved);
+        r.errors.count(ErrorKind::Starved);
+        r.conns_stopped = 4;
+        r.last_echo_secs = Some(1.5);
+        r.seconds = 6.0;
+        let text = r.to_text(&config);
+        assert!(
+            text.contains(
+                "the server stopped answering 1.50 s into the 6.00 s window: every one of \
+                 the 4 connections failed or went without an echo from then on"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("iterative"), "{text}");
+        r.last_echo_secs = Some(-0.25);
+        let text = r.to_text(&config);
+        assert!(
+            text.contains(
+                "the server stopped answering before the window began (0.25 s before it)"
+            ),
+            "{text}"
+        );
+        r.last_echo_secs = None;
+        let text = r.to_text(&config);
+        assert!(
+            text.contains("the server answered none of the 4 connections"),
+            "{text}"
+        );
+        // Every connection failed 2.11 s into a 6 s window: the early end is said.
+        r.ended_early_secs = Some(2.11);
+        let text = r.to_text(&config);
+        assert!(
+            text.contains(
+                "the run ended 2.11 s into the 6.00 s window, when every connection had failed"
+            ),
+            "{text}"
+        );
+        assert_eq!(r.to_json(&config)["ended_early_secs"], 2.11);
+        // The server gone: that sentence, not "nothing came back".
+        let mut r = clean();
+        r.server_gone = true;
+        r.bytes_received = 0;
+        let text = r.to_text(&config);
+        assert!(
+            text.contains("stopped or crashed") && !text.contains("no byte"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_json_carries_the_configuration() {
+        let config = config();
+        let doc = clean().to_json(&config);
+        assert_eq!(doc["config"]["conns"], 4);
+        assert_eq!(doc["config"]["size"], 64);
+        assert_eq!(doc["config"]["addr"], "127.0.0.1:7007");
+        assert_eq!(doc["config"]["starve_after_secs"], 1.0);
+        assert_eq!(doc["workload"], "closed");
+    }
+
+    #[test]
+    fn churn_speaks_of_connections_and_slots() {
+        let mut config = config();
+        config.churn = true;
+        let text = clean().to_text(&config);
+        assert!(text.contains("connections/s: 400"), "{text}");
+        assert!(text.contains("per slot: min 100"), "{text}");
+        assert!(!text.contains("established"), "{text}");
+        let text = clean().to_text(&self::config());
+        assert!(text.contains("connections: 4 of 4 established"), "{text}");
+    }
+
+    #[test]
+    fn port_ranges_and_the_time_wait_warning() {
+        assert_eq!(port_range_size("32768\t60999\n"), Some(28_232));
+        assert_eq!(port_range_size("7 7"), Some(1));
+        assert_eq!(port_range_size("9 7"), None);
+        assert_eq!(port_range_size("x 7"), None);
+        assert_eq!(port_range_size("7"), None);
+        // The warning shows past half this machine's range, read here from /proc.
+        let Ok(range) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
+            eprintln!(
+                "skipped the warning's half: /proc/sys/net/ipv4/ip_local_port_range is unreadable"
+            );
+            return;
+        };
+        let ports = port_range_size(&range).expect("a port range");
+        assert_eq!(ephemeral_ports(), Some(ports));
+        let mut r = clean();
+        r.time_wait = Some(ports / 2 + 1);
+        let text = r.to_text(&config());
+        let expected = format!(
+            "{} connections to 127.0.0.1:7007 wait in TIME_WAIT, of {ports} ephemeral ports",
+            ports / 2 + 1
+        );
+        assert!(text.contains(&expected), "{text}");
+        r.time_wait = Some(ports / 2);
+        assert!(!r.to_text(&config()).contains("TIME_WAIT"));
+    }
+
+    #[test]
+    fn time_wait_is_counted_on_this_machine() {
+        // Two connections closed by this side first each leave one socket in TIME_WAIT
+        // towards the listener's address; the kernel makes the change on its own, so the
+        // count is polled, for at most 20 s.
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        for _ in 0..2 {
+            let conn = TcpStream::connect(addr).unwrap();
+            let (mut accepted, _) = listener.accept().unwrap();
+            drop(conn);
+            // The server side reads the end of stream and closes too.
+            let _ = std::io::Read::read(&mut accepted, &mut [0u8; 1]);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut seen = None;
+        while std::time::Instant::now() < deadline {
+            seen = time_wait_to(addr);
+            if seen >= Some(2) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(seen, Some(2));
+    }
+
     #[test]
     fn errors_add_up_and_print_by_kind() {
         let mut a = ErrorCounts::default();
@@ -428,5 +983,44 @@ mod tests {
         assert_eq!(a.total(), 3);
         assert_eq!(a.reset, 2);
         assert!(a.to_string().contains("reset 2"));
+        // Every kind counts in its own field, adds, and shows by its name.
+        let kinds = [
+            ErrorKind::Connect,
+            ErrorKind::Reset,
+            ErrorKind::Eof,
+            ErrorKind::Timeout,
+            ErrorKind::Mismatch,
+            ErrorKind::Extra,
+            ErrorKind::Starved,
+        ];
+        let mut all = ErrorCounts::default();
+        for (k, kind) in kinds.iter().enumerate() {
+            for _ in 0..=k {
+                all.count(*kind);
+            }
+        }
+        let mut twice = all;
+        twice.add(&all);
+        assert_eq!(twice.total(), 2 * all.total());
+        assert_eq!(all.total(), 28);
+        assert_eq!(
+            all.to_string(),
+            "28 (connect 1, reset 2, eof 3, timeout 4, mismatch 5, extra 6, starved 7)"
+        );
+        assert_eq!(
+            (
+                twice.connect,
+                twice.eof,
+                twice.timeout,
+                twice.extra,
+                twice.starved
+            ),
+            (2, 6, 8, 12, 14)
+        );
+        let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+        assert_eq!(
+            names,
+            ["connect", "reset", "eof", "timeout", "mismatch", "extra", "starved"]
+        );
     }
 }

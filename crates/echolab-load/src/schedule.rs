@@ -7,15 +7,23 @@
 //! `j` is due at `start + j / rate` whatever happened before, and its latency is measured
 //! from that intended time: messages that fall behind a stall carry the stall in their
 //! latency.
+//!
+//! Several threads share one aggregate schedule: with `n` threads, thread `k` sends
+//! messages `k, k + n, k + 2n, ...` of it ([`RateSchedule::share`]), so the arrivals at the
+//! server are evenly spaced at `1 / rate` whatever the thread count, not `n` at once.
 
 use std::time::{Duration, Instant};
 
-/// A constant-rate schedule of messages, numbered from 0.
+/// One thread's share of a constant-rate schedule; its messages are numbered from 0.
 #[derive(Debug, Clone)]
 pub struct RateSchedule {
     start: Instant,
-    /// Seconds between two messages.
+    /// Seconds between two messages of the aggregate schedule.
     interval: f64,
+    /// This share's first message in the aggregate schedule (`0..stride`).
+    phase: u64,
+    /// Aggregate messages between two of this share's: the number of shares.
+    stride: u64,
     /// The number of the next message not yet handed out by [`RateSchedule::pop_due`].
     next: u64,
 }
@@ -23,20 +31,33 @@ pub struct RateSchedule {
 impl RateSchedule {
     /// `rate` messages per second (more than 0) from `start`, the first one due at `start`.
     pub fn new(start: Instant, rate: f64) -> RateSchedule {
+        RateSchedule::share(start, rate, 0, 1)
+    }
+
+    /// Share `k` of `n` (`k < n`) of the schedule of `rate` messages per second from
+    /// `start`: its message `i` is the aggregate's message `i * n + k`, due at
+    /// `start + (i * n + k) / rate`. The `n` shares together are the whole schedule, each
+    /// message once.
+    pub fn share(start: Instant, rate: f64, k: usize, n: usize) -> RateSchedule {
         assert!(
             rate > 0.0 && rate.is_finite(),
             "rate must be positive, got {rate}"
         );
+        assert!(k < n, "share {k} of {n}");
         RateSchedule {
             start,
             interval: 1.0 / rate,
+            phase: k as u64,
+            stride: n as u64,
             next: 0,
         }
     }
 
-    /// When message `j` is meant to be sent.
+    /// When this share's message `j` is meant to be sent. Computed from the start, so
+    /// rounding never accumulates.
     pub fn intended(&self, j: u64) -> Instant {
-        self.start + Duration::from_secs_f64(j as f64 * self.interval)
+        let aggregate = j * self.stride + self.phase;
+        self.start + Duration::from_secs_f64(aggregate as f64 * self.interval)
     }
 
     /// When the next message not yet handed out is due.
@@ -103,6 +124,30 @@ mod tests {
             assert_eq!(*j, k as u64);
             assert_eq!(*at, start + Duration::from_millis(k as u64));
         }
+    }
+
+    #[test]
+    fn shares_interleave_into_the_whole_schedule() {
+        // 4 per second over 3 threads: together they send at 0, 0.25, 0.5, ... s, one
+        // message each time, never two at once.
+        let start = Instant::now();
+        let whole = RateSchedule::new(start, 4.0);
+        let mut times: Vec<Instant> = Vec::new();
+        for k in 0..3 {
+            let mut share = RateSchedule::share(start, 4.0, k, 3);
+            let end = start + Duration::from_millis(2_999);
+            while let Some((j, at)) = share.pop_due(end) {
+                assert_eq!(at, whole.intended(j * 3 + k as u64));
+                times.push(at);
+            }
+        }
+        times.sort();
+        assert_eq!(times.len(), 12);
+        for (i, at) in times.iter().enumerate() {
+            assert_eq!(*at, start + Duration::from_millis(250 * i as u64));
+        }
+        let share = RateSchedule::share(start, 4.0, 2, 3);
+        assert_eq!(share.next_due(), start + Duration::from_millis(500));
     }
 
     #[test]

@@ -73,7 +73,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         Err(err) => {
-            eprintln!("echolab: {}", one_line(&err.render().to_string()));
+            let message = one_line(&err.render().to_string());
+            eprintln!("echolab: {message}");
+            if bench_wants_json() {
+                // `echolab bench --json` promises scripts a JSON document whatever happens.
+                println!("{}", echolab_load::bench::error_json(&message, 2));
+            }
             return ExitCode::from(2);
         }
     };
@@ -84,6 +89,13 @@ fn main() -> ExitCode {
         Command::Compare(args) => echolab_load::run_compare(args),
         Command::Lab(args) => echolab_lab::run(args),
     }
+}
+
+/// True for `echolab bench ... --json ...`, read from the raw arguments (clap could not
+/// parse them).
+fn bench_wants_json() -> bool {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    args.first().is_some_and(|a| a == "bench") && args.iter().any(|a| a == "--json")
 }
 
 /// A clap error on one line: "error: invalid value 'x' for '--model <MODEL>' [possible

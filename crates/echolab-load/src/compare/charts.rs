@@ -129,7 +129,21 @@ fn throughput_vs_conns(path: &Path, results: &Results) -> ChartResult {
             .map(|(conns, m)| (*conns as f64, m.messages_per_sec))
             .collect();
         chart.draw_series(LineSeries::new(xy.clone(), c.stroke_width(2)))?;
-        chart.draw_series(xy.into_iter().map(|p| Circle::new(p, 4, c.filled())))?;
+        // A point whose rate left connections unserved is hollow and says how many were
+        // served: its rate is that of the few.
+        for ((conns, m), p) in points.iter().zip(xy) {
+            if m.unserved_conns == 0 {
+                chart.draw_series(std::iter::once(Circle::new(p, 4, c.filled())))?;
+            } else {
+                let served = (*conns as u64).saturating_sub(m.unserved_conns);
+                chart.draw_series(std::iter::once(Circle::new(p, 6, c.stroke_width(2))))?;
+                chart.draw_series(std::iter::once(Text::new(
+                    format!("served {served}/{conns}"),
+                    p,
+                    ("sans-serif", 12).into_font().color(&c),
+                )))?;
+            }
+        }
     }
     let names: Vec<&str> = series.iter().map(|(n, _)| n.as_str()).collect();
     draw_legend(&legend, &names)?;

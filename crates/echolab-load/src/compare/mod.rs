@@ -37,7 +37,8 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::{CompareArgs, MODELS};
-use crate::engine::{self, BenchConfig};
+use crate::config::BenchConfig;
+use crate::engine;
 use crate::hold;
 use output::{IdleResult, ModelStatus, Results, RunSample, WorkloadResults};
 use server::ServerProcess;
@@ -135,6 +136,17 @@ fn size_name(size: usize) -> String {
 pub fn skip_reason(model: &str, workload: &Workload) -> Option<&'static str> {
     (model == "iterative" && !workload.churn && workload.conns > 1)
         .then_some("serialises clients: one connection at a time")
+}
+
+impl Plan {
+    /// The most connections any step of the plan holds open at once (the largest
+    /// workload, or the idle step), plus room for a previous run still closing and the
+    /// settle probes:
+    /// what each server is started with as `--max-conns`.
+    pub fn max_conns(&self) -> usize {
+        let busiest = self.workloads.iter().map(|w| w.conns).max().unwrap_or(0);
+        busiest.max(self.idle_conns) + busiest + 64
+    }
 }
 
 /// Why a model is not asked to hold idle connections, if it is not: idle clients would
@@ -306,7 +318,7 @@ fn compare(exe: &Path, names: &[String], plan: &Plan, stop: &AtomicBool) -> Resu
             break;
         }
         startup.start(&format!("starting {name}"));
-        match ServerProcess::start(exe, name) {
+        match ServerProcess::start(exe, name, plan.max_conns()) {
             Ok(server) => {
                 statuses.push(ModelStatus {
                     name: name.clone(),

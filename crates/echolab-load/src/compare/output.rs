@@ -20,7 +20,7 @@ pub struct Machine {
 impl Machine {
     pub fn here() -> Machine {
         Machine {
-            cores: crate::engine::default_threads(),
+            cores: crate::config::cores(),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_string())
                 .unwrap_or_else(|_| "unknown".to_string()),
@@ -98,10 +98,13 @@ impl RunSample {
         } else {
             0.0
         };
+        // Starved connections are the model's limit, shown as connections never served
+        // ("served N/M", not ranked), not a failure of the run: compare's exit status is
+        // about runs that went wrong.
         let error = report
             .error_samples
             .iter()
-            .next()
+            .find(|(kind, _)| **kind != crate::report::ErrorKind::Starved)
             .map(|(kind, what)| format!("{}: {what}", kind.name()));
         RunSample {
             messages_per_sec: report.messages_per_sec(),
@@ -111,7 +114,7 @@ impl RunSample {
             p99_us: report.latency.p99_us,
             p999_us: report.latency.p999_us,
             max_us: report.latency.max_us,
-            errors: report.errors.total(),
+            errors: report.errors.total() - report.errors.starved,
             unserved_conns: report.conns_established.saturating_sub(report.conns_echoed),
             server_cpu_secs: cpu,
             server_cpu_us_per_msg: cpu_per_msg,
@@ -414,12 +417,13 @@ pub fn summary_markdown(results: &Results) -> String {
             .iter()
             .filter_map(|(name, runs)| runs.median.as_ref().map(|m| (name, m)))
             .collect();
-        let best_rate = medians
-            .iter()
+        // A model that left connections unserved is never the best: its rate is that of
+        // the few it served.
+        let ranked = || medians.iter().filter(|(_, m)| m.unserved_conns == 0);
+        let best_rate = ranked()
             .map(|(_, m)| m.messages_per_sec)
             .fold(0.0, f64::max);
-        let best_cpu = medians
-            .iter()
+        let best_cpu = ranked()
             .map(|(_, m)| m.server_cpu_us_per_msg)
             .filter(|c| *c > 0.0)
             .fold(f64::MAX, f64::min);
@@ -437,15 +441,21 @@ pub fn summary_markdown(results: &Results) -> String {
                 let _ = writeln!(out, "| {name} | *not run* |||||||||||| ");
                 continue;
             };
+            let (rate_ratio, cpu_ratio) = if m.unserved_conns == 0 {
+                (
+                    ratio(m.messages_per_sec, best_rate),
+                    ratio(m.server_cpu_us_per_msg, best_cpu),
+                )
+            } else {
+                ("not ranked".to_string(), "not ranked".to_string())
+            };
             let _ = writeln!(
                 out,
-                "| {name} | {:.0} | {} | {:.1} | {:.1} | {:.2} | {} | {} | {} | {} | {} | {:.0}% | {} |",
-                m.messages_per_sec,
-                ratio(m.messages_per_sec, best_rate),
+                "| {name} | {} | {rate_ratio} | {:.1} | {:.1} | {:.2} | {cpu_ratio} | {} | {} | {} | {} | {:.0}% | {} |",
+                rate_cell(m, w.workload.conns),
                 m.p50_us,
                 m.p99_us,
                 m.server_cpu_us_per_msg,
-                ratio(m.server_cpu_us_per_msg, best_cpu),
                 mib(m.pss_kib),
                 m.threads,
                 m.processes,
@@ -496,6 +506,17 @@ pub fn summary_markdown(results: &Results) -> String {
     out
 }
 
+/// The msgs/s cell: the rate, marked with the connections served when some were not
+/// ("65183 (served 8/64)").
+pub fn rate_cell(m: &Median, conns: usize) -> String {
+    if m.unserved_conns == 0 {
+        format!("{:.0}", m.messages_per_sec)
+    } else {
+        let served = (conns as u64).saturating_sub(m.unserved_conns);
+        format!("{:.0} (served {served}/{conns})", m.messages_per_sec)
+    }
+}
+
 /// The errors cell, with the connections that got no echo at all: their absence from the
 /// figures is the model's limit, not a success.
 fn errors_cell(m: &Median) -> String {
@@ -515,6 +536,96 @@ mod tests {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(median(vec![]), 0.0);
+    }
+
+    #[test]
+    fn a_model_that_left_connections_unserved_is_marked_and_never_ranked_best() {
+        // prethreaded's rate is the highest, but it served 8 of 64 connections: its cell
+        // says so, it is "not ranked", and event (every connection served) is 1.00×.
+        let workload = crate::compare::Workload {
+            name: "64 B × 64 conns".to_string(),
+            conns: 64,
+            size: 64,
+            churn: false,
+        };
+        let mut w = WorkloadResults::new(workload, ["event", "prethreaded"].into_iter());
+        w.push(
+            "prethreaded",
+            RunSample {
+                messages_per_sec: 65183.0,
+                errors: 56,
+                unserved_conns: 56,
+                ..RunSample::default()
+            },
+        );
+        w.push(
+            "event",
+            RunSample {
+                messages_per_sec: 40000.0,
+                ..RunSample::default()
+            },
+        );
+        w.summarise();
+        let plan = crate::compare::Plan::new(true, Some(1));
+        let results = Results {
+            machine: Machine::here(),
+            idle_conns: plan.idle_conns,
+            plan,
+            models: Vec::new(),
+            workloads: vec![w],
+            idle: Vec::new(),
+            interrupted: false,
+        };
+        let md = summary_markdown(&results);
+        let row = |model: &str| {
+            md.lines()
+                .find(|l| l.starts_with(&format!("| {model} |")))
+                .unwrap_or_else(|| panic!("no row for {model}: {md}"))
+                .to_string()
+        };
+        assert!(
+            row("prethreaded").starts_with("| prethreaded | 65183 (served 8/64) | not ranked |"),
+            "{md}"
+        );
+        assert!(
+            row("prethreaded").ends_with("| 56 (56 conns never served) |"),
+            "{md}"
+        );
+        assert!(
+            row("event").starts_with("| event | 40000 | 1.00× |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn starved_connections_are_unserved_not_run_errors() {
+        // A pool serving 8 of 64 connections: 56 starved. compare shows them as never
+        // served, and the run's errors (what makes compare exit 1) exclude them; a reset
+        // still counts.
+        use crate::report::{BenchReport, ErrorKind};
+        let mut r = BenchReport::empty(64);
+        r.messages = 1000;
+        r.seconds = 1.0;
+        r.conns_established = 64;
+        r.conns_echoed = 8;
+        for _ in 0..56 {
+            r.errors.count(ErrorKind::Starved);
+        }
+        r.error_samples
+            .insert(ErrorKind::Starved, "conn 8 completed no echo".to_string());
+        let sample = RunSample::from_report(&r, 64, 1.0, None, None);
+        assert_eq!(sample.errors, 0);
+        assert_eq!(sample.unserved_conns, 56);
+        assert_eq!(sample.error, None);
+        r.errors.count(ErrorKind::Reset);
+        r.error_samples
+            .insert(ErrorKind::Reset, "connection reset by peer".to_string());
+        let sample = RunSample::from_report(&r, 64, 1.0, None, None);
+        assert_eq!(sample.errors, 1);
+        assert_eq!(
+            sample.error.as_deref(),
+            Some("reset: connection reset by peer")
+        );
     }
 
     #[test]

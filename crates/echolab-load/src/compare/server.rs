@@ -77,20 +77,33 @@ enum Announce {
     Ended,
 }
 
+/// The arguments compare starts a model with: an ephemeral port, and `--max-conns` sized
+/// by compare rather than left to the model's default.
+fn serve_args(model: &str, max_conns: usize) -> Vec<String> {
+    [
+        "serve",
+        "--model",
+        model,
+        "--listen",
+        "127.0.0.1:0",
+        "--max-conns",
+        &max_conns.to_string(),
+        "--quiet",
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
 impl ServerProcess {
-    /// Starts `exe serve --model model` on an ephemeral port and waits until it echoes.
+    /// Starts `exe serve --model model --max-conns max_conns` on an ephemeral port and waits until it echoes.
     /// On failure the child is stopped and the reason is the server's own last words when
     /// it had any.
-    pub fn start(exe: &Path, model: &str) -> Result<ServerProcess, String> {
+    ///
+    /// `max_conns` is passed as `--max-conns`: compare sizes it to its own steps, so that
+    /// no model's default cap refuses connections the plan opens.
+    pub fn start(exe: &Path, model: &str, max_conns: usize) -> Result<ServerProcess, String> {
         let mut child = Command::new(exe)
-            .args([
-                "serve",
-                "--model",
-                model,
-                "--listen",
-                "127.0.0.1:0",
-                "--quiet",
-            ])
+            .args(serve_args(model, max_conns))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -150,7 +163,7 @@ impl ServerProcess {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Waits, at most [`SETTLE_TIMEOUT`], until the server is back at rest: every
+    /// Waits, at most `SETTLE_TIMEOUT`, until the server is back at rest: every
     /// connection of the previous run closed on the server's side too, and every child
     /// serving one gone. The client side
     /// closes at once, but the server may still be closing hundreds of connections (or
@@ -292,5 +305,29 @@ mod tests {
             parse_listening("echolab serve: model uring cannot run here"),
             None
         );
+    }
+}
+
+#[cfg(test)]
+mod serve_args_tests {
+    use super::*;
+
+    #[test]
+    fn models_are_started_with_room_for_every_step_of_the_plan() {
+        // The quick plan holds 500 idle connections: a model capped below that (process
+        // defaults to fewer) would refuse the rest and fail the idle step on a healthy
+        // machine. compare passes its own --max-conns, at least every step's connections.
+        for quick in [true, false] {
+            let plan = crate::compare::Plan::new(quick, Some(1));
+            let n = plan.max_conns();
+            assert!(n >= plan.idle_conns, "{n} < {}", plan.idle_conns);
+            assert!(plan.workloads.iter().all(|w| w.conns <= n));
+            let args = serve_args("process", n);
+            let at = args
+                .iter()
+                .position(|a| a == "--max-conns")
+                .expect("--max-conns");
+            assert_eq!(args[at + 1], n.to_string(), "{args:?}");
+        }
     }
 }
