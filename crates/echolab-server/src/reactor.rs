@@ -20,16 +20,20 @@
 //! # One loop turn
 //!
 //! 1. `epoll_wait` (edge-triggered, as mio registers everything) for events, the next
-//!    idle deadline, or the end of an accept pause.
-//! 2. For each ready connection, one `read` into the loop's buffer and the echo's `write`
-//!    straight from it ([`Echo::on_input`]). Only bytes the kernel would not take stay in
-//!    the connection's [`Echo`]; only then does the loop ask for writability as well.
+//!    idle deadline, or the end of an accept pause; without waiting if a connection still
+//!    has bytes from its last turn.
+//! 2. For each ready connection, at most [`READS_PER_TURN`] `read`s into the loop's buffer,
+//!    each followed by the echo's `write` straight from it ([`Echo::on_input`]). Only bytes
+//!    the kernel would not take stay in the connection's [`Echo`]; only then does the loop
+//!    ask for writability as well.
 //! 3. Accept until `accept` would block.
 //!
-//! Edge-triggered readiness normally means "read until `WouldBlock`", one wasted `read`
-//! per event. A read that returns less than it asked for has emptied the socket, and any
-//! byte arriving later raises a new edge, so the loop stops there instead, unless the
-//! event also reported the peer's FIN, which raises no further edge.
+//! Edge-triggered readiness means "read until `WouldBlock`": no new edge comes for bytes
+//! already in the socket. A short read is not proof that the socket is empty (a read stops
+//! at the urgent mark of MSG_OOB data, and the bytes after it raise no new edge), so only
+//! `WouldBlock` ends a connection's reading. Fairness is a budget: a connection that is
+//! still readable after [`READS_PER_TURN`] reads goes on the loop's `again` list and is
+//! served in the next turn, after everyone else ready now, as if a new edge had come.
 //!
 //! Memory: an idle connection costs its [`Conn`] (under 200 bytes) and the kernel's
 //! socket. [`Echo`] allocates only when bytes are owed.
@@ -52,6 +56,12 @@ use crate::{cores, net, Server};
 
 /// Each loop's read buffer, shared by its connections: one read takes a whole 64 KiB.
 const READ_BUF: usize = 64 * 1024;
+
+/// The most reads one connection gets per turn before the others are served: with the
+/// 64 KiB buffer, 256 KiB per turn. A streaming client that always has bytes ready would
+/// otherwise hold the loop for as long as it keeps the socket full (issue 9: a probe beside
+/// it waited up to a second for its echo).
+const READS_PER_TURN: usize = 4;
 
 /// At most this many accepts per turn, so a connection flood cannot starve the
 /// connections already open.
@@ -88,9 +98,12 @@ struct Conn {
     last_active: Instant,
     /// Registered for writability too: true exactly while the echo owes bytes.
     wants_writable: bool,
-    /// Reading stopped on backpressure before the socket was empty: no new edge will
-    /// come for the bytes already there, so the loop reads again once room frees up.
-    read_stalled: bool,
+    /// Reading stopped before the socket said `WouldBlock` (backpressure, or the turn's
+    /// budget ran out): no new edge will come for the bytes already there, so the loop
+    /// reads again once room frees up, or next turn.
+    read_pending: bool,
+    /// On the loop's `again` list (at most once).
+    again: bool,
 }
 
 pub fn run(server: Server) -> io::Result<()> {
@@ -174,6 +187,10 @@ struct Reactor<'a> {
     accept_pending: bool,
     /// When to look for idle connections; `None` while there is nothing to look for.
     next_sweep: Option<Instant>,
+    /// Connections whose read budget ran out with bytes left: served next turn without
+    /// an event. `again_now` is the list being served, kept to reuse its allocation.
+    again: Vec<usize>,
+    again_now: Vec<usize>,
 }
 
 impl<'a> Reactor<'a> {
@@ -197,6 +214,8 @@ impl<'a> Reactor<'a> {
             accept_paused_until: None,
             accept_pending: false,
             next_sweep: None,
+            again: Vec::new(),
+            again_now: Vec::new(),
         })
     }
 
@@ -215,6 +234,15 @@ impl<'a> Reactor<'a> {
                 return Ok(());
             }
             now = Instant::now();
+            // Last turn's leftovers first: they have waited a whole turn already.
+            let mut again = std::mem::replace(&mut self.again, std::mem::take(&mut self.again_now));
+            for conn_idx in again.drain(..) {
+                if let Some(Some(conn)) = self.conns.get_mut(conn_idx) {
+                    conn.again = false;
+                    self.serve_ready(conn_idx, Flags::NONE, now);
+                }
+            }
+            self.again_now = again;
             let mut listener_ready = false;
             for event in events.iter() {
                 match event.token() {
@@ -239,7 +267,7 @@ impl<'a> Reactor<'a> {
     /// How long `epoll_wait` may sleep: until the next sweep or the end of an accept
     /// pause, not at all if accepts are pending, or forever.
     fn timeout(&self, now: Instant) -> Option<Duration> {
-        if self.accept_pending {
+        if self.accept_pending || !self.again.is_empty() {
             return Some(Duration::ZERO);
         }
         let deadline = match (self.next_sweep, self.accept_paused_until) {
@@ -260,6 +288,10 @@ impl<'a> Reactor<'a> {
         if let Some(end) = end {
             self.close(conn_idx, end);
             return;
+        }
+        if conn.read_pending && conn.echo.wants_read() && !conn.again {
+            conn.again = true;
+            self.again.push(conn_idx); // The budget ran out with bytes left.
         }
         if conn.wants_writable != conn.echo.wants_write() {
             conn.wants_writable = conn.echo.wants_write();
@@ -327,7 +359,8 @@ impl<'a> Reactor<'a> {
             echo: Echo::new(self.shared.echo),
             last_active: now,
             wants_writable: false,
-            read_stalled: false,
+            read_pending: false,
+            again: false,
         };
         // Registered with data already waiting, the socket raises its first edge at once.
         if conn_idx == self.conns.len() {
@@ -378,19 +411,23 @@ impl<'a> Reactor<'a> {
 /// What an event reported, copied out of mio's event.
 #[derive(Debug, Clone, Copy)]
 struct Flags {
+    /// Readable, or the peer's FIN or an error (which `read` reports).
     readable: bool,
     writable: bool,
-    /// The peer's FIN or an error: read until `read` says so, this edge is the last.
-    closed: bool,
 }
 
 impl Flags {
+    /// No event: a connection served again because its budget ran out last turn.
+    const NONE: Flags = Flags {
+        readable: false,
+        writable: false,
+    };
+
     fn of(event: &mio::event::Event) -> Flags {
         let closed = event.is_read_closed() || event.is_error();
         Flags {
             readable: event.is_readable() || closed,
             writable: event.is_writable() || event.is_write_closed() || event.is_error(),
-            closed,
         }
     }
 }
@@ -404,19 +441,19 @@ impl Conn {
             }
             self.last_active = now;
         }
-        if flags.readable || self.read_stalled {
-            self.read_stalled = false;
-            loop {
+        if flags.readable || self.read_pending {
+            // Pending until `read` says `WouldBlock` (or end of input).
+            self.read_pending = true;
+            for _ in 0..READS_PER_TURN {
                 let room = self.echo.read_room().min(buf.len());
                 if room == 0 {
-                    // Backpressure (or end of input): bytes may wait in the socket.
-                    self.read_stalled = true;
-                    break;
+                    break; // Backpressure (or end of input): bytes may wait in the socket.
                 }
                 let mut writer = &self.stream;
                 match (&self.stream).read(&mut buf[..room]) {
                     Ok(0) => {
                         self.last_active = now;
+                        self.read_pending = false;
                         if let Err(err) = self.echo.on_eof(&mut writer) {
                             return Some(End::Failed(err));
                         }
@@ -428,11 +465,11 @@ impl Conn {
                         if let Err(err) = self.echo.on_input(&buf[..n], &mut writer) {
                             return Some(End::Failed(err));
                         }
-                        if n < room && !flags.closed {
-                            break; // The socket is empty; new bytes raise a new edge.
-                        }
                     }
-                    Err(err) if net::would_block(&err) => break,
+                    Err(err) if net::would_block(&err) => {
+                        self.read_pending = false;
+                        break;
+                    }
                     Err(err) if net::interrupted(&err) => {}
                     Err(err) => return Some(End::Failed(err.into())),
                 }

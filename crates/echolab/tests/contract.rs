@@ -559,6 +559,7 @@ fn streamer_does_not_starve_a_probe(model: &str) {
         writer.join().unwrap();
         reader.join().unwrap();
         assert_eq!(read_n(&mut probe, 8), b"probe-01");
+        server.log.wait_for(&format!(":{probe_port} opened"), 1);
         let log = server.log.lines();
         let streamer_closed = log
             .iter()
