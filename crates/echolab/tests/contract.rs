@@ -493,8 +493,8 @@ fn serves_ipv6_loopback(model: &str) {
     assert_eq!(round_trip(server.addr, b"six".to_vec()), b"six");
 }
 
-/// The options that leave a model one event loop (or, for the pool, enough workers that
-/// the streamer cannot hold them all): where a streamer and a probe must share a loop.
+/// The options that leave a model one event loop, where a streamer and a probe must
+/// share it (the prethreaded pool keeps its default workers: a streamer holds one).
 fn one_loop(model: &str) -> &'static [&'static str] {
     match model {
         "reactor" | "uring" | "async" => &["--workers", "1"],
@@ -513,61 +513,48 @@ fn percentile(samples: &[Duration], p: f64) -> Duration {
 /// The fairness budget (issue 9, item 1): a client streaming at full speed both ways
 /// shares the only loop with a probe that sends 8 bytes every 20 ms; the probe's echo
 /// comes back within 10 ms at the 99th percentile. An event loop that keeps reading the
-/// streamer while each read fills its buffer makes the probe wait for whole bursts.
+/// streamer while each read fills its buffer makes the probe wait for whole bursts (before
+/// the budget: reactor p99 1.1 s, async 2.3 s).
+///
+/// The streamer is `echolab bench` (one connection, 1 MiB messages, two in flight) in a
+/// process of its own at the lowest priority, and the server runs at a higher one where the
+/// test may set it: the contract is about how the server schedules its connections, not
+/// about how a loaded 2-core machine schedules the test's own threads.
 fn streamer_does_not_starve_a_probe(model: &str) {
     const PROBES: usize = 100;
     const BUDGET: Duration = Duration::from_millis(10);
-    let server = Server::start(model, one_loop(model));
-    let streamer = connect(server.addr);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let mut conn = streamer.try_clone().unwrap();
-        let stop = std::sync::Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let block = pattern(1024 * 1024);
-            let deadline = Instant::now() + 2 * STEP;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
-                if conn.write_all(&block).is_err() {
-                    break;
-                }
-            }
-            let _ = conn.shutdown(Shutdown::Write);
-        })
-    };
-    let reader = {
-        let mut conn = streamer.try_clone().unwrap();
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 1024 * 1024];
-            let mut total = 0u64;
-            while let Ok(n) = conn.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                total += n as u64;
-            }
-            total
-        })
-    };
+    // GNU nice runs the command anyway, with a warning, where it may not raise priority.
+    let mut command = std::process::Command::new("nice");
+    command.args(["-n", "-10", env!("CARGO_BIN_EXE_echolab")]);
+    let server = Server::start_with(command, model, "127.0.0.1:0", one_loop(model));
+    let streamer = std::process::Command::new("nice")
+        .args(["-n", "19", env!("CARGO_BIN_EXE_echolab"), "bench"])
+        .args(["--conns", "1", "--size", "1MiB", "--pipeline", "2", "--threads", "1"])
+        .args(["--warmup", "0", "--duration", "60", "--interval", "0"])
+        .arg(server.addr.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut streamer = KillOnDrop(streamer);
+    server.log.wait_for(" opened", 1);
     let mut probe = connect(server.addr);
     probe.set_nodelay(true).unwrap();
+    let probe_port = probe.local_addr().unwrap().port();
     if serializes(model) {
         // The lecture's limit: the probe is accepted only once the streamer leaves.
         probe.write_all(b"probe-01").unwrap();
-        let probe_port = probe.local_addr().unwrap().port();
-        let streamer_port = streamer.local_addr().unwrap().port();
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        writer.join().unwrap();
-        reader.join().unwrap();
+        let _ = streamer.0.kill();
+        let _ = streamer.0.wait();
         assert_eq!(read_n(&mut probe, 8), b"probe-01");
         server.log.wait_for(&format!(":{probe_port} opened"), 1);
         let log = server.log.lines();
-        let streamer_closed = log
-            .iter()
-            .position(|l| l.contains(&format!(":{streamer_port} closed")));
+        let streamer_closed = log.iter().position(|l| l.contains(" closed: "));
         let probe_opened = log
             .iter()
             .position(|l| l.contains(&format!(":{probe_port} opened")));
-        assert!(streamer_closed.unwrap() < probe_opened.unwrap());
+        assert!(streamer_closed.unwrap() < probe_opened.unwrap(), "{log:?}");
         return;
     }
     let mut latencies = Vec::with_capacity(PROBES);
@@ -580,21 +567,28 @@ fn streamer_does_not_starve_a_probe(model: &str) {
         // Pacing, not synchronisation: the probe is a client that speaks every 20 ms.
         std::thread::sleep(Duration::from_millis(20));
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    writer.join().unwrap();
-    let streamed = reader.join().unwrap();
+    let _ = streamer.0.kill();
+    let _ = streamer.0.wait();
+    drop(probe);
+    // The streamer's close line: it did stream while the probe was timed.
+    let closed = server.log.wait_for(" closed: ", 2);
+    let streamed = closed
+        .iter()
+        .find(|l| !l.contains(&format!(":{probe_port} ")))
+        .map(|l| held_counts(l).0)
+        .unwrap();
     let p50 = percentile(&latencies, 50.0);
     let p99 = percentile(&latencies, 99.0);
     eprintln!(
-        "{model}: probe echo p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {PROBES} probes; streamer got {} MiB back",
+        "{model}: probe echo p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {PROBES} probes; streamer sent {} MiB",
         p50.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3,
         percentile(&latencies, 100.0).as_secs_f64() * 1e3,
         streamed >> 20
     );
     assert!(
-        streamed >= 4 << 20,
-        "the streamer got only {streamed} bytes back: it was not streaming at full speed"
+        streamed >= 16 << 20,
+        "the streamer sent only {streamed} bytes: it was not streaming at full speed"
     );
     assert!(
         p99 <= BUDGET,
@@ -604,13 +598,27 @@ fn streamer_does_not_starve_a_probe(model: &str) {
     );
 }
 
+/// A child process killed when the test lets go of it, pass or fail.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `conn PEER closed: ... (IN bytes in, OUT out)`: the server's own count of what one
 /// connection held when it closed.
-fn held_bytes(close_line: &str) -> u64 {
+fn held_counts(close_line: &str) -> (u64, u64) {
     let counts = close_line.rsplit_once('(').unwrap().1;
     let words: Vec<&str> = counts.split_whitespace().collect();
-    let bytes_in: u64 = words[0].parse().unwrap();
-    let bytes_out: u64 = words[3].parse().unwrap();
+    (words[0].parse().unwrap(), words[3].parse().unwrap())
+}
+
+/// Bytes in minus bytes out on a close line.
+fn held_bytes(close_line: &str) -> u64 {
+    let (bytes_in, bytes_out) = held_counts(close_line);
     bytes_in - bytes_out
 }
 
