@@ -15,31 +15,28 @@
 //!
 //! - One multishot accept per loop on the shared listener: armed once, it delivers a
 //!   completion per connection. The loops' accepts all wait on the one listener, and the
-//!   kernel hands each connection to one of them.
-//! - One multishot receive per connection into the ring's provided buffers: the kernel
-//!   picks a free buffer when bytes arrive, so an idle connection holds no buffer.
+//!   kernel hands each connection to one of them. If it ends (or cannot be armed again),
+//!   the loop arms it again, after a pause if descriptors ran out.
+//! - One receive at a time per connection, into one of the ring's provided buffers, asking
+//!   for at most the connection's room: the kernel picks a free buffer when bytes arrive,
+//!   so an idle connection holds no buffer.
 //! - At most one send per connection at a time, from a buffer the ring owns until it
 //!   completes; bytes the echo produces meanwhile wait in the connection's [`Echo`].
 //!
-//! Backpressure: a multishot receive keeps delivering until stopped, so when a
-//! connection holds [`crate::echo::MAX_OWED`] bytes (owed by its echo plus its send in
-//! flight) the loop cancels it. Bytes that arrive before the cancel takes effect still go
-//! to the echo, which owes them past its bound: the overshoot is at most what the kernel
-//! delivered to that connection in the turn its room ran out, before the cancel was
-//! submitted: what reached its socket since the previous turn, and never more than the
-//! pool, `N_BUFS` × `BUF_SIZE` (4 MiB), shared by the loop's connections. Every receive
-//! buffer goes back to the pool in the turn it arrived, so a client that never reads pins
-//! none of them.
-//!
-//! The receive is armed again once the connection has room for a whole buffer. Meanwhile
-//! the peer may have filled the socket's queue (megabytes), which a multishot receive
-//! would deliver at once, so the loop first catches up with single receives of at most
-//! the room, one per turn, and goes back to multishot when one comes back short (the
-//! queue is drained).
+//! Backpressure: a connection holds at most [`crate::echo::MAX_OWED`] bytes (owed by its
+//! echo plus its send in flight), like in every model. A multishot receive cannot keep
+//! that bound: it keeps delivering until a cancel lands, and the kernel completed up to
+//! half a megabyte per connection in one turn before it did (issue 9). So every receive is
+//! a single one, for at most the room left (and at most one buffer), armed again only
+//! when the connection has room for a whole buffer. Batching keeps the cost: the re-armed
+//! receives of a turn reach the kernel together with its sends, in one system call.
 //!
 //! When the pool runs dry, the kernel ends the receives that find no buffer (`ENOBUFS`);
-//! the loop arms them again at once, as above. The new request reaches the kernel with the
-//! next batch, after every buffer of this turn has gone back to the pool.
+//! the loop arms them again at once. The new request reaches the kernel with the next
+//! batch, after every buffer of this turn has gone back to the pool.
+//!
+//! Fairness: a turn hands each connection at most one receive buffer, so a streaming
+//! client gets 16 KiB per turn like everyone else.
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -68,8 +65,8 @@ const RING_ENTRIES: u32 = 1024;
 const N_BUFS: u16 = 256;
 const BUF_SIZE: u32 = 16 * 1024;
 
-/// A cancelled receive is armed again once the connection has room for this much: one
-/// whole buffer, so that it is not cancelled again by its first completion.
+/// A receive is armed once the connection has room for this much: one whole buffer, so
+/// that a receive is not wasted on a few bytes.
 const REARM_ROOM: usize = if (BUF_SIZE as usize) < MAX_OWED {
     BUF_SIZE as usize
 } else {
@@ -87,12 +84,16 @@ const SEND_POOL: usize = 64;
 /// larger buffers are freed. An idle loop holds at most `SEND_POOL` × 16 KiB (1 MiB).
 const SEND_POOL_CAPACITY: usize = BUF_SIZE as usize;
 
-/// Tags: a connection's slot in the low 24 bits, the slot's generation above, so that a
-/// completion for a connection that has closed is never applied to its slot's next one.
+/// Tags: a connection's slot in the low 24 bits, the slot's 32-bit generation above (56
+/// bits, what the ring leaves its caller), so that a completion for a connection that has
+/// closed is never applied to its slot's next one.
 const SLOT_BITS: u32 = 24;
 const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
 /// The tag of the shutdown pipe's poll.
 const SHUTDOWN_TAG: u64 = SLOT_MASK;
+/// Connections one loop can hold: every slot number below the shutdown pipe's. A loop at
+/// the limit refuses the next connection as `--max-conns` does.
+const MAX_SLOTS: usize = SLOT_MASK as usize;
 
 /// The models that run where io_uring does not.
 const OTHER_MODELS: &str = "reactor, async, event, thread, prethreaded, process, iterative";
@@ -254,19 +255,8 @@ struct Conn {
     /// Bytes the kernel confirmed sent, for the close log. The echo counts a byte as out
     /// when it enters the send buffer, which is too early if the send then fails.
     bytes_sent: u64,
-    /// A receive is armed, multishot or (while catching up) single, and its last
-    /// completion has not arrived.
+    /// A receive is armed and its completion has not arrived.
     recv_armed: bool,
-    /// A cancel of the receive was requested for backpressure.
-    recv_cancelling: bool,
-    /// The socket may hold more bytes than the connection has room for (its receive was
-    /// cancelled or ran out of buffers, and the peer kept sending): receives are armed one
-    /// at a time, each for at most the room, instead of a multishot receive that would take
-    /// the whole queue at once. Cleared when a receive comes back short of what it asked
-    /// for, which means the queue is drained.
-    catching_up: bool,
-    /// What the armed single receive asked for (`catching_up` only).
-    recv_asked: usize,
 }
 
 impl Conn {
@@ -279,7 +269,7 @@ impl Conn {
 /// What a completion hands to [`UringLoop::pump`].
 #[derive(Debug)]
 enum Input {
-    /// Nothing new arrived (a send completed, a receive ended).
+    /// Nothing new arrived (a send completed, a receive found no buffer).
     Nothing,
     /// Bytes arrived in a receive buffer.
     Bytes(RecvBuf),
@@ -330,8 +320,14 @@ impl<'a> UringLoop<'a> {
             if !self.accept_armed && !matches!(self.accept_paused_until, Some(until) if until > now)
             {
                 self.accept_paused_until = None;
-                self.ring.accept_multi(self.shared.listener)?;
-                self.accept_armed = true;
+                match self.ring.accept_multi(self.shared.listener) {
+                    Ok(()) => self.accept_armed = true,
+                    // Open connections are still served; accepting is tried again later.
+                    Err(err) => {
+                        log::warn!("cannot arm accept: {}; trying again in {} ms", net::describe(&err), accept::OUT_OF_DESCRIPTORS_PAUSE.as_millis());
+                        self.accept_paused_until = Some(now + accept::OUT_OF_DESCRIPTORS_PAUSE);
+                    }
+                }
             }
             let timeout = self.timeout(now);
             self.ring.submit_and_wait(timeout)?;
@@ -378,25 +374,16 @@ impl<'a> UringLoop<'a> {
                 let conn = self.slots[conn_idx].conn.as_mut().expect("live slot");
                 if !more {
                     conn.recv_armed = false;
-                    conn.recv_cancelling = false;
                 }
                 conn.last_active = now;
                 match result {
-                    Ok(Some(buf)) => {
-                        if conn.catching_up && buf.len() < conn.recv_asked {
-                            conn.catching_up = false; // The socket's queue is drained.
-                        }
-                        self.pump(conn_idx, Input::Bytes(buf))
-                    }
+                    Ok(Some(buf)) => self.pump(conn_idx, Input::Bytes(buf)),
                     Ok(None) => self.pump(conn_idx, Input::End),
-                    // Cancelled for backpressure, or out of buffers: `pump` arms the
-                    // receive again when there is room (buffers are all back in the pool
-                    // by the time the new request reaches the kernel), one limited receive
-                    // at a time while the socket may hold a backlog.
+                    // Out of buffers (or cancelled): `pump` arms the receive again; the
+                    // buffers are all back in the pool by the time it reaches the kernel.
                     Err(err)
                         if matches!(err.raw_os_error(), Some(libc::ECANCELED | libc::ENOBUFS)) =>
                     {
-                        conn.catching_up = true;
                         self.pump(conn_idx, Input::Nothing)
                     }
                     Err(err) => self.close(conn_idx, End::Failed(err.into())),
@@ -475,6 +462,13 @@ impl<'a> UringLoop<'a> {
 
     fn admit(&mut self, fd: OwnedFd, now: Instant) {
         let stream = TcpStream::from(fd);
+        if self.free.is_empty() && self.slots.len() >= MAX_SLOTS {
+            log::warn!(
+                "conn {} refused: this loop holds {MAX_SLOTS} connections, all its tags",
+                peer_of(&stream)
+            );
+            return;
+        }
         let max_conns = self.shared.max_conns;
         if self.shared.n_conns.fetch_add(1, Ordering::Relaxed) >= max_conns {
             self.shared.n_conns.fetch_sub(1, Ordering::Relaxed);
@@ -509,12 +503,9 @@ impl<'a> UringLoop<'a> {
             send_len: 0,
             bytes_sent: 0,
             recv_armed: true,
-            recv_cancelling: false,
-            catching_up: false,
-            recv_asked: 0,
         });
         let tag = self.tag(conn_idx);
-        if let Err(err) = self.ring.recv_multi(fd, tag) {
+        if let Err(err) = self.ring.recv_limited(fd, tag, BUF_SIZE) {
             self.close(conn_idx, End::Failed(err.into()));
             return;
         }
@@ -547,9 +538,7 @@ impl<'a> UringLoop<'a> {
         match input {
             Input::Nothing => {}
             Input::Bytes(buf) => {
-                // All of it goes to the echo, even past the connection's room: bytes that
-                // arrive before a cancel takes effect are owed past `MAX_OWED` (the bound
-                // is in the module's doc) rather than holding the pool's buffer.
+                // The receive asked for at most the room: the echo stays within its bound.
                 if failed.is_none() {
                     let data = self.ring.recv_data(&buf);
                     log::debug!("server received {} bytes", data.len());
@@ -584,20 +573,8 @@ impl<'a> UringLoop<'a> {
         let room = conn.room();
         if result.is_ok() && !conn.recv_armed && room >= REARM_ROOM {
             conn.recv_armed = true;
-            result = if conn.catching_up {
-                conn.recv_asked = room.min(BUF_SIZE as usize);
-                self.ring.recv_limited(fd, tag, conn.recv_asked as u32)
-            } else {
-                self.ring.recv_multi(fd, tag)
-            };
-        } else if result.is_ok()
-            && conn.recv_armed
-            && !conn.recv_cancelling
-            && room == 0
-            && !conn.echo.is_finished()
-        {
-            conn.recv_cancelling = true;
-            result = self.ring.cancel_recv(tag);
+            let asked = room.min(BUF_SIZE as usize) as u32;
+            result = self.ring.recv_limited(fd, tag, asked);
         }
         if let Err(err) = result {
             return self.close(conn_idx, End::Failed(err.into()));
