@@ -10,6 +10,15 @@ use crate::{logging, Model, ServeConfig};
 /// The default `--idle-timeout`, in seconds.
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
 
+/// The longest `--idle-timeout`, in seconds: ten years. A longer one is refused (exit 2)
+/// rather than overflow a clock (issue 9: 2^64-1 seconds panicked three models); 0 already
+/// means never.
+pub const MAX_IDLE_TIMEOUT_SECS: u64 = 10 * 365 * 86_400;
+
+/// The most `--workers`: far more threads than any machine here has cores, and few enough
+/// that the vectors sized by it cannot overflow.
+pub const MAX_WORKERS: usize = 1024;
+
 /// The default `--max-conns`.
 pub const DEFAULT_MAX_CONNS: usize = 10_000;
 
@@ -36,8 +45,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = DEFAULT_MAX_LINE, value_parser = parse_max_line)]
     pub max_line: usize,
 
-    /// Close a connection after this many seconds without a byte in either direction; 0 never.
-    #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT_SECS, value_name = "SECS")]
+    /// Close a connection after this many seconds without a byte in either direction; 0 never
+    /// (at most 315360000, ten years).
+    #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT_SECS, value_name = "SECS", value_parser = parse_idle_timeout)]
     pub idle_timeout: u64,
 
     /// The most connections open at once. The next one is accepted and closed at once (the
@@ -45,8 +55,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = DEFAULT_MAX_CONNS, value_parser = parse_positive, value_name = "N")]
     pub max_conns: usize,
 
-    /// Worker threads (prethreaded: default 4 per core; reactor, uring, async: one per core).
-    #[arg(long, value_parser = parse_positive, value_name = "N")]
+    /// Worker threads (prethreaded: default 4 per core; reactor, uring, async: one per core;
+    /// at most 1024).
+    #[arg(long, value_parser = parse_workers, value_name = "N")]
     pub workers: Option<usize>,
 
     /// Log only warnings and errors (the listening line is still printed).
@@ -70,6 +81,26 @@ fn parse_positive(text: &str) -> Result<usize, String> {
         Ok(n) => Ok(n),
         Err(_) => Err(format!("not a whole number: {text:?}")),
     }
+}
+
+fn parse_idle_timeout(text: &str) -> Result<u64, String> {
+    let secs: u64 = text
+        .parse()
+        .map_err(|_| format!("not a whole number of seconds: {text:?}"))?;
+    if secs > MAX_IDLE_TIMEOUT_SECS {
+        return Err(format!(
+            "at most {MAX_IDLE_TIMEOUT_SECS} seconds (ten years); 0 means never"
+        ));
+    }
+    Ok(secs)
+}
+
+fn parse_workers(text: &str) -> Result<usize, String> {
+    let n = parse_positive(text)?;
+    if n > MAX_WORKERS {
+        return Err(format!("at most {MAX_WORKERS}"));
+    }
+    Ok(n)
 }
 
 fn parse_max_line(text: &str) -> Result<usize, String> {

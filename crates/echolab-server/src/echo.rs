@@ -176,6 +176,8 @@ impl Echo {
         input: &[u8],
         w: &mut W,
     ) -> Result<(), EchoError> {
+        #[cfg(debug_assertions)]
+        inject_fault(input);
         self.bytes_in += input.len() as u64;
         match self.config.mode {
             Mode::Bytes => self.send(input, w)?,
@@ -282,6 +284,24 @@ impl Echo {
             })
         } else {
             Ok(())
+        }
+    }
+}
+
+/// Debug builds only: panics when `input` holds the bytes of the `ECHOLAB_FAULT_PANIC`
+/// environment variable, so that the contract tests can check what a panic does in every
+/// model (issue 9, item 4b). Release builds have no such path.
+#[cfg(debug_assertions)]
+fn inject_fault(input: &[u8]) {
+    static NEEDLE: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    let needle = NEEDLE.get_or_init(|| {
+        std::env::var_os("ECHOLAB_FAULT_PANIC")
+            .map(|v| v.into_encoded_bytes())
+            .filter(|v| !v.is_empty())
+    });
+    if let Some(needle) = needle {
+        if memchr::memmem::find(input, needle).is_some() {
+            panic!("fault injected by ECHOLAB_FAULT_PANIC");
         }
     }
 }

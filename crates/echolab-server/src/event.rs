@@ -210,7 +210,13 @@ fn next_timeout(
     paused_until: Option<Instant>,
 ) -> PollTimeout {
     let idle_deadline =
-        idle_timeout.and_then(|timeout| conns.iter().map(|conn| conn.last_active + timeout).min());
+        idle_timeout.and_then(|timeout| {
+            // A timeout past the clock's end never expires.
+            conns
+                .iter()
+                .filter_map(|conn| conn.last_active.checked_add(timeout))
+                .min()
+        });
     let deadline = match (idle_deadline, paused_until) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),

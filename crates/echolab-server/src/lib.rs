@@ -139,6 +139,8 @@ pub enum ServeError {
     Bind { addr: SocketAddr, source: io::Error },
     /// The model cannot run here (for example io_uring refused by the kernel).
     Unsupported { model: Model, reason: String },
+    /// A thread of the server panicked (the log has its line); the server stopped.
+    Panicked,
     /// Anything else, with what was being done.
     Io {
         what: &'static str,
@@ -155,6 +157,7 @@ impl fmt::Display for ServeError {
             ServeError::Unsupported { model, reason } => {
                 write!(f, "model {model} cannot run here: {reason}")
             }
+            ServeError::Panicked => f.write_str("stopped after a panic (see the log line above)"),
             ServeError::Io { what, source } => write!(f, "{what}: {source}"),
         }
     }
@@ -167,7 +170,7 @@ impl ServeError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ServeError::Bind { .. } | ServeError::Unsupported { .. } => 2,
-            ServeError::Io { .. } => 1,
+            ServeError::Io { .. } | ServeError::Panicked => 1,
         }
     }
 }
@@ -182,9 +185,19 @@ pub struct Server {
 
 /// Binds `config.listen`, announces the address, and runs `config.model` until SIGINT or
 /// SIGTERM. `on_listening` receives the bound address (the real port when 0 was asked).
+///
+/// A panic in any thread stops the whole server ([`shutdown::Shutdown::stop_on_panic`],
+/// which replaces the process's panic hook) and makes this return
+/// [`ServeError::Panicked`], or, in a model whose own thread is the one that panicked
+/// (iterative, event), unwind out of it.
 pub fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -> Result<(), ServeError> {
     let shutdown = shutdown::Shutdown::install().map_err(|source| ServeError::Io {
         what: "cannot install the SIGINT/SIGTERM handlers",
+        source,
+    })?;
+    // Issue 9, item 4b: a panic anywhere stops everything.
+    shutdown.stop_on_panic().map_err(|source| ServeError::Io {
+        what: "cannot install the panic hook",
         source,
     })?;
     let listener = net::bind(config.listen, config.model == Model::Reactor).map_err(|source| {
@@ -208,7 +221,11 @@ pub fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -> Resu
     let runner = prepare(model, &server)?;
     on_listening(addr);
     log::info!("serving {} with model {model}", server.config.echo.mode);
-    runner(server).map_err(|source| ServeError::Io {
+    let result = runner(server);
+    if shutdown::panicked() {
+        return Err(ServeError::Panicked);
+    }
+    result.map_err(|source| ServeError::Io {
         what: "server failed",
         source,
     })

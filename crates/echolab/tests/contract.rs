@@ -701,13 +701,25 @@ fn urgent_data_does_not_stall_the_stream(model: &str) {
     assert_eq!(read_n(&mut conn, 4), b"more");
 }
 
-/// No flag value panics a model (issue 9, item 4a): an idle timeout beyond any clock is
-/// refused before the server starts, with one line naming the value and exit status 2.
-fn absurd_idle_timeout_is_refused_at_parse_time(model: &str) {
-    for value in ["18446744073709551615", "9300000000000000000", "1e-10", "-1", "inf"] {
+/// No flag value panics a model (issue 9, item 4a): a value beyond its ceiling is refused
+/// before the server starts, with one line naming the value and exit status 2.
+fn absurd_flag_values_are_refused_at_parse_time(model: &str) {
+    let cases: &[(&str, &str)] = &[
+        ("--idle-timeout", "18446744073709551615"),
+        ("--idle-timeout", "9300000000000000000"),
+        ("--idle-timeout", "315360001"),
+        ("--idle-timeout", "1e-10"),
+        ("--idle-timeout", "-1"),
+        ("--idle-timeout", "inf"),
+        ("--idle-timeout", "NaN"),
+        ("--workers", "18446744073709551615"),
+        ("--workers", "0"),
+        ("--max-conns", "0"),
+        ("--max-line", "18446744073709551615"),
+    ];
+    for (flag, value) in cases {
         let child = echolab()
-            .args(["serve", "--model", model, "--listen", "127.0.0.1:0"])
-            .args(["--idle-timeout", value])
+            .args(["serve", "--model", model, "--listen", "127.0.0.1:0", flag, value])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -715,14 +727,62 @@ fn absurd_idle_timeout_is_refused_at_parse_time(model: &str) {
             .unwrap();
         let output = finish_bounded(child, STEP);
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "--idle-timeout {value}: {stderr}");
-        assert!(stderr.contains(value), "--idle-timeout {value}: {stderr}");
+        assert_eq!(output.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(value), "{flag} {value}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
-    // The largest value accepted serves, and does not panic when a connection arrives.
+    // The largest idle timeout accepted serves, and no clock overflows when a connection
+    // arrives.
     let server = Server::start(model, &["--idle-timeout", "315360000"]);
     assert_eq!(round_trip(server.addr, b"decade".to_vec()), b"decade");
     assert_eq!(round_trip(server.addr, b"again".to_vec()), b"again");
+}
+
+/// A panic in any loop or worker ends the whole server with one log line and a non-zero
+/// exit, never a half-alive server (issue 9, item 4b). Debug builds panic on purpose when
+/// a connection sends the bytes of `ECHOLAB_FAULT_PANIC`. The process model's child is its
+/// own process: it ends alone, with its connection, and the server goes on (the model's
+/// isolation, asserted as such).
+fn a_panic_ends_the_whole_server(model: &str) {
+    let mut command = echolab();
+    command.env("ECHOLAB_FAULT_PANIC", "fault-now");
+    let mut server = Server::start_with(command, model, "127.0.0.1:0", &[]);
+    let mut bystander = connect(server.addr);
+    if !serializes(model) {
+        bystander.write_all(b"here").unwrap();
+        assert_eq!(read_n(&mut bystander, 4), b"here");
+    }
+    let mut culprit = connect(server.addr);
+    culprit.write_all(b"fault-now").unwrap();
+    if model == "process" {
+        let mut buf = [0u8; 16];
+        match culprit.read(&mut buf) {
+            Ok(n) => assert_eq!(n, 0, "a panicking child echoed"),
+            Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
+        }
+        let logged = server.log.wait_for("panicked at", 1);
+        assert!(logged[0].contains("child"), "{logged:?}");
+        assert_eq!(round_trip(server.addr, b"alive".to_vec()), b"alive");
+        return;
+    }
+    if serializes(model) {
+        // The iterative server reaches the culprit after the bystander leaves.
+        bystander.shutdown(Shutdown::Both).unwrap();
+    }
+    let status = wait_exit(&mut server.child, STEP).expect("the server outlived a panic");
+    assert!(!status.success(), "exit status {status:?} after a panic");
+    // The log reader sees the pipe close once the process is gone.
+    server.log.wait_for("panicked at", 1);
+    let lines = server.log.lines();
+    let panic_lines: Vec<&String> = lines.iter().filter(|l| l.contains("panicked")).collect();
+    assert_eq!(panic_lines.len(), 1, "one line about the panic: {lines:#?}");
+    assert!(panic_lines[0].contains("ECHOLAB_FAULT_PANIC"), "{panic_lines:?}");
+    if !serializes(model) {
+        match read_to_end(&mut bystander) {
+            Ok(rest) => assert_eq!(rest, b""),
+            Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
+        }
+    }
 }
 
 /// Expands every contract test for one model, in a module named after it.
@@ -794,7 +854,8 @@ contract!(
     streamer_does_not_starve_a_probe,
     non_reader_holds_at_most_64k_plus_one_buffer,
     urgent_data_does_not_stall_the_stream,
-    absurd_idle_timeout_is_refused_at_parse_time,
+    absurd_flag_values_are_refused_at_parse_time,
+    a_panic_ends_the_whole_server,
 );
 
 /// The process model's own promise: a parent killed without its shutdown (SIGKILL, which
