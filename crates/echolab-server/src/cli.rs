@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::echo::{EchoConfig, Mode, DEFAULT_MAX_LINE};
+use crate::echo::{EchoConfig, LongLine, Mode, DEFAULT_MAX_LINE, MAX_LINE_CEILING};
 use crate::{logging, Model, ServeConfig};
 
 /// The default `--idle-timeout`, in seconds.
@@ -41,9 +41,17 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = Mode::Bytes)]
     pub mode: Mode,
 
-    /// Lines mode: the longest line accepted, in bytes; a longer one closes its connection.
+    /// Lines mode: the longest line accepted, in bytes, not counting its newline; at most
+    /// 65536 (a partial line counts against the 64 KiB a connection may hold).
     #[arg(long, default_value_t = DEFAULT_MAX_LINE, value_parser = parse_max_line)]
     pub max_line: usize,
+
+    /// Lines mode: what a line longer than --max-line does. close: closes its connection.
+    /// split: goes back in pieces of --max-line bytes as each fills, like CS:APP's
+    /// rio_readlineb; `--long-line split --max-line 8191` serves the book's echoclient
+    /// (MAXLINE 8192), which sends a long line in 8,191-byte pieces and waits for each echo.
+    #[arg(long, value_enum, default_value_t = LongLine::Close)]
+    pub long_line: LongLine,
 
     /// Close a connection after this many seconds without a byte in either direction; 0 never
     /// (at most 315360000, ten years).
@@ -105,10 +113,10 @@ fn parse_workers(text: &str) -> Result<usize, String> {
 
 fn parse_max_line(text: &str) -> Result<usize, String> {
     let n = parse_positive(text)?;
-    // A bound on a bound: a line is held whole in memory.
-    const MAX: usize = 1 << 30;
-    if n > MAX {
-        return Err(format!("at most {MAX} bytes"));
+    if n > MAX_LINE_CEILING {
+        return Err(format!(
+            "at most {MAX_LINE_CEILING} bytes (a partial line counts against the 64 KiB a connection may hold)"
+        ));
     }
     Ok(n)
 }
@@ -122,6 +130,7 @@ impl ServeArgs {
             echo: EchoConfig {
                 mode: self.mode,
                 max_line: self.max_line,
+                long_line: self.long_line,
             },
             idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
             max_conns: self.max_conns,

@@ -571,7 +571,11 @@ impl<'a> UringLoop<'a> {
             result = self.ring.send(fd, tag, buf, 0);
         }
         let room = conn.room();
-        if result.is_ok() && !conn.recv_armed && room >= REARM_ROOM {
+        // With a send in flight, its completion comes back here with more room; without
+        // one, nothing would: any room is armed then (a partial line can leave less than
+        // a buffer's worth, and it waits for its newline).
+        let worth_arming = room >= REARM_ROOM || (room > 0 && !conn.sending);
+        if result.is_ok() && !conn.recv_armed && worth_arming {
             conn.recv_armed = true;
             let asked = room.min(BUF_SIZE as usize) as u32;
             result = self.ring.recv_limited(fd, tag, asked);
