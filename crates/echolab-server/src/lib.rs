@@ -196,10 +196,7 @@ pub fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -> Resu
         source,
     })?;
     // Issue 9, item 4b: a panic anywhere stops everything.
-    shutdown.stop_on_panic().map_err(|source| ServeError::Io {
-        what: "cannot install the panic hook",
-        source,
-    })?;
+    shutdown.stop_on_panic();
     let listener = net::bind(config.listen, config.model == Model::Reactor).map_err(|source| {
         ServeError::Bind {
             addr: config.listen,

@@ -22,9 +22,10 @@ use signal_hook::SigId;
 pub struct Shutdown {
     /// The read end of the self-pipe; non-blocking, never drained, so it stays readable.
     read_end: UnixStream,
-    /// The write end, for [`Shutdown::trigger`]; a clone of it is registered with both
-    /// signals.
-    write_end: UnixStream,
+    /// The write end, for [`Shutdown::trigger`] and the panic hook (shared, not
+    /// duplicated: a server out of descriptors has none to spare); a clone of it is
+    /// registered with both signals.
+    write_end: Arc<UnixStream>,
     /// Set with the pipe byte; lets threads that do not poll check cheaply.
     flag: Arc<AtomicBool>,
     /// The handler registrations, removed on drop.
@@ -56,7 +57,7 @@ impl Shutdown {
         }
         Ok(Shutdown {
             read_end,
-            write_end,
+            write_end: Arc::new(write_end),
             flag,
             sig_ids,
         })
@@ -66,7 +67,7 @@ impl Shutdown {
     pub fn trigger(&self) {
         self.flag.store(true, Ordering::SeqCst);
         // A full pipe already wakes every poller; nothing else can fail here.
-        let _ = (&self.write_end).write(&[1]);
+        let _ = (&*self.write_end).write(&[1]);
     }
 
     /// Whether the signal has fired.
@@ -123,8 +124,8 @@ impl Shutdown {
     /// child that fails takes only its own connection (the model's isolation).
     ///
     /// Replaces the process's panic hook (the default one prints a multi-line message).
-    pub fn stop_on_panic(&self) -> io::Result<()> {
-        let write_end = self.write_end.try_clone()?;
+    pub fn stop_on_panic(&self) {
+        let write_end = Arc::clone(&self.write_end);
         let flag = Arc::clone(&self.flag);
         let server_pid = std::process::id();
         std::panic::set_hook(Box::new(move |info| {
@@ -151,9 +152,8 @@ impl Shutdown {
             }
             log::error!("thread '{name}' panicked{place}: {message}; stopping the server");
             flag.store(true, Ordering::SeqCst);
-            let _ = (&write_end).write(&[1]);
+            let _ = (&*write_end).write(&[1]);
         }));
-        Ok(())
     }
 }
 

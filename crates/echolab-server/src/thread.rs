@@ -21,10 +21,14 @@
 //! }
 //! ```
 //!
-//! Unlike the book's detached threads, every thread here is joined: finished threads are
-//! reaped as new connections arrive, and the rest at shutdown, so none outlives the server.
+//! Unlike the book's detached threads, every thread here is joined, as soon as it ends: a
+//! reaper thread holds the handles, and each connection thread tells it "I am done" as its
+//! last act (before issue 9 finished threads waited for the next connection to be
+//! joined). At shutdown the reaper joins the rest, so none outlives the server.
 
+use std::collections::HashMap;
 use std::io;
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -46,16 +50,14 @@ pub fn run(server: Server) -> io::Result<()> {
     } = server;
     let live = LiveConns::new();
     let flag = shutdown.flag();
-    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let (reap_tx, reap_rx) = mpsc::channel::<Reap>();
+    let reaper = std::thread::Builder::new()
+        .name("thread-reaper".to_string())
+        .stack_size(STACK_SIZE)
+        .spawn(move || reap(reap_rx))?;
     let mut acceptor = Acceptor::new(&listener, &shutdown)?;
+    let mut next_id: u64 = 0;
     while let Some((conn, peer)) = acceptor.accept() {
-        // Reap the threads that finished, like waitpid(WNOHANG) for processes.
-        let (finished, running): (Vec<_>, Vec<_>) =
-            threads.drain(..).partition(|handle| handle.is_finished());
-        for handle in finished {
-            let _ = handle.join();
-        }
-        threads = running;
         let conn = Arc::new(conn);
         let Some(admitted) = live.admit(&conn, config.max_conns) else {
             conn::refuse(conn, peer, config.max_conns);
@@ -63,6 +65,9 @@ pub fn run(server: Server) -> io::Result<()> {
         };
         let config = config.clone();
         let flag = Arc::clone(&flag);
+        let id = next_id;
+        next_id += 1;
+        let done = reap_tx.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("conn {peer}"))
             .stack_size(STACK_SIZE)
@@ -70,15 +75,63 @@ pub fn run(server: Server) -> io::Result<()> {
             .spawn(move || {
                 conn::serve_blocking(&conn, peer, ConnSettings::new(&config, &flag));
                 drop(admitted);
+                // The last act: the reaper joins this thread now.
+                let _ = done.send(Reap::Finished(id, peer));
             });
         match spawned {
-            Ok(handle) => threads.push(handle),
+            Ok(handle) => {
+                let _ = reap_tx.send(Reap::Started(id, handle));
+            }
             Err(err) => log::warn!("conn {peer} dropped: cannot spawn a thread: {err}"),
         }
     }
     live.close_all();
-    for handle in threads {
-        let _ = handle.join();
-    }
+    // The reaper ends once every connection thread has ended (each holds a sender).
+    drop(reap_tx);
+    let _ = reaper.join();
     Ok(())
+}
+
+/// What the reaper hears about a connection thread.
+#[derive(Debug)]
+enum Reap {
+    /// The accept loop spawned it.
+    Started(u64, JoinHandle<()>),
+    /// It is about to end (it may say so before the accept loop's `Started` arrives).
+    Finished(u64, std::net::SocketAddr),
+}
+
+/// Joins every connection thread as soon as it says it finished, like `waitpid` for the
+/// process model's children; returns once every sender is gone, every thread joined.
+fn reap(messages: mpsc::Receiver<Reap>) {
+    let mut running: HashMap<u64, JoinHandle<()>> = HashMap::new();
+    let mut finished_first: HashMap<u64, std::net::SocketAddr> = HashMap::new();
+    let join = |handle: JoinHandle<()>, peer: Option<std::net::SocketAddr>| {
+        let _ = handle.join();
+        if let Some(peer) = peer {
+            log::debug!("conn {peer}: its thread joined");
+        }
+    };
+    // Bounded: the loop ends when the last sender drops, and every connection thread
+    // drops its sender when it ends.
+    for message in messages {
+        match message {
+            Reap::Started(id, handle) => {
+                if let Some(peer) = finished_first.remove(&id) {
+                    join(handle, Some(peer));
+                } else {
+                    running.insert(id, handle);
+                }
+            }
+            Reap::Finished(id, peer) => match running.remove(&id) {
+                Some(handle) => join(handle, Some(peer)),
+                None => {
+                    finished_first.insert(id, peer);
+                }
+            },
+        }
+    }
+    for (_, handle) in running {
+        join(handle, None);
+    }
 }

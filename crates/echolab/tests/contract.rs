@@ -993,3 +993,16 @@ fn process_children_end_with_a_killed_parent() {
         || std::fs::read_to_string(format!("/proc/{}/stat", kids[0]))
             .is_ok_and(|s| s.contains(") Z "))));
 }
+
+/// The thread model joins a connection's thread as soon as it ends (issue 9, item 8), not
+/// when the next connection arrives: `-v` logs each join, and no connection follows.
+#[test]
+fn thread_joins_a_finished_thread_without_a_new_connection() {
+    let server = Server::start("thread", &["-v"]);
+    let mut conn = connect(server.addr);
+    let port = conn.local_addr().unwrap().port();
+    conn.write_all(b"bye").unwrap();
+    assert_eq!(read_n(&mut conn, 3), b"bye");
+    drop(conn);
+    server.log.wait_for(&format!(":{port}: its thread joined"), 1);
+}
