@@ -8,8 +8,8 @@
 //! connection, on every core; paid for with a runtime between the code and the kernel
 //! (task wake-ups, a shared timer wheel, work stealing), which the benchmark measures.
 //!
-//! Written the idiomatic way (structured like tokio's mini-redis): a [`Semaphore`] caps
-//! connections, a [`watch`] channel tells every task to stop, and the accept loop waits for
+//! Written the idiomatic way (structured like tokio's mini-redis): the shared cap
+//! ([`crate::admission`], where mini-redis has a semaphore) limits connections, a [`watch`] channel tells every task to stop, and the accept loop waits for
 //! the tasks it spawned before returning. The bytes come from the shared [`Echo`], driven
 //! by tokio's readiness (`ready`, `try_read`, `try_write`), so backpressure, half-close and
 //! lines mode follow the same rules as in every other model.
@@ -22,10 +22,11 @@ use std::time::Duration;
 
 use tokio::io::{Interest, Ready};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::accept;
+use crate::admission::ConnCap;
 use crate::conn::{self, End, READ_BUF};
 use crate::echo::{Echo, EchoConfig, EchoError};
 use crate::{cores, net, Server};
@@ -46,6 +47,7 @@ pub fn run(server: Server) -> io::Result<()> {
         listener,
         config,
         shutdown,
+        cap,
     } = server;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.workers.unwrap_or_else(cores).max(1))
@@ -56,7 +58,6 @@ pub fn run(server: Server) -> io::Result<()> {
     let settings = Settings {
         echo: config.echo,
         idle_timeout: config.idle_timeout,
-        max_conns: config.max_conns,
     };
     // The shutdown pipe is watched by a plain thread blocked in poll(2), which tells the
     // runtime through a channel. Registering the pipe with tokio instead would need a
@@ -73,7 +74,7 @@ pub fn run(server: Server) -> io::Result<()> {
             })?;
         let result = runtime.block_on(async move {
             let listener = TcpListener::from_std(listener)?;
-            serve(listener, stop_signal_rx, settings).await
+            serve(listener, stop_signal_rx, settings, cap).await
         });
         // Releases the watcher when the server stopped on its own (an error).
         shutdown.trigger();
@@ -90,7 +91,6 @@ pub fn run(server: Server) -> io::Result<()> {
 struct Settings {
     echo: EchoConfig,
     idle_timeout: Option<Duration>,
-    max_conns: usize,
 }
 
 /// The accept loop; returns once `stop_signal` fires (or its sender is gone) and the
@@ -99,11 +99,8 @@ async fn serve(
     listener: TcpListener,
     stop_signal: oneshot::Receiver<()>,
     settings: Settings,
+    cap: Arc<ConnCap>,
 ) -> io::Result<()> {
-    // One permit per connection that may be open; a task holds its permit until it ends.
-    let permits = Arc::new(Semaphore::new(
-        settings.max_conns.min(Semaphore::MAX_PERMITS),
-    ));
     // Sends `true` once, at shutdown; every task watches it.
     let (stop_tx, stop_rx) = watch::channel(false);
     // Each task holds a clone of the sender; `recv` returns `None` once every task ended.
@@ -118,15 +115,19 @@ async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-                    conn::refuse(stream, peer, settings.max_conns);
-                    continue;
+                // A task holds its admission until it ends.
+                let admission = match cap.admit(peer) {
+                    Ok(admission) => admission,
+                    Err(why) => {
+                        cap.refuse(stream, peer, why);
+                        continue;
+                    }
                 };
                 let stop_rx = stop_rx.clone();
                 let done_tx = done_tx.clone();
                 tokio::spawn(async move {
                     serve_conn(stream, peer, settings, stop_rx).await;
-                    drop(permit);
+                    drop(admission);
                     drop(done_tx);
                 });
             }

@@ -19,7 +19,8 @@ pub const MAX_IDLE_TIMEOUT_SECS: u64 = 10 * 365 * 86_400;
 /// that the vectors sized by it cannot overflow.
 pub const MAX_WORKERS: usize = 1024;
 
-/// The default `--max-conns`.
+/// The default `--max-conns` of the models that spend little per connection (see
+/// [`Model::default_max_conns`]).
 pub const DEFAULT_MAX_CONNS: usize = 10_000;
 
 /// Serve TCP echo with one of the lecture's concurrency models.
@@ -59,9 +60,16 @@ pub struct ServeArgs {
     pub idle_timeout: u64,
 
     /// The most connections open at once. The next one is accepted and closed at once (the
-    /// client sees end-of-file without an echo), and a warning is logged.
-    #[arg(long, default_value_t = DEFAULT_MAX_CONNS, value_parser = parse_positive, value_name = "N")]
-    pub max_conns: usize,
+    /// client sees end-of-file without an echo), and a warning is logged (at most one line
+    /// a second, with a count of the others). Default: 256 for process, 1024 for thread,
+    /// 10000 for the other models.
+    #[arg(long, value_parser = parse_positive, value_name = "N")]
+    pub max_conns: Option<usize>,
+
+    /// The most connections open at once from one IP address, refused like --max-conns.
+    /// Default: no limit (a benchmark opens all its connections from one address).
+    #[arg(long, value_parser = parse_positive, value_name = "N")]
+    pub max_conns_per_ip: Option<usize>,
 
     /// Worker threads (prethreaded: default 4 per core; reactor, uring, async: one per core;
     /// at most 1024).
@@ -124,8 +132,9 @@ fn parse_max_line(text: &str) -> Result<usize, String> {
 impl ServeArgs {
     /// The checked configuration these arguments describe.
     pub fn config(&self) -> ServeConfig {
+        let model = self.model.unwrap_or(Model::DEFAULT);
         ServeConfig {
-            model: self.model.unwrap_or(Model::DEFAULT),
+            model,
             listen: self.listen,
             echo: EchoConfig {
                 mode: self.mode,
@@ -133,7 +142,8 @@ impl ServeArgs {
                 long_line: self.long_line,
             },
             idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
-            max_conns: self.max_conns,
+            max_conns: self.max_conns.unwrap_or(model.default_max_conns()),
+            max_conns_per_ip: self.max_conns_per_ip,
             workers: self.workers,
         }
     }

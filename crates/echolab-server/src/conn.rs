@@ -91,13 +91,6 @@ pub fn idle_sweep(
     (expired, next)
 }
 
-/// Logs and drops a connection accepted beyond `--max-conns`: the client sees the
-/// connection close at once, without an echo.
-pub fn refuse<C>(conn: C, peer: SocketAddr, max_conns: usize) {
-    log::warn!("conn {peer} refused: --max-conns {max_conns} connections already open");
-    drop(conn);
-}
-
 /// What a blocking connection needs besides its socket.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnSettings<'a> {
@@ -120,15 +113,23 @@ impl<'a> ConnSettings<'a> {
 }
 
 /// Serves `conn` until the peer closes, the connection fails or idles, or the server
-/// shuts it down. Logs the open and the close.
+/// shuts it down. Logs the open and the close; `place` (the connection's place under the
+/// cap, or `()`) is dropped just before the close line, so that a client who sees the
+/// line can count on the place being free.
 ///
 /// Blocking I/O with the idle timeout set as `SO_RCVTIMEO`/`SO_SNDTIMEO`: a silent client
 /// times out in `read`, a client that never reads times out in `write` once the kernel's
 /// buffers are full. Either way the thread is freed.
-pub fn serve_blocking(conn: &TcpStream, peer: SocketAddr, settings: ConnSettings<'_>) -> End {
+pub fn serve_blocking<P>(
+    conn: &TcpStream,
+    peer: SocketAddr,
+    settings: ConnSettings<'_>,
+    place: P,
+) -> End {
     log_opened(peer);
     let mut echo = Echo::new(settings.echo);
     let end = echo_loop(conn, &mut echo, settings);
+    drop(place);
     log_closed(peer, &echo, &end);
     end
 }
@@ -264,7 +265,7 @@ mod tests {
         let (mut client, server, peer) = pair();
         let flag = AtomicBool::new(false);
         let served = std::thread::spawn(move || {
-            let end = serve_blocking(&server, peer, settings(&flag, Some(Duration::from_secs(20))));
+            let end = serve_blocking(&server, peer, settings(&flag, Some(Duration::from_secs(20))), ());
             matches!(end, End::PeerClosed)
         });
         client.write_all(b"ping").unwrap();
@@ -281,7 +282,7 @@ mod tests {
         let (_client, server, peer) = pair();
         let flag = AtomicBool::new(false);
         let timeout = Duration::from_millis(50);
-        let end = serve_blocking(&server, peer, settings(&flag, Some(timeout)));
+        let end = serve_blocking(&server, peer, settings(&flag, Some(timeout)), ());
         assert!(matches!(end, End::Idle(t) if t == timeout), "{end}");
     }
 
@@ -290,7 +291,7 @@ mod tests {
         let (client, server, peer) = pair();
         let flag = AtomicBool::new(true);
         client.shutdown(Direction::Write).unwrap();
-        let end = serve_blocking(&server, peer, settings(&flag, None));
+        let end = serve_blocking(&server, peer, settings(&flag, None), ());
         assert!(matches!(end, End::Shutdown), "{end}");
     }
 }

@@ -7,7 +7,8 @@
 //! # Layout
 //! - [`serve`]: binds the listener, installs the shutdown signal, runs one model.
 //! - [`cli`]: the `echolab serve` arguments and their checks.
-//! - Shared machinery: [`echo`] (what to echo, when, how much may wait), [`conn`] (the
+//! - Shared machinery: [`admission`] (`--max-conns` and `--max-conns-per-ip`, for every
+//!   model), [`echo`] (what to echo, when, how much may wait), [`conn`] (the
 //!   blocking per-connection loop, the lecture's `echo(connfd)`), [`accept`] (an accept
 //!   loop that survives EMFILE and stops on shutdown), [`live`] (the open connections of a
 //!   blocking model, for `--max-conns` and shutdown), [`net`] (listener and socket
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod admission;
 pub mod async_tokio;
 pub mod cli;
 pub mod conn;
@@ -80,6 +82,17 @@ impl Model {
         Model::Async,
     ];
 
+    /// The default `--max-conns`: what the host can afford of this model's cost per
+    /// connection. A process (about 83 KiB of PSS) or a thread (a stack, a kernel task)
+    /// per connection gets a smaller cap than a few hundred bytes of loop state.
+    pub fn default_max_conns(self) -> usize {
+        match self {
+            Model::Process => 256,
+            Model::Thread => 1024,
+            _ => cli::DEFAULT_MAX_CONNS,
+        }
+    }
+
     /// The model `echolab serve` uses when none is named: the best one the project has
     /// (`scripts/bench-models.py` shows it against the C reference).
     pub const DEFAULT: Model = Model::Reactor;
@@ -114,6 +127,8 @@ pub struct ServeConfig {
     pub idle_timeout: Option<Duration>,
     /// The most connections open at once; the next one is accepted and closed at once.
     pub max_conns: usize,
+    /// The most connections open at once from one IP address; `None`: no such limit.
+    pub max_conns_per_ip: Option<usize>,
     /// Worker threads for the models that have a pool (prethreaded, reactor, uring, async).
     pub workers: Option<usize>,
 }
@@ -126,7 +141,8 @@ impl ServeConfig {
             listen,
             echo: EchoConfig::default(),
             idle_timeout: Some(Duration::from_secs(cli::DEFAULT_IDLE_TIMEOUT_SECS)),
-            max_conns: cli::DEFAULT_MAX_CONNS,
+            max_conns: model.default_max_conns(),
+            max_conns_per_ip: None,
             workers: None,
         }
     }
@@ -175,12 +191,15 @@ impl ServeError {
     }
 }
 
-/// What every model receives: the listener, the checked settings and the shutdown signal.
+/// What every model receives: the listener, the checked settings, the shutdown signal and
+/// the connection cap.
 #[derive(Debug)]
 pub struct Server {
     pub listener: TcpListener,
     pub config: ServeConfig,
     pub shutdown: shutdown::Shutdown,
+    /// `--max-conns` and `--max-conns-per-ip`: every model admits each connection here.
+    pub cap: std::sync::Arc<admission::ConnCap>,
 }
 
 /// Binds `config.listen`, announces the address, and runs `config.model` until SIGINT or
@@ -207,10 +226,12 @@ pub fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -> Resu
         what: "cannot read the bound address",
         source,
     })?;
+    let cap = admission::ConnCap::new(config.max_conns, config.max_conns_per_ip);
     let server = Server {
         listener,
         config,
         shutdown,
+        cap,
     };
     // Checks that can fail before the announcement (io_uring support) happen inside the
     // model's `prepare`, so a script never sees "listening" from a server that cannot serve.

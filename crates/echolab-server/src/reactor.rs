@@ -41,7 +41,7 @@
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -49,6 +49,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::accept;
+use crate::admission::{Admission, ConnCap};
 use crate::conn::{self, End};
 use crate::echo::{Echo, EchoConfig};
 use crate::shutdown::Shutdown;
@@ -78,10 +79,8 @@ const SHUTDOWN: Token = Token(usize::MAX - 1);
 struct Shared<'a> {
     echo: EchoConfig,
     idle_timeout: Option<Duration>,
-    max_conns: usize,
-    /// Connections open across all loops, for `--max-conns`: incremented before a
-    /// connection is admitted, decremented when it closes.
-    n_conns: AtomicUsize,
+    /// `--max-conns` and `--max-conns-per-ip`, across all loops.
+    cap: Arc<ConnCap>,
     /// Watched by every loop; the first loop that fails fires it so the others stop too.
     shutdown: &'a Shutdown,
 }
@@ -104,6 +103,8 @@ struct Conn {
     read_pending: bool,
     /// On the loop's `again` list (at most once).
     again: bool,
+    /// Its place under `--max-conns`, freed when the connection drops.
+    _admission: Admission,
 }
 
 pub fn run(server: Server) -> io::Result<()> {
@@ -111,6 +112,7 @@ pub fn run(server: Server) -> io::Result<()> {
         listener,
         config,
         shutdown,
+        cap,
     } = server;
     let n_loops = config.workers.unwrap_or_else(cores).max(1);
     // Every listener exists before any loop starts, so a bind failure stops the server
@@ -123,8 +125,7 @@ pub fn run(server: Server) -> io::Result<()> {
     let shared = Shared {
         echo: config.echo,
         idle_timeout: config.idle_timeout,
-        max_conns: config.max_conns,
-        n_conns: AtomicUsize::new(0),
+        cap,
         shutdown: &shutdown,
     };
     let shared = &shared;
@@ -331,12 +332,10 @@ impl<'a> Reactor<'a> {
     }
 
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
-        let max_conns = self.shared.max_conns;
-        if self.shared.n_conns.fetch_add(1, Ordering::Relaxed) >= max_conns {
-            self.shared.n_conns.fetch_sub(1, Ordering::Relaxed);
-            conn::refuse(stream, peer, max_conns);
-            return;
-        }
+        let admission = match self.shared.cap.admit(peer) {
+            Ok(admission) => admission,
+            Err(why) => return self.shared.cap.refuse(stream, peer, why),
+        };
         let conn_idx = self.free.pop().unwrap_or(self.conns.len());
         let registered = stream.set_nodelay(true).and_then(|()| {
             self.poll
@@ -344,7 +343,6 @@ impl<'a> Reactor<'a> {
                 .register(&mut stream, Token(conn_idx), Interest::READABLE)
         });
         if let Err(err) = registered {
-            self.shared.n_conns.fetch_sub(1, Ordering::Relaxed);
             self.free.push(conn_idx);
             log::warn!(
                 "conn {peer} dropped: cannot configure it: {}",
@@ -361,6 +359,7 @@ impl<'a> Reactor<'a> {
             wants_writable: false,
             read_pending: false,
             again: false,
+            _admission: admission,
         };
         // Registered with data already waiting, the socket raises its first edge at once.
         if conn_idx == self.conns.len() {
@@ -375,10 +374,14 @@ impl<'a> Reactor<'a> {
 
     fn close(&mut self, conn_idx: usize, end: End) {
         if let Some(conn) = self.conns[conn_idx].take() {
-            conn::log_closed(conn.peer, &conn.echo, &end);
+            let Conn {
+                stream, peer, echo, ..
+            } = conn;
+            // The place under the cap is free (dropped with the rest of `conn`) before the
+            // close line, and the stream is closed, which also removes it from epoll.
+            drop(stream);
+            conn::log_closed(peer, &echo, &end);
             self.free.push(conn_idx);
-            self.shared.n_conns.fetch_sub(1, Ordering::Relaxed);
-            // Dropping the stream closes it, which also removes it from epoll.
         }
     }
 

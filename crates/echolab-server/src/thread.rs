@@ -47,6 +47,7 @@ pub fn run(server: Server) -> io::Result<()> {
         listener,
         config,
         shutdown,
+        cap,
     } = server;
     let live = LiveConns::new();
     let flag = shutdown.flag();
@@ -59,9 +60,15 @@ pub fn run(server: Server) -> io::Result<()> {
     let mut next_id: u64 = 0;
     while let Some((conn, peer)) = acceptor.accept() {
         let conn = Arc::new(conn);
-        let Some(admitted) = live.admit(&conn, config.max_conns) else {
-            conn::refuse(conn, peer, config.max_conns);
-            continue;
+        let admission = match cap.admit(peer) {
+            Ok(admission) => admission,
+            Err(why) => {
+                cap.refuse(conn, peer, why);
+                continue;
+            }
+        };
+        let Some(admitted) = live.admit(&conn, admission) else {
+            break; // Shutting down.
         };
         let config = config.clone();
         let flag = Arc::clone(&flag);
@@ -73,8 +80,7 @@ pub fn run(server: Server) -> io::Result<()> {
             .stack_size(STACK_SIZE)
             // `move`: the thread owns its connection; no other flow can touch it.
             .spawn(move || {
-                conn::serve_blocking(&conn, peer, ConnSettings::new(&config, &flag));
-                drop(admitted);
+                conn::serve_blocking(&conn, peer, ConnSettings::new(&config, &flag), admitted);
                 // The last act: the reaper joins this thread now.
                 let _ = done.send(Reap::Finished(id, peer));
             });

@@ -41,13 +41,13 @@
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use echolab_sys::uring::{Completion, RecvBuf, Ring};
 
 use crate::accept;
+use crate::admission::{Admission, ConnCap};
 use crate::conn::{self, End};
 use crate::echo::{Echo, EchoConfig, EchoError, MAX_OWED};
 use crate::shutdown::Shutdown;
@@ -124,13 +124,13 @@ pub fn run(server: Server) -> io::Result<()> {
         listener,
         config,
         shutdown,
+        cap,
     } = server;
     let n_loops = config.workers.unwrap_or_else(cores).max(1);
     let shared = Shared {
         echo: config.echo,
         idle_timeout: config.idle_timeout,
-        max_conns: config.max_conns,
-        n_conns: AtomicUsize::new(0),
+        cap,
         shutdown: &shutdown,
         listener: listener.as_raw_fd(),
         rings_ready: StartGate::new(n_loops),
@@ -170,9 +170,8 @@ pub fn run(server: Server) -> io::Result<()> {
 struct Shared<'a> {
     echo: EchoConfig,
     idle_timeout: Option<Duration>,
-    max_conns: usize,
-    /// Connections open across all loops, for `--max-conns`.
-    n_conns: AtomicUsize,
+    /// `--max-conns` and `--max-conns-per-ip`, across all loops.
+    cap: Arc<ConnCap>,
     /// Watched by every loop; the first loop that fails fires it so the others stop too.
     shutdown: &'a Shutdown,
     /// The one listener every loop accepts on; it outlives the loops.
@@ -242,8 +241,7 @@ fn run_loop(shared: &Shared<'_>) -> io::Result<()> {
 #[derive(Debug)]
 struct Conn {
     stream: TcpStream,
-    /// Looked up only when a log line will show it (multishot accept does not return it).
-    peer: Option<SocketAddr>,
+    peer: SocketAddr,
     echo: Echo,
     last_active: Instant,
     /// A send is in flight; the echo's writer takes nothing until it completes.
@@ -257,6 +255,8 @@ struct Conn {
     bytes_sent: u64,
     /// A receive is armed and its completion has not arrived.
     recv_armed: bool,
+    /// Its place under `--max-conns`, freed when the connection drops.
+    _admission: Admission,
 }
 
 impl Conn {
@@ -469,26 +469,20 @@ impl<'a> UringLoop<'a> {
             );
             return;
         }
-        let max_conns = self.shared.max_conns;
-        if self.shared.n_conns.fetch_add(1, Ordering::Relaxed) >= max_conns {
-            self.shared.n_conns.fetch_sub(1, Ordering::Relaxed);
-            let peer = peer_of(&stream);
-            conn::refuse(stream, peer, max_conns);
-            return;
-        }
+        // Multishot accept does not return the peer; the cap needs it.
+        let peer = peer_of(&stream);
+        let admission = match self.shared.cap.admit(peer) {
+            Ok(admission) => admission,
+            Err(why) => return self.shared.cap.refuse(stream, peer, why),
+        };
         if let Err(err) = net::configure(&stream) {
-            self.shared.n_conns.fetch_sub(1, Ordering::Relaxed);
             log::warn!(
-                "conn {} dropped: cannot configure it: {}",
-                peer_of(&stream),
+                "conn {peer} dropped: cannot configure it: {}",
                 net::describe(&err)
             );
             return;
         }
-        let peer = log::log_enabled!(log::Level::Info).then(|| peer_of(&stream));
-        if let Some(peer) = peer {
-            conn::log_opened(peer);
-        }
+        conn::log_opened(peer);
         let conn_idx = self.free.pop().unwrap_or_else(|| {
             self.slots.push(Slot::default());
             self.slots.len() - 1
@@ -503,6 +497,7 @@ impl<'a> UringLoop<'a> {
             send_len: 0,
             bytes_sent: 0,
             recv_armed: true,
+            _admission: admission,
         });
         let tag = self.tag(conn_idx);
         if let Err(err) = self.ring.recv_limited(fd, tag, BUF_SIZE) {
@@ -595,19 +590,26 @@ impl<'a> UringLoop<'a> {
         };
         slot.generation = slot.generation.wrapping_add(1);
         self.free.push(conn_idx);
-        self.shared.n_conns.fetch_sub(1, Ordering::Relaxed);
-        let line_too_long = matches!(end, End::Failed(EchoError::LineTooLong { .. }));
-        if log::log_enabled!(log::Level::Info) || line_too_long {
-            let peer = conn.peer.unwrap_or_else(|| peer_of(&conn.stream));
-            conn::log_closed_counts(peer, conn.echo.bytes_in(), conn.bytes_sent, &end);
-        }
-        if conn.recv_armed || conn.sending {
+        let Conn {
+            stream,
+            peer,
+            echo,
+            bytes_sent,
+            recv_armed,
+            sending,
+            _admission,
+            ..
+        } = conn;
+        if recv_armed || sending {
             // An armed request holds the socket open past `close`; shutting it down ends
             // the requests (their completions find the slot's generation moved on) and
             // sends the peer its FIN.
-            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+            let _ = stream.shutdown(std::net::Shutdown::Both);
         }
-        self.ring.close(OwnedFd::from(conn.stream));
+        self.ring.close(OwnedFd::from(stream));
+        // Its place under the cap is free before the close line.
+        drop(_admission);
+        conn::log_closed_counts(peer, echo.bytes_in(), bytes_sent, &end);
     }
 
     fn sweep_idle(&mut self, now: Instant) {

@@ -890,6 +890,50 @@ fn long_line_split_serves_the_textbook_echoclient(model: &str) {
     }
 }
 
+/// `--max-conns-per-ip` (issue 9, item 6): one address holds at most N connections, the
+/// next from it is closed at once, another address is still served, and a flood of
+/// refusals logs a bounded number of lines (at most one a second, with a count).
+fn max_conns_per_ip_caps_one_address(model: &str) {
+    let server = Server::start(model, &["--max-conns-per-ip", "1"]);
+    let mut first = connect(server.addr);
+    first.write_all(b"1").unwrap();
+    assert_eq!(read_n(&mut first, 1), b"1");
+    if serializes(model) {
+        // One connection at a time: a second one waits in the backlog, and is served
+        // once the first leaves (the cap never refuses here).
+        let mut second = connect(server.addr);
+        second.write_all(b"2").unwrap();
+        drop(first);
+        assert_eq!(read_n(&mut second, 1), b"2");
+        return;
+    }
+    const FLOOD: usize = 30;
+    for _ in 0..FLOOD {
+        let mut refused = connect(server.addr);
+        match refused.read(&mut [0u8; 1]) {
+            Ok(n) => assert_eq!(n, 0, "a second connection from one address was served"),
+            Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
+        }
+    }
+    let logged = server.log.wait_for("--max-conns-per-ip 1", 1);
+    assert!(logged.len() < FLOOD / 3, "{} refusal lines for {FLOOD} refusals", logged.len());
+    // Another address on the loopback network is its own peer.
+    let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    other
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 2], 0)).into())
+        .unwrap();
+    other.connect_timeout(&server.addr.into(), STEP).unwrap();
+    let mut other: TcpStream = other.into();
+    other.set_read_timeout(Some(STEP)).unwrap();
+    other.write_all(b"other").unwrap();
+    assert_eq!(read_n(&mut other, 5), b"other");
+    // The first leaves: its address has room again.
+    drop(first);
+    server.log.wait_for("closed: peer closed", 1);
+    assert!(eventually(|| children(server.pid()).0 <= 1));
+    assert_eq!(round_trip(server.addr, b"again".to_vec()), b"again");
+}
+
 /// Expands every contract test for one model, in a module named after it.
 macro_rules! model_tests {
     ($module:ident, $model:literal: $($test:ident),* $(,)?) => {
@@ -963,6 +1007,7 @@ contract!(
     a_panic_ends_the_whole_server,
     idle_connections_cost_at_most_1k_after_a_long_line,
     long_line_split_serves_the_textbook_echoclient,
+    max_conns_per_ip_caps_one_address,
 );
 
 /// The process model's own promise: a parent killed without its shutdown (SIGKILL, which
@@ -1005,4 +1050,18 @@ fn thread_joins_a_finished_thread_without_a_new_connection() {
     assert_eq!(read_n(&mut conn, 3), b"bye");
     drop(conn);
     server.log.wait_for(&format!(":{port}: its thread joined"), 1);
+}
+
+/// Model-aware `--max-conns` defaults (issue 9, item 6), documented in `--help`: a process
+/// or a thread per connection costs far more than a loop's few hundred bytes.
+#[test]
+fn max_conns_defaults_depend_on_the_model_and_help_says_so() {
+    let output = echolab().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        help.contains("256 for process, 1024 for thread") && help.contains("10000 for the other models"),
+        "{help}"
+    );
+    assert!(help.contains("--max-conns-per-ip"), "{help}");
+    assert!(help.contains("--long-line"), "{help}");
 }
