@@ -128,10 +128,13 @@ mod tests {
     #[test]
     fn items_come_out_in_order() {
         let queue = BoundedQueue::new(3);
+        assert!(queue.is_empty());
         for i in 0..3 {
             queue.push(i).unwrap();
         }
+        assert!(!queue.is_empty());
         assert_eq!(queue.len(), 3);
+        assert_eq!(queue.capacity(), 3);
         assert_eq!(
             (queue.pop(), queue.pop(), queue.pop()),
             (Some(0), Some(1), Some(2))
