@@ -5,38 +5,36 @@
 //! wire come from [`echo::Echo`], written once.
 //!
 //! # Layout
-//! - [`serve`]: binds the listener, installs the shutdown signal, runs one model.
+//! Two floors: the models, each only its scheduling idea, over one shared layer.
+//! - [`serve`]: binds the listener, installs the shutdown signal and the panic hook, builds
+//!   the connection cap, runs one model with one [`Server`].
 //! - [`cli`]: the `echolab serve` arguments and their checks.
-//! - Shared machinery: [`admission`] (`--max-conns` and `--max-conns-per-ip`, for every
-//!   model), [`echo`] (what to echo, when, how much may wait), [`conn`] (the
-//!   blocking per-connection loop, the lecture's `echo(connfd)`), [`accept`] (an accept
-//!   loop that survives EMFILE and stops on shutdown), [`live`] (the open connections of a
-//!   blocking model, for `--max-conns` and shutdown), [`net`] (listener and socket
-//!   options), [`shutdown`] (SIGINT/SIGTERM as a pollable descriptor), [`sbuf`] (the
-//!   bounded queue, CS:APP's `sbuf`), [`logging`].
-//! - The lecture's models: [`iterative`], [`process`], [`event`], [`thread`],
-//!   [`prethreaded`].
-//! - Beyond the lecture: [`reactor`] (an event loop per core), [`uring`] (io_uring),
-//!   [`async_tokio`] (tokio, the conventional Rust server).
+//! - [`model`]: one file per model. The lecture's: [`model::iterative`],
+//!   [`model::process`], [`model::event`], [`model::thread`], [`model::prethreaded`].
+//!   Beyond it: [`model::reactor`] (an event loop per core), [`model::uring`] (io_uring),
+//!   [`model::async_tokio`] (tokio, the conventional Rust server).
+//! - The shared layer: [`echo`] (what to echo, when, how much may wait), [`conn`] (the
+//!   blocking per-connection loop, the lecture's `echo(connfd)`, and the close log line),
+//!   [`admission`] (the one connection cap: `--max-conns`, `--max-conns-per-ip`),
+//!   [`accept`] (the accept pause after EMFILE, and the blocking models' accept loop),
+//!   [`runner`] (N event loops, stopped together), [`live`] (the open connections of a
+//!   blocking model, for shutdown), [`net`] (listener and socket options), [`shutdown`]
+//!   (SIGINT/SIGTERM and panics as a pollable descriptor), [`sbuf`] (the bounded queue,
+//!   CS:APP's `sbuf`), [`logging`].
 #![forbid(unsafe_code)]
 
 pub mod accept;
 pub mod admission;
-pub mod async_tokio;
 pub mod cli;
 pub mod conn;
 pub mod echo;
-pub mod event;
-pub mod iterative;
 pub mod live;
 pub mod logging;
+pub mod model;
 pub mod net;
-pub mod prethreaded;
-pub mod process;
-pub mod reactor;
+pub mod runner;
 pub mod shutdown;
-pub mod thread;
-pub mod uring;
+
 
 /// The bounded queue of the prethreaded model (CS:APP's `sbuf`), in a crate of its own.
 pub use echolab_sbuf as sbuf;
@@ -253,17 +251,18 @@ type Runner = fn(Server) -> io::Result<()>;
 
 fn prepare(model: Model, server: &Server) -> Result<Runner, ServeError> {
     Ok(match model {
-        Model::Iterative => iterative::run,
-        Model::Process => process::run,
-        Model::Event => event::run,
-        Model::Thread => thread::run,
-        Model::Prethreaded => prethreaded::run,
-        Model::Reactor => reactor::run,
+        Model::Iterative => model::iterative::run,
+        Model::Process => model::process::run,
+        Model::Event => model::event::run,
+        Model::Thread => model::thread::run,
+        Model::Prethreaded => model::prethreaded::run,
+        Model::Reactor => model::reactor::run,
         Model::Uring => {
-            uring::probe(server).map_err(|reason| ServeError::Unsupported { model, reason })?;
-            uring::run
+            model::uring::probe(server)
+                .map_err(|reason| ServeError::Unsupported { model, reason })?;
+            model::uring::run
         }
-        Model::Async => async_tokio::run,
+        Model::Async => model::async_tokio::run,
     })
 }
 

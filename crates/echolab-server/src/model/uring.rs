@@ -51,7 +51,7 @@ use crate::admission::{Admission, ConnCap};
 use crate::conn::{self, End};
 use crate::echo::{Echo, EchoConfig, EchoError, MAX_OWED};
 use crate::shutdown::Shutdown;
-use crate::{cores, net, Server};
+use crate::{cores, net, runner, Server};
 
 /// Requests the submission queue holds before it is handed to the kernel.
 const RING_ENTRIES: u32 = 1024;
@@ -136,30 +136,13 @@ pub fn run(server: Server) -> io::Result<()> {
         rings_ready: StartGate::new(n_loops),
     };
     let shared = &shared;
-    let result = std::thread::scope(|scope| {
-        let mut handles = Vec::with_capacity(n_loops);
-        for loop_idx in 1..n_loops {
-            let spawned = std::thread::Builder::new()
-                .name(format!("uring-{loop_idx}"))
-                .spawn_scoped(scope, move || run_loop(shared));
-            match spawned {
-                Ok(handle) => handles.push(handle),
-                Err(err) => {
-                    shared.rings_ready.abandon(n_loops - handles.len());
-                    shared.shutdown.trigger();
-                    return Err(err);
-                }
-            }
-        }
-        let mut result = run_loop(shared);
-        for handle in handles {
-            let loop_result = handle
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("a uring loop panicked")));
-            result = result.and(loop_result);
-        }
-        result
-    });
+    let result = runner::run_loops(
+        "uring",
+        vec![(); n_loops],
+        &shutdown,
+        &|()| run_loop(shared),
+        &|never| shared.rings_ready.abandon(never),
+    );
     // The listener closes only now that no ring can accept on it any more.
     drop(listener);
     result
@@ -230,11 +213,7 @@ fn run_loop(shared: &Shared<'_>) -> io::Result<()> {
     if uring_loop.is_ok() && !all_ready {
         return Ok(()); // Another loop failed and reports it.
     }
-    let result = uring_loop.and_then(|mut uring_loop| uring_loop.run());
-    if result.is_err() {
-        shared.shutdown.trigger();
-    }
-    result
+    uring_loop.and_then(|mut uring_loop| uring_loop.run())
 }
 
 /// One connection of a loop.

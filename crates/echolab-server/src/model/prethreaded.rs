@@ -54,7 +54,7 @@ pub fn run(server: Server) -> io::Result<()> {
             let queue = &queue;
             let spawned = std::thread::Builder::new()
                 .name(format!("worker {worker_idx}"))
-                .stack_size(crate::thread::STACK_SIZE)
+                .stack_size(super::thread::STACK_SIZE)
                 .spawn_scoped(scope, move || {
                     while let Some(job) = queue.pop() {
                         conn::serve_blocking(&job.conn, job.peer, settings, job.admitted);

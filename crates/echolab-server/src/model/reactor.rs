@@ -1,6 +1,6 @@
 //! The reactor: one event loop per core, the answer production servers (nginx workers,
 //! memcached, monoio) give to the lecture's "an event-based server cannot use more than
-//! one core". Each loop is the [`crate::event`] server grown up: `epoll` (through `mio`)
+//! one core". Each loop is the [`super::event`] server grown up: `epoll` (through `mio`)
 //! instead of `poll`, so a turn costs what is ready rather than what is open.
 //!
 //! Trade-off: as fast as the kernel lets one thread per core go, with no locks on the
@@ -53,7 +53,7 @@ use crate::admission::{Admission, ConnCap};
 use crate::conn::{self, End};
 use crate::echo::{Echo, EchoConfig};
 use crate::shutdown::Shutdown;
-use crate::{cores, net, Server};
+use crate::{cores, net, runner, Server};
 
 /// Each loop's read buffer, shared by its connections: one read takes a whole 64 KiB.
 const READ_BUF: usize = 64 * 1024;
@@ -135,40 +135,14 @@ pub fn run(server: Server) -> io::Result<()> {
     for listener in listeners {
         reactors.push(Reactor::new(listener, shared)?);
     }
-    let first = reactors.pop().expect("at least one loop");
-    std::thread::scope(|scope| {
-        let mut handles = Vec::with_capacity(n_loops);
-        for (loop_idx, reactor) in reactors.into_iter().enumerate() {
-            let spawned = std::thread::Builder::new()
-                .name(format!("reactor-{}", loop_idx + 1))
-                .spawn_scoped(scope, move || run_loop(reactor));
-            match spawned {
-                Ok(handle) => handles.push(handle),
-                Err(err) => {
-                    shared.shutdown.trigger();
-                    return Err(err);
-                }
-            }
-        }
-        // The calling thread runs the last loop: n loops, n threads.
-        let mut result = run_loop(first);
-        for handle in handles {
-            let loop_result = handle
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("a reactor loop panicked")));
-            result = result.and(loop_result);
-        }
-        result
-    })
-}
-
-/// Runs one loop until shutdown; fires the shutdown for the others if it fails.
-fn run_loop(mut reactor: Reactor<'_>) -> io::Result<()> {
-    let result = reactor.run();
-    if result.is_err() {
-        reactor.shared.shutdown.trigger();
-    }
-    result
+    // n loops, n threads: the calling thread runs the last one.
+    runner::run_loops(
+        "reactor",
+        reactors,
+        &shutdown,
+        &|mut reactor: Reactor<'_>| reactor.run(),
+        &|_| {},
+    )
 }
 
 /// One event loop and its connections.
