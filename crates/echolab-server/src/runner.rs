@@ -25,12 +25,16 @@ pub fn run_loops<L: Send>(
     let Some(last) = loops.next_back() else {
         return Ok(());
     };
-    // Each loop's failure stops the others.
+    // Each loop's failure stops the others, and so does its panic (the guard's drop runs
+    // while the panic unwinds): the loop on the calling thread must not wait for a
+    // shutdown that only the join of a panicked thread would fire.
     let guarded = |one: L| {
+        let stop_on_panic = StopOnPanic(shutdown);
         let result = run_one(one);
         if result.is_err() {
             shutdown.trigger();
         }
+        drop(stop_on_panic);
         result
     };
     let guarded = &guarded;
@@ -59,6 +63,17 @@ pub fn run_loops<L: Send>(
         }
         result
     })
+}
+
+/// Fires the shutdown if dropped while its thread panics.
+struct StopOnPanic<'a>(&'a Shutdown);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.trigger();
+        }
+    }
 }
 
 #[cfg(test)]
