@@ -139,7 +139,9 @@ impl ConnCap {
         state.last_logged = Some(now);
         drop(state);
         if unlogged > 0 {
-            log::warn!("conn {peer} refused: {why} ({unlogged} more refused since the last such line)");
+            log::warn!(
+                "conn {peer} refused: {why} ({unlogged} more refused since the last such line)"
+            );
         } else {
             log::warn!("conn {peer} refused: {why}");
         }
@@ -159,7 +161,10 @@ mod tests {
         let cap = ConnCap::new(2, None);
         let a = cap.admit(peer(1, 1)).unwrap();
         let _b = cap.admit(peer(2, 1)).unwrap();
-        assert_eq!(cap.admit(peer(3, 1)).unwrap_err(), Refusal::Full { max_conns: 2 });
+        assert_eq!(
+            cap.admit(peer(3, 1)).unwrap_err(),
+            Refusal::Full { max_conns: 2 }
+        );
         assert_eq!(cap.open(), 2);
         drop(a);
         assert_eq!(cap.open(), 1);

@@ -203,7 +203,11 @@ mod tests {
     fn idle_sweep_closes_at_the_deadline_and_plans_the_next_sweep() {
         let t0 = Instant::now();
         let timeout = Duration::from_secs(10);
-        let conns = [(0, t0), (1, t0 + Duration::from_secs(1)), (2, t0 + Duration::from_secs(5))];
+        let conns = [
+            (0, t0),
+            (1, t0 + Duration::from_secs(1)),
+            (2, t0 + Duration::from_secs(5)),
+        ];
         // Exactly at conn 0's deadline: it expires, the others do not.
         let (expired, next) = idle_sweep(conns, timeout, t0 + timeout);
         assert_eq!(expired, vec![0]);
@@ -224,7 +228,11 @@ mod tests {
     #[test]
     fn idle_sweep_with_a_timeout_past_the_clock_never_expires_and_never_panics() {
         let t0 = Instant::now();
-        let (expired, next) = idle_sweep([(0, t0), (1, t0)], Duration::MAX, t0 + Duration::from_secs(1));
+        let (expired, next) = idle_sweep(
+            [(0, t0), (1, t0)],
+            Duration::MAX,
+            t0 + Duration::from_secs(1),
+        );
         assert!(expired.is_empty());
         assert_eq!(next, None);
     }
@@ -248,7 +256,9 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, peer) = listener.accept().unwrap();
-        client.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
         (client, server, peer)
     }
 
@@ -265,7 +275,12 @@ mod tests {
         let (mut client, server, peer) = pair();
         let flag = AtomicBool::new(false);
         let served = std::thread::spawn(move || {
-            let end = serve_blocking(&server, peer, settings(&flag, Some(Duration::from_secs(20))), ());
+            let end = serve_blocking(
+                &server,
+                peer,
+                settings(&flag, Some(Duration::from_secs(20))),
+                (),
+            );
             matches!(end, End::PeerClosed)
         });
         client.write_all(b"ping").unwrap();

@@ -467,12 +467,20 @@ mod tests {
                 return (w.out, Err(err.to_string()));
             }
             pos += n;
-            assert!(echo.buffered() <= MAX_OWED + 1, "{} bytes held", echo.buffered());
+            assert!(
+                echo.buffered() <= MAX_OWED + 1,
+                "{} bytes held",
+                echo.buffered()
+            );
             if config.mode == Mode::Lines && config.long_line == LongLine::Close {
                 // Nothing of a line goes out before its newline has arrived (a short
                 // write may leave part of a complete line out).
                 let complete = memchr::memrchr(b'\n', &input[..pos]).map_or(0, |nl| nl + 1);
-                assert!(w.out.len() <= complete, "{} out, {complete} complete", w.out.len());
+                assert!(
+                    w.out.len() <= complete,
+                    "{} out, {complete} complete",
+                    w.out.len()
+                );
             }
         }
         echo.on_eof(&mut w).unwrap();
@@ -483,7 +491,11 @@ mod tests {
             echo.flush(&mut w).unwrap();
         }
         assert!(echo.is_finished());
-        assert!(echo.heap_bytes() <= 2 * KEEP_CAPACITY, "{} heap bytes", echo.heap_bytes());
+        assert!(
+            echo.heap_bytes() <= 2 * KEEP_CAPACITY,
+            "{} heap bytes",
+            echo.heap_bytes()
+        );
         assert_eq!(echo.bytes_in(), input.len() as u64);
         assert_eq!(echo.bytes_out(), w.out.len() as u64);
         (w.out, Ok(()))
@@ -640,7 +652,11 @@ mod tests {
         assert!(echo.heap_bytes() >= 60_000);
         echo.on_input(b"\n", &mut out).unwrap();
         assert_eq!(out.len(), 60_001);
-        assert!(echo.heap_bytes() <= 2 * KEEP_CAPACITY, "{}", echo.heap_bytes());
+        assert!(
+            echo.heap_bytes() <= 2 * KEEP_CAPACITY,
+            "{}",
+            echo.heap_bytes()
+        );
         // Bytes mode: a burst the socket would not take is freed once it drains.
         let mut echo = Echo::new(EchoConfig::default());
         let mut blocked = ShortWriter {
@@ -651,7 +667,11 @@ mod tests {
         echo.on_input(&[7u8; 50_000], &mut blocked).unwrap();
         assert!(echo.heap_bytes() >= 50_000);
         echo.flush(&mut Vec::new()).unwrap();
-        assert!(echo.heap_bytes() <= 2 * KEEP_CAPACITY, "{}", echo.heap_bytes());
+        assert!(
+            echo.heap_bytes() <= 2 * KEEP_CAPACITY,
+            "{}",
+            echo.heap_bytes()
+        );
     }
 
     #[test]
@@ -665,14 +685,16 @@ mod tests {
         let mut out = Vec::new();
         echo.on_input(&[b'x'; 1000], &mut out).unwrap();
         assert_eq!(echo.read_room(), MAX_OWED - 1000);
-        echo.on_input(&vec![b'x'; MAX_LINE_CEILING - 1000], &mut out).unwrap();
+        echo.on_input(&vec![b'x'; MAX_LINE_CEILING - 1000], &mut out)
+            .unwrap();
         assert_eq!(echo.read_room(), 1);
         echo.on_input(b"\n", &mut out).unwrap();
         assert_eq!(out.len(), MAX_LINE_CEILING + 1);
         assert_eq!(echo.read_room(), MAX_OWED);
         // One byte more than the limit closes it.
         let mut echo = Echo::new(config);
-        echo.on_input(&vec![b'x'; MAX_LINE_CEILING], &mut out).unwrap();
+        echo.on_input(&vec![b'x'; MAX_LINE_CEILING], &mut out)
+            .unwrap();
         assert!(echo.on_input(b"x", &mut out).is_err());
     }
 

@@ -35,7 +35,6 @@ pub mod net;
 pub mod runner;
 pub mod shutdown;
 
-
 /// The bounded queue of the prethreaded model (CS:APP's `sbuf`), in a crate of its own.
 pub use echolab_sbuf as sbuf;
 

@@ -50,7 +50,11 @@ impl LiveConns {
     }
 
     /// Registers `conn`, admitted under the cap, unless the server is closing.
-    pub fn admit(self: &Arc<Self>, conn: &Arc<TcpStream>, admission: Admission) -> Option<Admitted> {
+    pub fn admit(
+        self: &Arc<Self>,
+        conn: &Arc<TcpStream>,
+        admission: Admission,
+    ) -> Option<Admitted> {
         let mut inner = self.lock();
         if inner.closed {
             return None;

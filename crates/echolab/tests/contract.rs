@@ -533,7 +533,14 @@ fn streamer_does_not_starve_a_probe(model: &str) {
     const CONTRACT: Duration = Duration::from_millis(10);
     const BUDGET: Duration = Duration::from_millis(50);
     let mut command = std::process::Command::new("taskset");
-    command.args(["-c", "0", "nice", "-n", "-10", env!("CARGO_BIN_EXE_echolab")]);
+    command.args([
+        "-c",
+        "0",
+        "nice",
+        "-n",
+        "-10",
+        env!("CARGO_BIN_EXE_echolab"),
+    ]);
     let server = Server::start_with(command, model, "127.0.0.1:0", one_loop(model));
     let streamer = connect(server.addr);
     let pin_to_cpu_1 = || {
@@ -655,9 +662,7 @@ fn non_reader_holds_at_most_64k_plus_one_buffer(model: &str) {
     let server = Server::start(model, &[]);
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
-    socket
-        .connect_timeout(&server.addr.into(), STEP)
-        .unwrap();
+    socket.connect_timeout(&server.addr.into(), STEP).unwrap();
     let hog: TcpStream = socket.into();
     hog.set_write_timeout(Some(STEP)).unwrap();
     let port = hog.local_addr().unwrap().port();
@@ -709,7 +714,15 @@ fn absurd_flag_values_are_refused_at_parse_time(model: &str) {
     ];
     for (flag, value) in cases {
         let child = echolab()
-            .args(["serve", "--model", model, "--listen", "127.0.0.1:0", flag, value])
+            .args([
+                "serve",
+                "--model",
+                model,
+                "--listen",
+                "127.0.0.1:0",
+                flag,
+                value,
+            ])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -766,7 +779,10 @@ fn a_panic_ends_the_whole_server(model: &str) {
     let lines = server.log.lines();
     let panic_lines: Vec<&String> = lines.iter().filter(|l| l.contains("panicked")).collect();
     assert_eq!(panic_lines.len(), 1, "one line about the panic: {lines:#?}");
-    assert!(panic_lines[0].contains("ECHOLAB_FAULT_PANIC"), "{panic_lines:?}");
+    assert!(
+        panic_lines[0].contains("ECHOLAB_FAULT_PANIC"),
+        "{panic_lines:?}"
+    );
     if !serializes(model) {
         match read_to_end(&mut bystander) {
             Ok(rest) => assert_eq!(rest, b""),
@@ -818,7 +834,10 @@ fn idle_connections_cost_at_most_1k_after_a_long_line(model: &str) {
             .sum()
     };
     let line: Vec<u8> = [
-        pattern(60_000).iter().map(|b| b | 0x80).collect::<Vec<u8>>(),
+        pattern(60_000)
+            .iter()
+            .map(|b| b | 0x80)
+            .collect::<Vec<u8>>(),
         vec![b'\n'],
     ]
     .concat();
@@ -833,7 +852,10 @@ fn idle_connections_cost_at_most_1k_after_a_long_line(model: &str) {
             let mut conn = connect(server.addr);
             let target = received() + 30_000;
             conn.write_all(&line[..30_000]).unwrap();
-            assert!(eventually(|| received() >= target), "the first half was never read");
+            assert!(
+                eventually(|| received() >= target),
+                "the first half was never read"
+            );
             conn.write_all(&line[30_000..]).unwrap();
             assert_eq!(read_n(&mut conn, line.len()), line);
             idle.push(conn);
@@ -867,10 +889,21 @@ fn idle_connections_cost_at_most_1k_after_a_long_line(model: &str) {
 fn long_line_split_serves_the_textbook_echoclient(model: &str) {
     let server = Server::start(
         model,
-        &["--mode", "lines", "--long-line", "split", "--max-line", "8191"],
+        &[
+            "--mode",
+            "lines",
+            "--long-line",
+            "split",
+            "--max-line",
+            "8191",
+        ],
     );
     let mut conn = connect(server.addr);
-    let long_line: Vec<u8> = [pattern(20_000).iter().map(|b| b | 0x80).collect(), vec![b'\n']].concat();
+    let long_line: Vec<u8> = [
+        pattern(20_000).iter().map(|b| b | 0x80).collect(),
+        vec![b'\n'],
+    ]
+    .concat();
     // The echoclient's loop: fgets a piece of at most 8,191 bytes, send it, read its echo.
     for piece in long_line.chunks(8191) {
         conn.write_all(piece).unwrap();
@@ -916,7 +949,11 @@ fn max_conns_per_ip_caps_one_address(model: &str) {
         }
     }
     let logged = server.log.wait_for("--max-conns-per-ip 1", 1);
-    assert!(logged.len() < FLOOD / 3, "{} refusal lines for {FLOOD} refusals", logged.len());
+    assert!(
+        logged.len() < FLOOD / 3,
+        "{} refusal lines for {FLOOD} refusals",
+        logged.len()
+    );
     // Another address on the loopback network is its own peer.
     let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     other
@@ -1070,7 +1107,9 @@ fn thread_joins_a_finished_thread_without_a_new_connection() {
     conn.write_all(b"bye").unwrap();
     assert_eq!(read_n(&mut conn, 3), b"bye");
     drop(conn);
-    server.log.wait_for(&format!(":{port}: its thread joined"), 1);
+    server
+        .log
+        .wait_for(&format!(":{port}: its thread joined"), 1);
 }
 
 /// Model-aware `--max-conns` defaults (issue 9, item 6), documented in `--help`: a process
@@ -1080,7 +1119,8 @@ fn max_conns_defaults_depend_on_the_model_and_help_says_so() {
     let output = echolab().args(["serve", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&output.stdout);
     assert!(
-        help.contains("256 for process, 1024 for thread") && help.contains("10000 for the other models"),
+        help.contains("256 for process, 1024 for thread")
+            && help.contains("10000 for the other models"),
         "{help}"
     );
     assert!(help.contains("--max-conns-per-ip"), "{help}");
@@ -1091,7 +1131,10 @@ fn max_conns_defaults_depend_on_the_model_and_help_says_so() {
 /// not the kernel has `/proc/PID/task/*/children`.
 #[test]
 fn family_finds_a_known_child() {
-    let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
     let found = family(std::process::id() as i32).contains(&(child.id() as i32));
     let _ = child.kill();
     let _ = child.wait();

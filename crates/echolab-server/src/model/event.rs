@@ -220,14 +220,13 @@ fn next_timeout(
     idle_timeout: Option<Duration>,
     paused_until: Option<Instant>,
 ) -> PollTimeout {
-    let idle_deadline =
-        idle_timeout.and_then(|timeout| {
-            // A timeout past the clock's end never expires.
-            conns
-                .iter()
-                .filter_map(|conn| conn.last_active.checked_add(timeout))
-                .min()
-        });
+    let idle_deadline = idle_timeout.and_then(|timeout| {
+        // A timeout past the clock's end never expires.
+        conns
+            .iter()
+            .filter_map(|conn| conn.last_active.checked_add(timeout))
+            .min()
+    });
     let deadline = match (idle_deadline, paused_until) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),

@@ -56,7 +56,14 @@ pub fn run(server: Server) -> io::Result<()> {
     // Every live child, the peer it serves and its place under the cap (freed when the
     // child is reaped).
     let mut children: Children = HashMap::new();
-    let result = accept_loop(&listener, &config, &shutdown, &sigchld_read, &cap, &mut children);
+    let result = accept_loop(
+        &listener,
+        &config,
+        &shutdown,
+        &sigchld_read,
+        &cap,
+        &mut children,
+    );
 
     // Shutdown, and after an error too: close the listener first (the port is free at
     // once), then end every child and reap it, so that no process outlives the server.
@@ -186,7 +193,12 @@ fn fork_child(
             }
             let not_shutting_down = AtomicBool::new(false);
             // The child's place under the cap is the parent's to free, when it reaps the child.
-            conn::serve_blocking(&conn, peer, ConnSettings::new(config, &not_shutting_down), ());
+            conn::serve_blocking(
+                &conn,
+                peer,
+                ConnSettings::new(config, &not_shutting_down),
+                (),
+            );
             drop(conn);
             echolab_sys::exit_immediately(0)
         }

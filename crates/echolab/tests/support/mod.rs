@@ -308,7 +308,10 @@ fn children_of(pid: i32) -> Vec<i32> {
         for task in tasks.flatten() {
             if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
                 have_file = true;
-                kids.extend(text.split_whitespace().filter_map(|s| s.parse::<i32>().ok()));
+                kids.extend(
+                    text.split_whitespace()
+                        .filter_map(|s| s.parse::<i32>().ok()),
+                );
             }
         }
     }
