@@ -302,6 +302,24 @@ mod tests {
     }
 
     #[test]
+    fn a_reset_is_a_failure_not_an_idle_connection() {
+        let (client, server, peer) = pair();
+        let flag = AtomicBool::new(false);
+        // SO_LINGER 0: closing sends a reset.
+        socket2::SockRef::from(&client)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(client);
+        let end = serve_blocking(
+            &server,
+            peer,
+            settings(&flag, Some(Duration::from_secs(20))),
+            (),
+        );
+        assert!(matches!(end, End::Failed(EchoError::Io(_))), "{end}");
+    }
+
+    #[test]
     fn a_read_of_zero_while_shutting_down_is_the_shutdown() {
         let (client, server, peer) = pair();
         let flag = AtomicBool::new(true);

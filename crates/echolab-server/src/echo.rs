@@ -699,8 +699,16 @@ mod tests {
     }
 
     #[test]
+    fn modes_read_as_the_flag_spells_them() {
+        assert_eq!(Mode::Bytes.to_string(), "bytes");
+        assert_eq!(Mode::Lines.to_string(), "lines");
+    }
+
+    #[test]
     fn backpressure_stops_reading_at_the_bound() {
         let mut echo = Echo::new(EchoConfig::default());
+        assert!(echo.wants_read());
+        assert!(!echo.wants_write());
         let mut blocked = ShortWriter {
             out: Vec::new(),
             script: vec![0],
