@@ -345,6 +345,21 @@ pub fn pss_kib(pid: i32) -> u64 {
         .sum()
 }
 
+/// Anonymous memory (heap, stacks, anonymous maps) of `pid` and its descendants, in KiB.
+/// Unlike PSS it does not move when other processes start or stop sharing the binary's
+/// pages (PSS divides those among their sharers), so a test running beside others can
+/// measure what the server itself allocated.
+pub fn anon_kib(pid: i32) -> u64 {
+    family(pid)
+        .iter()
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok()?;
+            let line = text.lines().find(|l| l.starts_with("Anonymous:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
 /// A numeric field of /proc/PID/status (0 if absent).
 pub fn status_field(pid: i32, name: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
