@@ -335,11 +335,9 @@ impl Echo {
         }
     }
 
+    /// Appends to the owed bytes. A drained buffer has already been reset by `flush`
+    /// (`owed_start` is 0 whenever nothing is owed), so nothing here needs compacting.
     fn owe(&mut self, bytes: &[u8]) {
-        if self.owed_start > 0 && self.owed_start == self.owed.len() {
-            self.owed.clear();
-            self.owed_start = 0;
-        }
         self.owed.extend_from_slice(bytes);
     }
 
@@ -696,6 +694,83 @@ mod tests {
         echo.on_input(&vec![b'x'; MAX_LINE_CEILING], &mut out)
             .unwrap();
         assert!(echo.on_input(b"x", &mut out).is_err());
+    }
+
+    /// A writer that answers each call from a script of results.
+    struct ScriptedWriter {
+        out: Vec<u8>,
+        script: std::collections::VecDeque<io::Result<usize>>,
+    }
+
+    impl Write for ScriptedWriter {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            match self.script.pop_front() {
+                Some(Ok(n)) => {
+                    let n = n.min(buf.len());
+                    self.out.extend_from_slice(&buf[..n]);
+                    Ok(n)
+                }
+                Some(Err(err)) => Err(err),
+                None => Err(io::ErrorKind::WouldBlock.into()),
+            }
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn flush_retries_an_interrupted_write_and_stops_at_would_block() {
+        let mut echo = Echo::new(EchoConfig::default());
+        let mut blocked = ScriptedWriter {
+            out: Vec::new(),
+            script: Default::default(),
+        };
+        echo.on_input(b"abcdef", &mut blocked).unwrap();
+        assert_eq!(echo.buffered(), 6);
+        let mut w = ScriptedWriter {
+            out: Vec::new(),
+            script: [
+                Err(io::ErrorKind::Interrupted.into()),
+                Ok(2),
+                Err(io::ErrorKind::WouldBlock.into()),
+                Ok(100),
+            ]
+            .into(),
+        };
+        echo.flush(&mut w).unwrap();
+        assert_eq!(w.out, b"ab"); // Interrupted: retried; WouldBlock: stopped.
+        assert_eq!(echo.buffered(), 4);
+        echo.flush(&mut w).unwrap();
+        assert_eq!(w.out, b"abcdef");
+        assert_eq!(echo.bytes_out(), 6);
+        // Any other error is the connection's.
+        echo.on_input(b"gh", &mut blocked).unwrap();
+        let mut broken = ScriptedWriter {
+            out: Vec::new(),
+            script: [Err(io::ErrorKind::BrokenPipe.into())].into(),
+        };
+        assert_eq!(
+            echo.flush(&mut broken).unwrap_err().kind(),
+            io::ErrorKind::BrokenPipe
+        );
+    }
+
+    #[test]
+    fn a_drained_buffer_of_exactly_keep_capacity_is_kept() {
+        let mut echo = Echo::new(EchoConfig::default());
+        let mut blocked = ScriptedWriter {
+            out: Vec::new(),
+            script: Default::default(),
+        };
+        echo.on_input(&[1u8; KEEP_CAPACITY], &mut blocked).unwrap();
+        assert_eq!(echo.heap_bytes(), KEEP_CAPACITY);
+        echo.flush(&mut Vec::new()).unwrap();
+        assert_eq!(echo.heap_bytes(), KEEP_CAPACITY, "kept for the next burst");
+        echo.on_input(&[1u8; KEEP_CAPACITY + 1], &mut blocked)
+            .unwrap();
+        echo.flush(&mut Vec::new()).unwrap();
+        assert_eq!(echo.heap_bytes(), 0, "a larger one is freed");
     }
 
     #[test]
