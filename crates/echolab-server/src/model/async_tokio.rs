@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::accept;
-use crate::admission::ConnCap;
+use crate::admission::{Admission, ConnCap};
 use crate::conn::{self, End, READ_BUF};
 use crate::echo::{Echo, EchoConfig, EchoError};
 use crate::{cores, net, Server};
@@ -126,8 +126,7 @@ async fn serve(
                 let stop_rx = stop_rx.clone();
                 let done_tx = done_tx.clone();
                 tokio::spawn(async move {
-                    serve_conn(stream, peer, settings, stop_rx).await;
-                    drop(admission);
+                    serve_conn(stream, peer, settings, stop_rx, admission).await;
                     drop(done_tx);
                 });
             }
@@ -150,12 +149,14 @@ async fn serve(
     Ok(())
 }
 
-/// Serves one connection until it ends, and logs its opening and closing.
+/// Serves one connection until it ends, and logs its opening and closing; `admission` is
+/// its place under the cap, freed before the close line.
 async fn serve_conn(
     stream: TcpStream,
     peer: SocketAddr,
     settings: Settings,
     stop_rx: watch::Receiver<bool>,
+    admission: Admission,
 ) {
     let mut echo = Echo::new(settings.echo);
     let end = match stream.set_nodelay(true) {
@@ -165,6 +166,9 @@ async fn serve_conn(
         }
         Err(err) => End::Failed(err.into()),
     };
+    // The socket closes and the place under the cap is free before the close line.
+    drop(stream);
+    drop(admission);
     conn::log_closed(peer, &echo, &end);
 }
 
