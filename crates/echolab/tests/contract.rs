@@ -403,6 +403,7 @@ fn survives_running_out_of_descriptors(model: &str) {
         server.log.wait_for("too many open files", 1);
         // A connection the server did open: with one listener per loop (reactor), the
         // first to connect may wait in the queue of a loop that ran out first.
+        server.log.wait_for(" opened", 1);
         let opened = server.log.lines();
         let was_opened = |conn: &TcpStream| {
             let port = conn.local_addr().unwrap().port();
