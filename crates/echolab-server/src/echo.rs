@@ -757,6 +757,34 @@ mod tests {
     }
 
     #[test]
+    fn a_direct_write_retries_interrupted_keeps_what_would_block_and_fails_on_errors() {
+        // Nothing owed: the input goes straight to the writer (`write_until_blocked`).
+        let mut echo = Echo::new(EchoConfig::default());
+        let mut w = ScriptedWriter {
+            out: Vec::new(),
+            script: [
+                Err(io::ErrorKind::Interrupted.into()),
+                Ok(2),
+                Err(io::ErrorKind::WouldBlock.into()),
+            ]
+            .into(),
+        };
+        echo.on_input(b"abcdef", &mut w).unwrap();
+        assert_eq!(w.out, b"ab");
+        assert_eq!(echo.buffered(), 4);
+        assert_eq!(echo.bytes_out(), 2);
+        let mut echo = Echo::new(EchoConfig::default());
+        let mut broken = ScriptedWriter {
+            out: Vec::new(),
+            script: [Err(io::ErrorKind::BrokenPipe.into())].into(),
+        };
+        assert!(matches!(
+            echo.on_input(b"abc", &mut broken),
+            Err(EchoError::Io(err)) if err.kind() == io::ErrorKind::BrokenPipe
+        ));
+    }
+
+    #[test]
     fn a_drained_buffer_of_exactly_keep_capacity_is_kept() {
         let mut echo = Echo::new(EchoConfig::default());
         let mut blocked = ScriptedWriter {
