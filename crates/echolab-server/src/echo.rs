@@ -499,11 +499,59 @@ mod tests {
         (w.out, Ok(()))
     }
 
-    fn lines_reference(input: &[u8], max_line: usize) -> Option<usize> {
-        // Returns the index of the first line too long, if any.
-        input
-            .split(|b| *b == b'\n')
-            .position(|line| line.len() > max_line)
+    /// The byte offset where the first line longer than `max_line` starts, if any.
+    fn first_long_line(input: &[u8], max_line: usize) -> Option<usize> {
+        let mut start = 0;
+        for line in input.split(|b| *b == b'\n') {
+            if line.len() > max_line {
+                return Some(start);
+            }
+            start += line.len() + 1;
+        }
+        None
+    }
+
+    /// Lines mode with `--long-line close`: everything back if no line is too long;
+    /// otherwise an error, and what went out is a prefix of the lines before the long one.
+    /// It need not end in a newline: a short write may have left part of a complete line
+    /// unsent when the long line closed the connection (the flaky failure of issue 9: the
+    /// reference wanted whole lines, which the socket does not promise).
+    fn check_lines_outcome(
+        input: &[u8],
+        max_line: usize,
+        out: &[u8],
+        result: &Result<(), String>,
+    ) -> Result<(), TestCaseError> {
+        match first_long_line(input, max_line) {
+            None => {
+                prop_assert!(result.is_ok(), "{:?}", result);
+                prop_assert_eq!(out, input);
+            }
+            Some(long_start) => {
+                prop_assert!(result.is_err());
+                prop_assert!(input.starts_with(out));
+                prop_assert!(
+                    out.len() <= long_start,
+                    "{} out, long line at {long_start}",
+                    out.len()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_short_write_before_a_long_line_leaves_part_of_a_line_out() {
+        let config = EchoConfig {
+            mode: Mode::Lines,
+            max_line: 4,
+            long_line: LongLine::Close,
+        };
+        let input = b"abc\nabcdefgh";
+        // The socket takes 3 bytes of "abc\n", then would block; the long line follows.
+        let (out, result) = run(config, input, &[100], &[3, 0]);
+        assert_eq!(out, b"abc");
+        check_lines_outcome(input, 4, &out, &result).unwrap();
     }
 
     proptest! {
@@ -532,18 +580,7 @@ mod tests {
             let writes = ensure_progress(writes);
             let config = EchoConfig { mode: Mode::Lines, max_line, long_line: LongLine::Close };
             let (out, result) = run(config, &input, &reads, &writes);
-            match lines_reference(&input, max_line) {
-                None => {
-                    prop_assert!(result.is_ok());
-                    prop_assert_eq!(out, input);
-                }
-                Some(_) => {
-                    prop_assert!(result.is_err());
-                    // What went out before the error is whole lines, a prefix of the input.
-                    prop_assert!(input.starts_with(&out));
-                    prop_assert!(out.is_empty() || out.ends_with(b"\n"));
-                }
-            }
+            check_lines_outcome(&input, max_line, &out, &result)?;
         }
     }
 
