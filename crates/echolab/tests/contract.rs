@@ -997,6 +997,26 @@ fn max_conns_per_ip_caps_one_address(model: &str) {
     assert_eq!(round_trip(server.addr, b"again".to_vec()), b"again");
 }
 
+/// SIGTERM with a client that sends and never reads: the server's sends to it cannot
+/// finish, and it must not wait for them. Every model stops in milliseconds; uring took
+/// 1 s (its ring's teardown waited out a 1 s cancel for a send already ended).
+fn shutdown_with_a_non_reader_is_prompt(model: &str) {
+    let mut server = Server::start(model, &[]);
+    let hog = connect(server.addr);
+    push_until_blocked(&hog);
+    let started = Instant::now();
+    let status = server
+        .terminate(Duration::from_secs(5))
+        .expect("server did not exit within 5 s of SIGTERM");
+    let took = started.elapsed();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        took < Duration::from_millis(500),
+        "{model} took {took:?} to stop on SIGTERM with a non-reading client"
+    );
+    println!("{model}: stopped in {took:?} with a non-reader");
+}
+
 /// Tests that measure time run alone: the fairness probe's tail is the scheduler's as much
 /// as the server's, and a 16 MiB stream running beside it on 2 cores made every model,
 /// even those with no loop to be unfair, miss its budget. Every other test shares.
@@ -1083,6 +1103,7 @@ contract!(
     max_conns_caps_open_connections,
     survives_running_out_of_descriptors,
     graceful_shutdown_releases_everything,
+    shutdown_with_a_non_reader_is_prompt,
     serves_ipv6_loopback,
     streamer_does_not_starve_a_probe,
     non_reader_holds_at_most_64k_plus_one_buffer,
