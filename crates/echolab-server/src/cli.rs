@@ -19,6 +19,11 @@ pub const MAX_IDLE_TIMEOUT_SECS: u64 = 10 * 365 * 86_400;
 /// that the vectors sized by it cannot overflow.
 pub const MAX_WORKERS: usize = 1024;
 
+/// The most `--max-conns` and `--max-conns-per-ip`: 2^20, more descriptors than a
+/// process here may open. A larger value would never be reached, so it is refused as a
+/// mistake rather than accepted silently (finding 11: 2^64-1 was taken).
+pub const MAX_CONNS_CEILING: usize = 1 << 20;
+
 /// The default `--max-conns` of the models that spend little per connection (see
 /// [`Model::default_max_conns`]).
 pub const DEFAULT_MAX_CONNS: usize = 10_000;
@@ -44,7 +49,7 @@ pub struct ServeArgs {
 
     /// Lines mode: the longest line accepted, in bytes, not counting its newline; at most
     /// 65536 (a partial line counts against the 64 KiB a connection may hold).
-    #[arg(long, default_value_t = DEFAULT_MAX_LINE, value_parser = parse_max_line)]
+    #[arg(long, default_value_t = DEFAULT_MAX_LINE, value_parser = parse_max_line, allow_negative_numbers = true)]
     pub max_line: usize,
 
     /// Lines mode: what a line longer than --max-line does. close: closes its connection.
@@ -56,24 +61,25 @@ pub struct ServeArgs {
 
     /// Close a connection after this many seconds without a byte in either direction; 0 never
     /// (at most 315360000, ten years).
-    #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT_SECS, value_name = "SECS", value_parser = parse_idle_timeout)]
+    #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT_SECS, value_name = "SECS", value_parser = parse_idle_timeout, allow_negative_numbers = true)]
     pub idle_timeout: u64,
 
     /// The most connections open at once. The next one is accepted and closed at once (the
     /// client sees end-of-file without an echo), and a warning is logged (at most one line
     /// a second, with a count of the others). Default: 256 for process, 1024 for thread,
-    /// 10000 for the other models.
-    #[arg(long, value_parser = parse_positive, value_name = "N")]
+    /// 10000 for the other models; at most 1048576.
+    #[arg(long, value_parser = parse_max_conns, value_name = "N", allow_negative_numbers = true)]
     pub max_conns: Option<usize>,
 
     /// The most connections open at once from one IP address, refused like --max-conns.
-    /// Default: no limit (a benchmark opens all its connections from one address).
-    #[arg(long, value_parser = parse_positive, value_name = "N")]
+    /// Default: no limit (a benchmark opens all its connections from one address); at most
+    /// 1048576.
+    #[arg(long, value_parser = parse_max_conns, value_name = "N", allow_negative_numbers = true)]
     pub max_conns_per_ip: Option<usize>,
 
     /// Worker threads (prethreaded: default 4 per core; reactor, uring, async: one per core;
-    /// at most 1024).
-    #[arg(long, value_parser = parse_workers, value_name = "N")]
+    /// at most 1024). The other models have no workers and refuse it.
+    #[arg(long, value_parser = parse_workers, value_name = "N", allow_negative_numbers = true)]
     pub workers: Option<usize>,
 
     /// Log only warnings and errors (the listening line is still printed).
@@ -109,6 +115,14 @@ fn parse_idle_timeout(text: &str) -> Result<u64, String> {
         ));
     }
     Ok(secs)
+}
+
+fn parse_max_conns(text: &str) -> Result<usize, String> {
+    let n = parse_positive(text)?;
+    if n > MAX_CONNS_CEILING {
+        return Err(format!("at most {MAX_CONNS_CEILING}"));
+    }
+    Ok(n)
 }
 
 fn parse_workers(text: &str) -> Result<usize, String> {
@@ -152,8 +166,16 @@ impl ServeArgs {
 /// Runs `echolab serve`: 0 after a clean shutdown, 2 for a bad setting (such as a port in
 /// use), 1 for a failure while serving.
 pub fn run(args: ServeArgs) -> ExitCode {
-    logging::init(args.quiet, args.verbose);
     let config = args.config();
+    if let Some(workers) = config.workers.filter(|_| !config.model.has_workers()) {
+        // A value that would do nothing is a mistake to report, not to ignore (finding 11).
+        eprintln!(
+            "echolab serve: --workers {workers}: the {} model has no worker threads (only prethreaded, reactor, uring and async take --workers)",
+            config.model
+        );
+        return ExitCode::from(2);
+    }
+    logging::init(args.quiet, args.verbose);
     let model = config.model;
     let result = crate::serve(config, |addr| {
         eprintln!("listening on {addr} (model {model})");

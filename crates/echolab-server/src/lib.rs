@@ -90,6 +90,15 @@ impl Model {
         }
     }
 
+    /// Whether `--workers` sizes this model's pool of threads or loops; the others (one
+    /// thread, a process or a thread per connection) have none to size.
+    pub fn has_workers(self) -> bool {
+        matches!(
+            self,
+            Model::Prethreaded | Model::Reactor | Model::Uring | Model::Async
+        )
+    }
+
     /// The model `echolab serve` uses when none is named: the best one the project has
     /// (`scripts/bench-models.py` shows it against the C reference).
     pub const DEFAULT: Model = Model::Reactor;

@@ -726,6 +726,13 @@ fn absurd_flag_values_are_refused_at_parse_time(model: &str) {
         ("--workers", "18446744073709551615"),
         ("--workers", "0"),
         ("--max-conns", "0"),
+        ("--max-conns", "-1"),
+        ("--max-conns", "18446744073709551615"),
+        ("--max-conns", "1048577"),
+        ("--max-conns-per-ip", "-1"),
+        ("--max-conns-per-ip", "1048577"),
+        ("--workers", "-1"),
+        ("--max-line", "-1"),
         ("--max-line", "18446744073709551615"),
     ];
     for (flag, value) in cases {
@@ -747,9 +754,21 @@ fn absurd_flag_values_are_refused_at_parse_time(model: &str) {
         let output = finish_bounded(child, STEP);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{flag} {value}: {stderr}");
+        // One line naming the flag and the value (finding 11: `-1` was "unexpected
+        // argument '-1' found", which named no flag).
         assert!(stderr.contains(value), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{flag} {value}: {stderr}"
+        );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+    // The ceiling itself is accepted.
+    let server = Server::start(model, &["--max-conns", "1048576"]);
+    assert_eq!(round_trip(server.addr, b"ceiling".to_vec()), b"ceiling");
+    drop(server);
     // The largest idle timeout accepted serves, and no clock overflows when a connection
     // arrives.
     let server = Server::start(model, &["--idle-timeout", "315360000"]);
@@ -1017,6 +1036,40 @@ fn shutdown_with_a_non_reader_is_prompt(model: &str) {
     println!("{model}: stopped in {took:?} with a non-reader");
 }
 
+/// `--workers` sizes the pool of the models that have one; the others refuse it (exit 2,
+/// one line naming the model) rather than ignore it silently (finding 11).
+fn workers_is_refused_where_it_does_nothing(model: &str) {
+    if matches!(model, "prethreaded" | "reactor" | "uring" | "async") {
+        let server = Server::start(model, &["--workers", "3"]);
+        assert_eq!(round_trip(server.addr, b"three".to_vec()), b"three");
+        return;
+    }
+    let child = echolab()
+        .args([
+            "serve",
+            "--model",
+            model,
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "3",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = finish_bounded(child, STEP);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--workers 3"), "{stderr}");
+    assert!(stderr.contains(&format!("the {model} model")), "{stderr}");
+    // Its default (no --workers) still serves.
+    let server = Server::start(model, &[]);
+    assert_eq!(round_trip(server.addr, b"default".to_vec()), b"default");
+}
+
 /// Tests that measure time run alone: the fairness probe's tail is the scheduler's as much
 /// as the server's, and a 16 MiB stream running beside it on 2 cores made every model,
 /// even those with no loop to be unfair, miss its budget. Every other test shares.
@@ -1109,6 +1162,7 @@ contract!(
     non_reader_holds_at_most_64k_plus_one_buffer,
     urgent_data_does_not_stall_the_stream,
     absurd_flag_values_are_refused_at_parse_time,
+    workers_is_refused_where_it_does_nothing,
     a_panic_ends_the_whole_server,
     idle_connections_cost_at_most_1k_after_a_long_line,
     long_line_split_serves_the_textbook_echoclient,
