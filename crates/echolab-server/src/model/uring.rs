@@ -303,11 +303,10 @@ impl<'a> UringLoop<'a> {
                     Ok(()) => self.accept_armed = true,
                     // Open connections are still served; accepting is tried again later.
                     Err(err) => {
-                        log::warn!(
-                            "cannot arm accept: {}; trying again in {} ms",
-                            net::describe(&err),
-                            accept::OUT_OF_DESCRIPTORS_PAUSE.as_millis()
-                        );
+                        accept::warn_pausing(&format!(
+                            "cannot arm accept: {}",
+                            net::describe(&err)
+                        ));
                         self.accept_paused_until = Some(now + accept::OUT_OF_DESCRIPTORS_PAUSE);
                     }
                 }
