@@ -1084,6 +1084,24 @@ fn workers_is_refused_where_it_does_nothing(model: &str) {
     assert_eq!(round_trip(server.addr, b"default".to_vec()), b"default");
 }
 
+/// At shutdown every model logs each open connection's close with its byte counts, the
+/// process model too (finding 10: its parent logged "child N ended" without counts, the
+/// child died of SIGTERM; now the child ends the connection and logs it).
+fn shutdown_close_lines_carry_byte_counts(model: &str) {
+    let mut server = Server::start(model, &[]);
+    let mut conn = connect(server.addr);
+    conn.write_all(b"count me").unwrap();
+    assert_eq!(read_n(&mut conn, 8), b"count me");
+    let port = conn.local_addr().unwrap().port();
+    server.log.wait_for(&format!(":{port} opened"), 1);
+    let status = server
+        .terminate(Duration::from_secs(5))
+        .expect("server did not exit within 5 s of SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+    let closed = format!(":{port} closed: server shutting down (8 bytes in, 8 out)");
+    server.log.wait_for(&closed, 1);
+}
+
 /// Tests that measure time run alone: the fairness probe's tail is the scheduler's as much
 /// as the server's, and a 16 MiB stream running beside it on 2 cores made every model,
 /// even those with no loop to be unfair, miss its budget. Every other test shares.
@@ -1171,6 +1189,7 @@ contract!(
     survives_running_out_of_descriptors,
     graceful_shutdown_releases_everything,
     shutdown_with_a_non_reader_is_prompt,
+    shutdown_close_lines_carry_byte_counts,
     serves_ipv6_loopback,
     streamer_does_not_starve_a_probe,
     non_reader_holds_at_most_64k_plus_one_buffer,

@@ -72,12 +72,26 @@ pub fn run(server: Server) -> io::Result<()> {
         let _ = nix::sys::signal::kill(*pid, Signal::SIGTERM);
     }
     for (pid, (peer, _admission)) in children.drain() {
-        while let Err(nix::errno::Errno::EINTR) = waitpid(pid, None) {}
-        log::info!("conn {peer} closed: server shutting down (child {pid} ended)");
+        let status = loop {
+            match waitpid(pid, None) {
+                Err(nix::errno::Errno::EINTR) => {}
+                other => break other,
+            }
+        };
+        if matches!(status, Ok(WaitStatus::Exited(_, 0))) {
+            // The child logged its own close line, with the byte counts.
+            log::debug!("child {pid} ended");
+        } else {
+            log::info!("conn {peer} closed: server shutting down (child {pid} ended: {status:?})");
+        }
     }
     signal_hook::low_level::unregister(sigchld_id);
     result
 }
+
+/// A child whose signal handler could not be installed never learns of a shutdown: its
+/// SIGTERM stays the default (it dies), and the parent logs the close for it.
+static NEVER: AtomicBool = AtomicBool::new(false);
 
 /// The live children: the peer each serves and its place under the cap.
 type Children = HashMap<Pid, (SocketAddr, Admission)>;
@@ -174,9 +188,16 @@ fn fork_child(
     match forked {
         Ok(ForkResult::Child) => {
             // In the child. Signals default again: SIGTERM from the parent ends us.
+            // SIGTERM and SIGINT shut the connection down instead, so that the child
+            // ends it as a shutdown and logs its close line with the byte counts
+            // (finding 10); they stay blocked until the handler is in place.
             for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGCHLD] {
                 let _ = echolab_sys::reset_signal_to_default(signal);
             }
+            let shutting_down = match echolab_sys::shut_down_on_sigterm(conn.as_raw_fd()) {
+                Ok(flag) => flag,
+                Err(_) => &NEVER,
+            };
             let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
             // A parent killed without its shutdown (SIGKILL) cannot end its children; the
             // kernel does it for us. If the parent is already gone, stop now.
@@ -191,14 +212,8 @@ fn fork_child(
             for fd in parent_fds {
                 let _ = nix::unistd::close(*fd);
             }
-            let not_shutting_down = AtomicBool::new(false);
             // The child's place under the cap is the parent's to free, when it reaps the child.
-            conn::serve_blocking(
-                &conn,
-                peer,
-                ConnSettings::new(config, &not_shutting_down),
-                (),
-            );
+            conn::serve_blocking(&conn, peer, ConnSettings::new(config, shutting_down), ());
             drop(conn);
             echolab_sys::exit_immediately(0)
         }
