@@ -128,10 +128,13 @@ mod tests {
     #[test]
     fn items_come_out_in_order() {
         let queue = BoundedQueue::new(3);
+        assert!(queue.is_empty());
         for i in 0..3 {
             queue.push(i).unwrap();
         }
+        assert!(!queue.is_empty());
         assert_eq!(queue.len(), 3);
+        assert_eq!(queue.capacity(), 3);
         assert_eq!(
             (queue.pop(), queue.pop(), queue.pop()),
             (Some(0), Some(1), Some(2))
@@ -172,8 +175,19 @@ mod tests {
                     scope.spawn(move || (0..1000).for_each(|i| queue.push(p * 1000 + i).unwrap()))
                 })
                 .collect();
+            // Each consumer also checks the bound after every pop: producers that did not
+            // wait on a full queue would outrun three consumers within a few items.
             let consumers: Vec<_> = (0..3)
-                .map(|_| scope.spawn(move || std::iter::from_fn(|| queue.pop()).sum::<u64>()))
+                .map(|_| {
+                    scope.spawn(move || {
+                        let mut sum = 0;
+                        while let Some(item) = queue.pop() {
+                            assert!(queue.len() <= queue.capacity(), "{} items", queue.len());
+                            sum += item;
+                        }
+                        sum
+                    })
+                })
                 .collect();
             producers.into_iter().for_each(|p| p.join().unwrap());
             queue.close();
@@ -201,7 +215,11 @@ mod loom_tests {
                     queue.push(2).unwrap();
                 })
             };
+            // In every interleaving, including the one where the producer runs first: its
+            // second push waits for the pop instead of overfilling the queue.
+            assert!(queue.len() <= 1);
             assert_eq!(queue.pop(), Some(1));
+            assert!(queue.len() <= 1);
             assert_eq!(queue.pop(), Some(2));
             producer.join().unwrap();
             assert!(queue.is_empty());

@@ -3,6 +3,7 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -15,6 +16,64 @@ use crate::shutdown::Shutdown;
 /// until a connection closes.
 pub const OUT_OF_DESCRIPTORS_PAUSE: Duration = Duration::from_millis(100);
 
+/// At most one "pausing accept" line per this interval, for the whole server (every loop
+/// and accept thread shares it); the pauses in between are counted and reported with the
+/// next line. Out of descriptors, each loop pauses every 100 ms: unthrottled, that was 44
+/// to 90 identical lines in 2 s (finding 12).
+pub const PAUSE_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Lets a repeated warning through at most once per interval and counts the rest.
+#[derive(Debug, Default)]
+pub struct LogThrottle {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl LogThrottle {
+    pub const fn new() -> LogThrottle {
+        LogThrottle {
+            last_logged: None,
+            unlogged: 0,
+        }
+    }
+
+    /// `Some(n)`: log now, and say that `n` more happened since the last line; `None`:
+    /// stay silent (counted).
+    pub fn admit(&mut self, now: Instant, interval: Duration) -> Option<u64> {
+        if self
+            .last_logged
+            .is_some_and(|last| now.saturating_duration_since(last) < interval)
+        {
+            self.unlogged += 1;
+            return None;
+        }
+        self.last_logged = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
+static PAUSE_LOG: Mutex<LogThrottle> = Mutex::new(LogThrottle::new());
+
+/// Logs that accepting pauses for `why`, at most once per [`PAUSE_LOG_INTERVAL`] for the
+/// whole server.
+pub fn warn_pausing(why: &str) {
+    let admitted = PAUSE_LOG
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .admit(Instant::now(), PAUSE_LOG_INTERVAL);
+    match admitted {
+        None => {}
+        Some(0) => log::warn!(
+            "{why}; pausing accept for {} ms, open connections are still served",
+            OUT_OF_DESCRIPTORS_PAUSE.as_millis()
+        ),
+        Some(more) => log::warn!(
+            "{why}; pausing accept for {} ms, open connections are still served ({more} more pauses since the last such line)",
+            OUT_OF_DESCRIPTORS_PAUSE.as_millis()
+        ),
+    }
+}
+
 /// What to do after `accept` failed with `err`: `None` to accept again at once (nothing
 /// to accept now, or a connection that went away before we took it), or the instant until
 /// which accepting pauses (out of descriptors or memory; logged).
@@ -24,11 +83,7 @@ pub fn after_accept_error(err: &std::io::Error) -> Option<Instant> {
     if net::would_block(err) || net::interrupted(err) || net::aborted_before_accept(err) {
         return None;
     }
-    log::warn!(
-        "accept failed: {}; pausing accept for {} ms, open connections are still served",
-        net::describe(err),
-        OUT_OF_DESCRIPTORS_PAUSE.as_millis()
-    );
+    warn_pausing(&format!("accept failed: {}", net::describe(err)));
     Some(Instant::now() + OUT_OF_DESCRIPTORS_PAUSE)
 }
 
@@ -98,5 +153,24 @@ impl<'a> Acceptor<'a> {
                 Err(err) => self.paused_until = after_accept_error(&err),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_throttle_lets_one_line_through_per_interval_and_counts_the_rest() {
+        let mut throttle = LogThrottle::new();
+        let t0 = Instant::now();
+        let second = Duration::from_secs(1);
+        assert_eq!(throttle.admit(t0, second), Some(0));
+        for ms in [1, 100, 500, 999] {
+            assert_eq!(throttle.admit(t0 + Duration::from_millis(ms), second), None);
+        }
+        assert_eq!(throttle.admit(t0 + second, second), Some(4));
+        assert_eq!(throttle.admit(t0 + second, second), None);
+        assert_eq!(throttle.admit(t0 + 3 * second, second), Some(1));
     }
 }

@@ -4,13 +4,28 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::echo::{EchoConfig, Mode, DEFAULT_MAX_LINE};
+use crate::echo::{EchoConfig, LongLine, Mode, DEFAULT_MAX_LINE, MAX_LINE_CEILING};
 use crate::{logging, Model, ServeConfig};
 
 /// The default `--idle-timeout`, in seconds.
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
 
-/// The default `--max-conns`.
+/// The longest `--idle-timeout`, in seconds: ten years. A longer one is refused (exit 2)
+/// rather than overflow a clock (issue 9: 2^64-1 seconds panicked three models); 0 already
+/// means never.
+pub const MAX_IDLE_TIMEOUT_SECS: u64 = 10 * 365 * 86_400;
+
+/// The most `--workers`: far more threads than any machine here has cores, and few enough
+/// that the vectors sized by it cannot overflow.
+pub const MAX_WORKERS: usize = 1024;
+
+/// The most `--max-conns` and `--max-conns-per-ip`: 2^20, more descriptors than a
+/// process here may open. A larger value would never be reached, so it is refused as a
+/// mistake rather than accepted silently (finding 11: 2^64-1 was taken).
+pub const MAX_CONNS_CEILING: usize = 1 << 20;
+
+/// The default `--max-conns` of the models that spend little per connection (see
+/// [`Model::default_max_conns`]).
 pub const DEFAULT_MAX_CONNS: usize = 10_000;
 
 /// Serve TCP echo with one of the lecture's concurrency models.
@@ -32,21 +47,39 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = Mode::Bytes)]
     pub mode: Mode,
 
-    /// Lines mode: the longest line accepted, in bytes; a longer one closes its connection.
-    #[arg(long, default_value_t = DEFAULT_MAX_LINE, value_parser = parse_max_line)]
+    /// Lines mode: the longest line accepted, in bytes, not counting its newline; at most
+    /// 65536 (a partial line counts against the 64 KiB a connection may hold).
+    #[arg(long, default_value_t = DEFAULT_MAX_LINE, value_parser = parse_max_line, allow_negative_numbers = true)]
     pub max_line: usize,
 
-    /// Close a connection after this many seconds without a byte in either direction; 0 never.
-    #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT_SECS, value_name = "SECS")]
+    /// Lines mode: what a line longer than --max-line does. close: closes its connection.
+    /// split: goes back in pieces of --max-line bytes as each fills, like CS:APP's
+    /// rio_readlineb; `--long-line split --max-line 8191` serves the book's echoclient
+    /// (MAXLINE 8192), which sends a long line in 8,191-byte pieces and waits for each echo.
+    #[arg(long, value_enum, default_value_t = LongLine::Close)]
+    pub long_line: LongLine,
+
+    /// Close a connection after this many seconds without a byte in either direction; 0 never
+    /// (at most 315360000, ten years).
+    #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT_SECS, value_name = "SECS", value_parser = parse_idle_timeout, allow_negative_numbers = true)]
     pub idle_timeout: u64,
 
     /// The most connections open at once. The next one is accepted and closed at once (the
-    /// client sees end-of-file without an echo), and a warning is logged.
-    #[arg(long, default_value_t = DEFAULT_MAX_CONNS, value_parser = parse_positive, value_name = "N")]
-    pub max_conns: usize,
+    /// client sees end-of-file without an echo), and a warning is logged (at most one line
+    /// a second, with a count of the others). Default: 256 for process, 1024 for thread,
+    /// 10000 for the other models; at most 1048576.
+    #[arg(long, value_parser = parse_max_conns, value_name = "N", allow_negative_numbers = true)]
+    pub max_conns: Option<usize>,
 
-    /// Worker threads (prethreaded: default 4 per core; reactor, uring, async: one per core).
-    #[arg(long, value_parser = parse_positive, value_name = "N")]
+    /// The most connections open at once from one IP address, refused like --max-conns.
+    /// Default: no limit (a benchmark opens all its connections from one address); at most
+    /// 1048576.
+    #[arg(long, value_parser = parse_max_conns, value_name = "N", allow_negative_numbers = true)]
+    pub max_conns_per_ip: Option<usize>,
+
+    /// Worker threads (prethreaded: default 4 per core; reactor, uring, async: one per core;
+    /// at most 1024). The other models have no workers and refuse it.
+    #[arg(long, value_parser = parse_workers, value_name = "N", allow_negative_numbers = true)]
     pub workers: Option<usize>,
 
     /// Log only warnings and errors (the listening line is still printed).
@@ -72,12 +105,40 @@ fn parse_positive(text: &str) -> Result<usize, String> {
     }
 }
 
+fn parse_idle_timeout(text: &str) -> Result<u64, String> {
+    let secs: u64 = text
+        .parse()
+        .map_err(|_| format!("not a whole number of seconds: {text:?}"))?;
+    if secs > MAX_IDLE_TIMEOUT_SECS {
+        return Err(format!(
+            "at most {MAX_IDLE_TIMEOUT_SECS} seconds (ten years); 0 means never"
+        ));
+    }
+    Ok(secs)
+}
+
+fn parse_max_conns(text: &str) -> Result<usize, String> {
+    let n = parse_positive(text)?;
+    if n > MAX_CONNS_CEILING {
+        return Err(format!("at most {MAX_CONNS_CEILING}"));
+    }
+    Ok(n)
+}
+
+fn parse_workers(text: &str) -> Result<usize, String> {
+    let n = parse_positive(text)?;
+    if n > MAX_WORKERS {
+        return Err(format!("at most {MAX_WORKERS}"));
+    }
+    Ok(n)
+}
+
 fn parse_max_line(text: &str) -> Result<usize, String> {
     let n = parse_positive(text)?;
-    // A bound on a bound: a line is held whole in memory.
-    const MAX: usize = 1 << 30;
-    if n > MAX {
-        return Err(format!("at most {MAX} bytes"));
+    if n > MAX_LINE_CEILING {
+        return Err(format!(
+            "at most {MAX_LINE_CEILING} bytes (a partial line counts against the 64 KiB a connection may hold)"
+        ));
     }
     Ok(n)
 }
@@ -85,15 +146,18 @@ fn parse_max_line(text: &str) -> Result<usize, String> {
 impl ServeArgs {
     /// The checked configuration these arguments describe.
     pub fn config(&self) -> ServeConfig {
+        let model = self.model.unwrap_or(Model::DEFAULT);
         ServeConfig {
-            model: self.model.unwrap_or(Model::DEFAULT),
+            model,
             listen: self.listen,
             echo: EchoConfig {
                 mode: self.mode,
                 max_line: self.max_line,
+                long_line: self.long_line,
             },
             idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
-            max_conns: self.max_conns,
+            max_conns: self.max_conns.unwrap_or(model.default_max_conns()),
+            max_conns_per_ip: self.max_conns_per_ip,
             workers: self.workers,
         }
     }
@@ -102,8 +166,16 @@ impl ServeArgs {
 /// Runs `echolab serve`: 0 after a clean shutdown, 2 for a bad setting (such as a port in
 /// use), 1 for a failure while serving.
 pub fn run(args: ServeArgs) -> ExitCode {
-    logging::init(args.quiet, args.verbose);
     let config = args.config();
+    if let Some(workers) = config.workers.filter(|_| !config.model.has_workers()) {
+        // A value that would do nothing is a mistake to report, not to ignore (finding 11).
+        eprintln!(
+            "echolab serve: --workers {workers}: the {} model has no worker threads (only prethreaded, reactor, uring and async take --workers)",
+            config.model
+        );
+        return ExitCode::from(2);
+    }
+    logging::init(args.quiet, args.verbose);
     let model = config.model;
     let result = crate::serve(config, |addr| {
         eprintln!("listening on {addr} (model {model})");

@@ -77,7 +77,10 @@ pub fn idle_sweep(
     let mut expired = Vec::new();
     let mut earliest: Option<Instant> = None;
     for (conn_idx, active) in last_active {
-        let deadline = active + timeout;
+        // A timeout past the clock's end never expires (`ServeConfig` may hold any value).
+        let Some(deadline) = active.checked_add(timeout) else {
+            continue;
+        };
         if deadline <= now {
             expired.push(conn_idx);
         } else {
@@ -86,13 +89,6 @@ pub fn idle_sweep(
     }
     let next = earliest.map(|deadline| deadline.max(now + IDLE_SWEEP_SPACING));
     (expired, next)
-}
-
-/// Logs and drops a connection accepted beyond `--max-conns`: the client sees the
-/// connection close at once, without an echo.
-pub fn refuse<C>(conn: C, peer: SocketAddr, max_conns: usize) {
-    log::warn!("conn {peer} refused: --max-conns {max_conns} connections already open");
-    drop(conn);
 }
 
 /// What a blocking connection needs besides its socket.
@@ -117,15 +113,23 @@ impl<'a> ConnSettings<'a> {
 }
 
 /// Serves `conn` until the peer closes, the connection fails or idles, or the server
-/// shuts it down. Logs the open and the close.
+/// shuts it down. Logs the open and the close; `place` (the connection's place under the
+/// cap, or `()`) is dropped just before the close line, so that a client who sees the
+/// line can count on the place being free.
 ///
 /// Blocking I/O with the idle timeout set as `SO_RCVTIMEO`/`SO_SNDTIMEO`: a silent client
 /// times out in `read`, a client that never reads times out in `write` once the kernel's
 /// buffers are full. Either way the thread is freed.
-pub fn serve_blocking(conn: &TcpStream, peer: SocketAddr, settings: ConnSettings<'_>) -> End {
+pub fn serve_blocking<P>(
+    conn: &TcpStream,
+    peer: SocketAddr,
+    settings: ConnSettings<'_>,
+    place: P,
+) -> End {
     log_opened(peer);
     let mut echo = Echo::new(settings.echo);
     let end = echo_loop(conn, &mut echo, settings);
+    drop(place);
     log_closed(peer, &echo, &end);
     end
 }
@@ -186,5 +190,141 @@ fn echo_loop(conn: &TcpStream, echo: &mut Echo, settings: ConnSettings<'_>) -> E
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::{Shutdown as Direction, TcpListener};
+
+    #[test]
+    fn idle_sweep_closes_at_the_deadline_and_plans_the_next_sweep() {
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(10);
+        let conns = [
+            (0, t0),
+            (1, t0 + Duration::from_secs(1)),
+            (2, t0 + Duration::from_secs(5)),
+        ];
+        // Exactly at conn 0's deadline: it expires, the others do not.
+        let (expired, next) = idle_sweep(conns, timeout, t0 + timeout);
+        assert_eq!(expired, vec![0]);
+        assert_eq!(next, Some(t0 + Duration::from_secs(11)));
+        // Just before: nothing expires, the next sweep is conn 0's deadline.
+        let now = t0 + timeout - Duration::from_millis(500);
+        let (expired, next) = idle_sweep(conns, timeout, now);
+        assert!(expired.is_empty());
+        assert_eq!(next, Some(t0 + timeout));
+        // A deadline sooner than the spacing: the sweep waits the spacing.
+        let now = t0 + timeout - Duration::from_millis(1);
+        let (_, next) = idle_sweep(conns, timeout, now);
+        assert_eq!(next, Some(now + IDLE_SWEEP_SPACING));
+        // Nothing to watch.
+        assert_eq!(idle_sweep([], timeout, t0), (vec![], None));
+    }
+
+    #[test]
+    fn idle_sweep_with_a_timeout_past_the_clock_never_expires_and_never_panics() {
+        let t0 = Instant::now();
+        let (expired, next) = idle_sweep(
+            [(0, t0), (1, t0)],
+            Duration::MAX,
+            t0 + Duration::from_secs(1),
+        );
+        assert!(expired.is_empty());
+        assert_eq!(next, None);
+    }
+
+    #[test]
+    fn ends_read_as_the_log_says() {
+        assert_eq!(End::PeerClosed.to_string(), "peer closed");
+        assert_eq!(
+            End::Idle(Duration::from_millis(1500)).to_string(),
+            "idle for 1.5s (--idle-timeout)"
+        );
+        assert_eq!(End::Shutdown.to_string(), "server shutting down");
+        assert_eq!(
+            End::Failed(EchoError::LineTooLong { limit: 7 }).to_string(),
+            "line longer than --max-line 7 bytes"
+        );
+    }
+
+    /// A connected pair on loopback: (the client's end, the server's end, the client's address).
+    fn pair() -> (TcpStream, TcpStream, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, peer) = listener.accept().unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        (client, server, peer)
+    }
+
+    fn settings(flag: &AtomicBool, idle: Option<Duration>) -> ConnSettings<'_> {
+        ConnSettings {
+            echo: EchoConfig::default(),
+            idle_timeout: idle,
+            shutting_down: flag,
+        }
+    }
+
+    #[test]
+    fn a_blocking_connection_echoes_until_the_peer_closes() {
+        let (mut client, server, peer) = pair();
+        let flag = AtomicBool::new(false);
+        let served = std::thread::spawn(move || {
+            let end = serve_blocking(
+                &server,
+                peer,
+                settings(&flag, Some(Duration::from_secs(20))),
+                (),
+            );
+            matches!(end, End::PeerClosed)
+        });
+        client.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        client.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping");
+        client.shutdown(Direction::Write).unwrap();
+        assert_eq!(client.read(&mut buf).unwrap(), 0);
+        assert!(served.join().unwrap());
+    }
+
+    #[test]
+    fn a_silent_blocking_connection_ends_idle() {
+        let (_client, server, peer) = pair();
+        let flag = AtomicBool::new(false);
+        let timeout = Duration::from_millis(50);
+        let end = serve_blocking(&server, peer, settings(&flag, Some(timeout)), ());
+        assert!(matches!(end, End::Idle(t) if t == timeout), "{end}");
+    }
+
+    #[test]
+    fn a_reset_is_a_failure_not_an_idle_connection() {
+        let (client, server, peer) = pair();
+        let flag = AtomicBool::new(false);
+        // SO_LINGER 0: closing sends a reset.
+        socket2::SockRef::from(&client)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(client);
+        let end = serve_blocking(
+            &server,
+            peer,
+            settings(&flag, Some(Duration::from_secs(20))),
+            (),
+        );
+        assert!(matches!(end, End::Failed(EchoError::Io(_))), "{end}");
+    }
+
+    #[test]
+    fn a_read_of_zero_while_shutting_down_is_the_shutdown() {
+        let (client, server, peer) = pair();
+        let flag = AtomicBool::new(true);
+        client.shutdown(Direction::Write).unwrap();
+        let end = serve_blocking(&server, peer, settings(&flag, None), ());
+        assert!(matches!(end, End::Shutdown), "{end}");
     }
 }

@@ -5,36 +5,35 @@
 //! wire come from [`echo::Echo`], written once.
 //!
 //! # Layout
-//! - [`serve`]: binds the listener, installs the shutdown signal, runs one model.
+//! Two floors: the models, each only its scheduling idea, over one shared layer.
+//! - [`serve`]: binds the listener, installs the shutdown signal and the panic hook, builds
+//!   the connection cap, runs one model with one [`Server`].
 //! - [`cli`]: the `echolab serve` arguments and their checks.
-//! - Shared machinery: [`echo`] (what to echo, when, how much may wait), [`conn`] (the
-//!   blocking per-connection loop, the lecture's `echo(connfd)`), [`accept`] (an accept
-//!   loop that survives EMFILE and stops on shutdown), [`live`] (the open connections of a
-//!   blocking model, for `--max-conns` and shutdown), [`net`] (listener and socket
-//!   options), [`shutdown`] (SIGINT/SIGTERM as a pollable descriptor), [`sbuf`] (the
-//!   bounded queue, CS:APP's `sbuf`), [`logging`].
-//! - The lecture's models: [`iterative`], [`process`], [`event`], [`thread`],
-//!   [`prethreaded`].
-//! - Beyond the lecture: [`reactor`] (an event loop per core), [`uring`] (io_uring),
-//!   [`async_tokio`] (tokio, the conventional Rust server).
+//! - [`model`]: one file per model. The lecture's: [`model::iterative`],
+//!   [`model::process`], [`model::event`], [`model::thread`], [`model::prethreaded`].
+//!   Beyond it: [`model::reactor`] (an event loop per core), [`model::uring`] (io_uring),
+//!   [`model::async_tokio`] (tokio, the conventional Rust server).
+//! - The shared layer: [`echo`] (what to echo, when, how much may wait), [`conn`] (the
+//!   blocking per-connection loop, the lecture's `echo(connfd)`, and the close log line),
+//!   [`admission`] (the one connection cap: `--max-conns`, `--max-conns-per-ip`),
+//!   [`accept`] (the accept pause after EMFILE, and the blocking models' accept loop),
+//!   [`runner`] (N event loops, stopped together), [`live`] (the open connections of a
+//!   blocking model, for shutdown), [`net`] (listener and socket options), [`shutdown`]
+//!   (SIGINT/SIGTERM and panics as a pollable descriptor), [`sbuf`] (the bounded queue,
+//!   CS:APP's `sbuf`), [`logging`].
 #![forbid(unsafe_code)]
 
 pub mod accept;
-pub mod async_tokio;
+pub mod admission;
 pub mod cli;
 pub mod conn;
 pub mod echo;
-pub mod event;
-pub mod iterative;
 pub mod live;
 pub mod logging;
+pub mod model;
 pub mod net;
-pub mod prethreaded;
-pub mod process;
-pub mod reactor;
+pub mod runner;
 pub mod shutdown;
-pub mod thread;
-pub mod uring;
 
 /// The bounded queue of the prethreaded model (CS:APP's `sbuf`), in a crate of its own.
 pub use echolab_sbuf as sbuf;
@@ -80,6 +79,26 @@ impl Model {
         Model::Async,
     ];
 
+    /// The default `--max-conns`: what the host can afford of this model's cost per
+    /// connection. A process (about 83 KiB of PSS) or a thread (a stack, a kernel task)
+    /// per connection gets a smaller cap than a few hundred bytes of loop state.
+    pub fn default_max_conns(self) -> usize {
+        match self {
+            Model::Process => 256,
+            Model::Thread => 1024,
+            _ => cli::DEFAULT_MAX_CONNS,
+        }
+    }
+
+    /// Whether `--workers` sizes this model's pool of threads or loops; the others (one
+    /// thread, a process or a thread per connection) have none to size.
+    pub fn has_workers(self) -> bool {
+        matches!(
+            self,
+            Model::Prethreaded | Model::Reactor | Model::Uring | Model::Async
+        )
+    }
+
     /// The model `echolab serve` uses when none is named: the best one the project has
     /// (`scripts/bench-models.py` shows it against the C reference).
     pub const DEFAULT: Model = Model::Reactor;
@@ -114,6 +133,8 @@ pub struct ServeConfig {
     pub idle_timeout: Option<Duration>,
     /// The most connections open at once; the next one is accepted and closed at once.
     pub max_conns: usize,
+    /// The most connections open at once from one IP address; `None`: no such limit.
+    pub max_conns_per_ip: Option<usize>,
     /// Worker threads for the models that have a pool (prethreaded, reactor, uring, async).
     pub workers: Option<usize>,
 }
@@ -126,7 +147,8 @@ impl ServeConfig {
             listen,
             echo: EchoConfig::default(),
             idle_timeout: Some(Duration::from_secs(cli::DEFAULT_IDLE_TIMEOUT_SECS)),
-            max_conns: cli::DEFAULT_MAX_CONNS,
+            max_conns: model.default_max_conns(),
+            max_conns_per_ip: None,
             workers: None,
         }
     }
@@ -139,6 +161,8 @@ pub enum ServeError {
     Bind { addr: SocketAddr, source: io::Error },
     /// The model cannot run here (for example io_uring refused by the kernel).
     Unsupported { model: Model, reason: String },
+    /// A thread of the server panicked (the log has its line); the server stopped.
+    Panicked,
     /// Anything else, with what was being done.
     Io {
         what: &'static str,
@@ -155,6 +179,7 @@ impl fmt::Display for ServeError {
             ServeError::Unsupported { model, reason } => {
                 write!(f, "model {model} cannot run here: {reason}")
             }
+            ServeError::Panicked => f.write_str("stopped after a panic (see the log line above)"),
             ServeError::Io { what, source } => write!(f, "{what}: {source}"),
         }
     }
@@ -167,26 +192,36 @@ impl ServeError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ServeError::Bind { .. } | ServeError::Unsupported { .. } => 2,
-            ServeError::Io { .. } => 1,
+            ServeError::Io { .. } | ServeError::Panicked => 1,
         }
     }
 }
 
-/// What every model receives: the listener, the checked settings and the shutdown signal.
+/// What every model receives: the listener, the checked settings, the shutdown signal and
+/// the connection cap.
 #[derive(Debug)]
 pub struct Server {
     pub listener: TcpListener,
     pub config: ServeConfig,
     pub shutdown: shutdown::Shutdown,
+    /// `--max-conns` and `--max-conns-per-ip`: every model admits each connection here.
+    pub cap: std::sync::Arc<admission::ConnCap>,
 }
 
 /// Binds `config.listen`, announces the address, and runs `config.model` until SIGINT or
 /// SIGTERM. `on_listening` receives the bound address (the real port when 0 was asked).
+///
+/// A panic in any thread stops the whole server ([`shutdown::Shutdown::stop_on_panic`],
+/// which replaces the process's panic hook) and makes this return
+/// [`ServeError::Panicked`], or, in a model whose own thread is the one that panicked
+/// (iterative, event), unwind out of it.
 pub fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -> Result<(), ServeError> {
     let shutdown = shutdown::Shutdown::install().map_err(|source| ServeError::Io {
         what: "cannot install the SIGINT/SIGTERM handlers",
         source,
     })?;
+    // Issue 9, item 4b: a panic anywhere stops everything.
+    shutdown.stop_on_panic();
     let listener = net::bind(config.listen, config.model == Model::Reactor).map_err(|source| {
         ServeError::Bind {
             addr: config.listen,
@@ -197,10 +232,12 @@ pub fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -> Resu
         what: "cannot read the bound address",
         source,
     })?;
+    let cap = admission::ConnCap::new(config.max_conns, config.max_conns_per_ip);
     let server = Server {
         listener,
         config,
         shutdown,
+        cap,
     };
     // Checks that can fail before the announcement (io_uring support) happen inside the
     // model's `prepare`, so a script never sees "listening" from a server that cannot serve.
@@ -208,7 +245,11 @@ pub fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -> Resu
     let runner = prepare(model, &server)?;
     on_listening(addr);
     log::info!("serving {} with model {model}", server.config.echo.mode);
-    runner(server).map_err(|source| ServeError::Io {
+    let result = runner(server);
+    if shutdown::panicked() {
+        return Err(ServeError::Panicked);
+    }
+    result.map_err(|source| ServeError::Io {
         what: "server failed",
         source,
     })
@@ -218,17 +259,18 @@ type Runner = fn(Server) -> io::Result<()>;
 
 fn prepare(model: Model, server: &Server) -> Result<Runner, ServeError> {
     Ok(match model {
-        Model::Iterative => iterative::run,
-        Model::Process => process::run,
-        Model::Event => event::run,
-        Model::Thread => thread::run,
-        Model::Prethreaded => prethreaded::run,
-        Model::Reactor => reactor::run,
+        Model::Iterative => model::iterative::run,
+        Model::Process => model::process::run,
+        Model::Event => model::event::run,
+        Model::Thread => model::thread::run,
+        Model::Prethreaded => model::prethreaded::run,
+        Model::Reactor => model::reactor::run,
         Model::Uring => {
-            uring::probe(server).map_err(|reason| ServeError::Unsupported { model, reason })?;
-            uring::run
+            model::uring::probe(server)
+                .map_err(|reason| ServeError::Unsupported { model, reason })?;
+            model::uring::run
         }
-        Model::Async => async_tokio::run,
+        Model::Async => model::async_tokio::run,
     })
 }
 

@@ -1,9 +1,12 @@
-//! The open connections of a blocking model (iterative, thread, prethreaded): counted
-//! for `--max-conns`, and reachable so that shutdown can wake a thread blocked in `read`.
+//! The open connections of a blocking model (iterative, thread, prethreaded), reachable so
+//! that shutdown can wake a thread blocked in `read`; each holds its place under the cap
+//! ([`crate::admission`]).
 
 use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::admission::Admission;
 
 /// The registry. A connection is in it from [`LiveConns::admit`] until its [`Admitted`]
 /// guard drops.
@@ -20,11 +23,13 @@ struct Inner {
     closed: bool,
 }
 
-/// Proof that a connection counts toward `--max-conns`; removes it on drop.
+/// Proof that a connection is registered and holds its place under the cap; removes it
+/// (and frees the place) on drop.
 #[derive(Debug)]
 pub struct Admitted {
     live: Arc<LiveConns>,
     id: u64,
+    _admission: Admission,
 }
 
 impl Drop for Admitted {
@@ -44,10 +49,14 @@ impl LiveConns {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers `conn` unless `max_conns` are already open or the server is closing.
-    pub fn admit(self: &Arc<Self>, conn: &Arc<TcpStream>, max_conns: usize) -> Option<Admitted> {
+    /// Registers `conn`, admitted under the cap, unless the server is closing.
+    pub fn admit(
+        self: &Arc<Self>,
+        conn: &Arc<TcpStream>,
+        admission: Admission,
+    ) -> Option<Admitted> {
         let mut inner = self.lock();
-        if inner.closed || inner.conns.len() >= max_conns {
+        if inner.closed {
             return None;
         }
         let id = inner.next_id;
@@ -56,6 +65,7 @@ impl LiveConns {
         Some(Admitted {
             live: Arc::clone(self),
             id,
+            _admission: admission,
         })
     }
 

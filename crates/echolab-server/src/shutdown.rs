@@ -1,4 +1,5 @@
-//! SIGINT and SIGTERM as a descriptor that poll(2) can wait on (the self-pipe trick).
+//! SIGINT and SIGTERM as a descriptor that poll(2) can wait on (the self-pipe trick), and
+//! a panic anywhere in the server as the same stop signal.
 //!
 //! The signal handler that `signal-hook` installs only writes one byte to a pipe, which is
 //! async-signal-safe; every reaction to the signal (stop accepting, close connections,
@@ -21,9 +22,10 @@ use signal_hook::SigId;
 pub struct Shutdown {
     /// The read end of the self-pipe; non-blocking, never drained, so it stays readable.
     read_end: UnixStream,
-    /// The write end, for [`Shutdown::trigger`]; a clone of it is registered with both
-    /// signals.
-    write_end: UnixStream,
+    /// The write end, for [`Shutdown::trigger`] and the panic hook (shared, not
+    /// duplicated: a server out of descriptors has none to spare); a clone of it is
+    /// registered with both signals.
+    write_end: Arc<UnixStream>,
     /// Set with the pipe byte; lets threads that do not poll check cheaply.
     flag: Arc<AtomicBool>,
     /// The handler registrations, removed on drop.
@@ -55,7 +57,7 @@ impl Shutdown {
         }
         Ok(Shutdown {
             read_end,
-            write_end,
+            write_end: Arc::new(write_end),
             flag,
             sig_ids,
         })
@@ -65,7 +67,7 @@ impl Shutdown {
     pub fn trigger(&self) {
         self.flag.store(true, Ordering::SeqCst);
         // A full pipe already wakes every poller; nothing else can fail here.
-        let _ = (&self.write_end).write(&[1]);
+        let _ = (&*self.write_end).write(&[1]);
     }
 
     /// Whether the signal has fired.
@@ -99,6 +101,59 @@ impl Shutdown {
     pub fn drain(&self) {
         let mut buf = [0u8; 64];
         while matches!((&self.read_end).read(&mut buf), Ok(n) if n > 0) {}
+    }
+}
+
+/// Set by the panic hook of [`Shutdown::stop_on_panic`] at the first panic.
+static PANICKED: AtomicBool = AtomicBool::new(false);
+
+/// Whether a thread of this server panicked; [`crate::serve`] then reports a failure.
+pub fn panicked() -> bool {
+    PANICKED.load(Ordering::SeqCst)
+}
+
+impl Shutdown {
+    /// Makes a panic in any thread of this process stop the whole server, never leaving it
+    /// half alive (a dead loop whose listener still takes connections): the panic hook
+    /// logs one line (`thread 'NAME' panicked at FILE:LINE: MESSAGE; stopping the server`)
+    /// and fires this signal, so every loop, worker and accept loop stops as for SIGTERM,
+    /// and [`panicked`] turns true. Later panics (a scope re-raising the first) log nothing.
+    ///
+    /// A child process of the process model that panics logs its line and exits at once
+    /// with status 70: it must not unwind into the parent's code it was forked from, and a
+    /// child that fails takes only its own connection (the model's isolation).
+    ///
+    /// Replaces the process's panic hook (the default one prints a multi-line message).
+    pub fn stop_on_panic(&self) {
+        let write_end = Arc::clone(&self.write_end);
+        let flag = Arc::clone(&self.flag);
+        let server_pid = std::process::id();
+        std::panic::set_hook(Box::new(move |info| {
+            let thread = std::thread::current();
+            let name = thread.name().unwrap_or("unnamed");
+            let message = info
+                .payload()
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(no message)");
+            let place = info
+                .location()
+                .map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
+            if std::process::id() != server_pid {
+                log::error!(
+                    "child {} panicked{place}: {message}; it ends, with its connection",
+                    std::process::id()
+                );
+                echolab_sys::exit_immediately(70);
+            }
+            if PANICKED.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            log::error!("thread '{name}' panicked{place}: {message}; stopping the server");
+            flag.store(true, Ordering::SeqCst);
+            let _ = (&*write_end).write(&[1]);
+        }));
     }
 }
 

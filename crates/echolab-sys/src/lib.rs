@@ -130,6 +130,47 @@ pub fn reset_signal_to_default(signal: libc::c_int) -> io::Result<()> {
     }
 }
 
+static SHUT_DOWN_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+static SHUT_DOWN_BY_SIGNAL: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn shut_down_on_signal(_signal: libc::c_int) {
+    use std::sync::atomic::Ordering;
+    SHUT_DOWN_BY_SIGNAL.store(true, Ordering::SeqCst);
+    let fd = SHUT_DOWN_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: shutdown(2) is async-signal-safe and touches no memory of ours.
+        unsafe {
+            libc::shutdown(fd, libc::SHUT_RDWR);
+        }
+    }
+}
+
+/// For a process that serves one socket (the process model's child): SIGTERM and SIGINT
+/// set the returned flag and shut `fd` down, so that a blocked read or write returns and
+/// the connection ends as a shutdown, with its close line, instead of the process dying
+/// mid-call. Not restarted (no `SA_RESTART`): a blocked call returns `EINTR`. Call it once,
+/// with the signals blocked or before they can arrive.
+pub fn shut_down_on_sigterm(
+    fd: std::os::fd::RawFd,
+) -> io::Result<&'static std::sync::atomic::AtomicBool> {
+    SHUT_DOWN_FD.store(fd, std::sync::atomic::Ordering::SeqCst);
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: a zeroed sigaction with our handler and an empty mask is valid; the
+        // handler only does async-signal-safe things (atomics, shutdown).
+        let rc = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = shut_down_on_signal as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(&SHUT_DOWN_BY_SIGNAL)
+}
+
 /// Reads the CPU's time-stamp counter (a cycle count at a constant reference rate).
 ///
 /// Returns `None` on architectures without one; callers then report nanoseconds only.

@@ -291,20 +291,40 @@ pub fn family(pid: i32) -> Vec<i32> {
     let mut idx = 0;
     while idx < out.len() {
         let p = out[idx];
-        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
-            for task in tasks.flatten() {
-                let path = task.path().join("children");
-                if let Ok(text) = std::fs::read_to_string(path) {
-                    out.extend(
-                        text.split_whitespace()
-                            .filter_map(|s| s.parse::<i32>().ok()),
-                    );
-                }
-            }
-        }
+        out.extend(children_of(p));
         idx += 1;
     }
     out
+}
+
+/// The direct children of `pid`, from `/proc/PID/task/*/children`, or, on a kernel built
+/// without that file (CONFIG_PROC_CHILDREN, missing on some CI kernels), from the parent
+/// field of every `/proc/*/stat`: a missing file must not make every child check pass
+/// vacuously.
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut kids = Vec::new();
+    let mut have_file = false;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+                have_file = true;
+                kids.extend(
+                    text.split_whitespace()
+                        .filter_map(|s| s.parse::<i32>().ok()),
+                );
+            }
+        }
+    }
+    if have_file || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        return kids;
+    }
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| parent_of(*p) == Some(pid))
+        .collect()
 }
 
 /// Resident memory of `pid` and its descendants, in KiB.
@@ -320,6 +340,21 @@ pub fn pss_kib(pid: i32) -> u64 {
         .filter_map(|p| {
             let text = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok()?;
             let line = text.lines().find(|l| l.starts_with("Pss:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// Anonymous memory (heap, stacks, anonymous maps) of `pid` and its descendants, in KiB.
+/// Unlike PSS it does not move when other processes start or stop sharing the binary's
+/// pages (PSS divides those among their sharers), so a test running beside others can
+/// measure what the server itself allocated.
+pub fn anon_kib(pid: i32) -> u64 {
+    family(pid)
+        .iter()
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok()?;
+            let line = text.lines().find(|l| l.starts_with("Anonymous:"))?;
             line.split_whitespace().nth(1)?.parse::<u64>().ok()
         })
         .sum()

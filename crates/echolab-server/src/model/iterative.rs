@@ -21,6 +21,7 @@ pub fn run(server: Server) -> io::Result<()> {
         listener,
         config,
         shutdown,
+        cap,
     } = server;
     let live = LiveConns::new();
     let flag = shutdown.flag();
@@ -35,10 +36,19 @@ pub fn run(server: Server) -> io::Result<()> {
         });
         while let Some((conn, peer)) = acceptor.accept() {
             let conn: Arc<TcpStream> = Arc::new(conn);
-            let Some(_admitted) = live.admit(&conn, usize::MAX) else {
+            // One connection at a time: the cap always has room, but every model goes
+            // through it.
+            let admission = match cap.admit(peer) {
+                Ok(admission) => admission,
+                Err(why) => {
+                    cap.refuse(conn, peer, why);
+                    continue;
+                }
+            };
+            let Some(admitted) = live.admit(&conn, admission) else {
                 break; // Shutting down.
             };
-            conn::serve_blocking(&conn, peer, settings);
+            conn::serve_blocking(&conn, peer, settings, admitted);
         }
         // The watcher thread may still be waiting if the loop ended another way.
         shutdown.trigger();

@@ -15,46 +15,43 @@
 //!
 //! - One multishot accept per loop on the shared listener: armed once, it delivers a
 //!   completion per connection. The loops' accepts all wait on the one listener, and the
-//!   kernel hands each connection to one of them.
-//! - One multishot receive per connection into the ring's provided buffers: the kernel
-//!   picks a free buffer when bytes arrive, so an idle connection holds no buffer.
+//!   kernel hands each connection to one of them. If it ends (or cannot be armed again),
+//!   the loop arms it again, after a pause if descriptors ran out.
+//! - One receive at a time per connection, into one of the ring's provided buffers, asking
+//!   for at most the connection's room: the kernel picks a free buffer when bytes arrive,
+//!   so an idle connection holds no buffer.
 //! - At most one send per connection at a time, from a buffer the ring owns until it
 //!   completes; bytes the echo produces meanwhile wait in the connection's [`Echo`].
 //!
-//! Backpressure: a multishot receive keeps delivering until stopped, so when a
-//! connection holds [`crate::echo::MAX_OWED`] bytes (owed by its echo plus its send in
-//! flight) the loop cancels it. Bytes that arrive before the cancel takes effect still go
-//! to the echo, which owes them past its bound: the overshoot is at most what the kernel
-//! delivered to that connection in the turn its room ran out, before the cancel was
-//! submitted: what reached its socket since the previous turn, and never more than the
-//! pool, `N_BUFS` × `BUF_SIZE` (4 MiB), shared by the loop's connections. Every receive
-//! buffer goes back to the pool in the turn it arrived, so a client that never reads pins
-//! none of them.
-//!
-//! The receive is armed again once the connection has room for a whole buffer. Meanwhile
-//! the peer may have filled the socket's queue (megabytes), which a multishot receive
-//! would deliver at once, so the loop first catches up with single receives of at most
-//! the room, one per turn, and goes back to multishot when one comes back short (the
-//! queue is drained).
+//! Backpressure: a connection holds at most [`crate::echo::MAX_OWED`] bytes (owed by its
+//! echo plus its send in flight), like in every model. A multishot receive cannot keep
+//! that bound: it keeps delivering until a cancel lands, and the kernel completed up to
+//! half a megabyte per connection in one turn before it did (issue 9). So every receive is
+//! a single one, for at most the room left (and at most one buffer), armed again only
+//! when the connection has room for a whole buffer. Batching keeps the cost: the re-armed
+//! receives of a turn reach the kernel together with its sends, in one system call.
 //!
 //! When the pool runs dry, the kernel ends the receives that find no buffer (`ENOBUFS`);
-//! the loop arms them again at once, as above. The new request reaches the kernel with the
-//! next batch, after every buffer of this turn has gone back to the pool.
+//! the loop arms them again at once. The new request reaches the kernel with the next
+//! batch, after every buffer of this turn has gone back to the pool.
+//!
+//! Fairness: a turn hands each connection at most one receive buffer, so a streaming
+//! client gets 16 KiB per turn like everyone else.
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use echolab_sys::uring::{Completion, RecvBuf, Ring};
 
 use crate::accept;
+use crate::admission::{Admission, ConnCap};
 use crate::conn::{self, End};
 use crate::echo::{Echo, EchoConfig, EchoError, MAX_OWED};
 use crate::shutdown::Shutdown;
-use crate::{cores, net, Server};
+use crate::{cores, net, runner, Server};
 
 /// Requests the submission queue holds before it is handed to the kernel.
 const RING_ENTRIES: u32 = 1024;
@@ -68,8 +65,8 @@ const RING_ENTRIES: u32 = 1024;
 const N_BUFS: u16 = 256;
 const BUF_SIZE: u32 = 16 * 1024;
 
-/// A cancelled receive is armed again once the connection has room for this much: one
-/// whole buffer, so that it is not cancelled again by its first completion.
+/// A receive is armed once the connection has room for this much: one whole buffer, so
+/// that a receive is not wasted on a few bytes.
 const REARM_ROOM: usize = if (BUF_SIZE as usize) < MAX_OWED {
     BUF_SIZE as usize
 } else {
@@ -87,12 +84,16 @@ const SEND_POOL: usize = 64;
 /// larger buffers are freed. An idle loop holds at most `SEND_POOL` × 16 KiB (1 MiB).
 const SEND_POOL_CAPACITY: usize = BUF_SIZE as usize;
 
-/// Tags: a connection's slot in the low 24 bits, the slot's generation above, so that a
-/// completion for a connection that has closed is never applied to its slot's next one.
+/// Tags: a connection's slot in the low 24 bits, the slot's 32-bit generation above (56
+/// bits, what the ring leaves its caller), so that a completion for a connection that has
+/// closed is never applied to its slot's next one.
 const SLOT_BITS: u32 = 24;
 const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
 /// The tag of the shutdown pipe's poll.
 const SHUTDOWN_TAG: u64 = SLOT_MASK;
+/// Connections one loop can hold: every slot number below the shutdown pipe's. A loop at
+/// the limit refuses the next connection as `--max-conns` does.
+const MAX_SLOTS: usize = SLOT_MASK as usize;
 
 /// The models that run where io_uring does not.
 const OTHER_MODELS: &str = "reactor, async, event, thread, prethreaded, process, iterative";
@@ -123,42 +124,25 @@ pub fn run(server: Server) -> io::Result<()> {
         listener,
         config,
         shutdown,
+        cap,
     } = server;
     let n_loops = config.workers.unwrap_or_else(cores).max(1);
     let shared = Shared {
         echo: config.echo,
         idle_timeout: config.idle_timeout,
-        max_conns: config.max_conns,
-        n_conns: AtomicUsize::new(0),
+        cap,
         shutdown: &shutdown,
         listener: listener.as_raw_fd(),
         rings_ready: StartGate::new(n_loops),
     };
     let shared = &shared;
-    let result = std::thread::scope(|scope| {
-        let mut handles = Vec::with_capacity(n_loops);
-        for loop_idx in 1..n_loops {
-            let spawned = std::thread::Builder::new()
-                .name(format!("uring-{loop_idx}"))
-                .spawn_scoped(scope, move || run_loop(shared));
-            match spawned {
-                Ok(handle) => handles.push(handle),
-                Err(err) => {
-                    shared.rings_ready.abandon(n_loops - handles.len());
-                    shared.shutdown.trigger();
-                    return Err(err);
-                }
-            }
-        }
-        let mut result = run_loop(shared);
-        for handle in handles {
-            let loop_result = handle
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("a uring loop panicked")));
-            result = result.and(loop_result);
-        }
-        result
-    });
+    let result = runner::run_loops(
+        "uring",
+        vec![(); n_loops],
+        &shutdown,
+        &|()| run_loop(shared),
+        &|never| shared.rings_ready.abandon(never),
+    );
     // The listener closes only now that no ring can accept on it any more.
     drop(listener);
     result
@@ -169,9 +153,8 @@ pub fn run(server: Server) -> io::Result<()> {
 struct Shared<'a> {
     echo: EchoConfig,
     idle_timeout: Option<Duration>,
-    max_conns: usize,
-    /// Connections open across all loops, for `--max-conns`.
-    n_conns: AtomicUsize,
+    /// `--max-conns` and `--max-conns-per-ip`, across all loops.
+    cap: Arc<ConnCap>,
     /// Watched by every loop; the first loop that fails fires it so the others stop too.
     shutdown: &'a Shutdown,
     /// The one listener every loop accepts on; it outlives the loops.
@@ -230,19 +213,14 @@ fn run_loop(shared: &Shared<'_>) -> io::Result<()> {
     if uring_loop.is_ok() && !all_ready {
         return Ok(()); // Another loop failed and reports it.
     }
-    let result = uring_loop.and_then(|mut uring_loop| uring_loop.run());
-    if result.is_err() {
-        shared.shutdown.trigger();
-    }
-    result
+    uring_loop.and_then(|mut uring_loop| uring_loop.run())
 }
 
 /// One connection of a loop.
 #[derive(Debug)]
 struct Conn {
     stream: TcpStream,
-    /// Looked up only when a log line will show it (multishot accept does not return it).
-    peer: Option<SocketAddr>,
+    peer: SocketAddr,
     echo: Echo,
     last_active: Instant,
     /// A send is in flight; the echo's writer takes nothing until it completes.
@@ -254,19 +232,10 @@ struct Conn {
     /// Bytes the kernel confirmed sent, for the close log. The echo counts a byte as out
     /// when it enters the send buffer, which is too early if the send then fails.
     bytes_sent: u64,
-    /// A receive is armed, multishot or (while catching up) single, and its last
-    /// completion has not arrived.
+    /// A receive is armed and its completion has not arrived.
     recv_armed: bool,
-    /// A cancel of the receive was requested for backpressure.
-    recv_cancelling: bool,
-    /// The socket may hold more bytes than the connection has room for (its receive was
-    /// cancelled or ran out of buffers, and the peer kept sending): receives are armed one
-    /// at a time, each for at most the room, instead of a multishot receive that would take
-    /// the whole queue at once. Cleared when a receive comes back short of what it asked
-    /// for, which means the queue is drained.
-    catching_up: bool,
-    /// What the armed single receive asked for (`catching_up` only).
-    recv_asked: usize,
+    /// Its place under `--max-conns`, freed when the connection drops.
+    _admission: Admission,
 }
 
 impl Conn {
@@ -279,7 +248,7 @@ impl Conn {
 /// What a completion hands to [`UringLoop::pump`].
 #[derive(Debug)]
 enum Input {
-    /// Nothing new arrived (a send completed, a receive ended).
+    /// Nothing new arrived (a send completed, a receive found no buffer).
     Nothing,
     /// Bytes arrived in a receive buffer.
     Bytes(RecvBuf),
@@ -330,8 +299,17 @@ impl<'a> UringLoop<'a> {
             if !self.accept_armed && !matches!(self.accept_paused_until, Some(until) if until > now)
             {
                 self.accept_paused_until = None;
-                self.ring.accept_multi(self.shared.listener)?;
-                self.accept_armed = true;
+                match self.ring.accept_multi(self.shared.listener) {
+                    Ok(()) => self.accept_armed = true,
+                    // Open connections are still served; accepting is tried again later.
+                    Err(err) => {
+                        accept::warn_pausing(&format!(
+                            "cannot arm accept: {}",
+                            net::describe(&err)
+                        ));
+                        self.accept_paused_until = Some(now + accept::OUT_OF_DESCRIPTORS_PAUSE);
+                    }
+                }
             }
             let timeout = self.timeout(now);
             self.ring.submit_and_wait(timeout)?;
@@ -378,25 +356,16 @@ impl<'a> UringLoop<'a> {
                 let conn = self.slots[conn_idx].conn.as_mut().expect("live slot");
                 if !more {
                     conn.recv_armed = false;
-                    conn.recv_cancelling = false;
                 }
                 conn.last_active = now;
                 match result {
-                    Ok(Some(buf)) => {
-                        if conn.catching_up && buf.len() < conn.recv_asked {
-                            conn.catching_up = false; // The socket's queue is drained.
-                        }
-                        self.pump(conn_idx, Input::Bytes(buf))
-                    }
+                    Ok(Some(buf)) => self.pump(conn_idx, Input::Bytes(buf)),
                     Ok(None) => self.pump(conn_idx, Input::End),
-                    // Cancelled for backpressure, or out of buffers: `pump` arms the
-                    // receive again when there is room (buffers are all back in the pool
-                    // by the time the new request reaches the kernel), one limited receive
-                    // at a time while the socket may hold a backlog.
+                    // Out of buffers (or cancelled): `pump` arms the receive again; the
+                    // buffers are all back in the pool by the time it reaches the kernel.
                     Err(err)
                         if matches!(err.raw_os_error(), Some(libc::ECANCELED | libc::ENOBUFS)) =>
                     {
-                        conn.catching_up = true;
                         self.pump(conn_idx, Input::Nothing)
                     }
                     Err(err) => self.close(conn_idx, End::Failed(err.into())),
@@ -475,26 +444,27 @@ impl<'a> UringLoop<'a> {
 
     fn admit(&mut self, fd: OwnedFd, now: Instant) {
         let stream = TcpStream::from(fd);
-        let max_conns = self.shared.max_conns;
-        if self.shared.n_conns.fetch_add(1, Ordering::Relaxed) >= max_conns {
-            self.shared.n_conns.fetch_sub(1, Ordering::Relaxed);
-            let peer = peer_of(&stream);
-            conn::refuse(stream, peer, max_conns);
+        if self.free.is_empty() && self.slots.len() >= MAX_SLOTS {
+            log::warn!(
+                "conn {} refused: this loop holds {MAX_SLOTS} connections, all its tags",
+                peer_of(&stream)
+            );
             return;
         }
+        // Multishot accept does not return the peer; the cap needs it.
+        let peer = peer_of(&stream);
+        let admission = match self.shared.cap.admit(peer) {
+            Ok(admission) => admission,
+            Err(why) => return self.shared.cap.refuse(stream, peer, why),
+        };
         if let Err(err) = net::configure(&stream) {
-            self.shared.n_conns.fetch_sub(1, Ordering::Relaxed);
             log::warn!(
-                "conn {} dropped: cannot configure it: {}",
-                peer_of(&stream),
+                "conn {peer} dropped: cannot configure it: {}",
                 net::describe(&err)
             );
             return;
         }
-        let peer = log::log_enabled!(log::Level::Info).then(|| peer_of(&stream));
-        if let Some(peer) = peer {
-            conn::log_opened(peer);
-        }
+        conn::log_opened(peer);
         let conn_idx = self.free.pop().unwrap_or_else(|| {
             self.slots.push(Slot::default());
             self.slots.len() - 1
@@ -509,12 +479,10 @@ impl<'a> UringLoop<'a> {
             send_len: 0,
             bytes_sent: 0,
             recv_armed: true,
-            recv_cancelling: false,
-            catching_up: false,
-            recv_asked: 0,
+            _admission: admission,
         });
         let tag = self.tag(conn_idx);
-        if let Err(err) = self.ring.recv_multi(fd, tag) {
+        if let Err(err) = self.ring.recv_limited(fd, tag, BUF_SIZE) {
             self.close(conn_idx, End::Failed(err.into()));
             return;
         }
@@ -547,9 +515,7 @@ impl<'a> UringLoop<'a> {
         match input {
             Input::Nothing => {}
             Input::Bytes(buf) => {
-                // All of it goes to the echo, even past the connection's room: bytes that
-                // arrive before a cancel takes effect are owed past `MAX_OWED` (the bound
-                // is in the module's doc) rather than holding the pool's buffer.
+                // The receive asked for at most the room: the echo stays within its bound.
                 if failed.is_none() {
                     let data = self.ring.recv_data(&buf);
                     log::debug!("server received {} bytes", data.len());
@@ -582,22 +548,14 @@ impl<'a> UringLoop<'a> {
             result = self.ring.send(fd, tag, buf, 0);
         }
         let room = conn.room();
-        if result.is_ok() && !conn.recv_armed && room >= REARM_ROOM {
+        // With a send in flight, its completion comes back here with more room; without
+        // one, nothing would: any room is armed then (a partial line can leave less than
+        // a buffer's worth, and it waits for its newline).
+        let worth_arming = room >= REARM_ROOM || (room > 0 && !conn.sending);
+        if result.is_ok() && !conn.recv_armed && worth_arming {
             conn.recv_armed = true;
-            result = if conn.catching_up {
-                conn.recv_asked = room.min(BUF_SIZE as usize);
-                self.ring.recv_limited(fd, tag, conn.recv_asked as u32)
-            } else {
-                self.ring.recv_multi(fd, tag)
-            };
-        } else if result.is_ok()
-            && conn.recv_armed
-            && !conn.recv_cancelling
-            && room == 0
-            && !conn.echo.is_finished()
-        {
-            conn.recv_cancelling = true;
-            result = self.ring.cancel_recv(tag);
+            let asked = room.min(BUF_SIZE as usize) as u32;
+            result = self.ring.recv_limited(fd, tag, asked);
         }
         if let Err(err) = result {
             return self.close(conn_idx, End::Failed(err.into()));
@@ -614,19 +572,26 @@ impl<'a> UringLoop<'a> {
         };
         slot.generation = slot.generation.wrapping_add(1);
         self.free.push(conn_idx);
-        self.shared.n_conns.fetch_sub(1, Ordering::Relaxed);
-        let line_too_long = matches!(end, End::Failed(EchoError::LineTooLong { .. }));
-        if log::log_enabled!(log::Level::Info) || line_too_long {
-            let peer = conn.peer.unwrap_or_else(|| peer_of(&conn.stream));
-            conn::log_closed_counts(peer, conn.echo.bytes_in(), conn.bytes_sent, &end);
-        }
-        if conn.recv_armed || conn.sending {
+        let Conn {
+            stream,
+            peer,
+            echo,
+            bytes_sent,
+            recv_armed,
+            sending,
+            _admission,
+            ..
+        } = conn;
+        if recv_armed || sending {
             // An armed request holds the socket open past `close`; shutting it down ends
             // the requests (their completions find the slot's generation moved on) and
             // sends the peer its FIN.
-            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+            let _ = stream.shutdown(std::net::Shutdown::Both);
         }
-        self.ring.close(OwnedFd::from(conn.stream));
+        self.ring.close(OwnedFd::from(stream));
+        // Its place under the cap is free before the close line.
+        drop(_admission);
+        conn::log_closed_counts(peer, echo.bytes_in(), bytes_sent, &end);
     }
 
     fn sweep_idle(&mut self, now: Instant) {

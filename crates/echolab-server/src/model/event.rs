@@ -23,7 +23,10 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
+use std::sync::Arc;
+
 use crate::accept;
+use crate::admission::{Admission, ConnCap};
 use crate::conn::{self, End};
 use crate::echo::{Echo, EchoConfig};
 use crate::{net, Server};
@@ -43,6 +46,8 @@ pub struct Conn {
     echo: Echo,
     /// The last time a byte moved in either direction, for `--idle-timeout`.
     last_active: Instant,
+    /// Its place under `--max-conns`, freed when the connection drops.
+    _admission: Admission,
 }
 
 pub fn run(server: Server) -> io::Result<()> {
@@ -50,6 +55,7 @@ pub fn run(server: Server) -> io::Result<()> {
         listener,
         config,
         shutdown,
+        cap,
     } = server;
     listener.set_nonblocking(true)?;
     let mut conns: Vec<Conn> = Vec::new();
@@ -111,14 +117,15 @@ pub fn run(server: Server) -> io::Result<()> {
                 serve_ready(conn, ready, &mut buf, now)
             };
             if let Some(end) = end {
-                let conn = conns.swap_remove(conn_idx);
-                conn::log_closed(conn.peer, &conn.echo, &end);
+                let Conn { peer, echo, .. } = conns.swap_remove(conn_idx);
+                // The socket is closed and its place under the cap free before the line.
+                conn::log_closed(peer, &echo, &end);
             }
         }
 
         // 3. Accept new connections.
         if revents[1].contains(PollFlags::POLLIN) {
-            accept_paused_until = accept_some(&listener, &mut conns, config.echo, config.max_conns);
+            accept_paused_until = accept_some(&listener, &mut conns, config.echo, &cap);
         }
     }
 }
@@ -163,15 +170,18 @@ fn accept_some(
     listener: &TcpListener,
     conns: &mut Vec<Conn>,
     echo: EchoConfig,
-    max_conns: usize,
+    cap: &Arc<ConnCap>,
 ) -> Option<Instant> {
     for _ in 0..ACCEPTS_PER_TURN {
         match listener.accept() {
             Ok((stream, peer)) => {
-                if conns.len() >= max_conns {
-                    conn::refuse(stream, peer, max_conns);
-                    continue;
-                }
+                let admission = match cap.admit(peer) {
+                    Ok(admission) => admission,
+                    Err(why) => {
+                        cap.refuse(stream, peer, why);
+                        continue;
+                    }
+                };
                 if let Err(err) = stream
                     .set_nonblocking(true)
                     .and_then(|()| net::configure(&stream))
@@ -188,6 +198,7 @@ fn accept_some(
                     peer,
                     echo: Echo::new(echo),
                     last_active: Instant::now(),
+                    _admission: admission,
                 });
             }
             Err(err) if net::would_block(&err) => return None,
@@ -209,8 +220,13 @@ fn next_timeout(
     idle_timeout: Option<Duration>,
     paused_until: Option<Instant>,
 ) -> PollTimeout {
-    let idle_deadline =
-        idle_timeout.and_then(|timeout| conns.iter().map(|conn| conn.last_active + timeout).min());
+    let idle_deadline = idle_timeout.and_then(|timeout| {
+        // A timeout past the clock's end never expires.
+        conns
+            .iter()
+            .filter_map(|conn| conn.last_active.checked_add(timeout))
+            .min()
+    });
     let deadline = match (idle_deadline, paused_until) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),

@@ -33,7 +33,7 @@ pub fn default_workers() -> usize {
 struct Queued {
     conn: Arc<TcpStream>,
     peer: SocketAddr,
-    _admitted: Admitted,
+    admitted: Admitted,
 }
 
 pub fn run(server: Server) -> io::Result<()> {
@@ -41,6 +41,7 @@ pub fn run(server: Server) -> io::Result<()> {
         listener,
         config,
         shutdown,
+        cap,
     } = server;
     let n_workers = config.workers.unwrap_or_else(default_workers);
     let queue: BoundedQueue<Queued> = BoundedQueue::new(QUEUE_CAPACITY);
@@ -53,10 +54,10 @@ pub fn run(server: Server) -> io::Result<()> {
             let queue = &queue;
             let spawned = std::thread::Builder::new()
                 .name(format!("worker {worker_idx}"))
-                .stack_size(crate::thread::STACK_SIZE)
+                .stack_size(super::thread::STACK_SIZE)
                 .spawn_scoped(scope, move || {
                     while let Some(job) = queue.pop() {
-                        conn::serve_blocking(&job.conn, job.peer, settings);
+                        conn::serve_blocking(&job.conn, job.peer, settings, job.admitted);
                     }
                 });
             if let Err(err) = spawned {
@@ -74,14 +75,20 @@ pub fn run(server: Server) -> io::Result<()> {
         });
         while let Some((conn, peer)) = acceptor.accept() {
             let conn = Arc::new(conn);
-            let Some(admitted) = live.admit(&conn, config.max_conns) else {
-                conn::refuse(conn, peer, config.max_conns);
-                continue;
+            let admission = match cap.admit(peer) {
+                Ok(admission) => admission,
+                Err(why) => {
+                    cap.refuse(conn, peer, why);
+                    continue;
+                }
+            };
+            let Some(admitted) = live.admit(&conn, admission) else {
+                break; // Shutting down.
             };
             let job = Queued {
                 conn,
                 peer,
-                _admitted: admitted,
+                admitted,
             };
             if queue.push(job).is_err() {
                 break; // Closed: shutting down.

@@ -1,6 +1,6 @@
 //! The reactor: one event loop per core, the answer production servers (nginx workers,
 //! memcached, monoio) give to the lecture's "an event-based server cannot use more than
-//! one core". Each loop is the [`crate::event`] server grown up: `epoll` (through `mio`)
+//! one core". Each loop is the [`super::event`] server grown up: `epoll` (through `mio`)
 //! instead of `poll`, so a turn costs what is ready rather than what is open.
 //!
 //! Trade-off: as fast as the kernel lets one thread per core go, with no locks on the
@@ -20,16 +20,20 @@
 //! # One loop turn
 //!
 //! 1. `epoll_wait` (edge-triggered, as mio registers everything) for events, the next
-//!    idle deadline, or the end of an accept pause.
-//! 2. For each ready connection, one `read` into the loop's buffer and the echo's `write`
-//!    straight from it ([`Echo::on_input`]). Only bytes the kernel would not take stay in
-//!    the connection's [`Echo`]; only then does the loop ask for writability as well.
+//!    idle deadline, or the end of an accept pause; without waiting if a connection still
+//!    has bytes from its last turn.
+//! 2. For each ready connection, at most [`READS_PER_TURN`] `read`s into the loop's buffer,
+//!    each followed by the echo's `write` straight from it ([`Echo::on_input`]). Only bytes
+//!    the kernel would not take stay in the connection's [`Echo`]; only then does the loop
+//!    ask for writability as well.
 //! 3. Accept until `accept` would block.
 //!
-//! Edge-triggered readiness normally means "read until `WouldBlock`", one wasted `read`
-//! per event. A read that returns less than it asked for has emptied the socket, and any
-//! byte arriving later raises a new edge, so the loop stops there instead, unless the
-//! event also reported the peer's FIN, which raises no further edge.
+//! Edge-triggered readiness means "read until `WouldBlock`": no new edge comes for bytes
+//! already in the socket. A short read is not proof that the socket is empty (a read stops
+//! at the urgent mark of MSG_OOB data, and the bytes after it raise no new edge), so only
+//! `WouldBlock` ends a connection's reading. Fairness is a budget: a connection that is
+//! still readable after [`READS_PER_TURN`] reads goes on the loop's `again` list and is
+//! served in the next turn, after everyone else ready now, as if a new edge had come.
 //!
 //! Memory: an idle connection costs its [`Conn`] (under 200 bytes) and the kernel's
 //! socket. [`Echo`] allocates only when bytes are owed.
@@ -37,7 +41,7 @@
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -45,13 +49,20 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::accept;
+use crate::admission::{Admission, ConnCap};
 use crate::conn::{self, End};
 use crate::echo::{Echo, EchoConfig};
 use crate::shutdown::Shutdown;
-use crate::{cores, net, Server};
+use crate::{cores, net, runner, Server};
 
 /// Each loop's read buffer, shared by its connections: one read takes a whole 64 KiB.
 const READ_BUF: usize = 64 * 1024;
+
+/// The most reads one connection gets per turn before the others are served: with the
+/// 64 KiB buffer, 256 KiB per turn. A streaming client that always has bytes ready would
+/// otherwise hold the loop for as long as it keeps the socket full (issue 9: a probe beside
+/// it waited up to a second for its echo).
+const READS_PER_TURN: usize = 4;
 
 /// At most this many accepts per turn, so a connection flood cannot starve the
 /// connections already open.
@@ -68,10 +79,8 @@ const SHUTDOWN: Token = Token(usize::MAX - 1);
 struct Shared<'a> {
     echo: EchoConfig,
     idle_timeout: Option<Duration>,
-    max_conns: usize,
-    /// Connections open across all loops, for `--max-conns`: incremented before a
-    /// connection is admitted, decremented when it closes.
-    n_conns: AtomicUsize,
+    /// `--max-conns` and `--max-conns-per-ip`, across all loops.
+    cap: Arc<ConnCap>,
     /// Watched by every loop; the first loop that fails fires it so the others stop too.
     shutdown: &'a Shutdown,
 }
@@ -88,9 +97,14 @@ struct Conn {
     last_active: Instant,
     /// Registered for writability too: true exactly while the echo owes bytes.
     wants_writable: bool,
-    /// Reading stopped on backpressure before the socket was empty: no new edge will
-    /// come for the bytes already there, so the loop reads again once room frees up.
-    read_stalled: bool,
+    /// Reading stopped before the socket said `WouldBlock` (backpressure, or the turn's
+    /// budget ran out): no new edge will come for the bytes already there, so the loop
+    /// reads again once room frees up, or next turn.
+    read_pending: bool,
+    /// On the loop's `again` list (at most once).
+    again: bool,
+    /// Its place under `--max-conns`, freed when the connection drops.
+    _admission: Admission,
 }
 
 pub fn run(server: Server) -> io::Result<()> {
@@ -98,6 +112,7 @@ pub fn run(server: Server) -> io::Result<()> {
         listener,
         config,
         shutdown,
+        cap,
     } = server;
     let n_loops = config.workers.unwrap_or_else(cores).max(1);
     // Every listener exists before any loop starts, so a bind failure stops the server
@@ -110,8 +125,7 @@ pub fn run(server: Server) -> io::Result<()> {
     let shared = Shared {
         echo: config.echo,
         idle_timeout: config.idle_timeout,
-        max_conns: config.max_conns,
-        n_conns: AtomicUsize::new(0),
+        cap,
         shutdown: &shutdown,
     };
     let shared = &shared;
@@ -121,40 +135,14 @@ pub fn run(server: Server) -> io::Result<()> {
     for listener in listeners {
         reactors.push(Reactor::new(listener, shared)?);
     }
-    let first = reactors.pop().expect("at least one loop");
-    std::thread::scope(|scope| {
-        let mut handles = Vec::with_capacity(n_loops);
-        for (loop_idx, reactor) in reactors.into_iter().enumerate() {
-            let spawned = std::thread::Builder::new()
-                .name(format!("reactor-{}", loop_idx + 1))
-                .spawn_scoped(scope, move || run_loop(reactor));
-            match spawned {
-                Ok(handle) => handles.push(handle),
-                Err(err) => {
-                    shared.shutdown.trigger();
-                    return Err(err);
-                }
-            }
-        }
-        // The calling thread runs the last loop: n loops, n threads.
-        let mut result = run_loop(first);
-        for handle in handles {
-            let loop_result = handle
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("a reactor loop panicked")));
-            result = result.and(loop_result);
-        }
-        result
-    })
-}
-
-/// Runs one loop until shutdown; fires the shutdown for the others if it fails.
-fn run_loop(mut reactor: Reactor<'_>) -> io::Result<()> {
-    let result = reactor.run();
-    if result.is_err() {
-        reactor.shared.shutdown.trigger();
-    }
-    result
+    // n loops, n threads: the calling thread runs the last one.
+    runner::run_loops(
+        "reactor",
+        reactors,
+        &shutdown,
+        &|mut reactor: Reactor<'_>| reactor.run(),
+        &|_| {},
+    )
 }
 
 /// One event loop and its connections.
@@ -174,6 +162,10 @@ struct Reactor<'a> {
     accept_pending: bool,
     /// When to look for idle connections; `None` while there is nothing to look for.
     next_sweep: Option<Instant>,
+    /// Connections whose read budget ran out with bytes left: served next turn without
+    /// an event. `again_now` is the list being served, kept to reuse its allocation.
+    again: Vec<usize>,
+    again_now: Vec<usize>,
 }
 
 impl<'a> Reactor<'a> {
@@ -197,6 +189,8 @@ impl<'a> Reactor<'a> {
             accept_paused_until: None,
             accept_pending: false,
             next_sweep: None,
+            again: Vec::new(),
+            again_now: Vec::new(),
         })
     }
 
@@ -215,6 +209,15 @@ impl<'a> Reactor<'a> {
                 return Ok(());
             }
             now = Instant::now();
+            // Last turn's leftovers first: they have waited a whole turn already.
+            let mut again = std::mem::replace(&mut self.again, std::mem::take(&mut self.again_now));
+            for conn_idx in again.drain(..) {
+                if let Some(Some(conn)) = self.conns.get_mut(conn_idx) {
+                    conn.again = false;
+                    self.serve_ready(conn_idx, Flags::NONE, now);
+                }
+            }
+            self.again_now = again;
             let mut listener_ready = false;
             for event in events.iter() {
                 match event.token() {
@@ -239,7 +242,7 @@ impl<'a> Reactor<'a> {
     /// How long `epoll_wait` may sleep: until the next sweep or the end of an accept
     /// pause, not at all if accepts are pending, or forever.
     fn timeout(&self, now: Instant) -> Option<Duration> {
-        if self.accept_pending {
+        if self.accept_pending || !self.again.is_empty() {
             return Some(Duration::ZERO);
         }
         let deadline = match (self.next_sweep, self.accept_paused_until) {
@@ -260,6 +263,10 @@ impl<'a> Reactor<'a> {
         if let Some(end) = end {
             self.close(conn_idx, end);
             return;
+        }
+        if conn.read_pending && conn.echo.wants_read() && !conn.again {
+            conn.again = true;
+            self.again.push(conn_idx); // The budget ran out with bytes left.
         }
         if conn.wants_writable != conn.echo.wants_write() {
             conn.wants_writable = conn.echo.wants_write();
@@ -299,12 +306,10 @@ impl<'a> Reactor<'a> {
     }
 
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
-        let max_conns = self.shared.max_conns;
-        if self.shared.n_conns.fetch_add(1, Ordering::Relaxed) >= max_conns {
-            self.shared.n_conns.fetch_sub(1, Ordering::Relaxed);
-            conn::refuse(stream, peer, max_conns);
-            return;
-        }
+        let admission = match self.shared.cap.admit(peer) {
+            Ok(admission) => admission,
+            Err(why) => return self.shared.cap.refuse(stream, peer, why),
+        };
         let conn_idx = self.free.pop().unwrap_or(self.conns.len());
         let registered = stream.set_nodelay(true).and_then(|()| {
             self.poll
@@ -312,7 +317,6 @@ impl<'a> Reactor<'a> {
                 .register(&mut stream, Token(conn_idx), Interest::READABLE)
         });
         if let Err(err) = registered {
-            self.shared.n_conns.fetch_sub(1, Ordering::Relaxed);
             self.free.push(conn_idx);
             log::warn!(
                 "conn {peer} dropped: cannot configure it: {}",
@@ -327,7 +331,9 @@ impl<'a> Reactor<'a> {
             echo: Echo::new(self.shared.echo),
             last_active: now,
             wants_writable: false,
-            read_stalled: false,
+            read_pending: false,
+            again: false,
+            _admission: admission,
         };
         // Registered with data already waiting, the socket raises its first edge at once.
         if conn_idx == self.conns.len() {
@@ -342,10 +348,14 @@ impl<'a> Reactor<'a> {
 
     fn close(&mut self, conn_idx: usize, end: End) {
         if let Some(conn) = self.conns[conn_idx].take() {
-            conn::log_closed(conn.peer, &conn.echo, &end);
+            let Conn {
+                stream, peer, echo, ..
+            } = conn;
+            // The place under the cap is free (dropped with the rest of `conn`) before the
+            // close line, and the stream is closed, which also removes it from epoll.
+            drop(stream);
+            conn::log_closed(peer, &echo, &end);
             self.free.push(conn_idx);
-            self.shared.n_conns.fetch_sub(1, Ordering::Relaxed);
-            // Dropping the stream closes it, which also removes it from epoll.
         }
     }
 
@@ -378,19 +388,23 @@ impl<'a> Reactor<'a> {
 /// What an event reported, copied out of mio's event.
 #[derive(Debug, Clone, Copy)]
 struct Flags {
+    /// Readable, or the peer's FIN or an error (which `read` reports).
     readable: bool,
     writable: bool,
-    /// The peer's FIN or an error: read until `read` says so, this edge is the last.
-    closed: bool,
 }
 
 impl Flags {
+    /// No event: a connection served again because its budget ran out last turn.
+    const NONE: Flags = Flags {
+        readable: false,
+        writable: false,
+    };
+
     fn of(event: &mio::event::Event) -> Flags {
         let closed = event.is_read_closed() || event.is_error();
         Flags {
             readable: event.is_readable() || closed,
             writable: event.is_writable() || event.is_write_closed() || event.is_error(),
-            closed,
         }
     }
 }
@@ -404,19 +418,19 @@ impl Conn {
             }
             self.last_active = now;
         }
-        if flags.readable || self.read_stalled {
-            self.read_stalled = false;
-            loop {
+        if flags.readable || self.read_pending {
+            // Pending until `read` says `WouldBlock` (or end of input).
+            self.read_pending = true;
+            for _ in 0..READS_PER_TURN {
                 let room = self.echo.read_room().min(buf.len());
                 if room == 0 {
-                    // Backpressure (or end of input): bytes may wait in the socket.
-                    self.read_stalled = true;
-                    break;
+                    break; // Backpressure (or end of input): bytes may wait in the socket.
                 }
                 let mut writer = &self.stream;
                 match (&self.stream).read(&mut buf[..room]) {
                     Ok(0) => {
                         self.last_active = now;
+                        self.read_pending = false;
                         if let Err(err) = self.echo.on_eof(&mut writer) {
                             return Some(End::Failed(err));
                         }
@@ -428,11 +442,11 @@ impl Conn {
                         if let Err(err) = self.echo.on_input(&buf[..n], &mut writer) {
                             return Some(End::Failed(err));
                         }
-                        if n < room && !flags.closed {
-                            break; // The socket is empty; new bytes raise a new edge.
-                        }
                     }
-                    Err(err) if net::would_block(&err) => break,
+                    Err(err) if net::would_block(&err) => {
+                        self.read_pending = false;
+                        break;
+                    }
                     Err(err) if net::interrupted(&err) => {}
                     Err(err) => return Some(End::Failed(err.into())),
                 }

@@ -31,7 +31,10 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use std::sync::Arc;
+
 use crate::accept;
+use crate::admission::{Admission, ConnCap};
 use crate::conn::{self, ConnSettings};
 use crate::shutdown::Shutdown;
 use crate::{net, ServeConfig, Server};
@@ -41,6 +44,7 @@ pub fn run(server: Server) -> io::Result<()> {
         listener,
         config,
         shutdown,
+        cap,
     } = server;
     listener.set_nonblocking(true)?;
     // SIGCHLD as a readable pipe: the handler writes one byte, the loop below reaps.
@@ -49,9 +53,17 @@ pub fn run(server: Server) -> io::Result<()> {
     sigchld_write.set_nonblocking(true)?;
     let sigchld_id = signal_hook::low_level::pipe::register(libc::SIGCHLD, sigchld_write)?;
 
-    // Every live child and the peer it serves.
-    let mut children: HashMap<Pid, SocketAddr> = HashMap::new();
-    let result = accept_loop(&listener, &config, &shutdown, &sigchld_read, &mut children);
+    // Every live child, the peer it serves and its place under the cap (freed when the
+    // child is reaped).
+    let mut children: Children = HashMap::new();
+    let result = accept_loop(
+        &listener,
+        &config,
+        &shutdown,
+        &sigchld_read,
+        &cap,
+        &mut children,
+    );
 
     // Shutdown, and after an error too: close the listener first (the port is free at
     // once), then end every child and reap it, so that no process outlives the server.
@@ -59,13 +71,30 @@ pub fn run(server: Server) -> io::Result<()> {
     for pid in children.keys() {
         let _ = nix::sys::signal::kill(*pid, Signal::SIGTERM);
     }
-    for (pid, peer) in children.drain() {
-        while let Err(nix::errno::Errno::EINTR) = waitpid(pid, None) {}
-        log::info!("conn {peer} closed: server shutting down (child {pid} ended)");
+    for (pid, (peer, _admission)) in children.drain() {
+        let status = loop {
+            match waitpid(pid, None) {
+                Err(nix::errno::Errno::EINTR) => {}
+                other => break other,
+            }
+        };
+        if matches!(status, Ok(WaitStatus::Exited(_, 0))) {
+            // The child logged its own close line, with the byte counts.
+            log::debug!("child {pid} ended");
+        } else {
+            log::info!("conn {peer} closed: server shutting down (child {pid} ended: {status:?})");
+        }
     }
     signal_hook::low_level::unregister(sigchld_id);
     result
 }
+
+/// A child whose signal handler could not be installed never learns of a shutdown: its
+/// SIGTERM stays the default (it dies), and the parent logs the close for it.
+static NEVER: AtomicBool = AtomicBool::new(false);
+
+/// The live children: the peer each serves and its place under the cap.
+type Children = HashMap<Pid, (SocketAddr, Admission)>;
 
 /// The parent's loop: accept and fork, reap on SIGCHLD, until shutdown.
 fn accept_loop(
@@ -73,7 +102,8 @@ fn accept_loop(
     config: &ServeConfig,
     shutdown: &Shutdown,
     sigchld_read: &UnixStream,
-    children: &mut HashMap<Pid, SocketAddr>,
+    cap: &Arc<ConnCap>,
+    children: &mut Children,
 ) -> io::Result<()> {
     let mut accept_paused_until: Option<Instant> = None;
     while !shutdown.is_triggered() {
@@ -108,16 +138,15 @@ fn accept_loop(
         if acceptable {
             accept_paused_until = None;
             match listener.accept() {
-                Ok((conn, peer)) => {
-                    if children.len() >= config.max_conns {
-                        conn::refuse(conn, peer, config.max_conns);
-                    } else {
+                Ok((conn, peer)) => match cap.admit(peer) {
+                    Err(why) => cap.refuse(conn, peer, why),
+                    Ok(admission) => {
                         let parent_fds = [sigchld_read.as_raw_fd(), shutdown.fd().as_raw_fd()];
                         if let Some(pid) = fork_child(conn, peer, listener, config, &parent_fds)? {
-                            children.insert(pid, peer);
+                            children.insert(pid, (peer, admission));
                         }
                     }
-                }
+                },
                 Err(err) => accept_paused_until = accept::after_accept_error(&err),
             }
         }
@@ -159,9 +188,16 @@ fn fork_child(
     match forked {
         Ok(ForkResult::Child) => {
             // In the child. Signals default again: SIGTERM from the parent ends us.
+            // SIGTERM and SIGINT shut the connection down instead, so that the child
+            // ends it as a shutdown and logs its close line with the byte counts
+            // (finding 10); they stay blocked until the handler is in place.
             for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGCHLD] {
                 let _ = echolab_sys::reset_signal_to_default(signal);
             }
+            let shutting_down = match echolab_sys::shut_down_on_sigterm(conn.as_raw_fd()) {
+                Ok(flag) => flag,
+                Err(_) => &NEVER,
+            };
             let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
             // A parent killed without its shutdown (SIGKILL) cannot end its children; the
             // kernel does it for us. If the parent is already gone, stop now.
@@ -176,8 +212,8 @@ fn fork_child(
             for fd in parent_fds {
                 let _ = nix::unistd::close(*fd);
             }
-            let not_shutting_down = AtomicBool::new(false);
-            conn::serve_blocking(&conn, peer, ConnSettings::new(config, &not_shutting_down));
+            // The child's place under the cap is the parent's to free, when it reaps the child.
+            conn::serve_blocking(&conn, peer, ConnSettings::new(config, shutting_down), ());
             drop(conn);
             echolab_sys::exit_immediately(0)
         }
@@ -197,7 +233,7 @@ fn fork_child(
 }
 
 /// Reaps every child that has exited, without blocking.
-fn reap(children: &mut HashMap<Pid, SocketAddr>) {
+fn reap(children: &mut Children) {
     loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
