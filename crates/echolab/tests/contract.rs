@@ -543,7 +543,7 @@ fn percentile(samples: &[Duration], p: f64) -> Duration {
 /// The fairness budget (issue 9, item 1): a client streaming at full speed both ways
 /// shares the only loop with a probe that sends 8 bytes every 20 ms; the probe's echo
 /// comes back within 10 ms at the 99th percentile (asserted with room for a loaded machine's
-/// scheduler, see `BUDGET`). An event loop that keeps reading the
+/// scheduler, see `BUDGET`, in two of at most three rounds of 100 probes). An event loop that keeps reading the
 /// streamer while each read fills its buffer makes the probe wait for whole bursts (before
 /// the budget: reactor p99 1.1 s, async 2.3 s).
 ///
@@ -555,13 +555,17 @@ fn percentile(samples: &[Duration], p: f64) -> Duration {
 /// unbudgeted loop would pass.
 fn streamer_does_not_starve_a_probe(model: &str) {
     const PROBES: usize = 100;
-    // The contract is 10 ms at p99 (issue 9), and an idle machine shows well under 1 ms.
-    // Beside two other builds on 2 cores every model, even the ones with no loop to be
-    // unfair (thread, process), measured up to 35 ms at p99 from the scheduler alone; with
-    // the budget removed this test measured 121 ms (reactor) and 260 ms (async), and the
-    // unpinned streamer of the issue 1,100 and 2,300 ms.
+    // The contract is 10 ms at p99 (issue 9); alone on this machine every model measured
+    // 0.8-4.2 ms. Beside other builds on 2 cores every model, even the ones with no loop to
+    // be unfair (thread, process), measured rounds of 50-100 ms at p99 from the scheduler
+    // alone; with the budget removed, rounds measured 121-484 ms (reactor) and 260-1517 ms
+    // (async), and the unpinned streamer of the issue 1,100 and 2,300 ms.
     const CONTRACT: Duration = Duration::from_millis(10);
-    const BUDGET: Duration = Duration::from_millis(50);
+    const BUDGET: Duration = Duration::from_millis(100);
+    // No round may pass this, loaded machine or not: unbudgeted async was unfair only in
+    // its first round (p99 1517 and 4015 ms, then under 1 ms), which two fair rounds out of
+    // three would forgive.
+    const CEILING: Duration = Duration::from_secs(1);
     let mut command = std::process::Command::new("taskset");
     command.args([
         "-c",
@@ -633,39 +637,79 @@ fn streamer_does_not_starve_a_probe(model: &str) {
         assert!(streamer_closed.unwrap() < probe_opened.unwrap());
         return;
     }
-    let mut latencies = Vec::with_capacity(PROBES);
-    for probe_idx in 0..PROBES {
-        let message = format!("probe{probe_idx:03}");
-        let sent = Instant::now();
-        probe.write_all(message.as_bytes()).unwrap();
-        assert_eq!(read_n(&mut probe, 8), message.as_bytes());
-        latencies.push(sent.elapsed());
-        // Pacing, not synchronisation: the probe is a client that speaks every 20 ms.
-        std::thread::sleep(Duration::from_millis(20));
+    // Rounds of PROBES probes while the streamer keeps streaming, until two rounds are
+    // within BUDGET (pass) or two are not (fail): at most three. An unbudgeted loop is
+    // unfair in most rounds (measured p99 per round: reactor 349, 297, 484 ms; async 1517,
+    // 1032, 0.25 ms), while a burst of load from outside the test spoils one round.
+    const ROUNDS: usize = 3;
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    let (mut within, mut over) = (0, 0);
+    while within < 2 && over < 2 {
+        let latencies = probe_round(&mut probe, rounds.len(), PROBES);
+        if percentile(&latencies, 99.0) <= BUDGET {
+            within += 1;
+        } else {
+            over += 1;
+        }
+        rounds.push(latencies);
     }
+    // The figures of the worst round the verdict rests on: the second-best p99.
+    let mut by_p99: Vec<&Vec<Duration>> = rounds.iter().collect();
+    by_p99.sort_by_key(|l| percentile(l, 99.0));
+    let latencies = by_p99[1].clone();
+    let round_p99s: Vec<String> = rounds
+        .iter()
+        .map(|l| format!("{:.2}", percentile(l, 99.0).as_secs_f64() * 1e3))
+        .collect();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
     let streamed = reader.join().unwrap();
     let p50 = percentile(&latencies, 50.0);
     let p99 = percentile(&latencies, 99.0);
     eprintln!(
-        "{model}: probe echo p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {PROBES} probes; streamer got {} MiB back",
+        "{model}: probe echo p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {PROBES} probes (p99 of each round: {} ms); streamer got {} MiB back",
         p50.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3,
         percentile(&latencies, 100.0).as_secs_f64() * 1e3,
+        round_p99s.join(", "),
         streamed >> 20
     );
     assert!(
         streamed >= 16 << 20,
         "the streamer got only {streamed} bytes back: it was not streaming at full speed"
     );
+    let worst = rounds.iter().map(|l| percentile(l, 99.0)).max().unwrap();
+    assert!(
+        worst <= CEILING,
+        "{model}: one round's probe echo took {:.2} ms at p99 beside a streamer (at most {} ms in any round)",
+        worst.as_secs_f64() * 1e3,
+        CEILING.as_millis()
+    );
     assert!(
         p99 <= BUDGET,
-        "{model}: the probe's echo took {:.2} ms at p99 beside a streamer (contract {} ms, allowed on a loaded machine {} ms)",
+        "{model}: the probe's echo took {:.2} ms at p99 beside a streamer in {} of {} rounds (contract {} ms, allowed on a loaded machine {} ms)",
         p99.as_secs_f64() * 1e3,
+        over,
+        rounds.len(),
         CONTRACT.as_millis(),
         BUDGET.as_millis()
     );
+}
+
+/// One round of the fairness probe: `count` 8-byte messages, one every 20 ms, each timed
+/// from its write to the end of its echo.
+fn probe_round(probe: &mut TcpStream, round: usize, count: usize) -> Vec<Duration> {
+    let mut latencies = Vec::with_capacity(count);
+    for probe_idx in 0..count {
+        let message = format!("p{round}-{probe_idx:05}");
+        let sent = Instant::now();
+        probe.write_all(message.as_bytes()).unwrap();
+        assert_eq!(read_n(probe, 8), message.as_bytes());
+        latencies.push(sent.elapsed());
+        // Pacing, not synchronisation: the probe is a client that speaks every 20 ms.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    latencies
 }
 
 /// `conn PEER closed: ... (IN bytes in, OUT out)`: the server's own count of what one
