@@ -1036,7 +1036,7 @@ fn churn_catches_bytes_after_the_echo_and_counts_lost_messages() {
 /// FIN of the close that follows.
 fn cork(conn: &TcpStream) {
     socket2::SockRef::from(conn)
-        .set_cork(true)
+        .set_tcp_cork(true)
         .expect("TCP_CORK");
 }
 
