@@ -314,12 +314,19 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
     }
 }
 
+/// Seconds: a bare number (fractions allowed) or one with its unit, `s` or `ms` (`0.2`,
+/// `0.2s` and `200ms` are the same), as `bench --udp` takes them.
 fn parse_seconds(text: &str) -> Result<f64, String> {
-    let secs: f64 = text
+    let trimmed = text.trim();
+    let (number, scale) = match trimmed.strip_suffix("ms") {
+        Some(ms) => (ms, 0.001),
+        None => (trimmed.strip_suffix('s').unwrap_or(trimmed), 1.0),
+    };
+    let secs: f64 = number
         .trim()
-        .trim_end_matches('s')
-        .parse()
-        .map_err(|_| format!("not a number of seconds: {text:?}"))?;
+        .parse::<f64>()
+        .map(|value| value * scale)
+        .map_err(|_| format!("not a number of seconds (or with a unit, ms or s): {text:?}"))?;
     if !secs.is_finite() || !(0.0..=86_400.0).contains(&secs) {
         return Err(format!("seconds must be between 0 and 86400, got {text:?}"));
     }
@@ -409,6 +416,12 @@ mod tests {
     fn seconds_take_fractions_and_name_bad_values() {
         assert_eq!(parse_secs("0.5"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_secs("2s"), Ok(Duration::from_secs(2)));
+        // The unit `bench --udp` takes too: 200ms is 0.2 s, and a bare number is seconds.
+        assert_eq!(parse_timeout("200ms"), Ok(Duration::from_millis(200)));
+        assert_eq!(parse_secs(" 1500ms "), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_timeout("200"), Ok(Duration::from_secs(200)));
+        assert!(parse_timeout("0.5ms").unwrap_err().contains("0.5ms"));
+        assert!(parse_secs("5m").unwrap_err().contains("5m"));
         assert!(parse_secs("0").unwrap_err().contains("\"0\""));
         assert!(parse_secs("-1").is_err());
         assert!(parse_secs("soon").unwrap_err().contains("soon"));

@@ -451,12 +451,22 @@ impl BenchReport {
             let _ = writeln!(out, "  {sentence}");
         }
         if let Some(at) = self.ended_early_secs {
-            let _ = writeln!(
-                out,
-                "  the run ended {at:.2} s into the {:.2} s window, when every connection had failed; \
-                 the rest of the window served nothing and the rates are over the whole window",
-                self.seconds
-            );
+            let secs = self.seconds;
+            let _ = if at < 0.0 {
+                writeln!(
+                    out,
+                    "  every connection had failed {:.2} s before the {secs:.2} s window opened; \
+                     the window served nothing and the rates are over the whole window",
+                    -at
+                )
+            } else {
+                writeln!(
+                    out,
+                    "  the run ended {at:.2} s into the {secs:.2} s window, when every connection \
+                     had failed; the rest of the window served nothing and the rates are over \
+                     the whole window"
+                )
+            };
         }
         if let (Some(time_wait), Some(ports)) = (self.time_wait, ephemeral_ports()) {
             // Past about half the range, connects spend their time searching for a port.
@@ -523,7 +533,12 @@ impl BenchReport {
         }
         let n = config.n_conns as u64;
         let starve = config.starve_after.as_secs_f64();
-        if self.conns_stopped >= n && n > 0 && self.conns_established > 0 {
+        // Bench closes a connection whose echo was wrong: that is not the server going quiet.
+        if self.conns_stopped >= n
+            && n > 0
+            && self.conns_established > 0
+            && self.errors.mismatch == 0
+        {
             return Some(match self.last_echo_secs {
                 None => {
                     format!("the server answered none of the {n} connections: no message completed")
@@ -543,7 +558,19 @@ impl BenchReport {
         if self.errors.starved == 0 {
             return None;
         }
-        let served = n.saturating_sub(self.conns_stopped);
+        // Served to the end: neither starved (at any time) nor stopped. A connection that
+        // starved and then got echoes again was paused, not left out.
+        let served = n
+            .saturating_sub(self.conns_stopped)
+            .min(n.saturating_sub(self.errors.starved));
+        if served == 0 {
+            return Some(format!(
+                "{} of {n} connections starved (waited more than {starve:.2} s for an echo) and \
+                 none was served without a wait that long: the server paused for every \
+                 connection, not for some",
+                self.errors.starved
+            ));
+        }
         Some(format!(
             "{} of {n} connections starved (waited more than {starve:.2} s, or the whole window, \
              for an echo) while {served} were served to the end: an iterative server, or a pool \
@@ -842,6 +869,41 @@ mod tests {
             "{text}"
         );
         assert_eq!(r.to_json(&config)["starved"], 2);
+        // Every connection starved once and was served again (a pause of the whole server):
+        // no word of a pool, whatever `conns_stopped` says.
+        let mut paused = clean();
+        for _ in 0..4 {
+            paused.errors.count(ErrorKind::Starved);
+        }
+        paused.conns_stopped = 0;
+        let text = paused.to_text(&config);
+        assert!(
+            text.contains(
+                "4 of 4 connections starved (waited more than 1.00 s for an echo) and none was \
+                 served without a wait that long: the server paused for every connection"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("iterative"), "{text}");
+        // Three starved, none stopped: one was served to the end, not four.
+        paused.errors.starved = 3;
+        let text = paused.to_text(&config);
+        assert!(text.contains("while 1 were served to the end"), "{text}");
+        // An early end before the window opened is said as such, never a negative time.
+        let mut early = clean();
+        early.ended_early_secs = Some(-0.3);
+        let text = early.to_text(&config);
+        assert!(
+            text.contains("every connection had failed 0.30 s before the 1.00 s window opened"),
+            "{text}"
+        );
+        assert!(!text.contains("-0.30"), "{text}");
+        // Mismatched echoes end every connection, but the server did answer.
+        let mut wrong = clean();
+        wrong.errors.count(ErrorKind::Mismatch);
+        wrong.conns_stopped = 4;
+        wrong.last_echo_secs = Some(0.0);
+        assert_eq!(wrong.stopped_sentence(&config), None);
         // All four stopped getting echoes: the server stopped answering, and when; no
         // word of a pool.
         r.errors.count(ErrorKind::Starved);
