@@ -304,13 +304,32 @@ pub fn meaning(simulated: &[[u64; 2]; 3], fixed: &FreeProgress, random: &FreePro
             thousands(fixed.passes[1])
         ));
     }
-    if random_rate > fixed_rate {
+    if random_rate > fixed_rate * 1.05 {
         text.push_str(&format!(
             " Random back-off passed {:.1}x as often.",
             random_rate / fixed_rate.max(1e-9)
         ));
     } else {
         text.push_str(" Random back-off did not pass more often this time.");
+    }
+    // The fix is judged per thread as well: a total can hide a side it did not help.
+    if let Some(k) = (0..2).find(|&k| random.passes[k] == 0) {
+        text.push_str(&format!(
+            " Random back-off also left thread {} without a single pass ({} collisions) while thread {} passed {} times: \
+             on this run it did not help that thread.",
+            k + 1,
+            thousands(random.collisions[k]),
+            2 - k,
+            thousands(random.passes[1 - k])
+        ));
+    } else if let Some(k) =
+        (0..2).find(|&k| random.collisions[k] as f64 / random.passes[k] as f64 > 1.0)
+    {
+        text.push_str(&format!(
+            " Random back-off still left thread {} colliding {:.1} times per pass.",
+            k + 1,
+            random.collisions[k] as f64 / random.passes[k] as f64
+        ));
     }
     text
 }
@@ -542,6 +561,32 @@ mod tests {
         };
         let text = meaning(&sim, &uneven, &free(1_000, 100));
         assert!(text.contains("a partial livelock: both threads stay busy, and most of their work is colliding and retreating (thread 1 0.0 collisions per pass, thread 2 5.0)"), "{text}");
+        // The fix judged per thread too: a random back-off that starved thread 2 says so,
+        // and a rate within 5% is not "more often".
+        let random_lopsided = FreeProgress {
+            passes: [119_002, 0],
+            collisions: [0, 77_014],
+            elapsed: Duration::from_millis(500),
+        };
+        let text = meaning(&sim, &lopsided, &random_lopsided);
+        assert!(text.contains(" Random back-off also left thread 2 without a single pass (77,014 collisions) while thread 1 passed 119,002 times"), "{text}");
+        let random_uneven = FreeProgress {
+            passes: [116_076, 2_519],
+            collisions: [0, 77_014],
+            elapsed: Duration::from_millis(500),
+        };
+        let text = meaning(&sim, &lopsided, &random_uneven);
+        assert!(
+            text.ends_with(" Random back-off still left thread 2 colliding 30.6 times per pass."),
+            "{text}"
+        );
+        assert!(!meaning(&sim, &lopsided, &free(1_000, 100)).contains("Random back-off also"));
+        // Within 5% of the fixed back-off's rate is not "more often" (the tester's 1.0x).
+        let text = meaning(&sim, &free(1_000, 100), &free(1_040, 100));
+        assert!(
+            text.contains("Random back-off did not pass more often this time."),
+            "{text}"
+        );
     }
 
     #[test]
