@@ -493,7 +493,9 @@ impl BenchReport {
                 u.unsent
             );
         }
-        let hint = if config.lines {
+        // Only when no whole message ever came back (warm-up included): a server that
+        // echoed whole messages before is not a lines server.
+        let hint = if config.lines || self.last_echo_secs.is_some() {
             ""
         } else {
             "; a --mode lines server echoes only complete lines: try --lines"
@@ -833,6 +835,12 @@ mod tests {
         let text = r.to_text(&config);
         assert!(!text.contains("no byte came back"), "{text}");
         assert!(text.contains("15 bytes came back but no message"), "{text}");
+        assert!(text.contains("try --lines"), "{text}");
+        // Whole echoes before the window (the warm-up): the server stopped, no lines hint.
+        r.last_echo_secs = Some(-1.2);
+        let text = r.to_text(&config);
+        assert!(!text.contains("try --lines"), "{text}");
+        r.last_echo_secs = None;
         assert_eq!(r.to_json(&config)["nothing_echoed"], false);
         // A mismatch: bytes came back, so neither sentence; the mismatch is named.
         let mut r = clean();

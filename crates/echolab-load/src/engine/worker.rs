@@ -740,10 +740,12 @@ impl<'a> Worker<'a> {
                 .expect("a start time for every issued message");
             conn.done += 1;
             completed += 1;
+            // Any whole echo, warm-up included: a server that stopped before the window
+            // opened is said as such (a negative `last_echo_secs`).
+            self.last_echo = Some(now);
             if belongs(start) {
                 self.latency.record(now.saturating_duration_since(start));
                 self.messages += 1;
-                self.last_echo = Some(now);
                 conn.completed_in_window += 1;
             }
         }
