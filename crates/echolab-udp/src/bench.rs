@@ -223,7 +223,9 @@ impl UdpReport {
             "  jitter      {:.1} µs (RFC 3550, mean over sockets)\n",
             self.jitter.as_nanos() as f64 / 1000.0
         );
-        if c.lost > c.late {
+        // Only when something answered: with nothing listening the loss is no server's
+        // refusal, and the errors line says so.
+        if c.lost > c.late && self.socket_errors == 0 {
             out += &format!(
                 "  note        {} lost datagrams were not echoed while the bench listened; an echolab server counts what it \
                  refuses: if its `rate-limited` count is not 0, its --udp-rate-per-source (per \
@@ -594,6 +596,27 @@ mod tests {
             window: Duration::from_secs(2),
             interrupted: false,
         }
+    }
+
+    #[test]
+    fn the_rate_limit_note_only_when_something_answered() {
+        let counts = Counts {
+            sent: 10,
+            echoed: 8,
+            lost: 2,
+            ..Counts::default()
+        };
+        let mut r = report(counts);
+        assert!(
+            r.text().contains("2 lost datagrams were not echoed"),
+            "{}",
+            r.text()
+        );
+        // Nothing listening: the loss is no server's refusal.
+        r.socket_errors = 3;
+        let text = r.text();
+        assert!(!text.contains("--udp-rate-per-source"), "{text}");
+        assert!(text.contains("3 socket errors"), "{text}");
     }
 
     #[test]
