@@ -6,7 +6,7 @@ use std::fmt::{self, Write as _};
 
 use serde_json::json;
 
-use crate::config::{BenchConfig, Workload};
+use crate::config::{BenchConfig, ThreadsFrom, Workload};
 use crate::latency::LatencySummary;
 use crate::pattern::Mismatch;
 
@@ -374,7 +374,16 @@ impl BenchReport {
             if config.lines { " (lines)" } else { "" },
             config.pipeline,
             config.effective_threads(),
-            config.threads_from.describe(),
+            if config.effective_threads() < config.n_threads {
+                match config.threads_from {
+                    ThreadsFrom::Given => {
+                        format!("given {}, at most one per connection", config.n_threads)
+                    }
+                    from => format!("{}, at most one per connection", from.describe()),
+                }
+            } else {
+                config.threads_from.describe()
+            },
             config.warmup.as_secs_f64(),
             self.seconds,
             if self.interrupted { " (interrupted)" } else { "" },
@@ -680,6 +689,21 @@ mod tests {
 
     fn config() -> BenchConfig {
         BenchConfig::new("127.0.0.1:7007".parse().unwrap(), 4, 64)
+    }
+
+    #[test]
+    fn threads_capped_at_the_connections_say_so() {
+        let mut config = config();
+        config.n_threads = 8;
+        config.threads_from = ThreadsFrom::Given;
+        let text = clean().to_text(&config);
+        assert!(
+            text.contains("4 threads (given 8, at most one per connection)"),
+            "{text}"
+        );
+        config.n_threads = 2;
+        let text = clean().to_text(&config);
+        assert!(text.contains("2 threads (given)"), "{text}");
     }
 
     /// A clean run's report: 4 connections, 100 messages each, in 1 s.
