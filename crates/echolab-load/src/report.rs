@@ -551,6 +551,11 @@ impl BenchReport {
             && self.errors.mismatch == 0
         {
             return Some(match self.last_echo_secs {
+                None if self.bytes_received > 0 => format!(
+                    "the server answered none of the {n} connections with a whole message: \
+                     {} bytes came back, then nothing",
+                    self.bytes_received
+                ),
                 None => {
                     format!("the server answered none of the {n} connections: no message completed")
                 }
@@ -966,6 +971,24 @@ mod tests {
             text.contains("the server answered none of the 4 connections"),
             "{text}"
         );
+        // Part of a message came back, then nothing: said with the bytes, never "none".
+        let bytes = r.bytes_received;
+        r.bytes_received = 20;
+        let text = r.to_text(&config);
+        assert!(
+            text.contains(
+                "the server answered none of the 4 connections with a whole message: 20 bytes \
+                 came back, then nothing"
+            ),
+            "{text}"
+        );
+        r.bytes_received = 0;
+        let text = r.to_text(&config);
+        assert!(
+            text.contains("the server answered none of the 4 connections: no message completed"),
+            "{text}"
+        );
+        r.bytes_received = bytes;
         // Every connection failed 2.11 s into a 6 s window: the early end is said.
         r.ended_early_secs = Some(2.11);
         let text = r.to_text(&config);
