@@ -3,12 +3,12 @@
 //! ([`crate::admission`]).
 
 use std::collections::HashMap;
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::admission::Admission;
+use crate::admission::{Admission, ConnCap};
 
-/// The registry. A connection is in it from [`LiveConns::admit`] until its [`Admitted`]
+/// The registry. A connection is in it from [`LiveConns::enter`] until its [`Admitted`]
 /// guard drops.
 #[derive(Debug, Default)]
 pub struct LiveConns {
@@ -21,6 +21,17 @@ struct Inner {
     conns: HashMap<u64, Arc<TcpStream>>,
     /// Set by [`LiveConns::close_all`]; later admissions are refused.
     closed: bool,
+}
+
+/// What [`LiveConns::enter`] made of an accepted connection.
+#[derive(Debug)]
+pub enum Entry {
+    /// Registered, holding its place under the cap: serve it.
+    Serve(Arc<TcpStream>, Admitted),
+    /// Over the cap: already closed and logged.
+    Refused,
+    /// The server is shutting down: stop accepting.
+    Closing,
 }
 
 /// Proof that a connection is registered and holds its place under the cap; removes it
@@ -49,12 +60,25 @@ impl LiveConns {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Takes an accepted connection through the cap and into the registry: the one path
+    /// into a blocking model. A refused connection is closed and logged by the cap.
+    pub fn enter(self: &Arc<Self>, cap: &Arc<ConnCap>, conn: TcpStream, peer: SocketAddr) -> Entry {
+        let admission = match cap.admit(peer) {
+            Ok(admission) => admission,
+            Err(why) => {
+                cap.refuse(conn, peer, why);
+                return Entry::Refused;
+            }
+        };
+        let conn = Arc::new(conn);
+        match self.admit(&conn, admission) {
+            Some(admitted) => Entry::Serve(conn, admitted),
+            None => Entry::Closing,
+        }
+    }
+
     /// Registers `conn`, admitted under the cap, unless the server is closing.
-    pub fn admit(
-        self: &Arc<Self>,
-        conn: &Arc<TcpStream>,
-        admission: Admission,
-    ) -> Option<Admitted> {
+    fn admit(self: &Arc<Self>, conn: &Arc<TcpStream>, admission: Admission) -> Option<Admitted> {
         let mut inner = self.lock();
         if inner.closed {
             return None;

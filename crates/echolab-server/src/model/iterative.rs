@@ -8,12 +8,10 @@
 //! there is only ever one connection.
 
 use std::io;
-use std::net::TcpStream;
-use std::sync::Arc;
 
 use crate::accept::Acceptor;
 use crate::conn::{self, ConnSettings};
-use crate::live::LiveConns;
+use crate::live::{Entry, LiveConns};
 use crate::Server;
 
 pub fn run(server: Server) -> io::Result<()> {
@@ -35,18 +33,12 @@ pub fn run(server: Server) -> io::Result<()> {
             live.close_all();
         });
         while let Some((conn, peer)) = acceptor.accept() {
-            let conn: Arc<TcpStream> = Arc::new(conn);
             // One connection at a time: the cap always has room, but every model goes
             // through it.
-            let admission = match cap.admit(peer) {
-                Ok(admission) => admission,
-                Err(why) => {
-                    cap.refuse(conn, peer, why);
-                    continue;
-                }
-            };
-            let Some(admitted) = live.admit(&conn, admission) else {
-                break; // Shutting down.
+            let (conn, admitted) = match live.enter(&cap, conn, peer) {
+                Entry::Serve(conn, admitted) => (conn, admitted),
+                Entry::Refused => continue,
+                Entry::Closing => break,
             };
             conn::serve_blocking(&conn, peer, settings, admitted);
         }

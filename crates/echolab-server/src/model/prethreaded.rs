@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use crate::accept::Acceptor;
 use crate::conn::{self, ConnSettings};
-use crate::live::{Admitted, LiveConns};
+use crate::live::{Admitted, Entry, LiveConns};
 use crate::sbuf::BoundedQueue;
 use crate::Server;
 
@@ -74,16 +74,10 @@ pub fn run(server: Server) -> io::Result<()> {
             queue.close();
         });
         while let Some((conn, peer)) = acceptor.accept() {
-            let conn = Arc::new(conn);
-            let admission = match cap.admit(peer) {
-                Ok(admission) => admission,
-                Err(why) => {
-                    cap.refuse(conn, peer, why);
-                    continue;
-                }
-            };
-            let Some(admitted) = live.admit(&conn, admission) else {
-                break; // Shutting down.
+            let (conn, admitted) = match live.enter(&cap, conn, peer) {
+                Entry::Serve(conn, admitted) => (conn, admitted),
+                Entry::Refused => continue,
+                Entry::Closing => break,
             };
             let job = Queued {
                 conn,

@@ -34,7 +34,7 @@ use std::thread::JoinHandle;
 
 use crate::accept::Acceptor;
 use crate::conn::{self, ConnSettings};
-use crate::live::LiveConns;
+use crate::live::{Entry, LiveConns};
 use crate::Server;
 
 /// The stack of a connection thread. The echo loop keeps its buffer on the heap and needs
@@ -59,16 +59,10 @@ pub fn run(server: Server) -> io::Result<()> {
     let mut acceptor = Acceptor::new(&listener, &shutdown)?;
     let mut next_id: u64 = 0;
     while let Some((conn, peer)) = acceptor.accept() {
-        let conn = Arc::new(conn);
-        let admission = match cap.admit(peer) {
-            Ok(admission) => admission,
-            Err(why) => {
-                cap.refuse(conn, peer, why);
-                continue;
-            }
-        };
-        let Some(admitted) = live.admit(&conn, admission) else {
-            break; // Shutting down.
+        let (conn, admitted) = match live.enter(&cap, conn, peer) {
+            Entry::Serve(conn, admitted) => (conn, admitted),
+            Entry::Refused => continue,
+            Entry::Closing => break,
         };
         let config = config.clone();
         let flag = Arc::clone(&flag);
