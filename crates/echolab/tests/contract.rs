@@ -90,20 +90,7 @@ fn second_client_while_first_is_idle(model: &str) {
     if serializes(model) {
         drop(first);
         assert_eq!(read_n(&mut second, 3), b"two");
-        // The log arrives through a pipe: wait for the line, then read the order.
-        server.log.wait_for(&format!(":{second_port} opened"), 1);
-        let log = server.log.lines();
-        let first_closed = log
-            .iter()
-            .position(|l| l.contains(&format!(":{first_port} closed")));
-        let second_opened = log
-            .iter()
-            .position(|l| l.contains(&format!(":{second_port} opened")));
-        assert!(
-            first_closed.unwrap() < second_opened.unwrap(),
-            "iterative: the second client must be accepted only after the first left:\n{}",
-            log.join("\n")
-        );
+        assert_closed_before_opened(&server, first_port, second_port);
     } else {
         assert_eq!(read_n(&mut second, 3), b"two");
         // The first client is still connected and idle, and still served.
@@ -626,15 +613,7 @@ fn streamer_does_not_starve_a_probe(model: &str) {
         writer.join().unwrap();
         reader.join().unwrap();
         assert_eq!(read_n(&mut probe, 8), b"probe-01");
-        server.log.wait_for(&format!(":{probe_port} opened"), 1);
-        let log = server.log.lines();
-        let streamer_closed = log
-            .iter()
-            .position(|l| l.contains(&format!(":{streamer_port} closed")));
-        let probe_opened = log
-            .iter()
-            .position(|l| l.contains(&format!(":{probe_port} opened")));
-        assert!(streamer_closed.unwrap() < probe_opened.unwrap());
+        assert_closed_before_opened(&server, streamer_port, probe_port);
         return;
     }
     // Rounds of PROBES probes while the streamer keeps streaming, until two rounds are
@@ -693,6 +672,26 @@ fn streamer_does_not_starve_a_probe(model: &str) {
         rounds.len(),
         CONTRACT.as_millis(),
         BUDGET.as_millis()
+    );
+}
+
+/// The serialising model's order, from its log: the client on `first_port` closed before
+/// the one on `second_port` was accepted. The log arrives through a pipe: this waits for
+/// the second client's line, then reads the order.
+fn assert_closed_before_opened(server: &Server, first_port: u16, second_port: u16) {
+    server.log.wait_for(&format!(":{second_port} opened"), 1);
+    let log = server.log.lines();
+    let first_closed = log
+        .iter()
+        .position(|l| l.contains(&format!(":{first_port} closed")));
+    let second_opened = log
+        .iter()
+        .position(|l| l.contains(&format!(":{second_port} opened")));
+    assert!(
+        first_closed.expect("the first client's close line") < second_opened.unwrap(),
+        "the client on port {second_port} must be accepted only after the one on port \
+         {first_port} left:\n{}",
+        log.join("\n")
     );
 }
 
