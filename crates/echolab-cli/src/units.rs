@@ -153,7 +153,7 @@ pub fn format_duration(d: Duration) -> String {
     ];
     match units
         .iter()
-        .find(|(scale, _)| nanos != 0 && nanos % scale == 0)
+        .find(|(scale, _)| nanos != 0 && nanos.is_multiple_of(*scale))
     {
         Some((scale, unit)) => format!("{}{unit}", nanos / scale),
         None => "0s".to_string(),
@@ -207,9 +207,9 @@ fn bytes(n: u64) -> String {
     match n {
         0 => "0 bytes".to_string(),
         1 => "1 byte".to_string(),
-        n if n % (1 << 30) == 0 => format!("{} GiB", n >> 30),
-        n if n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
-        n if n % (1 << 10) == 0 && n >= 1 << 12 => format!("{} KiB", n >> 10),
+        n if n.is_multiple_of(1 << 30) => format!("{} GiB", n >> 30),
+        n if n.is_multiple_of(1 << 20) => format!("{} MiB", n >> 20),
+        n if n.is_multiple_of(1 << 10) && n >= 1 << 12 => format!("{} KiB", n >> 10),
         n => format!("{n} bytes"),
     }
 }

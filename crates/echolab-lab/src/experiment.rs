@@ -39,7 +39,7 @@ impl Settings {
     }
 
     pub(crate) fn from_args(args: &LabArgs) -> Result<Settings, String> {
-        let mut settings = Settings::new(Duration::from_secs(args.timeout))
+        let mut settings = Settings::new(args.timeout)
             .map_err(|err| format!("cannot find the current executable to re-run: {err}"))?;
         settings.trials = args.trials;
         if let Some(crate::CpuList(cpus)) = &args.cpus {

@@ -50,7 +50,7 @@ use experiment::{Settings, EXPERIMENTS};
 /// Reproduce the lecture's hazards and measure them.
 ///
 /// `echolab lab list`, `echolab lab EXPERIMENT [--json] [--trials N] [--cpus LIST]
-/// [--timeout SECS]`, `echolab lab all [--report DIR]`.
+/// [--timeout DURATION]`, `echolab lab all [--report DIR]`.
 #[derive(Debug, clap::Args)]
 pub struct LabArgs {
     /// `list`, `all`, or an experiment's name (see `echolab lab list`).
@@ -63,7 +63,7 @@ pub struct LabArgs {
 
     /// Repetitions (or the experiment's size, see `lab list`); each has a small default and
     /// a maximum, beyond which the value is refused (exit 2).
-    #[arg(long, value_name = "N", value_parser = parse_positive)]
+    #[arg(long, value_name = "N", value_parser = parse_positive, allow_negative_numbers = true)]
     pub trials: Option<usize>,
 
     /// CPUs to run on, such as `0` or `0-1,3`: every experiment, its threads and its child
@@ -72,10 +72,10 @@ pub struct LabArgs {
     #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
     pub cpus: Option<CpuList>,
 
-    /// Deadline of each experiment, in seconds; a run still going then is reported as timed
-    /// out (a stalled one as hung).
-    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = parse_timeout)]
-    pub timeout: u64,
+    /// Deadline of each experiment, from 1s to 1h (90s, 2m; a bare number is seconds); a
+    /// run still going then is reported as timed out (a stalled one as hung).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_timeout, allow_negative_numbers = true)]
+    pub timeout: Duration,
 
     /// With `all`: also write DIR/index.html (and each picture as DIR/EXPERIMENT.svg).
     #[arg(long, value_name = "DIR")]
@@ -100,23 +100,15 @@ fn parse_cpu_list(text: &str) -> Result<CpuList, String> {
     parse_cpus(text).map(CpuList)
 }
 
+// Counts and durations are parsed by echolab_cli::units, as every command parses them.
+
 fn parse_positive(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(0) => Err(format!("must be at least 1, got {text}")),
-        Ok(n) => Ok(n),
-        Err(_) => Err(format!("not a whole number: {text:?}")),
-    }
+    echolab_cli::units::count(text, 1, usize::MAX as u64).map(|n| n as usize)
 }
 
-/// Whole seconds from 1 to 3600 (clap's own range check says "invalid digit found in
-/// string" for `0.5`, which names neither the value nor what is wanted).
-fn parse_timeout(text: &str) -> Result<u64, String> {
-    match text.trim().trim_end_matches('s').parse::<u64>() {
-        Ok(secs @ 1..=3600) => Ok(secs),
-        _ => Err(format!(
-            "a deadline is whole seconds from 1 to 3600, got {text:?}"
-        )),
-    }
+/// A deadline from 1s to 1h (a bare number is seconds).
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    echolab_cli::units::duration(text, Duration::from_secs(1), Duration::from_secs(3_600))
 }
 
 /// Parses a CPU list as `taskset -c` takes it: `0`, `0,2`, `0-3,6`.

@@ -1,13 +1,13 @@
 //! The command lines of `echolab client`, `echolab bench` and `echolab compare`, and the
 //! checks that turn them into plain configurations. A bad value is one line naming it.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{
-    cores, BenchConfig, ThreadsFrom, DEFAULT_STARVE_AFTER, MAX_PENDING, MIN_DURATION, MIN_INTERVAL,
-};
+use echolab_cli::units;
+
+use crate::config::{cores, BenchConfig, ThreadsFrom, MAX_PENDING, MIN_DURATION, MIN_INTERVAL};
 
 /// Send stdin (or a file) to an echo server and print or verify what comes back.
 ///
@@ -28,9 +28,9 @@ pub struct ClientArgs {
     #[arg(long, value_name = "FILE")]
     pub send: Option<PathBuf>,
 
-    /// Give up after this many seconds without progress (connecting, or waiting for an
-    /// owed echo).
-    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_secs)]
+    /// Give up after this long without progress (connecting, or waiting for an owed echo).
+    /// A duration: 500ms, 2s, 1m; a bare number is seconds.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_secs, allow_negative_numbers = true)]
     pub timeout: Duration,
 }
 
@@ -56,16 +56,18 @@ pub struct BenchArgs {
     #[arg(long, short = 'c', default_value_t = 64, value_name = "N", value_parser = parse_conns, allow_negative_numbers = true)]
     pub conns: usize,
 
-    /// Message size in bytes; K/KiB and M/MiB suffixes are accepted (16KiB).
-    #[arg(long, short = 's', default_value = "64", value_name = "BYTES", value_parser = parse_size, allow_negative_numbers = true)]
+    /// Message size: bytes, or with a unit (1.5K, 16KiB = 16384, 16KB = 16000, 1M); at most
+    /// 64 MiB.
+    #[arg(long, short = 's', default_value = "64", value_name = "SIZE", value_parser = parse_size, allow_negative_numbers = true)]
     pub size: usize,
 
-    /// Measured seconds (after the warm-up), at least 0.1.
-    #[arg(long, short = 'd', default_value = "5", value_name = "SECS", value_parser = parse_duration, allow_negative_numbers = true)]
+    /// The measured window (after the warm-up), at least 100ms. A duration: 500ms, 2s, 1m;
+    /// a bare number is seconds.
+    #[arg(long, short = 'd', default_value = "5s", value_name = "DURATION", value_parser = parse_duration, allow_negative_numbers = true)]
     pub duration: Duration,
 
-    /// Seconds of load before measuring; excluded from every figure.
-    #[arg(long, short = 'w', default_value = "1", value_name = "SECS", value_parser = parse_secs_or_zero, allow_negative_numbers = true)]
+    /// Load before measuring, excluded from every figure; 0 for none.
+    #[arg(long, short = 'w', default_value = "1s", value_name = "DURATION", value_parser = parse_secs_or_zero, allow_negative_numbers = true)]
     pub warmup: Duration,
 
     /// Worker threads, each with its own event loop. Default: half the cores (at least 1)
@@ -95,24 +97,24 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Seconds between progress lines when stderr is not a terminal: 0 for none, else at
-    /// least 0.1.
-    #[arg(long, default_value = "1", value_name = "SECS", value_parser = parse_interval, allow_negative_numbers = true)]
+    /// Time between progress lines when stderr is not a terminal: 0 for none, else at
+    /// least 100ms.
+    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = parse_interval, allow_negative_numbers = true)]
     pub interval: Duration,
 
-    /// Seconds allowed to establish the connections.
-    #[arg(long, default_value = "5", value_name = "SECS", value_parser = parse_timeout, allow_negative_numbers = true)]
+    /// Time allowed to establish the connections (at least 1ms).
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = parse_timeout, allow_negative_numbers = true)]
     pub connect_timeout: Duration,
 
-    /// A connection owed an echo that makes no progress for this many seconds counts as a
-    /// timeout error and is closed.
-    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_timeout, allow_negative_numbers = true)]
+    /// A connection owed an echo that makes no progress for this long counts as a timeout
+    /// error and is closed (at least 1ms).
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_timeout, allow_negative_numbers = true)]
     pub timeout: Duration,
 
-    /// A connection owed an echo that waits this many seconds without progress is
-    /// starved: an error (exit 1), counted once per connection, which stays open.
-    #[arg(long, default_value_t = DEFAULT_STARVE_AFTER.as_secs_f64(), value_name = "SECS", value_parser = parse_secs_f64, allow_negative_numbers = true)]
-    pub starve_after: f64,
+    /// A connection owed an echo that waits this long without progress is starved: an
+    /// error (exit 1), counted once per connection, which stays open (at least 1ms).
+    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = parse_timeout, allow_negative_numbers = true)]
+    pub starve_after: Duration,
 }
 
 impl BenchArgs {
@@ -166,7 +168,7 @@ impl BenchArgs {
             lines: self.lines,
             connect_timeout: self.connect_timeout,
             stall_timeout: self.timeout,
-            starve_after: Duration::from_secs_f64(self.starve_after),
+            starve_after: self.starve_after,
         })
     }
 }
@@ -191,8 +193,9 @@ pub struct CompareArgs {
     #[arg(long)]
     pub quick: bool,
 
-    /// Runs of each (workload, model) pair; the tables show medians. Default: 3.
-    #[arg(long, value_name = "N", value_parser = parse_positive)]
+    /// Runs of each (workload, model) pair; the tables show medians. Default: 3; at most
+    /// 1000.
+    #[arg(long, value_name = "N", value_parser = parse_repeats, allow_negative_numbers = true)]
     pub repeats: Option<usize>,
 }
 
@@ -222,165 +225,73 @@ fn parse_model(text: &str) -> Result<String, String> {
     }
 }
 
+// The values' grammar and messages live in echolab_cli::units, shared with serve, lab and
+// the UDP flags; here are only each flag's range.
+
+/// The longest duration any of these flags takes: a day.
+const MAX_SECS: Duration = Duration::from_secs(86_400);
+/// The shortest timeout: below a millisecond it would fire before a round trip.
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+
 /// An address with a port: `127.0.0.1:7007`, `[::1]:7007`, or a host name to resolve.
 pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = text.parse() {
-        return Ok(addr);
-    }
-    let usage = || format!("not an address with a port: {text:?} (try 127.0.0.1:7007)");
-    // Tell the three ways a HOST:PORT goes wrong apart: no port, a bad port, a host name
-    // that does not resolve.
-    let (host, port) = text.rsplit_once(':').ok_or_else(usage)?;
-    if host.is_empty() {
-        return Err(usage());
-    }
-    if port.parse::<u16>().is_err() {
-        return Err(match port.parse::<u64>() {
-            Ok(_) => format!("port out of range (0 to 65535) in {text:?}"),
-            Err(_) => usage(),
-        });
-    }
-    let mut addrs = text
-        .to_socket_addrs()
-        .map_err(|_| format!("cannot resolve host {host:?} in {text:?}"))?;
-    addrs
-        .next()
-        .ok_or_else(|| format!("{text:?} resolves to no address"))
+    units::addr(text)
 }
 
-fn parse_positive(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(0) => Err(format!("must be at least 1, got {text}")),
-        Ok(n) => Ok(n),
-        Err(_) => Err(format!("not a whole number: {text:?}")),
-    }
+fn count(text: &str, max: usize) -> Result<usize, String> {
+    units::count(text, 1, max as u64).map(|n| n as usize)
+}
+
+/// Runs of each pair: a thousand already takes days; more would overflow the step count.
+fn parse_repeats(text: &str) -> Result<usize, String> {
+    count(text, 1_000)
 }
 
 fn parse_conns(text: &str) -> Result<usize, String> {
-    let n = parse_positive(text)?;
-    if n > MAX_PENDING {
-        return Err(format!("at most {MAX_PENDING} connections, got {text}"));
-    }
-    Ok(n)
+    count(text, MAX_PENDING)
 }
 
 fn parse_threads(text: &str) -> Result<usize, String> {
-    let n = parse_positive(text)?;
-    const MAX: usize = 4_096;
-    if n > MAX {
-        return Err(format!("at most {MAX} threads, got {text}"));
-    }
-    Ok(n)
+    count(text, 4_096)
 }
 
 fn parse_pipeline(text: &str) -> Result<usize, String> {
-    let depth = parse_positive(text)?;
     // A bound on a bound: each message in flight holds its start time.
-    const MAX: usize = 65_536;
-    if depth > MAX {
-        return Err(format!("at most {MAX}, got {depth}"));
-    }
-    Ok(depth)
+    count(text, 65_536)
 }
 
-/// A size in bytes, with an optional K/KiB (1024) or M/MiB (1024²) suffix.
+/// The most bytes in one message: 64 MiB.
+const MAX_MSG_SIZE: u64 = 64 << 20;
+
+/// A message size: 1 byte to 64 MiB, with a unit or without (bytes).
 pub fn parse_size(text: &str) -> Result<usize, String> {
-    let lower = text.trim().to_ascii_lowercase();
-    let (digits, unit) = match lower.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => lower.split_at(at),
-        None => (lower.as_str(), ""),
-    };
-    let scale: usize = match unit.trim() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        _ => {
-            return Err(format!(
-                "not a size in bytes: {text:?} (try 64, 16KiB or 1MiB)"
-            ))
-        }
-    };
-    let n: usize = digits
-        .parse()
-        .map_err(|_| format!("not a size in bytes: {text:?} (try 64, 16KiB or 1MiB)"))?;
-    let bytes = n
-        .checked_mul(scale)
-        .ok_or_else(|| format!("size too large: {text:?}"))?;
-    const MAX: usize = 64 << 20;
-    match bytes {
-        0 => Err(format!("a message has at least 1 byte, got {text:?}")),
-        b if b > MAX => Err(format!("at most 64 MiB per message, got {text:?}")),
-        b => Ok(b),
-    }
+    units::size(text, 1, MAX_MSG_SIZE).map(|n| n as usize)
 }
 
-/// Seconds: a bare number (fractions allowed) or one with its unit, `s` or `ms` (`0.2`,
-/// `0.2s` and `200ms` are the same), as `bench --udp` takes them.
-fn parse_seconds(text: &str) -> Result<f64, String> {
-    let trimmed = text.trim();
-    let (number, scale) = match trimmed.strip_suffix("ms") {
-        Some(ms) => (ms, 0.001),
-        None => (trimmed.strip_suffix('s').unwrap_or(trimmed), 1.0),
-    };
-    let secs: f64 = number
-        .trim()
-        .parse::<f64>()
-        .map(|value| value * scale)
-        .map_err(|_| format!("not a number of seconds (or with a unit, ms or s): {text:?}"))?;
-    if !secs.is_finite() || !(0.0..=86_400.0).contains(&secs) {
-        return Err(format!("seconds must be between 0 and 86400, got {text:?}"));
-    }
-    Ok(secs)
-}
-
-/// Seconds, more than zero, fractions allowed (`0.5`).
+/// A duration of more than 0, at most a day: a bare number is seconds (`0.5`), or it
+/// carries its unit (`500ms`, `2s`, `1m`).
 pub fn parse_secs(text: &str) -> Result<Duration, String> {
-    let secs = parse_seconds(text)?;
-    if secs == 0.0 {
-        return Err(format!("must be more than 0 seconds, got {text:?}"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-fn parse_secs_f64(text: &str) -> Result<f64, String> {
-    parse_timeout(text).map(|d| d.as_secs_f64())
+    units::duration(text, Duration::from_nanos(1), MAX_SECS)
 }
 
 /// A timeout: at least a millisecond (below that it would fire before a round trip).
 fn parse_timeout(text: &str) -> Result<Duration, String> {
-    let timeout = parse_secs(text)?;
-    if timeout < Duration::from_millis(1) {
-        return Err(format!("at least 0.001 seconds, got {text:?}"));
-    }
-    Ok(timeout)
+    units::duration(text, MIN_TIMEOUT, MAX_SECS)
 }
 
 fn parse_secs_or_zero(text: &str) -> Result<Duration, String> {
-    parse_seconds(text).map(Duration::from_secs_f64)
+    units::duration(text, Duration::ZERO, MAX_SECS)
 }
 
-/// The measured window: at least [`MIN_DURATION`].
+/// The measured window: at least [`MIN_DURATION`] (a shorter one measures the clock, not
+/// the server).
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let duration = parse_secs(text)?;
-    if duration < MIN_DURATION {
-        return Err(format!(
-            "a window shorter than {} s measures the clock, not the server: got {text:?}",
-            MIN_DURATION.as_secs_f64()
-        ));
-    }
-    Ok(duration)
+    units::duration(text, MIN_DURATION, MAX_SECS)
 }
 
 /// The progress interval: 0 (none) or at least [`MIN_INTERVAL`].
 fn parse_interval(text: &str) -> Result<Duration, String> {
-    let interval = parse_secs_or_zero(text)?;
-    if !interval.is_zero() && interval < MIN_INTERVAL {
-        return Err(format!(
-            "progress lines at most every {} s (or 0 for none), got {text:?}",
-            MIN_INTERVAL.as_secs_f64()
-        ));
-    }
-    Ok(interval)
+    units::duration_or_zero(text, MIN_INTERVAL, MAX_SECS)
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -398,85 +309,99 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
-    #[test]
-    fn sizes_take_binary_suffixes() {
-        assert_eq!(parse_size("64"), Ok(64));
-        assert_eq!(parse_size("16KiB"), Ok(16 * 1024));
-        assert_eq!(parse_size("16k"), Ok(16 * 1024));
-        assert_eq!(parse_size("1M"), Ok(1 << 20));
-        assert!(parse_size("0").unwrap_err().contains("\"0\""));
-        assert!(parse_size("12 furlongs")
-            .unwrap_err()
-            .contains("12 furlongs"));
-        assert!(parse_size("1G").is_err());
+    #[derive(Debug, Parser)]
+    struct Bench {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    /// `echolab bench 127.0.0.1:9 ARGS...`, or clap's error line.
+    fn bench(args: &[&str]) -> Result<BenchArgs, String> {
+        let argv = ["bench", "127.0.0.1:9"].iter().chain(args);
+        Bench::try_parse_from(argv)
+            .map(|b| b.args)
+            .map_err(|e| e.to_string())
     }
 
     #[test]
-    fn seconds_take_fractions_and_name_bad_values() {
-        assert_eq!(parse_secs("0.5"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_secs("2s"), Ok(Duration::from_secs(2)));
-        // The unit `bench --udp` takes too: 200ms is 0.2 s, and a bare number is seconds.
-        assert_eq!(parse_timeout("200ms"), Ok(Duration::from_millis(200)));
-        assert_eq!(parse_secs(" 1500ms "), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_timeout("200"), Ok(Duration::from_secs(200)));
-        assert!(parse_timeout("0.5ms").unwrap_err().contains("0.5ms"));
-        assert!(parse_secs("5m").unwrap_err().contains("5m"));
-        assert!(parse_secs("0").unwrap_err().contains("\"0\""));
-        assert!(parse_secs("-1").is_err());
-        assert!(parse_secs("soon").unwrap_err().contains("soon"));
-        assert_eq!(parse_secs_or_zero("0"), Ok(Duration::ZERO));
+    fn defaults_are_the_documented_ones() {
+        let args = bench(&[]).unwrap();
+        assert_eq!(args.size, 64);
+        assert_eq!(args.duration, Duration::from_secs(5));
+        assert_eq!(args.warmup, Duration::from_secs(1));
+        assert_eq!(args.interval, Duration::from_secs(1));
+        assert_eq!(args.connect_timeout, Duration::from_secs(5));
+        assert_eq!(args.timeout, Duration::from_secs(10));
+        assert_eq!(args.starve_after, crate::config::DEFAULT_STARVE_AFTER);
     }
 
+    /// Every flag's range, both ends: the ceilings of issue 9 kept, units now accepted.
     #[test]
-    fn windows_and_intervals_have_a_floor_that_is_named() {
-        assert_eq!(parse_duration("0.1"), Ok(Duration::from_millis(100)));
-        let err = parse_duration("1e-10").unwrap_err();
-        assert!(err.contains("0.1 s") && err.contains("1e-10"), "{err}");
-        assert!(parse_duration("0.099").is_err());
-        assert_eq!(parse_interval("0"), Ok(Duration::ZERO));
-        assert_eq!(parse_interval("0.1"), Ok(Duration::from_millis(100)));
-        let err = parse_interval("1e-6").unwrap_err();
-        assert!(err.contains("0.1 s") && err.contains("1e-6"), "{err}");
-        for absurd in ["NaN", "inf", "-inf", "18446744073709551615"] {
-            assert!(parse_duration(absurd).unwrap_err().contains(absurd));
-            assert!(parse_interval(absurd).unwrap_err().contains(absurd));
+    fn each_flag_keeps_its_range() {
+        let ok: &[(&str, &str)] = &[
+            ("--size", "1"),
+            ("--size", "64MiB"),
+            ("--size", "1.5K"),
+            ("--duration", "100ms"),
+            ("--duration", "0.1"),
+            ("--duration", "1d"),
+            ("--warmup", "0"),
+            ("--interval", "0"),
+            ("--interval", "100ms"),
+            ("--timeout", "1ms"),
+            ("--connect-timeout", "0.001"),
+            ("--starve-after", "1ms"),
+            ("--conns", "1048576"),
+            ("--threads", "4096"),
+            ("--pipeline", "65536"),
+        ];
+        for (flag, value) in ok {
+            assert!(bench(&[flag, value]).is_ok(), "{flag} {value}");
+        }
+        let refused: &[(&str, &str)] = &[
+            ("--size", "0"),
+            ("--size", "64.5MiB"),
+            ("--size", "1G"),
+            ("--duration", "99ms"),
+            ("--duration", "1e-10"),
+            ("--duration", "86401"),
+            ("--interval", "99ms"),
+            ("--timeout", "999us"),
+            ("--starve-after", "0"),
+            ("--warmup", "-1"),
+            ("--conns", "1048577"),
+            ("--conns", "0"),
+            ("--threads", "4097"),
+            ("--pipeline", "65537"),
+            ("--pipeline", "18446744073709551615"),
+        ];
+        for (flag, value) in refused {
+            let err = bench(&[flag, value]).unwrap_err();
+            assert!(
+                err.contains(flag) && err.contains(value),
+                "{flag} {value}: {err}"
+            );
         }
     }
 
     #[test]
-    fn timeouts_are_at_least_a_millisecond() {
-        assert_eq!(parse_timeout("0.001"), Ok(Duration::from_millis(1)));
-        assert!(parse_timeout("1e-10").unwrap_err().contains("1e-10"));
-        assert!(parse_timeout("0.0009").is_err());
-        assert_eq!(parse_secs_f64("0.25"), Ok(0.25));
-        assert!(parse_secs_f64("1e-10").is_err());
-    }
-
-    #[test]
-    fn counts_are_bounded_and_named() {
-        assert_eq!(parse_conns("1"), Ok(1));
-        assert_eq!(parse_conns("1048576"), Ok(MAX_PENDING));
-        assert!(parse_conns("1048577").unwrap_err().contains("1048577"));
-        assert!(parse_conns("18446744073709551615")
-            .unwrap_err()
-            .contains("18446744073709551615"));
-        assert_eq!(parse_threads("4096"), Ok(4096));
-        assert!(parse_threads("4097").unwrap_err().contains("4097"));
-        assert!(parse_threads("0").unwrap_err().contains('0'));
-    }
-
-    #[test]
-    fn addresses_need_a_port() {
-        assert_eq!(parse_addr("127.0.0.1:7007").unwrap().port(), 7007);
-        assert_eq!(parse_addr("[::1]:9").unwrap().port(), 9);
-        assert!(parse_addr("127.0.0.1").unwrap_err().contains("127.0.0.1"));
-        assert!(parse_addr("127.0.0.1:99999")
-            .unwrap_err()
-            .contains("out of range"));
-        assert!(parse_addr("nonsense:abc")
-            .unwrap_err()
-            .contains("nonsense:abc"));
+    fn the_client_timeout_takes_units() {
+        #[derive(Debug, Parser)]
+        struct Client {
+            #[command(flatten)]
+            args: ClientArgs,
+        }
+        let timeout =
+            |t: &str| Client::try_parse_from(["c", "--timeout", t]).map(|c| c.args.timeout);
+        assert_eq!(timeout("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(timeout("0.5").unwrap(), Duration::from_millis(500));
+        assert_eq!(
+            Client::try_parse_from(["c"]).unwrap().args.timeout,
+            Duration::from_secs(10)
+        );
+        assert!(timeout("0").is_err());
     }
 
     #[test]

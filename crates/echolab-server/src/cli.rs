@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use echolab_cli::units;
+
 use crate::echo::{EchoConfig, LongLine, Mode, DEFAULT_MAX_LINE, MAX_LINE_CEILING};
 use crate::{logging, Model, ServeConfig};
 
@@ -39,7 +41,8 @@ pub struct ServeArgs {
     #[arg(long, short = 'm', value_enum)]
     pub model: Option<Model>,
 
-    /// Address to listen on: IPv4 or IPv6 with a port; port 0 picks a free one.
+    /// Address to listen on: IPv4 or IPv6 with a port, or HOST:PORT; port 0 picks a free
+    /// one.
     #[arg(long, short = 'l', default_value = "127.0.0.1:7007", value_parser = parse_addr)]
     pub listen: SocketAddr,
 
@@ -47,9 +50,10 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = Mode::Bytes)]
     pub mode: Mode,
 
-    /// Lines mode: the longest line accepted, in bytes, not counting its newline; at most
-    /// 65536 (a partial line counts against the 64 KiB a connection may hold).
-    #[arg(long, default_value_t = DEFAULT_MAX_LINE, value_parser = parse_max_line, allow_negative_numbers = true)]
+    /// Lines mode: the longest line accepted, in bytes (or with a unit: 8K), not counting
+    /// its newline; at most 65536 (a partial line counts against the 64 KiB a connection
+    /// may hold).
+    #[arg(long, value_name = "SIZE", default_value_t = DEFAULT_MAX_LINE, value_parser = parse_max_line, allow_negative_numbers = true)]
     pub max_line: usize,
 
     /// Lines mode: what a line longer than --max-line does. close: closes its connection.
@@ -59,10 +63,11 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = LongLine::Close)]
     pub long_line: LongLine,
 
-    /// Close a connection after this many seconds without a byte in either direction; 0 never
-    /// (at most 315360000, ten years).
-    #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT_SECS, value_name = "SECS", value_parser = parse_idle_timeout, allow_negative_numbers = true)]
-    pub idle_timeout: u64,
+    /// Close a connection after this long without a byte in either direction; 0 never. A
+    /// duration: 500ms, 30s, 5m (a bare number is seconds); at least 1ms, at most 3650d
+    /// (ten years).
+    #[arg(long, default_value = "300s", value_name = "DURATION", value_parser = parse_idle_timeout, allow_negative_numbers = true)]
+    pub idle_timeout: Duration,
 
     /// The most connections open at once. The next one is accepted and closed at once (the
     /// client sees end-of-file without an echo), and a warning is logged (at most one line
@@ -91,56 +96,34 @@ pub struct ServeArgs {
     pub verbose: bool,
 }
 
+// The values' grammar and messages live in echolab_cli::units, shared with client, bench,
+// lab and the UDP flags; here are only each flag's range.
+
 fn parse_addr(text: &str) -> Result<SocketAddr, String> {
-    text.parse().map_err(|_| {
-        format!("not an address with a port: {text:?} (try 127.0.0.1:7007 or [::1]:7007)")
-    })
+    units::addr(text)
 }
 
-fn parse_positive(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".to_string()),
-        Ok(n) => Ok(n),
-        Err(_) => Err(format!("not a whole number: {text:?}")),
-    }
-}
-
-fn parse_idle_timeout(text: &str) -> Result<u64, String> {
-    let secs: u64 = text
-        .parse()
-        .map_err(|_| format!("not a whole number of seconds: {text:?}"))?;
-    if secs > MAX_IDLE_TIMEOUT_SECS {
-        return Err(format!(
-            "at most {MAX_IDLE_TIMEOUT_SECS} seconds (ten years); 0 means never"
-        ));
-    }
-    Ok(secs)
+/// 0 (never), or from a millisecond to [`MAX_IDLE_TIMEOUT_SECS`].
+fn parse_idle_timeout(text: &str) -> Result<Duration, String> {
+    units::duration_or_zero(
+        text,
+        Duration::from_millis(1),
+        Duration::from_secs(MAX_IDLE_TIMEOUT_SECS),
+    )
 }
 
 fn parse_max_conns(text: &str) -> Result<usize, String> {
-    let n = parse_positive(text)?;
-    if n > MAX_CONNS_CEILING {
-        return Err(format!("at most {MAX_CONNS_CEILING}"));
-    }
-    Ok(n)
+    units::count(text, 1, MAX_CONNS_CEILING as u64).map(|n| n as usize)
 }
 
 fn parse_workers(text: &str) -> Result<usize, String> {
-    let n = parse_positive(text)?;
-    if n > MAX_WORKERS {
-        return Err(format!("at most {MAX_WORKERS}"));
-    }
-    Ok(n)
+    units::count(text, 1, MAX_WORKERS as u64).map(|n| n as usize)
 }
 
+/// From 1 byte to [`MAX_LINE_CEILING`]: a partial line counts against the 64 KiB a
+/// connection may hold.
 fn parse_max_line(text: &str) -> Result<usize, String> {
-    let n = parse_positive(text)?;
-    if n > MAX_LINE_CEILING {
-        return Err(format!(
-            "at most {MAX_LINE_CEILING} bytes (a partial line counts against the 64 KiB a connection may hold)"
-        ));
-    }
-    Ok(n)
+    units::size(text, 1, MAX_LINE_CEILING as u64).map(|n| n as usize)
 }
 
 impl ServeArgs {
@@ -155,7 +138,7 @@ impl ServeArgs {
                 max_line: self.max_line,
                 long_line: self.long_line,
             },
-            idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
+            idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
             max_conns: self.max_conns.unwrap_or(model.default_max_conns()),
             max_conns_per_ip: self.max_conns_per_ip,
             workers: self.workers,

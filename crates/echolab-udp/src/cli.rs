@@ -7,7 +7,7 @@
 //! document `{"error": ..., "exit_code": 2}` on stdout, as TCP bench prints).
 
 use std::ffi::OsString;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use echolab_cli::units;
 
 use crate::bench::UdpBenchConfig;
 use crate::guard::{Policy, DEFAULT_RATE_PER_SOURCE};
@@ -262,12 +263,13 @@ pub struct UdpBenchArgs {
     #[arg(long, short = 'c', default_value_t = 8, value_name = "N", value_parser = parse_conns, allow_negative_numbers = true)]
     pub conns: usize,
 
-    /// Datagram size in bytes, 12-byte header included (12 to 65507 over IPv4, 65527 over IPv6).
-    #[arg(long, short = 's', default_value_t = 64, value_name = "BYTES", value_parser = parse_size, allow_negative_numbers = true)]
+    /// Datagram size in bytes (or with a unit: 1K = 1024), 12-byte header included (12 to
+    /// 65507 over IPv4, 65527 over IPv6).
+    #[arg(long, short = 's', default_value_t = 64, value_name = "SIZE", value_parser = parse_size, allow_negative_numbers = true)]
     pub size: usize,
 
-    /// Seconds of sending.
-    #[arg(long, short = 'd', default_value = "5", value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
+    /// Time of sending: 500ms, 5s, 1m (a bare number is seconds).
+    #[arg(long, short = 'd', default_value = "5s", value_name = "DURATION", value_parser = parse_secs, allow_negative_numbers = true)]
     pub duration: Duration,
 
     /// Stop each socket after this many datagrams (the run ends earlier if --duration does).
@@ -278,10 +280,10 @@ pub struct UdpBenchArgs {
     #[arg(long, short = 'r', value_name = "PER_SEC", value_parser = parse_rate, allow_negative_numbers = true)]
     pub rate: Option<f64>,
 
-    /// Seconds after its intended send time that an echo counts lost (a later one counts
+    /// How long after its intended send time an echo counts lost (a later one counts
     /// late), as TCP bench's --timeout: fractional (0.2) or with a unit (200ms, 2s). A bare
-    /// number is always seconds: 200 means 200 s, not 200 ms.
-    #[arg(long, default_value = "1", value_name = "SECS", value_parser = parse_timeout, allow_negative_numbers = true)]
+    /// number is always seconds: 200 means 200 s, not 200 ms. 1ms to 1h.
+    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = parse_timeout, allow_negative_numbers = true)]
     pub timeout: Duration,
 
     /// Loss, in percent, above which the exit status is 1.
@@ -343,13 +345,15 @@ pub struct UdpClientArgs {
     #[arg(long, value_name = "FILE")]
     pub send: Option<PathBuf>,
 
-    /// With --send: bytes per datagram (1 to 65507 over IPv4, 65527 over IPv6).
-    #[arg(long, short = 's', default_value_t = 1024, value_name = "BYTES", value_parser = parse_client_size, allow_negative_numbers = true)]
+    /// With --send: bytes per datagram (1 to 65507 over IPv4, 65527 over IPv6; or with a
+    /// unit: 1K = 1024).
+    #[arg(long, short = 's', default_value_t = 1024, value_name = "SIZE", value_parser = parse_client_size, allow_negative_numbers = true)]
     pub size: usize,
 
-    /// Seconds to wait for each echo, as TCP client's --timeout: fractional (0.2) or with a
-    /// unit (200ms, 2s). A bare number is always seconds: 200 means 200 s, not 200 ms.
-    #[arg(long, default_value = "1", value_name = "SECS", value_parser = parse_timeout, allow_negative_numbers = true)]
+    /// How long to wait for each echo, as TCP client's --timeout: fractional (0.2) or with
+    /// a unit (200ms, 2s). A bare number is always seconds: 200 means 200 s, not 200 ms.
+    /// 1ms to 1h.
+    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = parse_timeout, allow_negative_numbers = true)]
     pub timeout: Duration,
 }
 
@@ -506,43 +510,30 @@ pub fn run_client(args: &UdpClientArgs) -> ExitCode {
     }
 }
 
+// Durations, sizes, counts and addresses are parsed by echolab_cli::units, as every
+// command parses them; here are only each flag's range.
+
 /// An address with a port, or HOST:PORT resolved.
 pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = text.parse() {
-        return Ok(addr);
-    }
-    text.to_socket_addrs()
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| format!("not an address with a port: {text:?} (try 127.0.0.1:7007)"))
-}
-
-fn parse_whole(text: &str, what: &str, min: u64, max: u64) -> Result<u64, String> {
-    match text.trim().parse::<u64>() {
-        Ok(n) if (min..=max).contains(&n) => Ok(n),
-        Ok(_) => Err(format!(
-            "{what} must be between {min} and {max}, got {text}"
-        )),
-        Err(_) => Err(format!("not a whole number of {what}: {text:?}")),
-    }
+    units::addr(text)
 }
 
 fn parse_conns(text: &str) -> Result<usize, String> {
-    parse_whole(text, "sockets", 1, 4096).map(|n| n as usize)
+    units::count(text, 1, 4096).map(|n| n as usize)
 }
 
 fn parse_threads(text: &str) -> Result<usize, String> {
-    parse_whole(text, "threads", 1, 256).map(|n| n as usize)
+    units::count(text, 1, 256).map(|n| n as usize)
 }
 
 fn parse_count(text: &str) -> Result<u64, String> {
-    parse_whole(text, "datagrams", 1, 1_000_000_000_000)
+    units::count(text, 1, 1_000_000_000_000)
 }
 
+/// A bench datagram: its 12-byte header to the largest IPv6 payload.
 fn parse_size(text: &str) -> Result<usize, String> {
-    parse_whole(
+    units::size(
         text,
-        "bytes (a bench datagram carries a 12-byte header)",
         crate::wire::HEADER as u64,
         crate::MAX_PAYLOAD_V6 as u64,
     )
@@ -550,7 +541,7 @@ fn parse_size(text: &str) -> Result<usize, String> {
 }
 
 fn parse_client_size(text: &str) -> Result<usize, String> {
-    parse_whole(text, "bytes", 1, crate::MAX_PAYLOAD_V6 as u64).map(|n| n as usize)
+    units::size(text, 1, crate::MAX_PAYLOAD_V6 as u64).map(|n| n as usize)
 }
 
 fn parse_float(text: &str, what: &str, min_exclusive: f64, max: f64) -> Result<f64, String> {
@@ -566,42 +557,15 @@ fn parse_float(text: &str, what: &str, min_exclusive: f64, max: f64) -> Result<f
     Ok(value)
 }
 
+/// Seconds of sending: at least a millisecond (a shorter run measures nothing), at most
+/// a day.
 fn parse_secs(text: &str) -> Result<Duration, String> {
-    // At least a millisecond: a shorter run measures nothing.
-    parse_float(text.trim_end_matches('s'), "seconds", 0.0, 86_400.0).and_then(|s| {
-        if s < 0.001 {
-            Err(format!("seconds must be at least 0.001, got {text}"))
-        } else {
-            Ok(Duration::from_secs_f64(s))
-        }
-    })
+    units::duration(text, Duration::from_millis(1), Duration::from_secs(86_400))
 }
 
-/// The longest `--timeout`, in seconds.
-const MAX_TIMEOUT_SECS: f64 = 3600.0;
-
-/// A timeout in seconds, as TCP bench's: a bare number is seconds (fractional allowed),
-/// or it carries its unit, `ms` or `s`. At least a millisecond, at most an hour.
+/// A timeout: at least a millisecond, at most an hour.
 fn parse_timeout(text: &str) -> Result<Duration, String> {
-    let trimmed = text.trim();
-    let (number, scale) = if let Some(ms) = trimmed.strip_suffix("ms") {
-        (ms, 0.001)
-    } else if let Some(secs) = trimmed.strip_suffix('s') {
-        (secs, 1.0)
-    } else {
-        (trimmed, 1.0)
-    };
-    let value: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("not a timeout (seconds, or a number with ms or s): {text:?}"))?;
-    let secs = value * scale;
-    if !secs.is_finite() || !(0.001..=MAX_TIMEOUT_SECS).contains(&secs) {
-        return Err(format!(
-            "a timeout is from 0.001 s (1ms) to {MAX_TIMEOUT_SECS} s, got {text}"
-        ));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    units::duration(text, Duration::from_millis(1), Duration::from_secs(3_600))
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -795,7 +759,16 @@ mod tests {
         assert_eq!(secs("1ms"), Ok(Duration::from_millis(1)));
         assert_eq!(secs("200"), Ok(Duration::from_secs(200)), "still seconds");
         assert_eq!(bench(&[]).unwrap().timeout, Duration::from_secs(1));
-        for bad in ["0.0009", "0.5ms", "3601", "5 min", "ms", "-1", "inf"] {
+        for bad in [
+            "0.0009",
+            "0.5ms",
+            "3601",
+            "2h",
+            "5 furlongs",
+            "ms",
+            "-1",
+            "inf",
+        ] {
             let err = secs(bad).unwrap_err();
             assert!(err.contains(bad), "{bad}: {err}");
         }
@@ -804,6 +777,7 @@ mod tests {
         };
         assert_eq!(client("5").unwrap(), Duration::from_secs(5));
         assert_eq!(client("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(secs("5 min"), Ok(Duration::from_secs(300)));
     }
 
     #[test]

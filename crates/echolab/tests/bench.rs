@@ -265,13 +265,15 @@ fn bad_values_are_named() {
         // Negative numbers reach the value's own check, which names them (clap alone
         // took them for unknown flags).
         (&["--rate", "-5"][..], "\"-5\""),
-        (&["--warmup", "-1"][..], "\"-1\""),
+        (&["--warmup", "-1"][..], "'-1'"),
         // Too short to measure: refused, naming the minimum.
-        (&["--duration", "1e-10"][..], "0.1 s"),
+        (&["--duration", "1e-10"][..], "1e-10"),
         (&["--duration", "NaN"][..], "NaN"),
         (&["--duration", "inf"][..], "inf"),
         // Progress lines that would slow the load they report.
-        (&["--interval", "1e-6"][..], "0.1 s"),
+        (&["--interval", "1e-6"][..], "1e-6"),
+        (&["--interval", "0.000001"][..], "at least 100ms"),
+        (&["--duration", "0.05"][..], "at least 100ms"),
         // Bookkeeping bounded over all connections, not per factor.
         (&["--conns", "100", "--pipeline", "65536"][..], "6553600"),
         (
@@ -284,7 +286,7 @@ fn bad_values_are_named() {
         ),
         (&["--rate", "1e-10"][..], "1e-10"),
         (&["--rate", "NaN"][..], "NaN"),
-        (&["--starve-after", "0"][..], "\"0\""),
+        (&["--starve-after", "0"][..], "'0'"),
         (&["--starve-after", "1e-10"][..], "1e-10"),
         (&["--connect-timeout", "1e-10"][..], "1e-10"),
         (&["--timeout", "inf"][..], "inf"),

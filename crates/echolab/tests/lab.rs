@@ -77,8 +77,11 @@ fn bad_arguments_name_the_bad_value() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     for (args, bad) in [
         (&["lab", "counter", "--cpus", "3-1"][..], "\"3-1\""),
-        (&["lab", "counter", "--timeout", "0.5"][..], "\"0.5\""),
-        (&["lab", "counter", "--trials", "0"][..], "got 0"),
+        (&["lab", "counter", "--timeout", "0.5"][..], "'0.5'"),
+        (
+            &["lab", "counter", "--trials", "0"][..],
+            "'0' for '--trials",
+        ),
     ] {
         let output = echolab(args);
         let stderr = String::from_utf8_lossy(&output.stderr);

@@ -1,0 +1,141 @@
+//! Flag values with units, at the binary: every subcommand takes durations, sizes, counts
+//! and addresses through one parser (echolab-cli's `units`), so a bad value gets the same
+//! kind of line everywhere: one line on stderr naming the flag and the value, exit 2.
+
+mod support;
+
+use std::io::Read;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use support::{connect, echolab, finish_bounded, Server, STEP};
+
+/// Runs `echolab ARGS`, which must refuse a value: exit 2, one line on stderr naming
+/// `flag` and `value`. Returns that line.
+fn refused(args: &[&str], flag: &str, value: &str) -> String {
+    let child = echolab()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = finish_bounded(child, STEP);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "{args:?}: one line, got:\n{stderr}"
+    );
+    assert!(
+        // clap's "invalid value 'V' for '--FLAG <..>'", or a later check's "--FLAG V".
+        stderr.contains(&format!("'{value}'")) && stderr.contains(flag)
+            || stderr.contains(&format!("{flag} {value}")),
+        "{args:?}: {stderr:?} names not both {flag} and {value}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+/// Each subcommand's flags of each kind, each given the absurd values of the project's
+/// rules (0, 1e-10, 2^64-1, negative, garbage) where they are out of its range.
+#[test]
+fn every_subcommand_refuses_bad_values_in_one_line() {
+    const ABSURD: [&str; 5] = [
+        "1e-10",
+        "18446744073709551615",
+        "-1",
+        "garbage",
+        "5 furlongs",
+    ];
+    let cases: &[(&[&str], &str)] = &[
+        (&["serve", "--listen", "127.0.0.1:0"], "--idle-timeout"),
+        (&["serve", "--listen", "127.0.0.1:0"], "--max-line"),
+        (&["serve", "--listen", "127.0.0.1:0"], "--max-conns"),
+        (&["serve", "--listen", "127.0.0.1:0"], "--workers"),
+        (&["client", "127.0.0.1:9"], "--timeout"),
+        (&["bench", "127.0.0.1:9"], "--duration"),
+        (&["bench", "127.0.0.1:9"], "--warmup"),
+        (&["bench", "127.0.0.1:9"], "--size"),
+        (&["bench", "127.0.0.1:9"], "--interval"),
+        (&["bench", "127.0.0.1:9"], "--timeout"),
+        (&["bench", "127.0.0.1:9"], "--connect-timeout"),
+        (&["bench", "127.0.0.1:9"], "--starve-after"),
+        (&["bench", "127.0.0.1:9"], "--conns"),
+        (&["bench", "--udp", "127.0.0.1:9"], "--duration"),
+        (&["bench", "--udp", "127.0.0.1:9"], "--size"),
+        (&["bench", "--udp", "127.0.0.1:9"], "--timeout"),
+        (&["bench", "--udp", "127.0.0.1:9"], "--conns"),
+        (&["client", "--udp", "127.0.0.1:9"], "--size"),
+        (&["client", "--udp", "127.0.0.1:9"], "--timeout"),
+        (&["compare"], "--repeats"),
+        (&["lab", "counter"], "--timeout"),
+        (&["lab", "counter"], "--trials"),
+    ];
+    for (command, flag) in cases {
+        for value in ABSURD {
+            // 1e-10 and 2^64-1 are refused by range or grammar alike; 0 below.
+            let mut args = command.to_vec();
+            args.extend([*flag, value]);
+            refused(&args, flag, value);
+        }
+    }
+    // 0 is out of range for every flag but those where it means none or never.
+    for (command, flag) in cases {
+        if ["--idle-timeout", "--warmup", "--interval"].contains(flag) {
+            continue;
+        }
+        let mut args = command.to_vec();
+        args.extend([*flag, "0"]);
+        refused(&args, flag, "0");
+    }
+}
+
+/// One address parser: `127.0.0.1:99999` gets the same words from serve, client, bench
+/// and their UDP forms (it got two different messages before).
+#[test]
+fn a_port_out_of_range_gets_one_message_everywhere() {
+    let bad = "127.0.0.1:99999";
+    let lines: Vec<String> = [
+        &["serve", "--listen", bad][..],
+        &["client", bad],
+        &["bench", bad],
+        &["bench", "--udp", bad],
+        &["client", "--udp", bad],
+    ]
+    .iter()
+    .map(|args| refused(args, "", bad))
+    .collect();
+    for line in &lines {
+        // What follows "for '--listen <LISTEN>'" or "for '<ADDR>'" is the parser's own.
+        let (_, reason) = line.rsplit_once("': ").unwrap();
+        assert_eq!(reason.trim(), "port out of range (0 to 65535)", "{line}");
+    }
+    let line = refused(&["bench", "localhost"], "", "localhost");
+    assert!(line.contains("not an address with a port"), "{line}");
+}
+
+/// `--idle-timeout 0.5` said "invalid digit found in string"; it is now half a second,
+/// and a silent connection is closed after it (well before the default 300 s).
+#[test]
+fn a_fractional_idle_timeout_is_taken_and_kept() {
+    let server = Server::start("event", &["--idle-timeout", "0.5"]);
+    let mut conn = connect(server.addr);
+    conn.set_read_timeout(Some(STEP)).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1];
+    let n = conn.read(&mut buf).unwrap_or(0);
+    let waited = started.elapsed();
+    assert_eq!(n, 0, "end of file after the idle timeout");
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(10),
+        "closed after {waited:?}, not about 0.5 s"
+    );
+    drop(server);
+    // And the same in milliseconds.
+    let server = Server::start("thread", &["--idle-timeout", "300ms"]);
+    let mut conn = connect(server.addr);
+    conn.set_read_timeout(Some(STEP)).unwrap();
+    assert_eq!(conn.read(&mut buf).unwrap_or(0), 0);
+}
