@@ -51,6 +51,9 @@ use experiment::{Settings, EXPERIMENTS};
 ///
 /// `echolab lab list`, `echolab lab EXPERIMENT [--json] [--trials N] [--cpus LIST]
 /// [--timeout DURATION]`, `echolab lab all [--report DIR]`.
+///
+/// Exit status: 0 every experiment ran (a hang it caught is a result, not a failure); 1 an
+/// experiment could not run; 2 bad argument.
 #[derive(Debug, clap::Args)]
 pub struct LabArgs {
     /// `list`, `all`, or an experiment's name (see `echolab lab list`).

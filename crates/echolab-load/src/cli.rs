@@ -15,8 +15,8 @@ use crate::config::{cores, BenchConfig, ThreadsFrom, MAX_PENDING, MIN_DURATION, 
 /// input (Ctrl-D) the client shuts down its sending side and prints every byte still owed;
 /// a server that closes or resets early is reported as an error, never printed as an echo.
 ///
-/// Exit status: 0 when everything sent came back, 1 on an error (reset, timeout, early
-/// end of file), 2 for a bad argument, 3 when an echoed byte differs from the one sent.
+/// Exit status: 0 everything sent came back; 1 an error (reset, timeout, early end of
+/// file); 2 bad argument; 3 an echoed byte differs from the one sent.
 #[derive(Debug, clap::Args)]
 pub struct ClientArgs {
     /// The server: IP:PORT or HOST:PORT.
@@ -179,6 +179,10 @@ impl BenchArgs {
 /// runs the workload matrix against all of them alternately, reads each server's CPU time,
 /// memory, threads and processes from /proc, and writes results.json, summary.md and SVG
 /// charts. Models that fail to start are reported and left out.
+///
+/// Exit status: 0 every started model ran cleanly; 1 a run had errors, no model started,
+/// or the results could not be written; 2 bad argument (or --out cannot be created); 130
+/// interrupted.
 #[derive(Debug, clap::Args)]
 pub struct CompareArgs {
     /// Models to compare, comma-separated. Default: every model that starts.

@@ -35,6 +35,10 @@ pub const DEFAULT_MAX_CONNS: usize = 10_000;
 /// Prints `listening on ADDR (model MODEL)` on stderr once bound, then logs each
 /// connection. SIGINT or SIGTERM stops it: it stops accepting, closes every connection,
 /// ends its threads or child processes, and exits 0.
+///
+/// Exit status: 0 after a clean shutdown; 1 a failure while serving (a panic in any thread
+/// stops the server); 2 bad argument or setting (such as a port in use); 101 a panic that
+/// unwound out of the main thread.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// The concurrency model. Default: reactor (one epoll loop per core).

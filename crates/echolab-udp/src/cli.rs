@@ -21,7 +21,8 @@ use crate::bench::UdpBenchConfig;
 use crate::guard::{Policy, DEFAULT_RATE_PER_SOURCE};
 use crate::{UdpConfig, UdpModel, UdpServer};
 
-/// The UDP flags of `echolab serve`.
+// The UDP flags of `echolab serve`. (A plain comment: a doc comment here would become
+// `serve --help`'s description, replacing the TCP flags' one with its exit statuses.)
 #[derive(Debug, Clone, clap::Args)]
 pub struct UdpServeArgs {
     /// Also serve UDP echo (RFC 862) on the --listen address (same port as TCP). Models:
@@ -328,8 +329,8 @@ impl UdpBenchArgs {
 /// Send stdin (a datagram per line) or a file (in datagrams of --size) to a UDP echo
 /// server and print or verify the echoes.
 ///
-/// Exit status: 0 when every datagram came back unchanged, 1 no echo within --timeout
-/// (or a socket error), 2 bad argument, 3 an echo that differs.
+/// Exit status: 0 every datagram came back unchanged; 1 no echo within --timeout (or a
+/// socket error); 2 bad argument; 3 an echo that differs.
 #[derive(Debug, Parser)]
 #[command(name = "echolab client --udp", disable_version_flag = true)]
 pub struct UdpClientArgs {

@@ -14,19 +14,26 @@ struct Cli {
     command: Command,
 }
 
+// Each subcommand's one-line `about` (its line in `echolab --help`) is given here as an
+// attribute, not a doc comment: a doc comment would also replace the subcommand's long help,
+// the Args struct's doc with its exit statuses, which `echolab SUBCOMMAND --help` shows.
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve TCP echo with one concurrency model (--udp: UDP echo too).
+    #[command(about = "Serve TCP echo with one concurrency model (--udp: UDP echo too)")]
     Serve(ServeCmd),
-    /// Send stdin (or a file) to an echo server and print or verify what comes back
-    /// (`client --udp --help`: over UDP).
+    #[command(
+        about = "Send stdin (or a file) to an echo server and print or verify what comes back (`client --udp --help`: over UDP)"
+    )]
     Client(echolab_load::ClientArgs),
-    /// Load an echo server and measure it: messages/s, latency percentiles, errors
-    /// (`bench --udp --help`: the UDP load).
+    #[command(
+        about = "Load an echo server and measure it: messages/s, latency percentiles, errors (`bench --udp --help`: the UDP load)"
+    )]
     Bench(echolab_load::BenchArgs),
-    /// Run every model under the same load and write tables and charts.
+    #[command(about = "Run every model under the same load and write tables and charts")]
     Compare(echolab_load::CompareArgs),
-    /// Reproduce the lecture's hazards (races, deadlock, starvation...) and measure them.
+    #[command(
+        about = "Reproduce the lecture's hazards (races, deadlock, starvation...) and measure them"
+    )]
     Lab(echolab_lab::LabArgs),
 }
 

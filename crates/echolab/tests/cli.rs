@@ -110,3 +110,28 @@ fn port_in_use_by_another_reactor_is_named() {
         &format!("cannot bind {addr}: address already in use"),
     );
 }
+
+/// Every subcommand's `--help` lists its exit statuses (a doc comment on the subcommand in
+/// main.rs once replaced the text that listed them), and says 2 is a bad argument.
+#[test]
+fn every_help_lists_the_exit_statuses() {
+    for args in [
+        &["serve", "--help"][..],
+        &["client", "--help"],
+        &["client", "--udp", "--help"],
+        &["bench", "--help"],
+        &["bench", "--udp", "--help"],
+        &["compare", "--help"],
+        &["lab", "--help"],
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        let line = help
+            .lines()
+            .find(|l| l.starts_with("Exit status: 0 "))
+            .unwrap_or_else(|| panic!("{args:?} --help has no exit statuses:\n{help}"));
+        assert!(line.contains("2 bad argument"), "{args:?}: {line}");
+        assert!(line.contains("; 1 "), "{args:?}: {line}");
+    }
+}
