@@ -3,7 +3,9 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+
+mod generate;
 
 /// CS:APP chapter 12 made runnable: echo servers in every concurrency model, a load
 /// generator, and a lab of the lecture's hazards.
@@ -35,6 +37,10 @@ enum Command {
         about = "Reproduce the lecture's hazards (races, deadlock, starvation...) and measure them"
     )]
     Lab(echolab_lab::LabArgs),
+    #[command(about = "Print a shell completion script (bash, zsh, fish, elvish, powershell)")]
+    Completions(generate::CompletionsArgs),
+    #[command(about = "Print the man page, or a subcommand's (roff; `echolab man | man -l -`)")]
+    Man(generate::ManArgs),
 }
 
 // UDP hook (issue 10): `serve` is the TCP flags plus the UDP ones.
@@ -95,6 +101,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => echolab_load::run_bench(args),
         Command::Compare(args) => echolab_load::run_compare(args),
         Command::Lab(args) => echolab_lab::run(args),
+        Command::Completions(args) => generate::completions(Cli::command(), &args),
+        Command::Man(args) => generate::man::<Cli>(&args),
     }
 }
 

@@ -135,3 +135,67 @@ fn every_help_lists_the_exit_statuses() {
         assert!(line.contains("; 1 "), "{args:?}: {line}");
     }
 }
+
+#[test]
+fn bash_completions_know_the_subcommands_and_flags() {
+    let out = run(&["completions", "bash"]);
+    assert_eq!(out.status.code(), Some(0));
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(script.contains("complete -F _echolab"), "not a bash script");
+    for word in ["serve", "bench", "--idle-timeout"] {
+        assert!(script.contains(word), "bash completion lacks {word:?}");
+    }
+    for shell in ["zsh", "fish"] {
+        let out = run(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("serve"),
+            "{shell}"
+        );
+    }
+    assert_usage_error(&["completions", "tcsh"], "tcsh");
+}
+
+/// The man pages are roff that groff reads without a warning, when groff is here;
+/// otherwise only their header is checked (and the test says so).
+#[test]
+fn man_pages_parse() {
+    let groff = std::process::Command::new("groff")
+        .arg("--version")
+        .output();
+    if groff.is_err() {
+        eprintln!("SKIPPED (groff part): groff is not installed; checking the .TH header only");
+    }
+    for (args, title) in [
+        (&["man"][..], "echolab"),
+        (&["man", "serve"], "echolab-serve"),
+        (&["man", "bench"], "echolab-bench"),
+        (&["man", "lab"], "echolab-lab"),
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let page = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            page.lines()
+                .any(|l| l.starts_with(&format!(".TH {title} 1 "))),
+            "{args:?}: no .TH header for {title}:\n{page}"
+        );
+        if groff.is_ok() {
+            use std::io::Write;
+            let mut child = std::process::Command::new("groff")
+                .args(["-man", "-Tutf8", "-ww", "-z"])
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+            let checked = support::finish_bounded(child, support::STEP);
+            let warnings = String::from_utf8_lossy(&checked.stderr);
+            assert!(
+                checked.status.success() && warnings.is_empty(),
+                "{args:?}: {warnings}"
+            );
+        }
+    }
+    assert_usage_error(&["man", "nope"], "nope");
+}
