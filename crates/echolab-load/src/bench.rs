@@ -6,17 +6,20 @@
 use std::io::{self, Write};
 use std::process::ExitCode;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::cli::BenchArgs;
-use crate::config::Workload;
+use crate::config::{BenchConfig, Workload};
 use crate::engine;
+use crate::report::BenchReport;
+use crate::stream::IntervalStream;
+use crate::threshold::Thresholds;
 
 /// Runs `echolab bench` and returns its exit status (see [`BenchArgs`]).
 pub fn run(args: BenchArgs) -> ExitCode {
     let config = match args.config() {
         Ok(config) => config,
-        Err(message) => return fail(args.json, &message, 2),
+        Err(message) => return fail(args.json || args.json_stream, &message, 2),
     };
     let stop = match crate::install_stop_flag() {
         Ok(stop) => stop,
@@ -35,13 +38,30 @@ pub fn run(args: BenchArgs) -> ExitCode {
     // warm-up before it shows as a message on the empty bar.
     let (mut display, tick) =
         crate::progress::ProgressDisplay::for_stderr(config.duration, args.interval, unit);
-    let result = engine::run(&config, &stop, tick, |progress| display.update(progress));
+    // --json-stream: an object every --interval (the bar, if any, moves at that pace too:
+    // the interval histograms are emptied at each tick).
+    let tick = if args.json_stream {
+        args.interval
+    } else {
+        tick
+    };
+    let mut stream = args.json_stream.then(IntervalStream::new);
+    let result = engine::run(&config, &stop, tick, |progress| {
+        display.update(progress);
+        if let Some(object) = stream.as_mut().and_then(|s| s.on_tick(progress)) {
+            let mut stdout = io::stdout().lock();
+            let _ = writeln!(stdout, "{object}").and_then(|()| stdout.flush());
+        }
+    });
     display.finish();
+    let thresholds = args.thresholds();
     match result {
         Ok(report) => {
             let mut stdout = io::stdout().lock();
-            let printed = if args.json {
-                let doc = report.to_json(&config);
+            let printed = if args.json_stream {
+                writeln!(stdout, "{}", document(&report, &config, &thresholds))
+            } else if args.json {
+                let doc = document(&report, &config, &thresholds);
                 writeln!(
                     stdout,
                     "{}",
@@ -51,10 +71,25 @@ pub fn run(args: BenchArgs) -> ExitCode {
                 write!(stdout, "{}", report.to_text(&config))
             };
             let _ = printed.and_then(|()| stdout.flush());
-            ExitCode::from(report.exit_code())
+            if let Some(line) = thresholds.verdict(&report) {
+                eprintln!("echolab bench: {line}");
+            }
+            ExitCode::from(thresholds.exit_code(&report))
         }
-        Err(err) => fail(args.json, &err.to_string(), 1),
+        Err(err) => fail(args.json || args.json_stream, &err.to_string(), 1),
     }
+}
+
+/// The JSON document of a run: the report's, with the thresholds given and the
+/// provenance every echolab document carries.
+fn document(report: &BenchReport, config: &BenchConfig, thresholds: &Thresholds) -> Value {
+    let mut doc = report.to_json(config);
+    if thresholds.any() {
+        doc["thresholds"] = thresholds.to_json(report);
+    }
+    doc["exit_code"] = json!(thresholds.exit_code(report));
+    echolab_cli::provenance::stamp(&mut doc);
+    doc
 }
 
 /// Says `message` on stderr (one line) and, with `--json`, as `{"error": ..., "exit_code":
@@ -68,8 +103,9 @@ fn fail(json: bool, message: &str, code: u8) -> ExitCode {
 }
 
 /// The JSON document of a run that could not take place: `{"error": message,
-/// "exit_code": code}`, pretty-printed.
+/// "exit_code": code}` and the provenance, pretty-printed.
 pub fn error_json(message: &str, code: u8) -> String {
-    let doc = json!({ "error": message, "exit_code": code });
+    let mut doc = json!({ "error": message, "exit_code": code });
+    echolab_cli::provenance::stamp(&mut doc);
     serde_json::to_string_pretty(&doc).expect("JSON of plain values")
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use echolab_cli::units;
 
 use crate::config::{cores, BenchConfig, ThreadsFrom, MAX_PENDING, MIN_DURATION, MIN_INTERVAL};
+use crate::threshold::Thresholds;
 
 /// Send stdin (or a file) to an echo server and print or verify what comes back.
 ///
@@ -45,7 +46,8 @@ pub struct ClientArgs {
 ///
 /// Exit status: 0 clean run; 1 errors (connect, reset, eof, timeout, extra bytes, starved
 /// connections), incomplete messages, a server gone, or nothing completed; 2 bad argument;
-/// 3 byte mismatch; 130 interrupted.
+/// 3 byte mismatch; 99 a threshold broken (--max-p99, --min-rate, --max-errors), named
+/// on stderr with its figure; 130 interrupted.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// The server: IP:PORT or HOST:PORT.
@@ -97,6 +99,29 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// For CI: one JSON object per line on stdout, one per --interval of the window
+    /// (`{"interval": N, "t_secs", "secs", "messages", "rate_per_sec", "errors",
+    /// "latency_us": {"p50", "p90", "p99", "p999", "max"}}`: figures of that interval
+    /// alone), then the --json document on one line.
+    #[arg(long)]
+    pub json_stream: bool,
+
+    /// Fail the run (exit 99) when the window's p99 latency is above this duration (250us,
+    /// 5ms, 1s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_max_p99, allow_negative_numbers = true)]
+    pub max_p99: Option<Duration>,
+
+    /// Fail the run (exit 99) when it completed fewer messages (--churn: connections) per
+    /// second than this.
+    #[arg(long, value_name = "PER_SEC", value_parser = parse_rate, allow_negative_numbers = true)]
+    pub min_rate: Option<f64>,
+
+    /// Fail the run (exit 99) with more than N errors (all kinds but corrupt bytes, which
+    /// always exit 3). Given, it judges errors instead of the rule that any error exits 1:
+    /// up to N errors, and the messages lost with their connections, pass.
+    #[arg(long, value_name = "N", value_parser = parse_max_errors, allow_negative_numbers = true)]
+    pub max_errors: Option<u64>,
+
     /// Time between progress lines when stderr is not a terminal: 0 for none, else at
     /// least 100ms.
     #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = parse_interval, allow_negative_numbers = true)]
@@ -118,8 +143,20 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
+    /// The thresholds given (`--max-p99`, `--min-rate`, `--max-errors`).
+    pub fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            max_p99: self.max_p99,
+            min_rate: self.min_rate,
+            max_errors: self.max_errors,
+        }
+    }
+
     /// The checked configuration, or one line naming the conflict.
     pub fn config(&self) -> Result<BenchConfig, String> {
+        if self.json_stream && self.interval.is_zero() {
+            return Err("--json-stream needs an --interval (0 means no intervals)".to_string());
+        }
         if self.churn && self.rate.is_some() {
             return Err(
                 "--churn cannot be combined with --rate: churn is a closed loop of connects"
@@ -169,6 +206,7 @@ impl BenchArgs {
             connect_timeout: self.connect_timeout,
             stall_timeout: self.timeout,
             starve_after: self.starve_after,
+            interval_latency: self.json_stream,
         })
     }
 }
@@ -291,6 +329,16 @@ fn parse_secs_or_zero(text: &str) -> Result<Duration, String> {
 /// the server).
 fn parse_duration(text: &str) -> Result<Duration, String> {
     units::duration(text, MIN_DURATION, MAX_SECS)
+}
+
+/// A p99 limit: from a microsecond (the histogram's resolution is finer, a server's is
+/// not) to 100 s (the longest latency the histogram tells apart).
+fn parse_max_p99(text: &str) -> Result<Duration, String> {
+    units::duration(text, Duration::from_micros(1), Duration::from_secs(100))
+}
+
+fn parse_max_errors(text: &str) -> Result<u64, String> {
+    units::count(text, 0, u64::MAX)
 }
 
 /// The progress interval: 0 (none) or at least [`MIN_INTERVAL`].

@@ -56,6 +56,9 @@ pub struct BenchConfig {
     /// A connection owed an echo that makes no progress for this long is a timeout error
     /// and is closed.
     pub stall_timeout: Duration,
+    /// `bench --json-stream`: the workers also record the window's latencies per interval,
+    /// for the progress callback ([`crate::engine::Progress::interval_latency`]).
+    pub interval_latency: bool,
     /// A connection owed an echo that makes no progress for this long is starved: an
     /// error of its own kind, counted once per connection; it stays open.
     pub starve_after: Duration,
@@ -158,6 +161,7 @@ impl BenchConfig {
             connect_timeout: Duration::from_secs(5),
             stall_timeout: Duration::from_secs(10),
             starve_after: DEFAULT_STARVE_AFTER,
+            interval_latency: false,
         }
     }
 

@@ -48,6 +48,11 @@ impl Latency {
         self.hist.saturating_record(ns.max(1));
     }
 
+    /// Forgets every value (keeps the memory).
+    pub fn reset(&mut self) {
+        self.hist.reset();
+    }
+
     /// Adds every value of `other`.
     pub fn merge(&mut self, other: &Latency) {
         // Same bounds on both sides, so the addition cannot fail.

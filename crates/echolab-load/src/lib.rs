@@ -23,6 +23,8 @@
 //! - [`report`]: [`report::BenchReport`], errors by kind, incomplete messages, fairness,
 //!   text and JSON renderings. Imports the configuration, never the engine.
 //! - [`progress`]: a progress bar on a terminal, a line per interval otherwise.
+//! - [`stream`]: `bench --json-stream`'s object per interval.
+//! - [`threshold`]: `--max-p99`, `--min-rate`, `--max-errors` and their exit status, 99.
 //! - [`hold`]: many idle connections held open (compare's memory-per-connection step).
 //! - [`compare`]: `echolab compare`: starting and stopping servers, reading /proc, the
 //!   workload matrix, results.json, summary.md and SVG charts.
@@ -40,6 +42,8 @@ pub mod pattern;
 pub mod progress;
 pub mod report;
 pub mod schedule;
+pub mod stream;
+pub mod threshold;
 
 use std::io;
 use std::process::ExitCode;

@@ -106,11 +106,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// True for `echolab bench ... --json ...`, read from the raw arguments (clap could not
-/// parse them).
+/// True for `echolab bench ... --json ...` (or `--json-stream`), read from the raw
+/// arguments (clap could not parse them).
 fn bench_wants_json() -> bool {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    args.first().is_some_and(|a| a == "bench") && args.iter().any(|a| a == "--json")
+    args.first().is_some_and(|a| a == "bench")
+        && args.iter().any(|a| a == "--json" || a == "--json-stream")
 }
 
 /// A clap error on one line: "error: invalid value 'x' for '--model <MODEL>' [possible

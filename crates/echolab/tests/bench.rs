@@ -1213,3 +1213,210 @@ fn a_server_that_stops_answering_keeps_the_window_and_is_named_with_when() {
     );
     assert!(!stdout.contains("iterative"), "{stdout}");
 }
+
+/// The server of the stall test above: one connection, echoing, that holds message 100
+/// (due at 0.5 s at 200/s) for 500 ms.
+fn stalling_server() -> TestServer<()> {
+    TestServer::start(1, move |_, mut conn| {
+        let mut n = 0;
+        while let Some(message) = read_message(&mut conn, 64) {
+            if n == 100 {
+                thread::sleep(Duration::from_millis(500)); // The stall being measured.
+            }
+            n += 1;
+            if conn.write_all(&message).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// As [`bench`], without its `--interval 0` (the stream's interval is given).
+fn bench_streaming(addr: SocketAddr, extra: &[&str]) -> Output {
+    let mut command = echolab();
+    command.arg("bench").arg(addr.to_string()).args(extra);
+    run_bounded(command, Duration::from_secs(60))
+}
+
+/// Every line of stdout as a JSON object.
+fn json_lines(output: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_stall_breaks_max_p99_and_the_stream_shows_the_interval_it_fell_in() {
+    let _timing = timing_lock();
+    // Known truth (see the stall test above): p99 is about 485 ms, so --max-p99 100ms is
+    // broken (exit 99, not 1: the run itself is clean), and --max-p99 2s is not. The
+    // stream's first interval (0 to 0.5 s) ends before the stall's first late echo; one
+    // after it holds the stalled messages.
+    let server = stalling_server();
+    let output = bench_streaming(
+        server.addr,
+        &[
+            "--rate",
+            "200",
+            "--conns",
+            "1",
+            "--duration",
+            "2500ms",
+            "--warmup",
+            "0",
+            "--json-stream",
+            "--interval",
+            "500ms",
+            "--max-p99",
+            "100ms",
+            "--max-errors",
+            "0",
+        ],
+    );
+    server.finish();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines = json_lines(&output);
+    let (doc, intervals) = lines.split_last().expect("at least the final document");
+    assert_eq!(output.status.code(), Some(99), "{stderr}\n{doc:#}");
+    assert_eq!(doc["completed"], 500, "{doc:#}");
+    assert_eq!(doc["exit_code"], 99, "{doc:#}");
+    assert_eq!(doc["thresholds"]["max_p99"]["passed"], false, "{doc:#}");
+    assert_eq!(doc["thresholds"]["max_errors"]["passed"], true, "{doc:#}");
+    // The verdict is one line, computed from the document's own p99.
+    let p99_ms = number(doc, "p99_us") / 1e3;
+    let verdict: Vec<&str> = stderr.lines().filter(|l| l.contains("threshold")).collect();
+    assert_eq!(
+        verdict,
+        [format!(
+            "echolab bench: threshold broken: p99 {p99_ms:.3} ms > --max-p99 100ms"
+        )],
+        "{stderr}"
+    );
+    // Four or five intervals of about 0.5 s (the last part of the window is in the final
+    // document only), numbered, with the stall in the second or third; each interval's
+    // histogram holds that interval's messages, not the run's so far.
+    assert!((4..=5).contains(&intervals.len()), "{intervals:#?}");
+    for (k, interval) in intervals.iter().enumerate() {
+        assert_eq!(interval["interval"], k as u64 + 1, "{interval}");
+        let secs = number(interval, "secs");
+        assert!((0.4..0.8).contains(&secs), "{interval}");
+        assert_eq!(interval["errors"], 0, "{interval}");
+    }
+    let p99 = |k: usize| number(&intervals[k]["latency_us"], "p99");
+    assert!(p99(0) < 100_000.0, "before the stall: {}", intervals[0]);
+    // The stalled echoes come back at about 1 s: in the second interval or the third,
+    // depending on which side of the tick they fall.
+    assert!(
+        p99(1).max(p99(2)) > 300_000.0,
+        "the stall: {} {}",
+        intervals[1],
+        intervals[2]
+    );
+    for interval in intervals {
+        assert_eq!(
+            interval["latency_us"]["count"], interval["messages"],
+            "{interval}"
+        );
+    }
+    let rate = number(&intervals[0], "rate_per_sec");
+    assert!(
+        (150.0..260.0).contains(&rate),
+        "200/s asked: {}",
+        intervals[0]
+    );
+    let streamed: u64 = intervals
+        .iter()
+        .map(|i| i["messages"].as_u64().unwrap())
+        .sum();
+    assert!(streamed <= 500, "{streamed}");
+    // The same run with a limit above its p99 passes.
+    let server = stalling_server();
+    let output = bench(
+        server.addr,
+        &[
+            "--rate",
+            "200",
+            "--conns",
+            "1",
+            "--duration",
+            "2",
+            "--warmup",
+            "0",
+            "--json",
+            "--max-p99",
+            "2s",
+        ],
+    );
+    server.finish();
+    let doc = json_of(&output);
+    assert_eq!(output.status.code(), Some(0), "{doc:#}");
+    assert_eq!(doc["thresholds"]["max_p99"]["passed"], true, "{doc:#}");
+}
+
+#[test]
+fn a_fast_server_passes_its_thresholds_and_an_impossible_rate_fails() {
+    let server = Server::start("event", &[]);
+    let args = |min_rate: &'static str| {
+        [
+            "--rate",
+            "200",
+            "--conns",
+            "2",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--max-p99",
+            "1s",
+            "--min-rate",
+            min_rate,
+            "--max-errors",
+            "0",
+        ]
+    };
+    let output = bench(server.addr, &args("150"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("threshold"), "{stderr}");
+    // 200/s asked cannot complete 1000/s: 99, naming the rate measured.
+    let output = bench(server.addr, &args("1000"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(99), "{stderr}");
+    let line = stderr.lines().find(|l| l.contains("threshold")).unwrap();
+    assert!(
+        line.starts_with("echolab bench: threshold broken: rate ")
+            && line.ends_with("/s < --min-rate 1000"),
+        "{line}"
+    );
+}
+
+#[test]
+fn json_stream_needs_an_interval() {
+    let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let output = bench(addr, &["--json-stream"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--json-stream needs an --interval"),
+        "{stderr}"
+    );
+    // And the document a script waits for is there, as with --json.
+    assert_eq!(json_of(&output)["exit_code"], 2);
+}
+
+#[test]
+fn json_stream_prints_a_document_for_a_bad_argument_too() {
+    let output = run_bounded(
+        {
+            let mut command = echolab();
+            command.args(["bench", "127.0.0.1:9", "--json-stream", "--size", "0"]);
+            command
+        },
+        Duration::from_secs(60),
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(json_of(&output)["exit_code"], 2);
+}

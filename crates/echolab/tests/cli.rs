@@ -142,7 +142,13 @@ fn bash_completions_know_the_subcommands_and_flags() {
     assert_eq!(out.status.code(), Some(0));
     let script = String::from_utf8_lossy(&out.stdout);
     assert!(script.contains("complete -F _echolab"), "not a bash script");
-    for word in ["serve", "bench", "--idle-timeout"] {
+    for word in [
+        "serve",
+        "bench",
+        "--idle-timeout",
+        "--max-p99",
+        "--json-stream",
+    ] {
         assert!(script.contains(word), "bash completion lacks {word:?}");
     }
     for shell in ["zsh", "fish"] {

@@ -43,7 +43,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 use std::{fmt, thread};
 
@@ -52,7 +52,7 @@ use mio::Events;
 pub use conn::describe;
 
 use crate::config::{BenchConfig, Workload};
-use crate::latency::Latency;
+use crate::latency::{Latency, LatencySummary};
 use crate::pattern::Pattern;
 use crate::report::{BenchReport, ErrorCounts, ErrorKind, MismatchAt, Unfinished};
 use worker::Worker;
@@ -97,6 +97,9 @@ pub struct Progress {
     pub messages: u64,
     /// Errors so far, all kinds.
     pub errors: u64,
+    /// With [`BenchConfig::interval_latency`]: the latencies of the window's messages
+    /// completed since the previous tick (the histograms are emptied by this tick).
+    pub interval_latency: Option<LatencySummary>,
 }
 
 /// Counters a worker publishes for the progress display, one cache line each so that two
@@ -106,6 +109,10 @@ pub struct Progress {
 struct Published {
     messages: AtomicU64,
     errors: AtomicU64,
+    /// With [`BenchConfig::interval_latency`]: the latencies since the last tick. The
+    /// worker locks it once per completed message, the main thread once per tick to empty
+    /// it; off (`None`) by default, so that a plain run pays nothing for it.
+    interval: Option<Mutex<Latency>>,
 }
 
 /// Runs one bench: connects, loads the server for the warm-up then the measured window,
@@ -135,7 +142,12 @@ pub fn run(
     }
     // Set when start-up fails: workers already started stop connecting and end.
     let abort = AtomicBool::new(false);
-    let published: Vec<Published> = (0..n_threads).map(|_| Published::default()).collect();
+    let published: Vec<Published> = (0..n_threads)
+        .map(|_| Published {
+            interval: config.interval_latency.then(|| Mutex::new(Latency::new())),
+            ..Published::default()
+        })
+        .collect();
     let mut workers = Vec::with_capacity(n_threads);
     let mut first_conn_idx = 0;
     for (worker_idx, published) in published.iter().enumerate() {
@@ -223,6 +235,9 @@ pub fn run(
                             .iter()
                             .map(|p| p.errors.load(Ordering::Relaxed))
                             .sum(),
+                        interval_latency: config
+                            .interval_latency
+                            .then(|| take_interval(&published).summary()),
                     });
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -245,6 +260,18 @@ pub fn run(
         }
         Ok(report)
     })
+}
+
+/// Empties every worker's interval histogram into one.
+fn take_interval(published: &[Published]) -> Latency {
+    let mut merged = Latency::new();
+    for interval in published.iter().filter_map(|p| p.interval.as_ref()) {
+        // A worker that panicked while holding the lock left a histogram still whole.
+        let mut latency = interval.lock().unwrap_or_else(|e| e.into_inner());
+        merged.merge(&latency);
+        latency.reset();
+    }
+    merged
 }
 
 /// What one worker measured.

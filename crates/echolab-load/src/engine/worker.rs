@@ -744,7 +744,14 @@ impl<'a> Worker<'a> {
             // opened is said as such (a negative `last_echo_secs`).
             self.last_echo = Some(now);
             if belongs(start) {
-                self.latency.record(now.saturating_duration_since(start));
+                let latency = now.saturating_duration_since(start);
+                self.latency.record(latency);
+                if let Some(interval) = &self.published.interval {
+                    interval
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .record(latency);
+                }
                 self.messages += 1;
                 conn.completed_in_window += 1;
             }
