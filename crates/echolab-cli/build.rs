@@ -11,13 +11,17 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=ECHOLAB_GIT_REVISION");
+    // GIT_DIR: `GIT_DIR=/nonexistent cargo build` is a build without a repository.
+    println!("cargo:rerun-if-env-changed=GIT_DIR");
     if let Some(revision) = git(&["rev-parse", "HEAD"]) {
         println!("cargo:rustc-env=ECHOLAB_GIT_REVISION={revision}");
-        // Build again when HEAD moves: a checkout changes HEAD, a commit its reflog.
+        // Build again when HEAD moves: a checkout changes HEAD, a commit its reflog. Only
+        // files that exist: cargo reruns a script whose watched file is missing every time.
         for path in ["HEAD", "logs/HEAD"] {
             if let Some(file) = git(&["rev-parse", "--git-path", path]) {
-                println!("cargo:rerun-if-changed={file}");
+                if std::path::Path::new(&file).exists() {
+                    println!("cargo:rerun-if-changed={file}");
+                }
             }
         }
     }

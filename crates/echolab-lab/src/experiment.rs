@@ -245,7 +245,9 @@ impl Report {
 
     pub fn print(&self, json: bool) {
         if json {
-            println!("{}", self.json());
+            let mut doc = self.json();
+            echolab_cli::provenance::stamp(&mut doc);
+            println!("{doc}");
         } else {
             println!("{}", self.text());
         }

@@ -253,8 +253,7 @@ fn run_all(settings: &Settings, json: bool, report_dir: Option<&PathBuf>) -> Exi
         }
     }
     if json {
-        let all: Vec<_> = reports.iter().map(|report| report.json()).collect();
-        println!("{}", serde_json::Value::Array(all));
+        println!("{}", report::all_json(&reports));
     }
     if let Some(dir) = report_dir {
         match report::write(dir, &reports) {

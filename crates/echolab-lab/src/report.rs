@@ -114,6 +114,15 @@ fn section(report: &Report) -> String {
     out
 }
 
+/// The document of `lab all --json` and lab.json: the provenance every echolab document
+/// carries, and `experiments`, each experiment's report.
+pub fn all_json(reports: &[Report]) -> serde_json::Value {
+    let experiments: Vec<_> = reports.iter().map(Report::json).collect();
+    let mut doc = serde_json::json!({ "experiments": experiments });
+    echolab_cli::provenance::stamp(&mut doc);
+    doc
+}
+
 /// Writes DIR/index.html, DIR/EXPERIMENT.svg and DIR/lab.json; returns the page's path.
 pub fn write(dir: &Path, reports: &[Report]) -> io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
@@ -122,10 +131,9 @@ pub fn write(dir: &Path, reports: &[Report]) -> io::Result<PathBuf> {
             std::fs::write(dir.join(format!("{}.svg", report.experiment)), svg)?;
         }
     }
-    let figures: Vec<_> = reports.iter().map(Report::json).collect();
     std::fs::write(
         dir.join("lab.json"),
-        serde_json::to_string_pretty(&figures).map_err(io::Error::other)?,
+        serde_json::to_string_pretty(&all_json(reports)).map_err(io::Error::other)?,
     )?;
     let path = dir.join("index.html");
     std::fs::write(&path, html(reports))?;

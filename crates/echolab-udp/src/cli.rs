@@ -392,9 +392,10 @@ pub fn dispatch(args: &[OsString]) -> Option<ExitCode> {
 }
 
 /// The JSON document of a run that could not take place, as TCP bench prints it:
-/// `{"error": message, "exit_code": code}`.
+/// `{"error": message, "exit_code": code}` and the provenance.
 pub fn error_json(message: &str, code: u8) -> String {
-    let doc = serde_json::json!({ "error": message, "exit_code": code });
+    let mut doc = serde_json::json!({ "error": message, "exit_code": code });
+    echolab_cli::provenance::stamp(&mut doc);
     serde_json::to_string_pretty(&doc).expect("JSON of plain values")
 }
 
@@ -459,6 +460,7 @@ pub fn run_bench(args: &UdpBenchArgs) -> ExitCode {
         doc["max_loss_percent"] = args.max_loss.into();
         doc["verdict"] = verdict.into();
         doc["exit_code"] = code.into();
+        echolab_cli::provenance::stamp(&mut doc);
         println!("{doc}");
     } else {
         print!("{}", report.text());
@@ -783,11 +785,12 @@ mod tests {
 
     #[test]
     fn the_error_document_is_the_one_tcp_bench_prints() {
-        let doc: serde_json::Value =
+        let mut doc: serde_json::Value =
             serde_json::from_str(&error_json("--size 5 is too small", 2)).unwrap();
-        assert_eq!(
-            doc,
-            serde_json::json!({ "error": "--size 5 is too small", "exit_code": 2 })
-        );
+        let mut want = serde_json::json!({ "error": "--size 5 is too small", "exit_code": 2 });
+        echolab_cli::provenance::stamp(&mut want);
+        // The same fields, provenance included; its command line is this test's.
+        doc["command_line"] = want["command_line"].clone();
+        assert_eq!(doc, want);
     }
 }

@@ -476,6 +476,16 @@ fn compare_quick_writes_results_that_parse() {
 
     let results: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    // The provenance every echolab document carries (tests/provenance.rs checks the others).
+    assert_eq!(results["schema_version"], 1, "{results:#}");
+    assert_eq!(results["echolab_version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(results["command_line"][1], "compare", "{results:#}");
+    for field in ["git_revision", "cpu_model", "kernel"] {
+        assert!(
+            results[field].as_str().is_some_and(|s| !s.is_empty()),
+            "{field}"
+        );
+    }
     let models = results["models"].as_array().unwrap();
     assert_eq!(models.len(), 3);
     for model in models {

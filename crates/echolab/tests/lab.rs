@@ -296,8 +296,9 @@ fn all_writes_a_report_with_a_section_and_picture_per_experiment() {
     assert_eq!(page.matches("<svg").count(), 12);
     let figures: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("lab.json")).unwrap()).unwrap();
+    assert_eq!(figures["schema_version"], 1, "provenance");
     let by_name = |name: &str| {
-        figures
+        figures["experiments"]
             .as_array()
             .unwrap()
             .iter()

@@ -224,7 +224,10 @@ pub fn run(args: CompareArgs) -> ExitCode {
 /// Writes results.json, summary.md and the charts; returns their paths.
 fn write_outputs(out: &Path, results: &Results) -> Result<Vec<PathBuf>, String> {
     let json_path = out.join("results.json");
-    let json = serde_json::to_string_pretty(results)
+    let mut doc =
+        serde_json::to_value(results).map_err(|err| format!("cannot encode results: {err}"))?;
+    echolab_cli::provenance::stamp(&mut doc);
+    let json = serde_json::to_string_pretty(&doc)
         .map_err(|err| format!("cannot encode results: {err}"))?;
     std::fs::write(&json_path, json).map_err(|err| {
         format!(
