@@ -140,10 +140,12 @@ fn duration_nanos(text: &str) -> Result<u128, String> {
         .ok_or_else(|| "too long a duration".to_string())
 }
 
-/// A duration as a flag would take it back, in its largest whole unit: `100ms`, `1h`.
+/// A duration as a flag would take it back, in its largest whole unit: `100ms`, `1h`,
+/// `3650d`.
 pub fn format_duration(d: Duration) -> String {
     let nanos = d.as_nanos();
-    let units: [(u128, &str); 6] = [
+    let units: [(u128, &str); 7] = [
+        (86_400_000_000_000, "d"),
         (3_600_000_000_000, "h"),
         (60_000_000_000, "m"),
         (1_000_000_000, "s"),
@@ -296,16 +298,16 @@ mod tests {
     #[test]
     fn durations_refused() {
         let table: &[(&str, &str)] = &[
-            ("0", "at least 1ms, at most 24h"),
+            ("0", "at least 1ms, at most 1d"),
             ("0.0009", "at least 1ms"),
             ("0.5ms", "at least 1ms"),
             ("1e-10", "unknown unit \"e-10\""),
             ("-1", "cannot be negative"),
             ("-0.5s", "cannot be negative"),
-            ("18446744073709551615", "at most 24h"),
+            ("18446744073709551615", "at most 1d"),
             ("340282366920938463463374607431768211455", "too many digits"),
             ("99999999999999999999999999999d", "too long"),
-            ("86400.000000001", "at most 24h"),
+            ("86400.000000001", "at most 1d"),
             ("1.5.2", "not a duration"),
             ("soon", "not a duration"),
             ("", "not a duration"),
@@ -331,10 +333,10 @@ mod tests {
         assert_eq!(duration_or_zero("0ms", MS, DAY), Ok(Duration::ZERO));
         assert_eq!(duration_or_zero("2s", MS, DAY), Ok(Duration::from_secs(2)));
         let err = duration_or_zero("1ns", MS, DAY).unwrap_err();
-        assert_eq!(err, "0 (none) or at least 1ms, at most 24h");
+        assert_eq!(err, "0 (none) or at least 1ms, at most 1d");
         assert!(duration_or_zero("2d", MS, DAY)
             .unwrap_err()
-            .contains("at most 24h"));
+            .contains("at most 1d"));
         assert!(duration_or_zero("-0", MS, DAY).is_err());
     }
 
@@ -350,7 +352,7 @@ mod tests {
         assert_eq!(duration("3650d", MS, ten_years), Ok(ten_years));
         assert!(duration("315360001", MS, ten_years)
             .unwrap_err()
-            .contains("at most 87600h"));
+            .contains("at most 3650d"));
     }
 
     #[test]
@@ -362,7 +364,8 @@ mod tests {
         assert_eq!(format_duration(Duration::from_millis(1_500)), "1500ms");
         assert_eq!(format_duration(Duration::from_secs(90)), "90s");
         assert_eq!(format_duration(Duration::from_secs(120)), "2m");
-        assert_eq!(format_duration(DAY), "24h");
+        assert_eq!(format_duration(Duration::from_secs(7_200)), "2h");
+        assert_eq!(format_duration(DAY), "1d");
     }
 
     const MAX: u64 = 64 << 20;
