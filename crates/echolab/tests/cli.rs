@@ -123,6 +123,8 @@ fn every_help_lists_the_exit_statuses() {
         &["bench", "--udp", "--help"],
         &["compare", "--help"],
         &["lab", "--help"],
+        &["completions", "--help"],
+        &["man", "--help"],
     ] {
         let out = run(args);
         assert_eq!(out.status.code(), Some(0), "{args:?}");
