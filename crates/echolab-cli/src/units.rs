@@ -328,6 +328,29 @@ mod tests {
     }
 
     #[test]
+    fn digits_are_bounded_at_30_whole_and_18_fraction() {
+        let whole30 = "1".repeat(30);
+        assert!(size(&whole30, 1, u64::MAX).unwrap_err().starts_with("at most"));
+        let whole31 = "1".repeat(31);
+        assert!(size(&whole31, 1, u64::MAX).unwrap_err().starts_with("too many digits"));
+        let frac18 = format!("0.{}1", "0".repeat(17));
+        assert_eq!(duration(&frac18, Duration::ZERO, DAY), Ok(Duration::ZERO));
+        assert_eq!(
+            duration(&format!("{frac18}d"), Duration::ZERO, DAY),
+            Ok(Duration::ZERO),
+            "1e-18 days is under a nanosecond"
+        );
+        let frac19 = format!("0.{}1", "0".repeat(18));
+        assert!(duration(&frac19, Duration::ZERO, DAY)
+            .unwrap_err()
+            .contains("too many digits"));
+        assert_eq!(
+            size(&format!("1.{}K", "0".repeat(18)), 1, u64::MAX),
+            Ok(1024)
+        );
+    }
+
+    #[test]
     fn zero_means_none_only_where_the_flag_says_so() {
         assert_eq!(duration_or_zero("0", MS, DAY), Ok(Duration::ZERO));
         assert_eq!(duration_or_zero("0ms", MS, DAY), Ok(Duration::ZERO));
