@@ -455,6 +455,18 @@ mod tests {
     }
 
     #[test]
+    fn byte_counts_are_said_in_their_largest_whole_binary_unit() {
+        assert_eq!(bytes(0), "0 bytes");
+        assert_eq!(bytes(1), "1 byte");
+        assert_eq!(bytes(1_024), "1024 bytes", "under 4 KiB: in bytes");
+        assert_eq!(bytes(4_096), "4 KiB");
+        assert_eq!(bytes(65_527), "65527 bytes");
+        assert_eq!(bytes(3 << 20), "3 MiB");
+        assert_eq!(bytes(1 << 30), "1 GiB");
+        assert_eq!(bytes(3 << 30), "3 GiB");
+    }
+
+    #[test]
     fn counts() {
         assert_eq!(count("1", 1, 4096), Ok(1));
         assert_eq!(count("4096", 1, 4096), Ok(4096));
