@@ -39,15 +39,15 @@ pub struct ManArgs {
     pub subcommand: Option<String>,
 }
 
-/// Writes the completion script for `args.shell` of the command `cli`.
-pub fn completions(cli: clap::Command, args: &CompletionsArgs) -> ExitCode {
-    let mut cli = cli;
+/// Writes the completion script for `args.shell` of the command line `C`.
+pub fn completions<C: CommandFactory>(args: &CompletionsArgs) -> ExitCode {
+    let mut cli = C::command();
     let mut out = Vec::new();
     clap_complete::generate(args.shell, &mut cli, "echolab", &mut out);
     write_stdout(&out)
 }
 
-/// Writes the man page of `cli`, or of one of its subcommands.
+/// Writes the man page of the command line `C`, or of one of its subcommands.
 pub fn man<C: CommandFactory>(args: &ManArgs) -> ExitCode {
     let mut cli = C::command();
     cli.build();

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 mod generate;
 
@@ -101,7 +101,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => echolab_load::run_bench(args),
         Command::Compare(args) => echolab_load::run_compare(args),
         Command::Lab(args) => echolab_lab::run(args),
-        Command::Completions(args) => generate::completions(Cli::command(), &args),
+        Command::Completions(args) => generate::completions::<Cli>(&args),
         Command::Man(args) => generate::man::<Cli>(&args),
     }
 }
