@@ -330,9 +330,13 @@ mod tests {
     #[test]
     fn digits_are_bounded_at_30_whole_and_18_fraction() {
         let whole30 = "1".repeat(30);
-        assert!(size(&whole30, 1, u64::MAX).unwrap_err().starts_with("at most"));
+        assert!(size(&whole30, 1, u64::MAX)
+            .unwrap_err()
+            .starts_with("at most"));
         let whole31 = "1".repeat(31);
-        assert!(size(&whole31, 1, u64::MAX).unwrap_err().starts_with("too many digits"));
+        assert!(size(&whole31, 1, u64::MAX)
+            .unwrap_err()
+            .starts_with("too many digits"));
         let frac18 = format!("0.{}1", "0".repeat(17));
         assert_eq!(duration(&frac18, Duration::ZERO, DAY), Ok(Duration::ZERO));
         assert_eq!(
