@@ -178,3 +178,57 @@ pub fn run(args: ServeArgs) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn serve(args: &[&str]) -> Result<ServeArgs, String> {
+        let argv = std::iter::once("serve").chain(args.iter().copied());
+        Serve::try_parse_from(argv)
+            .map(|s| s.args)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_idle_timeout_is_a_duration_and_0_is_never() {
+        let default = serve(&[]).unwrap().config().idle_timeout;
+        assert_eq!(
+            default,
+            Some(Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS))
+        );
+        let half = serve(&["--idle-timeout", "0.5"]).unwrap().config();
+        assert_eq!(half.idle_timeout, Some(Duration::from_millis(500)));
+        let never = serve(&["--idle-timeout", "0"]).unwrap().config();
+        assert_eq!(never.idle_timeout, None);
+        let ceiling = format!("{MAX_IDLE_TIMEOUT_SECS}");
+        assert!(serve(&["--idle-timeout", &ceiling]).is_ok());
+        assert!(serve(&["--idle-timeout", "3650d"]).is_ok());
+        let over = format!("{}", MAX_IDLE_TIMEOUT_SECS + 1);
+        assert!(serve(&["--idle-timeout", &over]).is_err());
+        assert!(serve(&["--idle-timeout", "999us"]).is_err());
+    }
+
+    #[test]
+    fn counts_and_sizes_keep_their_ceilings() {
+        assert_eq!(serve(&["--max-line", "64K"]).unwrap().max_line, 65_536);
+        assert!(serve(&["--max-line", "65537"]).is_err());
+        let conns = format!("{MAX_CONNS_CEILING}");
+        assert!(serve(&["--max-conns", &conns]).is_ok());
+        assert!(serve(&["--max-conns-per-ip", &format!("{}", MAX_CONNS_CEILING + 1)]).is_err());
+        assert!(serve(&["--workers", "1024"]).is_ok());
+        assert!(serve(&["--workers", "1025"]).is_err());
+        assert!(serve(&["--listen", "localhost:0"])
+            .unwrap()
+            .listen
+            .ip()
+            .is_loopback());
+    }
+}
