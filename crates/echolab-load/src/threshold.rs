@@ -209,6 +209,23 @@ mod tests {
     }
 
     #[test]
+    fn any_one_threshold_is_a_threshold() {
+        let p99 = Thresholds {
+            max_p99: Some(Duration::from_millis(1)),
+            ..Thresholds::default()
+        };
+        let rate = Thresholds {
+            min_rate: Some(1.0),
+            ..Thresholds::default()
+        };
+        let errors = Thresholds {
+            max_errors: Some(0),
+            ..Thresholds::default()
+        };
+        assert!(p99.any() && rate.any() && errors.any());
+    }
+
+    #[test]
     fn p99_is_judged_at_its_limit() {
         let at = Thresholds {
             max_p99: Some(Duration::from_millis(2)),
