@@ -367,7 +367,9 @@ impl UdpRing {
                         self.parse(bid, res)
                     }
                     None if res < 0 => Err(io::Error::from_raw_os_error(-res)),
-                    None => Err(io::Error::other("io_uring recvmsg completed without a buffer")),
+                    None => Err(io::Error::other(
+                        "io_uring recvmsg completed without a buffer",
+                    )),
                 };
                 Some(UdpCompletion::Received { result, more })
             }
@@ -694,7 +696,9 @@ mod tests {
             return;
         };
         for message in [&b"one"[..], b"", b"three"] {
-            client.send_to(message, server.local_addr().unwrap()).unwrap();
+            client
+                .send_to(message, server.local_addr().unwrap())
+                .unwrap();
         }
         let got = receive(&mut ring, 3);
         assert_eq!(got.len(), 3);
@@ -763,7 +767,9 @@ mod tests {
             return;
         };
         for idx in 0..2u8 {
-            client.send_to(&[idx], server.local_addr().unwrap()).unwrap();
+            client
+                .send_to(&[idx], server.local_addr().unwrap())
+                .unwrap();
         }
         // The second datagram finds no buffer: the receive ends (ENOBUFS) and the datagram
         // stays queued in the socket.

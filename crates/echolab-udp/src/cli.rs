@@ -24,7 +24,8 @@ use crate::{UdpConfig, UdpModel, UdpServer};
 #[derive(Debug, Clone, clap::Args)]
 pub struct UdpServeArgs {
     /// Also serve UDP echo (RFC 862) on the --listen address (same port as TCP). Models:
-    /// iterative, event, reactor, async.
+    /// iterative, event, reactor, uring, async (uring exits 2 where the kernel refuses
+    /// io_uring).
     #[arg(long, conflicts_with = "udp_only")]
     pub udp: bool,
 
