@@ -286,10 +286,56 @@ struct Sock {
     socket: mio::net::UdpSocket,
     conn_id: u32,
     flow: Flow,
-    /// Open loop: the next intended send time.
+    /// Open loop: this socket's share of the schedule.
+    schedule: Option<Schedule>,
+    /// Open loop: the next intended send time (`schedule.intended(slots)`).
     next_send: Duration,
     /// Open loop: slots of the schedule used so far (sent, or failed to send).
     slots: u64,
+}
+
+/// One socket's share of the open loop's schedule, the same schedule as TCP bench's
+/// (`echolab_load::schedule::RateSchedule`): datagram `j` of the aggregate is due `j /
+/// rate` seconds after the start, and socket `phase` of `stride` sends datagrams `phase`,
+/// `phase + stride`, ... of it. So `--rate 0.5` means one datagram every 2 s in total,
+/// whatever the socket count, for UDP and TCP alike. Each time is computed from the slot
+/// number, so rounding never accumulates (at 7e8/s a step of 1.43 ns is not rounded to
+/// 1 ns once and added up).
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    rate: f64,
+    phase: u64,
+    stride: u64,
+}
+
+impl Schedule {
+    /// When this socket's slot `slot` is due, from the start.
+    fn intended(&self, slot: u64) -> Duration {
+        let aggregate = slot.saturating_mul(self.stride).saturating_add(self.phase);
+        Duration::try_from_secs_f64(aggregate as f64 / self.rate).unwrap_or(Duration::MAX)
+    }
+
+    /// How many of this socket's slots from `first` on are due before `end`.
+    fn due_before(&self, first: u64, end: Duration) -> u64 {
+        // The first slot due at or after `end`, estimated, then corrected against
+        // `intended` itself (the estimate can be off by a rounding step).
+        let estimate = (end.as_secs_f64() * self.rate - self.phase as f64) / self.stride as f64;
+        let mut k = if estimate.is_finite() && estimate > 0.0 {
+            (estimate.ceil() as u64).max(first)
+        } else {
+            first
+        };
+        for _ in 0..4 {
+            if k > first && self.intended(k - 1) >= end {
+                k -= 1;
+            } else if self.intended(k) < end {
+                k += 1;
+            } else {
+                break;
+            }
+        }
+        k - first
+    }
 }
 
 /// What one thread measured.
@@ -319,22 +365,23 @@ pub fn run(config: &UdpBenchConfig, stop: &AtomicBool) -> io::Result<UdpReport> 
     };
     let n_threads = config.n_threads.clamp(1, config.n_conns.max(1));
     let mut groups: Vec<Vec<Sock>> = (0..n_threads).map(|_| Vec::new()).collect();
-    // Open loop: socket i sends every n_conns/rate seconds, offset by i/rate, so that the
+    // Open loop: socket i sends the aggregate's datagrams i, i + n_conns, ..., so that the
     // total is the rate, evenly spread.
-    let interval = config
-        .rate
-        .map(|rate| Duration::from_secs_f64(config.n_conns as f64 / rate));
+    let open = config.rate.is_some();
     for conn_idx in 0..config.n_conns {
         let socket = mio::net::UdpSocket::bind(SocketAddr::new(local, 0))?;
         socket.connect(config.addr)?;
-        let offset = config.rate.map_or(Duration::ZERO, |rate| {
-            Duration::from_secs_f64(conn_idx as f64 / rate)
+        let schedule = config.rate.map(|rate| Schedule {
+            rate,
+            phase: conn_idx as u64,
+            stride: config.n_conns as u64,
         });
         groups[conn_idx % n_threads].push(Sock {
             socket,
             conn_id: conn_idx as u32,
             flow: Flow::new(config.timeout),
-            next_send: offset,
+            next_send: schedule.map_or(Duration::ZERO, |s| s.intended(0)),
+            schedule,
             slots: 0,
         });
     }
@@ -342,7 +389,7 @@ pub fn run(config: &UdpBenchConfig, stop: &AtomicBool) -> io::Result<UdpReport> 
     let parts: Vec<io::Result<Part>> = std::thread::scope(|scope| {
         let handles: Vec<_> = groups
             .into_iter()
-            .map(|socks| scope.spawn(move || drive(config, socks, interval, start, stop)))
+            .map(|socks| scope.spawn(move || drive(config, socks, open, start, stop)))
             .collect();
         handles
             .into_iter()
@@ -387,7 +434,7 @@ pub fn run(config: &UdpBenchConfig, stop: &AtomicBool) -> io::Result<UdpReport> 
 fn drive(
     config: &UdpBenchConfig,
     mut socks: Vec<Sock>,
-    interval: Option<Duration>,
+    open: bool,
     start: Instant,
     stop: &AtomicBool,
 ) -> io::Result<Part> {
@@ -411,9 +458,9 @@ fn drive(
             // counted unsent (a generator that fell behind must say so).
             let end = now.min(config.duration);
             window = Some(end);
-            if let Some(interval) = interval {
-                for sock in socks.iter_mut() {
-                    let due = due_before(sock.next_send, interval, end);
+            for sock in socks.iter_mut() {
+                if let Some(schedule) = sock.schedule {
+                    let due = schedule.due_before(sock.slots, end);
                     let left = config.count.map_or(due, |n| due.min(n - sock.slots));
                     sock.flow.not_sent(left);
                 }
@@ -422,14 +469,14 @@ fn drive(
         // Sends.
         let mut next_wake: Option<Duration> = None;
         for sock in socks.iter_mut() {
-            match interval {
+            match sock.schedule {
                 None => {
                     let may_send = sending && config.count.is_none_or(|n| sock.flow.next_seq() < n);
                     if may_send && sock.flow.outstanding() == 0 {
                         send(sock, now, now, &mut out, &mut socket_errors, false);
                     }
                 }
-                Some(interval) => {
+                Some(schedule) => {
                     let may_send =
                         |sock: &Sock| sending && config.count.is_none_or(|n| sock.slots < n);
                     for _ in 0..SEND_BUDGET {
@@ -437,8 +484,8 @@ fn drive(
                             break;
                         }
                         let intended = sock.next_send;
-                        sock.next_send += interval;
                         sock.slots += 1;
+                        sock.next_send = schedule.intended(sock.slots);
                         send(sock, intended, now, &mut out, &mut socket_errors, true);
                     }
                     if may_send(sock) {
@@ -454,7 +501,7 @@ fn drive(
             if let Some(deadline) = sock.flow.next_deadline() {
                 next_wake = earliest(next_wake, deadline);
             }
-            let used = if interval.is_some() {
+            let used = if open {
                 sock.slots
             } else {
                 sock.flow.next_seq()
@@ -486,7 +533,7 @@ fn drive(
                 // anything else can arrive; reading on only to hear WouldBlock would cost
                 // a system call per echo. (Epoll reports the next arrival as a new edge,
                 // so a stray duplicate still queued is read then.)
-                if interval.is_none() && sock.flow.outstanding() == 0 {
+                if !open && sock.flow.outstanding() == 0 {
                     break;
                 }
                 match sock.socket.recv(&mut buf) {
@@ -562,16 +609,6 @@ fn send(
     }
 }
 
-/// How many send times `first`, `first + interval`, ... fall before `end`.
-fn due_before(first: Duration, interval: Duration, end: Duration) -> u64 {
-    if first >= end {
-        return 0;
-    }
-    let span = (end - first).as_nanos();
-    let step = interval.as_nanos().max(1);
-    span.div_ceil(step) as u64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -621,20 +658,80 @@ mod tests {
 
     #[test]
     fn due_before_counts_the_send_times_in_the_window() {
+        // 100 per second over 1 socket: 0, 10, ..., 90 ms are in a 100 ms window.
+        let one = Schedule {
+            rate: 100.0,
+            phase: 0,
+            stride: 1,
+        };
         let ms = Duration::from_millis;
-        assert_eq!(due_before(ms(0), ms(10), ms(100)), 10, "0, 10, ..., 90");
-        assert_eq!(due_before(ms(5), ms(10), ms(100)), 10, "5, 15, ..., 95");
-        assert_eq!(due_before(ms(0), ms(10), ms(101)), 11, "100 too");
-        assert_eq!(
-            due_before(ms(100), ms(10), ms(100)),
-            0,
-            "the end is outside"
-        );
-        assert_eq!(due_before(ms(150), ms(10), ms(100)), 0);
-        assert_eq!(
-            due_before(ms(0), Duration::ZERO, Duration::from_nanos(3)),
-            3
-        );
+        assert_eq!(one.due_before(0, ms(100)), 10, "0, 10, ..., 90");
+        assert_eq!(one.due_before(0, ms(101)), 11, "100 too");
+        assert_eq!(one.due_before(3, ms(100)), 7, "30, ..., 90");
+        assert_eq!(one.due_before(10, ms(100)), 0, "the end is outside");
+        assert_eq!(one.due_before(15, ms(100)), 0);
+        assert_eq!(one.due_before(0, Duration::ZERO), 0);
+        // Socket 1 of 2 at 200 per second: 5, 15, ..., 95 ms.
+        let second = Schedule {
+            rate: 200.0,
+            phase: 1,
+            stride: 2,
+        };
+        assert_eq!(second.intended(0), ms(5));
+        assert_eq!(second.due_before(0, ms(100)), 10);
+        assert_eq!(second.due_before(0, ms(95)), 9);
+    }
+
+    #[test]
+    fn an_extreme_rate_keeps_its_count_and_times_do_not_drift() {
+        // 7e8 per second on one socket: a step of 1.43 ns. Rounded once to 1 ns and added
+        // up, a millisecond would hold 1,000,000 slots; it holds 700,000.
+        let fast = Schedule {
+            rate: 7e8,
+            phase: 0,
+            stride: 1,
+        };
+        assert_eq!(fast.due_before(0, Duration::from_millis(1)), 700_000);
+        assert_eq!(fast.intended(700_000), Duration::from_millis(1));
+        // The slowest rate there is: 1e-9 per second is one datagram per 31.7 years.
+        let slow = Schedule {
+            rate: 1e-9,
+            phase: 0,
+            stride: 8,
+        };
+        assert_eq!(slow.due_before(0, Duration::from_secs(3600)), 1);
+        let year_254 = Duration::from_secs(8_000_000_000);
+        assert!(slow.intended(1).abs_diff(year_254) < Duration::from_micros(1));
+    }
+
+    #[test]
+    fn half_a_datagram_per_second_means_one_every_two_seconds_in_total_as_tcp_bench() {
+        // TCP bench's schedule: message j at j / rate (echolab_load::schedule). Over 8
+        // sockets at --rate 0.5 the datagrams go at 0, 2, 4, ... s, one socket after
+        // another, not 0.5 per second per socket.
+        let times: Vec<Duration> = (0..8u64)
+            .map(|phase| {
+                Schedule {
+                    rate: 0.5,
+                    phase,
+                    stride: 8,
+                }
+                .intended(0)
+            })
+            .collect();
+        let expected: Vec<Duration> = (0..8).map(|j| Duration::from_secs(2 * j)).collect();
+        assert_eq!(times, expected);
+        let in_five_seconds: u64 = (0..8u64)
+            .map(|phase| {
+                Schedule {
+                    rate: 0.5,
+                    phase,
+                    stride: 8,
+                }
+                .due_before(0, Duration::from_secs(5))
+            })
+            .sum();
+        assert_eq!(in_five_seconds, 3, "0, 2 and 4 s");
     }
 
     #[test]

@@ -208,7 +208,10 @@ mod tests {
         ] {
             let line = refusal(&io::Error::from_raw_os_error(errno));
             assert!(line.contains(cause), "{line}");
-            assert!(line.ends_with(OTHER_MODELS) && !line.contains('\n'), "{line}");
+            assert!(
+                line.ends_with(OTHER_MODELS) && !line.contains('\n'),
+                "{line}"
+            );
         }
         let err = crate::UdpError::Unsupported {
             model: crate::UdpModel::Uring,

@@ -782,3 +782,38 @@ fn bench_udp_interrupted_exits_130_as_tcp_bench_does() {
     assert_eq!(doc["exit_code"], 130);
     assert!(doc["window_s"].as_f64().unwrap() < 30.0, "{doc}");
 }
+
+/// `--rate` means the same for TCP and UDP bench (messages per second in total, over all
+/// connections or sockets, one every 2 s here; the schedules themselves are compared in
+/// echolab-udp's bench tests): a rate that schedules nothing in the window is refused by
+/// both, in the same words.
+#[test]
+fn half_a_message_per_second_means_the_same_to_tcp_and_udp_bench() {
+    let run = |udp: bool, secs: &str| {
+        let mut cmd = echolab();
+        cmd.arg("bench");
+        if udp {
+            cmd.arg("--udp");
+        }
+        let child = cmd
+            .args(["127.0.0.1:9", "--rate", "0.5", "-d", secs, "-c", "1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = finish_bounded(child, STEP);
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (tcp_code, tcp_err) = run(false, "1");
+    let (udp_code, udp_err) = run(true, "1");
+    assert_eq!((tcp_code, udp_code), (Some(2), Some(2)));
+    assert!(
+        tcp_err.contains("--rate 0.5 sends no message in a 1 s window"),
+        "{tcp_err}"
+    );
+    assert_eq!(tcp_err, udp_err);
+}
