@@ -296,6 +296,11 @@ pub struct UdpBenchArgs {
     /// Print one JSON document on stdout instead of the summary.
     #[arg(long)]
     pub json: bool,
+
+    /// Seconds between progress lines on stderr (echoes/s since the previous line, sent,
+    /// lost and errors so far), as TCP bench's: 0 for none, else at least 0.1.
+    #[arg(long, default_value = "1", value_name = "SECS", value_parser = parse_interval, allow_negative_numbers = true)]
+    pub interval: Duration,
 }
 
 impl UdpBenchArgs {
@@ -453,7 +458,10 @@ pub fn run_bench(args: &UdpBenchArgs) -> ExitCode {
             return bench_fail(args.json, &message, 1);
         }
     };
-    let report = match crate::bench::run(&config, &stop) {
+    let lines = |now: &crate::bench::Progress, before: &crate::bench::Progress| {
+        eprintln!("{}", now.line(before));
+    };
+    let report = match crate::bench::run_with_progress(&config, &stop, args.interval, lines) {
         Ok(report) => report,
         Err(err) => {
             let message = format!("udp {}: {err}", config.addr);
@@ -618,6 +626,22 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 
 /// More than 0 and at most 1e9, as TCP bench's --rate; whether the window holds a
 /// datagram at that rate is checked with --duration ([`UdpBenchArgs::config`]).
+/// The progress interval: 0 (none) or from 0.1 s to a day, as TCP bench's.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    if text.trim().parse::<f64>() == Ok(0.0) {
+        return Ok(Duration::ZERO);
+    }
+    parse_float(text, "seconds", 0.0, 86_400.0).and_then(|secs| {
+        if secs < 0.1 {
+            Err(format!(
+                "a progress interval is 0 (none) or at least 0.1 s, got {text}"
+            ))
+        } else {
+            Ok(Duration::from_secs_f64(secs))
+        }
+    })
+}
+
 fn parse_rate(text: &str) -> Result<f64, String> {
     parse_float(text, "datagrams per second", 0.0, 1e9)
 }
@@ -670,6 +694,10 @@ mod tests {
             ("--count", "0"),
             ("--count", "18446744073709551615"),
             ("--threads", "0"),
+            ("--interval", "0.01"),
+            ("--interval", "-1"),
+            ("--interval", "NaN"),
+            ("--interval", "1e300"),
         ] {
             let err = bench(&[flag, value]).unwrap_err();
             assert!(err.contains(value), "{flag} {value}: {err}");
