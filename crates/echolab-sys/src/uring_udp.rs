@@ -297,14 +297,19 @@ impl UdpRing {
         self.lent -= 1;
     }
 
-    /// Submits every queued request and waits for at least one completion, or until
-    /// `timeout` passes. One system call for the whole turn.
-    pub fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<()> {
+    /// Submits every queued request and waits for at least `want` completions (at least
+    /// one), or until `timeout` passes. One system call for the whole turn.
+    ///
+    /// A caller that has just queued replies can ask for one more completion than it has
+    /// replies in flight: each reply completes (at once, for UDP), so the wait ends with
+    /// the next datagram instead of waking the thread once for the replies and again for
+    /// the datagram.
+    pub fn submit_and_wait(&mut self, timeout: Duration, want: usize) -> io::Result<()> {
         let ts = Timespec::new()
             .sec(timeout.as_secs())
             .nsec(timeout.subsec_nanos());
         let args = SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(1, &args) {
+        match self.ring.submitter().submit_with_args(want.max(1), &args) {
             Ok(_) => Ok(()),
             // The timeout passed, or a signal arrived: both just end the wait.
             Err(err)
@@ -481,7 +486,7 @@ impl Drop for UdpRing {
                 if self.in_flight == 0 {
                     break;
                 }
-                let _ = self.submit_and_wait(Duration::from_millis(10));
+                let _ = self.submit_and_wait(Duration::from_millis(10), 1);
             }
         }
         if self.in_flight > 0
@@ -660,7 +665,7 @@ mod tests {
             if ring.bufs_free() > 0 {
                 ring.recv_multi().unwrap();
             }
-            ring.submit_and_wait(Duration::from_millis(100)).unwrap();
+            ring.submit_and_wait(Duration::from_millis(100), 1).unwrap();
             ring.completions(&mut out);
             for completion in out.drain(..) {
                 match completion {
@@ -714,7 +719,7 @@ mod tests {
         let mut tags = Vec::new();
         let mut out = Vec::new();
         for _ in 0..100 {
-            ring.submit_and_wait(Duration::from_millis(100)).unwrap();
+            ring.submit_and_wait(Duration::from_millis(100), 1).unwrap();
             ring.completions(&mut out);
             for completion in out.drain(..) {
                 if let UdpCompletion::Replied { tag, result } = completion {

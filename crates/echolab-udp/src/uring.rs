@@ -126,7 +126,10 @@ impl Loop<'_> {
         if receive && !self.ring.recv_armed() && self.ring.bufs_free() > 0 {
             self.ring.recv_multi()?;
         }
-        self.ring.submit_and_wait(wait)?;
+        // Wake for the next datagram, not for the replies of this turn: each reply in
+        // flight completes (at once, for UDP), so ask for one completion more than those.
+        let want = self.n_pending + usize::from(self.ring.recv_armed());
+        self.ring.submit_and_wait(wait, want)?;
         self.ring.completions(&mut self.completions);
         let now = Instant::now();
         let mut guard = self.guard.lock().unwrap_or_else(|e| e.into_inner());
