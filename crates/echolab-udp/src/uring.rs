@@ -200,6 +200,106 @@ impl Loop<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guard::Policy;
+    use crate::{UdpConfig, UdpError, UdpModel, UdpServer};
+    use std::sync::Arc;
+
+    /// A uring server on 127.0.0.1:0 with one loop, or None (SKIPPED said) where the
+    /// kernel refuses io_uring.
+    fn uring_server(policy: Policy) -> Option<UdpServer> {
+        let config = UdpConfig {
+            model: UdpModel::Uring,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            workers: Some(1),
+            policy,
+        };
+        match UdpServer::start(&config, Arc::new(AtomicBool::new(false))) {
+            Ok(server) => Some(server),
+            Err(UdpError::Unsupported { reason, .. }) => {
+                eprintln!("SKIPPED: {reason}");
+                None
+            }
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    /// Waits until the server has judged `n` datagrams (bounded: 10 s).
+    fn wait_received(server: &UdpServer, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.stats().received < n {
+            assert!(Instant::now() < deadline, "{:?}", server.stats());
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn it_echoes_what_the_guard_admits_counts_the_rest_and_counts_echoes_when_sent() {
+        let Some(server) = uring_server(Policy::default()) else {
+            return;
+        };
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = vec![0u8; BUF_LEN];
+        for size in [0usize, 1, 1400, crate::MAX_PAYLOAD_V4] {
+            let sent: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+            client.send_to(&sent, server.local_addr()).unwrap();
+            let (len, from) = client.recv_from(&mut buf).unwrap();
+            assert_eq!(from, server.local_addr());
+            assert!(buf[..len] == sent[..], "{size}-byte echo differs");
+        }
+        // Source port 13 (daytime) is never answered. Root may bind it; others skip.
+        let reserved = UdpSocket::bind("127.0.0.1:13").ok();
+        if let Some(reserved) = &reserved {
+            reserved.send_to(b"loop?", server.local_addr()).unwrap();
+            wait_received(&server, 5);
+        } else {
+            eprintln!("skipped: source port 13: cannot bind 127.0.0.1:13");
+        }
+        let stats = server.join().unwrap();
+        let n_reserved = u64::from(reserved.is_some());
+        assert_eq!(stats.received, 4 + n_reserved);
+        assert_eq!(stats.echoed, 4);
+        assert_eq!(stats.dropped(DropReason::ReservedPort), n_reserved);
+        assert_eq!(stats.total_dropped(), n_reserved);
+        if let Some(reserved) = reserved {
+            reserved.set_nonblocking(true).unwrap();
+            assert!(reserved.recv(&mut buf).is_err(), "a reply reached port 13");
+        }
+    }
+
+    #[test]
+    fn more_datagrams_than_buffers_at_once_are_all_echoed() {
+        // 4 × N_BUFS datagrams, in bursts of 128 (well within both sockets' queues):
+        // every buffer is reused four times over, and whether or not the receive runs out
+        // of buffers on the way (ENOBUFS, then armed again), each datagram is echoed.
+        let Some(server) = uring_server(Policy::with_limit(false, None)) else {
+            return;
+        };
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let n = 4 * usize::from(N_BUFS);
+        let mut got = 0usize;
+        let mut buf = [0u8; 16];
+        for round in 0..(n / 128) {
+            for idx in 0..128u32 {
+                let id = round as u32 * 128 + idx;
+                client
+                    .send_to(&id.to_le_bytes(), server.local_addr())
+                    .unwrap();
+            }
+            for _ in 0..128 {
+                assert_eq!(client.recv(&mut buf).unwrap(), 4);
+                got += 1;
+            }
+        }
+        assert_eq!(got, n);
+        let stats = server.join().unwrap();
+        assert_eq!((stats.received, stats.echoed), (n as u64, n as u64));
+    }
 
     #[test]
     fn a_refusal_is_one_line_that_names_the_cause_and_the_models_that_work() {
