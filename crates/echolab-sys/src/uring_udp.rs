@@ -813,6 +813,41 @@ mod tests {
     }
 
     #[test]
+    fn a_cancelled_receive_ends_with_ecanceled_and_can_be_armed_again() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let Some(mut ring) = ring_on(&server, 2, 64) else {
+            return;
+        };
+        ring.recv_multi().unwrap();
+        ring.submit_and_wait(Duration::from_millis(1), 1).unwrap();
+        assert!(ring.recv_armed());
+        ring.cancel_recv().unwrap();
+        let mut errors = Vec::new();
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while ring.recv_armed() && std::time::Instant::now() < deadline {
+            ring.submit_and_wait(Duration::from_millis(100), 1).unwrap();
+            ring.completions(&mut out);
+            for completion in out.drain(..) {
+                if let UdpCompletion::Received {
+                    result: Err(err), ..
+                } = completion
+                {
+                    errors.push(err.raw_os_error());
+                }
+            }
+        }
+        assert!(!ring.recv_armed());
+        assert_eq!(errors, vec![Some(libc::ECANCELED)]);
+        client
+            .send_to(b"again", server.local_addr().unwrap())
+            .unwrap();
+        let got = receive(&mut ring, 1);
+        assert_eq!(ring.payload(&got[0]), b"again");
+    }
+
+    #[test]
     fn ipv6_sources_are_read_whole() {
         let Ok(server) = UdpSocket::bind("[::1]:0") else {
             eprintln!("SKIPPED: no IPv6 loopback here");
