@@ -848,6 +848,32 @@ mod tests {
     }
 
     #[test]
+    fn a_datagram_is_only_read_through_its_own_ring() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (Some(mut ring), Some(mut other_ring)) =
+            (ring_on(&server, 2, 64), ring_on(&other, 2, 64))
+        else {
+            return;
+        };
+        client
+            .send_to(b"mine", server.local_addr().unwrap())
+            .unwrap();
+        let mut got = receive(&mut ring, 1);
+        let datagram = got.pop().unwrap();
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            other_ring.payload(&datagram).len()
+        }));
+        assert!(read.is_err(), "another ring read the datagram");
+        let recycled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            other_ring.recycle(datagram)
+        }));
+        assert!(recycled.is_err(), "another ring took the buffer back");
+        assert_eq!(other_ring.bufs_free(), 2);
+    }
+
+    #[test]
     fn ipv6_sources_are_read_whole() {
         let Ok(server) = UdpSocket::bind("[::1]:0") else {
             eprintln!("SKIPPED: no IPv6 loopback here");
