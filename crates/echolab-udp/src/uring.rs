@@ -291,10 +291,19 @@ mod tests {
                     .send_to(&id.to_le_bytes(), server.local_addr())
                     .unwrap();
             }
-            for _ in 0..128 {
-                assert_eq!(client.recv(&mut buf).unwrap(), 4);
-                got += 1;
-            }
+            let mut ids: Vec<u32> = (0..128)
+                .map(|_| {
+                    assert_eq!(client.recv(&mut buf).unwrap(), 4);
+                    got += 1;
+                    u32::from_le_bytes(buf[..4].try_into().unwrap())
+                })
+                .collect();
+            ids.sort_unstable();
+            let sent: Vec<u32> = (0..128).map(|idx| round as u32 * 128 + idx).collect();
+            assert_eq!(
+                ids, sent,
+                "round {round}: each echo is its own datagram's bytes"
+            );
         }
         assert_eq!(got, n);
         let stats = server.join().unwrap();
