@@ -819,9 +819,16 @@ mod tests {
         let Some(mut ring) = ring_on(&server, 2, 64) else {
             return;
         };
+        let in_flight = |ring: &UdpRing| {
+            let debug = format!("{ring:?}");
+            debug
+                .contains("in_flight: ")
+                .then(|| debug.split("in_flight: ").nth(1).unwrap()[..1].to_string())
+        };
         ring.recv_multi().unwrap();
         ring.submit_and_wait(Duration::from_millis(1), 1).unwrap();
         assert!(ring.recv_armed());
+        assert_eq!(in_flight(&ring).as_deref(), Some("1"), "the armed receive");
         ring.cancel_recv().unwrap();
         let mut errors = Vec::new();
         let mut out = Vec::new();
@@ -840,6 +847,16 @@ mod tests {
         }
         assert!(!ring.recv_armed());
         assert_eq!(errors, vec![Some(libc::ECANCELED)]);
+        // The receive and the cancel request have both ended (the cancel's completion
+        // may come in a later turn).
+        for _ in 0..10 {
+            if in_flight(&ring).as_deref() == Some("0") {
+                break;
+            }
+            ring.submit_and_wait(Duration::from_millis(10), 1).unwrap();
+            ring.completions(&mut out);
+        }
+        assert_eq!(in_flight(&ring).as_deref(), Some("0"));
         client
             .send_to(b"again", server.local_addr().unwrap())
             .unwrap();

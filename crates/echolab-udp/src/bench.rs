@@ -321,12 +321,19 @@ impl Schedule {
         // The first slot due at or after `end`, estimated, then corrected against
         // `intended` itself (the estimate can be off by a rounding step).
         let estimate = (end.as_secs_f64() * self.rate - self.phase as f64) / self.stride as f64;
-        let mut k = if estimate.is_finite() && estimate > 0.0 {
-            (estimate.ceil() as u64).max(first)
+        let guess = if estimate.is_finite() && estimate > 0.0 {
+            estimate.ceil() as u64
         } else {
-            first
+            0
         };
-        for _ in 0..4 {
+        self.first_due_at_or_after(end, guess.max(first), first) - first
+    }
+
+    /// The first slot from `first` on due at or after `end`, from `guess` (at least
+    /// `first`) moved by at most [`Schedule::CORRECTION`] steps either way.
+    fn first_due_at_or_after(&self, end: Duration, guess: u64, first: u64) -> u64 {
+        let mut k = guess;
+        for _ in 0..Self::CORRECTION {
             if k > first && self.intended(k - 1) >= end {
                 k -= 1;
             } else if self.intended(k) < end {
@@ -335,8 +342,12 @@ impl Schedule {
                 break;
             }
         }
-        k - first
+        k
     }
+
+    /// Steps the estimate of [`Schedule::due_before`] may be corrected by (it is off by
+    /// one at most, from the rounding of `f64`).
+    const CORRECTION: usize = 4;
 }
 
 /// What one thread measured.
@@ -817,6 +828,31 @@ mod tests {
         assert_eq!(second.intended(0), ms(5));
         assert_eq!(second.due_before(0, ms(100)), 10);
         assert_eq!(second.due_before(0, ms(95)), 9);
+    }
+
+    #[test]
+    fn a_guess_off_by_a_few_slots_is_corrected_against_the_times_themselves() {
+        // 100 per second: slot 10 is the first at or after 100 ms.
+        let one = Schedule {
+            rate: 100.0,
+            phase: 0,
+            stride: 1,
+        };
+        let end = Duration::from_millis(100);
+        for guess in 7..=13 {
+            assert_eq!(
+                one.first_due_at_or_after(end, guess, 0),
+                10,
+                "guess {guess}"
+            );
+        }
+        // Never below `first`, even when every slot from there is due after `end`.
+        assert_eq!(one.first_due_at_or_after(end, 12, 12), 12);
+        assert_eq!(one.first_due_at_or_after(end, 14, 12), 12);
+        // 101 ms: slot 10 (100 ms) is inside, 11 is the first outside.
+        let end = Duration::from_millis(101);
+        assert_eq!(one.first_due_at_or_after(end, 9, 0), 11);
+        assert_eq!(one.first_due_at_or_after(end, 13, 0), 11);
     }
 
     #[test]
