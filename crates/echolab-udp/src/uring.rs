@@ -270,6 +270,29 @@ mod tests {
     }
 
     #[test]
+    fn datagrams_queued_when_it_stops_are_echoed_and_counted_before_it_returns() {
+        let Some(server) = uring_server(Policy::with_limit(false, None)) else {
+            return;
+        };
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // In the server socket's queue (loopback delivers within the send) before the
+        // stop flag is set.
+        for idx in 0..64u8 {
+            client.send_to(&[idx; 8], server.local_addr()).unwrap();
+        }
+        let stats = server.join().unwrap();
+        // Every reply was sent and counted before join returned.
+        assert_eq!((stats.received, stats.echoed), (64, 64));
+        let mut buf = [0u8; 16];
+        for _ in 0..64 {
+            assert_eq!(client.recv(&mut buf).unwrap(), 8);
+        }
+    }
+
+    #[test]
     fn more_datagrams_than_buffers_at_once_are_all_echoed() {
         // 4 × N_BUFS datagrams, in bursts of 128 (well within both sockets' queues):
         // every buffer is reused four times over, and whether or not the receive runs out
