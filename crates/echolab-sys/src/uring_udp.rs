@@ -891,6 +891,19 @@ mod tests {
     }
 
     #[test]
+    fn a_wait_that_times_out_is_not_an_error() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let Some(mut ring) = ring_on(&server, 2, 64) else {
+            return;
+        };
+        // Nothing queued and nothing to complete: the kernel says ETIME.
+        ring.submit_and_wait(Duration::from_millis(1), 1).unwrap();
+        let mut out = Vec::new();
+        ring.completions(&mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
     fn ipv6_sources_are_read_whole() {
         let Ok(server) = UdpSocket::bind("[::1]:0") else {
             eprintln!("SKIPPED: no IPv6 loopback here");

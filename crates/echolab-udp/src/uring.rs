@@ -293,6 +293,49 @@ mod tests {
     }
 
     #[test]
+    fn a_turn_counts_its_replies_in_flight_and_gives_their_tags_back() {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let ring = match UdpRing::new(socket.as_raw_fd(), 4, BUF_LEN) {
+            Ok(ring) => ring,
+            Err(err) => {
+                eprintln!("SKIPPED: {}", refusal(&err));
+                return;
+            }
+        };
+        let guard = Mutex::new(Guard::new(Policy::with_limit(false, None)));
+        let mut state = Loop {
+            ring,
+            guard: &guard,
+            pending: Vec::new(),
+            free: Vec::new(),
+            n_pending: 0,
+            completions: Vec::new(),
+            arrived: Vec::new(),
+        };
+        for idx in 0..3u8 {
+            client
+                .send_to(&[idx], socket.local_addr().unwrap())
+                .unwrap();
+        }
+        let mut arrived = 0;
+        for _ in 0..100 {
+            arrived += state.turn(Duration::from_millis(100), true).unwrap();
+            if arrived == 3 && state.n_pending == 0 {
+                break;
+            }
+        }
+        assert_eq!((arrived, state.n_pending), (3, 0));
+        assert!(state.pending.iter().all(Option::is_none));
+        assert_eq!(
+            state.free.len(),
+            state.pending.len(),
+            "every tag is free again"
+        );
+        assert_eq!(guard.lock().unwrap().stats().echoed, 3);
+    }
+
+    #[test]
     fn more_datagrams_than_buffers_at_once_are_all_echoed() {
         // 4 × N_BUFS datagrams, in bursts of 128 (well within both sockets' queues):
         // every buffer is reused four times over, and whether or not the receive runs out
