@@ -6,11 +6,11 @@ Usage: scripts/bench-udp.py [--runs N] [--secs S] [--echolab PATH]
 
 Two groups, each run alternately (A B A B ...), N runs each (default 3), medians:
 
-1. Server CPU per datagram: `echolab serve --udp-only --model reactor --workers 1
-   --udp-rate-per-source off` against `ref_udp -t 1` (one loop each), both loaded by the
+1. Server CPU per datagram: `echolab serve --udp-only --model reactor|uring --workers 1
+   --udp-rate-per-source off` against `ref_udp -t 1` (one loop each), all loaded by the
    same `udpgen -c 8 -s 64` (no warm-up). CPU is utime+stime of the server process from
-   /proc/PID/stat over the run, divided by the echoes udpgen counted. The uring model
-   serves no UDP yet, so it has no row.
+   /proc/PID/stat over the run, divided by the echoes udpgen counted. Where the kernel
+   refuses io_uring the uring row says so.
 2. Load generator: `echolab bench --udp -c 8 -s 64 -t 1` against `udpgen -c 8 -s 64 -t 1`,
    both against the same `ref_udp -t 1`: echoes/s and the loss counts of each.
 
@@ -60,10 +60,13 @@ class Server:
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 20
+        said = ""
         while time.monotonic() < deadline:
             line = self.proc.stderr.readline()
             if not line:
-                raise RuntimeError(f"{argv[0]} exited before listening")
+                self.proc.wait(timeout=5)
+                raise RuntimeError(f"{os.path.basename(argv[0])} exited before listening: {said.strip()}")
+            said = line
             if ready in line:
                 return
         self.stop()
@@ -105,8 +108,8 @@ def echolab_bench(echolab, port, secs):
             "late": doc["late"], "bad": doc["corrupt"]}
 
 
-def echolab_server(echolab, port):
-    return Server([echolab, "serve", "--udp-only", "--model", "reactor", "--workers", "1",
+def echolab_server(echolab, port, model):
+    return Server([echolab, "serve", "--udp-only", "--model", model, "--workers", "1",
                    "--udp-rate-per-source", "off", "--quiet", "--listen", f"127.0.0.1:{port}"],
                   "udp listening on")
 
@@ -136,12 +139,21 @@ def main():
                          text=True, check=True).stdout.strip()
 
     # Group 1: server CPU per datagram, one loop each, the same udpgen load.
-    cpu = {"echolab reactor (1 loop)": [], "ref_udp -t 1": []}
+    cpu = {"echolab reactor (1 loop)": [], "echolab uring (1 loop)": [], "ref_udp -t 1": []}
+    refused = {}
     loss1 = {k: [] for k in cpu}
     for run in range(args.runs):
         for name in cpu:
+            if name in refused:
+                continue
             port = free_udp_port()
-            server = echolab_server(args.echolab, port) if name.startswith("echolab") else ref_server(ref, port)
+            try:
+                server = echolab_server(args.echolab, port, name.split()[1]) if name.startswith("echolab") \
+                    else ref_server(ref, port)
+            except RuntimeError as err:
+                refused[name] = str(err)
+                log(f"  {name}: {err}")
+                continue
             try:
                 before = server.cpu()
                 res = udpgen(ref, port, args.secs)
@@ -171,18 +183,21 @@ def main():
             log(f"  run {run + 1} {name}: {res['rate']:.0f} echoes/s, lost {res['lost']}, "
                 f"late {res['late']}, bad {res['bad']}")
 
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"UDP, 8 sockets × 64 B, {args.runs} alternated runs of {args.secs} s each, medians; "
-          "client and server share this machine's cores.")
+          f"client and server share this machine's {os.cpu_count()} cores; load average at the end {load}.")
     print()
     print("| server (loaded by udpgen) | CPU ns/datagram | ratio to ref_udp -t 1 | target | lost+late per run |")
     print("|---|---|---|---|---|")
     ref_cpu = statistics.median(cpu["ref_udp -t 1"])
     for name, values in cpu.items():
+        if name in refused:
+            print(f"| {name} | — | — | no row: {refused[name]} | — |")
+            continue
         med = statistics.median(values)
         ratio = med / ref_cpu if ref_cpu else float("nan")
         target = "—" if name.startswith("ref") else f"≤ 1.00× {verdict(ratio, 1.0, False)}"
         print(f"| {name} | {med:.0f} | {ratio:.2f}× | {target} | {loss1[name]} |")
-    print("| echolab uring | — | — | no row: uring serves no UDP yet | — |")
     print()
     print("| load generator (against ref_udp -t 1) | echoes/s | ratio to udpgen | target | lost per run |")
     print("|---|---|---|---|---|")

@@ -16,6 +16,8 @@
 //!   lab's reproduction of the lecture's printf-in-a-handler deadlock.
 //! - [`uring`]: io_uring for the `uring` server model, with the rule that memory named by
 //!   a request belongs to the ring until its completion.
+//! - [`uring_udp`]: io_uring for the UDP `uring` model (multishot `recvmsg`, replies by
+//!   `sendmsg` from the receive buffer), under the same rule.
 
 use std::io;
 
@@ -23,6 +25,7 @@ pub mod pthread;
 pub mod racy;
 pub mod sigchld_lock;
 pub mod uring;
+pub mod uring_udp;
 
 /// What `fork` returned, in the process that sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

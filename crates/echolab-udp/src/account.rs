@@ -305,6 +305,16 @@ mod tests {
     }
 
     #[test]
+    fn slots_never_sent_add_up_and_count_as_intended() {
+        let mut flow = sent_n(2, ms(50));
+        flow.not_sent(3);
+        flow.not_sent(4);
+        assert_eq!(flow.counts().unsent, 7);
+        assert_eq!(flow.counts().intended(), 9);
+        assert_eq!(flow.counts().sent, 2);
+    }
+
+    #[test]
     fn every_tenth_missing_is_ten_percent_loss() {
         let mut flow = sent_n(100, ms(50));
         for seq in (0..100).filter(|s| s % 10 != 9) {

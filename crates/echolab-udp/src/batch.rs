@@ -30,6 +30,12 @@ pub struct Batch {
     received: Vec<Received>,
     recv_headers: MultiHeaders<SockaddrStorage>,
     send_headers: MultiHeaders<SockaddrStorage>,
+    /// Scratch kept between calls (cleared, never shrunk), so that a batch allocates only
+    /// the I/O vectors that borrow `bufs`: the indices admitted, the send outcomes and
+    /// the reply addresses.
+    admitted: Vec<usize>,
+    outcomes: Vec<bool>,
+    addrs: Vec<Option<SockaddrStorage>>,
 }
 
 impl std::fmt::Debug for Batch {
@@ -64,6 +70,9 @@ impl Batch {
             received: Vec::with_capacity(BATCH),
             recv_headers: MultiHeaders::preallocate(BATCH, None),
             send_headers: MultiHeaders::preallocate(BATCH, None),
+            admitted: Vec::with_capacity(BATCH),
+            outcomes: Vec::with_capacity(BATCH),
+            addrs: Vec::with_capacity(BATCH),
         }
     }
 
@@ -116,7 +125,8 @@ impl Batch {
         }
         // The guard's verdicts, under one lock for the whole batch.
         let now = Instant::now();
-        let mut admitted: Vec<usize> = Vec::with_capacity(n_received);
+        let mut admitted = std::mem::take(&mut self.admitted);
+        admitted.clear();
         {
             let mut guard = guard.lock().unwrap_or_else(|e| e.into_inner());
             for (idx, got) in self.received.iter().enumerate() {
@@ -127,24 +137,36 @@ impl Batch {
                 }
             }
         }
-        let outcomes = self.send(fd, &admitted);
+        self.send_into(fd, &admitted);
         let mut guard = guard.lock().unwrap_or_else(|e| e.into_inner());
-        for (idx, sent) in admitted.iter().zip(outcomes) {
+        for (idx, sent) in admitted.iter().zip(&self.outcomes) {
             let got = self.received[*idx];
-            if sent {
+            if *sent {
                 guard.echoed(got.len, got.src);
             } else {
                 guard.count_drop(DropReason::SendFailed, got.src, now);
             }
         }
+        self.admitted = admitted;
         Ok(n_received)
     }
 
-    /// Sends datagram `idx` back to its source for every `idx` of `which`; whether each
-    /// went out. A failed message is skipped and the rest retried: sendmmsg reports an
-    /// error only for the first message of a call.
+    /// [`Batch::send_into`], returning the outcomes (for the tests).
+    #[cfg(test)]
     fn send(&mut self, fd: RawFd, which: &[usize]) -> Vec<bool> {
-        let mut outcomes = vec![false; which.len()];
+        self.send_into(fd, which);
+        self.outcomes.clone()
+    }
+
+    /// Sends datagram `idx` back to its source for every `idx` of `which`; whether each
+    /// went out lands in `self.outcomes` (in `which`'s order). A failed message is skipped
+    /// and the rest retried: sendmmsg reports an error only for the first message of a
+    /// call.
+    fn send_into(&mut self, fd: RawFd, which: &[usize]) {
+        let mut outcomes = std::mem::take(&mut self.outcomes);
+        outcomes.clear();
+        outcomes.resize(which.len(), false);
+        let mut addrs = std::mem::take(&mut self.addrs);
         let mut start = 0;
         // Each round either sends at least one message or skips one: bounded by len.
         // (`<=` would only add one empty sendmmsg at the end: a surviving mutant.)
@@ -154,10 +176,11 @@ impl Batch {
                 .iter()
                 .map(|idx| [IoSlice::new(&self.bufs[*idx][..self.received[*idx].len])])
                 .collect();
-            let addrs: Vec<Option<SockaddrStorage>> = rest
-                .iter()
-                .map(|idx| Some(SockaddrStorage::from(self.received[*idx].src)))
-                .collect();
+            addrs.clear();
+            addrs.extend(
+                rest.iter()
+                    .map(|idx| Some(SockaddrStorage::from(self.received[*idx].src))),
+            );
             match sendmmsg(
                 fd,
                 &mut self.send_headers,
@@ -184,7 +207,8 @@ impl Batch {
                 Err(_) => start += 1,
             }
         }
-        outcomes
+        self.outcomes = outcomes;
+        self.addrs = addrs;
     }
 }
 

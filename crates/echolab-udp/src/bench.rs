@@ -8,7 +8,8 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -286,10 +287,67 @@ struct Sock {
     socket: mio::net::UdpSocket,
     conn_id: u32,
     flow: Flow,
-    /// Open loop: the next intended send time.
+    /// Open loop: this socket's share of the schedule.
+    schedule: Option<Schedule>,
+    /// Open loop: the next intended send time (`schedule.intended(slots)`).
     next_send: Duration,
     /// Open loop: slots of the schedule used so far (sent, or failed to send).
     slots: u64,
+}
+
+/// One socket's share of the open loop's schedule, the same schedule as TCP bench's
+/// (`echolab_load::schedule::RateSchedule`): datagram `j` of the aggregate is due `j /
+/// rate` seconds after the start, and socket `phase` of `stride` sends datagrams `phase`,
+/// `phase + stride`, ... of it. So `--rate 0.5` means one datagram every 2 s in total,
+/// whatever the socket count, for UDP and TCP alike. Each time is computed from the slot
+/// number, so rounding never accumulates (at 7e8/s a step of 1.43 ns is not rounded to
+/// 1 ns once and added up).
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    rate: f64,
+    phase: u64,
+    stride: u64,
+}
+
+impl Schedule {
+    /// When this socket's slot `slot` is due, from the start.
+    fn intended(&self, slot: u64) -> Duration {
+        let aggregate = slot.saturating_mul(self.stride).saturating_add(self.phase);
+        Duration::try_from_secs_f64(aggregate as f64 / self.rate).unwrap_or(Duration::MAX)
+    }
+
+    /// How many of this socket's slots from `first` on are due before `end`.
+    fn due_before(&self, first: u64, end: Duration) -> u64 {
+        // The first slot due at or after `end`, estimated, then corrected against
+        // `intended` itself (the estimate can be off by a rounding step).
+        let estimate = (end.as_secs_f64() * self.rate - self.phase as f64) / self.stride as f64;
+        let guess = if estimate.is_finite() && estimate > 0.0 {
+            estimate.ceil() as u64
+        } else {
+            0
+        };
+        self.first_due_at_or_after(end, guess.max(first), first) - first
+    }
+
+    /// The first slot from `first` on due at or after `end`, from `guess` (at least
+    /// `first`) moved by at most [`Schedule::CORRECTION`] steps either way.
+    fn first_due_at_or_after(&self, end: Duration, guess: u64, first: u64) -> u64 {
+        let mut k = guess;
+        for _ in 0..Self::CORRECTION {
+            if k > first && self.intended(k - 1) >= end {
+                k -= 1;
+            } else if self.intended(k) < end {
+                k += 1;
+            } else {
+                break;
+            }
+        }
+        k
+    }
+
+    /// Steps the estimate of [`Schedule::due_before`] may be corrected by (it is off by
+    /// one at most, from the rounding of `f64`).
+    const CORRECTION: usize = 4;
 }
 
 /// What one thread measured.
@@ -307,11 +365,62 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("histogram bounds")
 }
 
+/// The counts so far, as the progress lines see them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Since the first send.
+    pub elapsed: Duration,
+    pub sent: u64,
+    pub echoed: u64,
+    pub lost: u64,
+    pub socket_errors: u64,
+}
+
+impl Progress {
+    /// The line `bench --udp --interval` prints: like TCP bench's (`bench: 2.0 s measured,
+    /// 41000 messages/s, 0 errors`), with the echo rate since `before` (the previous line)
+    /// and the loss so far.
+    pub fn line(&self, before: &Progress) -> String {
+        let dt = self.elapsed.saturating_sub(before.elapsed).as_secs_f64();
+        let rate = self.echoed.saturating_sub(before.echoed) as f64 / dt.max(1e-3);
+        format!(
+            "bench: {:.1} s measured, {rate:.0} echoes/s, {} sent, {} lost, {} errors",
+            self.elapsed.as_secs_f64(),
+            self.sent,
+            self.lost,
+            self.socket_errors
+        )
+    }
+}
+
+/// One thread's counts, published for the progress lines.
+#[derive(Debug, Default)]
+struct Tally {
+    sent: AtomicU64,
+    echoed: AtomicU64,
+    lost: AtomicU64,
+    socket_errors: AtomicU64,
+}
+
+/// How often a thread publishes its counts (at most; it also does at its end).
+const PUBLISH_EVERY: Duration = Duration::from_millis(20);
+
 /// Runs the load until the duration (or count) is done and every datagram is resolved,
 /// or `stop` is set (then it stops sending and still resolves what is outstanding).
 ///
 /// Errors: creating or connecting a socket.
 pub fn run(config: &UdpBenchConfig, stop: &AtomicBool) -> io::Result<UdpReport> {
+    run_with_progress(config, stop, Duration::ZERO, |_, _| {})
+}
+
+/// [`run`], calling `progress(now, before)` every `interval` (never when it is zero) from
+/// a thread of its own, with the counts so far and those of the previous call.
+pub fn run_with_progress(
+    config: &UdpBenchConfig,
+    stop: &AtomicBool,
+    interval: Duration,
+    mut progress: impl FnMut(&Progress, &Progress) + Send,
+) -> io::Result<UdpReport> {
     let local: IpAddr = if config.addr.is_ipv4() {
         Ipv4Addr::UNSPECIFIED.into()
     } else {
@@ -319,31 +428,72 @@ pub fn run(config: &UdpBenchConfig, stop: &AtomicBool) -> io::Result<UdpReport> 
     };
     let n_threads = config.n_threads.clamp(1, config.n_conns.max(1));
     let mut groups: Vec<Vec<Sock>> = (0..n_threads).map(|_| Vec::new()).collect();
-    // Open loop: socket i sends every n_conns/rate seconds, offset by i/rate, so that the
+    // Open loop: socket i sends the aggregate's datagrams i, i + n_conns, ..., so that the
     // total is the rate, evenly spread.
-    let interval = config
-        .rate
-        .map(|rate| Duration::from_secs_f64(config.n_conns as f64 / rate));
+    let open = config.rate.is_some();
     for conn_idx in 0..config.n_conns {
         let socket = mio::net::UdpSocket::bind(SocketAddr::new(local, 0))?;
         socket.connect(config.addr)?;
-        let offset = config.rate.map_or(Duration::ZERO, |rate| {
-            Duration::from_secs_f64(conn_idx as f64 / rate)
+        let schedule = config.rate.map(|rate| Schedule {
+            rate,
+            phase: conn_idx as u64,
+            stride: config.n_conns as u64,
         });
         groups[conn_idx % n_threads].push(Sock {
             socket,
             conn_id: conn_idx as u32,
             flow: Flow::new(config.timeout),
-            next_send: offset,
+            next_send: schedule.map_or(Duration::ZERO, |s| s.intended(0)),
+            schedule,
             slots: 0,
         });
     }
+    let tallies: Vec<Tally> = (0..n_threads).map(|_| Tally::default()).collect();
     let start = Instant::now();
     let parts: Vec<io::Result<Part>> = std::thread::scope(|scope| {
+        // The reporter ticks until every driver has hung up its end of the channel.
+        let (alive, all_done) = mpsc::channel::<()>();
         let handles: Vec<_> = groups
             .into_iter()
-            .map(|socks| scope.spawn(move || drive(config, socks, interval, start, stop)))
+            .zip(&tallies)
+            .map(|(socks, tally)| {
+                let alive = alive.clone();
+                scope.spawn(move || {
+                    let part = drive(config, socks, open, start, stop, tally);
+                    drop(alive);
+                    part
+                })
+            })
             .collect();
+        drop(alive);
+        if !interval.is_zero() {
+            let tallies = &tallies;
+            scope.spawn(move || {
+                let mut before = Progress::default();
+                for tick in 1u32.. {
+                    let due = interval.saturating_mul(tick);
+                    let wait = due.saturating_sub(start.elapsed());
+                    if all_done.recv_timeout(wait) != Err(mpsc::RecvTimeoutError::Timeout) {
+                        break;
+                    }
+                    let now = Progress {
+                        elapsed: start.elapsed(),
+                        sent: tallies.iter().map(|t| t.sent.load(Ordering::Relaxed)).sum(),
+                        echoed: tallies
+                            .iter()
+                            .map(|t| t.echoed.load(Ordering::Relaxed))
+                            .sum(),
+                        lost: tallies.iter().map(|t| t.lost.load(Ordering::Relaxed)).sum(),
+                        socket_errors: tallies
+                            .iter()
+                            .map(|t| t.socket_errors.load(Ordering::Relaxed))
+                            .sum(),
+                    };
+                    progress(&now, &before);
+                    before = now;
+                }
+            });
+        }
         handles
             .into_iter()
             .map(|h| {
@@ -387,9 +537,10 @@ pub fn run(config: &UdpBenchConfig, stop: &AtomicBool) -> io::Result<UdpReport> 
 fn drive(
     config: &UdpBenchConfig,
     mut socks: Vec<Sock>,
-    interval: Option<Duration>,
+    open: bool,
     start: Instant,
     stop: &AtomicBool,
+    tally: &Tally,
 ) -> io::Result<Part> {
     let mut poll = Poll::new()?;
     for (idx, sock) in socks.iter_mut().enumerate() {
@@ -403,17 +554,22 @@ fn drive(
     let mut latency = new_histogram();
     let mut socket_errors = 0u64;
     let mut window: Option<Duration> = None;
+    let mut published = Duration::ZERO;
     loop {
         let now = start.elapsed();
+        if now >= published + PUBLISH_EVERY {
+            published = now;
+            publish(&socks, socket_errors, tally);
+        }
         let sending = now < config.duration && !stop.load(Ordering::SeqCst);
         if !sending && window.is_none() {
             // The window ends: every slot of the schedule due in it and not used is
             // counted unsent (a generator that fell behind must say so).
             let end = now.min(config.duration);
             window = Some(end);
-            if let Some(interval) = interval {
-                for sock in socks.iter_mut() {
-                    let due = due_before(sock.next_send, interval, end);
+            for sock in socks.iter_mut() {
+                if let Some(schedule) = sock.schedule {
+                    let due = schedule.due_before(sock.slots, end);
                     let left = config.count.map_or(due, |n| due.min(n - sock.slots));
                     sock.flow.not_sent(left);
                 }
@@ -422,14 +578,14 @@ fn drive(
         // Sends.
         let mut next_wake: Option<Duration> = None;
         for sock in socks.iter_mut() {
-            match interval {
+            match sock.schedule {
                 None => {
                     let may_send = sending && config.count.is_none_or(|n| sock.flow.next_seq() < n);
                     if may_send && sock.flow.outstanding() == 0 {
                         send(sock, now, now, &mut out, &mut socket_errors, false);
                     }
                 }
-                Some(interval) => {
+                Some(schedule) => {
                     let may_send =
                         |sock: &Sock| sending && config.count.is_none_or(|n| sock.slots < n);
                     for _ in 0..SEND_BUDGET {
@@ -437,8 +593,8 @@ fn drive(
                             break;
                         }
                         let intended = sock.next_send;
-                        sock.next_send += interval;
                         sock.slots += 1;
+                        sock.next_send = schedule.intended(sock.slots);
                         send(sock, intended, now, &mut out, &mut socket_errors, true);
                     }
                     if may_send(sock) {
@@ -454,7 +610,7 @@ fn drive(
             if let Some(deadline) = sock.flow.next_deadline() {
                 next_wake = earliest(next_wake, deadline);
             }
-            let used = if interval.is_some() {
+            let used = if open {
                 sock.slots
             } else {
                 sock.flow.next_seq()
@@ -486,7 +642,7 @@ fn drive(
                 // anything else can arrive; reading on only to hear WouldBlock would cost
                 // a system call per echo. (Epoll reports the next arrival as a new edge,
                 // so a stray duplicate still queued is read then.)
-                if interval.is_none() && sock.flow.outstanding() == 0 {
+                if !open && sock.flow.outstanding() == 0 {
                     break;
                 }
                 match sock.socket.recv(&mut buf) {
@@ -515,6 +671,7 @@ fn drive(
     for sock in socks.iter_mut() {
         sock.flow.give_up();
     }
+    publish(&socks, socket_errors, tally);
     let mut counts = Counts::default();
     let mut jitters = Vec::new();
     for sock in &socks {
@@ -530,6 +687,18 @@ fn drive(
         socket_errors,
         window: window.unwrap_or_else(|| start.elapsed().min(config.duration)),
     })
+}
+
+/// Stores one thread's counts so far where the progress lines read them.
+fn publish(socks: &[Sock], socket_errors: u64, tally: &Tally) {
+    let mut total = Counts::default();
+    for sock in socks {
+        total.add(sock.flow.counts());
+    }
+    tally.sent.store(total.sent, Ordering::Relaxed);
+    tally.echoed.store(total.echoed, Ordering::Relaxed);
+    tally.lost.store(total.lost, Ordering::Relaxed);
+    tally.socket_errors.store(socket_errors, Ordering::Relaxed);
 }
 
 fn earliest(a: Option<Duration>, b: Duration) -> Option<Duration> {
@@ -560,16 +729,6 @@ fn send(
             }
         }
     }
-}
-
-/// How many send times `first`, `first + interval`, ... fall before `end`.
-fn due_before(first: Duration, interval: Duration, end: Duration) -> u64 {
-    if first >= end {
-        return 0;
-    }
-    let span = (end - first).as_nanos();
-    let step = interval.as_nanos().max(1);
-    span.div_ceil(step) as u64
 }
 
 #[cfg(test)]
@@ -620,21 +779,132 @@ mod tests {
     }
 
     #[test]
+    fn a_progress_line_says_the_rate_since_the_previous_one() {
+        let before = Progress {
+            elapsed: Duration::from_millis(1_000),
+            sent: 1_000,
+            echoed: 990,
+            lost: 3,
+            socket_errors: 0,
+        };
+        let now = Progress {
+            elapsed: Duration::from_millis(1_500),
+            sent: 2_100,
+            echoed: 2_090,
+            lost: 5,
+            socket_errors: 1,
+        };
+        assert_eq!(
+            now.line(&before),
+            "bench: 1.5 s measured, 2200 echoes/s, 2100 sent, 5 lost, 1 errors"
+        );
+        assert_eq!(
+            before.line(&Progress::default()),
+            "bench: 1.0 s measured, 990 echoes/s, 1000 sent, 3 lost, 0 errors"
+        );
+    }
+
+    #[test]
     fn due_before_counts_the_send_times_in_the_window() {
+        // 100 per second over 1 socket: 0, 10, ..., 90 ms are in a 100 ms window.
+        let one = Schedule {
+            rate: 100.0,
+            phase: 0,
+            stride: 1,
+        };
         let ms = Duration::from_millis;
-        assert_eq!(due_before(ms(0), ms(10), ms(100)), 10, "0, 10, ..., 90");
-        assert_eq!(due_before(ms(5), ms(10), ms(100)), 10, "5, 15, ..., 95");
-        assert_eq!(due_before(ms(0), ms(10), ms(101)), 11, "100 too");
-        assert_eq!(
-            due_before(ms(100), ms(10), ms(100)),
-            0,
-            "the end is outside"
-        );
-        assert_eq!(due_before(ms(150), ms(10), ms(100)), 0);
-        assert_eq!(
-            due_before(ms(0), Duration::ZERO, Duration::from_nanos(3)),
-            3
-        );
+        assert_eq!(one.due_before(0, ms(100)), 10, "0, 10, ..., 90");
+        assert_eq!(one.due_before(0, ms(101)), 11, "100 too");
+        assert_eq!(one.due_before(3, ms(100)), 7, "30, ..., 90");
+        assert_eq!(one.due_before(10, ms(100)), 0, "the end is outside");
+        assert_eq!(one.due_before(15, ms(100)), 0);
+        assert_eq!(one.due_before(0, Duration::ZERO), 0);
+        // Socket 1 of 2 at 200 per second: 5, 15, ..., 95 ms.
+        let second = Schedule {
+            rate: 200.0,
+            phase: 1,
+            stride: 2,
+        };
+        assert_eq!(second.intended(0), ms(5));
+        assert_eq!(second.due_before(0, ms(100)), 10);
+        assert_eq!(second.due_before(0, ms(95)), 9);
+    }
+
+    #[test]
+    fn a_guess_off_by_a_few_slots_is_corrected_against_the_times_themselves() {
+        // 100 per second: slot 10 is the first at or after 100 ms.
+        let one = Schedule {
+            rate: 100.0,
+            phase: 0,
+            stride: 1,
+        };
+        let end = Duration::from_millis(100);
+        for guess in 7..=13 {
+            assert_eq!(
+                one.first_due_at_or_after(end, guess, 0),
+                10,
+                "guess {guess}"
+            );
+        }
+        // Never below `first`, even when every slot from there is due after `end`.
+        assert_eq!(one.first_due_at_or_after(end, 12, 12), 12);
+        assert_eq!(one.first_due_at_or_after(end, 14, 12), 12);
+        // 101 ms: slot 10 (100 ms) is inside, 11 is the first outside.
+        let end = Duration::from_millis(101);
+        assert_eq!(one.first_due_at_or_after(end, 9, 0), 11);
+        assert_eq!(one.first_due_at_or_after(end, 13, 0), 11);
+    }
+
+    #[test]
+    fn an_extreme_rate_keeps_its_count_and_times_do_not_drift() {
+        // 7e8 per second on one socket: a step of 1.43 ns. Rounded once to 1 ns and added
+        // up, a millisecond would hold 1,000,000 slots; it holds 700,000.
+        let fast = Schedule {
+            rate: 7e8,
+            phase: 0,
+            stride: 1,
+        };
+        assert_eq!(fast.due_before(0, Duration::from_millis(1)), 700_000);
+        assert_eq!(fast.intended(700_000), Duration::from_millis(1));
+        // The slowest rate there is: 1e-9 per second is one datagram per 31.7 years.
+        let slow = Schedule {
+            rate: 1e-9,
+            phase: 0,
+            stride: 8,
+        };
+        assert_eq!(slow.due_before(0, Duration::from_secs(3600)), 1);
+        let year_254 = Duration::from_secs(8_000_000_000);
+        assert!(slow.intended(1).abs_diff(year_254) < Duration::from_micros(1));
+    }
+
+    #[test]
+    fn half_a_datagram_per_second_means_one_every_two_seconds_in_total_as_tcp_bench() {
+        // TCP bench's schedule: message j at j / rate (echolab_load::schedule). Over 8
+        // sockets at --rate 0.5 the datagrams go at 0, 2, 4, ... s, one socket after
+        // another, not 0.5 per second per socket.
+        let times: Vec<Duration> = (0..8u64)
+            .map(|phase| {
+                Schedule {
+                    rate: 0.5,
+                    phase,
+                    stride: 8,
+                }
+                .intended(0)
+            })
+            .collect();
+        let expected: Vec<Duration> = (0..8).map(|j| Duration::from_secs(2 * j)).collect();
+        assert_eq!(times, expected);
+        let in_five_seconds: u64 = (0..8u64)
+            .map(|phase| {
+                Schedule {
+                    rate: 0.5,
+                    phase,
+                    stride: 8,
+                }
+                .due_before(0, Duration::from_secs(5))
+            })
+            .sum();
+        assert_eq!(in_five_seconds, 3, "0, 2 and 4 s");
     }
 
     #[test]

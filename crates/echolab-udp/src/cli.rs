@@ -26,7 +26,8 @@ use crate::{UdpConfig, UdpModel, UdpServer};
 #[derive(Debug, Clone, clap::Args)]
 pub struct UdpServeArgs {
     /// Also serve UDP echo (RFC 862) on the --listen address (same port as TCP). Models:
-    /// iterative, event, reactor, async.
+    /// iterative, event, reactor, uring, async (uring exits 2 where the kernel refuses
+    /// io_uring).
     #[arg(long, conflicts_with = "udp_only")]
     pub udp: bool,
 
@@ -298,6 +299,11 @@ pub struct UdpBenchArgs {
     /// Print one JSON document on stdout instead of the summary.
     #[arg(long)]
     pub json: bool,
+
+    /// Seconds between progress lines on stderr (echoes/s since the previous line, sent,
+    /// lost and errors so far), as TCP bench's: 0 for none, else at least 0.1.
+    #[arg(long, default_value = "1", value_name = "SECS", value_parser = parse_interval, allow_negative_numbers = true)]
+    pub interval: Duration,
 }
 
 impl UdpBenchArgs {
@@ -309,6 +315,17 @@ impl UdpBenchArgs {
                 "--size {} is more than one UDP datagram carries to {} ({max} bytes)",
                 self.size, self.addr
             ));
+        }
+        // As TCP bench: a rate that schedules nothing in the window is refused, in TCP
+        // bench's words.
+        if let Some(rate) = self.rate {
+            let window = self.duration.as_secs_f64();
+            if rate * window < 1.0 {
+                return Err(format!(
+                    "--rate {rate:?} sends no message in a {window} s window: at least {} per second",
+                    1.0 / window
+                ));
+            }
         }
         Ok(UdpBenchConfig {
             addr: self.addr,
@@ -447,7 +464,10 @@ pub fn run_bench(args: &UdpBenchArgs) -> ExitCode {
             return bench_fail(args.json, &message, 1);
         }
     };
-    let report = match crate::bench::run(&config, &stop) {
+    let lines = |now: &crate::bench::Progress, before: &crate::bench::Progress| {
+        eprintln!("{}", now.line(before));
+    };
+    let report = match crate::bench::run_with_progress(&config, &stop, args.interval, lines) {
         Ok(report) => report,
         Err(err) => {
             let message = format!("udp {}: {err}", config.addr);
@@ -571,16 +591,26 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     units::duration(text, Duration::from_millis(1), Duration::from_secs(3_600))
 }
 
-fn parse_rate(text: &str) -> Result<f64, String> {
-    parse_float(text, "datagrams per second", 0.0, 1e9).and_then(|r| {
-        if r < 0.001 {
+/// More than 0 and at most 1e9, as TCP bench's --rate; whether the window holds a
+/// datagram at that rate is checked with --duration ([`UdpBenchArgs::config`]).
+/// The progress interval: 0 (none) or from 0.1 s to a day, as TCP bench's.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    if text.trim().parse::<f64>() == Ok(0.0) {
+        return Ok(Duration::ZERO);
+    }
+    parse_float(text, "seconds", 0.0, 86_400.0).and_then(|secs| {
+        if secs < 0.1 {
             Err(format!(
-                "datagrams per second must be at least 0.001, got {text}"
+                "a progress interval is 0 (none) or at least 0.1 s, got {text}"
             ))
         } else {
-            Ok(r)
+            Ok(Duration::from_secs_f64(secs))
         }
     })
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    parse_float(text, "datagrams per second", 0.0, 1e9)
 }
 
 fn parse_percent(text: &str) -> Result<f64, String> {
@@ -619,7 +649,6 @@ mod tests {
             ("--duration", "1e-10"),
             ("--duration", "NaN"),
             ("--rate", "0"),
-            ("--rate", "1e-10"),
             ("--rate", "NaN"),
             ("--rate", "inf"),
             ("--rate", "-5"),
@@ -632,10 +661,32 @@ mod tests {
             ("--count", "0"),
             ("--count", "18446744073709551615"),
             ("--threads", "0"),
+            ("--interval", "0.01"),
+            ("--interval", "-1"),
+            ("--interval", "NaN"),
+            ("--interval", "1e300"),
         ] {
             let err = bench(&[flag, value]).unwrap_err();
             assert!(err.contains(value), "{flag} {value}: {err}");
         }
+    }
+
+    #[test]
+    fn a_rate_is_checked_against_the_window_as_tcp_bench_checks_it() {
+        let config = |rate: &str, secs: &str| {
+            bench(&["--rate", rate, "--duration", secs])
+                .unwrap()
+                .config()
+        };
+        let err = config("1e-10", "5").unwrap_err();
+        assert!(err.starts_with("--rate 1e-10 sends no message"), "{err}");
+        let err = config("0.5", "1").unwrap_err();
+        assert_eq!(
+            err,
+            "--rate 0.5 sends no message in a 1 s window: at least 1 per second"
+        );
+        assert_eq!(config("0.5", "2").unwrap().rate, Some(0.5));
+        assert_eq!(config("1e-4", "10000").unwrap().rate, Some(1e-4));
     }
 
     #[test]

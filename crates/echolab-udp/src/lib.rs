@@ -5,7 +5,8 @@
 //! UDP has no connections, so the lecture's question "how does the server schedule its
 //! connections?" becomes "how does it wait for the next datagram?": blocked in `recvfrom`
 //! (iterative), in `poll` (event), in one epoll loop per core with a socket each (reactor),
-//! or in tokio's runtime (async). Thread- and process-per-connection have nothing to hand
+//! in one io_uring per core with a multishot receive armed (uring), or in tokio's runtime
+//! (async). Thread- and process-per-connection have nothing to hand
 //! out and refuse `--udp` with a one-line reason ([`UdpModel::for_model`]).
 //!
 //! Architecture invariant: no loop sends a datagram that [`guard::Guard::admit`] has not
@@ -17,6 +18,7 @@
 //!   per source address with a bounded table) and the drop counts by reason.
 //! - The models: [`iterative`] (one blocking `recvfrom`/`sendto` at a time), [`event`]
 //!   (`poll(2)` then batches), [`reactor`] (N mio loops, one SO_REUSEPORT socket each),
+//!   [`uring`] (N io_uring loops, one SO_REUSEPORT socket each, multishot `recvmsg`),
 //!   [`async_tokio`] (tokio tasks on one socket).
 //! - [`batch`]: `recvmmsg`/`sendmmsg` batches for the event and reactor loops.
 //! - Load: [`wire`] (the bench datagram: connection id, sequence number, pattern),
@@ -37,6 +39,7 @@ pub mod event;
 pub mod guard;
 pub mod iterative;
 pub mod reactor;
+pub mod uring;
 pub mod wire;
 
 use std::fmt;
@@ -88,6 +91,9 @@ pub enum UdpModel {
     Event,
     /// N mio event loops, each with its own SO_REUSEPORT socket, batched.
     Reactor,
+    /// N io_uring loops, each with its own SO_REUSEPORT socket: multishot `recvmsg` into
+    /// provided buffers, `sendmsg` replies batched per turn.
+    Uring,
     /// tokio's multi-threaded runtime: N tasks receiving on one shared socket.
     Async,
 }
@@ -101,14 +107,11 @@ impl UdpModel {
             "event" => Ok(UdpModel::Event),
             "reactor" => Ok(UdpModel::Reactor),
             "async" => Ok(UdpModel::Async),
+            "uring" => Ok(UdpModel::Uring),
             "thread" | "process" | "prethreaded" => Err(format!(
-                "model {name} serves no UDP: it hands each connection to a {}, and UDP has no connections to hand out (use iterative, event, reactor or async)",
+                "model {name} serves no UDP: it hands each connection to a {}, and UDP has no connections to hand out (use iterative, event, reactor, uring or async)",
                 if name == "process" { "process" } else { "thread" }
             )),
-            "uring" => Err(
-                "model uring serves no UDP yet: multishot recvmsg with provided buffers is not written (use reactor, the batched epoll loops)"
-                    .to_string(),
-            ),
             other => Err(format!("unknown model {other:?}")),
         }
     }
@@ -119,6 +122,7 @@ impl UdpModel {
             UdpModel::Iterative => "iterative",
             UdpModel::Event => "event",
             UdpModel::Reactor => "reactor",
+            UdpModel::Uring => "uring",
             UdpModel::Async => "async",
         }
     }
@@ -136,7 +140,7 @@ pub struct UdpConfig {
     pub model: UdpModel,
     /// The address to bind; port 0 picks a free one.
     pub listen: SocketAddr,
-    /// Loops (reactor) or tasks (async); default: one per CPU. Ignored by iterative and
+    /// Loops (reactor, uring) or tasks (async); default: one per CPU. Ignored by iterative and
     /// event, which have one loop by definition.
     pub workers: Option<usize>,
     pub policy: Policy,
@@ -149,6 +153,9 @@ pub enum UdpError {
     Bind { addr: SocketAddr, source: io::Error },
     /// A loop failed (a receive error other than the transient ones).
     Io(io::Error),
+    /// The model cannot run on this machine (io_uring refused by the kernel): one line,
+    /// naming the models that can.
+    Unsupported { model: UdpModel, reason: String },
 }
 
 impl UdpError {
@@ -156,7 +163,7 @@ impl UdpError {
     /// serving.
     pub fn exit_code(&self) -> u8 {
         match self {
-            UdpError::Bind { .. } => 2,
+            UdpError::Bind { .. } | UdpError::Unsupported { .. } => 2,
             UdpError::Io(_) => 1,
         }
     }
@@ -167,6 +174,9 @@ impl fmt::Display for UdpError {
         match self {
             UdpError::Bind { addr, source } => write!(f, "cannot bind udp {addr}: {source}"),
             UdpError::Io(err) => write!(f, "udp: {err}"),
+            UdpError::Unsupported { model, reason } => {
+                write!(f, "model {model} cannot run here (udp): {reason}")
+            }
         }
     }
 }
@@ -215,20 +225,25 @@ impl UdpServer {
     pub fn start(config: &UdpConfig, stop: Arc<AtomicBool>) -> Result<UdpServer, UdpError> {
         let guard = Arc::new(Mutex::new(Guard::new(config.policy)));
         let workers = config.workers.unwrap_or_else(default_workers).max(1);
-        let reactor = config.model == UdpModel::Reactor;
-        let first = bind(config.listen, reactor)?;
+        // The models with a loop per core give each loop its own socket on the same port.
+        let per_loop = matches!(config.model, UdpModel::Reactor | UdpModel::Uring);
+        let first = bind(config.listen, per_loop)?;
         let addr = first.local_addr().map_err(UdpError::Io)?;
         let mut sockets = vec![first];
-        if reactor {
+        if per_loop {
             // The other loops bind the port the first one got.
             for _ in 1..workers {
                 sockets.push(bind(addr, true)?);
             }
         }
         let mut loops = Vec::new();
+        // Each uring loop makes its ring on its own thread (the ring accepts submissions
+        // only from there) and says here whether the kernel allowed it.
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(sockets.len());
         for (loop_idx, socket) in sockets.into_iter().enumerate() {
             let guard = Arc::clone(&guard);
             let stop = Arc::clone(&stop);
+            let ready = ready_tx.clone();
             let model = config.model;
             let handle = std::thread::Builder::new()
                 .name(format!("udp-{model}-{loop_idx}"))
@@ -236,17 +251,36 @@ impl UdpServer {
                     UdpModel::Iterative => iterative::serve(socket, &guard, &stop),
                     UdpModel::Event => event::serve(socket, &guard, &stop),
                     UdpModel::Reactor => reactor::serve(socket, &guard, &stop),
+                    UdpModel::Uring => uring::serve(socket, &guard, &stop, ready),
                     UdpModel::Async => async_tokio::serve(socket, workers, guard, stop),
                 })
                 .map_err(UdpError::Io)?;
             loops.push(handle);
         }
-        Ok(UdpServer {
+        drop(ready_tx);
+        let server = UdpServer {
             addr,
             stop,
             loops,
             guard,
-        })
+        };
+        if config.model == UdpModel::Uring {
+            for _ in 0..server.loops.len() {
+                match ready_rx.recv() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => {
+                        return Err(UdpError::Unsupported {
+                            model: config.model,
+                            reason: err.to_string(),
+                        })
+                    }
+                    Err(_) => {
+                        return Err(UdpError::Io(io::Error::other("a udp loop ended at start")))
+                    }
+                }
+            }
+        }
+        Ok(server)
     }
 
     /// The bound address (with the port picked for port 0).
@@ -353,11 +387,11 @@ mod tests {
 
     #[test]
     fn models_without_connections_refuse_with_one_line() {
-        for name in ["thread", "process", "prethreaded", "uring"] {
+        for name in ["thread", "process", "prethreaded"] {
             let reason = UdpModel::for_model(name).unwrap_err();
             assert!(reason.contains(name) && !reason.contains('\n'), "{reason}");
         }
-        for name in ["iterative", "event", "reactor", "async"] {
+        for name in ["iterative", "event", "reactor", "uring", "async"] {
             assert_eq!(UdpModel::for_model(name).unwrap().name(), name);
         }
     }

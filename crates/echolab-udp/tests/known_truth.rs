@@ -287,3 +287,45 @@ fn an_open_loop_accounts_exactly_the_send_times_of_its_window() {
     assert_eq!(c.echoed + c.lost, c.sent);
     assert_eq!(report.verdict(100.0).0, if c.unsent == 0 { 0 } else { 1 });
 }
+
+/// `--interval`: progress lines while the run goes, their figures never ahead of the
+/// final counts and never going backwards. Every 10th datagram is dropped and each drop
+/// stalls its socket for the 100 ms timeout, so the run lasts about a second: the 0.1 s
+/// ticks see it.
+#[test]
+fn progress_ticks_report_counts_that_only_grow_up_to_the_final_ones() {
+    use echolab_udp::bench::{run_with_progress, Progress};
+    let server = wrong_server(|idx| if idx % 10 == 9 { Act::Drop } else { Act::Echo });
+    let cfg = config(server.addr, 4, 100, 100);
+    let ticks = std::sync::Mutex::new(Vec::<(Progress, String)>::new());
+    let report = run_with_progress(
+        &cfg,
+        &AtomicBool::new(false),
+        Duration::from_millis(100),
+        |now, before| {
+            ticks.lock().unwrap().push((now.clone(), now.line(before)));
+        },
+    )
+    .unwrap();
+    let ticks = ticks.into_inner().unwrap();
+    let c = &report.counts;
+    assert_eq!((c.sent, c.echoed, c.lost), (400, 360, 40));
+    eprintln!("{} ticks in {:?}", ticks.len(), report.elapsed);
+    assert!(
+        !ticks.is_empty(),
+        "a run of {:?} had no tick",
+        report.elapsed
+    );
+    let mut before = Progress::default();
+    for (now, line) in &ticks {
+        eprintln!("{line}");
+        assert!(
+            line.starts_with("bench: ") && line.contains(" echoes/s, "),
+            "{line}"
+        );
+        assert!(now.sent >= before.sent && now.echoed >= before.echoed && now.lost >= before.lost);
+        assert!(now.sent <= c.sent && now.echoed <= c.echoed && now.lost <= c.lost);
+        assert!(now.elapsed > before.elapsed);
+        before = now.clone();
+    }
+}

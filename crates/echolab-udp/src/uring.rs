@@ -1,0 +1,401 @@
+//! The io_uring UDP server: N loops, each with its own SO_REUSEPORT socket and its own
+//! ring. One multishot `recvmsg` stays armed on the socket and the kernel fills provided
+//! buffers with datagrams as they come; each turn the loop judges what arrived, queues a
+//! `sendmsg` reply per admitted datagram (from the buffer it arrived in), and hands the
+//! whole batch to the kernel in the same system call that waits for the next completions.
+//!
+//! Trade-off: no readiness step and no copy, and one `io_uring_enter` per turn for any
+//! number of receives and replies; the cost is the buffer bookkeeping (a buffer is lent
+//! from its arrival until its reply completes, and the receive stops, `ENOBUFS`, when
+//! all are lent, until the loop gives some back and re-arms it).
+//!
+//! The unsafe ring code is [`echolab_sys::uring_udp`]; this file is the scheduling.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use echolab_sys::uring_udp::{Datagram, UdpCompletion, UdpRing};
+use nix::libc;
+
+use crate::guard::{DropReason, Guard};
+use crate::{BUF_LEN, TICK};
+
+/// Receive buffers per ring (each with room for [`BUF_LEN`] payload bytes; pages are
+/// touched only as datagrams fill them).
+pub const N_BUFS: u16 = 256;
+
+/// Turns spent echoing what is already queued once the stop flag is seen.
+const FINAL_TURNS: usize = 64;
+
+/// How long the loop waits for its cancelled receive and its replies in flight to end.
+const FINAL_WAIT: Duration = Duration::from_secs(1);
+
+/// The models that run where io_uring does not.
+const OTHER_MODELS: &str = "reactor, event, iterative, async";
+
+/// Why this kernel refuses the ring, in one line naming the models that work instead.
+pub fn refusal(err: &io::Error) -> String {
+    let why = match err.raw_os_error() {
+        Some(libc::EPERM) => "io_uring is not permitted here (EPERM: disabled by kernel.io_uring_disabled or a seccomp policy, common in containers)".to_string(),
+        Some(libc::ENOSYS) => "this kernel has no io_uring (ENOSYS)".to_string(),
+        Some(libc::EINVAL) => "this kernel's io_uring lacks provided-buffer rings or multishot recvmsg (EINVAL; needs Linux 6.0 or later)".to_string(),
+        _ => format!("cannot set up io_uring: {err}"),
+    };
+    format!("{why}; models that serve UDP here: {OTHER_MODELS}")
+}
+
+/// A datagram whose reply is in flight: what the guard counts when the reply completes.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    src: SocketAddr,
+    len: usize,
+}
+
+/// One loop's state between turns.
+struct Loop<'a> {
+    ring: UdpRing,
+    guard: &'a Mutex<Guard>,
+    /// Replies in flight, by tag; `free` lists the unused tags.
+    pending: Vec<Option<Pending>>,
+    free: Vec<usize>,
+    n_pending: usize,
+    completions: Vec<UdpCompletion>,
+    arrived: Vec<Datagram>,
+}
+
+/// Runs one loop on `socket` until `stop` is set, then echoes what is already queued
+/// (bounded) and waits for its replies. `ready` hears first whether the ring could be
+/// made (the loop ends at once if not).
+pub fn serve(
+    socket: UdpSocket,
+    guard: &Mutex<Guard>,
+    stop: &AtomicBool,
+    ready: SyncSender<io::Result<()>>,
+) -> io::Result<()> {
+    let ring = match UdpRing::new(socket.as_raw_fd(), N_BUFS, BUF_LEN) {
+        Ok(ring) => {
+            let _ = ready.send(Ok(()));
+            ring
+        }
+        Err(err) => {
+            let _ = ready.send(Err(io::Error::new(err.kind(), refusal(&err))));
+            return Ok(());
+        }
+    };
+    let mut state = Loop {
+        ring,
+        guard,
+        pending: Vec::new(),
+        free: Vec::new(),
+        n_pending: 0,
+        completions: Vec::new(),
+        arrived: Vec::new(),
+    };
+    while !stop.load(Ordering::SeqCst) {
+        state.turn(TICK, true)?;
+    }
+    // Echo what is queued already: turns that each find datagrams, then stop receiving.
+    for _ in 0..FINAL_TURNS {
+        if state.turn(Duration::from_millis(1), true)? == 0 {
+            break;
+        }
+    }
+    if state.ring.recv_armed() {
+        state.ring.cancel_recv()?;
+    }
+    let deadline = Instant::now() + FINAL_WAIT;
+    while (state.ring.recv_armed() || state.n_pending > 0) && Instant::now() < deadline {
+        state.turn(Duration::from_millis(10), false)?;
+    }
+    // `socket` outlives the ring (dropped after `state`), which cancels what is left.
+    drop(state);
+    drop(socket);
+    Ok(())
+}
+
+impl Loop<'_> {
+    /// One turn: (re-)arm the receive if it ended and a buffer is free, submit the queued
+    /// replies and wait up to `wait` for completions, then judge the datagrams that
+    /// arrived and queue their replies. Returns how many datagrams arrived.
+    fn turn(&mut self, wait: Duration, receive: bool) -> io::Result<usize> {
+        if receive && !self.ring.recv_armed() && self.ring.bufs_free() > 0 {
+            self.ring.recv_multi()?;
+        }
+        // Wake for the next datagram, not for the replies of this turn: each reply in
+        // flight completes (at once, for UDP), so ask for one completion more than those.
+        let want = self.n_pending + usize::from(self.ring.recv_armed());
+        self.ring.submit_and_wait(wait, want)?;
+        self.ring.completions(&mut self.completions);
+        let now = Instant::now();
+        let mut guard = self.guard.lock().unwrap_or_else(|e| e.into_inner());
+        for completion in self.completions.drain(..) {
+            match completion {
+                UdpCompletion::Received { result: Ok(d), .. } => self.arrived.push(d),
+                // The receive ended: out of buffers (ENOBUFS), cancelled, or an error
+                // such as an ICMP report of an earlier send; armed again next turn. Only
+                // an error that says the request itself is wrong ends the loop.
+                UdpCompletion::Received {
+                    result: Err(err), ..
+                } => {
+                    if matches!(
+                        err.raw_os_error(),
+                        Some(libc::EBADF | libc::EINVAL | libc::ENOTSOCK | libc::EOPNOTSUPP)
+                    ) {
+                        return Err(err);
+                    }
+                }
+                UdpCompletion::Replied { tag, result } => {
+                    let Some(done) = self.pending.get_mut(tag as usize).and_then(Option::take)
+                    else {
+                        continue;
+                    };
+                    self.free.push(tag as usize);
+                    self.n_pending -= 1;
+                    match result {
+                        Ok(n) if n == done.len => guard.echoed(done.len, done.src),
+                        _ => guard.count_drop(DropReason::SendFailed, done.src, now),
+                    }
+                }
+            }
+        }
+        let n_arrived = self.arrived.len();
+        for datagram in self.arrived.drain(..) {
+            let Some(src) = datagram.src else {
+                // Not IPv4 or IPv6: cannot happen on an inet socket; nothing to reply to.
+                self.ring.recycle(datagram);
+                continue;
+            };
+            if datagram.truncated {
+                guard.count_drop(DropReason::Truncated, src, now);
+                self.ring.recycle(datagram);
+            } else if guard.admit(src, now).is_ok() {
+                let len = datagram.len();
+                let tag = self.free.pop().unwrap_or(self.pending.len());
+                if tag == self.pending.len() {
+                    self.pending.push(None);
+                }
+                match self.ring.reply(datagram, tag as u64) {
+                    Ok(()) => {
+                        self.pending[tag] = Some(Pending { src, len });
+                        self.n_pending += 1;
+                    }
+                    Err(_) => {
+                        self.free.push(tag);
+                        guard.count_drop(DropReason::SendFailed, src, now);
+                    }
+                }
+            } else {
+                self.ring.recycle(datagram);
+            }
+        }
+        Ok(n_arrived)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guard::Policy;
+    use crate::{UdpConfig, UdpError, UdpModel, UdpServer};
+    use std::sync::Arc;
+
+    /// A uring server on 127.0.0.1:0 with one loop, or None (SKIPPED said) where the
+    /// kernel refuses io_uring.
+    fn uring_server(policy: Policy) -> Option<UdpServer> {
+        let config = UdpConfig {
+            model: UdpModel::Uring,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            workers: Some(1),
+            policy,
+        };
+        match UdpServer::start(&config, Arc::new(AtomicBool::new(false))) {
+            Ok(server) => Some(server),
+            Err(UdpError::Unsupported { reason, .. }) => {
+                eprintln!("SKIPPED: {reason}");
+                None
+            }
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    /// Waits until the server has judged `n` datagrams (bounded: 10 s).
+    fn wait_received(server: &UdpServer, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.stats().received < n {
+            assert!(Instant::now() < deadline, "{:?}", server.stats());
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn it_echoes_what_the_guard_admits_counts_the_rest_and_counts_echoes_when_sent() {
+        let Some(server) = uring_server(Policy::default()) else {
+            return;
+        };
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = vec![0u8; BUF_LEN];
+        for size in [0usize, 1, 1400, crate::MAX_PAYLOAD_V4] {
+            let sent: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+            client.send_to(&sent, server.local_addr()).unwrap();
+            let (len, from) = client.recv_from(&mut buf).unwrap();
+            assert_eq!(from, server.local_addr());
+            assert!(buf[..len] == sent[..], "{size}-byte echo differs");
+        }
+        // Source port 13 (daytime) is never answered. Root may bind it; others skip.
+        let reserved = UdpSocket::bind("127.0.0.1:13").ok();
+        if let Some(reserved) = &reserved {
+            reserved.send_to(b"loop?", server.local_addr()).unwrap();
+            wait_received(&server, 5);
+        } else {
+            eprintln!("skipped: source port 13: cannot bind 127.0.0.1:13");
+        }
+        let stats = server.join().unwrap();
+        let n_reserved = u64::from(reserved.is_some());
+        assert_eq!(stats.received, 4 + n_reserved);
+        assert_eq!(stats.echoed, 4);
+        assert_eq!(stats.dropped(DropReason::ReservedPort), n_reserved);
+        assert_eq!(stats.total_dropped(), n_reserved);
+        if let Some(reserved) = reserved {
+            reserved.set_nonblocking(true).unwrap();
+            assert!(reserved.recv(&mut buf).is_err(), "a reply reached port 13");
+        }
+    }
+
+    #[test]
+    fn datagrams_queued_when_it_stops_are_echoed_and_counted_before_it_returns() {
+        let Some(server) = uring_server(Policy::with_limit(false, None)) else {
+            return;
+        };
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // In the server socket's queue (loopback delivers within the send) before the
+        // stop flag is set.
+        for idx in 0..64u8 {
+            client.send_to(&[idx; 8], server.local_addr()).unwrap();
+        }
+        let stats = server.join().unwrap();
+        // Every reply was sent and counted before join returned.
+        assert_eq!((stats.received, stats.echoed), (64, 64));
+        let mut buf = [0u8; 16];
+        for _ in 0..64 {
+            assert_eq!(client.recv(&mut buf).unwrap(), 8);
+        }
+    }
+
+    #[test]
+    fn a_turn_counts_its_replies_in_flight_and_gives_their_tags_back() {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let ring = match UdpRing::new(socket.as_raw_fd(), 4, BUF_LEN) {
+            Ok(ring) => ring,
+            Err(err) => {
+                eprintln!("SKIPPED: {}", refusal(&err));
+                return;
+            }
+        };
+        let guard = Mutex::new(Guard::new(Policy::with_limit(false, None)));
+        let mut state = Loop {
+            ring,
+            guard: &guard,
+            pending: Vec::new(),
+            free: Vec::new(),
+            n_pending: 0,
+            completions: Vec::new(),
+            arrived: Vec::new(),
+        };
+        for idx in 0..3u8 {
+            client
+                .send_to(&[idx], socket.local_addr().unwrap())
+                .unwrap();
+        }
+        let mut arrived = 0;
+        for _ in 0..100 {
+            arrived += state.turn(Duration::from_millis(100), true).unwrap();
+            if arrived == 3 && state.n_pending == 0 {
+                break;
+            }
+        }
+        assert_eq!((arrived, state.n_pending), (3, 0));
+        assert!(state.pending.iter().all(Option::is_none));
+        assert_eq!(
+            state.free.len(),
+            state.pending.len(),
+            "every tag is free again"
+        );
+        assert_eq!(guard.lock().unwrap().stats().echoed, 3);
+    }
+
+    #[test]
+    fn more_datagrams_than_buffers_at_once_are_all_echoed() {
+        // 4 × N_BUFS datagrams, in bursts of 128 (well within both sockets' queues):
+        // every buffer is reused four times over, and whether or not the receive runs out
+        // of buffers on the way (ENOBUFS, then armed again), each datagram is echoed.
+        let Some(server) = uring_server(Policy::with_limit(false, None)) else {
+            return;
+        };
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let n = 4 * usize::from(N_BUFS);
+        let mut got = 0usize;
+        let mut buf = [0u8; 16];
+        for round in 0..(n / 128) {
+            for idx in 0..128u32 {
+                let id = round as u32 * 128 + idx;
+                client
+                    .send_to(&id.to_le_bytes(), server.local_addr())
+                    .unwrap();
+            }
+            let mut ids: Vec<u32> = (0..128)
+                .map(|_| {
+                    assert_eq!(client.recv(&mut buf).unwrap(), 4);
+                    got += 1;
+                    u32::from_le_bytes(buf[..4].try_into().unwrap())
+                })
+                .collect();
+            ids.sort_unstable();
+            let sent: Vec<u32> = (0..128).map(|idx| round as u32 * 128 + idx).collect();
+            assert_eq!(
+                ids, sent,
+                "round {round}: each echo is its own datagram's bytes"
+            );
+        }
+        assert_eq!(got, n);
+        let stats = server.join().unwrap();
+        assert_eq!((stats.received, stats.echoed), (n as u64, n as u64));
+    }
+
+    #[test]
+    fn a_refusal_is_one_line_that_names_the_cause_and_the_models_that_work() {
+        for (errno, cause) in [
+            (libc::EPERM, "EPERM"),
+            (libc::ENOSYS, "ENOSYS"),
+            (libc::EINVAL, "EINVAL"),
+            (libc::ENOMEM, "cannot set up io_uring"),
+        ] {
+            let line = refusal(&io::Error::from_raw_os_error(errno));
+            assert!(line.contains(cause), "{line}");
+            assert!(
+                line.ends_with(OTHER_MODELS) && !line.contains('\n'),
+                "{line}"
+            );
+        }
+        let err = crate::UdpError::Unsupported {
+            model: crate::UdpModel::Uring,
+            reason: "why".into(),
+        };
+        assert_eq!(err.to_string(), "model uring cannot run here (udp): why");
+        assert_eq!(err.exit_code(), 2);
+    }
+}
