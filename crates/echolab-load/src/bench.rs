@@ -39,6 +39,12 @@ pub fn run(args: BenchArgs) -> ExitCode {
     display.finish();
     match result {
         Ok(report) => {
+            if let Some(path) = &args.hdr_log {
+                if let Err(err) = crate::merge::write_bench_log(path, &report, &config) {
+                    eprintln!("echolab bench: cannot write {}: {err}", path.display());
+                    return ExitCode::from(1);
+                }
+            }
             let mut stdout = io::stdout().lock();
             let printed = if args.json {
                 let doc = report.to_json(&config);

@@ -113,6 +113,12 @@ pub struct BenchArgs {
     /// starved: an error (exit 1), counted once per connection, which stays open.
     #[arg(long, default_value_t = DEFAULT_STARVE_AFTER.as_secs_f64(), value_name = "SECS", value_parser = parse_secs_f64, allow_negative_numbers = true)]
     pub starve_after: f64,
+
+    /// Also write the latency as an HdrHistogram interval log (V2 compressed, values in
+    /// nanoseconds), one histogram per --interval of the measured window (the whole window
+    /// when --interval is 0); `echolab merge` adds such logs from several load machines.
+    #[arg(long, value_name = "FILE")]
+    pub hdr_log: Option<PathBuf>,
 }
 
 impl BenchArgs {
@@ -167,6 +173,7 @@ impl BenchArgs {
             connect_timeout: self.connect_timeout,
             stall_timeout: self.timeout,
             starve_after: Duration::from_secs_f64(self.starve_after),
+            hdr_interval: self.hdr_log.as_ref().map(|_| self.interval),
         })
     }
 }

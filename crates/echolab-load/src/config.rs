@@ -59,6 +59,9 @@ pub struct BenchConfig {
     /// A connection owed an echo that makes no progress for this long is starved: an
     /// error of its own kind, counted once per connection; it stays open.
     pub starve_after: Duration,
+    /// `--hdr-log`: keep the latency histogram per interval of this length (zero: one
+    /// interval, the window).
+    pub hdr_interval: Option<Duration>,
 }
 
 /// Where the worker thread count came from, for the report to say.
@@ -158,6 +161,7 @@ impl BenchConfig {
             connect_timeout: Duration::from_secs(5),
             stall_timeout: Duration::from_secs(10),
             starve_after: DEFAULT_STARVE_AFTER,
+            hdr_interval: None,
         }
     }
 

@@ -20,6 +20,8 @@
 //! - [`latency`]: HDR histograms of latency, merged across threads.
 //! - [`schedule`]: the open loop's constant-rate schedule (wrk2's method), shared by the
 //!   worker threads at evenly spaced phases.
+//! - [`hdr`]: histograms as data: V2 encoding, interval logs (`--hdr-log`).
+//! - [`merge`](mod@merge): `echolab merge`: several runs' histograms added into one report.
 //! - [`report`]: [`report::BenchReport`], errors by kind, incomplete messages, fairness,
 //!   text and JSON renderings. Imports the configuration, never the engine.
 //! - [`progress`]: a progress bar on a terminal, a line per interval otherwise.
@@ -34,8 +36,10 @@ pub mod client;
 pub mod compare;
 pub mod config;
 pub mod engine;
+pub mod hdr;
 pub mod hold;
 pub mod latency;
+pub mod merge;
 pub mod pattern;
 pub mod progress;
 pub mod report;

@@ -26,6 +26,9 @@ enum Command {
     Bench(echolab_load::BenchArgs),
     /// Run every model under the same load and write tables and charts.
     Compare(echolab_load::CompareArgs),
+    /// Combine bench results (--json documents, --hdr-log logs) from several load
+    /// machines into one report: counts and rates summed, exact merged percentiles.
+    Merge(echolab_load::merge::MergeArgs),
     /// Reproduce the lecture's hazards (races, deadlock, starvation...) and measure them.
     Lab(echolab_lab::LabArgs),
 }
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Command::Client(args) => echolab_load::run_client(args),
         Command::Bench(args) => echolab_load::run_bench(args),
         Command::Compare(args) => echolab_load::run_compare(args),
+        Command::Merge(args) => echolab_load::merge::run(args),
         Command::Lab(args) => echolab_lab::run(args),
     }
 }
