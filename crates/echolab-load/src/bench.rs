@@ -25,6 +25,9 @@ pub fn run(args: BenchArgs) -> ExitCode {
             return fail(args.json, &message, 1);
         }
     };
+    if args.hold.is_some() {
+        return crate::idle::run(&args, config, &stop);
+    }
     crate::raise_fd_limit();
     let unit = if config.workload() == Workload::Churn {
         "connections"

@@ -119,6 +119,44 @@ pub struct BenchArgs {
     /// when --interval is 0); `echolab merge` adds such logs from several load machines.
     #[arg(long, value_name = "FILE")]
     pub hdr_log: Option<PathBuf>,
+
+    /// Hold this many idle connections, each verified by one 8-byte echo, while --active
+    /// connections run the measured ping-pong; reports established, failed by kind, time
+    /// to establish and connect rate. One process holds at most its descriptor limit.
+    #[arg(long, value_name = "N", value_parser = parse_hold, allow_negative_numbers = true)]
+    pub hold: Option<u64>,
+
+    /// With --hold: the measured ping-pong connections beside the held ones (default:
+    /// --conns); 0 holds them idle for --duration.
+    #[arg(long, value_name = "K", value_parser = parse_active, allow_negative_numbers = true, requires = "hold")]
+    pub active: Option<usize>,
+
+    /// With --hold: local addresses to spread the held connections over, a range and/or
+    /// a list (127.0.0.2-127.0.0.20,127.0.1.1); within 127.0.0.0/8 for a loopback server.
+    #[arg(long, value_name = "A-B|LIST", requires = "hold")]
+    pub source_ip: Option<String>,
+
+    /// With --hold: connects per second (default: as fast as 1024 in flight allow).
+    #[arg(long, value_name = "PER_SEC", value_parser = parse_rate, allow_negative_numbers = true, requires = "hold")]
+    pub connect_rate: Option<f64>,
+}
+
+/// `--hold`: at least 1, at most ten million.
+fn parse_hold(text: &str) -> Result<u64, String> {
+    let n = parse_positive(text)? as u64;
+    const MAX: u64 = 10_000_000;
+    if n > MAX {
+        return Err(format!("at most {MAX} held connections, got {text}"));
+    }
+    Ok(n)
+}
+
+/// `--active`: 0 (hold only) up to the connection limit.
+fn parse_active(text: &str) -> Result<usize, String> {
+    if text.trim() == "0" {
+        return Ok(0);
+    }
+    parse_conns(text)
 }
 
 impl BenchArgs {

@@ -25,6 +25,8 @@
 //! - [`report`]: [`report::BenchReport`], errors by kind, incomplete messages, fairness,
 //!   text and JSON renderings. Imports the configuration, never the engine.
 //! - [`progress`]: a progress bar on a terminal, a line per interval otherwise.
+//! - [`idle`]: `bench --hold N`: idle connections (spread over source addresses) held
+//!   beside the measured ones; prints its report like `bench`.
 //! - [`hold`]: many idle connections held open (compare's memory-per-connection step).
 //! - [`compare`]: `echolab compare`: starting and stopping servers, reading /proc, the
 //!   workload matrix, results.json, summary.md and SVG charts.
@@ -38,6 +40,7 @@ pub mod config;
 pub mod engine;
 pub mod hdr;
 pub mod hold;
+pub mod idle;
 pub mod latency;
 pub mod merge;
 pub mod pattern;
