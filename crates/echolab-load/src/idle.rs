@@ -426,122 +426,6 @@ fn advance(p: &mut Pending) -> Result<bool, (Failure, String)> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn v4(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn ranges_and_lists_are_spread_addresses() {
-        assert_eq!(parse_sources("127.0.0.2").unwrap(), [v4("127.0.0.2")]);
-        let r = parse_sources("127.0.0.2-127.0.0.4,127.0.1.1").unwrap();
-        assert_eq!(
-            r,
-            [
-                v4("127.0.0.2"),
-                v4("127.0.0.3"),
-                v4("127.0.0.4"),
-                v4("127.0.1.1")
-            ]
-        );
-        assert_eq!(parse_sources("127.0.0.255-127.0.1.0").unwrap().len(), 2);
-        assert_eq!(parse_sources("127.0.0.1-127.0.0.1").unwrap().len(), 1);
-        assert!(parse_sources("127.0.0.4-127.0.0.2")
-            .unwrap_err()
-            .contains("empty range"));
-        assert!(parse_sources("127.0.0.0-127.255.255.255")
-            .unwrap_err()
-            .contains("at most"));
-        assert!(parse_sources("nope").is_err());
-        assert!(parse_sources("").is_err());
-        assert!(parse_sources("1.2.3.4-x").is_err());
-    }
-
-    #[test]
-    fn a_plan_needs_loopback_sources_and_enough_ports() {
-        let target: SocketAddr = "127.0.0.1:7007".parse().unwrap();
-        let two = [v4("127.0.0.2"), v4("127.0.0.3")];
-        assert!(check_plan(target, &two, 56_464, 28_232).is_ok());
-        let err = check_plan(target, &two, 56_465, 28_232).unwrap_err();
-        assert!(
-            err.contains("2 source address(es) x 28232 ports = 56464"),
-            "{err}"
-        );
-        assert!(check_plan(target, &[], 28_232, 28_232).is_ok());
-        assert!(check_plan(target, &[], 28_233, 28_232).is_err());
-        let err = check_plan(target, &[v4("10.0.0.1")], 1, 100).unwrap_err();
-        assert!(err.contains("outside loopback"), "{err}");
-        let remote: SocketAddr = "10.0.0.9:7007".parse().unwrap();
-        assert!(check_plan(remote, &[v4("127.0.0.2")], 1, 100)
-            .unwrap_err()
-            .contains("cannot reach"));
-        assert!(check_plan(remote, &[v4("10.0.0.1")], 1, 100).is_ok());
-        assert!(check_plan(target, &["::1".parse().unwrap()], 1, 100)
-            .unwrap_err()
-            .contains("family"));
-    }
-
-    #[test]
-    fn failures_are_named_by_errno() {
-        let of = |errno| Failure::of(&io::Error::from_raw_os_error(errno));
-        assert_eq!(of(libc::ECONNREFUSED), Failure::Refused);
-        assert_eq!(of(libc::EADDRNOTAVAIL), Failure::AddrUnavailable);
-        assert_eq!(of(libc::EMFILE), Failure::Descriptors);
-        assert_eq!(of(libc::ECONNRESET), Failure::Reset);
-        assert_eq!(of(libc::ETIMEDOUT), Failure::Timeout);
-        assert_eq!(of(libc::EIO), Failure::Other);
-    }
-
-    /// Known truth: a listener that echoes, 300 connections over three source addresses,
-    /// every one established and spread evenly; a port nobody listens on refuses all.
-    #[test]
-    fn connections_are_held_and_spread_over_sources() {
-        use std::net::TcpListener;
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let echo = std::thread::spawn(move || {
-            let mut kept = Vec::new();
-            for _ in 0..300 {
-                let (mut conn, peer) = listener.accept().unwrap();
-                let mut buf = [0u8; 8];
-                conn.read_exact(&mut buf).unwrap();
-                conn.write_all(&buf).unwrap();
-                kept.push((conn, peer.ip()));
-            }
-            kept
-        });
-        let sources = parse_sources("127.0.0.2-127.0.0.4").unwrap();
-        let stop = AtomicBool::new(false);
-        let mut held =
-            establish(addr, 300, &sources, None, Duration::from_secs(20), &stop).unwrap();
-        assert_eq!(held.conns.len(), 300, "{:?}", held.failed);
-        assert_eq!(held.failed_total(), 0);
-        let kept = echo.join().unwrap();
-        for ip in &sources {
-            assert_eq!(kept.iter().filter(|(_, p)| p == ip).count(), 100, "{ip}");
-        }
-        assert_eq!(held.still_open(), 300);
-        drop(kept);
-        // The server side closed: none is open any more (bounded wait for the FINs).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while held.still_open() > 0 && Instant::now() < deadline {
-            std::thread::yield_now();
-        }
-        assert_eq!(held.still_open(), 0);
-
-        let gone = TcpListener::bind("127.0.0.1:0").unwrap();
-        let dead = gone.local_addr().unwrap();
-        drop(gone);
-        let held = establish(dead, 5, &[], None, Duration::from_secs(5), &stop).unwrap();
-        assert_eq!(held.conns.len(), 0);
-        assert_eq!(held.failed.get(&Failure::Refused), Some(&5));
-        assert!(held.first_error.unwrap().contains("refused"));
-    }
-}
-
 /// Runs `echolab bench --hold N` (see [`crate::cli::BenchArgs`]): establishes the held
 /// connections, runs the active bench beside them (or holds them idle for `--duration`
 /// with `--active 0`), prints the report, returns the exit status.
@@ -666,4 +550,120 @@ pub fn run(
     }
     let _ = out.flush();
     std::process::ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ranges_and_lists_are_spread_addresses() {
+        assert_eq!(parse_sources("127.0.0.2").unwrap(), [v4("127.0.0.2")]);
+        let r = parse_sources("127.0.0.2-127.0.0.4,127.0.1.1").unwrap();
+        assert_eq!(
+            r,
+            [
+                v4("127.0.0.2"),
+                v4("127.0.0.3"),
+                v4("127.0.0.4"),
+                v4("127.0.1.1")
+            ]
+        );
+        assert_eq!(parse_sources("127.0.0.255-127.0.1.0").unwrap().len(), 2);
+        assert_eq!(parse_sources("127.0.0.1-127.0.0.1").unwrap().len(), 1);
+        assert!(parse_sources("127.0.0.4-127.0.0.2")
+            .unwrap_err()
+            .contains("empty range"));
+        assert!(parse_sources("127.0.0.0-127.255.255.255")
+            .unwrap_err()
+            .contains("at most"));
+        assert!(parse_sources("nope").is_err());
+        assert!(parse_sources("").is_err());
+        assert!(parse_sources("1.2.3.4-x").is_err());
+    }
+
+    #[test]
+    fn a_plan_needs_loopback_sources_and_enough_ports() {
+        let target: SocketAddr = "127.0.0.1:7007".parse().unwrap();
+        let two = [v4("127.0.0.2"), v4("127.0.0.3")];
+        assert!(check_plan(target, &two, 56_464, 28_232).is_ok());
+        let err = check_plan(target, &two, 56_465, 28_232).unwrap_err();
+        assert!(
+            err.contains("2 source address(es) x 28232 ports = 56464"),
+            "{err}"
+        );
+        assert!(check_plan(target, &[], 28_232, 28_232).is_ok());
+        assert!(check_plan(target, &[], 28_233, 28_232).is_err());
+        let err = check_plan(target, &[v4("10.0.0.1")], 1, 100).unwrap_err();
+        assert!(err.contains("outside loopback"), "{err}");
+        let remote: SocketAddr = "10.0.0.9:7007".parse().unwrap();
+        assert!(check_plan(remote, &[v4("127.0.0.2")], 1, 100)
+            .unwrap_err()
+            .contains("cannot reach"));
+        assert!(check_plan(remote, &[v4("10.0.0.1")], 1, 100).is_ok());
+        assert!(check_plan(target, &["::1".parse().unwrap()], 1, 100)
+            .unwrap_err()
+            .contains("family"));
+    }
+
+    #[test]
+    fn failures_are_named_by_errno() {
+        let of = |errno| Failure::of(&io::Error::from_raw_os_error(errno));
+        assert_eq!(of(libc::ECONNREFUSED), Failure::Refused);
+        assert_eq!(of(libc::EADDRNOTAVAIL), Failure::AddrUnavailable);
+        assert_eq!(of(libc::EMFILE), Failure::Descriptors);
+        assert_eq!(of(libc::ECONNRESET), Failure::Reset);
+        assert_eq!(of(libc::ETIMEDOUT), Failure::Timeout);
+        assert_eq!(of(libc::EIO), Failure::Other);
+    }
+
+    /// Known truth: a listener that echoes, 300 connections over three source addresses,
+    /// every one established and spread evenly; a port nobody listens on refuses all.
+    #[test]
+    fn connections_are_held_and_spread_over_sources() {
+        use std::net::TcpListener;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let echo = std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            for _ in 0..300 {
+                let (mut conn, peer) = listener.accept().unwrap();
+                let mut buf = [0u8; 8];
+                conn.read_exact(&mut buf).unwrap();
+                conn.write_all(&buf).unwrap();
+                kept.push((conn, peer.ip()));
+            }
+            kept
+        });
+        let sources = parse_sources("127.0.0.2-127.0.0.4").unwrap();
+        let stop = AtomicBool::new(false);
+        let mut held =
+            establish(addr, 300, &sources, None, Duration::from_secs(20), &stop).unwrap();
+        assert_eq!(held.conns.len(), 300, "{:?}", held.failed);
+        assert_eq!(held.failed_total(), 0);
+        let kept = echo.join().unwrap();
+        for ip in &sources {
+            assert_eq!(kept.iter().filter(|(_, p)| p == ip).count(), 100, "{ip}");
+        }
+        assert_eq!(held.still_open(), 300);
+        drop(kept);
+        // The server side closed: none is open any more (bounded wait for the FINs).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while held.still_open() > 0 && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert_eq!(held.still_open(), 0);
+
+        let gone = TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead = gone.local_addr().unwrap();
+        drop(gone);
+        let held = establish(dead, 5, &[], None, Duration::from_secs(5), &stop).unwrap();
+        assert_eq!(held.conns.len(), 0);
+        assert_eq!(held.failed.get(&Failure::Refused), Some(&5));
+        assert!(held.first_error.unwrap().contains("refused"));
+    }
 }
