@@ -82,6 +82,13 @@ pub struct ServeArgs {
     #[arg(long, value_parser = parse_workers, value_name = "N", allow_negative_numbers = true)]
     pub workers: Option<usize>,
 
+    /// Run the model (reactor or uring) in this many worker processes, each with its own
+    /// SO_REUSEPORT listener, under a supervisor that restarts a dead worker and forwards
+    /// SIGTERM/SIGINT; --max-conns is split among them. For more connections than one
+    /// process's descriptor limit. At most 256.
+    #[arg(long, value_parser = parse_processes, value_name = "N", allow_negative_numbers = true)]
+    pub processes: Option<usize>,
+
     /// Log only warnings and errors (the listening line is still printed).
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -133,6 +140,14 @@ fn parse_workers(text: &str) -> Result<usize, String> {
     Ok(n)
 }
 
+fn parse_processes(text: &str) -> Result<usize, String> {
+    let n = parse_positive(text)?;
+    if n > crate::supervisor::MAX_PROCESSES {
+        return Err(format!("at most {}", crate::supervisor::MAX_PROCESSES));
+    }
+    Ok(n)
+}
+
 fn parse_max_line(text: &str) -> Result<usize, String> {
     let n = parse_positive(text)?;
     if n > MAX_LINE_CEILING {
@@ -177,6 +192,11 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
     logging::init(args.quiet, args.verbose);
     let model = config.model;
+    if let Some(n) = args.processes {
+        return crate::supervisor::run(config, n, |addr| {
+            eprintln!("listening on {addr} (model {model}, {n} processes)");
+        });
+    }
     let result = crate::serve(config, |addr| {
         eprintln!("listening on {addr} (model {model})");
     });
