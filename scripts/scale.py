@@ -34,7 +34,9 @@ idle connections, log scales, one line per model).
   python3 scripts/scale.py --models reactor,uring --steps 1000,10000
 
 Exit status: 0 when the curve was measured (a model stopping at its limit is a result);
-1 when the server or a tool failed in a way that is not a limit; 2 for bad arguments.
+1 when a server failed to start (io_uring refused is not a failure), or, with --max, when
+an event-driven model (event, reactor, uring, async) did not hold every step; 2 for bad
+arguments.
 """
 
 import argparse
@@ -53,6 +55,7 @@ STEPS = [1_000, 10_000, 100_000, 1_000_000]
 PER_HOLDER = 19_000
 PER_WORKER = 15_000
 MULTI_PROCESS = {"reactor", "uring"}
+EVENT_DRIVEN = {"event", "reactor", "uring", "async"}
 # What one connection costs the kernel here (both ends, measured: ~5 KB per socket), and
 # a generous user-space figure per model, for the memory guard.
 KERNEL_PER_CONN = 10_000
@@ -356,7 +359,7 @@ def svg(results, path):
     """Two log-log panels: user memory per connection and active p99, against idle count."""
     colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
     w, h, pad = 460, 320, 60
-    panels = [("rss_bytes_per_conn", "server RSS per idle connection (bytes)"),
+    panels = [("pss_anon_bytes_per_conn", "server anonymous PSS per idle connection (bytes)"),
               ("active_p99_us", "p99 of 64 active conns (us)")]
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * w}" height="{h + 40}" font-family="sans-serif" font-size="11">']
     xs = [1e3, 1e6]
@@ -467,6 +470,12 @@ def main():
     print(f"wrote {args.out}/scale.json and {args.out}/scale.svg")
     failed = [r for r in results if r["stopped"] and "did not start" in r["stopped"]
               and "cannot run here" not in r["stopped"]]
+    if args.max is not None:
+        # Small mode is a check: every event-driven model holds every step.
+        failed += [r for r in results if r["model"] in EVENT_DRIVEN and r["stopped"]
+                   and "cannot run here" not in r["stopped"]]
+    for r in failed:
+        print(f"scale.py: {r['model']} failed: {r['stopped']}", file=sys.stderr)
     return 1 if failed else 0
 
 
