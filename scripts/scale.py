@@ -230,7 +230,7 @@ def release(holders):
             p.send_signal(signal.SIGINT)
     for p, _ in holders:
         try:
-            out, _ = p.communicate(timeout=60)
+            out, _ = p.communicate(timeout=120)
             docs.append(json.loads(out).get("hold", {}))
         except (subprocess.TimeoutExpired, ValueError):
             p.kill()
@@ -336,6 +336,10 @@ def run_model(args, model):
                 "active_error": err,
             })
         docs = release(holders)
+        # "held" sums the holders' final JSON; a holder that did not report in time is
+        # counted in holders_unreported (its "held N of N" line was checked above).
+        step["holders"] = len(holders)
+        step["holders_unreported"] = len(holders) - len(docs)
         step["held"] = sum(d.get("established", 0) for d in docs)
         step["failed"] = sum(d.get("failed", 0) for d in docs)
         step["still_open"] = sum(d.get("still_open", 0) for d in docs)
