@@ -301,6 +301,9 @@ mod tests {
         assert_eq!(iv.index(t0 + Duration::from_secs(60)), 2);
         iv.record(t0, 10);
         iv.record(t0 + Duration::from_millis(1_500), 20);
+        // Recording moved on: the first interval is packed (a few bytes, not 230 KB).
+        assert!(matches!(iv.slots[&0], Slot::Packed(_)));
+        assert!(matches!(iv.slots[&1], Slot::Open(_)));
         // Out of order, into a packed interval.
         iv.record(t0 + Duration::from_millis(10), 30);
         iv.record(t0 + Duration::from_secs(9), 40);
