@@ -440,6 +440,22 @@ mod tests {
     }
 
     #[test]
+    fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        if hard < 2 {
+            eprintln!("SKIPPED: a hard RLIMIT_NOFILE of {hard} cannot be lowered to test");
+            return;
+        }
+        // Lowering one's own soft limit is always allowed; raise_nofile puts it back.
+        setrlimit(Resource::RLIMIT_NOFILE, hard - 1, hard).unwrap();
+        assert_eq!(raise_nofile(), (hard - 1, hard, hard));
+        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (hard, hard));
+        // Already at the hard limit: nothing to do, and said so.
+        assert_eq!(raise_nofile(), (hard, hard, hard));
+    }
+
+    #[test]
     fn split_examples() {
         assert_eq!(split_cap(10, 3), [4, 3, 3]);
         assert_eq!(split_cap(2, 4), [1, 1, 0, 0]);
