@@ -439,6 +439,17 @@ mod tests {
         assert_eq!(merged.size, Some(64));
         assert_eq!(merged.workload.as_deref(), Some("closed"));
         assert_eq!(merged.lines, Some(false));
+        // Each source's own percentiles: a's values are 1..=30 us.
+        let doc = merged.to_json(&[a.clone(), b.clone()]);
+        assert_eq!(doc["sources"][0]["latency_count"], 30);
+        assert!(
+            (doc["sources"][0]["p50_us"].as_f64().unwrap() - 15.0).abs() < 0.02,
+            "{doc}"
+        );
+        assert!(
+            (doc["sources"][1]["max_us"].as_f64().unwrap() - 100.0).abs() < 0.1,
+            "{doc}"
+        );
         let text = merged.to_text(&[a, b]);
         assert!(
             text.starts_with(
@@ -446,7 +457,10 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.contains("\n  a: 30 messages"), "{text}");
+        assert!(
+            text.contains("\n  a: 30 messages, 15.0 messages/s, p50 15.0  p99 30.0"),
+            "{text}"
+        );
     }
 
     #[test]
