@@ -87,6 +87,13 @@ fn a_killed_worker_is_replaced_and_sigterm_leaves_no_process() {
         }
         let log = server.log.lines().join("\n");
         assert!(log.contains("was killed by SIGKILL"), "{log}");
+        // The SIGTERM was forwarded: each worker shut down cleanly, none was killed.
+        assert_eq!(
+            log.matches("exited with status 0").count(),
+            3,
+            "{model}: {log}"
+        );
+        assert!(!log.contains("still running after"), "{model}: {log}");
     }
 }
 
