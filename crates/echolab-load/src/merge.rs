@@ -471,7 +471,14 @@ mod tests {
         assert!(why.starts_with("a has message size 64, b has 128"), "{why}");
         let mut c = source("c", 64, &[1_000]);
         c.workload = Some("open".to_string());
-        assert!(mismatch(&[a.clone(), c]).unwrap().contains("workload"));
+        assert!(mismatch(&[a.clone(), c.clone()])
+            .unwrap()
+            .contains("workload"));
+        // Forced: the size is said, the workload (not one) is not.
+        let forced = merge(&[a.clone(), c.clone()]).unwrap();
+        assert!(forced
+            .to_text(&[a.clone(), c])
+            .starts_with("merged 2 sources, 64-byte messages: 2 messages"));
         let mut d = source("d", 64, &[1_000]);
         d.lines = Some(true);
         assert!(mismatch(&[a.clone(), d.clone()]).unwrap().contains("mode"));
