@@ -28,6 +28,9 @@ pub fn run(args: BenchArgs) -> ExitCode {
             return fail(args.json, &message, 1);
         }
     };
+    if args.hold.is_some() {
+        return crate::idle::run(&args, config, &stop);
+    }
     crate::raise_fd_limit();
     let unit = if config.workload() == Workload::Churn {
         "connections"
@@ -57,6 +60,12 @@ pub fn run(args: BenchArgs) -> ExitCode {
     let thresholds = args.thresholds();
     match result {
         Ok(report) => {
+            if let Some(path) = &args.hdr_log {
+                if let Err(err) = crate::merge::write_bench_log(path, &report, &config) {
+                    eprintln!("echolab bench: cannot write {}: {err}", path.display());
+                    return ExitCode::from(1);
+                }
+            }
             let mut stdout = io::stdout().lock();
             let printed = if args.json_stream {
                 writeln!(stdout, "{}", document(&report, &config, &thresholds))

@@ -140,6 +140,42 @@ pub struct BenchArgs {
     /// error (exit 1), counted once per connection, which stays open (at least 1ms).
     #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = parse_timeout, allow_negative_numbers = true)]
     pub starve_after: Duration,
+
+    /// Also write the latency as an HdrHistogram interval log (V2 compressed, values in
+    /// nanoseconds), one histogram per --interval of the measured window (the whole window
+    /// when --interval is 0); `echolab merge` adds such logs from several load machines.
+    #[arg(long, value_name = "FILE")]
+    pub hdr_log: Option<PathBuf>,
+
+    /// Hold this many idle connections, each verified by one 8-byte echo, while --active
+    /// connections run the measured ping-pong; reports established, failed by kind, time
+    /// to establish and connect rate. One process holds at most its descriptor limit.
+    #[arg(long, value_name = "N", value_parser = parse_hold, allow_negative_numbers = true)]
+    pub hold: Option<u64>,
+
+    /// With --hold: the measured ping-pong connections beside the held ones (default:
+    /// --conns); 0 holds them idle for --duration.
+    #[arg(long, value_name = "K", value_parser = parse_active, allow_negative_numbers = true, requires = "hold")]
+    pub active: Option<usize>,
+
+    /// With --hold: local addresses to spread the held connections over, a range and/or
+    /// a list (127.0.0.2-127.0.0.20,127.0.1.1); within 127.0.0.0/8 for a loopback server.
+    #[arg(long, value_name = "A-B|LIST", requires = "hold")]
+    pub source_ip: Option<String>,
+
+    /// With --hold: connects per second (default: as fast as 1024 in flight allow).
+    #[arg(long, value_name = "PER_SEC", value_parser = parse_rate, allow_negative_numbers = true, requires = "hold")]
+    pub connect_rate: Option<f64>,
+}
+
+/// `--hold`: at least 1, at most ten million.
+fn parse_hold(text: &str) -> Result<u64, String> {
+    units::count(text, 1, 10_000_000)
+}
+
+/// `--active`: 0 (hold only) up to the connection limit.
+fn parse_active(text: &str) -> Result<usize, String> {
+    units::count(text, 0, MAX_PENDING as u64).map(|n| n as usize)
 }
 
 impl BenchArgs {
@@ -207,6 +243,7 @@ impl BenchArgs {
             stall_timeout: self.timeout,
             starve_after: self.starve_after,
             interval_latency: self.json_stream,
+            hdr_interval: self.hdr_log.as_ref().map(|_| self.interval),
         })
     }
 }

@@ -62,6 +62,9 @@ pub struct BenchConfig {
     /// A connection owed an echo that makes no progress for this long is starved: an
     /// error of its own kind, counted once per connection; it stays open.
     pub starve_after: Duration,
+    /// `--hdr-log`: keep the latency histogram per interval of this length (zero: one
+    /// interval, the window).
+    pub hdr_interval: Option<Duration>,
 }
 
 /// Where the worker thread count came from, for the report to say.
@@ -162,6 +165,7 @@ impl BenchConfig {
             stall_timeout: Duration::from_secs(10),
             starve_after: DEFAULT_STARVE_AFTER,
             interval_latency: false,
+            hdr_interval: None,
         }
     }
 

@@ -4,9 +4,11 @@
 //! under 0.1%), from 1 ns to 100 s; a longer latency is recorded as 100 s rather than
 //! lost. Percentiles are reported in microseconds.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+
+use crate::hdr::Intervals;
 
 /// The longest latency the histogram tells apart, in nanoseconds.
 const HIGHEST_NS: u64 = 100_000_000_000;
@@ -15,6 +17,8 @@ const HIGHEST_NS: u64 = 100_000_000_000;
 #[derive(Debug, Clone)]
 pub struct Latency {
     hist: Histogram<u64>,
+    /// With `--hdr-log`: the same values cut into intervals of the window.
+    intervals: Option<Intervals>,
 }
 
 /// The figures a report shows of a [`Latency`].
@@ -39,6 +43,23 @@ impl Latency {
     pub fn new() -> Latency {
         Latency {
             hist: Histogram::new_with_bounds(1, HIGHEST_NS, 3).expect("valid histogram bounds"),
+            intervals: None,
+        }
+    }
+
+    /// A latency whose values are also kept per interval of `every` over the window
+    /// `window` from `origin` (for `--hdr-log`; `every` zero: one interval).
+    pub fn with_intervals(origin: Instant, every: Duration, window: Duration) -> Latency {
+        let mut latency = Latency::new();
+        latency.intervals = Some(Intervals::new(origin, every, window, &latency.hist));
+        latency
+    }
+
+    /// A latency of the values of `hist` (decoded from a log or a JSON document).
+    pub fn from_histogram(hist: Histogram<u64>) -> Latency {
+        Latency {
+            hist,
+            intervals: None,
         }
     }
 
@@ -53,12 +74,36 @@ impl Latency {
         self.hist.reset();
     }
 
-    /// Adds every value of `other`.
+    /// Records one latency measured at `at` (which picks its interval, when kept).
+    pub fn record_at(&mut self, latency: Duration, at: Instant) {
+        self.record(latency);
+        if let Some(intervals) = &mut self.intervals {
+            let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+            intervals.record(at, ns.clamp(1, HIGHEST_NS));
+        }
+    }
+
+    /// Adds every value of `other` (and its intervals, when both keep them).
     pub fn merge(&mut self, other: &Latency) {
         // Same bounds on both sides, so the addition cannot fail.
         self.hist
             .add(&other.hist)
             .expect("histograms with the same bounds");
+        match (&mut self.intervals, &other.intervals) {
+            (Some(mine), Some(theirs)) => mine.merge(theirs),
+            (None, Some(theirs)) => self.intervals = Some(theirs.clone()),
+            _ => {}
+        }
+    }
+
+    /// The whole histogram (nanoseconds).
+    pub fn histogram(&self) -> &Histogram<u64> {
+        &self.hist
+    }
+
+    /// The intervals, when kept.
+    pub fn intervals(&self) -> Option<&Intervals> {
+        self.intervals.as_ref()
     }
 
     /// The latency at quantile `q` (0.5 for the median), in microseconds; 0 when empty.

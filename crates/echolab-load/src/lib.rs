@@ -20,11 +20,15 @@
 //! - [`latency`]: HDR histograms of latency, merged across threads.
 //! - [`schedule`]: the open loop's constant-rate schedule (wrk2's method), shared by the
 //!   worker threads at evenly spaced phases.
+//! - [`hdr`]: histograms as data: V2 encoding, interval logs (`--hdr-log`).
+//! - [`merge`](mod@merge): `echolab merge`: several runs' histograms added into one report.
 //! - [`report`]: [`report::BenchReport`], errors by kind, incomplete messages, fairness,
 //!   text and JSON renderings. Imports the configuration, never the engine.
 //! - [`progress`]: a progress bar on a terminal, a line per interval otherwise.
 //! - [`stream`]: `bench --json-stream`'s object per interval.
 //! - [`threshold`]: `--max-p99`, `--min-rate`, `--max-errors` and their exit status, 99.
+//! - [`idle`]: `bench --hold N`: idle connections (spread over source addresses) held
+//!   beside the measured ones; prints its report like `bench`.
 //! - [`hold`]: many idle connections held open (compare's memory-per-connection step).
 //! - [`compare`]: `echolab compare`: starting and stopping servers, reading /proc, the
 //!   workload matrix, results.json, summary.md and SVG charts.
@@ -36,8 +40,11 @@ pub mod client;
 pub mod compare;
 pub mod config;
 pub mod engine;
+pub mod hdr;
 pub mod hold;
+pub mod idle;
 pub mod latency;
+pub mod merge;
 pub mod pattern;
 pub mod progress;
 pub mod report;

@@ -227,6 +227,8 @@ pub struct BenchReport {
     /// Churn only: this machine's connections to the server waiting in TIME_WAIT at the
     /// end (each holds an ephemeral port), when /proc/net/tcp could be read.
     pub time_wait: Option<u64>,
+    /// The latency histogram behind `latency` (and its intervals with `--hdr-log`).
+    pub latency_hist: crate::latency::Latency,
 }
 
 impl BenchReport {
@@ -251,6 +253,7 @@ impl BenchReport {
             ended_early_secs: None,
             conns_stopped: 0,
             time_wait: None,
+            latency_hist: crate::latency::Latency::new(),
         }
     }
 
@@ -356,6 +359,7 @@ impl BenchReport {
             "nothing_echoed": self.nothing_echoed(),
             "nothing_completed": self.nothing_completed(),
             "time_wait": self.time_wait,
+            "histogram": crate::hdr::encode(self.latency_hist.histogram()),
         })
     }
 

@@ -91,6 +91,13 @@ pub struct ServeArgs {
     #[arg(long, value_parser = parse_workers, value_name = "N", allow_negative_numbers = true)]
     pub workers: Option<usize>,
 
+    /// Run the model (reactor or uring) in this many worker processes, each with its own
+    /// SO_REUSEPORT listener, under a supervisor that restarts a dead worker and forwards
+    /// SIGTERM/SIGINT; --max-conns is split among them. For more connections than one
+    /// process's descriptor limit. At most 256.
+    #[arg(long, value_parser = parse_processes, value_name = "N", allow_negative_numbers = true)]
+    pub processes: Option<usize>,
+
     /// Log only warnings and errors (the listening line is still printed).
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -122,6 +129,10 @@ fn parse_max_conns(text: &str) -> Result<usize, String> {
 
 fn parse_workers(text: &str) -> Result<usize, String> {
     units::count(text, 1, MAX_WORKERS as u64).map(|n| n as usize)
+}
+
+fn parse_processes(text: &str) -> Result<usize, String> {
+    units::count(text, 1, crate::supervisor::MAX_PROCESSES as u64).map(|n| n as usize)
 }
 
 /// From 1 byte to [`MAX_LINE_CEILING`]: a partial line counts against the 64 KiB a
@@ -164,6 +175,11 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
     logging::init(args.quiet, args.verbose);
     let model = config.model;
+    if let Some(n) = args.processes {
+        return crate::supervisor::run(config, n, |addr| {
+            eprintln!("listening on {addr} (model {model}, {n} processes)");
+        });
+    }
     let result = crate::serve(config, |addr| {
         eprintln!("listening on {addr} (model {model})");
     });

@@ -21,6 +21,8 @@
 //!   blocking model, for shutdown), [`net`] (listener and socket options), [`shutdown`]
 //!   (SIGINT/SIGTERM and panics as a pollable descriptor), [`sbuf`] (the bounded queue,
 //!   CS:APP's `sbuf`), [`logging`].
+//! - [`supervisor`]: `--processes N`, nginx's design: worker processes, each a model's
+//!   event loops on its own SO_REUSEPORT listener, forked, restarted and reaped.
 #![forbid(unsafe_code)]
 
 pub mod accept;
@@ -34,6 +36,7 @@ pub mod model;
 pub mod net;
 pub mod runner;
 pub mod shutdown;
+pub mod supervisor;
 
 /// The bounded queue of the prethreaded model (CS:APP's `sbuf`), in a crate of its own.
 pub use echolab_sbuf as sbuf;
@@ -216,18 +219,28 @@ pub struct Server {
 /// [`ServeError::Panicked`], or, in a model whose own thread is the one that panicked
 /// (iterative, event), unwind out of it.
 pub fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -> Result<(), ServeError> {
-    let shutdown = shutdown::Shutdown::install().map_err(|source| ServeError::Io {
-        what: "cannot install the SIGINT/SIGTERM handlers",
-        source,
-    })?;
-    // Issue 9, item 4b: a panic anywhere stops everything.
-    shutdown.stop_on_panic();
     let listener = net::bind(config.listen, config.model == Model::Reactor).map_err(|source| {
         ServeError::Bind {
             addr: config.listen,
             source,
         }
     })?;
+    serve_on(config, listener, on_listening)
+}
+
+/// As [`serve`], on a listener already bound (a `--processes` worker's own SO_REUSEPORT
+/// listener, see [`supervisor`]).
+pub fn serve_on(
+    config: ServeConfig,
+    listener: TcpListener,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), ServeError> {
+    let shutdown = shutdown::Shutdown::install().map_err(|source| ServeError::Io {
+        what: "cannot install the SIGINT/SIGTERM handlers",
+        source,
+    })?;
+    // Issue 9, item 4b: a panic anywhere stops everything.
+    shutdown.stop_on_panic();
     let addr = listener.local_addr().map_err(|source| ServeError::Io {
         what: "cannot read the bound address",
         source,

@@ -43,6 +43,12 @@ fn bind_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// A listener on `addr` with SO_REUSEPORT beside others already there (a `--processes`
+/// worker's own), without [`bind`]'s check that the port is free.
+pub fn bind_beside(addr: SocketAddr) -> io::Result<TcpListener> {
+    bind_socket(addr, true)
+}
+
 /// Another listener on the address `first` is bound to, for one more reactor thread.
 /// `first` must have been bound with `reuse_port`.
 pub fn bind_another(first: &TcpListener) -> io::Result<TcpListener> {

@@ -34,6 +34,10 @@ enum Command {
     #[command(about = "Run every model under the same load and write tables and charts")]
     Compare(echolab_load::CompareArgs),
     #[command(
+        about = "Combine bench results (--json documents, --hdr-log logs) from several load machines into one report"
+    )]
+    Merge(echolab_load::merge::MergeArgs),
+    #[command(
         about = "Reproduce the lecture's hazards (races, deadlock, starvation...) and measure them"
     )]
     Lab(echolab_lab::LabArgs),
@@ -100,6 +104,7 @@ fn main() -> ExitCode {
         Command::Client(args) => echolab_load::run_client(args),
         Command::Bench(args) => echolab_load::run_bench(args),
         Command::Compare(args) => echolab_load::run_compare(args),
+        Command::Merge(args) => echolab_load::merge::run(args),
         Command::Lab(args) => echolab_lab::run(args),
         Command::Completions(args) => generate::completions::<Cli>(&args),
         Command::Man(args) => generate::man::<Cli>(&args),

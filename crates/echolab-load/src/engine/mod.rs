@@ -341,6 +341,7 @@ fn merge(results: Vec<WorkerResult>, config: &BenchConfig) -> BenchReport {
     }
     report.ended_early_secs = ended_early;
     report.latency = latency.summary();
+    report.latency_hist = latency;
     if config.workload() == Workload::Churn {
         report.connect_latency = Some(connect_latency.summary());
     }

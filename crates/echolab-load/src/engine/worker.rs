@@ -324,6 +324,9 @@ impl<'a> Worker<'a> {
         let t_end = t_meas + self.config.duration;
         self.t_meas = Some(t_meas);
         self.window_end = Some(t_end);
+        if let Some(every) = self.config.hdr_interval {
+            self.latency = Latency::with_intervals(t_meas, every, self.config.duration);
+        }
         self.running = true;
         match self.workload {
             Workload::Closed => self.closed_start(t0),
@@ -439,13 +442,15 @@ impl<'a> Worker<'a> {
         for start in waiting {
             if self.belongs(start, end) {
                 self.unfinished.waiting += 1;
-                self.latency.record(end.saturating_duration_since(start));
+                self.latency
+                    .record_at(end.saturating_duration_since(start), end);
             }
         }
         for (start, failed_at) in std::mem::take(&mut self.lost) {
             if self.belongs(start, failed_at) {
                 self.unfinished.lost += 1;
-                self.latency.record(end.saturating_duration_since(start));
+                self.latency
+                    .record_at(end.saturating_duration_since(start), end);
             }
         }
         if self.workload == Workload::Churn {
@@ -745,7 +750,7 @@ impl<'a> Worker<'a> {
             self.last_echo = Some(now);
             if belongs(start) {
                 let latency = now.saturating_duration_since(start);
-                self.latency.record(latency);
+                self.latency.record_at(latency, now);
                 if let Some(interval) = &self.published.interval {
                     interval
                         .lock()

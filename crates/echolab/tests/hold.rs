@@ -1,0 +1,92 @@
+//! `echolab bench --hold` from the outside: idle connections held beside the measured
+//! ones, spread over source addresses, and its refusals of impossible plans.
+
+mod support;
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{echolab, finish_bounded, Server};
+
+fn run(args: &[&str]) -> Output {
+    let mut command: Command = echolab();
+    let child = command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn echolab");
+    finish_bounded(child, Duration::from_secs(60))
+}
+
+#[test]
+fn held_connections_are_verified_spread_and_still_open_after_the_window() {
+    let server = Server::start("reactor", &[]);
+    let addr = server.addr.to_string();
+    let out = run(&[
+        "bench",
+        &addr,
+        "--hold",
+        "300",
+        "--active",
+        "4",
+        "--threads",
+        "1",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0",
+        "--interval",
+        "0",
+        "--source-ip",
+        "127.0.0.2-127.0.0.4",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hold = &doc["hold"];
+    assert_eq!(hold["requested"], 300);
+    assert_eq!(hold["established"], 300);
+    assert_eq!(hold["failed"], 0);
+    assert_eq!(hold["still_open"], 300);
+    assert!(hold["connect_rate"].as_f64().unwrap() > 0.0);
+    assert!(
+        doc["messages"].as_u64().unwrap() > 0,
+        "the active connections measured"
+    );
+    assert!(doc["p99_us"].as_f64().unwrap() > 0.0);
+    // The server saw 100 connections from each source address.
+    let lines = server.log.wait_for("open", 304);
+    for src in ["127.0.0.2:", "127.0.0.3:", "127.0.0.4:"] {
+        let n = lines.iter().filter(|l| l.contains(src)).count();
+        assert_eq!(n, 100, "{src}: {n} of\n{}", lines.join("\n"));
+    }
+}
+
+#[test]
+fn impossible_plans_are_one_line_and_exit_2() {
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--hold", "10", "--source-ip", "10.0.0.1-10.0.0.5"],
+            "outside loopback",
+        ),
+        (&["--hold", "60000", "--source-ip", "127.0.0.2"], "ports"),
+        (&["--hold", "0"], "--hold"),
+        (
+            &["--hold", "5", "--source-ip", "127.0.0.9-127.0.0.2"],
+            "empty range",
+        ),
+        (&["--hold", "5", "--connect-rate", "-3"], "--connect-rate"),
+    ];
+    for (extra, needle) in cases {
+        let mut args = vec!["bench", "127.0.0.1:9"];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{extra:?}: {stderr}");
+        assert!(stderr.contains(needle), "{extra:?}: {stderr}");
+    }
+}
