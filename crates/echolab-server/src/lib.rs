@@ -34,6 +34,7 @@ pub mod model;
 pub mod net;
 pub mod runner;
 pub mod shutdown;
+pub mod uring_conn;
 
 /// The bounded queue of the prethreaded model (CS:APP's `sbuf`), in a crate of its own.
 pub use echolab_sbuf as sbuf;
