@@ -589,7 +589,7 @@ mod tests {
             buf: None,
             pool: &mut pool,
         };
-        outbox.write(b"x").unwrap();
+        assert_eq!(outbox.write(b"x").unwrap(), 1);
         assert_eq!(
             pool.bufs.len(),
             SEND_POOL - 1,
