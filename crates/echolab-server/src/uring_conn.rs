@@ -431,6 +431,17 @@ pub fn wait_for(wakes: &[Option<Instant>], now: Instant) -> Option<Duration> {
     Some(at.saturating_duration_since(now))
 }
 
+/// The `(total, per_turn)` of a limited multishot receive (`Ring::recv_multi_limited`)
+/// that delivers at most `room` bytes, at most `buf_size` per receive: the kernel ends it
+/// once `total` is reached or crossed, and the receive that crosses it can bring up to
+/// `per_turn - 1` more. `per_turn` is also the single receive's length where there is no
+/// limit. `room` is at least 1.
+pub fn multishot_limits(room: usize, buf_size: u32) -> (u32, u32) {
+    let room = u32::try_from(room).unwrap_or(u32::MAX).max(1);
+    let per_turn = room.min(buf_size);
+    (room - per_turn + 1, per_turn)
+}
+
 /// Faults the contract tests inject into the uring model, from `ECHOLAB_FAULT_URING`
 /// (debug builds only; release builds read nothing): `accept-arm=N` makes the first `N`
 /// arms of accept fail, `enter=NEEDLE` makes the wait fail with `EFAULT` in the turn after
@@ -627,6 +638,29 @@ mod tests {
             Some(ms(3))
         );
         assert_eq!(wait_for(&[Some(now - ms(1))], now), Some(ms(0)));
+    }
+
+    #[test]
+    fn a_limited_multishot_receive_never_brings_more_than_the_room() {
+        // The kernel's worst case: receives of `per_turn` until the total is reached or
+        // crossed.
+        let worst = |(total, per_turn): (u32, u32)| {
+            let mut delivered = 0;
+            while delivered < total {
+                delivered += per_turn;
+            }
+            // The crossing receive, short of a whole one: at most `total - 1 + per_turn`.
+            delivered.max(total - 1 + per_turn)
+        };
+        assert_eq!(multishot_limits(65536, 16384), (49153, 16384));
+        assert_eq!(multishot_limits(100, 16384), (1, 100));
+        assert_eq!(multishot_limits(16384, 16384), (1, 16384));
+        assert_eq!(multishot_limits(0, 16384), (1, 1));
+        for room in [1, 2, 100, 16383, 16384, 16385, 50000, 65536] {
+            let limits = multishot_limits(room, 16384);
+            assert!(worst(limits) as usize <= room, "room {room}: {limits:?}");
+            assert!(limits.1 as usize <= room.min(16384));
+        }
     }
 
     #[test]

@@ -110,9 +110,11 @@ struct Shared<'a> {
 
 fn run_loop(shared: &Shared<'_>) -> io::Result<()> {
     let uring_loop = Ring::new(RING_ENTRIES, N_BUFS, BUF_SIZE).and_then(|mut ring| {
+        let multishot_limit = ring.supports_multishot_limit()?;
         ring.poll_readable(shared.shutdown.fd().as_raw_fd(), plumbing::SHUTDOWN_TAG)?;
         Ok(UringLoop {
             ring,
+            multishot_limit,
             shared,
             conns: ConnTable::new(plumbing::MAX_SLOTS),
             send_pool: SendPool::new(BUF_SIZE as usize),
@@ -138,6 +140,8 @@ enum Input {
 
 struct UringLoop<'a> {
     ring: Ring,
+    /// The kernel ends a multishot receive at a byte limit (Linux 6.16).
+    multishot_limit: bool,
     shared: &'a Shared<'a>,
     conns: ConnTable<Conn>,
     send_pool: SendPool,
@@ -274,7 +278,7 @@ impl UringLoop<'_> {
         };
         conn::log_opened(peer);
         let tag = self.conns.tag(conn_idx);
-        if let Err(err) = self.ring.recv_limited(fd, tag, BUF_SIZE) {
+        if let Err(err) = arm_recv(&mut self.ring, self.multishot_limit, fd, tag, MAX_OWED) {
             return self.close(conn_idx, End::Failed(err.into()));
         }
         if let Some(timeout) = self.shared.idle_timeout {
@@ -328,9 +332,7 @@ impl UringLoop<'_> {
         let worth_arming = room >= REARM_ROOM || (room > 0 && conn.sending.is_none());
         if queued.is_ok() && !conn.recv_armed && worth_arming {
             conn.recv_armed = true;
-            queued = self
-                .ring
-                .recv_limited(fd, tag, room.min(BUF_SIZE as usize) as u32);
+            queued = arm_recv(&mut self.ring, self.multishot_limit, fd, tag, room);
         }
         if let Err(err) = queued {
             return self.close(conn_idx, End::Failed(err.into()));
@@ -368,5 +370,21 @@ impl UringLoop<'_> {
         }
         // Hand the closes to the kernel now; dropping the ring then cancels what is left.
         let _ = self.ring.submit();
+    }
+}
+
+/// Arms a receive of at most `room` bytes: one multishot receive that ends by then where
+/// the kernel can end it (`multishot_limit`), else a single receive of one buffer.
+fn arm_recv(
+    ring: &mut Ring,
+    multishot_limit: bool,
+    fd: RawFd,
+    tag: u64,
+    room: usize,
+) -> io::Result<()> {
+    let (total, per_turn) = plumbing::multishot_limits(room, BUF_SIZE);
+    match multishot_limit {
+        true => ring.recv_multi_limited(fd, tag, total, per_turn),
+        false => ring.recv_limited(fd, tag, per_turn),
     }
 }
