@@ -108,7 +108,6 @@ pub struct Conn {
     pub stream: TcpStream,
     pub peer: SocketAddr,
     pub echo: Echo,
-    pub last_active: Instant,
     /// Bytes of the send in flight not yet confirmed sent; `None` when no send is. They
     /// count against the bound like the echo's owed bytes.
     pub sending: Option<usize>,
@@ -123,18 +122,11 @@ pub struct Conn {
 
 impl Conn {
     /// A connection whose first receive is about to be armed.
-    pub fn new(
-        stream: TcpStream,
-        peer: SocketAddr,
-        echo: Echo,
-        admission: Admission,
-        now: Instant,
-    ) -> Conn {
+    pub fn new(stream: TcpStream, peer: SocketAddr, echo: Echo, admission: Admission) -> Conn {
         Conn {
             stream,
             peer,
             echo,
-            last_active: now,
             sending: None,
             bytes_sent: 0,
             recv_armed: true,
@@ -144,7 +136,7 @@ impl Conn {
 
     /// A connection the multishot accept delivered, admitted under `cap` and configured;
     /// `None` (logged) if it is refused or cannot be configured.
-    pub fn admit(fd: OwnedFd, cap: &Arc<ConnCap>, echo: EchoConfig, now: Instant) -> Option<Conn> {
+    pub fn admit(fd: OwnedFd, cap: &Arc<ConnCap>, echo: EchoConfig) -> Option<Conn> {
         let stream = TcpStream::from(fd);
         // Multishot accept does not return the peer; the cap needs it.
         let peer = peer_of(&stream);
@@ -162,7 +154,7 @@ impl Conn {
             );
             return None;
         }
-        Some(Conn::new(stream, peer, Echo::new(echo), admission, now))
+        Some(Conn::new(stream, peer, Echo::new(echo), admission))
     }
 
     /// How many more bytes this connection may take before it holds `MAX_OWED`: the
@@ -424,11 +416,18 @@ pub fn peer_of(stream: &TcpStream) -> SocketAddr {
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
-/// How long a loop waits for completions: until the earliest of `wakes` (`None`: until a
-/// completion arrives).
-pub fn wait_for(wakes: &[Option<Instant>], now: Instant) -> Option<Duration> {
-    let at = wakes.iter().flatten().min()?;
-    Some(at.saturating_duration_since(now))
+/// How long a loop waits for completions: the shorter of `wait` (the idle deadlines') and
+/// the time until `wake_at` (the accept's pause); `None`: until a completion arrives.
+pub fn wait_for(
+    wait: Option<Duration>,
+    wake_at: Option<Instant>,
+    now: Instant,
+) -> Option<Duration> {
+    let until_wake = wake_at.map(|at| at.saturating_duration_since(now));
+    match (wait, until_wake) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// The `(total, per_turn)` of a limited multishot receive (`Ring::recv_multi_limited`)
@@ -631,13 +630,12 @@ mod tests {
     fn the_wait_ends_at_the_earliest_wake() {
         let now = Instant::now();
         let ms = Duration::from_millis;
-        assert_eq!(wait_for(&[None, None], now), None);
-        assert_eq!(wait_for(&[Some(now + ms(5)), None], now), Some(ms(5)));
-        assert_eq!(
-            wait_for(&[Some(now + ms(9)), Some(now + ms(3))], now),
-            Some(ms(3))
-        );
-        assert_eq!(wait_for(&[Some(now - ms(1))], now), Some(ms(0)));
+        assert_eq!(wait_for(None, None, now), None);
+        assert_eq!(wait_for(Some(ms(5)), None, now), Some(ms(5)));
+        assert_eq!(wait_for(None, Some(now + ms(4)), now), Some(ms(4)));
+        assert_eq!(wait_for(Some(ms(9)), Some(now + ms(3)), now), Some(ms(3)));
+        assert_eq!(wait_for(Some(ms(2)), Some(now + ms(3)), now), Some(ms(2)));
+        assert_eq!(wait_for(None, Some(now - ms(1)), now), Some(ms(0)));
     }
 
     #[test]

@@ -43,6 +43,7 @@ use echolab_sys::uring::{Completion, RecvBuf, Ring};
 
 use crate::admission::ConnCap;
 use crate::conn::{self, End};
+use crate::deadline::Deadlines;
 use crate::echo::{EchoConfig, EchoError, MAX_OWED};
 use crate::shutdown::Shutdown;
 use crate::uring_conn::{
@@ -119,7 +120,7 @@ fn run_loop(shared: &Shared<'_>) -> io::Result<()> {
             conns: ConnTable::new(plumbing::MAX_SLOTS),
             send_pool: SendPool::new(BUF_SIZE as usize),
             accept: AcceptState::default(),
-            next_sweep: None,
+            deadlines: Deadlines::new(shared.idle_timeout, Instant::now()),
             enter_fault: false,
         })
     });
@@ -146,7 +147,8 @@ struct UringLoop<'a> {
     conns: ConnTable<Conn>,
     send_pool: SendPool,
     accept: AcceptState,
-    next_sweep: Option<Instant>,
+    /// The idle timeout's deadlines, by slot.
+    deadlines: Deadlines,
     /// A test asked the next wait to fail (`uring_conn::Faults`).
     enter_fault: bool,
 }
@@ -161,13 +163,14 @@ impl UringLoop<'_> {
 
     /// Arm what is due, hand the batch to the kernel and wait, apply the completions.
     fn turns(&mut self) -> io::Result<()> {
-        let mut completions = Vec::new();
+        let (mut completions, mut idle) = (Vec::new(), Vec::new());
         let mut now = Instant::now();
         loop {
             let (ring, listener) = (&mut self.ring, self.shared.listener);
             self.accept
                 .arm_if_due(now, || ring.accept_multi(listener))?;
-            let timeout = plumbing::wait_for(&[self.next_sweep, self.accept.wake_at()], now);
+            let idle_wait = self.deadlines.next_wake(now);
+            let timeout = plumbing::wait_for(idle_wait, self.accept.wake_at(), now);
             let waited = match std::mem::take(&mut self.enter_fault) {
                 true => Err(io::Error::from_raw_os_error(libc::EFAULT)),
                 false => self.ring.submit_and_wait(timeout),
@@ -186,8 +189,10 @@ impl UringLoop<'_> {
             if self.shared.shutdown.is_triggered() {
                 return Ok(());
             }
-            if self.next_sweep.is_some_and(|at| at <= now) {
-                self.sweep_idle(now);
+            self.deadlines.expire(now, &mut idle);
+            let timeout = self.shared.idle_timeout.unwrap_or_default();
+            for conn_idx in idle.drain(..) {
+                self.close(conn_idx, End::Idle(timeout));
             }
         }
     }
@@ -209,7 +214,7 @@ impl UringLoop<'_> {
                 };
                 let conn = self.conns.get_mut(conn_idx).expect("live slot");
                 conn.recv_armed &= more;
-                conn.last_active = now;
+                self.deadlines.touch(conn_idx, now);
                 match result {
                     Ok(Some(buf)) => self.pump(conn_idx, Input::Bytes(buf)),
                     Ok(None) => self.pump(conn_idx, Input::End),
@@ -232,8 +237,8 @@ impl UringLoop<'_> {
                     self.send_pool.reuse(buf);
                     return Ok(());
                 };
+                self.deadlines.touch(conn_idx, now);
                 let conn = self.conns.get_mut(conn_idx).expect("live slot");
-                conn.last_active = now;
                 match result {
                     Ok(n) if start + n < buf.len() => {
                         // A short send: the rest goes next, from the same buffer.
@@ -268,7 +273,7 @@ impl UringLoop<'_> {
     }
 
     fn admit(&mut self, fd: OwnedFd, now: Instant) {
-        let Some(conn) = Conn::admit(fd, self.shared.cap, self.shared.echo, now) else {
+        let Some(conn) = Conn::admit(fd, self.shared.cap, self.shared.echo) else {
             return;
         };
         let (peer, fd) = (conn.peer, conn.stream.as_raw_fd());
@@ -281,9 +286,7 @@ impl UringLoop<'_> {
         if let Err(err) = arm_recv(&mut self.ring, self.multishot_limit, fd, tag, MAX_OWED) {
             return self.close(conn_idx, End::Failed(err.into()));
         }
-        if let Some(timeout) = self.shared.idle_timeout {
-            self.next_sweep = self.next_sweep.or_else(|| now.checked_add(timeout));
-        }
+        self.deadlines.touch(conn_idx, now);
     }
 
     /// Moves a connection forward after any completion: feeds new bytes to the echo,
@@ -344,23 +347,9 @@ impl UringLoop<'_> {
 
     fn close(&mut self, conn_idx: usize, end: End) {
         if let Some(conn) = self.conns.remove(conn_idx) {
+            self.deadlines.remove(conn_idx);
             conn.close(&mut self.ring, &end);
         }
-    }
-
-    fn sweep_idle(&mut self, now: Instant) {
-        let Some(timeout) = self.shared.idle_timeout else {
-            return self.next_sweep = None;
-        };
-        let last_active = self
-            .conns
-            .iter()
-            .map(|(conn_idx, conn)| (conn_idx, conn.last_active));
-        let (expired, next) = conn::idle_sweep(last_active, timeout, now);
-        for conn_idx in expired {
-            self.close(conn_idx, End::Idle(timeout));
-        }
-        self.next_sweep = next;
     }
 
     fn close_all(&mut self) {
