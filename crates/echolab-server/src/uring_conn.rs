@@ -624,6 +624,16 @@ mod tests {
         let gate = StartGate::new(3);
         gate.abandon(2);
         assert!(!gate.arrive(true), "abandoned parties fail the start");
+        // A party waits for the last one: nothing comes back before it arrives.
+        let gate = StartGate::new(2);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| tx.send(gate.arrive(true)).unwrap());
+            let early = rx.recv_timeout(Duration::from_millis(50));
+            assert!(early.is_err(), "returned before the others arrived");
+            assert!(gate.arrive(true));
+            assert!(rx.recv_timeout(Duration::from_secs(20)).unwrap());
+        });
     }
 
     #[test]
@@ -692,6 +702,14 @@ mod tests {
             "a connection gone before accept: at once"
         );
         assert_eq!(state.failures, 0, "neither counts as a failure");
+        // Out of descriptors for longer than the failures allowed: paused, never stopped.
+        for _ in 0..2 * MAX_ACCEPT_FAILURES {
+            state.completed(false, Some(&err), now).unwrap();
+            state
+                .arm_if_due(now + Duration::from_secs(1), || Ok(()))
+                .unwrap();
+        }
+        assert_eq!(state.failures, 0);
         let einval = io::Error::from_raw_os_error(libc::EINVAL);
         state.completed(false, Some(&einval), now).unwrap();
         assert_eq!(state.failures, 1, "an unexplained error counts");

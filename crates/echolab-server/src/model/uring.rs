@@ -16,36 +16,36 @@
 //! - One multishot accept per loop on the shared listener: armed once, it delivers a
 //!   completion per connection, and the kernel hands each connection to one loop. If it
 //!   ends it is armed again, after a pause if descriptors ran out ([`AcceptState`]).
-//! - One receive at a time per connection, into one of the ring's provided buffers, for at
-//!   most the connection's room: the kernel picks a free buffer when bytes arrive, so an
-//!   idle connection holds no buffer.
+//! - One receive at a time per connection, into the ring's provided buffers: the kernel
+//!   picks a free buffer when bytes arrive, so an idle connection holds no buffer. It is a
+//!   multishot receive that the kernel itself ends once it has delivered the connection's
+//!   room (Linux 6.16's limit): a ping-pong client is served for up to 64 KiB on one
+//!   request, with no request and no poll armed again per message. Older kernels: a
+//!   single receive of at most one buffer.
 //! - At most one send per connection at a time, from a buffer the ring owns until it
-//!   completes; bytes the echo produces meanwhile wait in the connection's [`Echo`].
+//!   completes; bytes the echo produces meanwhile wait in the connection's `Echo`.
 //!
 //! Backpressure: a connection holds at most [`MAX_OWED`] bytes (owed by its echo plus its
-//! send in flight), like in every model. A multishot receive cannot keep that bound: it
-//! keeps delivering until a cancel lands (half a megabyte per connection, issue 9). So a
-//! receive is armed only when the connection has room for a whole buffer, and asks for at
-//! most that room. Batching keeps the cost: the re-armed receives of a turn reach the
-//! kernel together with its sends, in one system call. A receive that finds the pool dry
-//! ends with `ENOBUFS` and is armed again at once; it reaches the kernel after every
-//! buffer of this turn is back.
+//! send in flight), like in every model. An unlimited multishot receive cannot keep that
+//! bound: it delivers until a cancel lands (half a megabyte per connection, issue 9). So
+//! the receive is limited to the room, and armed again only when the connection has room
+//! for a whole buffer; the re-armed receives of a turn reach the kernel together with its
+//! sends, in one system call. A receive that finds the pool dry ends with `ENOBUFS` and is
+//! armed again at once, reaching the kernel after every buffer of this turn is back.
 //!
-//! Fairness: a turn hands each connection at most one receive buffer, so a streaming
-//! client gets 16 KiB per turn like everyone else.
+//! Fairness: each time the socket wakes it, a receive takes at most one buffer (16 KiB)
+//! before the kernel runs the other connections' requests, so a streaming client gets
+//! 16 KiB per turn like everyone else.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use echolab_sys::uring::{Completion, RecvBuf, Ring};
 
-use crate::admission::ConnCap;
 use crate::conn::{self, End};
 use crate::deadline::Deadlines;
-use crate::echo::{EchoConfig, EchoError, MAX_OWED};
-use crate::shutdown::Shutdown;
+use crate::echo::{EchoError, MAX_OWED};
 use crate::uring_conn::{
     self as plumbing, AcceptState, Conn, ConnTable, Outbox, SendPool, StartGate,
 };
@@ -69,62 +69,34 @@ pub fn probe(_server: &Server) -> Result<(), String> {
 }
 
 pub fn run(server: Server) -> io::Result<()> {
-    let Server {
-        listener,
-        config,
-        shutdown,
-        cap,
-    } = server;
-    let n_loops = config.workers.unwrap_or_else(cores).max(1);
-    let shared = Shared {
-        echo: config.echo,
-        idle_timeout: config.idle_timeout,
-        cap: &cap,
-        shutdown: &shutdown,
-        listener: listener.as_raw_fd(),
-        rings_ready: StartGate::new(n_loops),
-    };
-    let shared = &shared;
-    let result = runner::run_loops(
-        "uring",
-        vec![(); n_loops],
-        &shutdown,
-        &|()| run_loop(shared),
-        &|never| shared.rings_ready.abandon(never),
-    );
-    drop(listener); // Only now that no ring can accept on it any more.
-    result
+    let n_loops = server.config.workers.unwrap_or_else(cores).max(1);
+    // Every loop builds its ring before any accepts: a loop that accepted first could take
+    // the descriptors the others need for their rings.
+    let rings_ready = StartGate::new(n_loops);
+    let run_one = |()| run_loop(&server, &rings_ready);
+    let shutdown = &server.shutdown;
+    // The listener closes (with `server`) only once no ring can accept on it any more.
+    runner::run_loops("uring", vec![(); n_loops], shutdown, &run_one, &|never| {
+        rings_ready.abandon(never)
+    })
 }
 
-/// What every loop shares with the others.
-struct Shared<'a> {
-    echo: EchoConfig,
-    idle_timeout: Option<Duration>,
-    cap: &'a Arc<ConnCap>,
-    /// Watched by every loop; a loop that fails fires it (in `runner`) to stop the others.
-    shutdown: &'a Shutdown,
-    listener: RawFd,
-    /// Every loop builds its ring before any accepts: a loop that accepted first could
-    /// take the descriptors the others need for their rings.
-    rings_ready: StartGate,
-}
-
-fn run_loop(shared: &Shared<'_>) -> io::Result<()> {
+fn run_loop(server: &Server, rings_ready: &StartGate) -> io::Result<()> {
     let uring_loop = Ring::new(RING_ENTRIES, N_BUFS, BUF_SIZE).and_then(|mut ring| {
         let multishot_limit = ring.supports_multishot_limit()?;
-        ring.poll_readable(shared.shutdown.fd().as_raw_fd(), plumbing::SHUTDOWN_TAG)?;
+        ring.poll_readable(server.shutdown.fd().as_raw_fd(), plumbing::SHUTDOWN_TAG)?;
         Ok(UringLoop {
             ring,
             multishot_limit,
-            shared,
+            server,
             conns: ConnTable::new(plumbing::MAX_SLOTS),
             send_pool: SendPool::new(BUF_SIZE as usize),
             accept: AcceptState::default(),
-            deadlines: Deadlines::new(shared.idle_timeout, Instant::now()),
+            deadlines: Deadlines::new(server.config.idle_timeout, Instant::now()),
             enter_fault: false,
         })
     });
-    if !shared.rings_ready.arrive(uring_loop.is_ok()) && uring_loop.is_ok() {
+    if !rings_ready.arrive(uring_loop.is_ok()) && uring_loop.is_ok() {
         return Ok(()); // Another loop failed and reports it.
     }
     uring_loop?.run()
@@ -143,7 +115,8 @@ struct UringLoop<'a> {
     ring: Ring,
     /// The kernel ends a multishot receive at a byte limit (Linux 6.16).
     multishot_limit: bool,
-    shared: &'a Shared<'a>,
+    /// Shared by every loop; a loop that fails fires its shutdown (in `runner`).
+    server: &'a Server,
     conns: ConnTable<Conn>,
     send_pool: SendPool,
     accept: AcceptState,
@@ -166,7 +139,7 @@ impl UringLoop<'_> {
         let (mut completions, mut idle) = (Vec::new(), Vec::new());
         let mut now = Instant::now();
         loop {
-            let (ring, listener) = (&mut self.ring, self.shared.listener);
+            let (ring, listener) = (&mut self.ring, self.server.listener.as_raw_fd());
             self.accept
                 .arm_if_due(now, || ring.accept_multi(listener))?;
             let idle_wait = self.deadlines.next_wake(now);
@@ -186,11 +159,11 @@ impl UringLoop<'_> {
                 self.on_completion(completion, now)?;
             }
             // After the turn's completions: a close line counts the bytes they confirmed.
-            if self.shared.shutdown.is_triggered() {
+            if self.server.shutdown.is_triggered() {
                 return Ok(());
             }
             self.deadlines.expire(now, &mut idle);
-            let timeout = self.shared.idle_timeout.unwrap_or_default();
+            let timeout = self.server.config.idle_timeout.unwrap_or_default();
             for conn_idx in idle.drain(..) {
                 self.close(conn_idx, End::Idle(timeout));
             }
@@ -263,8 +236,8 @@ impl UringLoop<'_> {
             }
             // The shutdown pipe. A poll completes once: if it woke without the flag
             // (spuriously), watch again, or the loop would never see the shutdown.
-            Completion::Readable { .. } if !self.shared.shutdown.is_triggered() => {
-                let fd = self.shared.shutdown.fd().as_raw_fd();
+            Completion::Readable { .. } if !self.server.shutdown.is_triggered() => {
+                let fd = self.server.shutdown.fd().as_raw_fd();
                 self.ring.poll_readable(fd, plumbing::SHUTDOWN_TAG)?;
             }
             Completion::Readable { .. } => {}
@@ -273,7 +246,7 @@ impl UringLoop<'_> {
     }
 
     fn admit(&mut self, fd: OwnedFd, now: Instant) {
-        let Some(conn) = Conn::admit(fd, self.shared.cap, self.shared.echo) else {
+        let Some(conn) = Conn::admit(fd, &self.server.cap, self.server.config.echo) else {
             return;
         };
         let (peer, fd) = (conn.peer, conn.stream.as_raw_fd());
