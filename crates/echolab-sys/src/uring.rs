@@ -434,10 +434,16 @@ impl Ring {
     /// [`Ring::recv_multi_limited`] gives it (Linux 6.16): armed on a local socket pair
     /// holding three times the limit, the receive must end after exactly the limit.
     pub fn supports_multishot_limit(&mut self) -> io::Result<bool> {
-        const LIMIT: usize = 3;
+        self.multishot_ends_at(3, 3)
+    }
+
+    /// Whether a multishot receive armed with `sent` as its limit ends after exactly
+    /// `limit` bytes of three times that many waiting. A test sends 0 (no limit) to see
+    /// what a kernel without the limit would answer.
+    fn multishot_ends_at(&mut self, sent: u32, limit: usize) -> io::Result<bool> {
         let (mut writer, reader) = UnixStream::pair()?;
-        writer.write_all(&[7; 3 * LIMIT])?;
-        self.recv_multi_limited(reader.as_raw_fd(), 0, LIMIT as u32, 1)?;
+        writer.write_all(&vec![7; 3 * limit])?;
+        self.recv_multi_limited(reader.as_raw_fd(), 0, sent, 1)?;
         let mut completions = Vec::new();
         let mut received = 0;
         // Bounded: the bytes are already there, so completions are immediate.
@@ -457,12 +463,12 @@ impl Ring {
                         _ => Err(err),
                     };
                 }
-                if !more || received > LIMIT {
+                if !more || received > limit {
                     if more {
                         let _ = self.cancel_recv(0);
                         let _ = self.submit();
                     }
-                    return Ok(!more && received == LIMIT);
+                    return Ok(!more && received == limit);
                 }
             }
         }
@@ -791,6 +797,15 @@ mod tests {
             supported,
             "kernel {release}: the multishot receive limit was not found"
         );
+        // A kernel that ignored the limit (here: none sent) is told apart.
+        // (A fresh ring each: 8 buffers, one per byte received.)
+        let fresh = || Ring::new(8, 8, 64).unwrap();
+        assert!(!fresh().multishot_ends_at(0, 2).unwrap());
+        assert!(
+            !fresh().multishot_ends_at(3, 2).unwrap(),
+            "ends past the limit"
+        );
+        assert!(fresh().multishot_ends_at(5, 5).unwrap());
         // The known answers, 9 bytes waiting: a limit of 3 taken a byte at a time delivers
         // exactly 3 and ends; taken 64 at a time, the one receive that crosses the limit
         // delivers all 9 and ends (the limit is checked after each receive).
