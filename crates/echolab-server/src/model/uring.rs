@@ -148,7 +148,8 @@ impl UringLoop<'_> {
                 true => Err(io::Error::from_raw_os_error(libc::EFAULT)),
                 false => self.ring.submit_and_wait(timeout),
             };
-            // Not a transient error (the ring retries those): this loop cannot go on.
+            // Not a timeout, a signal or a full completion queue (the ring ends the wait on
+            // those and the next turn goes on): this loop cannot go on.
             if let Err(err) = waited {
                 let why = format!("io_uring_enter failed: {}", net::describe(&err));
                 return Err(io::Error::new(err.kind(), why));
