@@ -2,7 +2,7 @@
 """echolab's models against the reference C servers of ../shared/bench, on this machine,
 in one sitting.
 
-Usage: scripts/bench-models.py [--preset fast|lecture] [--quick] [--runs N] [--secs S] [--echolab PATH]
+Usage: scripts/bench-models.py [--preset fast|lecture|uring] [--quick] [--runs N] [--secs S] [--echolab PATH]
 
 - `--preset fast` (default): issue 4's targets. The fast models (reactor, uring, async) and
   the event model against `ref_epoll`, every row with its ratio and PASS or FALL SHORT.
@@ -10,6 +10,10 @@ Usage: scripts/bench-models.py [--preset fast|lecture] [--quick] [--runs N] [--s
   prethreaded) beside `ref_epoll -t 1` and `ref_threads`: loadgen, 64 connections (the
   iterative server: 1, since it serves one at a time), 64-byte messages; messages/s, p99
   and server CPU per message (the process model's children included).
+- `--preset uring`: issue 12's targets for the io_uring model: server CPU per 64-byte
+  message against `ref_epoll -t 1` (both one loop) and `ref_epoll -t CORES` (default
+  workers) at 64 and 512 connections, messages/s and p99 beside them, MB/s at 16 KiB x 64
+  connections, CPU per connection under churn; the load average is printed with the table.
 
 - Builds the reference tools (scripts/build-ref.sh) and `echolab` (cargo, release).
 - Every figure is the median of N runs (default 5; --quick: 2 runs of 1.5 s). The
@@ -281,8 +285,9 @@ class Table:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", choices=["fast", "lecture"], default="fast",
-                    help="fast: issue 4's targets (default); lecture: the lecture's models beside the C references")
+    ap.add_argument("--preset", choices=["fast", "lecture", "uring"], default="fast",
+                    help="fast: issue 4's targets (default); lecture: the lecture's models beside the C references; "
+                         "uring: issue 12's targets for the io_uring model")
     ap.add_argument("--quick", action="store_true", help="2 runs of 1.5 s, 2,000 idle connections")
     ap.add_argument("--runs", type=int, help="runs per candidate (default 5)")
     ap.add_argument("--secs", type=float, help="seconds per run (default 4)")
@@ -304,6 +309,8 @@ def main():
 
     if args.preset == "lecture":
         return lecture(args)
+    if args.preset == "uring":
+        return uring_targets(args, cores)
     ref1, ref_all = ("ref_epoll", 1), ("ref_epoll", cores)
     reactor1, reactor = ("reactor", 1), ("reactor", None)
     uring, async_, event = ("uring", None), ("async", None), ("event", None)
@@ -354,6 +361,33 @@ def main():
     table.ratio("CPU/msg event vs ref_epoll -t 1, 64 conns", g[event]["cpu_us"], g[ref1]["cpu_us"], 1.10, False)
 
     print(f"\n# issue 4 targets: medians of {args.runs} runs x {args.secs} s, alternated; {cores} cores shared by client and server")
+    table.print()
+    return 0
+
+
+def uring_targets(args, cores):
+    """Issue 12's rows: the io_uring model against ref_epoll, ratios with PASS/FALL SHORT."""
+    ref1, ref_all = ("ref_epoll", 1), ("ref_epoll", cores)
+    uring1, uring = ("uring", 1), ("uring", None)
+    load_before = os.getloadavg()
+    table = Table()
+    for conns in (64, 512):
+        log(f"ping-pong, 64-byte messages, {conns} connections:")
+        g = run_group(args, f"{conns} conns", [ref1, uring1, ref_all, uring], ["-c", str(conns), "-s", "64"])
+        for (a, b) in ((uring1, ref1), (uring, ref_all)):
+            what = f"{label(a)} vs {label(b)}, {conns} conns"
+            table.ratio(f"CPU/msg  {what}", g[a]["cpu_us"], g[b]["cpu_us"], 0.80, False)
+            table.ratio(f"msgs/s   {what}", g[a]["rate"], g[b]["rate"], 1.00, True)
+            table.ratio(f"p99      {what}", g[a]["p99"], g[b]["p99"], 1.10, False)
+    log("16 KiB messages, 64 connections:")
+    big = run_group(args, "16 KiB", [ref_all, uring], ["-c", "64", "-s", "16384"])
+    table.ratio(f"MB/s     uring vs ref_epoll -t {cores}, 16 KiB, 64 conns", big[uring]["mbps"], big[ref_all]["mbps"], 1.30, True)
+    log("connection churn (connect, one echo, close), 16 at a time:")
+    churn = run_group(args, "churn", [ref_all, uring], ["-m", "connect", "-c", "16", "-s", "64"])
+    table.ratio(f"CPU/conn uring vs ref_epoll -t {cores}, churn", churn[uring]["cpu_us"], churn[ref_all]["cpu_us"], 1.00, False)
+    load_after = os.getloadavg()
+    print(f"\n# issue 12 targets: medians of {args.runs} runs x {args.secs} s, alternated; {cores} cores shared by "
+          f"client and server; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     table.print()
     return 0
 

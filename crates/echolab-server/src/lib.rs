@@ -29,6 +29,7 @@ pub mod accept;
 pub mod admission;
 pub mod cli;
 pub mod conn;
+pub mod deadline;
 pub mod echo;
 pub mod live;
 pub mod logging;
@@ -37,6 +38,7 @@ pub mod net;
 pub mod runner;
 pub mod shutdown;
 pub mod supervisor;
+pub mod uring_conn;
 
 /// The bounded queue of the prethreaded model (CS:APP's `sbuf`), in a crate of its own.
 pub use echolab_sbuf as sbuf;

@@ -242,6 +242,26 @@ impl Ring {
         self.push(entry)
     }
 
+    /// Arms a multishot receive on `fd` that ends by itself once it has delivered `total`
+    /// bytes or more (Linux 6.16's receive limit, checked after each receive: the receive
+    /// that crosses it is whole, so up to `total - 1 + per_turn` bytes arrive), each receive
+    /// taking at most `per_turn` bytes. Its completions are [`Completion::Received`]; the
+    /// last has `more` false. Only where [`Ring::supports_multishot_limit`] says so: an
+    /// older kernel ignores the limit.
+    pub fn recv_multi_limited(
+        &mut self,
+        fd: RawFd,
+        tag: u64,
+        total: u32,
+        per_turn: u32,
+    ) -> io::Result<()> {
+        let entry = opcode::RecvMulti::new(Fd(fd), BUF_GROUP)
+            .len(per_turn)
+            .build()
+            .user_data(KIND_RECV << KIND_SHIFT | (tag & TAG_MASK));
+        self.push(with_optlen(entry, total))
+    }
+
     /// Asks the kernel to stop the multishot receive armed with `tag`. Its final
     /// completion (`ECANCELED`, or whatever it delivered first) still arrives.
     pub fn cancel_recv(&mut self, tag: u64) -> io::Result<()> {
@@ -410,6 +430,51 @@ impl Ring {
         ))
     }
 
+    /// Whether this kernel ends a multishot receive at the byte limit that
+    /// [`Ring::recv_multi_limited`] gives it (Linux 6.16): armed on a local socket pair
+    /// holding three times the limit, the receive must end after exactly the limit.
+    pub fn supports_multishot_limit(&mut self) -> io::Result<bool> {
+        self.multishot_ends_at(3, 3)
+    }
+
+    /// Whether a multishot receive armed with `sent` as its limit ends after exactly
+    /// `limit` bytes of three times that many waiting. A test sends 0 (no limit) to see
+    /// what a kernel without the limit would answer.
+    fn multishot_ends_at(&mut self, sent: u32, limit: usize) -> io::Result<bool> {
+        let (mut writer, reader) = UnixStream::pair()?;
+        writer.write_all(&vec![7; 3 * limit])?;
+        self.recv_multi_limited(reader.as_raw_fd(), 0, sent, 1)?;
+        let mut completions = Vec::new();
+        let mut received = 0;
+        // Bounded: the bytes are already there, so completions are immediate.
+        for _ in 0..10 {
+            self.submit_and_wait(Some(Duration::from_millis(100)))?;
+            self.completions(&mut completions);
+            for completion in completions.drain(..) {
+                let Completion::Received { result, more, .. } = completion else {
+                    continue;
+                };
+                if let Ok(Some(buf)) = result {
+                    received += buf.len();
+                    self.recycle(buf);
+                } else if let Err(err) = result {
+                    return match err.raw_os_error() {
+                        Some(libc::EINVAL) => Ok(false),
+                        _ => Err(err),
+                    };
+                }
+                if !more || received > limit {
+                    if more {
+                        let _ = self.cancel_recv(0);
+                        let _ = self.submit();
+                    }
+                    return Ok(!more && received == limit);
+                }
+            }
+        }
+        Ok(false)
+    }
+
     /// Moves every available completion into `out` (which is cleared first).
     pub fn completions(&mut self, out: &mut Vec<Completion>) {
         out.clear();
@@ -525,6 +590,21 @@ impl Ring {
             KIND_POLL => Some(Completion::Readable { tag }),
             _ => None, // Cancel results: the cancelled request reports for itself.
         }
+    }
+}
+
+/// `entry` with the kernel's `sqe->optlen` (bytes 44..48 of the 64-byte `io_uring_sqe`)
+/// set to `optlen`: for a multishot receive, the bytes after which it ends. The io-uring
+/// crate has no setter for it yet.
+fn with_optlen(entry: squeue::Entry, optlen: u32) -> squeue::Entry {
+    const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
+    // SAFETY: `squeue::Entry` is `#[repr(C)]` around the kernel's 64-byte `io_uring_sqe`
+    // (size checked above), which is plain integers: every bit pattern is valid, and the
+    // four bytes at offset 44 are the `optlen` member of its last-but-one union.
+    unsafe {
+        let mut raw: [u8; 64] = std::mem::transmute(entry);
+        raw[44..48].copy_from_slice(&optlen.to_ne_bytes());
+        std::mem::transmute::<[u8; 64], squeue::Entry>(raw)
     }
 }
 
@@ -673,5 +753,95 @@ impl Drop for ProvidedBuffers {
             alloc::dealloc(self.entries.as_ptr().cast(), self.entries_layout);
             alloc::dealloc(self.data.as_ptr(), self.data_layout);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ring, or `None` (said as SKIPPED, with why) where io_uring is refused.
+    fn ring(test: &str) -> Option<Ring> {
+        match Ring::new(8, 8, 64) {
+            Ok(ring) => Some(ring),
+            Err(err) => {
+                let _ = writeln!(
+                    io::stderr(),
+                    "SKIPPED uring::{test}: io_uring refused: {err}"
+                );
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn a_limited_multishot_receive_ends_at_its_limit_and_an_unlimited_one_does_not() {
+        let test = "a_limited_multishot_receive_ends_at_its_limit_and_an_unlimited_one_does_not";
+        let Some(mut ring) = ring(test) else {
+            return;
+        };
+        // Linux 6.16 brought the limit: from there on the probe must find it.
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let mut numbers = release.split(|c: char| !c.is_ascii_digit());
+        let major: u32 = numbers.next().unwrap().parse().unwrap();
+        let minor: u32 = numbers.next().unwrap().parse().unwrap();
+        let supported = ring.supports_multishot_limit().unwrap();
+        if (major, minor) < (6, 16) {
+            let _ = writeln!(
+                io::stderr(),
+                "SKIPPED uring::{test}: kernel {release} before 6.16"
+            );
+            return;
+        }
+        assert!(
+            supported,
+            "kernel {release}: the multishot receive limit was not found"
+        );
+        // A kernel that ignored the limit (here: none sent) is told apart.
+        // (A fresh ring each: 8 buffers, one per byte received.)
+        let fresh = || Ring::new(8, 8, 64).unwrap();
+        assert!(!fresh().multishot_ends_at(0, 2).unwrap());
+        assert!(
+            !fresh().multishot_ends_at(3, 2).unwrap(),
+            "ends past the limit"
+        );
+        assert!(fresh().multishot_ends_at(5, 5).unwrap());
+        // The known answers, 9 bytes waiting: a limit of 3 taken a byte at a time delivers
+        // exactly 3 and ends; taken 64 at a time, the one receive that crosses the limit
+        // delivers all 9 and ends (the limit is checked after each receive).
+        let received = |ring: &mut Ring, limit: u32, per_turn: u32| -> (usize, bool) {
+            let (mut writer, reader) = UnixStream::pair().unwrap();
+            writer.write_all(&[1; 9]).unwrap();
+            ring.recv_multi_limited(reader.as_raw_fd(), 5, limit, per_turn)
+                .unwrap();
+            let (mut total, mut ended) = (0, false);
+            let mut completions = Vec::new();
+            for _ in 0..5 {
+                ring.submit_and_wait(Some(Duration::from_millis(20)))
+                    .unwrap();
+                ring.completions(&mut completions);
+                for completion in completions.drain(..) {
+                    if let Completion::Received { tag, result, more } = completion {
+                        assert_eq!(tag, 5);
+                        if let Ok(Some(buf)) = result {
+                            total += buf.len();
+                            ring.recycle(buf);
+                        }
+                        ended |= !more;
+                    }
+                }
+            }
+            if !ended {
+                ring.cancel_recv(5).unwrap();
+                ring.submit().unwrap();
+            }
+            (total, ended)
+        };
+        assert_eq!(received(&mut ring, 3, 1), (3, true));
+        assert_eq!(received(&mut ring, 3, 64), (9, true));
+        assert_eq!(received(&mut ring, 8, 4), (8, true), "4 + 4 reach 8");
+        assert_eq!(received(&mut ring, 7, 4), (8, true), "4 + 4 cross 7");
+        // No limit (0): everything waiting, and still armed.
+        assert_eq!(received(&mut ring, 0, 64), (9, false));
     }
 }

@@ -1,0 +1,103 @@
+//! The uring model's own error paths (issue 9, item 7), reached with faults that debug
+//! builds inject from `ECHOLAB_FAULT_URING` (`echolab_server::uring_conn::Faults`): a
+//! failed arm of the multishot accept recovers, too many in a row stop the server cleanly,
+//! and a failed `io_uring_enter` stops it cleanly: one line, a non-zero exit, every
+//! connection closed, never half alive.
+
+mod support;
+
+use std::io::Write;
+
+use support::*;
+
+/// Why these tests cannot run here, if they cannot; said on the terminal as SKIPPED.
+fn skipped(test: &str) -> bool {
+    let reason = if cfg!(debug_assertions) {
+        unsupported("uring")
+    } else {
+        Some("release builds inject no faults".to_string())
+    };
+    let Some(reason) = reason else {
+        return false;
+    };
+    let _ = writeln!(std::io::stderr(), "SKIPPED uring_faults::{test}: {reason}");
+    assert!(
+        std::env::var_os("ECHOLAB_REQUIRE_ALL_MODELS").is_none(),
+        "uring cannot run here and ECHOLAB_REQUIRE_ALL_MODELS is set: {reason}"
+    );
+    true
+}
+
+fn start(fault: &str, extra: &[&str]) -> Server {
+    let mut command = echolab();
+    command.env("ECHOLAB_FAULT_URING", fault);
+    Server::start_with(command, "uring", "127.0.0.1:0", extra)
+}
+
+#[test]
+fn a_failed_accept_arm_is_retried_and_the_server_serves() {
+    if skipped("a_failed_accept_arm_is_retried_and_the_server_serves") {
+        return;
+    }
+    let mut server = start("accept-arm=3", &["--workers", "1"]);
+    // Connected in the backlog; served once the accept is armed, after three pauses.
+    assert_eq!(round_trip(server.addr, b"later".to_vec()), b"later");
+    let paused = server.log.wait_for("cannot accept: injected", 1);
+    assert!(paused[0].contains("pausing accept"), "{paused:?}");
+    assert_eq!(round_trip(server.addr, b"again".to_vec()), b"again");
+    let status = server
+        .terminate(STEP)
+        .expect("server did not stop on SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn accept_failing_for_good_stops_the_server_with_one_line() {
+    if skipped("accept_failing_for_good_stops_the_server_with_one_line") {
+        return;
+    }
+    let mut server = start("accept-arm=1000000", &[]);
+    let status = wait_exit(&mut server.child, STEP).expect("the server outlived its accept");
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    server.log.wait_for("server failed", 1);
+    let lines = server.log.lines();
+    let fatal: Vec<&String> = lines.iter().filter(|l| l.contains("in a row")).collect();
+    assert_eq!(fatal.len(), 1, "{lines:#?}");
+    assert!(
+        fatal[0].contains("cannot accept 20 times in a row, stopping: injected"),
+        "{fatal:?}"
+    );
+}
+
+#[test]
+fn a_failed_enter_stops_the_server_cleanly() {
+    if skipped("a_failed_enter_stops_the_server_cleanly") {
+        return;
+    }
+    let mut server = start("enter=fault-enter", &[]);
+    let mut bystander = connect(server.addr);
+    bystander.write_all(b"here").unwrap();
+    assert_eq!(read_n(&mut bystander, 4), b"here");
+    let mut culprit = connect(server.addr);
+    culprit.write_all(b"fault-enter").unwrap();
+    let status = wait_exit(&mut server.child, STEP).expect("the server outlived the failure");
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    server.log.wait_for("server failed", 1);
+    let lines = server.log.lines();
+    let fatal: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("io_uring_enter"))
+        .collect();
+    assert_eq!(fatal.len(), 1, "{lines:#?}");
+    assert!(fatal[0].contains("bad address"), "{fatal:?}");
+    // Every connection was closed and said so, with its byte counts.
+    let port = bystander.local_addr().unwrap().port();
+    server.log.wait_for(
+        &format!(":{port} closed: server shutting down (4 bytes in, 4 out)"),
+        1,
+    );
+    match read_to_end(&mut bystander) {
+        Ok(rest) => assert_eq!(rest, b""),
+        Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
+    }
+}
