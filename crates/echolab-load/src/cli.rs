@@ -175,8 +175,9 @@ impl BenchArgs {
 ///
 /// Starts each model as `echolab serve --model M --listen 127.0.0.1:0` (this executable),
 /// runs the workload matrix against all of them alternately, reads each server's CPU time,
-/// memory, threads and processes from /proc, and writes results.json, summary.md and SVG
-/// charts. Models that fail to start are reported and left out.
+/// memory, threads and processes from /proc, and writes results.json, summary.md, SVG
+/// charts and index.html (tables and charts on one page). Models that fail to start are
+/// reported and left out.
 #[derive(Debug, clap::Args)]
 pub struct CompareArgs {
     /// Models to compare, comma-separated. Default: every model that starts.
@@ -194,6 +195,12 @@ pub struct CompareArgs {
     /// Runs of each (workload, model) pair; the tables show medians. Default: 3.
     #[arg(long, value_name = "N", value_parser = parse_positive)]
     pub repeats: Option<usize>,
+
+    /// Folder of the reference C servers (ref_epoll, ref_threads) that
+    /// scripts/build-ref.sh builds; they run every TCP workload and are drawn dashed.
+    /// Default: target/ref, when they are there (none found: none run).
+    #[arg(long, value_name = "DIR")]
+    pub ref_dir: Option<PathBuf>,
 }
 
 /// The models `echolab serve --model` accepts, in the lecture's order, then the fast ones.

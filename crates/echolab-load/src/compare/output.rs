@@ -38,6 +38,8 @@ pub struct ModelStatus {
     pub addr: Option<String>,
     /// Why it did not start.
     pub error: Option<String>,
+    /// A UDP server (`serve --udp-only`) for the UDP workloads.
+    pub udp: bool,
 }
 
 /// One run of one workload against one model.
@@ -70,6 +72,8 @@ pub struct RunSample {
     pub leftover_conns: u64,
     /// Likewise, the server's live children (the process model's connections).
     pub leftover_children: u64,
+    /// UDP: datagrams with no echo within the timeout (0 for TCP).
+    pub lost: u64,
 }
 
 impl RunSample {
@@ -125,6 +129,41 @@ impl RunSample {
     }
 }
 
+impl RunSample {
+    /// A UDP run's figures: echoes/s as the rate, CPU per echoed datagram, corrupt echoes
+    /// and socket errors as errors, lost datagrams apart.
+    pub fn from_udp_report(
+        report: &echolab_udp::bench::UdpReport,
+        cpu_secs: Option<f64>,
+        after: Option<ProcStats>,
+    ) -> RunSample {
+        let cpu = cpu_secs.unwrap_or(0.0);
+        let echoed = report.counts.echoed as f64;
+        let errors = report.counts.corrupt + report.socket_errors;
+        RunSample {
+            messages_per_sec: report.echoes_per_sec(),
+            mb_per_sec: report.echoes_per_sec() * report.config.size as f64 / 1e6,
+            p50_us: report.quantile_us(0.5),
+            p90_us: report.quantile_us(0.9),
+            p99_us: report.quantile_us(0.99),
+            p999_us: report.quantile_us(0.999),
+            max_us: report.quantile_us(1.0),
+            errors,
+            server_cpu_secs: cpu,
+            server_cpu_us_per_msg: if echoed > 0.0 { cpu * 1e6 / echoed } else { 0.0 },
+            server: after,
+            error: (errors > 0).then(|| {
+                format!(
+                    "{} corrupt echoes, {} socket errors",
+                    report.counts.corrupt, report.socket_errors
+                )
+            }),
+            lost: report.counts.lost,
+            ..RunSample::default()
+        }
+    }
+}
+
 /// Medians over the runs of one model on one workload.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Median {
@@ -145,6 +184,8 @@ pub struct Median {
     pub errors: u64,
     /// The most connections left without an echo in any run.
     pub unserved_conns: u64,
+    /// UDP: datagrams lost over all runs.
+    pub lost: u64,
 }
 
 /// One model's runs on one workload.
@@ -225,6 +266,7 @@ impl WorkloadResults {
                 spread_pct: spread,
                 errors: r.iter().map(|s| s.errors).sum(),
                 unserved_conns: r.iter().map(|s| s.unserved_conns).max().unwrap_or(0),
+                lost: r.iter().map(|s| s.lost).sum(),
             });
         }
     }
@@ -287,6 +329,10 @@ pub struct Results {
     pub idle: Vec<IdleResult>,
     /// Stopped early by SIGINT/SIGTERM: the figures cover the runs done.
     pub interrupted: bool,
+    /// What compare left out of the plan and why (a placement this machine cannot give).
+    pub notes: Vec<String>,
+    /// The data behind every chart, as drawn ([`super::charts::data`]).
+    pub charts: Vec<super::charts::ChartData>,
 }
 
 impl Results {
@@ -355,6 +401,9 @@ pub fn summary_markdown(results: &Results) -> String {
         plan.warmup_secs,
         if results.interrupted { " **Interrupted: the figures cover the runs done.**" } else { "" }
     );
+    for note in &results.notes {
+        let _ = writeln!(out, "Note: {note}.\n");
+    }
     let failed: Vec<&ModelStatus> = results
         .models
         .iter()
@@ -398,11 +447,15 @@ pub fn summary_markdown(results: &Results) -> String {
     for w in &results.workloads {
         let kind = if w.workload.churn {
             "connect, one echo, close; rates are connections/s"
+        } else if w.workload.udp {
+            "closed loop, one datagram outstanding per socket; rates are echoes/s"
+        } else if w.workload.pin.is_some() {
+            "closed loop, client and server pinned with sched_setaffinity"
         } else {
             "closed loop"
         };
         let _ = writeln!(out, "## {} ({kind})\n", w.workload.name);
-        if w.workload.conns == 1 && !w.workload.churn {
+        if w.workload.conns == 1 && !w.workload.churn && !w.workload.udp && w.workload.pin.is_none() {
             let _ = writeln!(
                 out,
                 "One connection: every message wakes the other side, so where the scheduler \
@@ -418,8 +471,12 @@ pub fn summary_markdown(results: &Results) -> String {
             .filter_map(|(name, runs)| runs.median.as_ref().map(|m| (name, m)))
             .collect();
         // A model that left connections unserved is never the best: its rate is that of
-        // the few it served.
-        let ranked = || medians.iter().filter(|(_, m)| m.unserved_conns == 0);
+        // the few it served. Nor is a reference C server: it is the yardstick.
+        let ranked = || {
+            medians
+                .iter()
+                .filter(|(name, m)| m.unserved_conns == 0 && !super::charts::is_reference(name))
+        };
         let best_rate = ranked()
             .map(|(_, m)| m.messages_per_sec)
             .fold(0.0, f64::max);
@@ -427,11 +484,18 @@ pub fn summary_markdown(results: &Results) -> String {
             .map(|(_, m)| m.server_cpu_us_per_msg)
             .filter(|c| *c > 0.0)
             .fold(f64::MAX, f64::min);
+        let udp = w.workload.udp;
         let _ = writeln!(
             out,
-            "| model | msgs/s | vs best | p50 µs | p99 µs | CPU µs/msg | vs best | PSS MiB | threads | procs | runs | spread | errors |"
+            "| model | {} | vs best | p50 µs | p99 µs | CPU µs/msg | vs best | PSS MiB | threads | procs | runs | spread | errors |{}",
+            if udp { "echoes/s" } else { "msgs/s" },
+            if udp { " lost |" } else { "" }
         );
-        let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+        let _ = writeln!(
+            out,
+            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|{}",
+            if udp { "--:|" } else { "" }
+        );
         for (name, runs) in &w.models {
             if let Some(why) = &runs.skipped {
                 let _ = writeln!(out, "| {name} | *{why}* |||||||||||| ");
@@ -451,7 +515,8 @@ pub fn summary_markdown(results: &Results) -> String {
             };
             let _ = writeln!(
                 out,
-                "| {name} | {} | {rate_ratio} | {:.1} | {:.1} | {:.2} | {cpu_ratio} | {} | {} | {} | {} | {:.0}% | {} |",
+                "| {} | {} | {rate_ratio} | {:.1} | {:.1} | {:.2} | {cpu_ratio} | {} | {} | {} | {} | {:.0}% | {} |{}",
+                row_name(name),
                 rate_cell(m, w.workload.conns),
                 m.p50_us,
                 m.p99_us,
@@ -461,10 +526,15 @@ pub fn summary_markdown(results: &Results) -> String {
                 m.processes,
                 m.runs,
                 m.spread_pct,
-                errors_cell(m)
+                errors_cell(m),
+                if udp { format!(" {} |", m.lost) } else { String::new() }
             );
         }
         let _ = writeln!(out);
+    }
+    if let Some(chart) = results.charts.iter().find(|c| c.file == "one_conn_placement.svg") {
+        let _ = writeln!(out, "## One connection, pinned both ways\n");
+        let _ = writeln!(out, "{}\n", super::charts::placement_lesson(&chart.series));
     }
     let _ = writeln!(out, "## {} idle connections held\n", results.idle_conns);
     let best = results
@@ -504,6 +574,15 @@ pub fn summary_markdown(results: &Results) -> String {
     }
     let _ = writeln!(out, "\nThe idle step runs once per model (not repeated).");
     out
+}
+
+/// A table row's name: a reference C server says so.
+fn row_name(name: &str) -> String {
+    if super::charts::is_reference(name) {
+        format!("{name} (C reference)")
+    } else {
+        name.to_string()
+    }
 }
 
 /// The msgs/s cell: the rate, marked with the connections served when some were not
@@ -547,6 +626,8 @@ mod tests {
             conns: 64,
             size: 64,
             churn: false,
+            pin: None,
+            udp: false,
         };
         let mut w = WorkloadResults::new(workload, ["event", "prethreaded"].into_iter());
         w.push(
@@ -575,6 +656,8 @@ mod tests {
             workloads: vec![w],
             idle: Vec::new(),
             interrupted: false,
+            notes: Vec::new(),
+            charts: Vec::new(),
         };
         let md = summary_markdown(&results);
         let row = |model: &str| {
