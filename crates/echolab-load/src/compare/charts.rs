@@ -11,6 +11,7 @@ use std::error::Error;
 use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::output::{Median, ModelRuns, Results, RunSample};
 use super::{Placement, Workload};
@@ -204,7 +205,10 @@ fn best(series: &[Series], x: Option<f64>, lower: bool, at: &str) -> Option<Best
 }
 
 /// The closed-loop TCP workloads of `size` bytes that the scheduler places (unpinned).
-fn closed_of_size(results: &Results, size: usize) -> impl Iterator<Item = &super::output::WorkloadResults> {
+fn closed_of_size(
+    results: &Results,
+    size: usize,
+) -> impl Iterator<Item = &super::output::WorkloadResults> {
     results
         .workloads
         .iter()
@@ -220,19 +224,26 @@ fn against_conns(
     results: &Results,
     of_run: fn(&RunSample) -> f64,
     of_median: fn(&Median) -> f64,
-    lower: bool,
 ) -> (Vec<Series>, Vec<String>) {
     let mut series = Vec::new();
     for w in closed_of_size(results, 64) {
         for (model, runs) in &w.models {
             let x = w.workload.conns as f64;
             if let Some(p) = point(x, w.workload.conns, runs, of_run, of_median) {
-                add(&mut series, &series_name(model), model, is_reference(model), p);
+                add(
+                    &mut series,
+                    &series_name(model),
+                    model,
+                    is_reference(model),
+                    p,
+                );
             }
         }
     }
     let mut notes = Vec::new();
-    let mut counts: Vec<usize> = closed_of_size(results, 64).map(|w| w.workload.conns).collect();
+    let mut counts: Vec<usize> = closed_of_size(results, 64)
+        .map(|w| w.workload.conns)
+        .collect();
     counts.sort_unstable();
     counts.dedup();
     if counts.len() < 3 {
@@ -242,7 +253,6 @@ fn against_conns(
             counts.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" and ")
         ));
     }
-    let _ = lower;
     (series, notes)
 }
 
@@ -259,7 +269,8 @@ fn spread_note(series: &[Series]) -> String {
         .filter(|s| s.served.is_some())
         .map(|s| s.name.as_str())
         .collect();
-    let mut note = format!("Points are medians of {runs} runs; whiskers span the lowest to the highest run.");
+    let mut note =
+        format!("Points are medians of {runs} runs; whiskers span the lowest to the highest run.");
     if !unserved.is_empty() {
         note.push_str(&format!(
             " Hollow points marked \"served N/M\" ({}) left connections unserved: their figure is that of the few and is not ranked.",
@@ -301,12 +312,8 @@ fn busiest(results: &Results) -> Option<usize> {
 }
 
 fn throughput(results: &Results) -> ChartData {
-    let (series, mut notes) = against_conns(
-        results,
-        |r| r.messages_per_sec,
-        |m| m.messages_per_sec,
-        false,
-    );
+    let (series, mut notes) =
+        against_conns(results, |r| r.messages_per_sec, |m| m.messages_per_sec);
     let at = busiest(results);
     let best = best(
         &series,
@@ -318,7 +325,8 @@ fn throughput(results: &Results) -> ChartData {
     notes.push(best_note(&best, "messages/s"));
     ChartData {
         file: "throughput_vs_conns.svg".to_string(),
-        question: "Which model echoes the most messages per second as connections grow?".to_string(),
+        question: "Which model echoes the most messages per second as connections grow?"
+            .to_string(),
         x_axis: "connections (count, log scale)".to_string(),
         y_axis: "messages per second (msgs/s, 64 B, closed loop)".to_string(),
         x_log: true,
@@ -338,7 +346,6 @@ fn cpu_vs_conns(results: &Results) -> ChartData {
         results,
         |r| r.server_cpu_us_per_msg,
         |m| m.server_cpu_us_per_msg,
-        true,
     );
     let at = busiest(results);
     let best = best(
@@ -350,13 +357,15 @@ fn cpu_vs_conns(results: &Results) -> ChartData {
     notes.insert(0, spread_note(&series));
     if !series.iter().any(|s| s.reference) {
         notes.push(
-            "No reference C server ran (build them with scripts/build-ref.sh, or pass --ref-dir).".to_string(),
+            "No reference C server ran (build them with scripts/build-ref.sh, or pass --ref-dir)."
+                .to_string(),
         );
     }
     notes.push(best_note(&best, "µs/msg"));
     ChartData {
         file: "cpu_per_msg_vs_conns.svg".to_string(),
-        question: "Which model spends the least server CPU per message as connections grow?".to_string(),
+        question: "Which model spends the least server CPU per message as connections grow?"
+            .to_string(),
         x_axis: "connections (count, log scale)".to_string(),
         y_axis: "server CPU per message (µs/msg, user + system, 64 B)".to_string(),
         x_log: true,
@@ -390,13 +399,20 @@ fn cpu_by_workload(results: &Results) -> ChartData {
                 |m| m.server_cpu_us_per_msg,
             );
             if let Some(p) = p {
-                add(&mut series, &series_name(model), model, is_reference(model), p);
+                add(
+                    &mut series,
+                    &series_name(model),
+                    model,
+                    is_reference(model),
+                    p,
+                );
             }
         }
     }
     let notes = vec![
         spread_note(&series),
-        "Churn is left out: its cost is per connection, not per message (see its table).".to_string(),
+        "Churn is left out: its cost is per connection, not per message (see its table)."
+            .to_string(),
     ];
     ChartData {
         file: "cpu_per_msg_by_workload.svg".to_string(),
@@ -430,7 +446,13 @@ fn latency(results: &Results) -> ChartData {
         for (model, runs) in &w.models {
             for (i, (of_run, of_median)) in figures.iter().enumerate() {
                 if let Some(p) = point(i as f64, w.workload.conns, runs, *of_run, *of_median) {
-                    add(&mut series, &series_name(model), model, is_reference(model), p);
+                    add(
+                        &mut series,
+                        &series_name(model),
+                        model,
+                        is_reference(model),
+                        p,
+                    );
                 }
             }
         }
@@ -456,8 +478,11 @@ fn latency(results: &Results) -> ChartData {
 
 /// One connection pinned both ways: messages/s per model, same CPU against different CPUs.
 fn placement(results: &Results) -> Option<ChartData> {
-    let pinned: Vec<&super::output::WorkloadResults> =
-        results.workloads.iter().filter(|w| w.workload.pin.is_some()).collect();
+    let pinned: Vec<&super::output::WorkloadResults> = results
+        .workloads
+        .iter()
+        .filter(|w| w.workload.pin.is_some())
+        .collect();
     if pinned.is_empty() {
         return None;
     }
@@ -473,8 +498,16 @@ fn placement(results: &Results) -> Option<ChartData> {
     for w in &pinned {
         let Some(pin) = w.workload.pin else { continue };
         for (idx, model) in models.iter().enumerate() {
-            let Some(runs) = w.models.get(*model) else { continue };
-            if let Some(p) = point(idx as f64, 1, runs, |r| r.messages_per_sec, |m| m.messages_per_sec) {
+            let Some(runs) = w.models.get(*model) else {
+                continue;
+            };
+            if let Some(p) = point(
+                idx as f64,
+                1,
+                runs,
+                |r| r.messages_per_sec,
+                |m| m.messages_per_sec,
+            ) {
                 add(&mut series, pin.describe(), pin.describe(), false, p);
             }
         }
@@ -484,11 +517,12 @@ fn placement(results: &Results) -> Option<ChartData> {
     Some(ChartData {
         file: "one_conn_placement.svg".to_string(),
         question: "How much does one connection depend on where client and server run?".to_string(),
-        x_axis: "model (64 B, one connection, client and server pinned by sched_setaffinity)".to_string(),
+        x_axis: "model (64 B, one connection, client and server pinned by sched_setaffinity)"
+            .to_string(),
         y_axis: "messages per second (msgs/s)".to_string(),
         x_log: false,
         y_log: false,
-        categories: models.iter().map(|m| series_name(m)).collect(),
+        categories: models.iter().map(|m| m.to_string()).collect(),
         bars: false,
         connect: false,
         lower_is_better: false,
@@ -501,8 +535,12 @@ fn placement(results: &Results) -> Option<ChartData> {
 /// The placement chart's lesson, computed from its medians: the ratio of same-CPU to
 /// different-CPU throughput, model by model, summarised by its median.
 pub fn placement_lesson(series: &[Series]) -> String {
-    let same = series.iter().find(|s| s.name == Placement::SameCpu.describe());
-    let apart = series.iter().find(|s| s.name == Placement::DifferentCpus.describe());
+    let same = series
+        .iter()
+        .find(|s| s.name == Placement::SameCpu.describe());
+    let apart = series
+        .iter()
+        .find(|s| s.name == Placement::DifferentCpus.describe());
     let (Some(same), Some(apart)) = (same, apart) else {
         return "Only one placement could be measured (the machine lets this process use one CPU): no comparison.".to_string();
     };
@@ -550,7 +588,13 @@ fn idle_memory(results: &Results) -> ChartData {
             served: None,
             ranked: true,
         };
-        add(&mut series, &series_name(&i.model), &i.model, is_reference(&i.model), p);
+        add(
+            &mut series,
+            &series_name(&i.model),
+            &i.model,
+            is_reference(&i.model),
+            p,
+        );
     }
     let best = best(&series, None, true, "idle");
     let skipped: Vec<String> = results
@@ -571,11 +615,14 @@ fn idle_memory(results: &Results) -> ChartData {
             "What does an idle connection cost in server memory? ({} held)",
             results.idle_conns
         ),
-        x_axis: "model".to_string(),
+        x_axis: format!(
+            "model (one bar each, {} idle connections held)",
+            results.idle_conns
+        ),
         y_axis: "server memory per idle connection (KiB of PSS, log scale)".to_string(),
         x_log: false,
         y_log: true,
-        categories: measured.iter().map(|i| series_name(&i.model)).collect(),
+        categories: measured.iter().map(|i| i.model.clone()).collect(),
         bars: true,
         connect: false,
         lower_is_better: true,
@@ -587,21 +634,39 @@ fn idle_memory(results: &Results) -> ChartData {
 
 /// UDP echoes per second per model and workload.
 fn udp_rate(results: &Results) -> Option<ChartData> {
-    let udp: Vec<&super::output::WorkloadResults> =
-        results.workloads.iter().filter(|w| w.workload.udp).collect();
+    let udp: Vec<&super::output::WorkloadResults> = results
+        .workloads
+        .iter()
+        .filter(|w| w.workload.udp)
+        .collect();
     if udp.is_empty() {
         return None;
     }
     let mut series = Vec::new();
     for (idx, w) in udp.iter().enumerate() {
         for (model, runs) in &w.models {
-            let p = point(idx as f64, w.workload.conns, runs, |r| r.messages_per_sec, |m| m.messages_per_sec);
+            let p = point(
+                idx as f64,
+                w.workload.conns,
+                runs,
+                |r| r.messages_per_sec,
+                |m| m.messages_per_sec,
+            );
             if let Some(p) = p {
-                add(&mut series, &series_name(model), model, is_reference(model), p);
+                add(
+                    &mut series,
+                    &series_name(model),
+                    model,
+                    is_reference(model),
+                    p,
+                );
             }
         }
     }
-    let notes = vec![spread_note(&series), "Closed loop: one datagram outstanding per socket; see the tables for loss.".to_string()];
+    let notes = vec![
+        spread_note(&series),
+        "Closed loop: one datagram outstanding per socket; see the tables for loss.".to_string(),
+    ];
     Some(ChartData {
         file: "udp_echoes.svg".to_string(),
         question: "Which model echoes the most UDP datagrams per second?".to_string(),
@@ -651,15 +716,30 @@ pub fn write_all(out: &Path, results: &Results) -> Result<Vec<PathBuf>, String> 
     Ok(files)
 }
 
-/// A series' colour, the same on every chart: a model's follows its place in [`MODELS`];
-/// anything else (references, placements) a fixed place after them by its name.
+/// A series' colour, the same on every chart: a model's follows its place in [`MODELS`],
+/// a reference's the place after them; the placements have two contrasting colours.
 fn color(key: &str) -> RGBColor {
+    match key {
+        "same CPU" => return RGBColor(31, 88, 160),
+        "different CPUs" => return RGBColor(222, 110, 20),
+        _ => {}
+    }
     let idx = MODELS.iter().position(|m| *m == key).unwrap_or_else(|| {
-        let extra = ["ref_epoll", "ref_threads", "same CPU", "different CPUs"];
-        MODELS.len() + extra.iter().position(|e| key.starts_with(e)).unwrap_or(extra.len())
+        let refs = ["ref_epoll", "ref_threads"];
+        MODELS.len() + refs.iter().position(|r| *r == key).unwrap_or(refs.len())
     });
     let (r, g, b) = Palette99::pick(idx).rgb();
     RGBColor(r, g, b)
+}
+
+/// A tick label: an integer when it is one, else the fewest decimals that show it.
+pub fn tick(v: f64) -> String {
+    if v >= 1.0 && (v - v.round()).abs() < 1e-9 {
+        format!("{v:.0}")
+    } else {
+        let text = format!("{v:.4}");
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
 }
 
 const SIZE: (u32, u32) = (1000, 600);
@@ -716,7 +796,10 @@ fn draw(backend: SVGBackend<'_>, chart: &ChartData) -> ChartResult {
     let (root, legend) = top.split_horizontally(SIZE.0 - LEGEND_WIDTH);
 
     let points = || chart.series.iter().flat_map(|s| &s.points);
-    let x_axis = Axis { log: chart.x_log, floor: 0.5 };
+    let x_axis = Axis {
+        log: chart.x_log,
+        floor: 0.5,
+    };
     let (x_lo, x_hi) = if chart.categories.is_empty() {
         let lo = points().map(|p| p.x).fold(f64::MAX, f64::min).min(1.0);
         let hi = points().map(|p| p.x).fold(1.0, f64::max).max(2.0);
@@ -730,7 +813,10 @@ fn draw(backend: SVGBackend<'_>, chart: &ChartData) -> ChartResult {
         .filter(|v| *v > 0.0)
         .fold(y_max, f64::min)
         .max(y_max * 1e-4);
-    let y_axis = Axis { log: chart.y_log, floor: y_floor * 0.5 };
+    let y_axis = Axis {
+        log: chart.y_log,
+        floor: y_floor * 0.5,
+    };
     let (y_lo, y_hi) = if chart.y_log {
         (y_axis.to(y_floor) - 0.3, y_axis.to(y_max) + 0.3)
     } else {
@@ -744,7 +830,10 @@ fn draw(backend: SVGBackend<'_>, chart: &ChartData) -> ChartResult {
         .y_label_area_size(85)
         .build_cartesian_2d(x_lo..x_hi, y_lo..y_hi)?;
     let mut mesh = cc.configure_mesh();
-    mesh.x_desc(&chart.x_axis).y_desc(&chart.y_axis).disable_x_mesh().x_labels(0);
+    mesh.x_desc(&chart.x_axis)
+        .y_desc(&chart.y_axis)
+        .disable_x_mesh()
+        .x_labels(0);
     if chart.y_log {
         mesh.y_labels(0);
     } else {
@@ -754,21 +843,32 @@ fn draw(backend: SVGBackend<'_>, chart: &ChartData) -> ChartResult {
 
     // Ticks drawn by hand: at the measured connection counts or the categories on x, and at
     // 1-2-5 values on a log y axis, so no label reads "3.16".
-    let small = ("sans-serif", 13).into_font();
+    let small: TextStyle = ("sans-serif", 13).into_font().into();
     let x_ticks: Vec<(f64, String)> = if chart.categories.is_empty() {
         let mut xs: Vec<f64> = points().map(|p| p.x).collect();
         xs.sort_by(f64::total_cmp);
         xs.dedup();
-        xs.into_iter().map(|x| (x_axis.to(x), figure(x))).collect()
+        xs.into_iter().map(|x| (x_axis.to(x), tick(x))).collect()
     } else {
-        chart.categories.iter().enumerate().map(|(i, c)| (i as f64, c.clone())).collect()
+        chart
+            .categories
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i as f64, c.clone()))
+            .collect()
     };
+    let centred = small.clone().pos(Pos::new(HPos::Center, VPos::Top));
     for (x, label) in x_ticks {
         cc.draw_series(std::iter::once(
-            EmptyElement::at((x, y_lo))
-                + PathElement::new(vec![(0, 0), (0, 5)], BLACK)
-                + Text::new(label, (-4 * 3, 8), small.clone()),
+            EmptyElement::at((x, y_lo)) + PathElement::new(vec![(0, 0), (0, 5)], BLACK),
         ))?;
+        // A long category ("64 B × 1 conn, different CPUs") on two lines.
+        for (i, part) in label.split(", ").enumerate() {
+            cc.draw_series(std::iter::once(
+                EmptyElement::at((x, y_lo))
+                    + Text::new(part.to_string(), (0, 8 + 15 * i as i32), centred.clone()),
+            ))?;
+        }
     }
     if chart.y_log {
         let ticks = log_ticks(10f64.powf(y_lo), 10f64.powf(y_hi));
@@ -781,7 +881,11 @@ fn draw(backend: SVGBackend<'_>, chart: &ChartData) -> ChartResult {
             cc.draw_series(std::iter::once(
                 EmptyElement::at((x_lo, y))
                     + PathElement::new(vec![(-5, 0), (0, 0)], BLACK)
-                    + Text::new(figure(t), (-48, -7), small.clone()),
+                    + Text::new(
+                        tick(t),
+                        (-8, 0),
+                        small.clone().pos(Pos::new(HPos::Right, VPos::Center)),
+                    ),
             ))?;
         }
     }
@@ -814,11 +918,14 @@ fn draw(backend: SVGBackend<'_>, chart: &ChartData) -> ChartResult {
                     [(x - 0.3, base), (x + 0.3, *y)],
                     c.filled(),
                 )))?;
-                cc.draw_series(std::iter::once(Text::new(
-                    format!("{} KiB", figure(p.median)),
-                    (x - 0.2, y + (y_hi - y_lo) * 0.04),
-                    small.clone(),
-                )))?;
+                cc.draw_series(std::iter::once(
+                    EmptyElement::at((*x, *y))
+                        + Text::new(
+                            format!("{} KiB", figure(p.median)),
+                            (0, -4),
+                            small.clone().pos(Pos::new(HPos::Center, VPos::Bottom)),
+                        ),
+                ))?;
                 continue;
             }
             let (lo, hi) = (y_axis.to(p.min), y_axis.to(p.max));
@@ -844,7 +951,14 @@ fn draw(backend: SVGBackend<'_>, chart: &ChartData) -> ChartResult {
                     cc.draw_series(std::iter::once(Circle::new((*x, *y), 6, c.stroke_width(2))))?;
                     cc.draw_series(std::iter::once(
                         EmptyElement::at((*x, *y))
-                            + Text::new(label.clone(), (8, -14), small.clone().color(&c)),
+                            + Text::new(
+                                label.clone(),
+                                (-8, -8),
+                                small
+                                    .clone()
+                                    .color(&c)
+                                    .pos(Pos::new(HPos::Right, VPos::Bottom)),
+                            ),
                     ))?;
                 }
             }
@@ -866,7 +980,11 @@ fn draw(backend: SVGBackend<'_>, chart: &ChartData) -> ChartResult {
             Some(served) => format!("{} ({served})", s.name),
             None => s.name.clone(),
         };
-        legend.draw(&Text::new(name, (40, y - 7), ("sans-serif", 14).into_font()))?;
+        legend.draw(&Text::new(
+            name,
+            (40, y - 7),
+            ("sans-serif", 14).into_font(),
+        ))?;
     }
 
     // The notes: sentences computed from the chart's figures, wrapped by word.
@@ -902,4 +1020,385 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
         lines.push(current);
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::output::{IdleResult, Machine, WorkloadResults};
+    use super::super::Plan;
+    use super::*;
+
+    fn workload(conns: usize, pin: Option<Placement>, udp: bool) -> Workload {
+        Workload {
+            name: format!("64 B × {conns} conns"),
+            conns,
+            size: 64,
+            churn: false,
+            pin,
+            udp,
+        }
+    }
+
+    /// A run whose every figure is `v` (latencies `v` µs, CPU `v` µs/msg), with `unserved`
+    /// connections never served.
+    fn run(v: f64, unserved: u64) -> RunSample {
+        RunSample {
+            messages_per_sec: v,
+            p50_us: v,
+            p90_us: v,
+            p99_us: v,
+            p999_us: v,
+            server_cpu_us_per_msg: v,
+            unserved_conns: unserved,
+            ..RunSample::default()
+        }
+    }
+
+    /// 64 B at 1, 8 and 64 connections; at 64, prethreaded served 8 and has the best
+    /// figure of all on every chart (highest rate, lowest latency and CPU).
+    fn results(counts: &[usize]) -> Results {
+        let models = ["event", "prethreaded", "reactor", "ref_epoll"];
+        let mut workloads = Vec::new();
+        for &conns in counts {
+            let mut w = WorkloadResults::new(workload(conns, None, false), models.into_iter());
+            for (i, m) in models.iter().enumerate() {
+                for k in 0..3 {
+                    let starved = *m == "prethreaded" && conns == 64;
+                    let v = if starved {
+                        1.0
+                    } else {
+                        10.0 + i as f64 + k as f64
+                    };
+                    w.push(m, run(if starved { 1e6 } else { v * 1000.0 }, 0));
+                    // Rate and the other figures differ in direction: set them apart.
+                    let last = w.models.get_mut(*m).unwrap().runs.last_mut().unwrap();
+                    let small = if starved { 1.0 } else { v };
+                    last.p50_us = small;
+                    last.p90_us = small;
+                    last.p99_us = small;
+                    last.p999_us = small;
+                    last.server_cpu_us_per_msg = small;
+                    last.unserved_conns = if starved { 56 } else { 0 };
+                }
+            }
+            w.summarise();
+            workloads.push(w);
+        }
+        for (pin, rate) in [
+            (Placement::SameCpu, 50_000.0),
+            (Placement::DifferentCpus, 5_000.0),
+        ] {
+            let mut w = WorkloadResults::new(workload(1, Some(pin), false), ["event"].into_iter());
+            w.push("event", run(rate, 0));
+            w.summarise();
+            workloads.push(w);
+        }
+        let mut w = WorkloadResults::new(workload(8, None, true), ["event"].into_iter());
+        w.push("event", run(90_000.0, 0));
+        w.summarise();
+        workloads.push(w);
+        let idle = vec![
+            IdleResult {
+                model: "event".to_string(),
+                kib_per_conn: 0.2,
+                ..IdleResult::default()
+            },
+            IdleResult {
+                model: "thread".to_string(),
+                kib_per_conn: 16.0,
+                ..IdleResult::default()
+            },
+            IdleResult::skipped("prethreaded", "a fixed pool"),
+        ];
+        let plan = Plan::new(true, Some(3));
+        let mut results = Results {
+            machine: Machine::here(),
+            idle_conns: plan.idle_conns,
+            plan,
+            models: Vec::new(),
+            workloads,
+            idle,
+            interrupted: false,
+            notes: Vec::new(),
+            charts: Vec::new(),
+        };
+        results.charts = data(&results);
+        results
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("echolab-charts-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_model_with_unserved_connections_is_marked_in_every_chart_and_never_best() {
+        let results = results(&[1, 8, 64]);
+        let json: serde_json::Value = serde_json::to_value(&results).unwrap();
+        let charts = json["charts"].as_array().unwrap();
+        let mut charts_with_it = Vec::new();
+        for chart in charts {
+            let file = chart["file"].as_str().unwrap();
+            for s in chart["series"].as_array().unwrap() {
+                if s["name"] != "prethreaded" {
+                    continue;
+                }
+                for p in s["points"].as_array().unwrap() {
+                    if p["conns"] == 64 {
+                        assert_eq!(p["served"], "served 8/64", "{file}: {p}");
+                        assert_eq!(p["ranked"], false, "{file}: {p}");
+                        assert_eq!(p["unserved_conns"], 56, "{file}: {p}");
+                        charts_with_it.push(file.to_string());
+                    } else {
+                        assert_eq!(p["served"], serde_json::Value::Null, "{file}: {p}");
+                        assert_eq!(p["ranked"], true, "{file}: {p}");
+                    }
+                }
+                if charts_with_it.last().is_some_and(|f| f == file) {
+                    assert_eq!(s["served"], "served 8/64", "{file}: the legend");
+                }
+            }
+            if let Some(best) = chart["best"].as_object() {
+                assert_ne!(best["model"], "prethreaded", "{file}");
+                assert!(
+                    !best["model"].as_str().unwrap().starts_with("ref_"),
+                    "{file}"
+                );
+            }
+        }
+        charts_with_it.dedup();
+        assert_eq!(
+            charts_with_it,
+            [
+                "throughput_vs_conns.svg",
+                "cpu_per_msg_vs_conns.svg",
+                "cpu_per_msg_by_workload.svg",
+                "latency_percentiles.svg"
+            ]
+        );
+        // The best among those that served everyone: reactor has the highest rate at 64
+        // connections, event the lowest latency and CPU.
+        let best = |file: &str| {
+            let c = results.charts.iter().find(|c| c.file == file).unwrap();
+            c.best.as_ref().map(|b| (b.model.clone(), b.value))
+        };
+        assert_eq!(
+            best("throughput_vs_conns.svg"),
+            Some(("reactor".to_string(), 13_000.0))
+        );
+        assert_eq!(
+            best("cpu_per_msg_vs_conns.svg"),
+            Some(("event".to_string(), 11.0))
+        );
+        assert_eq!(
+            best("latency_percentiles.svg"),
+            Some(("event".to_string(), 11.0))
+        );
+        assert_eq!(
+            best("memory_per_idle_conn.svg"),
+            Some(("event".to_string(), 0.2))
+        );
+
+        // And the pictures say it where the data does.
+        let dir = scratch("served");
+        write_all(&dir, &results).unwrap();
+        for file in &charts_with_it {
+            let svg = std::fs::read_to_string(dir.join(file)).unwrap();
+            assert!(svg.contains("served 8/64"), "{file} has no served label");
+            assert!(svg.contains("prethreaded (served 8/64)"), "{file}: legend");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn every_chart_file_names_its_units_on_both_axes() {
+        let results = results(&[1, 8, 64]);
+        let dir = scratch("units");
+        let files = write_all(&dir, &results).unwrap();
+        assert_eq!(files.len(), results.charts.len());
+        assert_eq!(
+            results.charts.len(),
+            7,
+            "every chart of a full results structure"
+        );
+        let units = [
+            "(count",
+            "(msgs/s",
+            "(µs",
+            "(KiB",
+            "(datagrams/s",
+            "(message size",
+            "(p50",
+            "(64 B, one connection",
+            "idle connections held)",
+            "(datagram size",
+        ];
+        for chart in &results.charts {
+            let svg = std::fs::read_to_string(dir.join(&chart.file)).unwrap();
+            let svg = svg.replace("&amp;", "&");
+            for axis in [&chart.x_axis, &chart.y_axis] {
+                assert!(
+                    units.iter().any(|u| axis.contains(u)),
+                    "{}: axis {axis:?} names no unit",
+                    chart.file
+                );
+                assert!(
+                    svg.contains(axis.as_str()),
+                    "{}: {axis:?} not drawn",
+                    chart.file
+                );
+            }
+            assert!(chart.question.ends_with('?') || chart.question.ends_with(')'));
+            assert!(
+                svg.contains(&chart.question.replace('&', "&amp;"))
+                    || svg.contains(&chart.question)
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn every_chart_with_repeated_runs_draws_its_spread() {
+        let results = results(&[1, 8, 64]);
+        let tp = results
+            .charts
+            .iter()
+            .find(|c| c.file == "throughput_vs_conns.svg")
+            .unwrap();
+        let event = tp.series.iter().find(|s| s.name == "event").unwrap();
+        // Runs of 10, 11, 12 (× 1000): the median 11000, the whisker 10000 to 12000.
+        assert_eq!(
+            (
+                event.points[0].min,
+                event.points[0].median,
+                event.points[0].max
+            ),
+            (10_000.0, 11_000.0, 12_000.0)
+        );
+        for chart in &results.charts {
+            let runs = chart
+                .series
+                .iter()
+                .flat_map(|s| &s.points)
+                .map(|p| p.runs)
+                .max();
+            if runs > Some(1) {
+                assert!(
+                    chart.notes[0].contains("whiskers"),
+                    "{}: {:?}",
+                    chart.file,
+                    chart.notes
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn two_connection_counts_are_said_to_be_two_points() {
+        let two = results(&[1, 64]);
+        let three = results(&[1, 8, 64]);
+        let note = |r: &Results| {
+            r.charts[0]
+                .notes
+                .iter()
+                .any(|n| n.contains("Measured at 2 connection counts only (1 and 64)"))
+        };
+        assert!(note(&two));
+        assert!(!note(&three));
+        // The quick plan measures a middle point.
+        let plan = Plan::new(true, None);
+        let counts: Vec<usize> = plan
+            .workloads
+            .iter()
+            .filter(|w| is_closed_tcp(w) && w.size == 64)
+            .map(|w| w.conns)
+            .collect();
+        assert_eq!(counts, [1, 8, 64]);
+    }
+
+    #[test]
+    fn the_placement_lesson_is_computed_from_its_medians() {
+        let results = results(&[1, 8, 64]);
+        let chart = results
+            .charts
+            .iter()
+            .find(|c| c.file == "one_conn_placement.svg")
+            .unwrap();
+        assert_eq!(
+            chart.notes[1],
+            "Same CPU against different CPUs: 10.00× the messages/s (median over 1 models; 10.00× to 10.00×): one connection on a CPU of its own each way echoes more messages, so an unpinned one-connection figure measures the scheduler's choice."
+        );
+        let mut flipped = chart.series.clone();
+        flipped.swap(0, 1);
+        flipped[0].name = Placement::SameCpu.describe().to_string();
+        flipped[1].name = Placement::DifferentCpus.describe().to_string();
+        assert!(placement_lesson(&flipped).contains("0.10× the messages/s"));
+        assert!(placement_lesson(&flipped).contains("echoes fewer messages"));
+        assert!(placement_lesson(&flipped[..1]).starts_with("Only one placement"));
+    }
+
+    #[test]
+    fn memory_bars_are_on_a_log_axis_and_labelled() {
+        let results = results(&[1, 8, 64]);
+        let chart = results
+            .charts
+            .iter()
+            .find(|c| c.file == "memory_per_idle_conn.svg")
+            .unwrap();
+        assert!(chart.y_log && chart.bars);
+        let svg = svg(chart).unwrap();
+        assert!(
+            svg.contains("0.200 KiB") && svg.contains("16.0 KiB"),
+            "{svg}"
+        );
+        assert!(chart
+            .notes
+            .iter()
+            .any(|n| n.contains("prethreaded (a fixed pool)")));
+    }
+
+    #[test]
+    fn udp_rows_get_a_chart_and_references_are_dashed() {
+        let results = results(&[1, 8, 64]);
+        let udp = results
+            .charts
+            .iter()
+            .find(|c| c.file == "udp_echoes.svg")
+            .unwrap();
+        assert_eq!(udp.series[0].points[0].median, 90_000.0);
+        let cpu = results
+            .charts
+            .iter()
+            .find(|c| c.file == "cpu_per_msg_vs_conns.svg")
+            .unwrap();
+        let refs: Vec<&str> = cpu
+            .series
+            .iter()
+            .filter(|s| s.reference)
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(refs, ["ref_epoll (C reference)"]);
+        let svg = svg(cpu).unwrap();
+        // plotters draws a dashed series as many short paths: more paths than the solid
+        // lines' alone.
+        assert!(svg.contains("ref_epoll (C reference)"));
+    }
+
+    #[test]
+    fn ticks_and_figures_read_plainly() {
+        assert_eq!(tick(64.0), "64");
+        assert_eq!(tick(0.05), "0.05");
+        assert_eq!(tick(2.5), "2.5");
+        assert_eq!(log_ticks(0.9, 60.0), [1.0, 2.0, 5.0, 10.0, 20.0, 50.0]);
+        assert_eq!(figure(95450.4), "95450");
+        assert_eq!(figure(16.84), "16.8");
+        assert_eq!(figure(4.981), "4.98");
+        assert_eq!(figure(0.2), "0.200");
+        assert_eq!(served_label(56, 64).as_deref(), Some("served 8/64"));
+        assert_eq!(served_label(0, 64), None);
+        assert_eq!(wrap("aa bb cc", 5), ["aa bb", "cc"]);
+    }
 }

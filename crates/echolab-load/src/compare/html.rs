@@ -76,7 +76,10 @@ pub fn markdown_to_html(md: &str) -> String {
             let mut row = Some(line);
             while let Some(r) = row {
                 let cells: Vec<&str> = r.trim().trim_matches('|').split('|').collect();
-                if cells.iter().all(|c| c.trim().starts_with("--") || c.trim() == "---") {
+                if cells
+                    .iter()
+                    .all(|c| c.trim().starts_with("--") || c.trim() == "---")
+                {
                     // The separator row under the header.
                 } else {
                     let tag = if header { "th" } else { "td" };
@@ -130,7 +133,11 @@ pub fn page(results: &Results) -> String {
                 let _ = writeln!(page, "<figure>{svg}</figure>");
             }
             Err(err) => {
-                let _ = writeln!(page, "<p>cannot draw this chart: {}</p>", escape(&err.to_string()));
+                let _ = writeln!(
+                    page,
+                    "<p>cannot draw this chart: {}</p>",
+                    escape(&err.to_string())
+                );
             }
         }
         page.push_str("</section>\n");

@@ -450,15 +450,21 @@ fn compare(
 ) -> Results {
     let machine = output::Machine::here();
     let mut statuses = Vec::new();
-    let mut servers = start_all(names.iter().map(String::as_str), &mut statuses, stop, |name| {
-        ServerProcess::start(exe, name, plan.max_conns())
-    });
+    let mut servers = start_all(
+        names.iter().map(String::as_str),
+        &mut statuses,
+        stop,
+        |name| ServerProcess::start(exe, name, plan.max_conns()),
+    );
     servers.extend(start_all(
         refs.iter().map(|r| r.name.as_str()),
         &mut statuses,
         stop,
         |name| {
-            let r = refs.iter().find(|r| r.name == name).expect("a listed reference");
+            let r = refs
+                .iter()
+                .find(|r| r.name == name)
+                .expect("a listed reference");
             ServerProcess::start_reference(&r.path, &r.name, &r.args)
         },
     ));
@@ -630,8 +636,8 @@ fn run_one(
     };
     // The server first (its threads, its children), then this thread, whose mask the
     // bench's threads inherit; both restored to every allowed CPU afterwards.
-    let pinned = pin::pin_process(pid, &[server_cpu])
-        .and_then(|()| pin::pin_this_thread(&[client_cpu]));
+    let pinned =
+        pin::pin_process(pid, &[server_cpu]).and_then(|()| pin::pin_this_thread(&[client_cpu]));
     let sample = match pinned {
         Ok(()) => measure(server, pid, plan, workload, stop),
         Err(err) => RunSample::failed(format!("cannot pin: {}", engine::describe(&err))),
@@ -757,4 +763,69 @@ fn run_idle(server: &mut ServerProcess, n_conns: usize) -> IdleResult {
     };
     drop(held);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_workloads_run_the_models_the_udp_crate_serves() {
+        let plan = Plan::new(true, None);
+        let udp = plan
+            .workloads
+            .iter()
+            .find(|w| w.udp)
+            .expect("a UDP workload");
+        let serving: Vec<&str> = MODELS
+            .iter()
+            .copied()
+            .filter(|m| skip_reason(m, udp).is_none())
+            .collect();
+        let expected: Vec<&str> = MODELS
+            .iter()
+            .copied()
+            .filter(|m| echolab_udp::UdpModel::for_model(m).is_ok())
+            .collect();
+        assert_eq!(serving, expected);
+        assert!(serving.contains(&"reactor") && !serving.contains(&"thread"));
+        assert_eq!(skip_reason("ref_epoll", udp), Some("serves no UDP"));
+        // And a TCP workload is not refused to a model for serving no UDP.
+        assert_eq!(skip_reason("thread", &plan.workloads[0]), None);
+    }
+
+    #[test]
+    fn both_plans_pin_one_connection_both_ways() {
+        for quick in [true, false] {
+            let plan = Plan::new(quick, None);
+            let pins: Vec<Option<Placement>> = plan
+                .workloads
+                .iter()
+                .filter(|w| w.pin.is_some())
+                .map(|w| w.pin)
+                .collect();
+            assert_eq!(
+                pins,
+                [Some(Placement::SameCpu), Some(Placement::DifferentCpus)]
+            );
+            assert!(plan
+                .workloads
+                .iter()
+                .filter(|w| w.pin.is_some())
+                .all(|w| w.conns == 1 && !w.udp && !w.churn));
+        }
+    }
+
+    #[test]
+    fn references_are_found_where_build_ref_puts_them() {
+        let dir = std::env::temp_dir().join(format!("echolab-refs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(reference_servers(Some(&dir)).is_empty());
+        std::fs::write(dir.join("ref_threads"), b"").unwrap();
+        let found = reference_servers(Some(&dir));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].name, "ref_threads");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -150,7 +150,11 @@ impl RunSample {
             max_us: report.quantile_us(1.0),
             errors,
             server_cpu_secs: cpu,
-            server_cpu_us_per_msg: if echoed > 0.0 { cpu * 1e6 / echoed } else { 0.0 },
+            server_cpu_us_per_msg: if echoed > 0.0 {
+                cpu * 1e6 / echoed
+            } else {
+                0.0
+            },
             server: after,
             error: (errors > 0).then(|| {
                 format!(
@@ -455,7 +459,8 @@ pub fn summary_markdown(results: &Results) -> String {
             "closed loop"
         };
         let _ = writeln!(out, "## {} ({kind})\n", w.workload.name);
-        if w.workload.conns == 1 && !w.workload.churn && !w.workload.udp && w.workload.pin.is_none() {
+        if w.workload.conns == 1 && !w.workload.churn && !w.workload.udp && w.workload.pin.is_none()
+        {
             let _ = writeln!(
                 out,
                 "One connection: every message wakes the other side, so where the scheduler \
@@ -532,7 +537,11 @@ pub fn summary_markdown(results: &Results) -> String {
         }
         let _ = writeln!(out);
     }
-    if let Some(chart) = results.charts.iter().find(|c| c.file == "one_conn_placement.svg") {
+    if let Some(chart) = results
+        .charts
+        .iter()
+        .find(|c| c.file == "one_conn_placement.svg")
+    {
         let _ = writeln!(out, "## One connection, pinned both ways\n");
         let _ = writeln!(out, "{}\n", super::charts::placement_lesson(&chart.series));
     }

@@ -59,7 +59,11 @@ pub fn pin_process(pid: u32, cpus: &[usize]) -> io::Result<()> {
             continue;
         };
         for task in tasks.flatten() {
-            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<i32>().ok()) else {
+            let Some(tid) = task
+                .file_name()
+                .to_str()
+                .and_then(|t| t.parse::<i32>().ok())
+            else {
                 continue;
             };
             match sched_setaffinity(Pid::from_raw(tid), &set) {

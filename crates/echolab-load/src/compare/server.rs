@@ -132,7 +132,11 @@ impl ServerProcess {
     /// port is chosen here: a listener on port 0 learns a free one and is closed before
     /// the server binds it (another process could take it between; the echo check would
     /// then fail and say so).
-    pub fn start_reference(path: &Path, name: &str, extra: &[String]) -> Result<ServerProcess, String> {
+    pub fn start_reference(
+        path: &Path,
+        name: &str,
+        extra: &[String],
+    ) -> Result<ServerProcess, String> {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|err| format!("cannot find a free port: {}", describe(&err)))?
