@@ -269,8 +269,12 @@ fn spread_note(series: &[Series]) -> String {
         .filter(|s| s.served.is_some())
         .map(|s| s.name.as_str())
         .collect();
-    let mut note =
-        format!("Points are medians of {runs} runs; whiskers span the lowest to the highest run.");
+    let mut note = if runs > 1 {
+        format!("Points are medians of {runs} runs; whiskers span the lowest to the highest run.")
+    } else {
+        "One run per point: no spread to show (run with --repeats 3 or more for whiskers)."
+            .to_string()
+    };
     if !unserved.is_empty() {
         note.push_str(&format!(
             " Hollow points marked \"served N/M\" ({}) left connections unserved: their figure is that of the few and is not ranked.",
