@@ -1291,7 +1291,7 @@ mod tests {
                 .max();
             if runs > Some(1) {
                 assert!(
-                    chart.notes[0].contains("whiskers"),
+                    chart.notes[0].contains("whiskers span"),
                     "{}: {:?}",
                     chart.file,
                     chart.notes
