@@ -95,7 +95,7 @@ pub struct Plan {
 
 impl Plan {
     /// The matrix (1, 8, 64, 512 connections; 64 B and 16 KiB; churn; 5,000 idle),
-    /// or a reduced one that runs in under a minute.
+    /// or a reduced one that runs in about two minutes on 2 cores.
     pub fn new(quick: bool, repeats: Option<usize>) -> Plan {
         let closed = |conns: usize, size: usize| Workload {
             name: format!("{} × {conns} conns", size_name(size)),
