@@ -502,8 +502,12 @@ fn compare(
         .workloads
         .iter()
         .map(|w| {
-            let list = if w.udp { &udp_servers } else { &servers };
-            WorkloadResults::new(w.clone(), list.iter().map(|s| s.model.as_str()))
+            // A UDP workload lists every model, so that one without UDP says so in its row.
+            let names = servers
+                .iter()
+                .map(|s| s.model.as_str())
+                .filter(|m| !(w.udp && charts::is_reference(m)));
+            WorkloadResults::new(w.clone(), names)
         })
         .collect();
     let runs_per_repeat: u64 = plan

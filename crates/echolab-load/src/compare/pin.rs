@@ -87,6 +87,63 @@ mod tests {
         assert_eq!(cpus_for(Placement::SameCpu, &[]), None);
     }
 
+    /// The CPUs the kernel lets task `tid` of `pid` run on, from /proc.
+    fn cpus_allowed(pid: u32, tid: &str) -> String {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    #[test]
+    fn a_pinned_process_has_every_thread_on_the_cpu_and_is_restored() {
+        // A child with several threads (this test binary's own harness is not touched):
+        // `sh -c 'sleep 30 & sleep 30 & wait'` has children, whose tasks are pinned too.
+        let allowed = allowed_cpus();
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // Wait (bounded) until both sleeps are the shell's children.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while super::super::procfs::children(pid).len() < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the shell did not fork"
+            );
+            std::thread::yield_now();
+        }
+        let last = *allowed.last().unwrap();
+        pin_process(pid, &[last]).unwrap();
+        let mut seen = 0;
+        for p in std::iter::once(pid).chain(super::super::procfs::children(pid)) {
+            for task in std::fs::read_dir(format!("/proc/{p}/task")).unwrap() {
+                let tid = task.unwrap().file_name().into_string().unwrap();
+                assert_eq!(cpus_allowed(p, &tid), last.to_string(), "task {tid} of {p}");
+                seen += 1;
+            }
+        }
+        assert!(seen >= 3, "{seen} tasks");
+        pin_process(pid, &allowed).unwrap();
+        let everything = cpus_allowed(pid, &pid.to_string());
+        // The sleeps first (by their ids), then the shell: nothing outlives the test.
+        for sleeper in super::super::procfs::children(pid) {
+            let _ = nix::sys::signal::kill(
+                Pid::from_raw(sleeper as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        if allowed.len() > 1 {
+            assert_ne!(everything, last.to_string());
+        }
+    }
+
     #[test]
     fn a_pinned_thread_reads_back_its_mask() {
         let allowed = allowed_cpus();
