@@ -166,6 +166,48 @@ mod tests {
     }
 
     #[test]
+    fn the_page_has_every_chart_inlined_and_the_tables_after_them() {
+        // A comparison with nothing measured still draws every chart (empty) and a table.
+        let plan = crate::compare::Plan::new(true, Some(1));
+        let workloads = plan
+            .workloads
+            .iter()
+            .map(|w| super::super::output::WorkloadResults::new(w.clone(), ["event"].into_iter()))
+            .collect();
+        let mut results = Results {
+            machine: super::super::output::Machine::here(),
+            idle_conns: plan.idle_conns,
+            plan,
+            models: Vec::new(),
+            workloads,
+            idle: Vec::new(),
+            interrupted: false,
+            notes: Vec::new(),
+            charts: Vec::new(),
+        };
+        results.charts = charts::data(&results);
+        let page = page(&results);
+        assert!(page.starts_with("<!DOCTYPE html>") && page.ends_with("</html>\n"));
+        let mut last = 0;
+        for chart in &results.charts {
+            let id = chart.file.trim_end_matches(".svg");
+            let at = page
+                .find(&format!("<section class=\"chart\" id=\"{id}\">\n<h3>"))
+                .unwrap_or_else(|| panic!("no section for {id}"));
+            assert!(at > last, "{id} out of order");
+            assert!(
+                page[at..].find("<figure><svg").is_some_and(|f| f < 200),
+                "{id}"
+            );
+            last = at;
+        }
+        let tables = page.find("<section class=\"tables\">").unwrap();
+        assert!(tables > last);
+        assert_eq!(page.matches("<table>").count(), results.workloads.len() + 1);
+        assert!(page.contains("<h1>echolab compare (quick)</h1>"));
+    }
+
+    #[test]
     fn a_lone_star_stays_a_star() {
         assert_eq!(inline("2 * 3"), "2 * 3");
         assert_eq!(inline("<b>"), "&lt;b&gt;");
