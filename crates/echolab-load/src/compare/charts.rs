@@ -1399,6 +1399,46 @@ mod tests {
     }
 
     #[test]
+    fn best_skips_unranked_references_and_zeros_and_keeps_the_first_of_a_tie() {
+        let p = |x: f64, median: f64, ranked: bool| Point {
+            x,
+            median,
+            min: median,
+            max: median,
+            runs: 1,
+            conns: x as usize,
+            unserved_conns: u64::from(!ranked),
+            served: None,
+            ranked,
+        };
+        let s = |name: &str, reference: bool, points: Vec<Point>| Series {
+            name: name.to_string(),
+            color_key: name.to_string(),
+            reference,
+            served: None,
+            points,
+        };
+        let series = vec![
+            s("a", false, vec![p(1.0, 0.0, true), p(8.0, 5.0, true)]),
+            s("b", false, vec![p(1.0, 3.0, true), p(8.0, 5.0, true)]),
+            s("c", false, vec![p(8.0, 1.0, false)]),
+            s("ref_epoll", true, vec![p(8.0, 0.5, true)]),
+        ];
+        let pick = |x: Option<f64>, lower: bool| {
+            best(&series, x, lower, "here").map(|b| (b.model, b.value))
+        };
+        // Lowest at 8: a and b tie at 5; the first keeps it. c (unranked) and the
+        // reference are lower but never best.
+        assert_eq!(pick(Some(8.0), true), Some(("a".to_string(), 5.0)));
+        // Lowest anywhere: a's 0 is "not measured", so b's 3.
+        assert_eq!(pick(None, true), Some(("b".to_string(), 3.0)));
+        // Highest at 1: b; at 8, the first of the tie.
+        assert_eq!(pick(Some(1.0), false), Some(("b".to_string(), 3.0)));
+        assert_eq!(pick(Some(8.0), false), Some(("a".to_string(), 5.0)));
+        assert_eq!(pick(Some(64.0), false), None);
+    }
+
+    #[test]
     fn ticks_and_figures_read_plainly() {
         assert_eq!(tick(64.0), "64");
         assert_eq!(tick(0.05), "0.05");
