@@ -562,9 +562,13 @@ pub fn placement_lesson(series: &[Series]) -> String {
     let mid = super::output::median(ratios.clone());
     let lo = ratios.iter().copied().fold(f64::MAX, f64::min);
     let hi = ratios.iter().copied().fold(f64::MIN, f64::max);
-    let verb = if mid >= 1.0 { "more" } else { "fewer" };
+    let faster = if mid >= 1.0 {
+        "sharing one CPU"
+    } else {
+        "on CPUs of their own"
+    };
     format!(
-        "Same CPU against different CPUs: {:.2}× the messages/s (median over {} models; {:.2}× to {:.2}×): one connection on a CPU of its own each way echoes {verb} messages, so an unpinned one-connection figure measures the scheduler's choice.",
+        "Same CPU against different CPUs: {:.2}× the messages/s (median over {} models; {:.2}× to {:.2}×): client and server {faster} echo more, so an unpinned one-connection figure measures where the scheduler put them.",
         mid,
         ratios.len(),
         lo,
@@ -1340,14 +1344,16 @@ mod tests {
             .unwrap();
         assert_eq!(
             chart.notes[1],
-            "Same CPU against different CPUs: 10.00× the messages/s (median over 1 models; 10.00× to 10.00×): one connection on a CPU of its own each way echoes more messages, so an unpinned one-connection figure measures the scheduler's choice."
+            "Same CPU against different CPUs: 10.00× the messages/s (median over 1 models; 10.00× to 10.00×): client and server sharing one CPU echo more, so an unpinned one-connection figure measures where the scheduler put them."
         );
         let mut flipped = chart.series.clone();
         flipped.swap(0, 1);
         flipped[0].name = Placement::SameCpu.describe().to_string();
         flipped[1].name = Placement::DifferentCpus.describe().to_string();
         assert!(placement_lesson(&flipped).contains("0.10× the messages/s"));
-        assert!(placement_lesson(&flipped).contains("echoes fewer messages"));
+        assert!(
+            placement_lesson(&flipped).contains("client and server on CPUs of their own echo more")
+        );
         assert!(placement_lesson(&flipped[..1]).starts_with("Only one placement"));
     }
 
