@@ -520,9 +520,15 @@ fn compare_quick_writes_results_that_parse() {
         let svg = std::fs::read_to_string(out.join(file)).unwrap();
         assert!(svg.contains(chart["y_axis"].as_str().unwrap()), "{file}");
         let id = file.trim_end_matches(".svg");
-        assert!(page.contains(&format!("<section class=\"chart\" id=\"{id}\">")), "{file}");
+        assert!(
+            page.contains(&format!("<section class=\"chart\" id=\"{id}\">")),
+            "{file}"
+        );
     }
-    assert!(page.contains("<table>") && !page.contains("| event |"), "{page}");
+    assert!(
+        page.contains("<table>") && !page.contains("| event |"),
+        "{page}"
+    );
     // Every run started on a server at rest: the previous run's connections had closed.
     for workload in workloads {
         for (model, runs) in workload["models"].as_object().unwrap() {
