@@ -184,7 +184,8 @@ pub struct CompareArgs {
     #[arg(long, value_delimiter = ',', value_name = "LIST", value_parser = parse_model)]
     pub models: Option<Vec<String>>,
 
-    /// Where to write results.json, summary.md and the charts.
+    /// Where to write index.html (tables and charts on one page), results.json, summary.md
+    /// and the SVG charts.
     #[arg(long, default_value = "target/echolab-compare", value_name = "DIR")]
     pub out: PathBuf,
 
