@@ -1037,8 +1037,12 @@ mod tests {
     use super::*;
 
     fn workload(conns: usize, pin: Option<Placement>, udp: bool) -> Workload {
+        let place = pin.map_or(String::new(), |p| format!(", {}", p.describe()));
         Workload {
-            name: format!("64 B × {conns} conns"),
+            name: format!(
+                "{}64 B × {conns} conns{place}",
+                if udp { "UDP " } else { "" }
+            ),
             conns,
             size: 64,
             churn: false,
@@ -1319,10 +1323,16 @@ mod tests {
             r.charts[0]
                 .notes
                 .iter()
-                .any(|n| n.contains("Measured at 2 connection counts only (1 and 64)"))
+                .find(|n| n.starts_with("Measured at"))
+                .cloned()
         };
-        assert!(note(&two));
-        assert!(!note(&three));
+        assert_eq!(
+            note(&two).as_deref(),
+            Some(
+                "Measured at 2 connection counts only (1 and 64): a line between two points is not a measurement."
+            )
+        );
+        assert_eq!(note(&three), None);
         // The quick plan measures a middle point.
         let plan = Plan::new(true, None);
         let counts: Vec<usize> = plan
@@ -1442,6 +1452,74 @@ mod tests {
         assert_eq!(pick(Some(1.0), false), Some(("b".to_string(), 3.0)));
         assert_eq!(pick(Some(8.0), false), Some(("a".to_string(), 5.0)));
         assert_eq!(pick(Some(64.0), false), None);
+    }
+
+    fn chart<'a>(results: &'a Results, file: &str) -> &'a ChartData {
+        results.charts.iter().find(|c| c.file == file).unwrap()
+    }
+
+    #[test]
+    fn notes_say_the_best_the_unserved_the_references_and_single_runs() {
+        let results = results(&[1, 8, 64]);
+        let tp = chart(&results, "throughput_vs_conns.svg");
+        assert_eq!(
+            tp.notes.last().unwrap(),
+            "Best at 64 connections among the models that served every connection: reactor (13000 messages/s)."
+        );
+        assert!(tp.notes[0].ends_with(
+            "Hollow points marked \"served N/M\" (prethreaded) left connections unserved: their figure is that of the few and is not ranked."
+        ));
+        // No unserved model on the placement chart: no such sentence.
+        let placement = chart(&results, "one_conn_placement.svg");
+        assert!(
+            !placement.notes[0].contains("Hollow"),
+            "{:?}",
+            placement.notes
+        );
+        // ref_epoll ran: no sentence about its absence; without it, one.
+        let no_ref = "No reference C server ran";
+        let cpu = chart(&results, "cpu_per_msg_vs_conns.svg");
+        assert!(!cpu.notes.iter().any(|n| n.starts_with(no_ref)));
+        let mut without = results.clone();
+        for w in &mut without.workloads {
+            w.models.remove("ref_epoll");
+        }
+        let cpu = cpu_vs_conns(&without);
+        assert!(cpu.notes.iter().any(|n| n.starts_with(no_ref)));
+        // Only the starved model at 64: none ranked there.
+        let mut starved = results.clone();
+        for w in &mut starved.workloads {
+            w.models.retain(|m, _| m == "prethreaded");
+        }
+        assert_eq!(
+            throughput(&starved).notes.last().unwrap(),
+            "No model served every connection here: none is ranked."
+        );
+        // One run per point: no whiskers promised.
+        let mut single = results.clone();
+        for w in &mut single.workloads {
+            for runs in w.models.values_mut() {
+                runs.runs.truncate(1);
+            }
+            w.summarise();
+        }
+        assert!(throughput(&single).notes[0].starts_with("One run per point: no spread"));
+    }
+
+    #[test]
+    fn cpu_by_workload_shows_the_closed_loop_tcp_workloads_only() {
+        let results = results(&[1, 8, 64]);
+        let c = chart(&results, "cpu_per_msg_by_workload.svg");
+        assert_eq!(
+            c.categories,
+            [
+                "64 B × 1 conns",
+                "64 B × 8 conns",
+                "64 B × 64 conns",
+                "64 B × 1 conns, same CPU",
+                "64 B × 1 conns, different CPUs"
+            ]
+        );
     }
 
     #[test]
