@@ -721,6 +721,116 @@ mod tests {
     }
 
     #[test]
+    fn a_udp_run_is_echoes_per_second_with_its_losses_apart() {
+        use echolab_udp::bench::{UdpBenchConfig, UdpReport};
+        use std::time::Duration;
+        let mut latency = hdrhistogram::Histogram::new(3).unwrap();
+        for us in 1..=100u64 {
+            latency.record(us * 1000).unwrap();
+        }
+        let mut report = UdpReport {
+            config: UdpBenchConfig {
+                addr: "127.0.0.1:9".parse().unwrap(),
+                n_conns: 8,
+                size: 64,
+                duration: Duration::from_secs(2),
+                count: None,
+                rate: None,
+                timeout: Duration::from_millis(500),
+                n_threads: 2,
+            },
+            counts: echolab_udp::account::Counts {
+                sent: 4005,
+                echoed: 4000,
+                lost: 5,
+                ..Default::default()
+            },
+            elapsed: Duration::from_secs(2),
+            latency,
+            jitter: Duration::ZERO,
+            socket_errors: 0,
+            window: Duration::from_secs(2),
+            interrupted: false,
+        };
+        // 0.02 s of server CPU over 4000 echoes: 5 µs each.
+        let s = RunSample::from_udp_report(&report, Some(0.02), None);
+        assert_eq!(s.messages_per_sec, 2000.0);
+        assert!((s.server_cpu_us_per_msg - 5.0).abs() < 1e-9, "{s:?}");
+        assert!((s.mb_per_sec - 0.128).abs() < 1e-12, "{s:?}");
+        assert_eq!((s.lost, s.errors, s.error.clone()), (5, 0, None));
+        assert!(
+            (s.p50_us - 50.0).abs() < 0.1 && (s.p99_us - 99.0).abs() < 0.1,
+            "{s:?}"
+        );
+        report.counts.corrupt = 1;
+        report.socket_errors = 2;
+        let s = RunSample::from_udp_report(&report, None, None);
+        assert_eq!(s.errors, 3);
+        assert_eq!(
+            s.error.as_deref(),
+            Some("1 corrupt echoes, 2 socket errors")
+        );
+        assert_eq!(s.server_cpu_us_per_msg, 0.0);
+    }
+
+    #[test]
+    fn udp_tables_have_a_lost_column_and_references_are_never_best() {
+        let mk = |udp: bool| crate::compare::Workload {
+            name: "w".to_string(),
+            conns: 8,
+            size: 64,
+            churn: false,
+            pin: None,
+            udp,
+        };
+        let mut udp = WorkloadResults::new(mk(true), ["event", "thread"].into_iter());
+        udp.push(
+            "event",
+            RunSample {
+                messages_per_sec: 2000.0,
+                lost: 5,
+                ..RunSample::default()
+            },
+        );
+        udp.summarise();
+        let mut tcp = WorkloadResults::new(mk(false), ["event", "ref_epoll"].into_iter());
+        for (model, rate) in [("event", 1000.0), ("ref_epoll", 4000.0)] {
+            tcp.push(
+                model,
+                RunSample {
+                    messages_per_sec: rate,
+                    ..RunSample::default()
+                },
+            );
+        }
+        tcp.summarise();
+        let plan = crate::compare::Plan::new(true, Some(1));
+        let results = Results {
+            machine: Machine::here(),
+            idle_conns: plan.idle_conns,
+            plan,
+            models: Vec::new(),
+            workloads: vec![udp, tcp],
+            idle: Vec::new(),
+            interrupted: false,
+            notes: vec!["a note".to_string()],
+            charts: Vec::new(),
+        };
+        let md = summary_markdown(&results);
+        assert!(md.contains("| model | echoes/s | vs best |"), "{md}");
+        assert!(md.contains("| errors | lost |\n"), "{md}");
+        assert!(md.contains("| event | 2000 | 1.00× |"), "{md}");
+        assert!(md.contains("| 0 | 5 |\n"), "{md}");
+        assert!(md.contains("| thread | *serves no UDP* |"), "{md}");
+        assert!(md.contains("| event | 1000 | 1.00× |"), "{md}");
+        assert!(
+            md.contains("| ref_epoll (C reference) | 4000 | 4.00× |"),
+            "{md}"
+        );
+        assert!(md.contains("Note: a note."), "{md}");
+    }
+
+    #[test]
     fn ratios_to_the_best() {
         assert_eq!(ratio(50.0, 100.0), "0.50×");
         assert_eq!(ratio(0.0, 100.0), "–");
