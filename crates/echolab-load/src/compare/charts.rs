@@ -1127,6 +1127,7 @@ mod tests {
                 ..IdleResult::default()
             },
             IdleResult::skipped("prethreaded", "a fixed pool"),
+            IdleResult::failed("process", "refused".to_string()),
         ];
         let plan = Plan::new(true, Some(3));
         let mut results = Results {
@@ -1365,6 +1366,13 @@ mod tests {
             placement_lesson(&flipped).contains("client and server on CPUs of their own echo more")
         );
         assert!(placement_lesson(&flipped[..1]).starts_with("Only one placement"));
+        // A model with no different-CPU figure has no ratio.
+        let mut zero = chart.series.clone();
+        zero[1].points[0].median = 0.0;
+        assert_eq!(
+            placement_lesson(&zero),
+            "No model ran both placements: no comparison."
+        );
     }
 
     #[test]
@@ -1376,6 +1384,7 @@ mod tests {
             .find(|c| c.file == "memory_per_idle_conn.svg")
             .unwrap();
         assert!(chart.y_log && chart.bars);
+        assert_eq!(chart.categories, ["event", "thread"]);
         let svg = svg(chart).unwrap();
         assert!(
             svg.contains("0.200 KiB") && svg.contains("16.0 KiB"),
