@@ -740,14 +740,10 @@ fn color(key: &str) -> RGBColor {
     RGBColor(r, g, b)
 }
 
-/// A tick label: an integer when it is one, else the fewest decimals that show it.
+/// A tick label: the fewest decimals (up to four) that show the value.
 pub fn tick(v: f64) -> String {
-    if v >= 1.0 && (v - v.round()).abs() < 1e-9 {
-        format!("{v:.0}")
-    } else {
-        let text = format!("{v:.4}");
-        text.trim_end_matches('0').trim_end_matches('.').to_string()
-    }
+    let text = format!("{v:.4}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 const SIZE: (u32, u32) = (1000, 600);
@@ -1534,6 +1530,17 @@ mod tests {
     #[test]
     fn ticks_and_figures_read_plainly() {
         assert_eq!(tick(64.0), "64");
+        assert_eq!(tick(100_000.0), "100000");
+        let log = Axis {
+            log: true,
+            floor: 0.5,
+        };
+        let linear = Axis {
+            log: false,
+            floor: 0.5,
+        };
+        assert_eq!((log.to(100.0), log.to(0.0)), (2.0, 0.5f64.log10()));
+        assert_eq!(linear.to(7.0), 7.0);
         assert_eq!(tick(0.05), "0.05");
         assert_eq!(tick(2.5), "2.5");
         assert_eq!(log_ticks(0.9, 60.0), [1.0, 2.0, 5.0, 10.0, 20.0, 50.0]);
