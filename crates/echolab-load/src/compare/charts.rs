@@ -1544,6 +1544,8 @@ mod tests {
         assert_eq!(tick(0.05), "0.05");
         assert_eq!(tick(2.5), "2.5");
         assert_eq!(log_ticks(0.9, 60.0), [1.0, 2.0, 5.0, 10.0, 20.0, 50.0]);
+        // Bounded: 60 ticks at most, however wide the range.
+        assert_eq!(log_ticks(1e-30, 1e30).len(), 60);
         assert_eq!(figure(95450.4), "95450");
         assert_eq!(figure(16.84), "16.8");
         assert_eq!(figure(4.981), "4.98");
