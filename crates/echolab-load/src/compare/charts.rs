@@ -1553,5 +1553,9 @@ mod tests {
         assert_eq!(served_label(56, 64).as_deref(), Some("served 8/64"));
         assert_eq!(served_label(0, 64), None);
         assert_eq!(wrap("aa bb cc", 5), ["aa bb", "cc"]);
+        // The space between two words counts: 2 + 1 + 2 > 4.
+        assert_eq!(wrap("aa bb", 4), ["aa", "bb"]);
+        assert_eq!(wrap("aaa b", 5), ["aaa b"]);
+        assert_eq!(wrap("a bbb", 4), ["a", "bbb"]);
     }
 }
