@@ -53,7 +53,7 @@ pub struct Series {
     pub color_key: String,
     /// A reference C server: drawn dashed, never ranked.
     pub reference: bool,
-    /// The first "served N/M" of its points, repeated in the legend.
+    /// Every distinct "served N/M" of its points ("served 8/64, 8/512"), for the legend.
     pub served: Option<String>,
     pub points: Vec<Point>,
 }
@@ -168,8 +168,21 @@ fn add(series: &mut Vec<Series>, name: &str, color_key: &str, reference: bool, p
         }
     };
     let s = &mut series[idx];
-    if s.served.is_none() {
-        s.served.clone_from(&p.served);
+    // Every distinct "served N/M" of the series, for the legend: "served 8/64, 8/512".
+    if let Some(label) = &p.served {
+        match &mut s.served {
+            None => s.served = Some(label.clone()),
+            Some(all) => {
+                let count = label.trim_start_matches("served ");
+                if !all
+                    .split(", ")
+                    .any(|l| l.trim_start_matches("served ") == count)
+                {
+                    all.push_str(", ");
+                    all.push_str(count);
+                }
+            }
+        }
     }
     s.points.push(p);
 }
@@ -1273,6 +1286,26 @@ mod tests {
             );
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_legend_names_every_unserved_point() {
+        let mut series = Vec::new();
+        for (conns, unserved) in [(8, 0), (64, 56), (512, 504), (512, 504)] {
+            let p = Point {
+                x: conns as f64,
+                median: 1.0,
+                min: 1.0,
+                max: 1.0,
+                runs: 1,
+                conns,
+                unserved_conns: unserved,
+                served: served_label(unserved, conns),
+                ranked: unserved == 0,
+            };
+            add(&mut series, "prethreaded", "prethreaded", false, p);
+        }
+        assert_eq!(series[0].served.as_deref(), Some("served 8/64, 8/512"));
     }
 
     #[test]
