@@ -550,6 +550,7 @@ pub fn summary_markdown(results: &Results) -> String {
         .idle
         .iter()
         .filter(|i| i.error.is_none() && i.skipped.is_none() && i.kib_per_conn > 0.0)
+        .filter(|i| !super::charts::is_reference(&i.model))
         .map(|i| i.kib_per_conn)
         .fold(f64::MAX, f64::min);
     let _ = writeln!(
@@ -569,7 +570,7 @@ pub fn summary_markdown(results: &Results) -> String {
                 let _ = writeln!(
                     out,
                     "| {} | {} | {} | {:.1} | {} | {} | {} |",
-                    i.model,
+                    row_name(&i.model),
                     mib(before.pss_kib),
                     mib(during.pss_kib),
                     i.kib_per_conn,
@@ -828,6 +829,29 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("Note: a note."), "{md}");
+        let mut results = results;
+        results.idle = vec![
+            IdleResult {
+                model: "event".to_string(),
+                kib_per_conn: 0.2,
+                before: Some(ProcStats::default()),
+                during: Some(ProcStats::default()),
+                ..IdleResult::default()
+            },
+            IdleResult {
+                model: "ref_epoll".to_string(),
+                kib_per_conn: 0.05,
+                before: Some(ProcStats::default()),
+                during: Some(ProcStats::default()),
+                ..IdleResult::default()
+            },
+        ];
+        let md = summary_markdown(&results);
+        assert!(md.contains("| event | 0.0 | 0.0 | 0.2 | 1.00× |"), "{md}");
+        assert!(
+            md.contains("| ref_epoll (C reference) | 0.0 | 0.0 | 0.1 | 0.25× |"),
+            "{md}"
+        );
     }
 
     #[test]
