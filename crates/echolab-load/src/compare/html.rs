@@ -112,7 +112,7 @@ pub fn markdown_to_html(md: &str) -> String {
 pub fn page(results: &Results) -> String {
     let md = summary_markdown(results);
     // The opening (title and setting) goes first; the tables after the charts.
-    let split = md.find("\n## ").map_or(md.len(), |i| i + 1);
+    let split = md.find("\n## ").unwrap_or(md.len());
     let (opening, tables) = md.split_at(split);
     let mut page = String::new();
     page.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
@@ -211,5 +211,8 @@ mod tests {
     fn a_lone_star_stays_a_star() {
         assert_eq!(inline("2 * 3"), "2 * 3");
         assert_eq!(inline("<b>"), "&lt;b&gt;");
+        // An empty pair of marks is text, not an empty element.
+        assert_eq!(inline("`` and **"), "`` and **");
+        assert_eq!(escape("a \"q\" & <t>"), "a &quot;q&quot; &amp; &lt;t&gt;");
     }
 }

@@ -144,6 +144,36 @@ mod tests {
         }
     }
 
+    /// "0-1,3" as [0, 1, 3].
+    fn cpu_list(text: &str) -> Vec<usize> {
+        let mut cpus = Vec::new();
+        for part in text.split(',') {
+            match part.split_once('-') {
+                Some((a, b)) => cpus.extend(a.parse::<usize>().unwrap()..=b.parse().unwrap()),
+                None => cpus.push(part.parse().unwrap()),
+            }
+        }
+        cpus
+    }
+
+    #[test]
+    fn allowed_cpus_are_the_kernels_list() {
+        let handle = std::thread::spawn(|| {
+            let tid = nix::unistd::gettid().as_raw().to_string();
+            let pid = std::process::id();
+            let before = (allowed_cpus(), cpu_list(&cpus_allowed(pid, &tid)));
+            // Pinned to its last CPU, the thread reads that CPU alone, as the kernel says.
+            let last = *before.1.last().unwrap();
+            pin_this_thread(&[last]).unwrap();
+            let after = (allowed_cpus(), cpu_list(&cpus_allowed(pid, &tid)));
+            (before, after, last)
+        });
+        let ((ours, kernels), (pinned, kernel_pinned), last) = handle.join().unwrap();
+        assert_eq!(ours, kernels);
+        assert_eq!(pinned, [last]);
+        assert_eq!(kernel_pinned, [last]);
+    }
+
     #[test]
     fn a_pinned_thread_reads_back_its_mask() {
         let allowed = allowed_cpus();
