@@ -252,8 +252,9 @@ impl BenchArgs {
 ///
 /// Starts each model as `echolab serve --model M --listen 127.0.0.1:0` (this executable),
 /// runs the workload matrix against all of them alternately, reads each server's CPU time,
-/// memory, threads and processes from /proc, and writes results.json, summary.md and SVG
-/// charts. Models that fail to start are reported and left out.
+/// memory, threads and processes from /proc, and writes results.json, summary.md, SVG
+/// charts and index.html (tables and charts on one page). Models that fail to start are
+/// reported and left out.
 ///
 /// Exit status: 0 every started model ran cleanly; 1 a run had errors, no model started,
 /// or the results could not be written; 2 bad argument (or --out cannot be created); 130
@@ -264,11 +265,13 @@ pub struct CompareArgs {
     #[arg(long, value_delimiter = ',', value_name = "LIST", value_parser = parse_model)]
     pub models: Option<Vec<String>>,
 
-    /// Where to write results.json, summary.md and the charts.
+    /// Where to write index.html (tables and charts on one page), results.json, summary.md
+    /// and the SVG charts.
     #[arg(long, default_value = "target/echolab-compare", value_name = "DIR")]
     pub out: PathBuf,
 
-    /// A reduced matrix that runs in under a minute (for CI and a first look).
+    /// A reduced matrix (1, 8, 64 connections; the pinned pair; UDP; 500 idle) that runs in
+    /// about two minutes on 2 cores (for CI and a first look).
     #[arg(long)]
     pub quick: bool,
 
@@ -276,6 +279,12 @@ pub struct CompareArgs {
     /// 1000.
     #[arg(long, value_name = "N", value_parser = parse_repeats, allow_negative_numbers = true)]
     pub repeats: Option<usize>,
+
+    /// Folder of the reference C servers (ref_epoll, ref_threads) that
+    /// scripts/build-ref.sh builds; they run every TCP workload and are drawn dashed.
+    /// Default: target/ref, when they are there (none found: none run).
+    #[arg(long, value_name = "DIR")]
+    pub ref_dir: Option<PathBuf>,
 }
 
 /// The models `echolab serve --model` accepts, in the lecture's order, then the fast ones.

@@ -19,10 +19,14 @@
 //! - [`server`]: start, check and stop one server child.
 //! - [`procfs`]: the server's CPU, memory, threads and processes.
 //! - [`output`]: results.json and summary.md.
-//! - [`charts`]: the SVG charts.
+//! - [`charts`]: the data behind each chart (in results.json) and its SVG.
+//! - [`html`]: index.html, the tables and the charts on one page.
+//! - [`pin`]: client and server pinned to CPUs for the one-connection lesson.
 
 pub mod charts;
+pub mod html;
 pub mod output;
+pub mod pin;
 pub mod procfs;
 pub mod server;
 
@@ -51,6 +55,30 @@ pub struct Workload {
     pub conns: usize,
     pub size: usize,
     pub churn: bool,
+    /// Client and server pinned to CPUs (sched_setaffinity) for this workload; `None`: where
+    /// the scheduler puts them.
+    pub pin: Option<Placement>,
+    /// UDP echo (sockets instead of connections), against the models that serve UDP.
+    pub udp: bool,
+}
+
+/// Where a pinned workload puts the client and the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    /// Both on the first CPU this process may use.
+    SameCpu,
+    /// The client on the first, the server on the second.
+    DifferentCpus,
+}
+
+impl Placement {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Placement::SameCpu => "same CPU",
+            Placement::DifferentCpus => "different CPUs",
+        }
+    }
 }
 
 /// The whole comparison's settings.
@@ -67,32 +95,51 @@ pub struct Plan {
 
 impl Plan {
     /// The matrix (1, 8, 64, 512 connections; 64 B and 16 KiB; churn; 5,000 idle),
-    /// or a reduced one that runs in under a minute.
+    /// or a reduced one that runs in about two minutes on 2 cores.
     pub fn new(quick: bool, repeats: Option<usize>) -> Plan {
         let closed = |conns: usize, size: usize| Workload {
             name: format!("{} × {conns} conns", size_name(size)),
             conns,
             size,
             churn: false,
+            pin: None,
+            udp: false,
         };
         let churn = |slots: usize| Workload {
             name: format!("churn × {slots}"),
             conns: slots,
             size: 64,
             churn: true,
+            pin: None,
+            udp: false,
         };
+        let pinned = |pin: Placement| Workload {
+            name: format!("64 B × 1 conn, {}", pin.describe()),
+            pin: Some(pin),
+            ..closed(1, 64)
+        };
+        let udp = |sockets: usize| Workload {
+            name: format!("UDP 64 B × {sockets} sockets"),
+            udp: true,
+            ..closed(sockets, 64)
+        };
+        let lesson = [pinned(Placement::SameCpu), pinned(Placement::DifferentCpus)];
         if quick {
+            let mut workloads = vec![
+                closed(1, 64),
+                closed(8, 64),
+                closed(64, 64),
+                closed(8, 16 * 1024),
+                churn(4),
+            ];
+            workloads.extend(lesson);
+            workloads.push(udp(8));
             Plan {
                 quick,
                 repeats: repeats.unwrap_or(3),
                 duration_secs: 0.3,
                 warmup_secs: 0.1,
-                workloads: vec![
-                    closed(1, 64),
-                    closed(64, 64),
-                    closed(8, 16 * 1024),
-                    churn(4),
-                ],
+                workloads,
                 idle_conns: 500,
             }
         } else {
@@ -103,6 +150,9 @@ impl Plan {
                 }
             }
             workloads.push(churn(16));
+            workloads.extend(lesson);
+            workloads.push(udp(1));
+            workloads.push(udp(8));
             Plan {
                 quick,
                 repeats: repeats.unwrap_or(3),
@@ -134,6 +184,12 @@ fn size_name(size: usize) -> String {
 
 /// Why a model does not run a workload, if it does not.
 pub fn skip_reason(model: &str, workload: &Workload) -> Option<&'static str> {
+    if workload.udp {
+        // The list of UDP models is the UDP crate's: a model it learns to serve joins here.
+        return echolab_udp::UdpModel::for_model(model)
+            .is_err()
+            .then_some("serves no UDP");
+    }
     (model == "iterative" && !workload.churn && workload.conns > 1)
         .then_some("serialises clients: one connection at a time")
 }
@@ -193,7 +249,8 @@ pub fn run(args: CompareArgs) -> ExitCode {
         Some(list) if !list.is_empty() => list.clone(),
         _ => MODELS.iter().map(|m| m.to_string()).collect(),
     };
-    let results = compare(&exe, &names, &plan, &stop);
+    let refs = reference_servers(args.ref_dir.as_deref());
+    let results = compare(&exe, &names, &refs, &plan, &stop);
     match write_outputs(&args.out, &results) {
         Ok(files) => {
             eprintln!("echolab compare: wrote");
@@ -246,6 +303,15 @@ fn write_outputs(out: &Path, results: &Results) -> Result<Vec<PathBuf>, String> 
     })?;
     let mut files = vec![json_path, md_path];
     files.extend(charts::write_all(out, results)?);
+    let html_path = out.join("index.html");
+    std::fs::write(&html_path, html::page(results)).map_err(|err| {
+        format!(
+            "cannot write {}: {}",
+            html_path.display(),
+            engine::describe(&err)
+        )
+    })?;
+    files.push(html_path);
     Ok(files)
 }
 
@@ -310,49 +376,149 @@ impl Steps {
     }
 }
 
-/// Starts the models, runs the matrix and the idle step, stops the models.
-fn compare(exe: &Path, names: &[String], plan: &Plan, stop: &AtomicBool) -> Results {
-    let machine = output::Machine::here();
-    let mut statuses = Vec::new();
-    let mut servers: Vec<ServerProcess> = Vec::new();
+/// A reference C server compare can run: its name and its command.
+#[derive(Debug, Clone)]
+pub struct Reference {
+    pub name: String,
+    pub path: PathBuf,
+    pub args: Vec<String>,
+}
+
+/// The reference C servers found in `dir` (default `target/ref`, where
+/// scripts/build-ref.sh builds them): ref_epoll with one loop per core (as the reactor),
+/// ref_threads (a thread per connection). Missing ones are left out.
+pub fn reference_servers(dir: Option<&Path>) -> Vec<Reference> {
+    let dir = dir.map_or_else(|| PathBuf::from("target/ref"), Path::to_path_buf);
+    let cores = crate::config::cores().to_string();
+    [
+        ("ref_epoll", vec!["-t".to_string(), cores]),
+        ("ref_threads", Vec::new()),
+    ]
+    .into_iter()
+    .map(|(name, args)| Reference {
+        name: name.to_string(),
+        path: dir.join(name),
+        args,
+    })
+    .filter(|r| r.path.is_file())
+    .collect()
+}
+
+/// Starts each server with `start`, recording its status; returns those that started.
+fn start_all<'a>(
+    what: impl Iterator<Item = &'a str>,
+    statuses: &mut Vec<ModelStatus>,
+    stop: &AtomicBool,
+    mut start: impl FnMut(&str) -> Result<ServerProcess, String>,
+) -> Vec<ServerProcess> {
     let startup = Steps::new(0);
-    for name in names {
+    let mut servers = Vec::new();
+    for name in what {
         if stop.load(Ordering::Relaxed) {
             break;
         }
         startup.start(&format!("starting {name}"));
-        match ServerProcess::start(exe, name, plan.max_conns()) {
+        match start(name) {
             Ok(server) => {
                 statuses.push(ModelStatus {
-                    name: name.clone(),
+                    name: name.to_string(),
                     addr: Some(server.addr.to_string()),
                     error: None,
+                    udp: server.udp,
                 });
                 servers.push(server);
             }
             Err(why) => {
                 startup.note(&format!("model {name} did not start: {why}"));
                 statuses.push(ModelStatus {
-                    name: name.clone(),
+                    name: name.to_string(),
                     addr: None,
                     error: Some(why),
+                    udp: false,
                 });
             }
         }
     }
     startup.end();
+    servers
+}
+
+/// Starts the models, runs the matrix and the idle step, stops the models.
+fn compare(
+    exe: &Path,
+    names: &[String],
+    refs: &[Reference],
+    plan: &Plan,
+    stop: &AtomicBool,
+) -> Results {
+    let machine = output::Machine::here();
+    let mut statuses = Vec::new();
+    let mut servers = start_all(
+        names.iter().map(String::as_str),
+        &mut statuses,
+        stop,
+        |name| ServerProcess::start(exe, name, plan.max_conns()),
+    );
+    servers.extend(start_all(
+        refs.iter().map(|r| r.name.as_str()),
+        &mut statuses,
+        stop,
+        |name| {
+            let r = refs
+                .iter()
+                .find(|r| r.name == name)
+                .expect("a listed reference");
+            ServerProcess::start_reference(&r.path, &r.name, &r.args)
+        },
+    ));
+    // UDP servers of their own (`serve --udp-only`): a UDP loop beside a TCP model would
+    // add its threads to that model's TCP figures.
+    let udp_names: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| echolab_udp::UdpModel::for_model(n).is_ok())
+        .collect();
+    let mut udp_servers = if plan.workloads.iter().any(|w| w.udp) {
+        start_all(udp_names.into_iter(), &mut statuses, stop, |name| {
+            ServerProcess::start_udp(exe, name)
+        })
+    } else {
+        Vec::new()
+    };
+    let allowed = pin::allowed_cpus();
+    let mut plan = plan.clone();
+    let mut notes = Vec::new();
+    plan.workloads.retain(|w| match w.pin {
+        Some(p) if pin::cpus_for(p, &allowed).is_none() => {
+            notes.push(format!(
+                "{} left out: this process may run on {} CPU(s) ({allowed:?})",
+                w.name,
+                allowed.len()
+            ));
+            false
+        }
+        _ => true,
+    });
+    let plan = &plan;
 
     let mut workloads: Vec<WorkloadResults> = plan
         .workloads
         .iter()
-        .map(|w| WorkloadResults::new(w.clone(), servers.iter().map(|s| s.model.as_str())))
+        .map(|w| {
+            // A UDP workload lists every model, so that one without UDP says so in its row.
+            let names = servers
+                .iter()
+                .map(|s| s.model.as_str())
+                .filter(|m| !(w.udp && charts::is_reference(m)));
+            WorkloadResults::new(w.clone(), names)
+        })
         .collect();
     let runs_per_repeat: u64 = plan
         .workloads
         .iter()
         .map(|w| {
-            servers
-                .iter()
+            let list = if w.udp { &udp_servers } else { &servers };
+            list.iter()
                 .filter(|s| skip_reason(&s.model, w).is_none())
                 .count() as u64
         })
@@ -366,14 +532,19 @@ fn compare(exe: &Path, names: &[String], plan: &Plan, stop: &AtomicBool) -> Resu
     let mut interrupted = false;
     'matrix: for repeat in 0..plan.repeats {
         for (workload_idx, workload) in plan.workloads.iter().enumerate() {
-            for k in 0..servers.len() {
+            let list = if workload.udp {
+                &mut udp_servers
+            } else {
+                &mut servers
+            };
+            for k in 0..list.len() {
                 // Rotate the order each repeat: no model always runs first (or last).
-                let server_idx = (k + repeat) % servers.len();
+                let server_idx = (k + repeat) % list.len();
                 if stop.load(Ordering::Relaxed) {
                     interrupted = true;
                     break 'matrix;
                 }
-                let server = &mut servers[server_idx];
+                let server = &mut list[server_idx];
                 if skip_reason(&server.model, workload).is_some() {
                     continue;
                 }
@@ -385,7 +556,11 @@ fn compare(exe: &Path, names: &[String], plan: &Plan, stop: &AtomicBool) -> Resu
                     workload.name
                 );
                 steps.start(&what);
-                let sample = run_one(server, plan, workload, stop);
+                let sample = if workload.udp {
+                    run_udp(server, plan, workload, stop)
+                } else {
+                    run_one(server, plan, workload, &allowed, stop)
+                };
                 let outcome = match &sample.error {
                     Some(err) => format!("error: {err}"),
                     None => format!(
@@ -422,7 +597,7 @@ fn compare(exe: &Path, names: &[String], plan: &Plan, stop: &AtomicBool) -> Resu
         }
     }
     steps.end();
-    for server in servers.iter_mut() {
+    for server in servers.iter_mut().chain(udp_servers.iter_mut()) {
         if !server.stop() {
             eprintln!(
                 "echolab compare: model {} did not stop within 3 s of SIGTERM and was killed",
@@ -433,7 +608,7 @@ fn compare(exe: &Path, names: &[String], plan: &Plan, stop: &AtomicBool) -> Resu
     for w in &mut workloads {
         w.summarise();
     }
-    Results {
+    let mut results = Results {
         machine,
         plan: plan.clone(),
         models: statuses,
@@ -441,7 +616,11 @@ fn compare(exe: &Path, names: &[String], plan: &Plan, stop: &AtomicBool) -> Resu
         idle_conns: plan.idle_conns,
         idle,
         interrupted,
-    }
+        notes,
+        charts: Vec::new(),
+    };
+    results.charts = charts::data(&results);
+    results
 }
 
 /// One run of `workload` against `server`, with the server's CPU over it and its memory
@@ -450,11 +629,79 @@ fn run_one(
     server: &mut ServerProcess,
     plan: &Plan,
     workload: &Workload,
+    allowed: &[usize],
     stop: &AtomicBool,
 ) -> RunSample {
     let Some(pid) = server.pid() else {
         return RunSample::failed("the server is not running".to_string());
     };
+    let Some(placement) = workload.pin else {
+        return measure(server, pid, plan, workload, stop);
+    };
+    let Some((client_cpu, server_cpu)) = pin::cpus_for(placement, allowed) else {
+        return RunSample::failed(format!("{} needs more CPUs", placement.describe()));
+    };
+    // The server first (its threads, its children), then this thread, whose mask the
+    // bench's threads inherit; both restored to every allowed CPU afterwards.
+    let pinned =
+        pin::pin_process(pid, &[server_cpu]).and_then(|()| pin::pin_this_thread(&[client_cpu]));
+    let sample = match pinned {
+        Ok(()) => measure(server, pid, plan, workload, stop),
+        Err(err) => RunSample::failed(format!("cannot pin: {}", engine::describe(&err))),
+    };
+    let _ = pin::pin_this_thread(allowed);
+    let _ = pin::pin_process(pid, allowed);
+    sample
+}
+
+/// One UDP run against a `--udp-only` server, with the server's CPU over it.
+fn run_udp(
+    server: &mut ServerProcess,
+    plan: &Plan,
+    workload: &Workload,
+    stop: &AtomicBool,
+) -> RunSample {
+    let Some(pid) = server.pid() else {
+        return RunSample::failed("the server is not running".to_string());
+    };
+    let config = echolab_udp::bench::UdpBenchConfig {
+        addr: server.addr,
+        n_conns: workload.conns,
+        size: workload.size,
+        duration: Duration::from_secs_f64(plan.duration_secs),
+        count: None,
+        rate: None,
+        timeout: Duration::from_millis(500),
+        n_threads: echolab_udp::default_workers().min(workload.conns),
+    };
+    let before = procfs::read(pid).ok();
+    let report = echolab_udp::bench::run(&config, stop);
+    let after = procfs::read(pid).ok();
+    let report = match report {
+        Ok(report) => report,
+        Err(err) => return RunSample::failed(engine::describe(&err)),
+    };
+    let cpu_secs = match (before, after) {
+        (Some(b), Some(a)) => Some(a.cpu_secs - b.cpu_secs),
+        _ => None,
+    };
+    let mut sample = RunSample::from_udp_report(&report, cpu_secs, after);
+    if !server.is_running() {
+        sample
+            .error
+            .get_or_insert_with(|| "the server exited during the run".to_string());
+    }
+    sample
+}
+
+/// One TCP run, measured: the bench, the server's CPU and its memory halfway.
+fn measure(
+    server: &mut ServerProcess,
+    pid: u32,
+    plan: &Plan,
+    workload: &Workload,
+    stop: &AtomicBool,
+) -> RunSample {
     let config = plan.bench_config(server.addr, workload);
     // The previous run's connections first finish closing on the server's side, so that
     // neither its open descriptors nor the CPU of closing them land on this run.
@@ -523,4 +770,69 @@ fn run_idle(server: &mut ServerProcess, n_conns: usize) -> IdleResult {
     };
     drop(held);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_workloads_run_the_models_the_udp_crate_serves() {
+        let plan = Plan::new(true, None);
+        let udp = plan
+            .workloads
+            .iter()
+            .find(|w| w.udp)
+            .expect("a UDP workload");
+        let serving: Vec<&str> = MODELS
+            .iter()
+            .copied()
+            .filter(|m| skip_reason(m, udp).is_none())
+            .collect();
+        let expected: Vec<&str> = MODELS
+            .iter()
+            .copied()
+            .filter(|m| echolab_udp::UdpModel::for_model(m).is_ok())
+            .collect();
+        assert_eq!(serving, expected);
+        assert!(serving.contains(&"reactor") && !serving.contains(&"thread"));
+        assert_eq!(skip_reason("ref_epoll", udp), Some("serves no UDP"));
+        // And a TCP workload is not refused to a model for serving no UDP.
+        assert_eq!(skip_reason("thread", &plan.workloads[0]), None);
+    }
+
+    #[test]
+    fn both_plans_pin_one_connection_both_ways() {
+        for quick in [true, false] {
+            let plan = Plan::new(quick, None);
+            let pins: Vec<Option<Placement>> = plan
+                .workloads
+                .iter()
+                .filter(|w| w.pin.is_some())
+                .map(|w| w.pin)
+                .collect();
+            assert_eq!(
+                pins,
+                [Some(Placement::SameCpu), Some(Placement::DifferentCpus)]
+            );
+            assert!(plan
+                .workloads
+                .iter()
+                .filter(|w| w.pin.is_some())
+                .all(|w| w.conns == 1 && !w.udp && !w.churn));
+        }
+    }
+
+    #[test]
+    fn references_are_found_where_build_ref_puts_them() {
+        let dir = std::env::temp_dir().join(format!("echolab-refs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(reference_servers(Some(&dir)).is_empty());
+        std::fs::write(dir.join("ref_threads"), b"").unwrap();
+        let found = reference_servers(Some(&dir));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].name, "ref_threads");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -38,6 +38,8 @@ pub struct ModelStatus {
     pub addr: Option<String>,
     /// Why it did not start.
     pub error: Option<String>,
+    /// A UDP server (`serve --udp-only`) for the UDP workloads.
+    pub udp: bool,
 }
 
 /// One run of one workload against one model.
@@ -70,6 +72,8 @@ pub struct RunSample {
     pub leftover_conns: u64,
     /// Likewise, the server's live children (the process model's connections).
     pub leftover_children: u64,
+    /// UDP: datagrams with no echo within the timeout (0 for TCP).
+    pub lost: u64,
 }
 
 impl RunSample {
@@ -125,6 +129,45 @@ impl RunSample {
     }
 }
 
+impl RunSample {
+    /// A UDP run's figures: echoes/s as the rate, CPU per echoed datagram, corrupt echoes
+    /// and socket errors as errors, lost datagrams apart.
+    pub fn from_udp_report(
+        report: &echolab_udp::bench::UdpReport,
+        cpu_secs: Option<f64>,
+        after: Option<ProcStats>,
+    ) -> RunSample {
+        let cpu = cpu_secs.unwrap_or(0.0);
+        let echoed = report.counts.echoed as f64;
+        let errors = report.counts.corrupt + report.socket_errors;
+        RunSample {
+            messages_per_sec: report.echoes_per_sec(),
+            mb_per_sec: report.echoes_per_sec() * report.config.size as f64 / 1e6,
+            p50_us: report.quantile_us(0.5),
+            p90_us: report.quantile_us(0.9),
+            p99_us: report.quantile_us(0.99),
+            p999_us: report.quantile_us(0.999),
+            max_us: report.quantile_us(1.0),
+            errors,
+            server_cpu_secs: cpu,
+            server_cpu_us_per_msg: if echoed > 0.0 {
+                cpu * 1e6 / echoed
+            } else {
+                0.0
+            },
+            server: after,
+            error: (errors > 0).then(|| {
+                format!(
+                    "{} corrupt echoes, {} socket errors",
+                    report.counts.corrupt, report.socket_errors
+                )
+            }),
+            lost: report.counts.lost,
+            ..RunSample::default()
+        }
+    }
+}
+
 /// Medians over the runs of one model on one workload.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Median {
@@ -145,6 +188,8 @@ pub struct Median {
     pub errors: u64,
     /// The most connections left without an echo in any run.
     pub unserved_conns: u64,
+    /// UDP: datagrams lost over all runs.
+    pub lost: u64,
 }
 
 /// One model's runs on one workload.
@@ -225,6 +270,7 @@ impl WorkloadResults {
                 spread_pct: spread,
                 errors: r.iter().map(|s| s.errors).sum(),
                 unserved_conns: r.iter().map(|s| s.unserved_conns).max().unwrap_or(0),
+                lost: r.iter().map(|s| s.lost).sum(),
             });
         }
     }
@@ -287,6 +333,10 @@ pub struct Results {
     pub idle: Vec<IdleResult>,
     /// Stopped early by SIGINT/SIGTERM: the figures cover the runs done.
     pub interrupted: bool,
+    /// What compare left out of the plan and why (a placement this machine cannot give).
+    pub notes: Vec<String>,
+    /// The data behind every chart, as drawn ([`super::charts::data`]).
+    pub charts: Vec<super::charts::ChartData>,
 }
 
 impl Results {
@@ -355,6 +405,9 @@ pub fn summary_markdown(results: &Results) -> String {
         plan.warmup_secs,
         if results.interrupted { " **Interrupted: the figures cover the runs done.**" } else { "" }
     );
+    for note in &results.notes {
+        let _ = writeln!(out, "Note: {note}.\n");
+    }
     let failed: Vec<&ModelStatus> = results
         .models
         .iter()
@@ -398,11 +451,16 @@ pub fn summary_markdown(results: &Results) -> String {
     for w in &results.workloads {
         let kind = if w.workload.churn {
             "connect, one echo, close; rates are connections/s"
+        } else if w.workload.udp {
+            "closed loop, one datagram outstanding per socket; rates are echoes/s"
+        } else if w.workload.pin.is_some() {
+            "closed loop, client and server pinned with sched_setaffinity"
         } else {
             "closed loop"
         };
         let _ = writeln!(out, "## {} ({kind})\n", w.workload.name);
-        if w.workload.conns == 1 && !w.workload.churn {
+        if w.workload.conns == 1 && !w.workload.churn && !w.workload.udp && w.workload.pin.is_none()
+        {
             let _ = writeln!(
                 out,
                 "One connection: every message wakes the other side, so where the scheduler \
@@ -418,8 +476,12 @@ pub fn summary_markdown(results: &Results) -> String {
             .filter_map(|(name, runs)| runs.median.as_ref().map(|m| (name, m)))
             .collect();
         // A model that left connections unserved is never the best: its rate is that of
-        // the few it served.
-        let ranked = || medians.iter().filter(|(_, m)| m.unserved_conns == 0);
+        // the few it served. Nor is a reference C server: it is the yardstick.
+        let ranked = || {
+            medians
+                .iter()
+                .filter(|(name, m)| m.unserved_conns == 0 && !super::charts::is_reference(name))
+        };
         let best_rate = ranked()
             .map(|(_, m)| m.messages_per_sec)
             .fold(0.0, f64::max);
@@ -427,11 +489,18 @@ pub fn summary_markdown(results: &Results) -> String {
             .map(|(_, m)| m.server_cpu_us_per_msg)
             .filter(|c| *c > 0.0)
             .fold(f64::MAX, f64::min);
+        let udp = w.workload.udp;
         let _ = writeln!(
             out,
-            "| model | msgs/s | vs best | p50 µs | p99 µs | CPU µs/msg | vs best | PSS MiB | threads | procs | runs | spread | errors |"
+            "| model | {} | vs best | p50 µs | p99 µs | CPU µs/msg | vs best | PSS MiB | threads | procs | runs | spread | errors |{}",
+            if udp { "echoes/s" } else { "msgs/s" },
+            if udp { " lost |" } else { "" }
         );
-        let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+        let _ = writeln!(
+            out,
+            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|{}",
+            if udp { "--:|" } else { "" }
+        );
         for (name, runs) in &w.models {
             if let Some(why) = &runs.skipped {
                 let _ = writeln!(out, "| {name} | *{why}* |||||||||||| ");
@@ -451,7 +520,8 @@ pub fn summary_markdown(results: &Results) -> String {
             };
             let _ = writeln!(
                 out,
-                "| {name} | {} | {rate_ratio} | {:.1} | {:.1} | {:.2} | {cpu_ratio} | {} | {} | {} | {} | {:.0}% | {} |",
+                "| {} | {} | {rate_ratio} | {:.1} | {:.1} | {:.2} | {cpu_ratio} | {} | {} | {} | {} | {:.0}% | {} |{}",
+                row_name(name),
                 rate_cell(m, w.workload.conns),
                 m.p50_us,
                 m.p99_us,
@@ -461,16 +531,26 @@ pub fn summary_markdown(results: &Results) -> String {
                 m.processes,
                 m.runs,
                 m.spread_pct,
-                errors_cell(m)
+                errors_cell(m),
+                if udp { format!(" {} |", m.lost) } else { String::new() }
             );
         }
         let _ = writeln!(out);
+    }
+    if let Some(chart) = results
+        .charts
+        .iter()
+        .find(|c| c.file == "one_conn_placement.svg")
+    {
+        let _ = writeln!(out, "## One connection, pinned both ways\n");
+        let _ = writeln!(out, "{}\n", super::charts::placement_lesson(&chart.series));
     }
     let _ = writeln!(out, "## {} idle connections held\n", results.idle_conns);
     let best = results
         .idle
         .iter()
         .filter(|i| i.error.is_none() && i.skipped.is_none() && i.kib_per_conn > 0.0)
+        .filter(|i| !super::charts::is_reference(&i.model))
         .map(|i| i.kib_per_conn)
         .fold(f64::MAX, f64::min);
     let _ = writeln!(
@@ -490,7 +570,7 @@ pub fn summary_markdown(results: &Results) -> String {
                 let _ = writeln!(
                     out,
                     "| {} | {} | {} | {:.1} | {} | {} | {} |",
-                    i.model,
+                    row_name(&i.model),
                     mib(before.pss_kib),
                     mib(during.pss_kib),
                     i.kib_per_conn,
@@ -504,6 +584,15 @@ pub fn summary_markdown(results: &Results) -> String {
     }
     let _ = writeln!(out, "\nThe idle step runs once per model (not repeated).");
     out
+}
+
+/// A table row's name: a reference C server says so.
+fn row_name(name: &str) -> String {
+    if super::charts::is_reference(name) {
+        format!("{name} (C reference)")
+    } else {
+        name.to_string()
+    }
 }
 
 /// The msgs/s cell: the rate, marked with the connections served when some were not
@@ -547,6 +636,8 @@ mod tests {
             conns: 64,
             size: 64,
             churn: false,
+            pin: None,
+            udp: false,
         };
         let mut w = WorkloadResults::new(workload, ["event", "prethreaded"].into_iter());
         w.push(
@@ -575,6 +666,8 @@ mod tests {
             workloads: vec![w],
             idle: Vec::new(),
             interrupted: false,
+            notes: Vec::new(),
+            charts: Vec::new(),
         };
         let md = summary_markdown(&results);
         let row = |model: &str| {
@@ -625,6 +718,139 @@ mod tests {
         assert_eq!(
             sample.error.as_deref(),
             Some("reset: connection reset by peer")
+        );
+    }
+
+    #[test]
+    fn a_udp_run_is_echoes_per_second_with_its_losses_apart() {
+        use echolab_udp::bench::{UdpBenchConfig, UdpReport};
+        use std::time::Duration;
+        let mut latency = hdrhistogram::Histogram::new(3).unwrap();
+        for us in 1..=100u64 {
+            latency.record(us * 1000).unwrap();
+        }
+        let mut report = UdpReport {
+            config: UdpBenchConfig {
+                addr: "127.0.0.1:9".parse().unwrap(),
+                n_conns: 8,
+                size: 64,
+                duration: Duration::from_secs(2),
+                count: None,
+                rate: None,
+                timeout: Duration::from_millis(500),
+                n_threads: 2,
+            },
+            counts: echolab_udp::account::Counts {
+                sent: 4005,
+                echoed: 4000,
+                lost: 5,
+                ..Default::default()
+            },
+            elapsed: Duration::from_secs(2),
+            latency,
+            jitter: Duration::ZERO,
+            socket_errors: 0,
+            window: Duration::from_secs(2),
+            interrupted: false,
+        };
+        // 0.02 s of server CPU over 4000 echoes: 5 µs each.
+        let s = RunSample::from_udp_report(&report, Some(0.02), None);
+        assert_eq!(s.messages_per_sec, 2000.0);
+        assert!((s.server_cpu_us_per_msg - 5.0).abs() < 1e-9, "{s:?}");
+        assert!((s.mb_per_sec - 0.128).abs() < 1e-12, "{s:?}");
+        assert_eq!((s.lost, s.errors, s.error.clone()), (5, 0, None));
+        assert!(
+            (s.p50_us - 50.0).abs() < 0.1 && (s.p99_us - 99.0).abs() < 0.1,
+            "{s:?}"
+        );
+        report.counts.corrupt = 1;
+        report.socket_errors = 2;
+        let s = RunSample::from_udp_report(&report, None, None);
+        assert_eq!(s.errors, 3);
+        assert_eq!(
+            s.error.as_deref(),
+            Some("1 corrupt echoes, 2 socket errors")
+        );
+        assert_eq!(s.server_cpu_us_per_msg, 0.0);
+    }
+
+    #[test]
+    fn udp_tables_have_a_lost_column_and_references_are_never_best() {
+        let mk = |udp: bool| crate::compare::Workload {
+            name: "w".to_string(),
+            conns: 8,
+            size: 64,
+            churn: false,
+            pin: None,
+            udp,
+        };
+        let mut udp = WorkloadResults::new(mk(true), ["event", "thread"].into_iter());
+        udp.push(
+            "event",
+            RunSample {
+                messages_per_sec: 2000.0,
+                lost: 5,
+                ..RunSample::default()
+            },
+        );
+        udp.summarise();
+        let mut tcp = WorkloadResults::new(mk(false), ["event", "ref_epoll"].into_iter());
+        for (model, rate) in [("event", 1000.0), ("ref_epoll", 4000.0)] {
+            tcp.push(
+                model,
+                RunSample {
+                    messages_per_sec: rate,
+                    ..RunSample::default()
+                },
+            );
+        }
+        tcp.summarise();
+        let plan = crate::compare::Plan::new(true, Some(1));
+        let results = Results {
+            machine: Machine::here(),
+            idle_conns: plan.idle_conns,
+            plan,
+            models: Vec::new(),
+            workloads: vec![udp, tcp],
+            idle: Vec::new(),
+            interrupted: false,
+            notes: vec!["a note".to_string()],
+            charts: Vec::new(),
+        };
+        let md = summary_markdown(&results);
+        assert!(md.contains("| model | echoes/s | vs best |"), "{md}");
+        assert!(md.contains("| errors | lost |\n"), "{md}");
+        assert!(md.contains("| event | 2000 | 1.00× |"), "{md}");
+        assert!(md.contains("| 0 | 5 |\n"), "{md}");
+        assert!(md.contains("| thread | *serves no UDP* |"), "{md}");
+        assert!(md.contains("| event | 1000 | 1.00× |"), "{md}");
+        assert!(
+            md.contains("| ref_epoll (C reference) | 4000 | 4.00× |"),
+            "{md}"
+        );
+        assert!(md.contains("Note: a note."), "{md}");
+        let mut results = results;
+        results.idle = vec![
+            IdleResult {
+                model: "event".to_string(),
+                kib_per_conn: 0.2,
+                before: Some(ProcStats::default()),
+                during: Some(ProcStats::default()),
+                ..IdleResult::default()
+            },
+            IdleResult {
+                model: "ref_epoll".to_string(),
+                kib_per_conn: 0.05,
+                before: Some(ProcStats::default()),
+                during: Some(ProcStats::default()),
+                ..IdleResult::default()
+            },
+        ];
+        let md = summary_markdown(&results);
+        assert!(md.contains("| event | 0.0 | 0.0 | 0.2 | 1.00× |"), "{md}");
+        assert!(
+            md.contains("| ref_epoll (C reference) | 0.0 | 0.0 | 0.1 | 0.25× |"),
+            "{md}"
         );
     }
 

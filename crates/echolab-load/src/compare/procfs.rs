@@ -153,7 +153,7 @@ fn parse_stat(text: &str) -> Option<Stat> {
 
 /// The live children of `pid`, found by scanning /proc for processes whose parent it is
 /// (works whatever the kernel's CONFIG_PROC_CHILDREN).
-fn children(pid: u32) -> Vec<u32> {
+pub fn children(pid: u32) -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };

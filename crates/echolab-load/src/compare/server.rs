@@ -1,11 +1,13 @@
 //! A server under comparison: `echolab serve --model M --listen 127.0.0.1:0 --quiet`, run
-//! as a child of this executable, found by its `listening on ADDR (model M)` line, proven
-//! by one echo, and always stopped: SIGTERM, up to 3 s to exit, then SIGKILL (also on
-//! drop, so an error or Ctrl-C in compare leaves no server behind).
+//! as a child of this executable, found by its `listening on ADDR (model M)` line (UDP:
+//! `serve --udp-only`, its `udp listening on` line), proven by one echo, and always
+//! stopped: SIGTERM, up to 3 s to exit, then SIGKILL (also on drop, so an error or Ctrl-C
+//! in compare leaves no server behind). A reference C server (ref_epoll, ref_threads)
+//! prints nothing: it is given a free port and proven by one echo.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -61,6 +63,8 @@ pub struct Settled {
 pub struct ServerProcess {
     pub model: String,
     pub addr: SocketAddr,
+    /// Serves UDP (only), not TCP.
+    pub udp: bool,
     /// `None` once stopped.
     child: Option<Child>,
     /// Its descriptors and children at rest, read before the first connection.
@@ -102,8 +106,57 @@ impl ServerProcess {
     /// `max_conns` is passed as `--max-conns`: compare sizes it to its own steps, so that
     /// no model's default cap refuses connections the plan opens.
     pub fn start(exe: &Path, model: &str, max_conns: usize) -> Result<ServerProcess, String> {
-        let mut child = Command::new(exe)
-            .args(serve_args(model, max_conns))
+        let mut cmd = Command::new(exe);
+        cmd.args(serve_args(model, max_conns));
+        Self::start_command(cmd, exe, model, false, None)
+    }
+
+    /// Starts `exe serve --model model --udp-only` on an ephemeral port and waits until it
+    /// echoes a datagram.
+    pub fn start_udp(exe: &Path, model: &str) -> Result<ServerProcess, String> {
+        let mut cmd = Command::new(exe);
+        cmd.args([
+            "serve",
+            "--model",
+            model,
+            "--listen",
+            "127.0.0.1:0",
+            "--udp-only",
+            "--quiet",
+        ]);
+        Self::start_command(cmd, exe, model, true, None)
+    }
+
+    /// Starts the reference C server at `path` (`-p PORT`, plus `extra` arguments) on a
+    /// port found free, and waits until it echoes. It prints no listening line, so the
+    /// port is chosen here: a listener on port 0 learns a free one and is closed before
+    /// the server binds it (another process could take it between; the echo check would
+    /// then fail and say so).
+    pub fn start_reference(
+        path: &Path,
+        name: &str,
+        extra: &[String],
+    ) -> Result<ServerProcess, String> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|err| format!("cannot find a free port: {}", describe(&err)))?
+            .port();
+        let mut cmd = Command::new(path);
+        cmd.arg("-p").arg(port.to_string()).args(extra);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        Self::start_command(cmd, path, name, false, Some(addr))
+    }
+
+    /// Runs `cmd`, learns its address (from its listening line, or `known`), takes its
+    /// baseline and checks that it echoes.
+    fn start_command(
+        mut cmd: Command,
+        exe: &Path,
+        model: &str,
+        udp: bool,
+        known: Option<SocketAddr>,
+    ) -> Result<ServerProcess, String> {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -118,19 +171,14 @@ impl ServerProcess {
         let mut server = ServerProcess {
             model: model.to_string(),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            udp,
             child: Some(child),
             baseline: None,
             stderr_tail,
         };
-        let announced = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(Announce::Listening(addr)) => Ok(addr),
-            Ok(Announce::Ended) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-                Err("exited at startup".to_string())
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(format!(
-                "did not print its listening line within {} s",
-                START_TIMEOUT.as_secs()
-            )),
+        let announced = match known {
+            Some(addr) => wait_until_echoes(addr, &mut server).map(|()| addr),
+            None => announce(&rx),
         };
         let checked = announced.and_then(|addr| {
             server.addr = addr;
@@ -139,7 +187,12 @@ impl ServerProcess {
                 children: super::procfs::child_count(pid),
                 rest_sockets: None,
             });
-            echo_once(addr).map_err(|why| format!("listens on {addr} but does not echo ({why})"))
+            let echoed = if udp {
+                echo_once_udp(addr)
+            } else {
+                echo_once(addr)
+            };
+            echoed.map_err(|why| format!("listens on {addr} but does not echo ({why})"))
         });
         if let Err(why) = checked {
             server.stop();
@@ -242,6 +295,39 @@ impl Drop for ServerProcess {
     }
 }
 
+/// The address of the server's listening line, within `START_TIMEOUT`.
+fn announce(rx: &mpsc::Receiver<Announce>) -> Result<SocketAddr, String> {
+    match rx.recv_timeout(START_TIMEOUT) {
+        Ok(Announce::Listening(addr)) => Ok(addr),
+        Ok(Announce::Ended) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+            Err("exited at startup".to_string())
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(format!(
+            "did not print its listening line within {} s",
+            START_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// Waits, within `START_TIMEOUT`, until a server that prints nothing echoes on `addr`.
+fn wait_until_echoes(addr: SocketAddr, server: &mut ServerProcess) -> Result<(), String> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        match echo_once(addr) {
+            Ok(()) => return Ok(()),
+            Err(_) if !server.is_running() => return Err("exited at startup".to_string()),
+            Err(why) if Instant::now() >= deadline => {
+                return Err(format!(
+                    "did not echo on {addr} within {} s ({why})",
+                    START_TIMEOUT.as_secs()
+                ))
+            }
+            // Polling the port: a server that prints nothing gives no event when it listens.
+            Err(_) => thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
 fn read_stderr(stderr: impl Read, tail: &Mutex<VecDeque<String>>, tx: &mpsc::Sender<Announce>) {
     let mut announced = false;
     for line in BufReader::new(stderr).lines() {
@@ -262,8 +348,9 @@ fn read_stderr(stderr: impl Read, tail: &Mutex<VecDeque<String>>, tx: &mpsc::Sen
     let _ = tx.send(Announce::Ended);
 }
 
-/// The address in `listening on ADDR (model M)`.
+/// The address in `listening on ADDR (model M)` or `udp listening on ADDR (...)`.
 pub fn parse_listening(line: &str) -> Option<SocketAddr> {
+    let line = line.strip_prefix("udp ").unwrap_or(line);
     let rest = line.strip_prefix("listening on ")?;
     let addr = rest.split_whitespace().next()?;
     addr.parse().ok()
@@ -287,6 +374,20 @@ fn echo_once(addr: SocketAddr) -> Result<(), String> {
     Ok(())
 }
 
+/// One datagram echoed, proof that a UDP server serves.
+fn echo_once_udp(addr: SocketAddr) -> Result<(), String> {
+    let socket = UdpSocket::bind("127.0.0.1:0").map_err(|err| describe(&err))?;
+    socket.connect(addr).map_err(|err| describe(&err))?;
+    let _ = socket.set_read_timeout(Some(Duration::from_secs(2)));
+    socket.send(b"compare\n").map_err(|err| describe(&err))?;
+    let mut echo = [0u8; 16];
+    let n = socket.recv(&mut echo).map_err(|err| describe(&err))?;
+    if &echo[..n] != b"compare\n" {
+        return Err("a wrong echo".to_string());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +401,10 @@ mod tests {
         assert_eq!(
             parse_listening("listening on [::1]:9 (model event)"),
             Some("[::1]:9".parse().unwrap())
+        );
+        assert_eq!(
+            parse_listening("udp listening on 127.0.0.1:5 (model event, 1 loop)"),
+            Some("127.0.0.1:5".parse().unwrap())
         );
         assert_eq!(
             parse_listening("echolab serve: model uring cannot run here"),
