@@ -126,6 +126,7 @@ impl ConnCap {
     /// [`REFUSAL_LOG_INTERVAL`] ago (then it is counted, and reported with the next line).
     pub fn refuse<C>(&self, conn: C, peer: SocketAddr, why: Refusal) {
         drop(conn);
+        crate::stats::global().refused(why);
         let now = Instant::now();
         let mut state = self.lock();
         let due = state

@@ -159,6 +159,7 @@ impl ServeArgs {
             max_conns: self.max_conns.unwrap_or(model.default_max_conns()),
             max_conns_per_ip: self.max_conns_per_ip,
             workers: self.workers,
+            stats_interval: Some(crate::stats::DEFAULT_SUMMARY_INTERVAL),
         }
     }
 }

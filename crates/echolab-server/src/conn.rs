@@ -42,6 +42,7 @@ impl fmt::Display for End {
 
 /// Logs that a connection from `peer` was accepted.
 pub fn log_opened(peer: SocketAddr) {
+    crate::stats::global().opened();
     log::info!("conn {peer} opened");
 }
 
@@ -53,6 +54,7 @@ pub fn log_closed(peer: SocketAddr, echo: &Echo, end: &End) {
 /// [`log_closed`] for a model that counts the bytes out itself (io_uring counts what the
 /// kernel confirmed sent, not what went into a send buffer).
 pub fn log_closed_counts(peer: SocketAddr, bytes_in: u64, bytes_out: u64, end: &End) {
+    crate::stats::global().closed(bytes_in, bytes_out, crate::stats::EndKind::of(end));
     match end {
         End::Failed(EchoError::LineTooLong { limit }) => {
             log::warn!("conn {peer} closed: line longer than --max-line {limit} bytes ({bytes_in} bytes in, {bytes_out} out)")

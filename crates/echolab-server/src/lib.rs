@@ -20,7 +20,7 @@
 //!   [`runner`] (N event loops, stopped together), [`live`] (the open connections of a
 //!   blocking model, for shutdown), [`net`] (listener and socket options), [`shutdown`]
 //!   (SIGINT/SIGTERM and panics as a pollable descriptor), [`sbuf`] (the bounded queue,
-//!   CS:APP's `sbuf`), [`logging`].
+//!   CS:APP's `sbuf`), [`logging`], [`stats`] (the counters behind `kill -USR1`).
 #![forbid(unsafe_code)]
 
 pub mod accept;
@@ -34,6 +34,7 @@ pub mod model;
 pub mod net;
 pub mod runner;
 pub mod shutdown;
+pub mod stats;
 
 /// The bounded queue of the prethreaded model (CS:APP's `sbuf`), in a crate of its own.
 pub use echolab_sbuf as sbuf;
@@ -137,6 +138,8 @@ pub struct ServeConfig {
     pub max_conns_per_ip: Option<usize>,
     /// Worker threads for the models that have a pool (prethreaded, reactor, uring, async).
     pub workers: Option<usize>,
+    /// The stats summary at info level every this long; `None`: never.
+    pub stats_interval: Option<Duration>,
 }
 
 impl ServeConfig {
@@ -150,6 +153,7 @@ impl ServeConfig {
             max_conns: model.default_max_conns(),
             max_conns_per_ip: None,
             workers: None,
+            stats_interval: Some(stats::DEFAULT_SUMMARY_INTERVAL),
         }
     }
 }
@@ -222,6 +226,12 @@ pub fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -> Resu
     })?;
     // Issue 9, item 4b: a panic anywhere stops everything.
     shutdown.stop_on_panic();
+    // Issue 11: the counters exist before any fork; SIGUSR1 reports instead of killing.
+    stats::global();
+    stats::listen_for_usr1().map_err(|source| ServeError::Io {
+        what: "cannot install the SIGUSR1 handler",
+        source,
+    })?;
     let listener = net::bind(config.listen, config.model == Model::Reactor).map_err(|source| {
         ServeError::Bind {
             addr: config.listen,
@@ -243,6 +253,18 @@ pub fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -> Resu
     // model's `prepare`, so a script never sees "listening" from a server that cannot serve.
     let model = server.config.model;
     let runner = prepare(model, &server)?;
+    // The process model forks only while single-threaded: its own loop reports.
+    let _reporter = match model {
+        Model::Process => None,
+        _ => Some(
+            stats::Reporter::new(server.config.stats_interval)
+                .spawn()
+                .map_err(|source| ServeError::Io {
+                    what: "cannot start the stats thread",
+                    source,
+                })?,
+        ),
+    };
     on_listening(addr);
     log::info!("serving {} with model {model}", server.config.echo.mode);
     let result = runner(server);

@@ -186,6 +186,7 @@ fn accept_some(
                     .set_nonblocking(true)
                     .and_then(|()| net::configure(&stream))
                 {
+                    crate::stats::global().dropped();
                     log::warn!(
                         "conn {peer} dropped: cannot configure it: {}",
                         net::describe(&err)

@@ -318,6 +318,7 @@ impl<'a> Reactor<'a> {
         });
         if let Err(err) = registered {
             self.free.push(conn_idx);
+            crate::stats::global().dropped();
             log::warn!(
                 "conn {peer} dropped: cannot configure it: {}",
                 net::describe(&err)

@@ -458,6 +458,7 @@ impl<'a> UringLoop<'a> {
             Err(why) => return self.shared.cap.refuse(stream, peer, why),
         };
         if let Err(err) = net::configure(&stream) {
+            crate::stats::global().dropped();
             log::warn!(
                 "conn {peer} dropped: cannot configure it: {}",
                 net::describe(&err)
