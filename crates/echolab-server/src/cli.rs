@@ -30,9 +30,11 @@ pub const DEFAULT_MAX_CONNS: usize = 10_000;
 
 /// Serve TCP echo with one of the lecture's concurrency models.
 ///
-/// Prints `listening on ADDR (model MODEL)` on stderr once bound, then logs each
-/// connection. SIGINT or SIGTERM stops it: it stops accepting, closes every connection,
-/// ends its threads or child processes, and exits 0.
+/// Prints `listening on ADDR (model MODEL)` on stderr once bound. SIGINT or SIGTERM stops
+/// it: it stops accepting, closes every connection, ends its threads or child processes,
+/// and exits 0. SIGUSR1 prints one stats line on stderr (uptime, connections open, total
+/// and refused, bytes in and out of closed connections, accept pauses, ends and errors by
+/// kind) and the server keeps serving.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// The concurrency model. Default: reactor (one epoll loop per core).
@@ -82,13 +84,21 @@ pub struct ServeArgs {
     #[arg(long, value_parser = parse_workers, value_name = "N", allow_negative_numbers = true)]
     pub workers: Option<usize>,
 
+    /// Log the stats line (the one `kill -USR1` prints) at info level every SECS seconds;
+    /// 0 never (at most 315360000, ten years).
+    #[arg(long, default_value_t = crate::stats::DEFAULT_SUMMARY_INTERVAL.as_secs(), value_name = "SECS", value_parser = parse_stats_interval, allow_negative_numbers = true)]
+    pub stats_interval: u64,
+
     /// Log only warnings and errors (the listening line is still printed).
     #[arg(long, short = 'q')]
     pub quiet: bool,
 
-    /// Also log every read ("server received N bytes"); same as RUST_LOG=debug.
-    #[arg(long, short = 'v')]
-    pub verbose: bool,
+    /// More log: -v adds every connection's open and close lines (RUST_LOG=debug), -vv
+    /// also every read, "server received N bytes" (RUST_LOG=trace). Without -q or -v,
+    /// RUST_LOG decides (RUST_LOG=echolab=debug: only echolab's own lines); default info:
+    /// start, stop, warnings, errors, and the stats summary every --stats-interval.
+    #[arg(long, short = 'v', action = clap::ArgAction::Count)]
+    pub verbose: u8,
 }
 
 fn parse_addr(text: &str) -> Result<SocketAddr, String> {
@@ -106,6 +116,18 @@ fn parse_positive(text: &str) -> Result<usize, String> {
 }
 
 fn parse_idle_timeout(text: &str) -> Result<u64, String> {
+    let secs: u64 = text
+        .parse()
+        .map_err(|_| format!("not a whole number of seconds: {text:?}"))?;
+    if secs > MAX_IDLE_TIMEOUT_SECS {
+        return Err(format!(
+            "at most {MAX_IDLE_TIMEOUT_SECS} seconds (ten years); 0 means never"
+        ));
+    }
+    Ok(secs)
+}
+
+fn parse_stats_interval(text: &str) -> Result<u64, String> {
     let secs: u64 = text
         .parse()
         .map_err(|_| format!("not a whole number of seconds: {text:?}"))?;
@@ -159,7 +181,8 @@ impl ServeArgs {
             max_conns: self.max_conns.unwrap_or(model.default_max_conns()),
             max_conns_per_ip: self.max_conns_per_ip,
             workers: self.workers,
-            stats_interval: Some(crate::stats::DEFAULT_SUMMARY_INTERVAL),
+            stats_interval: (self.stats_interval > 0)
+                .then(|| Duration::from_secs(self.stats_interval)),
         }
     }
 }

@@ -197,6 +197,22 @@ pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// The guard of the UDP server started last in this process, for [`live_stats`].
+static LIVE: Mutex<Option<std::sync::Weak<Mutex<Guard>>>> = Mutex::new(None);
+
+/// The counts of the UDP server started last in this process, while it runs (the
+/// operator's figures: `kill -USR1` and `--metrics` of `echolab serve --udp`).
+pub fn live_stats() -> Option<Stats> {
+    let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let guard = live.as_ref()?.upgrade()?;
+    let stats = guard
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .stats()
+        .clone();
+    Some(stats)
+}
+
 /// A running UDP server: its loops run on threads of their own until [`UdpServer::stop`]
 /// (or the stop flag it was given) and [`UdpServer::join`].
 #[derive(Debug)]
@@ -214,6 +230,7 @@ impl UdpServer {
     /// returns, so a bind error is returned here, and [`UdpServer::local_addr`] is final.
     pub fn start(config: &UdpConfig, stop: Arc<AtomicBool>) -> Result<UdpServer, UdpError> {
         let guard = Arc::new(Mutex::new(Guard::new(config.policy)));
+        *LIVE.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::downgrade(&guard));
         let workers = config.workers.unwrap_or_else(default_workers).max(1);
         let reactor = config.model == UdpModel::Reactor;
         let first = bind(config.listen, reactor)?;

@@ -46,6 +46,17 @@ fn serve(args: ServeCmd) -> ExitCode {
         return echolab_server::cli::run(tcp);
     }
     echolab_server::logging::init(tcp.quiet, tcp.verbose);
+    // Ops hook (issue 11): the UDP guard's counts join the stats line and /metrics.
+    echolab_server::stats::set_udp_source(|| {
+        echolab_udp::live_stats().map(|s| echolab_server::stats::UdpFigures {
+            received: s.received,
+            echoed: s.echoed,
+            dropped: echolab_udp::DropReason::ALL
+                .iter()
+                .map(|reason| (reason.name(), s.dropped(*reason)))
+                .collect(),
+        })
+    });
     let model = tcp.model.unwrap_or(echolab_server::Model::DEFAULT).name();
     echolab_udp::cli::run_serve(&udp, model, tcp.listen, tcp.workers, |addr| {
         tcp.listen = addr;

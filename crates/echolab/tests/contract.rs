@@ -910,12 +910,12 @@ fn idle_connections_cost_at_most_1k_after_a_long_line(model: &str) {
             return;
         }
     };
-    // -v logs every read ("server received N bytes"): the test waits for the first half
+    // -vv logs every read ("server received N bytes"): the test waits for the first half
     // of each line to be read before it sends the rest, so every line spans two reads and
     // needs the partial-line buffer, as a line from a slow or distant client does.
     // One loop: the warm-up below then warms the only receive pool (uring keeps 4 MiB per
     // loop, written as receives land in it: not per connection, but it would show here).
-    let args = [&["--mode", "lines", "-v"], one_loop(model)].concat();
+    let args = [&["--mode", "lines", "-vv"], one_loop(model)].concat();
     // glibc serves allocations of 16 KiB and more from mmap, and gives them back on free:
     // a freed line buffer then leaves nothing resident, and one kept by a connection is
     // counted, whatever the heap's fragmentation (which moved this figure by 30 KB per

@@ -85,7 +85,7 @@ pub fn run(server: Server) -> io::Result<()> {
         } else {
             // The child could not count its close: count it here, without its bytes.
             stats::global().closed(0, 0, stats::EndKind::Shutdown);
-            log::info!("conn {peer} closed: server shutting down (child {pid} ended: {status:?})");
+            log::debug!("conn {peer} closed: server shutting down (child {pid} ended: {status:?})");
         }
     }
     signal_hook::low_level::unregister(sigchld_id);

@@ -519,7 +519,7 @@ impl<'a> UringLoop<'a> {
                 // The receive asked for at most the room: the echo stays within its bound.
                 if failed.is_none() {
                     let data = self.ring.recv_data(&buf);
-                    log::debug!("server received {} bytes", data.len());
+                    log::trace!("server received {} bytes", data.len());
                     if let Err(err) = conn.echo.on_input(data, &mut outbox) {
                         failed = Some(err);
                     }
