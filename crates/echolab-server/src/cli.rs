@@ -84,6 +84,13 @@ pub struct ServeArgs {
     #[arg(long, value_parser = parse_workers, value_name = "N", allow_negative_numbers = true)]
     pub workers: Option<usize>,
 
+    /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR/metrics: connections,
+    /// bytes, refusals, ends and errors, with a `model` label. Port 0 picks a free one (the
+    /// address is printed: `metrics on http://ADDR/metrics`). Not with --model process,
+    /// which must stay single-threaded to fork (use kill -USR1 there).
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    pub metrics: Option<SocketAddr>,
+
     /// Log the stats line (the one `kill -USR1` prints) at info level every SECS seconds;
     /// 0 never (at most 315360000, ten years).
     #[arg(long, default_value_t = crate::stats::DEFAULT_SUMMARY_INTERVAL.as_secs(), value_name = "SECS", value_parser = parse_stats_interval, allow_negative_numbers = true)]
@@ -183,6 +190,7 @@ impl ServeArgs {
             workers: self.workers,
             stats_interval: (self.stats_interval > 0)
                 .then(|| Duration::from_secs(self.stats_interval)),
+            metrics: self.metrics,
         }
     }
 }
@@ -196,6 +204,12 @@ pub fn run(args: ServeArgs) -> ExitCode {
         eprintln!(
             "echolab serve: --workers {workers}: the {} model has no worker threads (only prethreaded, reactor, uring and async take --workers)",
             config.model
+        );
+        return ExitCode::from(2);
+    }
+    if let (Some(addr), Model::Process) = (config.metrics, config.model) {
+        eprintln!(
+            "echolab serve: --metrics {addr}: the process model forks only while it has one thread, and the endpoint needs one (use kill -USR1 for its figures)"
         );
         return ExitCode::from(2);
     }

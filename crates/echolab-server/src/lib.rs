@@ -20,7 +20,8 @@
 //!   [`runner`] (N event loops, stopped together), [`live`] (the open connections of a
 //!   blocking model, for shutdown), [`net`] (listener and socket options), [`shutdown`]
 //!   (SIGINT/SIGTERM and panics as a pollable descriptor), [`sbuf`] (the bounded queue,
-//!   CS:APP's `sbuf`), [`logging`], [`stats`] (the counters behind `kill -USR1`).
+//!   CS:APP's `sbuf`), [`logging`], [`stats`] (the counters behind `kill -USR1`), [`metrics`] (`--metrics`: them
+//!   for Prometheus).
 #![forbid(unsafe_code)]
 
 pub mod accept;
@@ -30,6 +31,7 @@ pub mod conn;
 pub mod echo;
 pub mod live;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod runner;
@@ -140,6 +142,8 @@ pub struct ServeConfig {
     pub workers: Option<usize>,
     /// The stats summary at info level every this long; `None`: never.
     pub stats_interval: Option<Duration>,
+    /// `--metrics`: where to serve the Prometheus exposition (`GET /metrics`).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl ServeConfig {
@@ -154,6 +158,7 @@ impl ServeConfig {
             max_conns_per_ip: None,
             workers: None,
             stats_interval: Some(stats::DEFAULT_SUMMARY_INTERVAL),
+            metrics: None,
         }
     }
 }
@@ -264,6 +269,20 @@ pub fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -> Resu
                     source,
                 })?,
         ),
+    };
+    let _metrics = match server.config.metrics {
+        Some(metrics_addr) => {
+            let endpoint =
+                metrics::MetricsServer::start(metrics_addr, model).map_err(|source| {
+                    ServeError::Bind {
+                        addr: metrics_addr,
+                        source,
+                    }
+                })?;
+            eprintln!("metrics on http://{}/metrics", endpoint.local_addr());
+            Some(endpoint)
+        }
+        None => None,
     };
     on_listening(addr);
     log::info!("serving {} with model {model}", server.config.echo.mode);

@@ -150,3 +150,191 @@ fn the_stats_line_counts_udp_drops_by_reason() {
     );
     assert!(echoes >= 1, "{line}");
 }
+
+/// The address of the server's `/metrics` (from its `metrics on http://ADDR/metrics` line).
+fn metrics_addr(server: &Server) -> std::net::SocketAddr {
+    let line = server.log.wait_for("metrics on http://", 1).remove(0);
+    let rest = line.strip_prefix("metrics on http://").unwrap();
+    rest.strip_suffix("/metrics").unwrap().parse().unwrap()
+}
+
+/// `GET path` over HTTP/1.0: the status line and the body.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use std::io::Read;
+    let mut conn = connect(addr);
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// The value of the series `series` (name and labels, exactly) in an exposition.
+fn value(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_say_the_known_counts_for_every_model_with_threads() {
+    for model in [
+        "iterative",
+        "event",
+        "thread",
+        "prethreaded",
+        "reactor",
+        "uring",
+        "async",
+    ] {
+        if let Some(reason) = unsupported(model) {
+            eprintln!("SKIPPED for {model}: {reason}");
+            continue;
+        }
+        let server = Server::start(model, &["--metrics", "127.0.0.1:0"]);
+        let metrics = metrics_addr(&server);
+        let sizes = [1_000, 20_000, 300_000];
+        for size in sizes {
+            let payload = pattern(size);
+            assert!(round_trip(server.addr, payload.clone()) == payload);
+        }
+        let n: usize = sizes.iter().sum();
+        server.log.wait_for("closed: peer closed", sizes.len());
+        let (status, body) = http_get(metrics, "/metrics");
+        assert_eq!(status, "HTTP/1.0 200 OK", "{model}");
+        let label = format!("{{model=\"{model}\"}}");
+        let series = |name: &str| value(&body, &format!("{name}{label}"));
+        assert_eq!(
+            series("echolab_connections_total"),
+            Some(3.0),
+            "{model}:\n{body}"
+        );
+        assert_eq!(series("echolab_connections_open"), Some(0.0), "{model}");
+        assert_eq!(
+            series("echolab_bytes_received_total"),
+            Some(n as f64),
+            "{model}"
+        );
+        assert_eq!(
+            series("echolab_bytes_sent_total"),
+            Some(n as f64),
+            "{model}"
+        );
+        let peer_closed =
+            format!("echolab_connections_closed_total{{model=\"{model}\",reason=\"peer_closed\"}}");
+        assert_eq!(value(&body, &peer_closed), Some(3.0), "{model}");
+        assert!(series("echolab_uptime_seconds").unwrap() > 0.0);
+        // While one is open, the gauge says so.
+        let mut conn = connect(server.addr);
+        conn.write_all(b"x").unwrap();
+        assert_eq!(read_n(&mut conn, 1), b"x");
+        let port = conn.local_addr().unwrap().port();
+        server.log.wait_for(&format!(":{port} opened"), 1);
+        let (_, body) = http_get(metrics, "/metrics");
+        assert_eq!(
+            value(&body, &format!("echolab_connections_open{label}")),
+            Some(1.0)
+        );
+        assert_eq!(http_get(metrics, "/other").0, "HTTP/1.0 404 Not Found");
+    }
+}
+
+#[test]
+fn metrics_refusals_are_counted_by_reason() {
+    let server = Server::start("event", &["--metrics", "127.0.0.1:0", "--max-conns", "1"]);
+    let metrics = metrics_addr(&server);
+    let _held = connect(server.addr);
+    server.log.wait_for(" opened", 1);
+    for _ in 0..2 {
+        let mut refused = connect(server.addr);
+        assert!(read_to_end(&mut refused).unwrap().is_empty());
+    }
+    let (_, body) = http_get(metrics, "/metrics");
+    let series = "echolab_connections_refused_total{model=\"event\",reason=\"max_conns\"}";
+    assert_eq!(value(&body, series), Some(2.0), "{body}");
+}
+
+#[test]
+fn metrics_pass_promtool_check_metrics() {
+    let promtool = std::process::Command::new("promtool")
+        .arg("--version")
+        .output();
+    if !promtool.is_ok_and(|out| out.status.success()) {
+        eprintln!(
+            "SKIPPED: promtool not found (Debian: apt-get install prometheus; .ci/run installs it)"
+        );
+        return;
+    }
+    // With UDP too, so that every family is checked.
+    let server = Server::start("reactor", &["--metrics", "127.0.0.1:0", "--udp"]);
+    one_echo(&server);
+    let (_, body) = http_get(metrics_addr(&server), "/metrics");
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = finish_bounded(check, STEP);
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n{body}"
+    );
+    assert!(body.contains(
+        "echolab_udp_datagrams_dropped_total{model=\"reactor\",reason=\"rate-limited\"} 0"
+    ));
+}
+
+#[test]
+fn the_process_model_refuses_metrics_with_one_line() {
+    let child = echolab()
+        .args([
+            "serve",
+            "--model",
+            "process",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = finish_bounded(child, STEP);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--metrics 127.0.0.1:0"), "{stderr}");
+}
+
+#[test]
+fn a_metrics_address_in_use_is_refused_with_exit_2() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let child = echolab()
+        .args([
+            "serve",
+            "--model",
+            "event",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            &addr,
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = finish_bounded(child, STEP);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("cannot bind {addr}")), "{stderr}");
+}
