@@ -21,10 +21,11 @@
 //!   blocking model, for shutdown), [`net`] (listener and socket options), [`shutdown`]
 //!   (SIGINT/SIGTERM and panics as a pollable descriptor), [`sbuf`] (the bounded queue,
 //!   CS:APP's `sbuf`), [`logging`], [`stats`] (the counters behind `kill -USR1`), [`metrics`] (`--metrics`: them
-//!   for Prometheus).
+//!   for Prometheus), [`activation`] (sockets passed by systemd, and `sd_notify`).
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod activation;
 pub mod admission;
 pub mod cli;
 pub mod conn;
@@ -237,11 +238,18 @@ pub fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -> Resu
         what: "cannot install the SIGUSR1 handler",
         source,
     })?;
-    let listener = net::bind(config.listen, config.model == Model::Reactor).map_err(|source| {
-        ServeError::Bind {
-            addr: config.listen,
-            source,
+    // Issue 11: a listener passed by the service manager (socket activation) wins over
+    // --listen.
+    let listener = match activation::tcp_listener() {
+        Some(passed) => {
+            log::info!("serving the listening socket passed by the service manager (LISTEN_FDS), not --listen");
+            Ok(passed)
         }
+        None => net::bind(config.listen, config.model == Model::Reactor),
+    }
+    .map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
     })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Io {
         what: "cannot read the bound address",
@@ -286,7 +294,9 @@ pub fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -> Resu
     };
     on_listening(addr);
     log::info!("serving {} with model {model}", server.config.echo.mode);
+    activation::notify_ready();
     let result = runner(server);
+    activation::notify_stopping();
     if shutdown::panicked() {
         return Err(ServeError::Panicked);
     }

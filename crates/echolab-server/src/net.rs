@@ -44,8 +44,12 @@ fn bind_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
 }
 
 /// Another listener on the address `first` is bound to, for one more reactor thread.
-/// `first` must have been bound with `reuse_port`.
+/// Without `SO_REUSEPORT` on `first` (a socket passed by the service manager without
+/// `ReusePort=yes`), the same listener again: the loops then share one accept queue.
 pub fn bind_another(first: &TcpListener) -> io::Result<TcpListener> {
+    if !socket2::SockRef::from(first).reuse_port()? {
+        return first.try_clone();
+    }
     bind_socket(first.local_addr()?, true)
 }
 

@@ -197,6 +197,17 @@ pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// A socket passed by the service manager (socket activation), for the next
+/// [`UdpServer::start`] to serve instead of binding one.
+static PASSED: Mutex<Option<UdpSocket>> = Mutex::new(None);
+
+/// Makes the next [`UdpServer::start`] serve `socket` (passed by the service manager)
+/// instead of binding `--listen`. The reactor then runs one loop: the others could not
+/// share the port without `SO_REUSEPORT` on the passed socket.
+pub fn serve_passed_socket(socket: UdpSocket) {
+    *PASSED.lock().unwrap_or_else(|e| e.into_inner()) = Some(socket);
+}
+
 /// The guard of the UDP server started last in this process, for [`live_stats`].
 static LIVE: Mutex<Option<std::sync::Weak<Mutex<Guard>>>> = Mutex::new(None);
 
@@ -233,10 +244,15 @@ impl UdpServer {
         *LIVE.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::downgrade(&guard));
         let workers = config.workers.unwrap_or_else(default_workers).max(1);
         let reactor = config.model == UdpModel::Reactor;
-        let first = bind(config.listen, reactor)?;
+        let passed = PASSED.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let is_passed = passed.is_some();
+        let first = match passed {
+            Some(socket) => socket,
+            None => bind(config.listen, reactor)?,
+        };
         let addr = first.local_addr().map_err(UdpError::Io)?;
         let mut sockets = vec![first];
-        if reactor {
+        if reactor && !is_passed {
             // The other loops bind the port the first one got.
             for _ in 1..workers {
                 sockets.push(bind(addr, true)?);

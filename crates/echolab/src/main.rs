@@ -42,6 +42,10 @@ struct ServeCmd {
 // UDP hook (issue 10): UDP beside TCP, or alone; without --udp, TCP exactly as before.
 fn serve(args: ServeCmd) -> ExitCode {
     let ServeCmd { mut tcp, udp } = args;
+    // Ops hook (issue 11): sockets passed by the service manager (LISTEN_FDS).
+    if let Err(code) = take_passed_sockets(udp.enabled()) {
+        return code;
+    }
     if !udp.enabled() {
         return echolab_server::cli::run(tcp);
     }
@@ -62,6 +66,26 @@ fn serve(args: ServeCmd) -> ExitCode {
         tcp.listen = addr;
         echolab_server::cli::run(tcp)
     })
+}
+
+/// Takes the sockets of socket activation: the TCP listener waits for `serve`, a UDP
+/// socket goes to the UDP server (which needs --udp or --udp-only).
+fn take_passed_sockets(udp_enabled: bool) -> Result<(), ExitCode> {
+    use echolab_server::activation;
+    if let Err(err) = activation::take() {
+        eprintln!("echolab serve: {err}");
+        return Err(ExitCode::from(2));
+    }
+    if let Some(socket) = activation::udp_socket() {
+        if !udp_enabled {
+            eprintln!(
+                "echolab serve: LISTEN_FDS passed a UDP socket: serve it with --udp or --udp-only"
+            );
+            return Err(ExitCode::from(2));
+        }
+        echolab_udp::serve_passed_socket(socket);
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

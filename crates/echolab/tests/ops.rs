@@ -338,3 +338,232 @@ fn a_metrics_address_in_use_is_refused_with_exit_2() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains(&format!("cannot bind {addr}")), "{stderr}");
 }
+
+/// Whether `tool` runs here; if not, says the test is skipped and why.
+fn have(tool: &str, package: &str) -> bool {
+    let found = std::process::Command::new(tool)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        eprintln!(
+            "SKIPPED: {tool} not found (Debian: apt-get install {package}; .ci/run installs it)"
+        );
+    }
+    found
+}
+
+/// A loopback port free now (bound and released: the tool under test binds it next).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `systemd-socket-activate [-d] -l 127.0.0.1:PORT echolab serve ARGS...`, its stderr
+/// collected; stopped (SIGTERM, then SIGKILL) when dropped. The tool execs echolab in
+/// place at the first connection or datagram, so its pid is the server's.
+struct Activated {
+    child: std::process::Child,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Activated {
+    fn start(datagram: bool, port: u16, args: &[&str]) -> Activated {
+        use std::io::BufRead;
+        let mut command = std::process::Command::new("systemd-socket-activate");
+        if datagram {
+            command.arg("--datagram");
+        }
+        let mut child = command
+            .args([
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                env!("CARGO_BIN_EXE_echolab"),
+                "serve",
+            ])
+            .args(args)
+            .env("RUST_LOG", "echolab=debug")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let sink = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let activated = Activated { child, log };
+        assert!(
+            eventually(|| activated.has(&format!("Listening on 127.0.0.1:{port}"))),
+            "systemd-socket-activate did not listen: {:?}",
+            activated.lines()
+        );
+        activated
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn has(&self, needle: &str) -> bool {
+        self.lines().iter().any(|l| l.contains(needle))
+    }
+
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        wait_exit(&mut self.child, STEP).expect("the activated server did not stop")
+    }
+}
+
+impl Drop for Activated {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn socket_activation_serves_the_passed_tcp_listener_in_every_model() {
+    if !have("systemd-socket-activate", "systemd") {
+        return;
+    }
+    for model in [
+        "iterative",
+        "process",
+        "event",
+        "thread",
+        "prethreaded",
+        "reactor",
+        "uring",
+        "async",
+    ] {
+        if let Some(reason) = unsupported(model) {
+            eprintln!("SKIPPED for {model}: {reason}");
+            continue;
+        }
+        let port = free_port();
+        // --listen says another address: the passed socket wins. Reactor with two loops
+        // shares the passed listener (it has no SO_REUSEPORT for a second one).
+        let workers: &[&str] = if model == "reactor" {
+            &["--workers", "2"]
+        } else {
+            &[]
+        };
+        let args = [&["--model", model, "--listen", "127.0.0.1:0"], workers].concat();
+        let mut activated = Activated::start(false, port, &args);
+        for round in 0..3 {
+            let addr = format!("127.0.0.1:{port}").parse().unwrap();
+            let mut conn = connect(addr);
+            let message = format!("activated {round}");
+            conn.write_all(message.as_bytes()).unwrap();
+            assert_eq!(
+                read_n(&mut conn, message.len()),
+                message.as_bytes(),
+                "{model}"
+            );
+        }
+        assert!(
+            activated.has(&format!("listening on 127.0.0.1:{port} (model {model})")),
+            "{:?}",
+            activated.lines()
+        );
+        assert!(activated.has("passed by the service manager (LISTEN_FDS)"));
+        let status = activated.stop();
+        assert!(
+            status.success(),
+            "{model}: {status:?} {:?}",
+            activated.lines()
+        );
+    }
+}
+
+#[test]
+fn socket_activation_serves_a_passed_udp_socket() {
+    if !have("systemd-socket-activate", "systemd") {
+        return;
+    }
+    let port = free_port();
+    let mut activated = Activated::start(
+        true,
+        port,
+        &[
+            "--model",
+            "reactor",
+            "--udp-only",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(STEP)).unwrap();
+    // The first datagram starts the server; it waits in the passed socket until served.
+    socket
+        .send_to(b"activated datagram", ("127.0.0.1", port))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let (len, from) = socket
+        .recv_from(&mut buf)
+        .expect("an echo from the activated server");
+    assert_eq!(&buf[..len], b"activated datagram");
+    assert_eq!(from.port(), port);
+    assert!(
+        activated.has(&format!(
+            "udp listening on 127.0.0.1:{port} (model reactor, 1 loop"
+        )),
+        "{:?}",
+        activated.lines()
+    );
+    assert!(activated.stop().success());
+}
+
+#[test]
+fn a_passed_udp_socket_without_udp_flags_is_refused() {
+    if !have("systemd-socket-activate", "systemd") {
+        return;
+    }
+    let port = free_port();
+    let mut activated =
+        Activated::start(true, port, &["--model", "event", "--listen", "127.0.0.1:0"]);
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.send_to(b"x", ("127.0.0.1", port)).unwrap();
+    let status = wait_exit(&mut activated.child, STEP).expect("no exit");
+    assert_eq!(status.code(), Some(2), "{:?}", activated.lines());
+    assert!(activated.has("LISTEN_FDS passed a UDP socket: serve it with --udp or --udp-only"));
+}
+
+#[test]
+fn sd_notify_says_ready_once_listening_and_stopping_at_shutdown() {
+    let dir = std::env::temp_dir().join(format!("echolab-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let notify = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    notify.set_read_timeout(Some(STEP)).unwrap();
+    let mut command = echolab();
+    command.env("NOTIFY_SOCKET", &path);
+    let mut server = Server::start_with(command, "event", "127.0.0.1:0", &[]);
+    let mut buf = [0u8; 256];
+    let len = notify.recv(&mut buf).expect("READY=1 within the step");
+    assert_eq!(&buf[..len], b"READY=1\n");
+    // Ready means serving.
+    one_echo(&server);
+    assert!(server.terminate(STEP).unwrap().success());
+    let len = notify.recv(&mut buf).expect("STOPPING=1 within the step");
+    assert_eq!(&buf[..len], b"STOPPING=1\n");
+    let _ = std::fs::remove_dir_all(&dir);
+}
