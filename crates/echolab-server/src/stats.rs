@@ -12,8 +12,8 @@ use std::fmt;
 use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -328,7 +328,10 @@ impl fmt::Display for Snapshot {
 /// The default spacing of the periodic summary at info level (`--stats-interval`).
 pub const DEFAULT_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 
-/// SIGUSR1 as a readable pipe, installed once per process by [`listen_for_usr1`].
+/// SIGUSR1 as a readable pipe (the read end; the handler owns the write end), installed
+/// once per process by [`listen_for_usr1`]. Two descriptors in all: a server out of
+/// descriptors has none to spare, so a [`ReporterThread`] is woken to stop by a SIGUSR1
+/// too.
 static USR1: OnceLock<UnixStream> = OnceLock::new();
 
 /// Makes SIGUSR1 ask for a stats line instead of ending the process (its default). The
@@ -350,7 +353,7 @@ pub fn listen_for_usr1() -> io::Result<()> {
 /// or inside the loop of a model that may not start threads (process).
 #[derive(Debug)]
 pub struct Reporter {
-    usr1: Option<UnixStream>,
+    usr1: Option<&'static UnixStream>,
     interval: Option<Duration>,
     next_summary: Option<Instant>,
 }
@@ -360,7 +363,7 @@ impl Reporter {
     /// installed) and a summary every `interval` (`None`: never).
     pub fn new(interval: Option<Duration>) -> Reporter {
         Reporter {
-            usr1: USR1.get().and_then(|pipe| pipe.try_clone().ok()),
+            usr1: USR1.get(),
             interval,
             next_summary: interval.and_then(|i| Instant::now().checked_add(i)),
         }
@@ -380,7 +383,7 @@ impl Reporter {
     /// After a poll: prints the stats line if SIGUSR1 came (once, however many came) and
     /// the summary if it is due.
     pub fn on_wake(&mut self, now: Instant) {
-        if let Some(pipe) = &self.usr1 {
+        if let Some(pipe) = self.usr1 {
             let mut buf = [0u8; 64];
             let mut signalled = false;
             while matches!((&*pipe).read(&mut buf), Ok(n) if n > 0) {
@@ -400,7 +403,12 @@ impl Reporter {
 
     /// Runs this reporter on a thread until the returned handle is dropped.
     pub fn spawn(mut self) -> io::Result<ReporterThread> {
-        let (stop_read, stop_write) = UnixStream::pair()?;
+        if self.usr1.is_none() {
+            // Its stop is a SIGUSR1 (see `ReporterThread`).
+            return Err(io::Error::other("SIGUSR1 is not listened for"));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("stats".into())
             .spawn(move || loop {
@@ -408,22 +416,24 @@ impl Reporter {
                 let timeout = self.timeout(now).map_or(PollTimeout::NONE, |t| {
                     PollTimeout::try_from(t).unwrap_or(PollTimeout::MAX)
                 });
-                let mut fds = vec![PollFd::new(stop_read.as_fd(), PollFlags::POLLIN)];
-                if let Some(fd) = self.fd() {
-                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
-                }
+                let mut fds: Vec<PollFd<'_>> = self
+                    .fd()
+                    .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
+                    .into_iter()
+                    .collect();
                 match nix::poll::poll(&mut fds, timeout) {
                     Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                     Err(_) => return,
                 }
-                if fds[0].any().unwrap_or(true) {
+                drop(fds);
+                // Before reading the pipe: the stop's wake-up byte is not a SIGUSR1.
+                if stopped.load(Ordering::SeqCst) {
                     return;
                 }
-                drop(fds);
                 self.on_wake(Instant::now());
             })?;
         Ok(ReporterThread {
-            stop: Some(stop_write),
+            stop,
             thread: Some(thread),
         })
     }
@@ -432,14 +442,19 @@ impl Reporter {
 /// A [`Reporter`] running on its own thread; dropping it stops and joins the thread.
 #[derive(Debug)]
 pub struct ReporterThread {
-    stop: Option<UnixStream>,
+    /// Set, then SIGUSR1 raised (its handler writes the pipe the thread polls), to stop
+    /// the thread.
+    stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Drop for ReporterThread {
     fn drop(&mut self) {
-        // Closing the write end makes the read end readable (end-of-file).
-        drop(self.stop.take());
+        self.stop.store(true, Ordering::SeqCst);
+        // The thread polls the SIGUSR1 pipe only if the handler is installed.
+        if USR1.get().is_some() {
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGUSR1);
+        }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

@@ -427,14 +427,17 @@ fn survives_running_out_of_descriptors(model: &str) {
         );
         drop(first);
     }
-    // Free descriptors: everyone still waiting is accepted and served.
-    for conn in conns.iter_mut().take(40) {
+    // Free descriptors: everyone still waiting is accepted and served. 45 of 90 leaves
+    // 45 to hold under the limit of 64, beside the server's own descriptors (16 for async:
+    // tokio's 6, the shutdown pipe's 4, the SIGUSR1 pipe's 2, the listener, stdio).
+    let freed = 45;
+    for conn in conns.iter_mut().take(freed) {
         if !serializes(model) {
             assert_eq!(read_n(conn, 1), b"e");
         }
         conn.shutdown(Shutdown::Both).unwrap();
     }
-    conns.drain(..40);
+    conns.drain(..freed);
     for conn in conns.iter_mut() {
         assert_eq!(
             read_n(conn, 1),

@@ -478,11 +478,13 @@ fn socket_activation_serves_the_passed_tcp_listener_in_every_model() {
             );
         }
         assert!(
-            activated.has(&format!("listening on 127.0.0.1:{port} (model {model})")),
+            eventually(|| activated.has(&format!("listening on 127.0.0.1:{port} (model {model})"))),
             "{:?}",
             activated.lines()
         );
-        assert!(activated.has("passed by the service manager (LISTEN_FDS)"));
+        assert!(eventually(
+            || activated.has("passed by the service manager (LISTEN_FDS)")
+        ));
         let status = activated.stop();
         assert!(
             status.success(),
@@ -521,10 +523,9 @@ fn socket_activation_serves_a_passed_udp_socket() {
         .expect("an echo from the activated server");
     assert_eq!(&buf[..len], b"activated datagram");
     assert_eq!(from.port(), port);
+    let listening = format!("udp listening on 127.0.0.1:{port} (model reactor, 1 loop,");
     assert!(
-        activated.has(&format!(
-            "udp listening on 127.0.0.1:{port} (model reactor, 1 loop"
-        )),
+        eventually(|| activated.has(&listening)),
         "{:?}",
         activated.lines()
     );
@@ -543,7 +544,9 @@ fn a_passed_udp_socket_without_udp_flags_is_refused() {
     socket.send_to(b"x", ("127.0.0.1", port)).unwrap();
     let status = wait_exit(&mut activated.child, STEP).expect("no exit");
     assert_eq!(status.code(), Some(2), "{:?}", activated.lines());
-    assert!(activated.has("LISTEN_FDS passed a UDP socket: serve it with --udp or --udp-only"));
+    assert!(eventually(|| activated.has(
+        "LISTEN_FDS passed a UDP socket: serve it with --udp or --udp-only"
+    )));
 }
 
 #[test]
