@@ -41,9 +41,18 @@ pub struct ServeArgs {
     #[arg(long, short = 'm', value_enum)]
     pub model: Option<Model>,
 
-    /// Address to listen on: IPv4 or IPv6 with a port; port 0 picks a free one.
+    /// Address to listen on: IPv4 or IPv6 with a port, or a host name with a port
+    /// (localhost:7007 is 127.0.0.1:7007: a name's first IPv4 address, else its first);
+    /// port 0 picks a free one. [::]:PORT takes IPv4 connections too on Linux (dual-stack,
+    /// unless sysctl net.ipv6.bindv6only=1); --ipv6-only makes it IPv6 only. Ignored when
+    /// systemd passes a listening socket (socket activation, LISTEN_FDS).
     #[arg(long, short = 'l', default_value = "127.0.0.1:7007", value_parser = parse_addr)]
     pub listen: SocketAddr,
+
+    /// An IPv6 --listen address takes no IPv4 connections (IPV6_V6ONLY). Default: the
+    /// kernel's choice, dual-stack on Linux. (UDP on IPv6 is always IPv6 only.)
+    #[arg(long)]
+    pub ipv6_only: bool,
 
     /// bytes: echo every byte back (RFC 862). lines: echo each line when its newline arrives.
     #[arg(long, value_enum, default_value_t = Mode::Bytes)]
@@ -109,9 +118,7 @@ pub struct ServeArgs {
 }
 
 fn parse_addr(text: &str) -> Result<SocketAddr, String> {
-    text.parse().map_err(|_| {
-        format!("not an address with a port: {text:?} (try 127.0.0.1:7007 or [::1]:7007)")
-    })
+    crate::net::resolve_listen(text)
 }
 
 fn parse_positive(text: &str) -> Result<usize, String> {
@@ -191,6 +198,7 @@ impl ServeArgs {
             stats_interval: (self.stats_interval > 0)
                 .then(|| Duration::from_secs(self.stats_interval)),
             metrics: self.metrics,
+            ipv6_only: self.ipv6_only,
         }
     }
 }

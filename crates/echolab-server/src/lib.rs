@@ -143,6 +143,9 @@ pub struct ServeConfig {
     pub workers: Option<usize>,
     /// The stats summary at info level every this long; `None`: never.
     pub stats_interval: Option<Duration>,
+    /// `--ipv6-only`: an IPv6 listener takes no IPv4 connections (else the kernel's
+    /// default: dual-stack `[::]` on Linux).
+    pub ipv6_only: bool,
     /// `--metrics`: where to serve the Prometheus exposition (`GET /metrics`).
     pub metrics: Option<SocketAddr>,
 }
@@ -160,6 +163,7 @@ impl ServeConfig {
             workers: None,
             stats_interval: Some(stats::DEFAULT_SUMMARY_INTERVAL),
             metrics: None,
+            ipv6_only: false,
         }
     }
 }
@@ -245,7 +249,11 @@ pub fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -> Resu
             log::info!("serving the listening socket passed by the service manager (LISTEN_FDS), not --listen");
             Ok(passed)
         }
-        None => net::bind(config.listen, config.model == Model::Reactor),
+        None => net::bind(
+            config.listen,
+            config.model == Model::Reactor,
+            config.ipv6_only,
+        ),
     }
     .map_err(|source| ServeError::Bind {
         addr: config.listen,

@@ -16,21 +16,50 @@ pub const BACKLOG: i32 = 1024;
 ///
 /// `reuse_port` sets `SO_REUSEPORT`, so that more listeners can bind the same address and
 /// the kernel spreads new connections among them (one per reactor).
-pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+///
+/// `ipv6_only` sets `IPV6_V6ONLY` on an IPv6 listener; without it the kernel's default
+/// holds: on Linux (`net.ipv6.bindv6only = 0`) `[::]` is dual-stack and also accepts IPv4
+/// connections, which appear as `[::ffff:a.b.c.d]` peers.
+pub fn bind(addr: SocketAddr, reuse_port: bool, ipv6_only: bool) -> io::Result<TcpListener> {
     if reuse_port && addr.port() != 0 {
         // Linux lets a second SO_REUSEPORT listener of the same user bind a port already
         // served, and the two servers would split the connections without a word. A
         // plain bind first turns that into "address already in use".
-        drop(bind_socket(addr, false)?);
+        drop(bind_socket(addr, false, ipv6_only)?);
     }
-    bind_socket(addr, reuse_port)
+    bind_socket(addr, reuse_port, ipv6_only)
 }
 
-fn bind_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+/// `HOST:PORT` as a listen address: an IP literal as it is, a host name resolved (the
+/// first IPv4 address it has, else the first; `localhost:7007` is `127.0.0.1:7007`).
+pub fn resolve_listen(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let bad = || {
+        format!("not an address with a port: {text:?} (try 127.0.0.1:7007, [::1]:7007 or localhost:7007)")
+    };
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    // Only HOST:PORT with a numeric port goes to the resolver (never a bare word).
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    let addrs: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|err| format!("cannot resolve {text:?}: {}", describe(&err)))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("cannot resolve {text:?}: no address"))
+}
+
+fn bind_socket(addr: SocketAddr, reuse_port: bool, ipv6_only: bool) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if addr.is_ipv6() {
-        // `[::1]` means IPv6 only; a dual-stack listener would surprise a reader of the
-        // address it printed.
+    if addr.is_ipv6() && ipv6_only {
         socket.set_only_v6(true)?;
     }
     // A restarted server must not wait out TIME_WAIT of its previous connections.
@@ -47,10 +76,12 @@ fn bind_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
 /// Without `SO_REUSEPORT` on `first` (a socket passed by the service manager without
 /// `ReusePort=yes`), the same listener again: the loops then share one accept queue.
 pub fn bind_another(first: &TcpListener) -> io::Result<TcpListener> {
-    if !socket2::SockRef::from(first).reuse_port()? {
+    let first_socket = socket2::SockRef::from(first);
+    if !first_socket.reuse_port()? {
         return first.try_clone();
     }
-    bind_socket(first.local_addr()?, true)
+    let addr = first.local_addr()?;
+    bind_socket(addr, true, addr.is_ipv6() && first_socket.only_v6()?)
 }
 
 /// Sets the options every connection gets.
@@ -101,4 +132,57 @@ pub fn aborted_before_accept(err: &io::Error) -> bool {
         err.raw_os_error(),
         Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_take_literals_and_host_names_with_a_port() {
+        assert_eq!(
+            resolve_listen("[::1]:7").unwrap(),
+            "[::1]:7".parse().unwrap()
+        );
+        assert_eq!(
+            resolve_listen("0.0.0.0:0").unwrap(),
+            "0.0.0.0:0".parse().unwrap()
+        );
+        // localhost is in /etc/hosts as 127.0.0.1 (and often ::1): IPv4 first.
+        assert_eq!(
+            resolve_listen("localhost:7007").unwrap(),
+            "127.0.0.1:7007".parse().unwrap()
+        );
+        for bad in [
+            "localhost",
+            "localhost:99999",
+            ":7007",
+            "127.0.0.1",
+            "",
+            "a b:1x",
+        ] {
+            let err = resolve_listen(bad).unwrap_err();
+            assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_ipv6_listener_is_dual_stack_unless_ipv6_only() {
+        // Loopback only (a test binds no wildcard address): the option is the same.
+        let dual = bind("[::1]:0".parse().unwrap(), false, false).unwrap();
+        let only = bind("[::1]:0".parse().unwrap(), false, true).unwrap();
+        assert!(socket2::SockRef::from(&only).only_v6().unwrap());
+        // The kernel's default (Linux: net.ipv6.bindv6only = 0) decides the other.
+        let default_v6only = std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only")
+            .map(|s| s.trim() == "1")
+            .unwrap_or(false);
+        assert_eq!(
+            socket2::SockRef::from(&dual).only_v6().unwrap(),
+            default_v6only
+        );
+        // A second reactor listener keeps the first one's choice.
+        let first = bind("[::1]:0".parse().unwrap(), true, true).unwrap();
+        let second = bind_another(&first).unwrap();
+        assert!(socket2::SockRef::from(&second).only_v6().unwrap());
+    }
 }

@@ -570,3 +570,98 @@ fn sd_notify_says_ready_once_listening_and_stopping_at_shutdown() {
     assert_eq!(&buf[..len], b"STOPPING=1\n");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_contrib_units_pass_systemd_analyze_verify() {
+    if !have("systemd-analyze", "systemd") {
+        return;
+    }
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../contrib");
+    let dir = std::env::temp_dir().join(format!("echolab-units-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The unit names /usr/local/bin/echolab; verify checks that it is executable.
+    let service = std::fs::read_to_string(format!("{root}/echolab.service")).unwrap();
+    assert!(service.contains("ExecStart=/usr/local/bin/echolab serve "));
+    let service = service.replace("/usr/local/bin/echolab", env!("CARGO_BIN_EXE_echolab"));
+    std::fs::write(dir.join("echolab.service"), service).unwrap();
+    std::fs::copy(format!("{root}/echolab.socket"), dir.join("echolab.socket")).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(dir.join("echolab.socket"))
+        .arg(dir.join("echolab.service"))
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+    // Unknown keys are only warnings: any output is a finding.
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
+
+#[test]
+fn listen_takes_a_host_name() {
+    let server = Server::start_with(echolab(), "event", "localhost:0", &[]);
+    assert!(
+        server.addr.ip().is_loopback() && server.addr.is_ipv4(),
+        "{}",
+        server.addr
+    );
+    one_echo(&server);
+}
+
+#[test]
+fn an_ipv6_listener_takes_ipv4_unless_ipv6_only() {
+    // [::ffff:127.0.0.1] is IPv4's loopback as an IPv6 address: an IPv6 listener may bind
+    // it only when it takes IPv4 (dual-stack, Linux's default), and then serves IPv4
+    // clients of 127.0.0.1 (seen as [::ffff:127.0.0.1] peers).
+    let bindv6only = std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only").unwrap_or_default();
+    if bindv6only.trim() == "1" {
+        eprintln!(
+            "SKIPPED: net.ipv6.bindv6only = 1 here, so IPv6 listeners are IPv6-only by default"
+        );
+        return;
+    }
+    let server = Server::start_with(echolab(), "event", "[::ffff:127.0.0.1]:0", &[]);
+    let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], server.addr.port()));
+    let mut conn = connect(v4);
+    conn.write_all(b"dual").unwrap();
+    assert_eq!(read_n(&mut conn, 4), b"dual");
+    let refused = echolab()
+        .args([
+            "serve",
+            "--model",
+            "event",
+            "--listen",
+            "[::ffff:127.0.0.1]:0",
+            "--ipv6-only",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = finish_bounded(refused, STEP);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("echolab serve: cannot bind [::ffff:127.0.0.1]:0"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_listen_address_that_is_no_address_is_one_line_exit_2() {
+    for bad in ["localhost", "localhost:99999", "127.0.0.1:7x"] {
+        let out = finish_bounded(
+            echolab()
+                .args(["serve", "--listen", bad])
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+            STEP,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(&format!("{bad:?}")), "{stderr}");
+    }
+}
