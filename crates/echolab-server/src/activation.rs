@@ -63,6 +63,24 @@ fn slot() -> std::sync::MutexGuard<'static, Passed> {
         .unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The TCP listener the service manager passed (logged), or else `config.listen` bound
+/// as [`crate::net::bind`] binds it.
+pub fn tcp_listener_or_bind(config: &crate::ServeConfig) -> io::Result<TcpListener> {
+    match tcp_listener() {
+        Some(passed) => {
+            log::info!(
+                "serving the listening socket passed by the service manager (LISTEN_FDS), not --listen"
+            );
+            Ok(passed)
+        }
+        None => crate::net::bind(
+            config.listen,
+            config.model == crate::Model::Reactor,
+            config.ipv6_only,
+        ),
+    }
+}
+
 /// The TCP listener the service manager passed, once (then `None`).
 pub fn tcp_listener() -> Option<TcpListener> {
     slot().tcp.take()

@@ -20,8 +20,9 @@
 //!   [`runner`] (N event loops, stopped together), [`live`] (the open connections of a
 //!   blocking model, for shutdown), [`net`] (listener and socket options), [`shutdown`]
 //!   (SIGINT/SIGTERM and panics as a pollable descriptor), [`sbuf`] (the bounded queue,
-//!   CS:APP's `sbuf`), [`logging`], [`stats`] (the counters behind `kill -USR1`), [`metrics`] (`--metrics`: them
-//!   for Prometheus), [`activation`] (sockets passed by systemd, and `sd_notify`).
+//!   CS:APP's `sbuf`), [`logging`].
+//! - Operations: [`stats`] (the counters behind `kill -USR1`), [`metrics`] (`--metrics`,
+//!   them for Prometheus), [`activation`] (sockets passed by systemd, and `sd_notify`).
 #![forbid(unsafe_code)]
 
 pub mod accept;
@@ -242,23 +243,12 @@ pub fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -> Resu
         what: "cannot install the SIGUSR1 handler",
         source,
     })?;
-    // Issue 11: a listener passed by the service manager (socket activation) wins over
-    // --listen.
-    let listener = match activation::tcp_listener() {
-        Some(passed) => {
-            log::info!("serving the listening socket passed by the service manager (LISTEN_FDS), not --listen");
-            Ok(passed)
-        }
-        None => net::bind(
-            config.listen,
-            config.model == Model::Reactor,
-            config.ipv6_only,
-        ),
-    }
-    .map_err(|source| ServeError::Bind {
-        addr: config.listen,
-        source,
-    })?;
+    // Issue 11: a listener passed by the service manager wins over --listen.
+    let listener =
+        activation::tcp_listener_or_bind(&config).map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Io {
         what: "cannot read the bound address",
         source,
@@ -274,32 +264,8 @@ pub fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -> Resu
     // model's `prepare`, so a script never sees "listening" from a server that cannot serve.
     let model = server.config.model;
     let runner = prepare(model, &server)?;
-    // The process model forks only while single-threaded: its own loop reports.
-    let _reporter = match model {
-        Model::Process => None,
-        _ => Some(
-            stats::Reporter::new(server.config.stats_interval)
-                .spawn()
-                .map_err(|source| ServeError::Io {
-                    what: "cannot start the stats thread",
-                    source,
-                })?,
-        ),
-    };
-    let _metrics = match server.config.metrics {
-        Some(metrics_addr) => {
-            let endpoint =
-                metrics::MetricsServer::start(metrics_addr, model).map_err(|source| {
-                    ServeError::Bind {
-                        addr: metrics_addr,
-                        source,
-                    }
-                })?;
-            eprintln!("metrics on http://{}/metrics", endpoint.local_addr());
-            Some(endpoint)
-        }
-        None => None,
-    };
+    // Issue 11: the SIGUSR1 reporter and --metrics, stopped when dropped.
+    let _observers = metrics::Observers::start(&server.config)?;
     on_listening(addr);
     log::info!("serving {} with model {model}", server.config.echo.mode);
     activation::notify_ready();

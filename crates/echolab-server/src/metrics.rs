@@ -216,6 +216,52 @@ fn wants_openmetrics(request: &tiny_http::Request) -> bool {
     })
 }
 
+/// What watches a running server for its operator: the SIGUSR1 reporter's thread (not in
+/// the process model, which may start no thread: its own loop reports) and the
+/// `--metrics` endpoint. Dropping it stops both.
+#[derive(Debug)]
+pub struct Observers {
+    _reporter: Option<stats::ReporterThread>,
+    _metrics: Option<MetricsServer>,
+}
+
+impl Observers {
+    /// Starts what `config` asks for; announces the metrics address on stderr.
+    pub fn start(config: &crate::ServeConfig) -> Result<Observers, crate::ServeError> {
+        let reporter = match config.model {
+            Model::Process => None,
+            _ => Some(
+                stats::Reporter::new(config.stats_interval)
+                    .spawn()
+                    .map_err(|source| crate::ServeError::Io {
+                        what: "cannot start the stats thread",
+                        source,
+                    })?,
+            ),
+        };
+        let metrics = match config.metrics {
+            // `echolab serve` refuses this pair before; a library caller gets it here.
+            Some(_) if config.model == Model::Process => {
+                return Err(crate::ServeError::Unsupported {
+                    model: config.model,
+                    reason: "--metrics needs a thread, and the process model forks only while it has one".into(),
+                })
+            }
+            Some(addr) => {
+                let endpoint = MetricsServer::start(addr, config.model)
+                    .map_err(|source| crate::ServeError::Bind { addr, source })?;
+                eprintln!("metrics on http://{}/metrics", endpoint.local_addr());
+                Some(endpoint)
+            }
+            None => None,
+        };
+        Ok(Observers {
+            _reporter: reporter,
+            _metrics: metrics,
+        })
+    }
+}
+
 /// The running endpoint; dropping it stops and joins its thread.
 pub struct MetricsServer {
     addr: SocketAddr,
