@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -61,6 +62,16 @@ fn serve(args: ServeCmd) -> ExitCode {
                 .collect(),
         })
     });
+    // Ops hook (issue 11): with --udp-only no TCP server starts a reporter; SIGUSR1 still
+    // prints the stats line.
+    let _reporter = if udp.udp_only {
+        let interval = (tcp.stats_interval > 0).then(|| Duration::from_secs(tcp.stats_interval));
+        echolab_server::stats::listen_for_usr1()
+            .and_then(|()| echolab_server::stats::Reporter::new(interval).spawn())
+            .ok()
+    } else {
+        None
+    };
     let model = tcp.model.unwrap_or(echolab_server::Model::DEFAULT).name();
     echolab_udp::cli::run_serve(&udp, model, tcp.listen, tcp.workers, |addr| {
         tcp.listen = addr;

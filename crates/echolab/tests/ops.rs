@@ -665,3 +665,55 @@ fn a_listen_address_that_is_no_address_is_one_line_exit_2() {
         assert!(stderr.contains(&format!("{bad:?}")), "{stderr}");
     }
 }
+
+#[test]
+fn usr1_reports_a_udp_only_server_too() {
+    let mut child = echolab()
+        .args([
+            "serve",
+            "--udp-only",
+            "--model",
+            "event",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let next = |needle: &str| loop {
+        let line = rx
+            .recv_timeout(STEP)
+            .unwrap_or_else(|_| panic!("no line with {needle:?}"));
+        if line.contains(needle) {
+            return line;
+        }
+    };
+    let listening = next("udp listening on ");
+    let addr: std::net::SocketAddr = listening.split(' ').nth(3).unwrap().parse().unwrap();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(STEP)).unwrap();
+    socket.send_to(b"one", addr).unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(socket.recv(&mut buf).unwrap(), 3);
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1).unwrap();
+    let line = next("echolab: stats: ");
+    assert!(
+        line.contains("; udp 1 received, 1 echoed, 0 dropped"),
+        "{line}"
+    );
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = wait_exit(&mut child, STEP).expect("no exit after SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
