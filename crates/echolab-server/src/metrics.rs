@@ -406,6 +406,93 @@ mod tests {
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 
+    /// `GET path` with `accept` (if any): status line, Content-Type, body.
+    fn get(addr: SocketAddr, path: &str, accept: Option<&str>) -> (String, String, String) {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+        write!(conn, "GET {path} HTTP/1.0\r\n{accept}\r\n").unwrap();
+        let mut response = String::new();
+        conn.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let content_type = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Type: "))
+            .unwrap_or("")
+            .to_string();
+        (
+            head.lines().next().unwrap().to_string(),
+            content_type,
+            body.to_string(),
+        )
+    }
+
+    #[test]
+    fn the_endpoint_serves_both_formats_and_nothing_else_and_stops_when_dropped() {
+        let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), Model::Event).unwrap();
+        let addr = server.local_addr();
+        assert!(format!("{server:?}").contains(&addr.to_string()));
+        let (status, content_type, body) = get(addr, "/metrics", None);
+        assert_eq!(status, "HTTP/1.0 200 OK");
+        assert_eq!(content_type, PROMETHEUS_TEXT);
+        assert!(
+            body.contains("# TYPE echolab_connections_total counter\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains("echolab_connections_open{model=\"event\"} "),
+            "{body}"
+        );
+        assert!(!body.contains("# EOF"));
+        let openmetrics = "application/openmetrics-text; version=1.0.0,text/plain;q=0.5";
+        let (_, content_type, body) = get(addr, "/metrics", Some(openmetrics));
+        assert_eq!(content_type, OPENMETRICS);
+        assert!(body.contains("# TYPE echolab_connections counter\n") && body.ends_with("# EOF\n"));
+        let (_, content_type, _) = get(addr, "/metrics", Some("text/plain"));
+        assert_eq!(content_type, PROMETHEUS_TEXT);
+        assert_eq!(get(addr, "/", None).0, "HTTP/1.0 404 Not Found");
+        drop(server);
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "still listening after drop"
+        );
+    }
+
+    #[test]
+    fn observers_start_no_thread_for_the_process_model_and_refuse_its_metrics() {
+        let mut config = crate::ServeConfig::new(Model::Process, "127.0.0.1:0".parse().unwrap());
+        let observers = Observers::start(&config).unwrap();
+        assert!(observers._reporter.is_none() && observers._metrics.is_none());
+        config.metrics = Some("127.0.0.1:0".parse().unwrap());
+        assert!(matches!(
+            Observers::start(&config),
+            Err(crate::ServeError::Unsupported {
+                model: Model::Process,
+                ..
+            })
+        ));
+        let mut event = crate::ServeConfig::new(Model::Event, "127.0.0.1:0".parse().unwrap());
+        event.metrics = config.metrics;
+        crate::stats::listen_for_usr1().unwrap();
+        let observers = Observers::start(&event).unwrap();
+        assert!(observers._reporter.is_some() && observers._metrics.is_some());
+    }
+
+    #[test]
+    fn the_exposition_of_a_model_carries_its_label() {
+        let text = exposition(Model::Uring);
+        assert!(
+            text.contains("echolab_uptime_seconds{model=\"uring\"} "),
+            "{text}"
+        );
+        assert!(
+            text.contains("echolab_bytes_sent_total{model=\"uring\"} "),
+            "{text}"
+        );
+    }
+
     #[test]
     fn the_classic_text_names_counter_families_by_their_samples() {
         let openmetrics = "# HELP echolab_bytes_sent Bytes sent.\n# TYPE echolab_bytes_sent counter\necholab_bytes_sent_total{model=\"event\"} 3\n# HELP echolab_connections_open Open.\n# TYPE echolab_connections_open gauge\necholab_connections_open{model=\"event\"} 1\n# EOF\n";

@@ -550,6 +550,34 @@ mod tests {
     }
 
     #[test]
+    fn usr1_is_listened_for_and_a_reporter_thread_ends_when_dropped() {
+        listen_for_usr1().unwrap();
+        assert!(USR1.get().is_some());
+        let reporter = Reporter::new(None);
+        assert!(reporter.fd().is_some());
+        let running = reporter.spawn().unwrap();
+        let stop = Arc::downgrade(&running.stop);
+        drop(running);
+        // Joined: the thread's own handle on the flag is gone with it.
+        assert!(
+            stop.upgrade().is_none(),
+            "the stats thread outlived its handle"
+        );
+    }
+
+    #[test]
+    fn the_udp_source_is_asked_at_every_snapshot() {
+        let figures = UdpFigures {
+            received: 3,
+            echoed: 2,
+            dropped: vec![("truncated", 1)],
+        };
+        let answer = figures.clone();
+        set_udp_source(move || Some(answer.clone()));
+        assert_eq!(global().snapshot().udp, Some(figures));
+    }
+
+    #[test]
     fn the_summary_is_due_after_its_interval_and_not_before() {
         let mut reporter = Reporter {
             usr1: None,
