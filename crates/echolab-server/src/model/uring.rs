@@ -313,14 +313,17 @@ impl<'a> UringLoop<'a> {
             }
             let timeout = self.timeout(now);
             self.ring.submit_and_wait(timeout)?;
-            if self.shared.shutdown.is_triggered() {
-                self.close_all();
-                return Ok(());
-            }
+            let stopping = self.shared.shutdown.is_triggered();
             now = Instant::now();
             self.ring.completions(&mut completions);
+            // The completions already posted count before a shutdown closes everything:
+            // a send the peer has received is in the close line's bytes out.
             for completion in completions.drain(..) {
                 self.on_completion(completion, now);
+            }
+            if stopping {
+                self.close_all();
+                return Ok(());
             }
             if self.next_sweep.is_some_and(|at| at <= now) {
                 self.sweep_idle(now);
