@@ -256,9 +256,14 @@ pub fn addr(text: &str) -> Result<SocketAddr, String> {
             },
         );
     }
-    text.to_socket_addrs()
-        .ok()
-        .and_then(|mut addrs| addrs.next())
+    // A name's first IPv4 address, else its first (`localhost` is 127.0.0.1 where it has
+    // both, as the loopback examples everywhere assume).
+    let addrs: Vec<SocketAddr> = text.to_socket_addrs().into_iter().flatten().collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
         .ok_or_else(|| format!("cannot resolve host {host:?}"))
 }
 

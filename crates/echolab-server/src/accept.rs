@@ -57,6 +57,7 @@ static PAUSE_LOG: Mutex<LogThrottle> = Mutex::new(LogThrottle::new());
 /// Logs that accepting pauses for `why`, at most once per [`PAUSE_LOG_INTERVAL`] for the
 /// whole server.
 pub fn warn_pausing(why: &str) {
+    crate::stats::global().accept_paused();
     let admitted = PAUSE_LOG
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -145,10 +146,13 @@ impl<'a> Acceptor<'a> {
                     .and_then(|()| net::configure(&conn))
                 {
                     Ok(()) => return Some((conn, peer)),
-                    Err(err) => log::warn!(
-                        "conn {peer} dropped: cannot configure it: {}",
-                        net::describe(&err)
-                    ),
+                    Err(err) => {
+                        crate::stats::global().dropped();
+                        log::warn!(
+                            "conn {peer} dropped: cannot configure it: {}",
+                            net::describe(&err)
+                        )
+                    }
                 },
                 Err(err) => self.paused_until = after_accept_error(&err),
             }

@@ -125,6 +125,8 @@ impl ConnCap {
     /// Closes `conn`, refused for `why`, and logs it unless a line was logged less than
     /// [`REFUSAL_LOG_INTERVAL`] ago (then it is counted, and reported with the next line).
     pub fn refuse<C>(&self, conn: C, peer: SocketAddr, why: Refusal) {
+        // Counted before the close: a client that sees its refusal finds it counted.
+        crate::stats::global().refused(why);
         drop(conn);
         let now = Instant::now();
         let mut state = self.lock();

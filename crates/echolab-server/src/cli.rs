@@ -34,7 +34,9 @@ pub const DEFAULT_MAX_CONNS: usize = 10_000;
 ///
 /// Prints `listening on ADDR (model MODEL)` on stderr once bound, then logs each
 /// connection. SIGINT or SIGTERM stops it: it stops accepting, closes every connection,
-/// ends its threads or child processes, and exits 0.
+/// ends its threads or child processes, and exits 0. SIGUSR1 prints one stats line on
+/// stderr (uptime, connections open, total and refused, bytes in and out of closed
+/// connections, accept pauses, ends and errors by kind) and the server keeps serving.
 ///
 /// Exit status: 0 after a clean shutdown; 1 a failure while serving (a panic in any thread
 /// stops the server); 2 bad argument or setting (such as a port in use); 101 a panic that
@@ -45,10 +47,18 @@ pub struct ServeArgs {
     #[arg(long, short = 'm', value_enum)]
     pub model: Option<Model>,
 
-    /// Address to listen on: IPv4 or IPv6 with a port, or HOST:PORT; port 0 picks a free
-    /// one.
+    /// Address to listen on: IPv4 or IPv6 with a port, or a host name with a port
+    /// (localhost:7007 is 127.0.0.1:7007: a name's first IPv4 address, else its first);
+    /// port 0 picks a free one. [::]:PORT takes IPv4 connections too on Linux (dual-stack,
+    /// unless sysctl net.ipv6.bindv6only=1); --ipv6-only makes it IPv6 only. Ignored when
+    /// systemd passes a listening socket (socket activation, LISTEN_FDS).
     #[arg(long, short = 'l', default_value = "127.0.0.1:7007", value_parser = parse_addr)]
     pub listen: SocketAddr,
+
+    /// An IPv6 --listen address takes no IPv4 connections (IPV6_V6ONLY). Default: the
+    /// kernel's choice, dual-stack on Linux. (UDP on IPv6 is always IPv6 only.)
+    #[arg(long)]
+    pub ipv6_only: bool,
 
     /// bytes: echo every byte back (RFC 862). lines: echo each line when its newline arrives.
     #[arg(long, value_enum, default_value_t = Mode::Bytes)]
@@ -98,13 +108,28 @@ pub struct ServeArgs {
     #[arg(long, value_parser = parse_processes, value_name = "N", allow_negative_numbers = true)]
     pub processes: Option<usize>,
 
+    /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR/metrics: connections,
+    /// bytes, refusals, ends and errors, with a `model` label. Port 0 picks a free one (the
+    /// address is printed: `metrics on http://ADDR/metrics`). Not with --model process,
+    /// which must stay single-threaded to fork (use kill -USR1 there).
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    pub metrics: Option<SocketAddr>,
+
+    /// Log the stats line (the one `kill -USR1` prints) at info level this often (60s,
+    /// 5m); 0 never (at most ten years).
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_stats_interval, allow_negative_numbers = true)]
+    pub stats_interval: Duration,
+
     /// Log only warnings and errors (the listening line is still printed).
     #[arg(long, short = 'q')]
     pub quiet: bool,
 
-    /// Also log every read ("server received N bytes"); same as RUST_LOG=debug.
-    #[arg(long, short = 'v')]
-    pub verbose: bool,
+    /// More log: -v adds every connection's open and close lines (RUST_LOG=debug), -vv
+    /// also every read, "server received N bytes" (RUST_LOG=trace). Without -q or -v,
+    /// RUST_LOG decides (RUST_LOG=echolab=debug: only echolab's own lines); default info:
+    /// start, stop, warnings, errors, and the stats summary every --stats-interval.
+    #[arg(long, short = 'v', action = clap::ArgAction::Count)]
+    pub verbose: u8,
 }
 
 // The values' grammar and messages live in echolab_cli::units, shared with client, bench,
@@ -119,6 +144,16 @@ fn parse_idle_timeout(text: &str) -> Result<Duration, String> {
     units::duration_or_zero(
         text,
         Duration::from_millis(1),
+        Duration::from_secs(MAX_IDLE_TIMEOUT_SECS),
+    )
+}
+
+/// The summary's period: 0 (never) or at least a second (a faster one floods the log),
+/// at most ten years.
+fn parse_stats_interval(text: &str) -> Result<Duration, String> {
+    units::duration_or_zero(
+        text,
+        Duration::from_secs(1),
         Duration::from_secs(MAX_IDLE_TIMEOUT_SECS),
     )
 }
@@ -157,6 +192,9 @@ impl ServeArgs {
             max_conns: self.max_conns.unwrap_or(model.default_max_conns()),
             max_conns_per_ip: self.max_conns_per_ip,
             workers: self.workers,
+            stats_interval: (!self.stats_interval.is_zero()).then_some(self.stats_interval),
+            metrics: self.metrics,
+            ipv6_only: self.ipv6_only,
         }
     }
 }
@@ -170,6 +208,12 @@ pub fn run(args: ServeArgs) -> ExitCode {
         eprintln!(
             "echolab serve: --workers {workers}: the {} model has no worker threads (only prethreaded, reactor, uring and async take --workers)",
             config.model
+        );
+        return ExitCode::from(2);
+    }
+    if let (Some(addr), Model::Process) = (config.metrics, config.model) {
+        eprintln!(
+            "echolab serve: --metrics {addr}: the process model forks only while it has one thread, and the endpoint needs one (use kill -USR1 for its figures)"
         );
         return ExitCode::from(2);
     }

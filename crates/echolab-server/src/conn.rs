@@ -42,7 +42,8 @@ impl fmt::Display for End {
 
 /// Logs that a connection from `peer` was accepted.
 pub fn log_opened(peer: SocketAddr) {
-    log::info!("conn {peer} opened");
+    crate::stats::global().opened();
+    log::debug!("conn {peer} opened");
 }
 
 /// Logs that the connection from `peer` ended, why, and how many bytes it moved.
@@ -53,11 +54,12 @@ pub fn log_closed(peer: SocketAddr, echo: &Echo, end: &End) {
 /// [`log_closed`] for a model that counts the bytes out itself (io_uring counts what the
 /// kernel confirmed sent, not what went into a send buffer).
 pub fn log_closed_counts(peer: SocketAddr, bytes_in: u64, bytes_out: u64, end: &End) {
+    crate::stats::global().closed(bytes_in, bytes_out, crate::stats::EndKind::of(end));
     match end {
         End::Failed(EchoError::LineTooLong { limit }) => {
             log::warn!("conn {peer} closed: line longer than --max-line {limit} bytes ({bytes_in} bytes in, {bytes_out} out)")
         }
-        _ => log::info!("conn {peer} closed: {end} ({bytes_in} bytes in, {bytes_out} out)"),
+        _ => log::debug!("conn {peer} closed: {end} ({bytes_in} bytes in, {bytes_out} out)"),
     }
 }
 
@@ -167,7 +169,7 @@ fn echo_loop(conn: &TcpStream, echo: &mut Echo, settings: ConnSettings<'_>) -> E
                 };
             }
             Ok(n) => {
-                log::debug!("server received {n} bytes");
+                log::trace!("server received {n} bytes");
                 if let Err(err) = echo.on_input(&buf[..n], &mut writer) {
                     return if settings.shutting_down.load(Ordering::SeqCst) {
                         End::Shutdown

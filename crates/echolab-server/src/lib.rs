@@ -23,9 +23,12 @@
 //!   CS:APP's `sbuf`), [`logging`].
 //! - [`supervisor`]: `--processes N`, nginx's design: worker processes, each a model's
 //!   event loops on its own SO_REUSEPORT listener, forked, restarted and reaped.
+//! - Operations: [`stats`] (the counters behind `kill -USR1`), [`metrics`] (`--metrics`,
+//!   them for Prometheus), [`activation`] (sockets passed by systemd, and `sd_notify`).
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod activation;
 pub mod admission;
 pub mod cli;
 pub mod conn;
@@ -33,10 +36,12 @@ pub mod deadline;
 pub mod echo;
 pub mod live;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod runner;
 pub mod shutdown;
+pub mod stats;
 pub mod supervisor;
 pub mod uring_conn;
 
@@ -142,6 +147,13 @@ pub struct ServeConfig {
     pub max_conns_per_ip: Option<usize>,
     /// Worker threads for the models that have a pool (prethreaded, reactor, uring, async).
     pub workers: Option<usize>,
+    /// The stats summary at info level every this long; `None`: never.
+    pub stats_interval: Option<Duration>,
+    /// `--ipv6-only`: an IPv6 listener takes no IPv4 connections (else the kernel's
+    /// default: dual-stack `[::]` on Linux).
+    pub ipv6_only: bool,
+    /// `--metrics`: where to serve the Prometheus exposition (`GET /metrics`).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl ServeConfig {
@@ -155,6 +167,9 @@ impl ServeConfig {
             max_conns: model.default_max_conns(),
             max_conns_per_ip: None,
             workers: None,
+            stats_interval: Some(stats::DEFAULT_SUMMARY_INTERVAL),
+            metrics: None,
+            ipv6_only: false,
         }
     }
 }
@@ -221,12 +236,12 @@ pub struct Server {
 /// [`ServeError::Panicked`], or, in a model whose own thread is the one that panicked
 /// (iterative, event), unwind out of it.
 pub fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -> Result<(), ServeError> {
-    let listener = net::bind(config.listen, config.model == Model::Reactor).map_err(|source| {
-        ServeError::Bind {
+    // Issue 11: a listener passed by the service manager wins over --listen.
+    let listener =
+        activation::tcp_listener_or_bind(&config).map_err(|source| ServeError::Bind {
             addr: config.listen,
             source,
-        }
-    })?;
+        })?;
     serve_on(config, listener, on_listening)
 }
 
@@ -243,6 +258,12 @@ pub fn serve_on(
     })?;
     // Issue 9, item 4b: a panic anywhere stops everything.
     shutdown.stop_on_panic();
+    // Issue 11: the counters exist before any fork; SIGUSR1 reports instead of killing.
+    stats::global();
+    stats::listen_for_usr1().map_err(|source| ServeError::Io {
+        what: "cannot install the SIGUSR1 handler",
+        source,
+    })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Io {
         what: "cannot read the bound address",
         source,
@@ -258,9 +279,13 @@ pub fn serve_on(
     // model's `prepare`, so a script never sees "listening" from a server that cannot serve.
     let model = server.config.model;
     let runner = prepare(model, &server)?;
+    // Issue 11: the SIGUSR1 reporter and --metrics, stopped when dropped.
+    let _observers = metrics::Observers::start(&server.config)?;
     on_listening(addr);
     log::info!("serving {} with model {model}", server.config.echo.mode);
+    activation::notify_ready();
     let result = runner(server);
+    activation::notify_stopping();
     if shutdown::panicked() {
         return Err(ServeError::Panicked);
     }

@@ -1,35 +1,16 @@
-//! A small stderr logger: one line per record, written (and so flushed) as a whole.
+//! The server's log, through env_logger: one line per record on stderr, written as a
+//! whole (`echolab: LEVEL: MESSAGE`), filtered by level and target as `RUST_LOG` says.
 //!
-//! Levels: `--quiet` shows warnings and errors only, the default adds connection
-//! open/close lines, `-v` or `RUST_LOG=debug` adds the lecture's "server received N bytes".
+//! Levels: `-q` warnings and errors; the default `info` adds start, stop and the periodic
+//! stats summary; `-v` (debug) adds each connection's open and close lines; `-vv` (trace)
+//! adds the lecture's "server received N bytes" for every read. Without `-q` or `-v`,
+//! `RUST_LOG` decides with env_logger's syntax: `RUST_LOG=debug`, `RUST_LOG=echolab=debug`
+//! (every echolab crate: targets are `echolab_server::conn` and so on), or
+//! `RUST_LOG=warn,echolab_server::admission=info`.
 
 use std::io::Write;
 
-use log::{LevelFilter, Log, Metadata, Record};
-
-#[derive(Debug)]
-struct StderrLogger;
-
-impl Log for StderrLogger {
-    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.level() <= log::max_level()
-    }
-
-    fn log(&self, record: &Record<'_>) {
-        if !self.enabled(record.metadata()) {
-            return;
-        }
-        // One write per line: lines from threads and child processes never interleave.
-        let line = format!(
-            "echolab: {}: {}\n",
-            level_word(record.level()),
-            record.args()
-        );
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
-    }
-
-    fn flush(&self) {}
-}
+use log::LevelFilter;
 
 fn level_word(level: log::Level) -> &'static str {
     match level {
@@ -41,20 +22,56 @@ fn level_word(level: log::Level) -> &'static str {
     }
 }
 
-/// Installs the logger. `quiet` wins over `verbose`; without either, `RUST_LOG`
-/// (`error`, `warn`, `info`, `debug`, `trace`, `off`) decides, defaulting to `info`.
-pub fn init(quiet: bool, verbose: bool) {
-    let level = if quiet {
-        LevelFilter::Warn
-    } else if verbose {
-        LevelFilter::Debug
-    } else {
-        std::env::var("RUST_LOG")
-            .ok()
-            .and_then(|value| value.parse().ok())
-            .unwrap_or(LevelFilter::Info)
-    };
-    // A second init (a test that serves twice in one process) keeps the first logger.
-    let _ = log::set_logger(&StderrLogger);
-    log::set_max_level(level);
+/// The level `-q` and `-v` ask for, or `None` to let `RUST_LOG` decide. `-q` wins.
+pub fn flag_level(quiet: bool, verbose: u8) -> Option<LevelFilter> {
+    match (quiet, verbose) {
+        (true, _) => Some(LevelFilter::Warn),
+        (false, 0) => None,
+        (false, 1) => Some(LevelFilter::Debug),
+        (false, _) => Some(LevelFilter::Trace),
+    }
+}
+
+/// Installs the logger: the level of `-q`/`-v` if given, else `RUST_LOG`'s filters, else
+/// `info`. A second init (a test that serves twice in one process) keeps the first logger.
+pub fn init(quiet: bool, verbose: u8) {
+    let mut builder = env_logger::Builder::new();
+    match flag_level(quiet, verbose) {
+        Some(level) => {
+            builder.filter_level(level);
+        }
+        None => match std::env::var("RUST_LOG") {
+            Ok(filters) if !filters.trim().is_empty() => {
+                builder.parse_filters(&filters);
+            }
+            _ => {
+                builder.filter_level(LevelFilter::Info);
+            }
+        },
+    }
+    builder
+        .format(|buf, record| {
+            writeln!(
+                buf,
+                "echolab: {}: {}",
+                level_word(record.level()),
+                record.args()
+            )
+        })
+        .target(env_logger::Target::Stderr);
+    let _ = builder.try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quiet_wins_and_each_v_is_one_level_more() {
+        assert_eq!(flag_level(true, 2), Some(LevelFilter::Warn));
+        assert_eq!(flag_level(false, 0), None);
+        assert_eq!(flag_level(false, 1), Some(LevelFilter::Debug));
+        assert_eq!(flag_level(false, 2), Some(LevelFilter::Trace));
+        assert_eq!(flag_level(false, 200), Some(LevelFilter::Trace));
+    }
 }

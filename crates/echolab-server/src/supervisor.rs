@@ -133,7 +133,7 @@ pub fn run(config: ServeConfig, n: usize, on_listening: impl FnOnce(SocketAddr))
     // The port, reserved while the workers bind theirs beside it (SO_REUSEPORT). Bound,
     // not listening: a listening socket here (and its copy in every worker) would take
     // a share of the connections that nobody accepts.
-    let (first, addr) = match reserve(config.listen) {
+    let (first, addr) = match reserve(config.listen, config.ipv6_only) {
         Ok(reserved) => reserved,
         Err(err) => {
             eprintln!(
@@ -192,17 +192,17 @@ pub fn run(config: ServeConfig, n: usize, on_listening: impl FnOnce(SocketAddr))
 
 /// A socket bound to `addr` with SO_REUSEPORT, not listening, and the address it got
 /// (the real port when 0 was asked); "address already in use" when anyone else holds it.
-fn reserve(addr: SocketAddr) -> io::Result<(socket2::Socket, SocketAddr)> {
+fn reserve(addr: SocketAddr, ipv6_only: bool) -> io::Result<(socket2::Socket, SocketAddr)> {
     if addr.port() != 0 {
         // As a single server: a port already served is an error, not a silent share.
-        drop(net::bind(addr, false)?);
+        drop(net::bind(addr, false, ipv6_only)?);
     }
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
-    if addr.is_ipv6() {
+    if addr.is_ipv6() && ipv6_only {
         socket.set_only_v6(true)?;
     }
     socket.set_reuse_address(true)?;
@@ -259,7 +259,7 @@ fn worker(
         log::error!("worker {index}: cannot unblock signals: {err}");
         return 1;
     }
-    let listener = match net::bind_beside(config.listen) {
+    let listener = match net::bind_beside(config.listen, config.ipv6_only) {
         Ok(listener) => listener,
         Err(err) => {
             log::error!(

@@ -148,6 +148,7 @@ impl Conn {
             }
         };
         if let Err(err) = net::configure(&stream) {
+            crate::stats::global().dropped();
             log::warn!(
                 "conn {peer} dropped: cannot configure it: {}",
                 net::describe(&err)

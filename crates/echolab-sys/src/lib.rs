@@ -14,6 +14,7 @@
 //! - [`cycles`]: the CPU's time-stamp counter, for the lab's cost measurements.
 //! - [`sigchld_lock`]: a SIGCHLD handler that takes a lock the main flow also takes, the
 //!   lab's reproduction of the lecture's printf-in-a-handler deadlock.
+//! - [`shared`]: counters in a `MAP_SHARED` mapping, seen by the children forked after it.
 //! - [`uring`]: io_uring for the `uring` server model, with the rule that memory named by
 //!   a request belongs to the ring until its completion.
 //! - [`uring_udp`]: io_uring for the UDP `uring` model (multishot `recvmsg`, replies by
@@ -23,6 +24,7 @@ use std::io;
 
 pub mod pthread;
 pub mod racy;
+pub mod shared;
 pub mod sigchld_lock;
 pub mod uring;
 pub mod uring_udp;

@@ -207,6 +207,33 @@ pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// A socket passed by the service manager (socket activation), for the next
+/// [`UdpServer::start`] to serve instead of binding one.
+static PASSED: Mutex<Option<UdpSocket>> = Mutex::new(None);
+
+/// Makes the next [`UdpServer::start`] serve `socket` (passed by the service manager)
+/// instead of binding `--listen`. The reactor then runs one loop: the others could not
+/// share the port without `SO_REUSEPORT` on the passed socket.
+pub fn serve_passed_socket(socket: UdpSocket) {
+    *PASSED.lock().unwrap_or_else(|e| e.into_inner()) = Some(socket);
+}
+
+/// The guard of the UDP server started last in this process, for [`live_stats`].
+static LIVE: Mutex<Option<std::sync::Weak<Mutex<Guard>>>> = Mutex::new(None);
+
+/// The counts of the UDP server started last in this process, while it runs (the
+/// operator's figures: `kill -USR1` and `--metrics` of `echolab serve --udp`).
+pub fn live_stats() -> Option<Stats> {
+    let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let guard = live.as_ref()?.upgrade()?;
+    let stats = guard
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .stats()
+        .clone();
+    Some(stats)
+}
+
 /// A running UDP server: its loops run on threads of their own until [`UdpServer::stop`]
 /// (or the stop flag it was given) and [`UdpServer::join`].
 #[derive(Debug)]
@@ -224,13 +251,20 @@ impl UdpServer {
     /// returns, so a bind error is returned here, and [`UdpServer::local_addr`] is final.
     pub fn start(config: &UdpConfig, stop: Arc<AtomicBool>) -> Result<UdpServer, UdpError> {
         let guard = Arc::new(Mutex::new(Guard::new(config.policy)));
+        *LIVE.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::downgrade(&guard));
         let workers = config.workers.unwrap_or_else(default_workers).max(1);
-        // The models with a loop per core give each loop its own socket on the same port.
+        // The models with a loop per core give each loop its own socket on the same port
+        // (not a socket the service manager passed: that one is shared by every loop).
         let per_loop = matches!(config.model, UdpModel::Reactor | UdpModel::Uring);
-        let first = bind(config.listen, per_loop)?;
+        let passed = PASSED.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let is_passed = passed.is_some();
+        let first = match passed {
+            Some(socket) => socket,
+            None => bind(config.listen, per_loop)?,
+        };
         let addr = first.local_addr().map_err(UdpError::Io)?;
         let mut sockets = vec![first];
-        if per_loop {
+        if per_loop && !is_passed {
             // The other loops bind the port the first one got.
             for _ in 1..workers {
                 sockets.push(bind(addr, true)?);

@@ -59,15 +59,60 @@ struct ServeCmd {
 // UDP hook (issue 10): UDP beside TCP, or alone; without --udp, TCP exactly as before.
 fn serve(args: ServeCmd) -> ExitCode {
     let ServeCmd { mut tcp, udp } = args;
+    // Ops hook (issue 11): sockets passed by the service manager (LISTEN_FDS).
+    if let Err(code) = take_passed_sockets(udp.enabled()) {
+        return code;
+    }
     if !udp.enabled() {
         return echolab_server::cli::run(tcp);
     }
     echolab_server::logging::init(tcp.quiet, tcp.verbose);
+    // Ops hook (issue 11): the UDP guard's counts join the stats line and /metrics.
+    echolab_server::stats::set_udp_source(|| {
+        echolab_udp::live_stats().map(|s| echolab_server::stats::UdpFigures {
+            received: s.received,
+            echoed: s.echoed,
+            dropped: echolab_udp::DropReason::ALL
+                .iter()
+                .map(|reason| (reason.name(), s.dropped(*reason)))
+                .collect(),
+        })
+    });
+    // Ops hook (issue 11): with --udp-only no TCP server starts a reporter; SIGUSR1 still
+    // prints the stats line.
+    let _reporter = if udp.udp_only {
+        let interval = (!tcp.stats_interval.is_zero()).then_some(tcp.stats_interval);
+        echolab_server::stats::listen_for_usr1()
+            .and_then(|()| echolab_server::stats::Reporter::new(interval).spawn())
+            .ok()
+    } else {
+        None
+    };
     let model = tcp.model.unwrap_or(echolab_server::Model::DEFAULT).name();
     echolab_udp::cli::run_serve(&udp, model, tcp.listen, tcp.workers, |addr| {
         tcp.listen = addr;
         echolab_server::cli::run(tcp)
     })
+}
+
+/// Takes the sockets of socket activation: the TCP listener waits for `serve`, a UDP
+/// socket goes to the UDP server (which needs --udp or --udp-only).
+fn take_passed_sockets(udp_enabled: bool) -> Result<(), ExitCode> {
+    use echolab_server::activation;
+    if let Err(err) = activation::take() {
+        eprintln!("echolab serve: {err}");
+        return Err(ExitCode::from(2));
+    }
+    if let Some(socket) = activation::udp_socket() {
+        if !udp_enabled {
+            eprintln!(
+                "echolab serve: LISTEN_FDS passed a UDP socket: serve it with --udp or --udp-only"
+            );
+            return Err(ExitCode::from(2));
+        }
+        echolab_udp::serve_passed_socket(socket);
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

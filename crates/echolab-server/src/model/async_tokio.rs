@@ -255,7 +255,7 @@ fn step_with(
                 moved = true;
             }
             Ok(n) => {
-                log::debug!("server received {n} bytes");
+                log::trace!("server received {n} bytes");
                 echo.on_input(&buf[..n], &mut writer)?;
                 moved = true;
             }

@@ -139,7 +139,7 @@ fn serve_ready(conn: &mut Conn, ready: PollFlags, buf: &mut [u8], now: Instant) 
         let result = match (&conn.stream).read(&mut buf[..room]) {
             Ok(0) => conn.echo.on_eof(&mut writer),
             Ok(n) => {
-                log::debug!("server received {n} bytes");
+                log::trace!("server received {n} bytes");
                 conn.echo.on_input(&buf[..n], &mut writer)
             }
             Err(err) if net::would_block(&err) || net::interrupted(&err) => Ok(()),
@@ -186,6 +186,7 @@ fn accept_some(
                     .set_nonblocking(true)
                     .and_then(|()| net::configure(&stream))
                 {
+                    crate::stats::global().dropped();
                     log::warn!(
                         "conn {peer} dropped: cannot configure it: {}",
                         net::describe(&err)

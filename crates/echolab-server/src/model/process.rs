@@ -37,6 +37,7 @@ use crate::accept;
 use crate::admission::{Admission, ConnCap};
 use crate::conn::{self, ConnSettings};
 use crate::shutdown::Shutdown;
+use crate::stats;
 use crate::{net, ServeConfig, Server};
 
 pub fn run(server: Server) -> io::Result<()> {
@@ -82,7 +83,9 @@ pub fn run(server: Server) -> io::Result<()> {
             // The child logged its own close line, with the byte counts.
             log::debug!("child {pid} ended");
         } else {
-            log::info!("conn {peer} closed: server shutting down (child {pid} ended: {status:?})");
+            // The child could not count its close: count it here, without its bytes.
+            stats::global().closed(0, 0, stats::EndKind::Shutdown);
+            log::debug!("conn {peer} closed: server shutting down (child {pid} ended: {status:?})");
         }
     }
     signal_hook::low_level::unregister(sigchld_id);
@@ -106,14 +109,17 @@ fn accept_loop(
     children: &mut Children,
 ) -> io::Result<()> {
     let mut accept_paused_until: Option<Instant> = None;
+    // SIGUSR1 and the periodic summary, in this loop: the model may start no thread.
+    let mut reporter = stats::Reporter::new(config.stats_interval);
     while !shutdown.is_triggered() {
         let now = Instant::now();
         let paused = accept_paused_until.filter(|until| *until > now);
-        let timeout = match paused {
-            Some(until) => PollTimeout::try_from(until - now).unwrap_or(PollTimeout::MAX),
+        let wait = [paused.map(|until| until - now), reporter.timeout(now)];
+        let timeout = match wait.into_iter().flatten().min() {
+            Some(wait) => PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX),
             None => PollTimeout::NONE,
         };
-        let mut fds = [
+        let mut fds = vec![
             PollFd::new(shutdown.fd(), PollFlags::POLLIN),
             PollFd::new(sigchld_read.as_fd(), PollFlags::POLLIN),
             PollFd::new(
@@ -125,12 +131,15 @@ fn accept_loop(
                 },
             ),
         ];
+        fds.extend(reporter.fd().map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
         match nix::poll::poll(&mut fds, timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(err) => return Err(err.into()),
         }
         let sigchld = fds[1].any().unwrap_or(false);
         let acceptable = fds[2].any().unwrap_or(false);
+        drop(fds);
+        reporter.on_wake(Instant::now());
         if sigchld {
             drain(sigchld_read);
             reap(children);
@@ -167,6 +176,7 @@ fn fork_child(
         .set_nonblocking(false)
         .and_then(|()| net::configure(&conn))
     {
+        stats::global().dropped();
         log::warn!(
             "conn {peer} dropped: cannot configure it: {}",
             net::describe(&err)
@@ -226,6 +236,7 @@ fn fork_child(
         }
         Err(err) => {
             let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+            stats::global().dropped();
             log::warn!("conn {peer} dropped: fork failed: {}", net::describe(&err));
             Ok(None)
         }

@@ -318,6 +318,7 @@ impl<'a> Reactor<'a> {
         });
         if let Err(err) = registered {
             self.free.push(conn_idx);
+            crate::stats::global().dropped();
             log::warn!(
                 "conn {peer} dropped: cannot configure it: {}",
                 net::describe(&err)
@@ -438,7 +439,7 @@ impl Conn {
                     }
                     Ok(n) => {
                         self.last_active = now;
-                        log::debug!("server received {n} bytes");
+                        log::trace!("server received {n} bytes");
                         if let Err(err) = self.echo.on_input(&buf[..n], &mut writer) {
                             return Some(End::Failed(err));
                         }

@@ -82,7 +82,10 @@ pub fn run(server: Server) -> io::Result<()> {
             Ok(handle) => {
                 let _ = reap_tx.send(Reap::Started(id, handle));
             }
-            Err(err) => log::warn!("conn {peer} dropped: cannot spawn a thread: {err}"),
+            Err(err) => {
+                crate::stats::global().dropped();
+                log::warn!("conn {peer} dropped: cannot spawn a thread: {err}")
+            }
         }
     }
     live.close_all();

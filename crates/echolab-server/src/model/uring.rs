@@ -283,7 +283,7 @@ impl UringLoop<'_> {
             Input::Bytes(buf) => {
                 // The receive asked for at most the room: the echo stays within its bound.
                 let data = self.ring.recv_data(&buf);
-                log::debug!("server received {} bytes", data.len());
+                log::trace!("server received {} bytes", data.len());
                 self.enter_fault |= plumbing::faults().enter_fails_after(data);
                 result = result.and_then(|()| conn.echo.on_input(data, &mut outbox));
                 self.ring.recycle(buf);

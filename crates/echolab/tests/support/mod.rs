@@ -96,6 +96,10 @@ impl Server {
         listen: &str,
         extra: &[&str],
     ) -> Result<Server, Vec<String>> {
+        // Issue 11: connection open/close lines are debug; the tests wait on them.
+        if !command.get_envs().any(|(key, _)| key == "RUST_LOG") {
+            command.env("RUST_LOG", "echolab=debug");
+        }
         command
             .args(["serve", "--model", model, "--listen", listen])
             .args(extra)

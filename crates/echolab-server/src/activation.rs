@@ -1,0 +1,112 @@
+//! Running as a systemd service: listening sockets passed by the service manager (socket
+//! activation, `LISTEN_FDS`/`LISTEN_PID`), and readiness (`sd_notify`: `READY=1` once
+//! listening, `STOPPING=1` once the server stops serving) when `NOTIFY_SOCKET` is set.
+//!
+//! The passed sockets are taken once, at the first [`take`], and kept in a process-wide
+//! slot until the TCP server ([`tcp_listener`]) and the UDP server ([`udp_socket`]) ask
+//! for theirs: at most one of each (a TCP listener and a UDP socket).
+
+use std::io;
+use std::net::{TcpListener, UdpSocket};
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+/// The sockets the service manager passed, not yet taken by a server.
+#[derive(Debug, Default)]
+struct Passed {
+    tcp: Option<TcpListener>,
+    udp: Option<UdpSocket>,
+}
+
+static PASSED: OnceLock<Mutex<Passed>> = OnceLock::new();
+
+/// Reads `LISTEN_FDS` (for this process: `LISTEN_PID` is ours or absent) and keeps the
+/// sockets for [`tcp_listener`] and [`udp_socket`]; returns how many were passed. Call it
+/// once, early, while the process has one thread (it removes the variables, so that a
+/// child does not take them for its own). Later calls return 0.
+///
+/// A descriptor that is neither a TCP listener nor a UDP socket, or a second of a kind,
+/// is an error naming it.
+pub fn take() -> io::Result<usize> {
+    let mut found = Passed::default();
+    let mut fds = listenfd::ListenFd::from_env();
+    let n = fds.len();
+    for idx in 0..n {
+        let fd = 3 + idx;
+        if let Ok(Some(listener)) = fds.take_tcp_listener(idx) {
+            if found.tcp.replace(listener).is_some() {
+                return Err(io::Error::other(format!(
+                    "LISTEN_FDS: descriptor {fd} is a second TCP socket (echolab serves one)"
+                )));
+            }
+        } else if let Ok(Some(socket)) = fds.take_udp_socket(idx) {
+            if found.udp.replace(socket).is_some() {
+                return Err(io::Error::other(format!(
+                    "LISTEN_FDS: descriptor {fd} is a second UDP socket (echolab serves one)"
+                )));
+            }
+        } else {
+            return Err(io::Error::other(format!(
+                "LISTEN_FDS: descriptor {fd} is neither a TCP nor a UDP socket of IPv4 or IPv6"
+            )));
+        }
+    }
+    if PASSED.set(Mutex::new(found)).is_err() {
+        return Ok(0);
+    }
+    Ok(n)
+}
+
+fn slot() -> std::sync::MutexGuard<'static, Passed> {
+    PASSED
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The TCP listener the service manager passed (logged), or else `config.listen` bound
+/// as [`crate::net::bind`] binds it.
+pub fn tcp_listener_or_bind(config: &crate::ServeConfig) -> io::Result<TcpListener> {
+    match tcp_listener() {
+        Some(passed) => {
+            log::info!(
+                "serving the listening socket passed by the service manager (LISTEN_FDS), not --listen"
+            );
+            Ok(passed)
+        }
+        None => crate::net::bind(
+            config.listen,
+            config.model == crate::Model::Reactor,
+            config.ipv6_only,
+        ),
+    }
+}
+
+/// The TCP listener the service manager passed, once (then `None`).
+pub fn tcp_listener() -> Option<TcpListener> {
+    slot().tcp.take()
+}
+
+/// The UDP socket the service manager passed, once (then `None`).
+pub fn udp_socket() -> Option<UdpSocket> {
+    slot().udp.take()
+}
+
+/// Tells the service manager the server is listening (`READY=1`); nothing without
+/// `NOTIFY_SOCKET`. A failure is logged, never fatal: the server serves either way.
+pub fn notify_ready() {
+    notify(sd_notify::NotifyState::Ready);
+}
+
+/// Tells the service manager the server is stopping (`STOPPING=1`), as [`notify_ready`].
+pub fn notify_stopping() {
+    notify(sd_notify::NotifyState::Stopping);
+}
+
+fn notify(state: sd_notify::NotifyState<'_>) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(err) = sd_notify::notify(&[state]) {
+        log::warn!("sd_notify failed: {err}");
+    }
+}

@@ -1,0 +1,517 @@
+//! `--metrics ADDR`: the figures of [`crate::stats`] as a Prometheus exposition at
+//! `GET /metrics`, served by tiny_http on a thread of its own: OpenMetrics text to a
+//! scraper that accepts it (Prometheus does), else the classic Prometheus text format
+//! 0.0.4 (curl, `promtool check metrics`), as the Go client does.
+//!
+//! Nothing is counted here: each scrape reads the atomics of [`crate::stats::global`]
+//! (a collector, not metrics of its own), so the echo path pays nothing for the endpoint.
+//! Names follow Prometheus conventions (`echolab_` prefix, `_total` on counters, base
+//! units), and every series carries the `model` label.
+
+use std::borrow::Cow;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::stats::{self, Snapshot};
+use crate::Model;
+
+/// The Content-Type of the OpenMetrics exposition.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The Content-Type of the classic Prometheus text exposition.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Reads [`stats::global`] at every scrape.
+#[derive(Debug)]
+struct StatsCollector;
+
+fn counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn counters_by(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[(&str, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for (value_label, value) in values {
+        let labels = [(label, *value_label)];
+        ConstCounter::new(*value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// Writes `snapshot` as metric families (the prefix and the `model` label are the
+/// registry's).
+fn encode_snapshot(
+    snapshot: &Snapshot,
+    mut encoder: DescriptorEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
+    let e = &mut encoder;
+    let uptime = ConstGauge::new(snapshot.uptime.as_secs_f64());
+    uptime.encode(e.encode_descriptor(
+        "uptime_seconds",
+        "Seconds since the server started.",
+        None,
+        uptime.metric_type(),
+    )?)?;
+    let open = ConstGauge::new(snapshot.open() as i64);
+    open.encode(e.encode_descriptor(
+        "connections_open",
+        "Connections open now.",
+        None,
+        open.metric_type(),
+    )?)?;
+    counter(
+        e,
+        "connections",
+        "Connections admitted and served since the start.",
+        snapshot.opened,
+    )?;
+    counters_by(
+        e,
+        "connections_refused",
+        "Connections accepted and closed at once by the connection cap, by the flag that refused them.",
+        "reason",
+        &[
+            ("max_conns", snapshot.refused_full),
+            ("max_conns_per_ip", snapshot.refused_per_peer),
+        ],
+    )?;
+    counter(
+        e,
+        "connections_dropped",
+        "Connections accepted then dropped before being served (no socket option, thread or process for them).",
+        snapshot.dropped,
+    )?;
+    let ends: Vec<(&str, u64)> = snapshot
+        .ends
+        .iter()
+        .map(|(kind, n)| (kind.name(), *n))
+        .collect();
+    counters_by(
+        e,
+        "connections_closed",
+        "Connections closed, by how they ended (reset, broken_pipe, line_too_long and io_error are errors).",
+        "reason",
+        &ends,
+    )?;
+    counter(
+        e,
+        "bytes_received",
+        "Bytes received by the connections closed so far.",
+        snapshot.bytes_in,
+    )?;
+    counter(
+        e,
+        "bytes_sent",
+        "Bytes sent by the connections closed so far.",
+        snapshot.bytes_out,
+    )?;
+    counter(
+        e,
+        "accept_pauses",
+        "Times accepting paused for 100 ms (out of descriptors or memory).",
+        snapshot.accept_pauses,
+    )?;
+    if let Some(udp) = &snapshot.udp {
+        counter(
+            e,
+            "udp_datagrams_received",
+            "UDP datagrams received.",
+            udp.received,
+        )?;
+        counter(
+            e,
+            "udp_datagrams_echoed",
+            "UDP datagrams echoed.",
+            udp.echoed,
+        )?;
+        counters_by(
+            e,
+            "udp_datagrams_dropped",
+            "UDP datagrams not echoed, by reason.",
+            "reason",
+            &udp.dropped,
+        )?;
+    }
+    Ok(())
+}
+
+impl Collector for StatsCollector {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        encode_snapshot(&stats::global().snapshot(), encoder)
+    }
+}
+
+/// The registry of a server of `model`: prefix `echolab`, label `model`.
+fn registry(model: Model) -> Registry {
+    let labels = [(Cow::Borrowed("model"), Cow::Borrowed(model.name()))];
+    let mut registry = Registry::with_prefix_and_labels("echolab", labels.into_iter());
+    registry.register_collector(Box::new(StatsCollector));
+    registry
+}
+
+/// The exposition text for a server of `model`, now.
+pub fn exposition(model: Model) -> String {
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut text, &registry(model));
+    text
+}
+
+/// OpenMetrics text as the Prometheus text format 0.0.4: a counter family's HELP and TYPE
+/// name its samples (`X_total`, where OpenMetrics names the family `X`), and there is no
+/// `# EOF` line. Every other line is the same in both.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(openmetrics.len() + 64);
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        text.push_str(renamed.as_deref().unwrap_or(line));
+        text.push('\n');
+    }
+    text
+}
+
+/// Whether a request's `Accept` header asks for OpenMetrics.
+fn wants_openmetrics(request: &tiny_http::Request) -> bool {
+    request.headers().iter().any(|h| {
+        h.field.equiv("Accept") && h.value.as_str().contains("application/openmetrics-text")
+    })
+}
+
+/// What watches a running server for its operator: the SIGUSR1 reporter's thread (not in
+/// the process model, which may start no thread: its own loop reports) and the
+/// `--metrics` endpoint. Dropping it stops both.
+#[derive(Debug)]
+pub struct Observers {
+    _reporter: Option<stats::ReporterThread>,
+    _metrics: Option<MetricsServer>,
+}
+
+impl Observers {
+    /// Starts what `config` asks for; announces the metrics address on stderr.
+    pub fn start(config: &crate::ServeConfig) -> Result<Observers, crate::ServeError> {
+        let reporter = match config.model {
+            Model::Process => None,
+            _ => Some(
+                stats::Reporter::new(config.stats_interval)
+                    .spawn()
+                    .map_err(|source| crate::ServeError::Io {
+                        what: "cannot start the stats thread",
+                        source,
+                    })?,
+            ),
+        };
+        let metrics = match config.metrics {
+            // `echolab serve` refuses this pair before; a library caller gets it here.
+            Some(_) if config.model == Model::Process => {
+                return Err(crate::ServeError::Unsupported {
+                    model: config.model,
+                    reason: "--metrics needs a thread, and the process model forks only while it has one".into(),
+                })
+            }
+            Some(addr) => {
+                let endpoint = MetricsServer::start(addr, config.model)
+                    .map_err(|source| crate::ServeError::Bind { addr, source })?;
+                eprintln!("metrics on http://{}/metrics", endpoint.local_addr());
+                Some(endpoint)
+            }
+            None => None,
+        };
+        Ok(Observers {
+            _reporter: reporter,
+            _metrics: metrics,
+        })
+    }
+}
+
+/// The running endpoint; dropping it stops and joins its thread.
+pub struct MetricsServer {
+    addr: SocketAddr,
+    http: Arc<tiny_http::Server>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for MetricsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MetricsServer {
+    /// Binds `addr` and serves `GET /metrics` (anything else: 404; another method: 405).
+    pub fn start(addr: SocketAddr, model: Model) -> io::Result<MetricsServer> {
+        let http = tiny_http::Server::http(addr).map_err(io::Error::other)?;
+        let bound = http
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| io::Error::other("the metrics server has no IP address"))?;
+        let http = Arc::new(http);
+        let serving = Arc::clone(&http);
+        let thread = std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || {
+                for request in serving.incoming_requests() {
+                    let response = match (request.method(), request.url()) {
+                        (tiny_http::Method::Get, "/metrics") => {
+                            let (body, content_type) = if wants_openmetrics(&request) {
+                                (exposition(model), OPENMETRICS)
+                            } else {
+                                (to_prometheus_text(&exposition(model)), PROMETHEUS_TEXT)
+                            };
+                            let mut response = tiny_http::Response::from_string(body);
+                            if let Ok(header) =
+                                tiny_http::Header::from_bytes("Content-Type", content_type)
+                            {
+                                response.add_header(header);
+                            }
+                            response
+                        }
+                        (tiny_http::Method::Get, _) => {
+                            tiny_http::Response::from_string("not found: try /metrics\n")
+                                .with_status_code(404)
+                        }
+                        _ => tiny_http::Response::from_string("only GET\n").with_status_code(405),
+                    };
+                    // A scraper that went away costs only its response.
+                    let _ = request.respond(response);
+                }
+            })?;
+        Ok(MetricsServer {
+            addr: bound,
+            http,
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound address (the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.http.unblock();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::{EndKind, UdpFigures};
+    use std::time::Duration;
+
+    fn encode(snapshot: &Snapshot) -> String {
+        #[derive(Debug)]
+        struct Fixed(Snapshot);
+        impl Collector for Fixed {
+            fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+                encode_snapshot(&self.0, encoder)
+            }
+        }
+        let labels = [(Cow::Borrowed("model"), Cow::Borrowed("event"))];
+        let mut registry = Registry::with_prefix_and_labels("echolab", labels.into_iter());
+        registry.register_collector(Box::new(Fixed(snapshot.clone())));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn every_figure_is_a_series_with_the_model_label() {
+        let snapshot = Snapshot {
+            uptime: Duration::from_millis(1500),
+            opened: 7,
+            closed: 4,
+            refused_full: 2,
+            refused_per_peer: 1,
+            dropped: 3,
+            bytes_in: 1000,
+            bytes_out: 999,
+            accept_pauses: 5,
+            ends: EndKind::ALL.map(|kind| (kind, if kind == EndKind::Reset { 4 } else { 0 })),
+            udp: Some(UdpFigures {
+                received: 9,
+                echoed: 8,
+                dropped: vec![("rate-limited", 1)],
+            }),
+        };
+        let text = encode(&snapshot);
+        for line in [
+            "echolab_uptime_seconds{model=\"event\"} 1.5",
+            "echolab_connections_open{model=\"event\"} 3",
+            "echolab_connections_total{model=\"event\"} 7",
+            "echolab_connections_refused_total{model=\"event\",reason=\"max_conns\"} 2",
+            "echolab_connections_refused_total{model=\"event\",reason=\"max_conns_per_ip\"} 1",
+            "echolab_connections_dropped_total{model=\"event\"} 3",
+            "echolab_connections_closed_total{model=\"event\",reason=\"reset\"} 4",
+            "echolab_connections_closed_total{model=\"event\",reason=\"peer_closed\"} 0",
+            "echolab_bytes_received_total{model=\"event\"} 1000",
+            "echolab_bytes_sent_total{model=\"event\"} 999",
+            "echolab_accept_pauses_total{model=\"event\"} 5",
+            "echolab_udp_datagrams_received_total{model=\"event\"} 9",
+            "echolab_udp_datagrams_echoed_total{model=\"event\"} 8",
+            "echolab_udp_datagrams_dropped_total{model=\"event\",reason=\"rate-limited\"} 1",
+            "# TYPE echolab_connections_open gauge",
+            "# TYPE echolab_bytes_received counter",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "no line {line:?} in:\n{text}"
+            );
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    /// `GET path` with `accept` (if any): status line, Content-Type, body.
+    fn get(addr: SocketAddr, path: &str, accept: Option<&str>) -> (String, String, String) {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+        write!(conn, "GET {path} HTTP/1.0\r\n{accept}\r\n").unwrap();
+        let mut response = String::new();
+        conn.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let content_type = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Type: "))
+            .unwrap_or("")
+            .to_string();
+        (
+            head.lines().next().unwrap().to_string(),
+            content_type,
+            body.to_string(),
+        )
+    }
+
+    #[test]
+    fn the_endpoint_serves_both_formats_and_nothing_else_and_stops_when_dropped() {
+        let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), Model::Event).unwrap();
+        let addr = server.local_addr();
+        assert!(format!("{server:?}").contains(&addr.to_string()));
+        let (status, content_type, body) = get(addr, "/metrics", None);
+        assert_eq!(status, "HTTP/1.0 200 OK");
+        assert_eq!(content_type, PROMETHEUS_TEXT);
+        assert!(
+            body.contains("# TYPE echolab_connections_total counter\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains("echolab_connections_open{model=\"event\"} "),
+            "{body}"
+        );
+        assert!(!body.contains("# EOF"));
+        let openmetrics = "application/openmetrics-text; version=1.0.0,text/plain;q=0.5";
+        let (_, content_type, body) = get(addr, "/metrics", Some(openmetrics));
+        assert_eq!(content_type, OPENMETRICS);
+        assert!(body.contains("# TYPE echolab_connections counter\n") && body.ends_with("# EOF\n"));
+        let (_, content_type, _) = get(addr, "/metrics", Some("text/plain"));
+        assert_eq!(content_type, PROMETHEUS_TEXT);
+        assert_eq!(get(addr, "/", None).0, "HTTP/1.0 404 Not Found");
+        drop(server);
+        // tiny_http's own accept thread closes the listener as it ends, just after.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(addr).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still listening 20 s after drop"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn observers_start_no_thread_for_the_process_model_and_refuse_its_metrics() {
+        let mut config = crate::ServeConfig::new(Model::Process, "127.0.0.1:0".parse().unwrap());
+        let observers = Observers::start(&config).unwrap();
+        assert!(observers._reporter.is_none() && observers._metrics.is_none());
+        config.metrics = Some("127.0.0.1:0".parse().unwrap());
+        assert!(matches!(
+            Observers::start(&config),
+            Err(crate::ServeError::Unsupported {
+                model: Model::Process,
+                ..
+            })
+        ));
+        let mut event = crate::ServeConfig::new(Model::Event, "127.0.0.1:0".parse().unwrap());
+        event.metrics = config.metrics;
+        crate::stats::listen_for_usr1().unwrap();
+        let observers = Observers::start(&event).unwrap();
+        assert!(observers._reporter.is_some() && observers._metrics.is_some());
+    }
+
+    #[test]
+    fn the_exposition_of_a_model_carries_its_label() {
+        let text = exposition(Model::Uring);
+        assert!(
+            text.contains("echolab_uptime_seconds{model=\"uring\"} "),
+            "{text}"
+        );
+        assert!(
+            text.contains("echolab_bytes_sent_total{model=\"uring\"} "),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_classic_text_names_counter_families_by_their_samples() {
+        let openmetrics = "# HELP echolab_bytes_sent Bytes sent.\n# TYPE echolab_bytes_sent counter\necholab_bytes_sent_total{model=\"event\"} 3\n# HELP echolab_connections_open Open.\n# TYPE echolab_connections_open gauge\necholab_connections_open{model=\"event\"} 1\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(openmetrics),
+            "# HELP echolab_bytes_sent_total Bytes sent.\n# TYPE echolab_bytes_sent_total counter\necholab_bytes_sent_total{model=\"event\"} 3\n# HELP echolab_connections_open Open.\n# TYPE echolab_connections_open gauge\necholab_connections_open{model=\"event\"} 1\n"
+        );
+    }
+
+    #[test]
+    fn without_udp_there_are_no_udp_series() {
+        let snapshot = stats::global().snapshot();
+        let mut without = snapshot.clone();
+        without.udp = None;
+        assert!(!encode(&without).contains("udp"));
+    }
+}
