@@ -27,6 +27,7 @@ pub mod accept;
 pub mod admission;
 pub mod cli;
 pub mod conn;
+pub mod deadline;
 pub mod echo;
 pub mod live;
 pub mod logging;
