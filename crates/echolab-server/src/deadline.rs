@@ -229,12 +229,11 @@ impl Wheel {
                 }
             }
             // Keep the bucket's allocation for its next turn.
+            // Nothing was filed back into it (every re-filed token went to a later tick),
+            // so the next search moves past it.
             bucket.clear();
-            let slot = &mut self.buckets[bucket_of(tick)];
-            if slot.is_empty() {
-                *slot = bucket;
-            }
-            tick += 1;
+            debug_assert!(self.buckets[bucket_of(tick)].is_empty());
+            self.buckets[bucket_of(tick)] = bucket;
         }
         self.cursor = self.cursor.max(now_tick + 1);
     }
@@ -412,8 +411,18 @@ mod tests {
     fn a_first_touch_after_a_quiet_spell_starts_the_turn_there() {
         let t0 = Instant::now();
         let mut deadlines = Deadlines::new(Some(Duration::from_millis(60)), t0);
+        deadlines.touch(1, t0);
+        deadlines.remove(1);
         let later = t0 + Duration::from_secs(100);
         deadlines.touch(3, later);
+        assert_eq!(deadlines.next_wake(later), Some(Duration::from_millis(60)));
+        // Likewise after the last deadline fired.
+        assert_eq!(
+            expired(&mut deadlines, later + Duration::from_secs(1)),
+            vec![3]
+        );
+        let later = later + Duration::from_secs(100);
+        deadlines.touch(4, later);
         assert_eq!(deadlines.next_wake(later), Some(Duration::from_millis(60)));
     }
 
