@@ -29,6 +29,7 @@ pub mod cli;
 pub mod conn;
 pub mod deadline;
 pub mod echo;
+pub mod event_loop;
 pub mod live;
 pub mod logging;
 pub mod model;
