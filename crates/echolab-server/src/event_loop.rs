@@ -339,6 +339,7 @@ pub fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::net::UnixStream;
 
     #[test]
     fn slots_reuse_a_freed_token_before_growing() {
@@ -406,6 +407,112 @@ mod tests {
         );
         assert_eq!(n_conns, ACCEPTS_PER_TURN + 3);
         assert!(!pace.due(false, Instant::now()));
+    }
+
+    /// A connection over a Unix socket pair (the turn needs only `Read + Write`), and the
+    /// peer's end.
+    fn pair() -> (LoopConn<UnixStream>, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        theirs
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let admission = ConnCap::new(1, None).admit(peer).unwrap();
+        let conn = LoopConn::open(ours, peer, EchoConfig::default(), admission);
+        (conn, theirs)
+    }
+
+    const READABLE: Ready = Ready {
+        readable: true,
+        writable: false,
+    };
+
+    #[test]
+    fn a_turn_reads_at_most_its_budget_and_says_bytes_are_left() {
+        let (mut conn, mut peer) = pair();
+        peer.write_all(b"abcdefghij").unwrap();
+        let mut buf = [0u8; 3];
+        assert!(matches!(conn.serve(&mut buf, READABLE, 2), Served::Moved));
+        assert_eq!(conn.echo.bytes_in(), 6);
+        assert!(
+            conn.read_pending(),
+            "bytes are left, and no new edge will say so"
+        );
+        let mut echoed = [0u8; 6];
+        peer.read_exact(&mut echoed).unwrap();
+        assert_eq!(&echoed, b"abcdef");
+        // The next turn goes on without readiness news, until the socket would block.
+        assert!(matches!(
+            conn.serve(&mut buf, Ready::NONE, 8),
+            Served::Moved
+        ));
+        assert_eq!(conn.echo.bytes_in(), 10);
+        assert!(!conn.read_pending());
+        // Nothing left: a turn moves nothing.
+        assert!(matches!(conn.serve(&mut buf, READABLE, 8), Served::Quiet));
+        assert!(matches!(
+            conn.serve(&mut buf, Ready::NONE, 8),
+            Served::Quiet
+        ));
+    }
+
+    #[test]
+    fn a_turn_ends_at_the_peers_close_once_everything_went_back() {
+        let (mut conn, mut peer) = pair();
+        peer.write_all(b"bye").unwrap();
+        peer.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut buf = [0u8; 64];
+        match conn.serve(&mut buf, READABLE, 4) {
+            Served::Close(End::PeerClosed) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(!conn.read_pending());
+        conn.close(&End::PeerClosed);
+        let mut echoed = Vec::new();
+        peer.read_to_end(&mut echoed).unwrap();
+        assert_eq!(echoed, b"bye");
+    }
+
+    #[test]
+    fn a_writable_turn_sends_what_is_owed_and_a_closed_peer_ends_it() {
+        let (mut conn, mut peer) = pair();
+        // Fill our side until the kernel takes no more: the rest is owed.
+        let chunk = vec![7u8; 64 * 1024];
+        let mut buf = vec![0u8; 64 * 1024];
+        peer.set_nonblocking(true).unwrap();
+        while peer.write(&chunk).is_ok() {
+            let _ = conn.serve(&mut buf, READABLE, 1);
+            if conn.echo.wants_write() {
+                break;
+            }
+        }
+        assert!(
+            conn.echo.wants_write(),
+            "nothing owed: the kernel took everything"
+        );
+        let owed_before = conn.echo.bytes_out();
+        // The peer reads: our side becomes writable, and a writable turn sends.
+        let mut sink = vec![0u8; 1 << 20];
+        while peer.read(&mut sink).is_ok() {}
+        let writable = Ready {
+            readable: false,
+            writable: true,
+        };
+        assert!(matches!(conn.serve(&mut buf, writable, 0), Served::Moved));
+        assert!(conn.echo.bytes_out() > owed_before);
+        // A closed peer: the next write fails (or the read sees the end), and the turn
+        // says close.
+        drop(peer);
+        let both = Ready {
+            readable: true,
+            writable: true,
+        };
+        let ended = (0..4).find_map(|_| match conn.serve(&mut buf, both, 1) {
+            Served::Close(end) => Some(end),
+            _ => None,
+        });
+        assert!(ended.is_some());
     }
 
     #[test]
