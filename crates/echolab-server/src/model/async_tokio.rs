@@ -15,7 +15,7 @@
 //! tokio's readiness (`poll_read_ready`, `try_read`, `try_write`), so backpressure,
 //! half-close and lines mode follow the same rules as in every other model.
 //!
-//! Memory: a connection's task is [`ConnTask`], a future written by hand rather than an
+//! Memory: a connection's task is `ConnTask`, a future written by hand rather than an
 //! `async fn` with a `select!`: an `async fn` keeps copies of its arguments beside the
 //! futures it awaits (a `select!` over stop, idle timer and readiness measured 1,080 bytes,
 //! and tokio's task cell rounds to 128), where `ConnTask` holds its socket, its echo, its

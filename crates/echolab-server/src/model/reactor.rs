@@ -36,7 +36,7 @@
 //! still readable after [`READS_PER_TURN`] reads goes on the loop's `again` list and is
 //! served in the next turn, after everyone else ready now, as if a new edge had come.
 //!
-//! Memory: an idle connection costs its [`Conn`] (under 200 bytes), 16 bytes of idle
+//! Memory: an idle connection costs its `Conn` (under 200 bytes), 16 bytes of idle
 //! deadline, and the kernel's socket; its echo allocates only when bytes are owed.
 
 use std::io;
