@@ -61,7 +61,8 @@ pub fn log_closed_counts(peer: SocketAddr, bytes_in: u64, bytes_out: u64, end: &
     }
 }
 
-/// The idle sweep of the loop models (reactor, uring) runs at most this often. Each sweep
+/// The idle sweep of the uring model (event and reactor use [`crate::deadline::Deadlines`])
+/// runs at most this often. Each sweep
 /// visits every connection of the loop, so the spacing bounds its cost; a silent
 /// connection is closed between the idle timeout and the timeout plus this.
 pub const IDLE_SWEEP_SPACING: Duration = Duration::from_millis(100);
