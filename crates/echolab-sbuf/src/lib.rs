@@ -146,6 +146,14 @@ mod tests {
     }
 
     #[test]
+    fn the_deadline_runs_its_body() {
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&ran);
+        within_deadline(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
+        assert!(ran.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[test]
     fn items_come_out_in_order() {
         within_deadline(|| {
             let queue = BoundedQueue::new(3);
