@@ -29,7 +29,11 @@ pub const BENCH_BUDGET_ENV: &str = "ECHOLAB_BENCH_READS_PER_TURN";
 
 /// `budget`, or what [`BENCH_BUDGET_ENV`] says (an error if it is not a whole number).
 pub fn bench_read_budget(budget: usize) -> io::Result<usize> {
-    let Ok(text) = std::env::var(BENCH_BUDGET_ENV) else {
+    parse_read_budget(std::env::var(BENCH_BUDGET_ENV).ok().as_deref(), budget)
+}
+
+fn parse_read_budget(text: Option<&str>, budget: usize) -> io::Result<usize> {
+    let Some(text) = text else {
         return Ok(budget);
     };
     match text.parse::<usize>() {
@@ -513,6 +517,29 @@ mod tests {
             _ => None,
         });
         assert!(ended.is_some());
+    }
+
+    #[test]
+    fn the_benchmarks_read_budget_is_the_default_unless_set() {
+        assert_eq!(parse_read_budget(None, 4).unwrap(), 4);
+        assert_eq!(parse_read_budget(Some("0"), 4).unwrap(), usize::MAX);
+        assert_eq!(parse_read_budget(Some("7"), 4).unwrap(), 7);
+        let err = parse_read_budget(Some("x"), 4).unwrap_err().to_string();
+        assert!(err.contains("ECHOLAB_BENCH_READS_PER_TURN=x"), "{err}");
+    }
+
+    #[test]
+    fn out_of_descriptors_pauses_accepting() {
+        let cap = ConnCap::new(usize::MAX, None);
+        let mut pace = AcceptPace::default();
+        let mut n_conns = 0;
+        let emfile = || -> io::Result<((), SocketAddr)> { Err(io::Error::from_raw_os_error(24)) };
+        pace.accept(&cap, emfile, |(), _, _| n_conns += 1);
+        let now = Instant::now();
+        assert_eq!(n_conns, 0);
+        assert!(!pace.listening(now), "a pause after EMFILE");
+        assert!(pace.wake(now).is_some_and(|wait| wait > Duration::ZERO));
+        assert!(!pace.due(true, now));
     }
 
     #[test]
