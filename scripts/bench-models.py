@@ -2,7 +2,7 @@
 """echolab's models against the reference C servers of ../shared/bench, on this machine,
 in one sitting.
 
-Usage: scripts/bench-models.py [--preset fast|lecture|uring] [--quick] [--runs N] [--secs S] [--echolab PATH]
+Usage: scripts/bench-models.py [--preset fast|lecture|uring|budget] [--quick] [--runs N] [--secs S] [--echolab PATH]
 
 - `--preset fast` (default): issue 4's targets. The fast models (reactor, uring, async) and
   the event model against `ref_epoll`, every row with its ratio and PASS or FALL SHORT.
@@ -14,6 +14,11 @@ Usage: scripts/bench-models.py [--preset fast|lecture|uring] [--quick] [--runs N
   message against `ref_epoll -t 1` (both one loop) and `ref_epoll -t CORES` (default
   workers) at 64 and 512 connections, messages/s and p99 beside them, MB/s at 16 KiB x 64
   connections, CPU per connection under churn; the load average is printed with the table.
+- `--preset budget`: what the reactor's read budget (4 reads per connection per turn,
+  issue 9) costs. `reactor -w 1` with the budget, without it (the environment variable
+  ECHOLAB_BENCH_READS_PER_TURN=0, for benchmarks only) and `ref_epoll -t 1`: one
+  full-speed two-way streamer (loadgen, 1 connection, 64 messages of 16 KiB in flight)
+  and 64 connections of 16 KiB ping-pong; MB/s, with the budget >= 0.90x without.
 
 - Builds the reference tools (scripts/build-ref.sh) and `echolab` (cargo, release).
 - Every figure is the median of N runs (default 5; --quick: 2 runs of 1.5 s). The
@@ -40,6 +45,9 @@ import statistics
 import subprocess
 import sys
 import time
+
+# The reactor with its read budget lifted (ECHOLAB_BENCH_READS_PER_TURN=0).
+UNBUDGETED = "reactor-no-budget"
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -88,11 +96,15 @@ class Server:
                                          stderr=subprocess.DEVNULL, preexec_fn=raise_nofile)
             wait_listening(self.port)
         else:
+            env = None
+            if kind == UNBUDGETED:
+                kind, env = "reactor", dict(os.environ, ECHOLAB_BENCH_READS_PER_TURN="0")
             cmd = [args.echolab, "serve", "--model", kind, "--listen", "127.0.0.1:0", "--quiet"]
             if opts:
                 cmd += ["--workers", str(opts)]
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE, text=True, preexec_fn=raise_nofile)
+                                         stderr=subprocess.PIPE, text=True, preexec_fn=raise_nofile,
+                                         env=env)
             line = self.proc.stderr.readline()  # The first line, printed once bound.
             m = re.search(r"listening on \S+:(\d+) \(model", line)
             if not m:
@@ -214,6 +226,8 @@ def run_group(args, name, candidates, load):
 
 def label(c):
     kind, opts = c
+    if kind == UNBUDGETED:
+        return f"reactor -w {opts} (no budget)"
     if kind == "ref_epoll":
         return f"ref_epoll -t {opts}"
     if kind == "ref_threads":
@@ -285,9 +299,9 @@ class Table:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", choices=["fast", "lecture", "uring"], default="fast",
+    ap.add_argument("--preset", choices=["fast", "lecture", "uring", "budget"], default="fast",
                     help="fast: issue 4's targets (default); lecture: the lecture's models beside the C references; "
-                         "uring: issue 12's targets for the io_uring model")
+                         "uring: issue 12's targets for the io_uring model; budget: the reactor's read budget against none (issue 9)")
     ap.add_argument("--quick", action="store_true", help="2 runs of 1.5 s, 2,000 idle connections")
     ap.add_argument("--runs", type=int, help="runs per candidate (default 5)")
     ap.add_argument("--secs", type=float, help="seconds per run (default 4)")
@@ -311,6 +325,8 @@ def main():
         return lecture(args)
     if args.preset == "uring":
         return uring_targets(args, cores)
+    if args.preset == "budget":
+        return budget(args)
     ref1, ref_all = ("ref_epoll", 1), ("ref_epoll", cores)
     reactor1, reactor = ("reactor", 1), ("reactor", None)
     uring, async_, event = ("uring", None), ("async", None), ("event", None)
@@ -388,6 +404,25 @@ def uring_targets(args, cores):
     load_after = os.getloadavg()
     print(f"\n# issue 12 targets: medians of {args.runs} runs x {args.secs} s, alternated; {cores} cores shared by "
           f"client and server; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    table.print()
+    return 0
+
+
+def budget(args):
+    """The reactor's read budget against none, and both against ref_epoll -t 1."""
+    ref1, budgeted, unbudgeted = ("ref_epoll", 1), ("reactor", 1), (UNBUDGETED, 1)
+    candidates = [ref1, budgeted, unbudgeted]
+    table = Table()
+    loads = [("streamer, 1 conn, 64 x 16 KiB in flight", ["-c", "1", "-P", "64", "-s", "16384"]),
+             ("16 KiB ping-pong, 64 conns", ["-c", "64", "-s", "16384"])]
+    for name, load in loads:
+        log(f"{name}:")
+        g = run_group(args, name, candidates, load)
+        table.ratio(f"MB/s  reactor -w 1, budget vs none, {name}", g[budgeted]["mbps"], g[unbudgeted]["mbps"], 0.90, True)
+        table.ratio(f"MB/s  reactor -w 1 vs ref_epoll -t 1, {name}", g[budgeted]["mbps"], g[ref1]["mbps"], 0.95, True)
+        table.ratio(f"MB/s  reactor -w 1 (no budget) vs ref_epoll -t 1, {name}", g[unbudgeted]["mbps"], g[ref1]["mbps"], 0.95, True)
+    print(f"\n# the reactor's read budget (issue 9): medians of {args.runs} runs x {args.secs} s, alternated; "
+          f"{os.cpu_count()} cores shared by client and server; load average {os.getloadavg()[0]:.2f}")
     table.print()
     return 0
 

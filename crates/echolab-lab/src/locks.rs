@@ -174,23 +174,57 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
-    #[test]
-    fn readers_share_and_writers_exclude() {
-        let lock = WriterPreferringLock::new();
+    /// Two readers are inside at once (reader A, inside, waits for reader B to enter,
+    /// bounded by [`SHARE_WAIT`]), and no one is inside with a writer. With `read` made
+    /// exclusive, B cannot enter while A waits, and the test fails after `SHARE_WAIT`.
+    fn check_readers_share_and_writers_exclude(
+        read: &(dyn Fn(&dyn Fn()) + Sync),
+        write: &(dyn Fn(&dyn Fn()) + Sync),
+    ) {
+        const SHARE_WAIT: Duration = Duration::from_secs(10);
+        let (a_inside_tx, a_inside_rx) = std::sync::mpsc::channel::<()>();
+        let (b_inside_tx, b_inside_rx) = std::sync::mpsc::channel::<()>();
+        let a_saw_b = std::thread::scope(|scope| {
+            let a = scope.spawn(move || {
+                let saw_b = std::cell::Cell::new(false);
+                read(&|| {
+                    a_inside_tx.send(()).unwrap();
+                    saw_b.set(b_inside_rx.recv_timeout(SHARE_WAIT).is_ok());
+                });
+                saw_b.get()
+            });
+            scope.spawn(move || {
+                a_inside_rx.recv().unwrap();
+                read(&|| {
+                    let _ = b_inside_tx.send(());
+                });
+            });
+            a.join().unwrap()
+        });
+        assert!(a_saw_b, "reader B never entered while reader A was inside");
+
         let inside = AtomicUsize::new(0);
         std::thread::scope(|scope| {
             for _ in 0..4 {
                 scope.spawn(|| {
                     for _ in 0..200 {
-                        lock.write(|| {
+                        write(&|| {
                             assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0);
                             inside.fetch_sub(1, Ordering::SeqCst);
                         });
-                        lock.read(|| assert!(inside.load(Ordering::SeqCst) == 0));
+                        read(&|| assert!(inside.load(Ordering::SeqCst) == 0));
                     }
                 });
             }
         });
+    }
+
+    #[test]
+    fn readers_share_and_writers_exclude() {
+        let lock = WriterPreferringLock::new();
+        check_readers_share_and_writers_exclude(&|f| lock.read(f), &|f| lock.write(f));
+        let lock = ReaderPreferringLock::new();
+        check_readers_share_and_writers_exclude(&|f| lock.read(f), &|f| lock.write(f));
     }
 
     #[test]

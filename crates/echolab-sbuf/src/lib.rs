@@ -123,77 +123,115 @@ impl<T> BoundedQueue<T> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use std::sync::mpsc::RecvTimeoutError;
     use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Runs `body` on a thread of its own and fails if it has not finished in 10 s: a
+    /// queue that loses an item or a wake-up would otherwise hang the test, not fail it.
+    /// (A hung body's thread is left blocked; the test binary still exits.)
+    fn within_deadline(body: impl FnOnce() + Send + 'static) {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let runner = std::thread::spawn(move || {
+            body();
+            let _ = done_tx.send(());
+        });
+        match done_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(()) => runner.join().unwrap(),
+            Err(RecvTimeoutError::Disconnected) => {
+                std::panic::resume_unwind(runner.join().unwrap_err())
+            }
+            Err(RecvTimeoutError::Timeout) => panic!("hung: the test did not finish in 10 s"),
+        }
+    }
+
+    #[test]
+    fn the_deadline_runs_its_body() {
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&ran);
+        within_deadline(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
+        assert!(ran.load(std::sync::atomic::Ordering::SeqCst));
+    }
 
     #[test]
     fn items_come_out_in_order() {
-        let queue = BoundedQueue::new(3);
-        assert!(queue.is_empty());
-        for i in 0..3 {
-            queue.push(i).unwrap();
-        }
-        assert!(!queue.is_empty());
-        assert_eq!(queue.len(), 3);
-        assert_eq!(queue.capacity(), 3);
-        assert_eq!(
-            (queue.pop(), queue.pop(), queue.pop()),
-            (Some(0), Some(1), Some(2))
-        );
+        within_deadline(|| {
+            let queue = BoundedQueue::new(3);
+            assert!(queue.is_empty());
+            for i in 0..3 {
+                queue.push(i).unwrap();
+            }
+            assert!(!queue.is_empty());
+            assert_eq!(queue.len(), 3);
+            assert_eq!(queue.capacity(), 3);
+            assert_eq!(
+                (queue.pop(), queue.pop(), queue.pop()),
+                (Some(0), Some(1), Some(2))
+            );
+        });
     }
 
     #[test]
     fn a_full_queue_makes_the_producer_wait_until_a_pop() {
-        let queue = Arc::new(BoundedQueue::new(1));
-        queue.push(1).unwrap();
-        let producer = {
-            let queue = Arc::clone(&queue);
-            std::thread::spawn(move || queue.push(2))
-        };
-        // The producer cannot finish before this pop frees the slot: join proves it got in.
-        assert_eq!(queue.pop(), Some(1));
-        producer.join().unwrap().unwrap();
-        assert_eq!(queue.pop(), Some(2));
+        within_deadline(|| {
+            let queue = Arc::new(BoundedQueue::new(1));
+            queue.push(1).unwrap();
+            let producer = {
+                let queue = Arc::clone(&queue);
+                std::thread::spawn(move || queue.push(2))
+            };
+            // The producer cannot finish before this pop frees the slot: join proves it got in.
+            assert_eq!(queue.pop(), Some(1));
+            producer.join().unwrap().unwrap();
+            assert_eq!(queue.pop(), Some(2));
+        });
     }
 
     #[test]
     fn close_drains_then_stops_and_refuses_pushes() {
-        let queue = BoundedQueue::new(2);
-        queue.push(1).unwrap();
-        queue.close();
-        assert_eq!(queue.push(2), Err(2));
-        assert_eq!(queue.pop(), Some(1));
-        assert_eq!(queue.pop(), None);
+        within_deadline(|| {
+            let queue = BoundedQueue::new(2);
+            queue.push(1).unwrap();
+            queue.close();
+            assert_eq!(queue.push(2), Err(2));
+            assert_eq!(queue.pop(), Some(1));
+            assert_eq!(queue.pop(), None);
+        });
     }
 
     #[test]
     fn many_producers_and_consumers_lose_nothing() {
-        let queue = BoundedQueue::new(4);
-        let total: u64 = std::thread::scope(|scope| {
-            let queue = &queue;
-            let producers: Vec<_> = (0..4u64)
-                .map(|p| {
-                    scope.spawn(move || (0..1000).for_each(|i| queue.push(p * 1000 + i).unwrap()))
-                })
-                .collect();
-            // Each consumer also checks the bound after every pop: producers that did not
-            // wait on a full queue would outrun three consumers within a few items.
-            let consumers: Vec<_> = (0..3)
-                .map(|_| {
-                    scope.spawn(move || {
-                        let mut sum = 0;
-                        while let Some(item) = queue.pop() {
-                            assert!(queue.len() <= queue.capacity(), "{} items", queue.len());
-                            sum += item;
-                        }
-                        sum
+        within_deadline(|| {
+            let queue = BoundedQueue::new(4);
+            let total: u64 = std::thread::scope(|scope| {
+                let queue = &queue;
+                let producers: Vec<_> = (0..4u64)
+                    .map(|p| {
+                        scope.spawn(move || {
+                            (0..1000).for_each(|i| queue.push(p * 1000 + i).unwrap())
+                        })
                     })
-                })
-                .collect();
-            producers.into_iter().for_each(|p| p.join().unwrap());
-            queue.close();
-            consumers.into_iter().map(|c| c.join().unwrap()).sum()
+                    .collect();
+                // Each consumer also checks the bound after every pop: producers that did not
+                // wait on a full queue would outrun three consumers within a few items.
+                let consumers: Vec<_> = (0..3)
+                    .map(|_| {
+                        scope.spawn(move || {
+                            let mut sum = 0;
+                            while let Some(item) = queue.pop() {
+                                assert!(queue.len() <= queue.capacity(), "{} items", queue.len());
+                                sum += item;
+                            }
+                            sum
+                        })
+                    })
+                    .collect();
+                producers.into_iter().for_each(|p| p.join().unwrap());
+                queue.close();
+                consumers.into_iter().map(|c| c.join().unwrap()).sum()
+            });
+            assert_eq!(total, (0..4000).sum::<u64>());
         });
-        assert_eq!(total, (0..4000).sum::<u64>());
     }
 }
 

@@ -146,13 +146,7 @@ impl<'a> Acceptor<'a> {
                     .and_then(|()| net::configure(&conn))
                 {
                     Ok(()) => return Some((conn, peer)),
-                    Err(err) => {
-                        crate::stats::global().dropped();
-                        log::warn!(
-                            "conn {peer} dropped: cannot configure it: {}",
-                            net::describe(&err)
-                        )
-                    }
+                    Err(err) => crate::conn::log_dropped(peer, &err),
                 },
                 Err(err) => self.paused_until = after_accept_error(&err),
             }

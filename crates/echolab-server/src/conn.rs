@@ -6,7 +6,7 @@ use std::fmt;
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::echo::{Echo, EchoConfig, EchoError};
 use crate::net;
@@ -40,6 +40,16 @@ impl fmt::Display for End {
     }
 }
 
+/// Counts and logs a connection from `peer` accepted but dropped before it was served,
+/// because its socket options could not be set (`err`).
+pub fn log_dropped(peer: SocketAddr, err: &io::Error) {
+    crate::stats::global().dropped();
+    log::warn!(
+        "conn {peer} dropped: cannot configure it: {}",
+        net::describe(err)
+    );
+}
+
 /// Logs that a connection from `peer` was accepted.
 pub fn log_opened(peer: SocketAddr) {
     crate::stats::global().opened();
@@ -61,36 +71,6 @@ pub fn log_closed_counts(peer: SocketAddr, bytes_in: u64, bytes_out: u64, end: &
         }
         _ => log::debug!("conn {peer} closed: {end} ({bytes_in} bytes in, {bytes_out} out)"),
     }
-}
-
-/// The idle sweep of the loop models (reactor, uring) runs at most this often. Each sweep
-/// visits every connection of the loop, so the spacing bounds its cost; a silent
-/// connection is closed between the idle timeout and the timeout plus this.
-pub const IDLE_SWEEP_SPACING: Duration = Duration::from_millis(100);
-
-/// One idle sweep over `(conn_idx, last_active)` pairs: the connections silent for
-/// `timeout` (to close with [`End::Idle`]), and when the next sweep is due, at the earliest
-/// remaining deadline but no sooner than [`IDLE_SWEEP_SPACING`] (`None`: nothing to watch).
-pub fn idle_sweep(
-    last_active: impl IntoIterator<Item = (usize, Instant)>,
-    timeout: Duration,
-    now: Instant,
-) -> (Vec<usize>, Option<Instant>) {
-    let mut expired = Vec::new();
-    let mut earliest: Option<Instant> = None;
-    for (conn_idx, active) in last_active {
-        // A timeout past the clock's end never expires (`ServeConfig` may hold any value).
-        let Some(deadline) = active.checked_add(timeout) else {
-            continue;
-        };
-        if deadline <= now {
-            expired.push(conn_idx);
-        } else {
-            earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
-        }
-    }
-    let next = earliest.map(|deadline| deadline.max(now + IDLE_SWEEP_SPACING));
-    (expired, next)
 }
 
 /// What a blocking connection needs besides its socket.
@@ -200,44 +180,6 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::net::{Shutdown as Direction, TcpListener};
-
-    #[test]
-    fn idle_sweep_closes_at_the_deadline_and_plans_the_next_sweep() {
-        let t0 = Instant::now();
-        let timeout = Duration::from_secs(10);
-        let conns = [
-            (0, t0),
-            (1, t0 + Duration::from_secs(1)),
-            (2, t0 + Duration::from_secs(5)),
-        ];
-        // Exactly at conn 0's deadline: it expires, the others do not.
-        let (expired, next) = idle_sweep(conns, timeout, t0 + timeout);
-        assert_eq!(expired, vec![0]);
-        assert_eq!(next, Some(t0 + Duration::from_secs(11)));
-        // Just before: nothing expires, the next sweep is conn 0's deadline.
-        let now = t0 + timeout - Duration::from_millis(500);
-        let (expired, next) = idle_sweep(conns, timeout, now);
-        assert!(expired.is_empty());
-        assert_eq!(next, Some(t0 + timeout));
-        // A deadline sooner than the spacing: the sweep waits the spacing.
-        let now = t0 + timeout - Duration::from_millis(1);
-        let (_, next) = idle_sweep(conns, timeout, now);
-        assert_eq!(next, Some(now + IDLE_SWEEP_SPACING));
-        // Nothing to watch.
-        assert_eq!(idle_sweep([], timeout, t0), (vec![], None));
-    }
-
-    #[test]
-    fn idle_sweep_with_a_timeout_past_the_clock_never_expires_and_never_panics() {
-        let t0 = Instant::now();
-        let (expired, next) = idle_sweep(
-            [(0, t0), (1, t0)],
-            Duration::MAX,
-            t0 + Duration::from_secs(1),
-        );
-        assert!(expired.is_empty());
-        assert_eq!(next, None);
-    }
 
     #[test]
     fn ends_read_as_the_log_says() {

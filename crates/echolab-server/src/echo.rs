@@ -635,6 +635,10 @@ mod tests {
         };
         let mut out = Vec::new();
         Echo::new(config).on_input(b"abcd\n", &mut out).unwrap();
+        // The second line of one read is measured from its own start, not its newline's.
+        Echo::new(config)
+            .on_input(b"abcd\nefgh\n", &mut out)
+            .unwrap();
         let err = Echo::new(config)
             .on_input(b"abcde\n", &mut out)
             .unwrap_err();

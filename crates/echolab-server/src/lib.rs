@@ -15,6 +15,8 @@
 //!   [`model::async_tokio`] (tokio, the conventional Rust server).
 //! - The shared layer: [`echo`] (what to echo, when, how much may wait), [`conn`] (the
 //!   blocking per-connection loop, the lecture's `echo(connfd)`, and the close log line),
+//!   [`event_loop`] (what the readiness loops share: connections by token, a connection's
+//!   budgeted turn, the paced accept), [`deadline`] (the loops' idle timeout, a timer wheel),
 //!   [`admission`] (the one connection cap: `--max-conns`, `--max-conns-per-ip`),
 //!   [`accept`] (the accept pause after EMFILE, and the blocking models' accept loop),
 //!   [`runner`] (N event loops, stopped together), [`live`] (the open connections of a
@@ -34,6 +36,7 @@ pub mod cli;
 pub mod conn;
 pub mod deadline;
 pub mod echo;
+pub mod event_loop;
 pub mod live;
 pub mod logging;
 pub mod metrics;

@@ -70,6 +70,18 @@ pub fn bind_another(first: &TcpListener) -> io::Result<TcpListener> {
     bind_socket(addr, true, addr.is_ipv6() && first_socket.only_v6()?)
 }
 
+/// `n` listeners on `first`'s address: `first` and `n - 1` more (at least one in all).
+/// Every one exists before any loop starts, so a bind failure stops the server before it
+/// serves anyone.
+pub fn listeners_like(first: TcpListener, n: usize) -> io::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::with_capacity(n.max(1));
+    for _ in 1..n {
+        listeners.push(bind_another(&first)?);
+    }
+    listeners.push(first);
+    Ok(listeners)
+}
+
 /// Sets the options every connection gets.
 ///
 /// `TCP_NODELAY`: without it a message written in pieces waits about 40 ms for Nagle's

@@ -148,11 +148,7 @@ impl Conn {
             }
         };
         if let Err(err) = net::configure(&stream) {
-            crate::stats::global().dropped();
-            log::warn!(
-                "conn {peer} dropped: cannot configure it: {}",
-                net::describe(&err)
-            );
+            crate::conn::log_dropped(peer, &err);
             return None;
         }
         Some(Conn::new(stream, peer, Echo::new(echo), admission))

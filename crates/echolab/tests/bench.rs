@@ -549,7 +549,10 @@ fn compare_quick_writes_results_that_parse() {
                 assert_eq!(run["leftover_children"], 0, "{model}: {run:#}");
                 // How long settling took is a figure of the machine's load (3.2 s seen at
                 // load 100), not of correctness: only that it was measured.
-                assert!(run["settle_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{run:#}");
+                assert!(
+                    run["settle_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+                    "{run:#}"
+                );
             }
         }
     }

@@ -176,11 +176,7 @@ fn fork_child(
         .set_nonblocking(false)
         .and_then(|()| net::configure(&conn))
     {
-        stats::global().dropped();
-        log::warn!(
-            "conn {peer} dropped: cannot configure it: {}",
-            net::describe(&err)
-        );
+        crate::conn::log_dropped(peer, &err);
         return Ok(None);
     }
     // Block SIGINT and SIGTERM across the fork, as CS:APP blocks SIGCHLD around its job
