@@ -67,6 +67,7 @@ fn every_subcommand_refuses_bad_values_in_one_line() {
         (&["bench", "--udp", "127.0.0.1:9"], "--size"),
         (&["bench", "--udp", "127.0.0.1:9"], "--timeout"),
         (&["bench", "--udp", "127.0.0.1:9"], "--conns"),
+        (&["bench", "--udp", "127.0.0.1:9"], "--interval"),
         (&["client", "--udp", "127.0.0.1:9"], "--size"),
         (&["client", "--udp", "127.0.0.1:9"], "--timeout"),
         (&["compare"], "--repeats"),
@@ -138,4 +139,30 @@ fn a_fractional_idle_timeout_is_taken_and_kept() {
     let mut conn = connect(server.addr);
     conn.set_read_timeout(Some(STEP)).unwrap();
     assert_eq!(conn.read(&mut buf).unwrap_or(0), 0);
+}
+
+/// `bench --udp --interval 500ms` said "not a number of seconds": UDP's progress interval
+/// is a duration with a unit like every other (and TCP bench's own --interval).
+#[test]
+fn the_udp_bench_interval_takes_units() {
+    let server = Server::start("reactor", &["--udp"]);
+    let addr = server.addr.to_string();
+    let child = echolab()
+        .args(["bench", "--udp", &addr, "--conns", "1", "--duration", "300ms"])
+        .args(["--interval", "100ms"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = finish_bounded(child, STEP);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains(" measured, "), "progress lines: {stderr}");
+    let line = refused(
+        &["bench", "--udp", "127.0.0.1:9", "--interval", "50ms"],
+        "--interval",
+        "50ms",
+    );
+    assert!(line.contains("100ms"), "{line}");
 }
