@@ -223,6 +223,16 @@ impl BenchArgs {
                 ));
             }
         }
+        if let (Some(n), Some(rate)) = (self.hold, self.connect_rate) {
+            // Connects are paced from the first: n of them take (n - 1) / rate seconds.
+            let secs = n.saturating_sub(1) as f64 / rate;
+            if secs > MAX_SECS.as_secs_f64() {
+                return Err(format!(
+                    "--connect-rate {rate:?} takes {secs:.3e} s to open --hold {n} connections: at most a day ({} per second or more)",
+                    (n - 1) as f64 / MAX_SECS.as_secs_f64()
+                ));
+            }
+        }
         let (n_threads, threads_from) = match self.threads {
             Some(n) => (n, ThreadsFrom::Given),
             None => ThreadsFrom::default_for(self.addr, cores()),

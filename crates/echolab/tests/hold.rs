@@ -67,7 +67,7 @@ fn held_connections_are_verified_spread_and_still_open_after_the_window() {
 
 #[test]
 fn impossible_plans_are_one_line_and_exit_2() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["--hold", "10", "--source-ip", "10.0.0.1-10.0.0.5"],
             "outside loopback",
@@ -79,6 +79,17 @@ fn impossible_plans_are_one_line_and_exit_2() {
             "empty range",
         ),
         (&["--hold", "5", "--connect-rate", "-3"], "--connect-rate"),
+        // Ten connections at one per 1e10 s: establishing would outlast any run (it
+        // waited until killed); more than a day of connects is refused like a --rate
+        // that sends nothing in its window.
+        (
+            &["--hold", "10", "--connect-rate", "1e-10"],
+            "--connect-rate 1e-10",
+        ),
+        (
+            &["--hold", "100000", "--connect-rate", "1"],
+            "--connect-rate 1.0",
+        ),
     ];
     for (extra, needle) in cases {
         let mut args = vec!["bench", "127.0.0.1:9"];
