@@ -223,6 +223,24 @@ impl BenchArgs {
                 ));
             }
         }
+        if self.hold.is_some() && self.json_stream {
+            return Err(
+                "--json-stream cannot be combined with --hold: use --json (one document)"
+                    .to_string(),
+            );
+        }
+        if self.hold.is_some() && self.active == Some(0) && self.thresholds().any() {
+            return Err(
+                "--max-p99, --min-rate and --max-errors judge the active connections: --active 0 measures none"
+                    .to_string(),
+            );
+        }
+        if self.hold.is_some() && self.active == Some(0) && self.hdr_log.is_some() {
+            return Err(
+                "--hdr-log records the active connections' latency: --active 0 measures none"
+                    .to_string(),
+            );
+        }
         if let (Some(n), Some(rate)) = (self.hold, self.connect_rate) {
             // Connects are paced from the first: n of them take (n - 1) / rate seconds.
             let secs = n.saturating_sub(1) as f64 / rate;
