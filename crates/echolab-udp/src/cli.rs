@@ -597,7 +597,11 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 /// The progress interval: 0 (none) or from 0.1 s to a day, as TCP bench's (a duration
 /// with a unit: 500ms, 2s; a bare number is seconds).
 fn parse_interval(text: &str) -> Result<Duration, String> {
-    units::duration_or_zero(text, Duration::from_millis(100), Duration::from_secs(86_400))
+    units::duration_or_zero(
+        text,
+        Duration::from_millis(100),
+        Duration::from_secs(86_400),
+    )
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {

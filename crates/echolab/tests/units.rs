@@ -148,7 +148,15 @@ fn the_udp_bench_interval_takes_units() {
     let server = Server::start("reactor", &["--udp"]);
     let addr = server.addr.to_string();
     let child = echolab()
-        .args(["bench", "--udp", &addr, "--conns", "1", "--duration", "300ms"])
+        .args([
+            "bench",
+            "--udp",
+            &addr,
+            "--conns",
+            "1",
+            "--duration",
+            "300ms",
+        ])
         .args(["--interval", "100ms"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
