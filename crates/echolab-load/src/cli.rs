@@ -118,7 +118,7 @@ pub struct BenchArgs {
 
     /// Fail the run (exit 99) with more than N errors (all kinds but corrupt bytes, which
     /// always exit 3). Given, it judges errors instead of the rule that any error exits 1:
-    /// up to N errors, and the messages lost with their connections, pass.
+    /// up to N errors, and the messages lost with their connections, pass. 0 to 10^12.
     #[arg(long, value_name = "N", value_parser = parse_max_errors, allow_negative_numbers = true)]
     pub max_errors: Option<u64>,
 
@@ -411,8 +411,9 @@ fn parse_max_p99(text: &str) -> Result<Duration, String> {
     units::duration(text, Duration::from_micros(1), Duration::from_secs(100))
 }
 
+/// 0 to a trillion (2^64-1 is refused, as everywhere).
 fn parse_max_errors(text: &str) -> Result<u64, String> {
-    units::count(text, 0, u64::MAX)
+    units::count(text, 0, 1_000_000_000_000)
 }
 
 /// The progress interval: 0 (none) or at least [`MIN_INTERVAL`].

@@ -63,6 +63,7 @@ fn every_subcommand_refuses_bad_values_in_one_line() {
         (&["bench", "127.0.0.1:9"], "--connect-timeout"),
         (&["bench", "127.0.0.1:9"], "--starve-after"),
         (&["bench", "127.0.0.1:9"], "--conns"),
+        (&["bench", "127.0.0.1:9"], "--max-errors"),
         (&["bench", "--udp", "127.0.0.1:9"], "--duration"),
         (&["bench", "--udp", "127.0.0.1:9"], "--size"),
         (&["bench", "--udp", "127.0.0.1:9"], "--timeout"),
@@ -84,7 +85,7 @@ fn every_subcommand_refuses_bad_values_in_one_line() {
     }
     // 0 is out of range for every flag but those where it means none or never.
     for (command, flag) in cases {
-        if ["--idle-timeout", "--warmup", "--interval"].contains(flag) {
+        if ["--idle-timeout", "--warmup", "--interval", "--max-errors"].contains(flag) {
             continue;
         }
         let mut args = command.to_vec();
