@@ -160,7 +160,12 @@ pub struct BenchArgs {
 
     /// With --hold: local addresses to spread the held connections over, a range and/or
     /// a list (127.0.0.2-127.0.0.20,127.0.1.1); within 127.0.0.0/8 for a loopback server.
-    #[arg(long, value_name = "A-B|LIST", requires = "hold")]
+    #[arg(
+        long,
+        value_name = "A-B|LIST",
+        requires = "hold",
+        allow_negative_numbers = true
+    )]
     pub source_ip: Option<String>,
 
     /// With --hold: connects per second (default: as fast as 1024 in flight allow).
@@ -290,7 +295,7 @@ impl BenchArgs {
 #[derive(Debug, clap::Args)]
 pub struct CompareArgs {
     /// Models to compare, comma-separated. Default: every model that starts.
-    #[arg(long, value_delimiter = ',', value_name = "LIST", value_parser = parse_model)]
+    #[arg(long, value_delimiter = ',', value_name = "LIST", value_parser = parse_model, allow_negative_numbers = true)]
     pub models: Option<Vec<String>>,
 
     /// Where to write index.html (tables and charts on one page), results.json, summary.md

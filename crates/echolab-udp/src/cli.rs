@@ -40,7 +40,7 @@ pub struct UdpServeArgs {
     /// 10000, sparing loopback sources (127.0.0.0/8, ::1: the kernel drops them from
     /// off-host, so they cannot be forged from outside, and all local clients share one).
     /// A value given here applies to every source, loopback included.
-    #[arg(long, value_parser = parse_rate_limit, value_name = "N|off")]
+    #[arg(long, value_parser = parse_rate_limit, value_name = "N|off", allow_negative_numbers = true)]
     pub udp_rate_per_source: Option<RateLimit>,
 
     /// Answer UDP source ports 1-1023 too (by default they get no reply; ports 0, 7, 13,

@@ -175,3 +175,38 @@ fn the_udp_bench_interval_takes_units() {
     );
     assert!(line.contains("100ms"), "{line}");
 }
+
+/// `serve --listen -1` said "unexpected argument '-1' found", naming no flag: a negative
+/// number is a value of every flag that takes one, refused by its own parser.
+#[test]
+fn a_negative_number_is_refused_by_the_flag_it_was_given_to() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["serve"], "--listen"),
+        (&["serve"], "--metrics"),
+        (&["serve"], "--long-line"),
+        (&["serve", "--udp"], "--udp-rate-per-source"),
+        (&["compare"], "--models"),
+        (&["lab", "counter"], "--cpus"),
+    ];
+    for (command, flag) in cases {
+        let mut args = command.to_vec();
+        args.extend([*flag, "-1"]);
+        refused(&args, flag, "-1");
+    }
+    // --source-ip's own parser names the flag and quotes the value ("-1").
+    let child = echolab()
+        .args(["bench", "127.0.0.1:9", "--hold", "3", "--source-ip", "-1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = finish_bounded(child, STEP);
+    let line = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{line}");
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(
+        line.contains("--source-ip: ") && line.contains("\"-1\""),
+        "{line}"
+    );
+}
