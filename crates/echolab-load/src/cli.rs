@@ -251,7 +251,7 @@ impl BenchArgs {
             let secs = n.saturating_sub(1) as f64 / rate;
             if secs > MAX_SECS.as_secs_f64() {
                 return Err(format!(
-                    "--connect-rate {rate:?} takes {secs:.3e} s to open --hold {n} connections: at most a day ({} per second or more)",
+                    "--connect-rate {rate:?} takes {secs:.3e} s to open --hold {n} connections: at most a day ({:.3e} per second or more)",
                     (n - 1) as f64 / MAX_SECS.as_secs_f64()
                 ));
             }
