@@ -72,7 +72,7 @@ pub struct LabArgs {
     /// CPUs to run on, such as `0` or `0-1,3`: every experiment, its threads and its child
     /// processes are restricted to them (thread-arg pins its single-core run to the first;
     /// counter pins its threads round-robin).
-    #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
+    #[arg(long, value_name = "LIST", value_parser = parse_cpu_list, allow_negative_numbers = true)]
     pub cpus: Option<CpuList>,
 
     /// Deadline of each experiment, from 1s to 1h (90s, 2m; a bare number is seconds); a

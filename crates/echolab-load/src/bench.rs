@@ -91,7 +91,11 @@ pub fn run(args: BenchArgs) -> ExitCode {
 
 /// The JSON document of a run: the report's, with the thresholds given and the
 /// provenance every echolab document carries.
-fn document(report: &BenchReport, config: &BenchConfig, thresholds: &Thresholds) -> Value {
+pub(crate) fn document(
+    report: &BenchReport,
+    config: &BenchConfig,
+    thresholds: &Thresholds,
+) -> Value {
     let mut doc = report.to_json(config);
     if thresholds.any() {
         doc["thresholds"] = thresholds.to_json(report);

@@ -118,7 +118,7 @@ pub struct BenchArgs {
 
     /// Fail the run (exit 99) with more than N errors (all kinds but corrupt bytes, which
     /// always exit 3). Given, it judges errors instead of the rule that any error exits 1:
-    /// up to N errors, and the messages lost with their connections, pass.
+    /// up to N errors, and the messages lost with their connections, pass. 0 to 10^12.
     #[arg(long, value_name = "N", value_parser = parse_max_errors, allow_negative_numbers = true)]
     pub max_errors: Option<u64>,
 
@@ -160,7 +160,12 @@ pub struct BenchArgs {
 
     /// With --hold: local addresses to spread the held connections over, a range and/or
     /// a list (127.0.0.2-127.0.0.20,127.0.1.1); within 127.0.0.0/8 for a loopback server.
-    #[arg(long, value_name = "A-B|LIST", requires = "hold")]
+    #[arg(
+        long,
+        value_name = "A-B|LIST",
+        requires = "hold",
+        allow_negative_numbers = true
+    )]
     pub source_ip: Option<String>,
 
     /// With --hold: connects per second (default: as fast as 1024 in flight allow).
@@ -223,6 +228,34 @@ impl BenchArgs {
                 ));
             }
         }
+        if self.hold.is_some() && self.json_stream {
+            return Err(
+                "--json-stream cannot be combined with --hold: use --json (one document)"
+                    .to_string(),
+            );
+        }
+        if self.hold.is_some() && self.active == Some(0) && self.thresholds().any() {
+            return Err(
+                "--max-p99, --min-rate and --max-errors judge the active connections: --active 0 measures none"
+                    .to_string(),
+            );
+        }
+        if self.hold.is_some() && self.active == Some(0) && self.hdr_log.is_some() {
+            return Err(
+                "--hdr-log records the active connections' latency: --active 0 measures none"
+                    .to_string(),
+            );
+        }
+        if let (Some(n), Some(rate)) = (self.hold, self.connect_rate) {
+            // Connects are paced from the first: n of them take (n - 1) / rate seconds.
+            let secs = n.saturating_sub(1) as f64 / rate;
+            if secs > MAX_SECS.as_secs_f64() {
+                return Err(format!(
+                    "--connect-rate {rate:?} takes {secs:.3e} s to open --hold {n} connections: at most a day ({:.3e} per second or more)",
+                    (n - 1) as f64 / MAX_SECS.as_secs_f64()
+                ));
+            }
+        }
         let (n_threads, threads_from) = match self.threads {
             Some(n) => (n, ThreadsFrom::Given),
             None => ThreadsFrom::default_for(self.addr, cores()),
@@ -262,7 +295,7 @@ impl BenchArgs {
 #[derive(Debug, clap::Args)]
 pub struct CompareArgs {
     /// Models to compare, comma-separated. Default: every model that starts.
-    #[arg(long, value_delimiter = ',', value_name = "LIST", value_parser = parse_model)]
+    #[arg(long, value_delimiter = ',', value_name = "LIST", value_parser = parse_model, allow_negative_numbers = true)]
     pub models: Option<Vec<String>>,
 
     /// Where to write index.html (tables and charts on one page), results.json, summary.md
@@ -383,8 +416,9 @@ fn parse_max_p99(text: &str) -> Result<Duration, String> {
     units::duration(text, Duration::from_micros(1), Duration::from_secs(100))
 }
 
+/// 0 to a trillion (2^64-1 is refused, as everywhere).
 fn parse_max_errors(text: &str) -> Result<u64, String> {
-    units::count(text, 0, u64::MAX)
+    units::count(text, 0, 1_000_000_000_000)
 }
 
 /// The progress interval: 0 (none) or at least [`MIN_INTERVAL`].

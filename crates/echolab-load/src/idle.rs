@@ -505,8 +505,10 @@ pub fn run(
     let held_ok = held.failed_total() == 0
         && still_open == held.conns.len() as u64
         && held.conns.len() as u64 == n;
+    // The thresholds judge the active connections' figures, as in a run without --hold.
+    let thresholds = args.thresholds();
     let code = match &report {
-        Some(report) => report.exit_code(),
+        Some(report) => thresholds.exit_code(report),
         None if interrupted => 130,
         None => 0,
     };
@@ -515,13 +517,20 @@ pub fn run(
     } else {
         1
     };
+    if let (Some(path), Some(report)) = (&args.hdr_log, &report) {
+        if let Err(err) = crate::merge::write_bench_log(path, report, &config) {
+            return fail(&format!("cannot write {}: {err}", path.display()), 1);
+        }
+    }
     let mut out = io::stdout().lock();
     if args.json {
         let mut doc = match &report {
-            Some(report) => report.to_json(&config),
+            Some(report) => crate::bench::document(report, &config, &thresholds),
             None => json!({ "workload": "hold", "messages": 0, "interrupted": interrupted }),
         };
         doc["hold"] = hold_doc;
+        doc["exit_code"] = json!(code);
+        echolab_cli::provenance::stamp(&mut doc);
         let _ = writeln!(
             out,
             "{}",
@@ -549,6 +558,9 @@ pub fn run(
         }
     }
     let _ = out.flush();
+    if let Some(line) = report.as_ref().and_then(|r| thresholds.verdict(r)) {
+        eprintln!("echolab bench: {line}");
+    }
     std::process::ExitCode::from(code)
 }
 

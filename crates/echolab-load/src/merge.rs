@@ -321,7 +321,8 @@ pub fn run(args: MergeArgs) -> ExitCode {
     };
     let mut stdout = std::io::stdout().lock();
     let _ = if args.json {
-        let doc = merged.to_json(&sources);
+        let mut doc = merged.to_json(&sources);
+        echolab_cli::provenance::stamp(&mut doc);
         writeln!(
             stdout,
             "{}",

@@ -52,7 +52,7 @@ pub struct ServeArgs {
     /// port 0 picks a free one. [::]:PORT takes IPv4 connections too on Linux (dual-stack,
     /// unless sysctl net.ipv6.bindv6only=1); --ipv6-only makes it IPv6 only. Ignored when
     /// systemd passes a listening socket (socket activation, LISTEN_FDS).
-    #[arg(long, short = 'l', default_value = "127.0.0.1:7007", value_parser = parse_addr)]
+    #[arg(long, short = 'l', default_value = "127.0.0.1:7007", value_parser = parse_addr, allow_negative_numbers = true)]
     pub listen: SocketAddr,
 
     /// An IPv6 --listen address takes no IPv4 connections (IPV6_V6ONLY). Default: the
@@ -74,7 +74,7 @@ pub struct ServeArgs {
     /// split: goes back in pieces of --max-line bytes as each fills, like CS:APP's
     /// rio_readlineb; `--long-line split --max-line 8191` serves the book's echoclient
     /// (MAXLINE 8192), which sends a long line in 8,191-byte pieces and waits for each echo.
-    #[arg(long, value_enum, default_value_t = LongLine::Close)]
+    #[arg(long, value_enum, default_value_t = LongLine::Close, allow_negative_numbers = true)]
     pub long_line: LongLine,
 
     /// Close a connection after this long without a byte in either direction; 0 never. A
@@ -112,7 +112,7 @@ pub struct ServeArgs {
     /// bytes, refusals, ends and errors, with a `model` label. Port 0 picks a free one (the
     /// address is printed: `metrics on http://ADDR/metrics`). Not with --model process,
     /// which must stay single-threaded to fork (use kill -USR1 there).
-    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr, allow_negative_numbers = true)]
     pub metrics: Option<SocketAddr>,
 
     /// Log the stats line (the one `kill -USR1` prints) at info level this often (60s,

@@ -40,7 +40,7 @@ pub struct UdpServeArgs {
     /// 10000, sparing loopback sources (127.0.0.0/8, ::1: the kernel drops them from
     /// off-host, so they cannot be forged from outside, and all local clients share one).
     /// A value given here applies to every source, loopback included.
-    #[arg(long, value_parser = parse_rate_limit, value_name = "N|off")]
+    #[arg(long, value_parser = parse_rate_limit, value_name = "N|off", allow_negative_numbers = true)]
     pub udp_rate_per_source: Option<RateLimit>,
 
     /// Answer UDP source ports 1-1023 too (by default they get no reply; ports 0, 7, 13,
@@ -300,9 +300,10 @@ pub struct UdpBenchArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Seconds between progress lines on stderr (echoes/s since the previous line, sent,
-    /// lost and errors so far), as TCP bench's: 0 for none, else at least 0.1.
-    #[arg(long, default_value = "1", value_name = "SECS", value_parser = parse_interval, allow_negative_numbers = true)]
+    /// Time between progress lines on stderr (echoes/s since the previous line, sent,
+    /// lost and errors so far), as TCP bench's: 500ms, 2s (a bare number is seconds); 0
+    /// for none, else at least 100ms.
+    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = parse_interval, allow_negative_numbers = true)]
     pub interval: Duration,
 }
 
@@ -593,20 +594,14 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 
 /// More than 0 and at most 1e9, as TCP bench's --rate; whether the window holds a
 /// datagram at that rate is checked with --duration ([`UdpBenchArgs::config`]).
-/// The progress interval: 0 (none) or from 0.1 s to a day, as TCP bench's.
+/// The progress interval: 0 (none) or from 0.1 s to a day, as TCP bench's (a duration
+/// with a unit: 500ms, 2s; a bare number is seconds).
 fn parse_interval(text: &str) -> Result<Duration, String> {
-    if text.trim().parse::<f64>() == Ok(0.0) {
-        return Ok(Duration::ZERO);
-    }
-    parse_float(text, "seconds", 0.0, 86_400.0).and_then(|secs| {
-        if secs < 0.1 {
-            Err(format!(
-                "a progress interval is 0 (none) or at least 0.1 s, got {text}"
-            ))
-        } else {
-            Ok(Duration::from_secs_f64(secs))
-        }
-    })
+    units::duration_or_zero(
+        text,
+        Duration::from_millis(100),
+        Duration::from_secs(86_400),
+    )
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {

@@ -67,7 +67,7 @@ fn held_connections_are_verified_spread_and_still_open_after_the_window() {
 
 #[test]
 fn impossible_plans_are_one_line_and_exit_2() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["--hold", "10", "--source-ip", "10.0.0.1-10.0.0.5"],
             "outside loopback",
@@ -79,9 +79,83 @@ fn impossible_plans_are_one_line_and_exit_2() {
             "empty range",
         ),
         (&["--hold", "5", "--connect-rate", "-3"], "--connect-rate"),
+        // Ten connections at one per 1e10 s: establishing would outlast any run (it
+        // waited until killed); more than a day of connects is refused like a --rate
+        // that sends nothing in its window.
+        (
+            &["--hold", "10", "--connect-rate", "1e-10"],
+            "--connect-rate 1e-10",
+        ),
+        (
+            &["--hold", "100000", "--connect-rate", "1"],
+            "--connect-rate 1.0",
+        ),
     ];
     for (extra, needle) in cases {
         let mut args = vec!["bench", "127.0.0.1:9"];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{extra:?}: {stderr}");
+        assert!(stderr.contains(needle), "{extra:?}: {stderr}");
+    }
+}
+
+/// The thresholds judge the active connections' figures beside a hold too: `--hold 3
+/// --active 1 --max-p99 1us` exited 0 (the flag was read and ignored), and the JSON
+/// carried neither the thresholds nor the provenance. --json-stream, which the hold does
+/// not write, and thresholds with nothing measured (--active 0) are refused.
+#[test]
+fn thresholds_judge_the_active_connections_beside_a_hold() {
+    let server = Server::start("reactor", &[]);
+    let addr = server.addr.to_string();
+    let base = [
+        "bench",
+        &addr,
+        "--hold",
+        "3",
+        "--active",
+        "1",
+        "--threads",
+        "1",
+        "--duration",
+        "0.2",
+        "--warmup",
+        "0",
+        "--interval",
+        "0",
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--max-p99", "1us", "--json"]);
+    let out = run(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(99), "{stderr}");
+    assert!(
+        stderr.contains("threshold broken: p99 ") && stderr.contains("--max-p99 1us"),
+        "{stderr}"
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["thresholds"]["max_p99"]["passed"], false, "{doc:#}");
+    assert_eq!(doc["exit_code"], 99, "{doc:#}");
+    assert_eq!(doc["schema_version"], 1, "{doc:#}");
+    assert_eq!(doc["hold"]["established"], 3, "{doc:#}");
+    // A generous threshold passes, and --hdr-log writes the active connections' log.
+    let log = std::env::temp_dir().join(format!("echolab-hold-{}.hlog", std::process::id()));
+    let log_arg = log.to_str().unwrap().to_string();
+    let mut args = base.to_vec();
+    args.extend(["--max-p99", "100s", "--hdr-log", &log_arg]);
+    let out = run(&args);
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("HISTF"), "{text}");
+    let _ = std::fs::remove_file(&log);
+    for (extra, needle) in [
+        (&["--json-stream"][..], "--json-stream"),
+        (&["--active", "0", "--max-p99", "5ms"], "--active 0"),
+        (&["--active", "0", "--hdr-log", "x.hlog"], "--active 0"),
+    ] {
+        let mut args = vec!["bench", "127.0.0.1:9", "--hold", "3"];
         args.extend_from_slice(extra);
         let out = run(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);

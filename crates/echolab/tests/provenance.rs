@@ -121,3 +121,34 @@ fn lab_documents_carry_their_provenance() {
     assert_eq!(doc["experiment"], "thread-arg", "{doc:#}");
     assert_provenance(&doc, &one);
 }
+
+#[test]
+fn merge_documents_carry_their_provenance() {
+    let server = Server::start("reactor", &[]);
+    let addr = server.addr.to_string();
+    let dir = std::env::temp_dir().join(format!("echolab-prov-merge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("run.json");
+    let run = [
+        "bench",
+        &addr,
+        "--conns",
+        "1",
+        "--duration",
+        "100ms",
+        "--warmup",
+        "0",
+        "--interval",
+        "0",
+        "--json",
+    ];
+    let doc = document(&run);
+    std::fs::write(&path, doc.to_string()).unwrap();
+    let path = path.to_str().unwrap();
+    // merge --json writes bench's top-level keys: the provenance is one of them.
+    let merge = ["merge", "--json", path, path];
+    let merged = document(&merge);
+    assert_eq!(merged["messages"], 2 * doc["messages"].as_u64().unwrap());
+    assert_provenance(&merged, &merge);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -63,10 +63,12 @@ fn every_subcommand_refuses_bad_values_in_one_line() {
         (&["bench", "127.0.0.1:9"], "--connect-timeout"),
         (&["bench", "127.0.0.1:9"], "--starve-after"),
         (&["bench", "127.0.0.1:9"], "--conns"),
+        (&["bench", "127.0.0.1:9"], "--max-errors"),
         (&["bench", "--udp", "127.0.0.1:9"], "--duration"),
         (&["bench", "--udp", "127.0.0.1:9"], "--size"),
         (&["bench", "--udp", "127.0.0.1:9"], "--timeout"),
         (&["bench", "--udp", "127.0.0.1:9"], "--conns"),
+        (&["bench", "--udp", "127.0.0.1:9"], "--interval"),
         (&["client", "--udp", "127.0.0.1:9"], "--size"),
         (&["client", "--udp", "127.0.0.1:9"], "--timeout"),
         (&["compare"], "--repeats"),
@@ -83,7 +85,7 @@ fn every_subcommand_refuses_bad_values_in_one_line() {
     }
     // 0 is out of range for every flag but those where it means none or never.
     for (command, flag) in cases {
-        if ["--idle-timeout", "--warmup", "--interval"].contains(flag) {
+        if ["--idle-timeout", "--warmup", "--interval", "--max-errors"].contains(flag) {
             continue;
         }
         let mut args = command.to_vec();
@@ -138,4 +140,73 @@ fn a_fractional_idle_timeout_is_taken_and_kept() {
     let mut conn = connect(server.addr);
     conn.set_read_timeout(Some(STEP)).unwrap();
     assert_eq!(conn.read(&mut buf).unwrap_or(0), 0);
+}
+
+/// `bench --udp --interval 500ms` said "not a number of seconds": UDP's progress interval
+/// is a duration with a unit like every other (and TCP bench's own --interval).
+#[test]
+fn the_udp_bench_interval_takes_units() {
+    let server = Server::start("reactor", &["--udp"]);
+    let addr = server.addr.to_string();
+    let child = echolab()
+        .args([
+            "bench",
+            "--udp",
+            &addr,
+            "--conns",
+            "1",
+            "--duration",
+            "300ms",
+        ])
+        .args(["--interval", "100ms"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = finish_bounded(child, STEP);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains(" measured, "), "progress lines: {stderr}");
+    let line = refused(
+        &["bench", "--udp", "127.0.0.1:9", "--interval", "50ms"],
+        "--interval",
+        "50ms",
+    );
+    assert!(line.contains("100ms"), "{line}");
+}
+
+/// `serve --listen -1` said "unexpected argument '-1' found", naming no flag: a negative
+/// number is a value of every flag that takes one, refused by its own parser.
+#[test]
+fn a_negative_number_is_refused_by_the_flag_it_was_given_to() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["serve"], "--listen"),
+        (&["serve"], "--metrics"),
+        (&["serve"], "--long-line"),
+        (&["serve", "--udp"], "--udp-rate-per-source"),
+        (&["compare"], "--models"),
+        (&["lab", "counter"], "--cpus"),
+    ];
+    for (command, flag) in cases {
+        let mut args = command.to_vec();
+        args.extend([*flag, "-1"]);
+        refused(&args, flag, "-1");
+    }
+    // --source-ip's own parser names the flag and quotes the value ("-1").
+    let child = echolab()
+        .args(["bench", "127.0.0.1:9", "--hold", "3", "--source-ip", "-1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = finish_bounded(child, STEP);
+    let line = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{line}");
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(
+        line.contains("--source-ip: ") && line.contains("\"-1\""),
+        "{line}"
+    );
 }
