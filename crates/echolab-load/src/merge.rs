@@ -271,8 +271,9 @@ impl Merged {
         };
         let _ = writeln!(
             out,
-            "merged {} sources{load}: {} messages, {:.1} messages/s (the sum of the sources' rates), {} errors, {} incomplete",
+            "merged {} source{}{load}: {} messages, {:.1} messages/s (the sum of the sources' rates), {} errors, {} incomplete",
             sources.len(),
+            if sources.len() == 1 { "" } else { "s" },
             self.messages,
             self.messages_per_sec,
             self.errors,
