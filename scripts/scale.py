@@ -410,13 +410,20 @@ def svg(results, path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--steps", default=",".join(map(str, STEPS)))
+    ap.add_argument("--models", default=",".join(MODELS),
+                    help="comma-separated models to measure (default: %(default)s)")
+    ap.add_argument("--steps", default=",".join(map(str, STEPS)),
+                    help="idle connection counts, ascending; a model stops at the first it cannot hold "
+                         "(default: %(default)s)")
     ap.add_argument("--max", type=int, help="small mode: steps 1000 and this (e.g. 2000 for CI)")
-    ap.add_argument("--out", default="target/scale")
-    ap.add_argument("--bin", default="target/release/echolab")
-    ap.add_argument("--active-secs", type=float, default=3.0)
-    ap.add_argument("--idle-secs", type=float, default=2.0)
+    ap.add_argument("--out", default="target/scale",
+                    help="folder for scale.json and scale.svg (default: %(default)s)")
+    ap.add_argument("--bin", default="target/release/echolab",
+                    help="the echolab binary for server and holders (default: %(default)s)")
+    ap.add_argument("--active-secs", type=float, default=3.0,
+                    help="seconds the 64 active ping-pong connections are measured at each step (default: %(default)s)")
+    ap.add_argument("--idle-secs", type=float, default=2.0,
+                    help="seconds the idle server's CPU is sampled at each step (default: %(default)s)")
     args = ap.parse_args()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = [m for m in models if m not in MODELS]
