@@ -145,7 +145,12 @@ pub fn run(config: ServeConfig, n: usize, on_listening: impl FnOnce(SocketAddr))
         }
     };
     let mut mask = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGCHLD] {
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGCHLD,
+        Signal::SIGUSR1,
+    ] {
         mask.add(s);
     }
     if let Err(err) = signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None) {
@@ -255,6 +260,11 @@ fn worker(
     // The supervisor's signalfd and listener are its own.
     let _ = signals;
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
+    // SIGUSR1 asks for a stats line before it is unblocked, never ends the worker.
+    if let Err(err) = crate::stats::listen_for_usr1() {
+        log::error!("worker {index}: cannot handle SIGUSR1: {err}");
+        return 1;
+    }
     if let Err(err) = signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(mask), None) {
         log::error!("worker {index}: cannot unblock signals: {err}");
         return 1;
@@ -326,6 +336,12 @@ fn supervise(
         while let Ok(Some(info)) = signals.read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {
                 Ok(Signal::SIGINT) | Ok(Signal::SIGTERM) => stop = true,
+                // Each worker prints its own stats line.
+                Ok(Signal::SIGUSR1) => {
+                    for pid in slots.iter().filter_map(|s| s.pid) {
+                        let _ = signal::kill(pid, Signal::SIGUSR1);
+                    }
+                }
                 _ => {}
             }
         }

@@ -549,6 +549,31 @@ fn a_passed_udp_socket_without_udp_flags_is_refused() {
     )));
 }
 
+/// `--processes` under socket activation: the workers bind --listen, the passed socket
+/// is served by nobody (found: connections to the activated port refused, the server on
+/// 127.0.0.1:7007 instead). Refused with one line, exit 2.
+#[test]
+fn a_passed_socket_with_processes_is_refused() {
+    if !have("systemd-socket-activate", "systemd") {
+        return;
+    }
+    let port = free_port();
+    let mut activated = Activated::start(
+        false,
+        port,
+        &["--processes", "2", "--listen", "127.0.0.1:0"],
+    );
+    let _conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let status = wait_exit(&mut activated.child, STEP).expect("no exit");
+    assert_eq!(status.code(), Some(2), "{:?}", activated.lines());
+    assert!(
+        eventually(|| activated.has("--processes 2")),
+        "{:?}",
+        activated.lines()
+    );
+    assert!(activated.has("LISTEN_FDS"), "{:?}", activated.lines());
+}
+
 #[test]
 fn sd_notify_says_ready_once_listening_and_stopping_at_shutdown() {
     let dir = std::env::temp_dir().join(format!("echolab-notify-{}", std::process::id()));
