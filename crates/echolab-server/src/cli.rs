@@ -289,6 +289,16 @@ mod tests {
     }
 
     #[test]
+    fn processes_need_a_share_of_at_least_one_connection_each() {
+        let conflict = |args: &[&str], n| processes_conflict(&serve(args).unwrap().config(), n);
+        assert_eq!(conflict(&["--max-conns", "2"], 2), None);
+        let refused = conflict(&["--max-conns", "1"], 2).unwrap();
+        assert!(refused.starts_with("--max-conns 1: "), "{refused}");
+        let refused = conflict(&["--metrics", "127.0.0.1:0"], 2).unwrap();
+        assert!(refused.starts_with("--metrics 127.0.0.1:0: "), "{refused}");
+    }
+
+    #[test]
     fn the_idle_timeout_is_a_duration_and_0_is_never() {
         let default = serve(&[]).unwrap().config().idle_timeout;
         assert_eq!(
