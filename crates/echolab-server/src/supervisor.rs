@@ -187,6 +187,8 @@ pub fn run(config: ServeConfig, n: usize, on_listening: impl FnOnce(SocketAddr))
     // nobody accepts.
     drop(first);
     on_listening(addr);
+    // The service's main pid speaks for all (systemd's NotifyAccess=main).
+    crate::activation::notify_ready();
     log::info!(
         "supervisor: {n} worker processes of model {}, --max-conns split {:?}",
         config.model,
@@ -260,6 +262,9 @@ fn worker(
     // The supervisor's signalfd and listener are its own.
     let _ = signals;
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
+    // The supervisor tells the service manager; a worker's READY=1 would be ignored (or,
+    // after a restart, taken as the service's). One thread here: safe to change the env.
+    std::env::remove_var("NOTIFY_SOCKET");
     // SIGUSR1 asks for a stats line before it is unblocked, never ends the worker.
     if let Err(err) = crate::stats::listen_for_usr1() {
         log::error!("worker {index}: cannot handle SIGUSR1: {err}");
@@ -353,6 +358,7 @@ fn supervise(
                 "supervisor: stopping {} workers",
                 slots.iter().filter(|s| s.pid.is_some()).count()
             );
+            crate::activation::notify_stopping();
             stop_all(slots, signals);
             return ExitCode::SUCCESS;
         }

@@ -596,6 +596,40 @@ fn sd_notify_says_ready_once_listening_and_stopping_at_shutdown() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// With `--processes`, the supervisor (the service's main pid) says READY=1 once every
+/// worker listens and STOPPING=1 once; the workers say nothing (systemd's default
+/// NotifyAccess=main ignores them: found, two READY=1 from workers, none from the main pid).
+#[test]
+fn sd_notify_with_processes_comes_once_from_the_supervisor() {
+    let dir = std::env::temp_dir().join(format!("echolab-notify-p-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let notify = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    notify.set_read_timeout(Some(STEP)).unwrap();
+    let mut command = echolab();
+    command.env("NOTIFY_SOCKET", &path);
+    let mut server = Server::start_with(
+        command,
+        "reactor",
+        "127.0.0.1:0",
+        &["--processes", "2", "--workers", "1"],
+    );
+    let mut buf = [0u8; 256];
+    let len = notify.recv(&mut buf).expect("READY=1 within the step");
+    assert_eq!(&buf[..len], b"READY=1\n");
+    one_echo(&server);
+    assert!(server.terminate(STEP).unwrap().success());
+    // Every process has ended: whatever was sent is queued.
+    notify.set_nonblocking(true).unwrap();
+    let mut rest = Vec::new();
+    while let Ok(len) = notify.recv(&mut buf) {
+        rest.push(String::from_utf8_lossy(&buf[..len]).into_owned());
+    }
+    assert_eq!(rest, ["STOPPING=1\n"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn the_contrib_units_pass_systemd_analyze_verify() {
     if !have("systemd-analyze", "systemd") {
