@@ -721,7 +721,7 @@ fn a_listen_address_that_is_no_address_is_one_line_exit_2() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(stderr.contains(&format!("{bad:?}")), "{stderr}");
+        assert!(stderr.contains(&format!("'{bad}'")), "{stderr}");
     }
 }
 
