@@ -199,6 +199,29 @@ impl ServeArgs {
     }
 }
 
+/// Why `--processes n` cannot run with `config`: a worker's share of `--max-conns` would
+/// be 0 (it would refuse every connection hashed to it), `--metrics` would be one endpoint
+/// per worker, a passed socket (LISTEN_FDS) would be served by nobody.
+fn processes_conflict(config: &ServeConfig, n: usize) -> Option<String> {
+    if config.max_conns < n {
+        return Some(format!(
+            "--max-conns {}: fewer than --processes {n} (each worker needs a share of at least 1)",
+            config.max_conns
+        ));
+    }
+    if let Some(addr) = config.metrics {
+        return Some(format!(
+            "--metrics {addr}: not with --processes {n} (each worker would need its own endpoint; kill -USR1 reaches every worker)"
+        ));
+    }
+    if crate::activation::tcp_listener().is_some() {
+        return Some(format!(
+            "--processes {n}: not with the listening socket passed by the service manager (LISTEN_FDS): each worker binds its own"
+        ));
+    }
+    None
+}
+
 /// Runs `echolab serve`: 0 after a clean shutdown, 2 for a bad setting (such as a port in
 /// use), 1 for a failure while serving.
 pub fn run(args: ServeArgs) -> ExitCode {
@@ -217,11 +240,19 @@ pub fn run(args: ServeArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    if let Some(n) = args.processes {
+        if let Some(message) = processes_conflict(&config, n) {
+            eprintln!("echolab serve: {message}");
+            return ExitCode::from(2);
+        }
+    }
     logging::init(args.quiet, args.verbose);
     let model = config.model;
     if let Some(n) = args.processes {
         return crate::supervisor::run(config, n, |addr| {
-            eprintln!("listening on {addr} (model {model}, {n} processes)");
+            // One write: the workers' log lines must not split the line scripts read.
+            let line = format!("listening on {addr} (model {model}, {n} processes)\n");
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
         });
     }
     let result = crate::serve(config, |addr| {
@@ -255,6 +286,16 @@ mod tests {
         Serve::try_parse_from(argv)
             .map(|s| s.args)
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn processes_need_a_share_of_at_least_one_connection_each() {
+        let conflict = |args: &[&str], n| processes_conflict(&serve(args).unwrap().config(), n);
+        assert_eq!(conflict(&["--max-conns", "2"], 2), None);
+        let refused = conflict(&["--max-conns", "1"], 2).unwrap();
+        assert!(refused.starts_with("--max-conns 1: "), "{refused}");
+        let refused = conflict(&["--metrics", "127.0.0.1:0"], 2).unwrap();
+        assert!(refused.starts_with("--metrics 127.0.0.1:0: "), "{refused}");
     }
 
     #[test]

@@ -159,8 +159,9 @@ mod tests {
             "",
             "a b:1x",
         ] {
+            // clap names the flag and the value; the parser says what is wrong.
             let err = resolve_listen(bad).unwrap_err();
-            assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");
+            assert!(!err.is_empty(), "{bad}");
         }
     }
 

@@ -390,7 +390,9 @@ impl Reporter {
                 signalled = true;
             }
             if signalled {
-                eprintln!("echolab: {}", global().snapshot());
+                // One write: worker processes share stderr, and eprintln! writes in pieces.
+                let line = format!("echolab: {}\n", global().snapshot());
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
             }
         }
         if let (Some(due), Some(interval)) = (self.next_summary, self.interval) {

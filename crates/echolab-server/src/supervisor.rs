@@ -145,7 +145,12 @@ pub fn run(config: ServeConfig, n: usize, on_listening: impl FnOnce(SocketAddr))
         }
     };
     let mut mask = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGCHLD] {
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGCHLD,
+        Signal::SIGUSR1,
+    ] {
         mask.add(s);
     }
     if let Err(err) = signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None) {
@@ -182,6 +187,8 @@ pub fn run(config: ServeConfig, n: usize, on_listening: impl FnOnce(SocketAddr))
     // nobody accepts.
     drop(first);
     on_listening(addr);
+    // The service's main pid speaks for all (systemd's NotifyAccess=main).
+    crate::activation::notify_ready();
     log::info!(
         "supervisor: {n} worker processes of model {}, --max-conns split {:?}",
         config.model,
@@ -255,6 +262,14 @@ fn worker(
     // The supervisor's signalfd and listener are its own.
     let _ = signals;
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
+    // The supervisor tells the service manager; a worker's READY=1 would be ignored (or,
+    // after a restart, taken as the service's). One thread here: safe to change the env.
+    std::env::remove_var("NOTIFY_SOCKET");
+    // SIGUSR1 asks for a stats line before it is unblocked, never ends the worker.
+    if let Err(err) = crate::stats::listen_for_usr1() {
+        log::error!("worker {index}: cannot handle SIGUSR1: {err}");
+        return 1;
+    }
     if let Err(err) = signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(mask), None) {
         log::error!("worker {index}: cannot unblock signals: {err}");
         return 1;
@@ -326,6 +341,12 @@ fn supervise(
         while let Ok(Some(info)) = signals.read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {
                 Ok(Signal::SIGINT) | Ok(Signal::SIGTERM) => stop = true,
+                // Each worker prints its own stats line.
+                Ok(Signal::SIGUSR1) => {
+                    for pid in slots.iter().filter_map(|s| s.pid) {
+                        let _ = signal::kill(pid, Signal::SIGUSR1);
+                    }
+                }
                 _ => {}
             }
         }
@@ -337,6 +358,7 @@ fn supervise(
                 "supervisor: stopping {} workers",
                 slots.iter().filter(|s| s.pid.is_some()).count()
             );
+            crate::activation::notify_stopping();
             stop_all(slots, signals);
             return ExitCode::SUCCESS;
         }

@@ -66,6 +66,11 @@ fn serve(args: ServeCmd) -> ExitCode {
     if !udp.enabled() {
         return echolab_server::cli::run(tcp);
     }
+    if let Some(n) = tcp.processes {
+        // The UDP server's threads exist before the supervisor would fork.
+        eprintln!("echolab serve: --processes {n}: not with --udp or --udp-only");
+        return ExitCode::from(2);
+    }
     echolab_server::logging::init(tcp.quiet, tcp.verbose);
     // Ops hook (issue 11): the UDP guard's counts join the stats line and /metrics.
     echolab_server::stats::set_udp_source(|| {

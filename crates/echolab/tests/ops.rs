@@ -549,6 +549,31 @@ fn a_passed_udp_socket_without_udp_flags_is_refused() {
     )));
 }
 
+/// `--processes` under socket activation: the workers bind --listen, the passed socket
+/// is served by nobody (found: connections to the activated port refused, the server on
+/// 127.0.0.1:7007 instead). Refused with one line, exit 2.
+#[test]
+fn a_passed_socket_with_processes_is_refused() {
+    if !have("systemd-socket-activate", "systemd") {
+        return;
+    }
+    let port = free_port();
+    let mut activated = Activated::start(
+        false,
+        port,
+        &["--processes", "2", "--listen", "127.0.0.1:0"],
+    );
+    let _conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let status = wait_exit(&mut activated.child, STEP).expect("no exit");
+    assert_eq!(status.code(), Some(2), "{:?}", activated.lines());
+    assert!(
+        eventually(|| activated.has("--processes 2")),
+        "{:?}",
+        activated.lines()
+    );
+    assert!(activated.has("LISTEN_FDS"), "{:?}", activated.lines());
+}
+
 #[test]
 fn sd_notify_says_ready_once_listening_and_stopping_at_shutdown() {
     let dir = std::env::temp_dir().join(format!("echolab-notify-{}", std::process::id()));
@@ -568,6 +593,40 @@ fn sd_notify_says_ready_once_listening_and_stopping_at_shutdown() {
     assert!(server.terminate(STEP).unwrap().success());
     let len = notify.recv(&mut buf).expect("STOPPING=1 within the step");
     assert_eq!(&buf[..len], b"STOPPING=1\n");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With `--processes`, the supervisor (the service's main pid) says READY=1 once every
+/// worker listens and STOPPING=1 once; the workers say nothing (systemd's default
+/// NotifyAccess=main ignores them: found, two READY=1 from workers, none from the main pid).
+#[test]
+fn sd_notify_with_processes_comes_once_from_the_supervisor() {
+    let dir = std::env::temp_dir().join(format!("echolab-notify-p-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let notify = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    notify.set_read_timeout(Some(STEP)).unwrap();
+    let mut command = echolab();
+    command.env("NOTIFY_SOCKET", &path);
+    let mut server = Server::start_with(
+        command,
+        "reactor",
+        "127.0.0.1:0",
+        &["--processes", "2", "--workers", "1"],
+    );
+    let mut buf = [0u8; 256];
+    let len = notify.recv(&mut buf).expect("READY=1 within the step");
+    assert_eq!(&buf[..len], b"READY=1\n");
+    one_echo(&server);
+    assert!(server.terminate(STEP).unwrap().success());
+    // Every process has ended: whatever was sent is queued.
+    notify.set_nonblocking(true).unwrap();
+    let mut rest = Vec::new();
+    while let Ok(len) = notify.recv(&mut buf) {
+        rest.push(String::from_utf8_lossy(&buf[..len]).into_owned());
+    }
+    assert_eq!(rest, ["STOPPING=1\n"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -662,7 +721,7 @@ fn a_listen_address_that_is_no_address_is_one_line_exit_2() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(stderr.contains(&format!("{bad:?}")), "{stderr}");
+        assert!(stderr.contains(&format!("'{bad}'")), "{stderr}");
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use support::{echolab, eventually, family, round_trip, Server};
+use support::{echolab, eventually, family, finish_bounded, round_trip, Server};
 
 fn workers(server: &Server) -> Vec<i32> {
     family(server.pid())
@@ -143,17 +143,60 @@ fn models_without_workers_and_bad_counts_are_refused() {
         ),
         (&["--processes", "0"][..], "--processes"),
         (&["--processes", "100000"][..], "--processes"),
+        // A worker whose share is 0 refuses every connection the kernel hashes to it
+        // (found: 7 of 40 one-at-a-time connections refused with --max-conns 3).
+        (
+            &["--processes", "4", "--max-conns", "3"][..],
+            "--max-conns 3",
+        ),
+        // UDP threads exist before the fork: the supervisor could not start a worker.
+        (&["--processes", "2", "--udp"][..], "--udp"),
+        (&["--processes", "2", "--udp-only"][..], "--udp"),
+        // One endpoint per worker: a fixed port is taken by the first, the others die.
+        (
+            &["--processes", "2", "--metrics", "127.0.0.1:0"][..],
+            "--metrics",
+        ),
     ] {
-        let out = echolab()
+        // Bounded: a combination that is not refused serves until killed.
+        let child = echolab()
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap();
+        let out = finish_bounded(child, Duration::from_secs(10));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
+}
+
+/// SIGUSR1 to the supervisor asks every worker for its stats line; before, it ended the
+/// whole server (exit 138, the signal's default).
+#[test]
+fn usr1_to_the_supervisor_reaches_every_worker_and_ends_nothing() {
+    let Some(server) = start("reactor", &["--processes", "2", "--workers", "1"]) else {
+        return;
+    };
+    let before = workers(&server);
+    assert_eq!(before.len(), 2, "{before:?}");
+    kill(Pid::from_raw(server.pid()), Signal::SIGUSR1).unwrap();
+    let lines = server.log.wait_for("echolab: stats: ", 2);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    // Whole lines: two processes writing in pieces interleave them.
+    for line in &lines {
+        assert!(line.starts_with("echolab: stats: up "), "{lines:?}");
+        assert!(line.ends_with(" io_error 0)"), "{lines:?}");
+    }
+    assert_eq!(
+        round_trip(server.addr, b"still here".to_vec()),
+        b"still here"
+    );
+    assert!(!gone(server.pid()), "the supervisor ended");
+    assert_eq!(workers(&server), before, "a worker was replaced");
 }
