@@ -11,7 +11,8 @@
 # chromium first: see .ci/run).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-out=${1:-$root/target/compare-report}
+# Absolute, so the file:// URLs below work for a relative OUT_DIR too.
+out=$(realpath -m "${1:-$root/target/compare-report}")
 
 browser=$(command -v chromium || command -v chromium-browser || true)
 if [ -z "$browser" ]; then
@@ -23,6 +24,7 @@ if [ -z "${ECHOLAB_BIN:-}" ]; then
   cargo build -q -p echolab --manifest-path "$root/Cargo.toml"
   ECHOLAB_BIN=${CARGO_TARGET_DIR:-$root/target}/debug/echolab
 fi
+ECHOLAB_BIN=$(realpath "$ECHOLAB_BIN")
 rm -rf "$out"
 mkdir -p "$out"
 # prethreaded (8 workers) leaves connections of the 64-connection run unserved: the page
