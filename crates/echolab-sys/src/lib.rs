@@ -22,6 +22,7 @@
 
 use std::io;
 
+mod provided;
 pub mod pthread;
 pub mod racy;
 pub mod shared;
