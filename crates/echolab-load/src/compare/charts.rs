@@ -153,6 +153,21 @@ fn point(
 }
 
 /// Adds `p` to the series of `name` (created in first-seen order).
+/// Adds `model`'s point at `x` (see [`point`]) to its series, if it has a median.
+fn add_model(
+    series: &mut Vec<Series>,
+    model: &str,
+    x: f64,
+    conns: usize,
+    runs: &ModelRuns,
+    of_run: fn(&RunSample) -> f64,
+    of_median: fn(&Median) -> f64,
+) {
+    if let Some(p) = point(x, conns, runs, of_run, of_median) {
+        add(series, &series_name(model), model, is_reference(model), p);
+    }
+}
+
 fn add(series: &mut Vec<Series>, name: &str, color_key: &str, reference: bool, p: Point) {
     let idx = match series.iter().position(|s| s.name == name) {
         Some(idx) => idx,
@@ -242,15 +257,15 @@ fn against_conns(
     for w in closed_of_size(results, 64) {
         for (model, runs) in &w.models {
             let x = w.workload.conns as f64;
-            if let Some(p) = point(x, w.workload.conns, runs, of_run, of_median) {
-                add(
-                    &mut series,
-                    &series_name(model),
-                    model,
-                    is_reference(model),
-                    p,
-                );
-            }
+            add_model(
+                &mut series,
+                model,
+                x,
+                w.workload.conns,
+                runs,
+                of_run,
+                of_median,
+            );
         }
     }
     let mut notes = Vec::new();
@@ -408,22 +423,15 @@ fn cpu_by_workload(results: &Results) -> ChartData {
     let mut series = Vec::new();
     for (idx, w) in workloads.iter().enumerate() {
         for (model, runs) in &w.models {
-            let p = point(
+            add_model(
+                &mut series,
+                model,
                 idx as f64,
                 w.workload.conns,
                 runs,
                 |r| r.server_cpu_us_per_msg,
                 |m| m.server_cpu_us_per_msg,
             );
-            if let Some(p) = p {
-                add(
-                    &mut series,
-                    &series_name(model),
-                    model,
-                    is_reference(model),
-                    p,
-                );
-            }
         }
     }
     let notes = vec![
@@ -462,15 +470,16 @@ fn latency(results: &Results) -> ChartData {
     if let Some(w) = workload {
         for (model, runs) in &w.models {
             for (i, (of_run, of_median)) in figures.iter().enumerate() {
-                if let Some(p) = point(i as f64, w.workload.conns, runs, *of_run, *of_median) {
-                    add(
-                        &mut series,
-                        &series_name(model),
-                        model,
-                        is_reference(model),
-                        p,
-                    );
-                }
+                let conns = w.workload.conns;
+                add_model(
+                    &mut series,
+                    model,
+                    i as f64,
+                    conns,
+                    runs,
+                    *of_run,
+                    *of_median,
+                );
             }
         }
     }
@@ -666,22 +675,15 @@ fn udp_rate(results: &Results) -> Option<ChartData> {
     let mut series = Vec::new();
     for (idx, w) in udp.iter().enumerate() {
         for (model, runs) in &w.models {
-            let p = point(
+            add_model(
+                &mut series,
+                model,
                 idx as f64,
                 w.workload.conns,
                 runs,
                 |r| r.messages_per_sec,
                 |m| m.messages_per_sec,
             );
-            if let Some(p) = p {
-                add(
-                    &mut series,
-                    &series_name(model),
-                    model,
-                    is_reference(model),
-                    p,
-                );
-            }
         }
     }
     let notes = vec![
