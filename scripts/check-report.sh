@@ -27,33 +27,9 @@ rm -rf "$out"
   exit 1
 }
 
-profile=$(mktemp -d)
-trap 'rm -rf "$profile"' EXIT
-chrome() {
-  timeout 120 "$browser" --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
-    --disable-background-networking --disable-component-update --disable-sync \
-    --user-data-dir="$profile" "$@" 2>/dev/null
-}
-chrome --dump-dom "file://$out/index.html" > "$out/dom.html"
-
-# The whole page, not its first screenful: a copy of the page with a script that writes
-# the rendered height (and where the last section ends) into its title tells how tall a
-# window the screenshot needs.
-width=1280
-measure="$out/measure.html"
-sed 's|</body>|<script>document.title = "HEIGHT " + document.documentElement.scrollHeight + " LAST " + Math.ceil(document.querySelector("section.experiment:last-of-type").getBoundingClientRect().bottom + window.scrollY);</script></body>|' \
-  "$out/index.html" > "$measure"
-measured=$(chrome --window-size=$width,1000 --dump-dom "file://$measure" | grep -o 'HEIGHT [0-9]* LAST [0-9]*' | head -1)
-rm -f "$measure"
-height=$(echo "$measured" | awk '{print $2}')
-last=$(echo "$measured" | awk '{print $4}')
-if [ -z "$height" ] || [ -z "$last" ]; then
-  echo "check-report: could not measure the rendered page's height" >&2
-  exit 1
-fi
-chrome --screenshot="$out/screenshot.png" --window-size=$width,"$height" --hide-scrollbars "file://$out/index.html" > /dev/null
-# The PNG's own header says how tall the screenshot is (bytes 20-23 of the IHDR chunk).
-shot_height=$(od -An -tu1 -j20 -N4 "$out/screenshot.png" | awk '{print $1*16777216 + $2*65536 + $3*256 + $4}')
+# shellcheck source=lib/page.sh
+source "$root/scripts/lib/page.sh"
+render_page "$out" "section.experiment:last-of-type" check-report
 
 fail=0
 for name in "${experiments[@]}"; do
