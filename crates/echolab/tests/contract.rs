@@ -189,7 +189,10 @@ fn client_that_never_reads_cannot_grow_server_memory(model: &str) {
     // MiB of anonymous memory in that one allocation, for a non-reader or a well-behaved
     // client alike, and nothing more for the next ones).
     let warm = pattern(8 * 1024 * 1024);
-    assert!(round_trip(server.addr, warm.clone()) == warm, "warm-up echo differs");
+    assert!(
+        round_trip(server.addr, warm.clone()) == warm,
+        "warm-up echo differs"
+    );
     server.log.wait_for("closed: peer closed", 1);
     // Anonymous memory, not PSS: PSS moves when other tests' servers, sharing the binary's
     // pages, start or exit (measured: 8.5-9.2 MiB of "growth" for uring that way).
@@ -550,56 +553,111 @@ fn percentile(samples: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// Models whose connections one thread of the server schedules (with [`one_loop`]'s
+/// options): their fairness is the loop's own code.
+fn one_scheduler(model: &str) -> bool {
+    matches!(model, "event" | "reactor" | "uring" | "async")
+}
+
+/// The real-time priority (SCHED_FIFO) of the fairness test's server and probe.
+const FIFO_PRIORITY: i32 = 50;
+
+/// Puts the calling thread under SCHED_FIFO at [`FIFO_PRIORITY`].
+fn become_realtime() -> std::io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: FIFO_PRIORITY,
+    };
+    // SAFETY: a system call on the calling thread (0) with a valid parameter.
+    match unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// Why the fairness test cannot run its server and probe under SCHED_FIFO here, if it
+/// cannot: no permission (CAP_SYS_NICE or RLIMIT_RTPRIO), or no `chrt`.
+fn realtime_refused() -> Option<String> {
+    // A throwaway thread tries: the test's own thread keeps its policy.
+    if let Err(err) = std::thread::spawn(become_realtime).join().unwrap() {
+        return Some(format!("SCHED_FIFO refused: {err}"));
+    }
+    match std::process::Command::new("chrt").arg("--version").output() {
+        Ok(out) if out.status.success() => None,
+        _ => Some("no chrt".to_string()),
+    }
+}
+
+/// Pins the calling thread to `cpu` (left where it is on a machine without that CPU).
+fn pin_to_cpu(cpu: usize) {
+    let mut cpus = nix::sched::CpuSet::new();
+    if cpus.set(cpu).is_ok() {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus);
+    }
+}
+
 /// The fairness budget (issue 9, item 1): a client streaming at full speed both ways
 /// shares the only loop with a probe that sends 8 bytes every 20 ms; the probe's echo
-/// comes back within 10 ms at the 99th percentile (asserted with room for a loaded machine's
-/// scheduler, see `BUDGET`, in two of at most three rounds of 100 probes). An event loop that keeps reading the
-/// streamer while each read fills its buffer makes the probe wait for whole bursts (before
-/// the budget: reactor p99 1.1 s, async 2.3 s).
+/// comes back within 10 ms at the 99th percentile, in two of at most three rounds of 100
+/// probes. An event loop that keeps reading the streamer while each read fills its buffer
+/// makes the probe wait for whole bursts (before the budget: reactor p99 1.1 s, async
+/// 2.3 s; with the budget lifted in this test, reactor 16-28 ms).
 ///
 /// The contract is about how the server schedules its connections, not about how a loaded
-/// 2-core machine schedules the server beside the test's busy streamer threads: the server
-/// runs on CPU 0 at a higher priority where the test may set it (`nice` runs it anyway,
-/// with a warning, where it may not), the streamer's two threads on CPU 1. The streamer
-/// keeps normal priority: a weaker one leaves the socket empty now and then, and an
-/// unbudgeted loop would pass.
+/// 2-core machine schedules the server: the server runs on CPU 0, the streamer's two
+/// threads (normal priority: a weaker streamer leaves the socket empty now and then, and
+/// an unbudgeted loop would pass) and the probe on CPU 1.
+///
+/// Where one loop schedules every connection (`one_scheduler`), the server and the probe
+/// run under SCHED_FIFO, so that nothing but the loop decides when the probe is served:
+/// under CFS every process here shares the CPU with the other users' builds by control
+/// group, where `nice` does not reach (measured at load 14-16: nice -20 left p99 at 11-89
+/// ms for every model, even thread; SCHED_FIFO 0.5-1.3 ms for event, reactor, uring and
+/// async). Where it cannot (no permission, no `chrt`), the test says so and holds those
+/// models to the shared machine's bound below. Thread, process and prethreaded leave the
+/// scheduling of their connections to the kernel's CFS: under SCHED_FIFO equal-priority
+/// threads would run until they block (thread measured 33-86 ms), which is not their
+/// model; they run at `nice -10` and are held to that bound, 100 ms.
 fn streamer_does_not_starve_a_probe(model: &str) {
     const PROBES: usize = 100;
-    // The contract is 10 ms at p99 (issue 9); alone on this machine every model measured
-    // 0.8-4.2 ms. Beside other builds on 2 cores every model, even the ones with no loop to
-    // be unfair (thread, process), measured rounds of 50-100 ms at p99 from the scheduler
-    // alone; with the budget removed, rounds measured 121-484 ms (reactor) and 260-1517 ms
-    // (async), and the unpinned streamer of the issue 1,100 and 2,300 ms.
+    // Alone here beside other builds, every model measured 0.8-4.2 ms at p99; under CFS at
+    // load 14-16, rounds of 10-90 ms, and one of 406 ms (thread), from the scheduler alone.
     const CONTRACT: Duration = Duration::from_millis(10);
-    const BUDGET: Duration = Duration::from_millis(100);
+    const SHARED_MACHINE: Duration = Duration::from_millis(100);
     // No round may pass this, loaded machine or not: unbudgeted async was unfair only in
     // its first round (p99 1517 and 4015 ms, then under 1 ms), which two fair rounds out of
     // three would forgive.
     const CEILING: Duration = Duration::from_secs(1);
+    let refused = realtime_refused();
+    let realtime = one_scheduler(model) && refused.is_none();
+    let budget = match realtime {
+        true => CONTRACT,
+        false => SHARED_MACHINE,
+    };
+    if let (true, Some(why)) = (one_scheduler(model), &refused) {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {model}: the {} ms contract under SCHED_FIFO ({why}); held to {} ms",
+            CONTRACT.as_millis(),
+            SHARED_MACHINE.as_millis()
+        );
+    }
     let mut command = std::process::Command::new("taskset");
-    command.args([
-        "-c",
-        "0",
-        "nice",
-        "-n",
-        "-10",
-        env!("CARGO_BIN_EXE_echolab"),
-    ]);
+    command.args(["-c", "0"]);
+    match realtime {
+        true => command.args(["chrt", "-f", &FIFO_PRIORITY.to_string()]),
+        // `nice` runs the server anyway, with a warning, where it may not raise it.
+        false => command.args(["nice", "-n", "-10"]),
+    };
+    command.arg(env!("CARGO_BIN_EXE_echolab"));
     let server = Server::start_with(command, model, "127.0.0.1:0", one_loop(model));
     let streamer = connect(server.addr);
-    let pin_to_cpu_1 = || {
-        let mut cpus = nix::sched::CpuSet::new();
-        if cpus.set(1).is_ok() {
-            // A machine with one CPU: the threads stay where they are.
-            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus);
-        }
-    };
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let mut conn = streamer.try_clone().unwrap();
         let stop = std::sync::Arc::clone(&stop);
         std::thread::spawn(move || {
-            pin_to_cpu_1();
+            pin_to_cpu(1);
             let block = pattern(1024 * 1024);
             let deadline = Instant::now() + 2 * STEP;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
@@ -613,7 +671,7 @@ fn streamer_does_not_starve_a_probe(model: &str) {
     let reader = {
         let mut conn = streamer.try_clone().unwrap();
         std::thread::spawn(move || {
-            pin_to_cpu_1();
+            pin_to_cpu(1);
             let mut buf = vec![0u8; 1024 * 1024];
             let mut total = 0u64;
             while let Ok(n) = conn.read(&mut buf) {
@@ -640,21 +698,37 @@ fn streamer_does_not_starve_a_probe(model: &str) {
         return;
     }
     // Rounds of PROBES probes while the streamer keeps streaming, until two rounds are
-    // within BUDGET (pass) or two are not (fail): at most three. An unbudgeted loop is
+    // within the budget (pass) or two are not (fail): at most three. An unbudgeted loop is
     // unfair in most rounds (measured p99 per round: reactor 349, 297, 484 ms; async 1517,
-    // 1032, 0.25 ms), while a burst of load from outside the test spoils one round.
-    const ROUNDS: usize = 3;
-    let mut rounds = Vec::with_capacity(ROUNDS);
-    let (mut within, mut over) = (0, 0);
-    while within < 2 && over < 2 {
-        let latencies = probe_round(&mut probe, rounds.len(), PROBES);
-        if percentile(&latencies, 99.0) <= BUDGET {
-            within += 1;
-        } else {
-            over += 1;
+    // 1032, 0.25 ms), while a burst of load from outside the test spoils one round. The
+    // probe runs on a thread of its own, so that its priority ends with it: beside a
+    // SCHED_FIFO server, SCHED_FIFO on CPU 1, so that it reads its echo the moment it
+    // comes. Beside a CFS server it is left alone: pinned to CPU 1 under SCHED_FIFO there,
+    // it measured p50 3.1-3.6 ms against 0.06-0.07 ms unpinned (thread model).
+    let rounds = std::thread::spawn(move || {
+        if realtime {
+            pin_to_cpu(1);
+            become_realtime().expect("SCHED_FIFO, allowed a moment ago");
         }
-        rounds.push(latencies);
-    }
+        const ROUNDS: usize = 3;
+        let mut rounds = Vec::with_capacity(ROUNDS);
+        let (mut within, mut over) = (0, 0);
+        while within < 2 && over < 2 {
+            let latencies = probe_round(&mut probe, rounds.len(), PROBES);
+            match percentile(&latencies, 99.0) <= budget {
+                true => within += 1,
+                false => over += 1,
+            }
+            rounds.push(latencies);
+        }
+        rounds
+    })
+    .join()
+    .unwrap();
+    let over = rounds
+        .iter()
+        .filter(|l| percentile(l, 99.0) > budget)
+        .count();
     // The figures of the worst round the verdict rests on: the second-best p99.
     let mut by_p99: Vec<&Vec<Duration>> = rounds.iter().collect();
     by_p99.sort_by_key(|l| percentile(l, 99.0));
@@ -668,8 +742,12 @@ fn streamer_does_not_starve_a_probe(model: &str) {
     let streamed = reader.join().unwrap();
     let p50 = percentile(&latencies, 50.0);
     let p99 = percentile(&latencies, 99.0);
+    let scheduled = match realtime {
+        true => "SCHED_FIFO",
+        false => "CFS",
+    };
     eprintln!(
-        "{model}: probe echo p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {PROBES} probes (p99 of each round: {} ms); streamer got {} MiB back",
+        "{model} ({scheduled}): probe echo p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {PROBES} probes (p99 of each round: {} ms); streamer got {} MiB back",
         p50.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3,
         percentile(&latencies, 100.0).as_secs_f64() * 1e3,
@@ -688,13 +766,13 @@ fn streamer_does_not_starve_a_probe(model: &str) {
         CEILING.as_millis()
     );
     assert!(
-        p99 <= BUDGET,
-        "{model}: the probe's echo took {:.2} ms at p99 beside a streamer in {} of {} rounds (contract {} ms, allowed on a loaded machine {} ms)",
+        p99 <= budget,
+        "{model} ({scheduled}): the probe's echo took {:.2} ms at p99 beside a streamer in {} of {} rounds (bound {} ms; the contract is {} ms)",
         p99.as_secs_f64() * 1e3,
         over,
         rounds.len(),
-        CONTRACT.as_millis(),
-        BUDGET.as_millis()
+        budget.as_millis(),
+        CONTRACT.as_millis()
     );
 }
 
