@@ -711,52 +711,71 @@ fn streamer_does_not_starve_a_probe(model: &str) {
     // SCHED_FIFO server, SCHED_FIFO on CPU 1, so that it reads its echo the moment it
     // comes. Beside a CFS server it is left alone: pinned to CPU 1 under SCHED_FIFO there,
     // it measured p50 3.1-3.6 ms against 0.06-0.07 ms unpinned (thread model).
+    let server_pid = server.pid();
     let rounds = std::thread::spawn(move || {
         if realtime {
             pin_to_cpu(1);
             become_realtime().expect("SCHED_FIFO, allowed a moment ago");
         }
         const ROUNDS: usize = 3;
-        let mut rounds = Vec::with_capacity(ROUNDS);
-        let (mut within, mut over) = (0, 0);
-        while within < 2 && over < 2 {
+        let mut rounds: Vec<Round> = Vec::with_capacity(ROUNDS);
+        while rounds.iter().filter(|r| r.fair()).count() < 2
+            && rounds.iter().filter(|r| !r.fair()).count() < 2
+        {
+            let (started, cpu_before) = (Instant::now(), cpu_time(server_pid));
             let latencies = probe_round(&mut probe, rounds.len(), PROBES);
-            match percentile(&latencies, 99.0) <= budget {
-                true => within += 1,
-                false => over += 1,
-            }
-            rounds.push(latencies);
+            let busy = (cpu_time(server_pid).saturating_sub(cpu_before)).as_secs_f64()
+                / started.elapsed().as_secs_f64();
+            // The kernel throttles real-time tasks that use more than their share of a
+            // period (95% of each second by default), and a probe that comes then waits
+            // up to the rest of the period (50 ms): where the server was that busy, the
+            // round is allowed that much more. No server here came near it (about 46%),
+            // but one that meets a faster streamer can.
+            let budget = match realtime && busy >= RT_SHARE_NEAR {
+                true => budget + rt_throttle_window(),
+                false => budget,
+            };
+            rounds.push(Round {
+                latencies,
+                busy,
+                budget,
+            });
         }
         rounds
     })
     .join()
     .unwrap();
-    let over = rounds
-        .iter()
-        .filter(|l| percentile(l, 99.0) > budget)
-        .count();
+    let over = rounds.iter().filter(|r| !r.fair()).count();
     // The figures of the worst round the verdict rests on: the second-best p99.
-    let mut by_p99: Vec<&Vec<Duration>> = rounds.iter().collect();
-    by_p99.sort_by_key(|l| percentile(l, 99.0));
-    let latencies = by_p99[1].clone();
+    let mut by_p99: Vec<&Round> = rounds.iter().collect();
+    by_p99.sort_by_key(|r| r.p99());
+    let latencies = &by_p99[1].latencies;
     let round_p99s: Vec<String> = rounds
         .iter()
-        .map(|l| format!("{:.2}", percentile(l, 99.0).as_secs_f64() * 1e3))
+        .map(|r| match realtime {
+            true => format!(
+                "{:.2} (server busy {:.0}%, bound {} ms)",
+                r.p99().as_secs_f64() * 1e3,
+                r.busy * 100.0,
+                r.budget.as_millis()
+            ),
+            false => format!("{:.2}", r.p99().as_secs_f64() * 1e3),
+        })
         .collect();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
     let streamed = reader.join().unwrap();
-    let p50 = percentile(&latencies, 50.0);
-    let p99 = percentile(&latencies, 99.0);
+    let p50 = percentile(latencies, 50.0);
+    let p99 = percentile(latencies, 99.0);
     let scheduled = match realtime {
         true => "SCHED_FIFO",
         false => "CFS",
     };
     eprintln!(
-        "{model} ({scheduled}): probe echo p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {PROBES} probes (p99 of each round: {} ms); streamer got {} MiB back",
+        "{model} ({scheduled}): probe echo p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {PROBES} probes (p99 of each round, ms: {}); streamer got {} MiB back",
         p50.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3,
-        percentile(&latencies, 100.0).as_secs_f64() * 1e3,
+        percentile(latencies, 100.0).as_secs_f64() * 1e3,
         round_p99s.join(", "),
         streamed >> 20
     );
@@ -764,7 +783,7 @@ fn streamer_does_not_starve_a_probe(model: &str) {
         streamed >= 16 << 20,
         "the streamer got only {streamed} bytes back: it was not streaming at full speed"
     );
-    let worst = rounds.iter().map(|l| percentile(l, 99.0)).max().unwrap();
+    let worst = rounds.iter().map(Round::p99).max().unwrap();
     assert!(
         worst <= CEILING,
         "{model}: one round's probe echo took {:.2} ms at p99 beside a streamer (at most {} ms in any round)",
@@ -772,14 +791,76 @@ fn streamer_does_not_starve_a_probe(model: &str) {
         CEILING.as_millis()
     );
     assert!(
-        p99 <= budget,
-        "{model} ({scheduled}): the probe's echo took {:.2} ms at p99 beside a streamer in {} of {} rounds (bound {} ms; the contract is {} ms)",
-        p99.as_secs_f64() * 1e3,
-        over,
+        over < 2,
+        "{model} ({scheduled}): the probe's echo took over its bound at p99 beside a streamer in {over} of {} rounds ({}; the contract is {} ms)",
         rounds.len(),
-        budget.as_millis(),
+        round_p99s.join(", "),
         CONTRACT.as_millis()
     );
+}
+
+/// One round of the fairness probe and what it is judged against.
+struct Round {
+    latencies: Vec<Duration>,
+    /// The server's CPU time over the round's wall time (its threads share CPU 0; its
+    /// children, `process`'s, are not counted: it runs under CFS).
+    busy: f64,
+    /// The p99 this round may reach.
+    budget: Duration,
+}
+
+impl Round {
+    fn p99(&self) -> Duration {
+        percentile(&self.latencies, 99.0)
+    }
+
+    fn fair(&self) -> bool {
+        self.p99() <= self.budget
+    }
+}
+
+/// A server busier than this (CPU time over wall time) may have been throttled as a
+/// real-time task: the kernel's share is 95% of a period by default, and a round's average
+/// hides a busier second.
+const RT_SHARE_NEAR: f64 = 0.8;
+
+/// How long the kernel may hold back a throttled real-time task: the part of each period
+/// (`sched_rt_period_us`) beyond its runtime (`sched_rt_runtime_us`), 50 ms by default;
+/// nothing where real-time tasks are not throttled (runtime -1).
+fn rt_throttle_window() -> Duration {
+    let read = |name: &str| -> Option<i64> {
+        std::fs::read_to_string(format!("/proc/sys/kernel/{name}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    match (read("sched_rt_period_us"), read("sched_rt_runtime_us")) {
+        (_, Some(runtime)) if runtime < 0 => Duration::ZERO,
+        (Some(period), Some(runtime)) => Duration::from_micros((period - runtime).max(0) as u64),
+        // Unknown: the default's window.
+        _ => Duration::from_millis(50),
+    }
+}
+
+/// The CPU time process `pid` has used, all its threads (utime + stime of
+/// `/proc/PID/stat`, in clock ticks); zero once it is gone.
+fn cpu_time(pid: i32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // The fields after the command name, which may hold spaces and ends at the last ')':
+    // utime and stime are fields 14 and 15 of the line, the 12th and 13th after it.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|field| field.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf reads a constant of the system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_secs_f64(ticks as f64 / per_second as f64)
 }
 
 /// The serialising model's order, from its log: the client on `first_port` closed before
