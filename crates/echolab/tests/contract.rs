@@ -601,10 +601,11 @@ fn pin_to_cpu(cpu: usize) {
 /// probes. An event loop that keeps reading the streamer while each read fills its buffer
 /// makes the probe wait for whole bursts (before the budget: reactor p99 1.1 s, async
 /// 2.3 s). How often an unbudgeted loop fails here depends on the streamer: with the
-/// budget lifted, reactor's rounds measured 28-77 ms at p99 first, then 3-48 ms at load 14,
-/// failing one run in three, as the streamer, sharing CPU 1 with other builds, leaves the
-/// socket empty; a streamer under SCHED_FIFO too failed it every time (71-199 ms) but
-/// also spoilt budgeted rounds (17-50 ms), so it keeps normal priority. The budget's own
+/// budget lifted, reactor failed 4 runs of 6 at load 10-14 (rounds of 25-77 ms at p99;
+/// the runs that passed had later rounds of 3-6 ms, the streamer, sharing CPU 1 with other
+/// builds, leaving the socket empty); a streamer under SCHED_FIFO too failed it every time
+/// (71-199 ms) but, throttled, spoilt budgeted rounds (17-50 ms), so it keeps normal
+/// priority. The budget's own
 /// bound is pinned by `event_loop`'s unit test
 /// `a_turn_reads_at_most_its_budget_and_says_bytes_are_left`.
 ///
