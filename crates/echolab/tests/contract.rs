@@ -713,6 +713,9 @@ fn streamer_does_not_starve_a_probe(model: &str) {
     // comes. Beside a CFS server it is left alone: pinned to CPU 1 under SCHED_FIFO there,
     // it measured p50 3.1-3.6 ms against 0.06-0.07 ms unpinned (thread model).
     let server_pid = server.pid();
+    let ticks_per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap() as f64;
     let rounds = std::thread::spawn(move || {
         if realtime {
             pin_to_cpu(1);
@@ -723,10 +726,10 @@ fn streamer_does_not_starve_a_probe(model: &str) {
         while rounds.iter().filter(|r| r.fair()).count() < 2
             && rounds.iter().filter(|r| !r.fair()).count() < 2
         {
-            let (started, cpu_before) = (Instant::now(), cpu_time(server_pid));
+            let (started, ticks_before) = (Instant::now(), cpu_ticks(server_pid));
             let latencies = probe_round(&mut probe, rounds.len(), PROBES);
-            let busy = (cpu_time(server_pid).saturating_sub(cpu_before)).as_secs_f64()
-                / started.elapsed().as_secs_f64();
+            let ticks = cpu_ticks(server_pid).saturating_sub(ticks_before);
+            let busy = ticks as f64 / ticks_per_sec / started.elapsed().as_secs_f64();
             // The kernel throttles real-time tasks that use more than their share of a
             // period (95% of each second by default), and a probe that comes then waits
             // up to the rest of the period (50 ms): where the server was that busy, the
@@ -803,8 +806,7 @@ fn streamer_does_not_starve_a_probe(model: &str) {
 /// One round of the fairness probe and what it is judged against.
 struct Round {
     latencies: Vec<Duration>,
-    /// The server's CPU time over the round's wall time (its threads share CPU 0; its
-    /// children, `process`'s, are not counted: it runs under CFS).
+    /// The server's CPU time over the round's wall time (its threads share CPU 0).
     busy: f64,
     /// The p99 this round may reach.
     budget: Duration,
@@ -842,26 +844,6 @@ fn rt_throttle_window() -> Duration {
         // Unknown: the default's window.
         _ => Duration::from_millis(50),
     }
-}
-
-/// The CPU time process `pid` has used, all its threads (utime + stime of
-/// `/proc/PID/stat`, in clock ticks); zero once it is gone.
-fn cpu_time(pid: i32) -> Duration {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return Duration::ZERO;
-    };
-    // The fields after the command name, which may hold spaces and ends at the last ')':
-    // utime and stime are fields 14 and 15 of the line, the 12th and 13th after it.
-    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let ticks: u64 = after_name
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|field| field.parse::<u64>().ok())
-        .sum();
-    // SAFETY: sysconf reads a constant of the system.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_secs_f64(ticks as f64 / per_second as f64)
 }
 
 /// The serialising model's order, from its log: the client on `first_port` closed before
