@@ -109,8 +109,9 @@ impl UdpServeArgs {
 fn stop_flag() -> std::io::Result<Arc<AtomicBool>> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let stop = Arc::new(AtomicBool::new(false));
+    // One signal delivered twice (by `timeout`) is not a second one.
+    echolab_sys::second_signal::exit_on_second_signal(&[SIGINT, SIGTERM], 1, &stop)?;
     for signal in [SIGINT, SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop))?;
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
     }
     Ok(stop)

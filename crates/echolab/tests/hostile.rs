@@ -1,0 +1,223 @@
+//! What real users and hostile environments do to echolab, found by trying it as a new
+//! user would: a stop signal delivered twice (`timeout(1)` signals the command and then
+//! its process group), a `--udp-only` server's uptime, a report directory that cannot be
+//! written, and the like. Each test is one finding, and fails without its fix.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::process::{Child, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Sends SIGINT and SIGTERM back to back: two signals that do not merge while pending, so
+/// the process sees two stop requests within microseconds, as it does under `timeout`.
+fn stop_twice_at_once(pid: i32) {
+    let pid = nix::unistd::Pid::from_raw(pid);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+}
+
+/// A child that is killed if the test ends (or fails) before it exits.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// `echolab serve --udp-only -m event --listen 127.0.0.1:0`, and its stderr lines.
+fn udp_only_server() -> (Reaped, Receiver<String>) {
+    let mut child = echolab()
+        .args([
+            "serve",
+            "--udp-only",
+            "-m",
+            "event",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = stderr_lines(&mut child);
+    (Reaped(child), lines)
+}
+
+/// The lines of `child`'s stderr, as they come.
+fn stderr_lines(child: &mut Child) -> Receiver<String> {
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// The next line of `lines` containing `needle`; panics after [`STEP`].
+fn next_line(lines: &Receiver<String>, needle: &str) -> String {
+    loop {
+        let line = lines
+            .recv_timeout(STEP)
+            .unwrap_or_else(|_| panic!("no line with {needle:?}"));
+        if line.contains(needle) {
+            return line;
+        }
+    }
+}
+
+#[test]
+fn a_stop_signal_delivered_twice_still_stops_the_server_cleanly() {
+    for model in ["event", "reactor"] {
+        let mut server = Server::start(model, &[]);
+        let conn = connect(server.addr);
+        stop_twice_at_once(server.pid());
+        let status = wait_exit(&mut server.child, STEP).expect("no exit after the signals");
+        // Without the duplicate window the second signal ends it at once: exit 1, no
+        // "server stopped", the connection reset instead of closed.
+        assert_eq!(status.code(), Some(0), "{model}: {:?}", server.log.lines());
+        server.log.wait_for("server stopped", 1);
+        drop(conn);
+    }
+}
+
+#[test]
+fn a_stop_signal_delivered_twice_still_stops_a_udp_only_server_cleanly() {
+    let (mut server, lines) = udp_only_server();
+    next_line(&lines, "udp listening on ");
+    stop_twice_at_once(server.0.id() as i32);
+    let status = wait_exit(&mut server.0, STEP).expect("no exit after the signals");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_bench_stopped_by_a_signal_delivered_twice_still_reports() {
+    let server = Server::start("event", &[]);
+    let child = echolab()
+        .args([
+            "bench",
+            &server.addr.to_string(),
+            "-c",
+            "1",
+            "-d",
+            "60",
+            "--warmup",
+            "0",
+            "--interval",
+            "0",
+            "--json",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The bench has installed its handlers before it connects.
+    server.log.wait_for(" opened", 1);
+    stop_twice_at_once(child.id() as i32);
+    let output = finish_bounded(child, STEP);
+    assert_eq!(output.status.code(), Some(130));
+    // Without the duplicate window the second signal exits at once and prints nothing.
+    let doc: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        panic!(
+            "no JSON document ({err}): {:?}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+    assert_eq!(doc["interrupted"], true, "{doc}");
+}
+
+/// The uptime of the stats line, in seconds: "stats: up 1.5s; ...".
+fn uptime_secs(line: &str) -> f64 {
+    let rest = line.split("stats: up ").nth(1).expect("a stats line");
+    rest.split('s').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_udp_only_server_counts_its_uptime_from_its_start() {
+    let (mut server, lines) = udp_only_server();
+    let listening = next_line(&lines, "udp listening on ");
+    let since_listening = Instant::now();
+    let addr: std::net::SocketAddr = listening.split(' ').nth(3).unwrap().parse().unwrap();
+    // A known stretch of serving: the uptime must cover it.
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(STEP)).unwrap();
+    while since_listening.elapsed() < Duration::from_millis(400) {
+        socket.send_to(b"tick", addr).unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(socket.recv(&mut buf).unwrap(), 4);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = nix::unistd::Pid::from_raw(server.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1).unwrap();
+    let line = next_line(&lines, "echolab: stats: ");
+    // Without the fix the clock starts at the first SIGUSR1: "up 0.0s".
+    assert!(uptime_secs(&line) >= 0.4, "{line}");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    wait_exit(&mut server.0, STEP).expect("no exit after SIGTERM");
+}
+
+#[test]
+fn lab_all_with_a_report_it_cannot_write_is_refused_before_it_runs() {
+    let file = std::env::temp_dir().join(format!("echolab-hostile-{}", std::process::id()));
+    std::fs::write(&file, b"a file, not a directory").unwrap();
+    for dir in [
+        "/proc/echolab-no-such-dir".to_string(),
+        file.display().to_string(),
+    ] {
+        let child = echolab()
+            .args(["lab", "all", "--report", &dir])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Without the check it runs every experiment (minutes) and then fails, exit 1.
+        let output = finish_bounded(child, STEP);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with(&format!("echolab lab: cannot create {dir}: ")),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("os error"), "{stderr}");
+    }
+    let _ = std::fs::remove_file(&file);
+}
+
+#[test]
+fn merge_names_an_unreadable_or_garbled_file_in_plain_words() {
+    let garbled = std::env::temp_dir().join(format!("echolab-garbled-{}.hlog", std::process::id()));
+    std::fs::write(&garbled, b"garbage\n").unwrap();
+    let garbled = garbled.display().to_string();
+    for (file, words) in [
+        (
+            "/nonexistent/x.json",
+            "cannot read /nonexistent/x.json: no such file or directory",
+        ),
+        (
+            garbled.as_str(),
+            "not an HdrHistogram interval log (unreadable from byte 0)",
+        ),
+    ] {
+        let output = echolab().args(["merge", file]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        // Without the fix: "No such file or directory (os error 2)", "ParseError { offset: 0 }".
+        assert!(stderr.contains(words), "{stderr}");
+    }
+    let _ = std::fs::remove_file(&garbled);
+}
