@@ -167,7 +167,18 @@ pub fn run(args: LabArgs) -> ExitCode {
             print_list(args.json);
             ExitCode::SUCCESS
         }
-        "all" => run_all(&settings, args.json, args.report.as_ref()),
+        "all" => {
+            // Before minutes of experiments: a report that cannot be written is a bad
+            // argument now, not a failure at the end.
+            if let Some(dir) = &args.report {
+                if let Err(err) = report::prepare(dir) {
+                    let why = echolab_cli::describe_io(&err);
+                    eprintln!("echolab lab: cannot create {}: {why}", dir.display());
+                    return ExitCode::from(2);
+                }
+            }
+            run_all(&settings, args.json, args.report.as_ref())
+        }
         name => {
             if args.report.is_some() {
                 eprintln!("echolab lab: --report goes with `all`, not with {name:?}");

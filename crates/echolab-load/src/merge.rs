@@ -304,7 +304,10 @@ pub fn run(args: MergeArgs) -> ExitCode {
         let name = path.display().to_string();
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
-            Err(err) => return fail(&format!("cannot read {name}: {err}"), 1),
+            Err(err) => {
+                let why = echolab_cli::describe_io(&err);
+                return fail(&format!("cannot read {name}: {why}"), 1);
+            }
         };
         match Source::parse(&name, &text) {
             Ok(source) => sources.push(source),
