@@ -354,9 +354,10 @@ const MAX_SECS: Duration = Duration::from_secs(86_400);
 /// The shortest timeout: below a millisecond it would fire before a round trip.
 const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 
-/// An address with a port: `127.0.0.1:7007`, `[::1]:7007`, or a host name to resolve.
+/// The server's address with a port: `127.0.0.1:7007`, `[::1]:7007`, or a host name to
+/// resolve; not port 0.
 pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
-    units::addr(text)
+    units::destination(text)
 }
 
 fn count(text: &str, max: usize) -> Result<usize, String> {

@@ -538,9 +538,9 @@ pub fn run_client(args: &UdpClientArgs) -> ExitCode {
 // Durations, sizes, counts and addresses are parsed by echolab_cli::units, as every
 // command parses them; here are only each flag's range.
 
-/// An address with a port, or HOST:PORT resolved.
+/// The server's address with a port, or HOST:PORT resolved; not port 0.
 pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
-    units::addr(text)
+    units::destination(text)
 }
 
 fn parse_conns(text: &str) -> Result<usize, String> {

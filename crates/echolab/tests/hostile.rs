@@ -221,3 +221,25 @@ fn merge_names_an_unreadable_or_garbled_file_in_plain_words() {
     }
     let _ = std::fs::remove_file(&garbled);
 }
+
+#[test]
+fn port_0_as_the_server_to_reach_is_a_bad_argument() {
+    for (args, addr) in [
+        (&["client", "[::1]:0"][..], "[::1]:0"),
+        (&["client", "--udp", "127.0.0.1:0"], "127.0.0.1:0"),
+        (&["bench", "127.0.0.1:0", "-d", "1"], "127.0.0.1:0"),
+        (&["bench", "--udp", "[::1]:0", "-d", "1"], "[::1]:0"),
+    ] {
+        let output = echolab().args(args).stdin(Stdio::null()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        // Without the check: "cannot connect ...: connection refused", exit 1 (TCP), or
+        // exit 0 having sent nothing anywhere (UDP client).
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("invalid value '{addr}'"))
+                && stderr.contains("port 0 is no server's port"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
