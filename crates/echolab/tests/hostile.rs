@@ -243,3 +243,36 @@ fn port_0_as_the_server_to_reach_is_a_bad_argument() {
         );
     }
 }
+
+#[test]
+fn connections_closed_for_long_lines_warn_at_most_once_a_second() {
+    use std::io::{Read, Write};
+    const N_CONNS: u64 = 20;
+    let server = Server::start("event", &["--mode", "lines", "--max-line", "8"]);
+    let start = Instant::now();
+    for _ in 0..N_CONNS {
+        let mut conn = connect(server.addr);
+        conn.write_all(b"0123456789abcdef\n").unwrap();
+        // The server closes it (end of file, or a reset since it left bytes unread).
+        let mut buf = [0u8; 64];
+        let _ = conn.read(&mut buf);
+    }
+    server.log.wait_for(
+        "closed: line longer than --max-line 8 bytes",
+        N_CONNS as usize,
+    );
+    let elapsed = start.elapsed().as_secs();
+    let warnings: Vec<String> = server
+        .log
+        .lines()
+        .into_iter()
+        .filter(|l| l.starts_with("echolab: warning: ") && l.contains("line longer"))
+        .collect();
+    // Without the throttle: one warning per connection, 20 lines in well under 20 s.
+    assert!(!warnings.is_empty());
+    assert!(
+        warnings.len() as u64 <= 1 + elapsed,
+        "{} warnings in {elapsed} s: {warnings:?}",
+        warnings.len()
+    );
+}
