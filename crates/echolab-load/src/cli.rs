@@ -12,7 +12,8 @@ use crate::threshold::Thresholds;
 
 /// Send stdin (or a file) to an echo server and print or verify what comes back.
 ///
-/// Interactive: each line typed goes to the server and its echo is printed. At the end of
+/// Interactive: each line typed goes to the server and its echo is printed (and checked:
+/// a byte that differs from the one sent ends the session, exit 3). At the end of
 /// input (Ctrl-D) the client shuts down its sending side and prints every byte still owed;
 /// a server that closes or resets early is reported as an error, never printed as an echo.
 ///
