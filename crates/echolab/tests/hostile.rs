@@ -276,3 +276,23 @@ fn connections_closed_for_long_lines_warn_at_most_once_a_second() {
         warnings.len()
     );
 }
+
+#[test]
+fn lab_trials_that_are_no_number_name_no_meaningless_ceiling() {
+    for trials in ["garbage", "", "18446744073709551616"] {
+        let output = echolab()
+            .args(["lab", "counter", "--trials", trials])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{trials}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{trials}: {stderr}");
+        assert!(
+            stderr.contains(&format!("'{trials}' for '--trials")),
+            "{stderr}"
+        );
+        // Without the fix: "not a whole number; from 1 to 18446744073709551615".
+        assert!(!stderr.contains("18446744073709551615"), "{stderr}");
+        assert!(stderr.contains("echolab lab list"), "{stderr}");
+    }
+}
