@@ -296,3 +296,38 @@ fn lab_trials_that_are_no_number_name_no_meaningless_ceiling() {
         assert!(stderr.contains("echolab lab list"), "{stderr}");
     }
 }
+
+#[test]
+fn ctrl_c_to_the_process_group_stops_workers_without_a_warning_or_restart() {
+    use std::os::unix::process::CommandExt;
+    let mut command = echolab();
+    // Its own process group, as a shell gives a foreground job: Ctrl-C signals all of it.
+    command.process_group(0);
+    let mut server = Server::start_with(
+        command,
+        "reactor",
+        "127.0.0.1:0",
+        &["--processes", "2", "--max-conns", "10"],
+    );
+    let supervisor = nix::unistd::Pid::from_raw(server.pid());
+    use nix::sys::signal::{kill, killpg, Signal};
+    // Deterministic order: the workers end on the group's SIGINT while the supervisor
+    // cannot run yet, so it finds its own SIGINT and two dead workers at the same wake-up.
+    kill(supervisor, Signal::SIGSTOP).unwrap();
+    killpg(supervisor, Signal::SIGINT).unwrap();
+    let both_dead = eventually(|| children(server.pid()) == (2, 2));
+    kill(supervisor, Signal::SIGCONT).unwrap();
+    assert!(both_dead, "the workers did not end on SIGINT");
+    let status = wait_exit(&mut server.child, STEP).expect("no exit after SIGINT");
+    assert_eq!(status.code(), Some(0), "{:?}", server.log.lines());
+    server.log.wait_for("supervisor: worker 1", 1);
+    // Without the fix: "warning: supervisor: worker 0 (pid N) exited with status 0", as if
+    // it had died, when it stopped on the user's Ctrl-C.
+    let lines = server.log.lines();
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("warning") || l.contains("restarted")),
+        "{lines:#?}"
+    );
+}
