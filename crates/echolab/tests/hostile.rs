@@ -331,3 +331,24 @@ fn ctrl_c_to_the_process_group_stops_workers_without_a_warning_or_restart() {
         "{lines:#?}"
     );
 }
+
+#[test]
+fn a_udp_port_in_use_is_one_line_in_the_words_tcp_uses() {
+    let holder = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = holder.local_addr().unwrap().to_string();
+    let child = echolab()
+        .args(["serve", "--udp-only", "-m", "event", "--listen", &addr])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = finish_bounded(child, STEP);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    // Without the fix: "Address already in use (os error 98)".
+    assert_eq!(
+        stderr.trim_end(),
+        format!("echolab serve: cannot bind udp {addr}: address already in use")
+    );
+}
