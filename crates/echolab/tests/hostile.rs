@@ -352,3 +352,26 @@ fn a_udp_port_in_use_is_one_line_in_the_words_tcp_uses() {
         format!("echolab serve: cannot bind udp {addr}: address already in use")
     );
 }
+
+#[test]
+fn a_hdr_log_that_cannot_be_written_is_refused_before_the_run() {
+    // No server needed: the check comes first. Without it the bench runs (here: fails to
+    // connect, exit 1) or measures for --duration and then loses the log, exit 1.
+    let addr = "127.0.0.1:9";
+    for (path, why) in [
+        ("/nonexistent/x.hlog", "no such file or directory"),
+        ("/proc", "is a directory"),
+    ] {
+        let output = echolab()
+            .args(["bench", addr, "-d", "60", "--hdr-log", path])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert_eq!(
+            stderr.trim_end(),
+            format!("echolab bench: cannot write --hdr-log {path}: {why}")
+        );
+    }
+}
