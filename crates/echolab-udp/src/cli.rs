@@ -472,7 +472,8 @@ pub fn run_bench(args: &UdpBenchArgs) -> ExitCode {
     let report = match crate::bench::run_with_progress(&config, &stop, args.interval, lines) {
         Ok(report) => report,
         Err(err) => {
-            let message = format!("udp {}: {err}", config.addr);
+            let why = echolab_cli::describe_io(&err);
+            let message = format!("udp {}: {why}", config.addr);
             return bench_fail(args.json, &message, 1);
         }
     };
@@ -506,7 +507,8 @@ pub fn run_client(args: &UdpClientArgs) -> ExitCode {
             let data = match std::fs::read(path) {
                 Ok(data) => data,
                 Err(err) => {
-                    eprintln!("echolab client: cannot read {}: {err}", path.display());
+                    let why = echolab_cli::describe_io(&err);
+                    eprintln!("echolab client: cannot read {}: {why}", path.display());
                     return ExitCode::from(2);
                 }
             };

@@ -375,3 +375,40 @@ fn a_hdr_log_that_cannot_be_written_is_refused_before_the_run() {
         );
     }
 }
+
+#[test]
+fn udp_client_errors_are_in_plain_words() {
+    use std::io::Write;
+    // A port nobody listens on: the kernel answers with ICMP port unreachable.
+    let addr = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let mut child = echolab()
+        .args(["client", "--udp", &addr, "--timeout", "2s"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"ping\n").unwrap();
+    let output = finish_bounded(child, STEP);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    // Without the fix: "Connection refused (os error 111)".
+    assert_eq!(
+        stderr.trim_end(),
+        format!("echolab client: udp {addr}: connection refused")
+    );
+    let output = echolab()
+        .args(["client", "--udp", "--send", "/nonexistent/file", &addr])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        "echolab client: cannot read /nonexistent/file: no such file or directory"
+    );
+}
