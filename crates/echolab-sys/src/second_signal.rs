@@ -109,6 +109,47 @@ mod tests {
         assert!(ends_at_once(true, 0, 1));
     }
 
+    /// Set in the child process of [`a_second_signal_after_the_window_exits_a_duplicate_does_not`].
+    const CHILD_ENV: &str = "ECHOLAB_SECOND_SIGNAL_CHILD";
+
+    /// The child's part (does nothing in a normal run): registers the handlers on SIGUSR2
+    /// with exit code 42, raises the first signal and at once its duplicate (it must live
+    /// on and say so), then, after the window, a second one (it must exit 42).
+    #[test]
+    fn second_signal_child() {
+        if std::env::var_os(CHILD_ENV).is_none() {
+            return;
+        }
+        let armed = Arc::new(AtomicBool::new(false));
+        exit_on_second_signal(&[libc::SIGUSR2], 42, &armed).unwrap();
+        signal_hook::flag::register(libc::SIGUSR2, Arc::clone(&armed)).unwrap();
+        signal_hook::low_level::raise(libc::SIGUSR2).unwrap();
+        signal_hook::low_level::raise(libc::SIGUSR2).unwrap();
+        println!("survived the duplicate");
+        // Time passing is what is tested here, not a synchronisation.
+        std::thread::sleep(DUPLICATE_WINDOW + Duration::from_millis(100));
+        signal_hook::low_level::raise(libc::SIGUSR2).unwrap();
+        println!("survived the second signal");
+    }
+
+    #[test]
+    fn a_second_signal_after_the_window_exits_a_duplicate_does_not() {
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "second_signal::tests::second_signal_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("survived the duplicate"), "{stdout}");
+        assert!(!stdout.contains("survived the second signal"), "{stdout}");
+        assert_eq!(output.status.code(), Some(42), "{stdout}");
+    }
+
     #[test]
     fn the_clock_moves_forward() {
         let a = monotonic_ns();
