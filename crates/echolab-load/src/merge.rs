@@ -183,7 +183,7 @@ pub fn mismatch(sources: &[Source]) -> Option<String> {
 fn same_run(sources: &[Source]) -> Option<String> {
     for (idx, a) in sources.iter().enumerate() {
         for b in &sources[idx + 1..] {
-            if a.hist.len() > 0
+            if !a.hist.is_empty()
                 && a.hist == b.hist
                 && a.messages == b.messages
                 && a.errors == b.errors
