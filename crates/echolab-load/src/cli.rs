@@ -31,8 +31,8 @@ pub struct ClientArgs {
     pub send: Option<PathBuf>,
 
     /// Give up after this long without progress (connecting, or waiting for an owed echo).
-    /// A duration: 500ms, 2s, 1m; a bare number is seconds.
-    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_secs, allow_negative_numbers = true)]
+    /// A duration: 500ms, 2s, 1m; a bare number is seconds; at least 1ms, at most 1d.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_timeout, allow_negative_numbers = true)]
     pub timeout: Duration,
 }
 

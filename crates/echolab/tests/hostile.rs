@@ -534,3 +534,23 @@ fn churn_against_a_server_that_speaks_first_fails_every_attempt_at_once() {
     let mismatches = doc["errors_by_kind"]["mismatch"].as_u64().unwrap();
     assert!(mismatches >= 10 * N_SLOTS, "{mismatches} mismatches: {doc}");
 }
+
+#[test]
+fn client_timeout_has_the_floor_bench_timeout_has() {
+    for value in ["0.5ms", "1ns", "0"] {
+        let output = echolab()
+            .args(["client", "127.0.0.1:9", "--timeout", value])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        // Without the floor: 1ns was taken and said "connection timed out", exit 1.
+        assert_eq!(output.status.code(), Some(2), "{value}: {stderr}");
+        assert_eq!(
+            stderr.trim_end(),
+            format!(
+                "echolab: invalid value '{value}' for '--timeout <DURATION>': at least 1ms, at most 1d"
+            )
+        );
+    }
+}
