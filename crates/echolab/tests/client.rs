@@ -231,6 +231,35 @@ fn interactive_streams_more_than_it_keeps_to_compare() {
 }
 
 #[test]
+fn interactive_sends_at_most_what_it_keeps_to_compare_while_no_echo_comes() {
+    // A server that reads everything and echoes nothing: the client keeps what it sent to
+    // compare with an echo that never comes, so it must stop sending once it holds
+    // MAX_OWED bytes (plus the one read of stdin in hand), and then time out.
+    let (count_tx, count_rx) = std::sync::mpsc::channel();
+    let server = TestServer::start(move |mut conn| {
+        let mut total = 0usize;
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        let _ = count_tx.send(total);
+    });
+    let input = binary(echolab_load::client::MAX_OWED * 3);
+    let output = client(server.addr, &["--timeout", "500ms"], &input);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("timeout"), "{stderr}");
+    let received = count_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(
+        received <= echolab_load::client::MAX_OWED + 64 * 1024,
+        "the server got {received} bytes"
+    );
+}
+
+#[test]
 fn an_early_close_is_reported_with_the_count() {
     // Echoes the first 1000 bytes, then closes its sending side and discards the rest.
     let server = TestServer::start(|mut conn| {
