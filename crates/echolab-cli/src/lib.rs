@@ -7,9 +7,38 @@
 //!   seconds), sizes with units (`1.5K`, `64KiB`, `1G`; a bare number is bytes), whole
 //!   counts, and socket addresses. Each parser returns one lowercase sentence for clap to
 //!   put after "invalid value 'V' for '--FLAG'".
+//! - [`describe_io`]: an I/O error as the lowercase phrase every message ends with.
 //! - `provenance`: what every JSON document carries about the run that wrote it (schema
 //!   version, echolab's version and git revision, command line, CPU model, kernel).
 #![forbid(unsafe_code)]
 
 pub mod provenance;
 pub mod units;
+
+/// An I/O error as one lowercase phrase, without Rust's " (os error N)":
+/// `no such file or directory`, for "cannot read FILE: no such file or directory".
+pub fn describe_io(err: &std::io::Error) -> String {
+    let text = err.to_string();
+    let text = match text.find(" (os error") {
+        Some(at) => &text[..at],
+        None => &text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_os_error_is_one_lowercase_phrase() {
+        // 2 is ENOENT on Linux: "No such file or directory (os error 2)".
+        let err = std::io::Error::from_raw_os_error(2);
+        assert_eq!(describe_io(&err), "no such file or directory");
+        assert_eq!(describe_io(&std::io::Error::other("Gone")), "gone");
+    }
+}

@@ -267,6 +267,16 @@ pub fn addr(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("cannot resolve host {host:?}"))
 }
 
+/// A server to connect or send to: an [`addr`] whose port is not 0 (port 0 means "any
+/// free port" to `bind`, and no server listens on it).
+pub fn destination(text: &str) -> Result<SocketAddr, String> {
+    let addr = addr(text)?;
+    if addr.port() == 0 {
+        return Err("port 0 is no server's port (1 to 65535)".to_string());
+    }
+    Ok(addr)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -530,5 +540,21 @@ mod tests {
             let err = addr(text).unwrap_err();
             assert!(err.contains(want), "{text:?}: {err:?} lacks {want:?}");
         }
+    }
+
+    #[test]
+    fn a_destination_is_an_address_whose_port_is_not_0() {
+        assert_eq!(
+            destination("127.0.0.1:7"),
+            Ok("127.0.0.1:7".parse().unwrap())
+        );
+        for text in ["127.0.0.1:0", "[::1]:0", "localhost:0"] {
+            assert_eq!(
+                destination(text),
+                Err("port 0 is no server's port (1 to 65535)".to_string()),
+                "{text}"
+            );
+        }
+        assert_eq!(destination("127.0.0.1:99999"), addr("127.0.0.1:99999"));
     }
 }

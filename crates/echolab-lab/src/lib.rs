@@ -106,7 +106,18 @@ fn parse_cpu_list(text: &str) -> Result<CpuList, String> {
 // Counts and durations are parsed by echolab_cli::units, as every command parses them.
 
 fn parse_positive(text: &str) -> Result<usize, String> {
-    echolab_cli::units::count(text, 1, usize::MAX as u64).map(|n| n as usize)
+    // No ceiling here (each experiment checks its own), so none is named: "from 1 to
+    // 18446744073709551615" would teach nothing.
+    echolab_cli::units::count(text, 1, usize::MAX as u64)
+        .map(|n| n as usize)
+        .map_err(|err| {
+            if err.starts_with("not a whole number") || err.starts_with("at most") {
+                "a whole number, at least 1, at most the experiment's maximum (see `echolab lab list`)"
+                    .to_string()
+            } else {
+                err
+            }
+        })
 }
 
 /// A deadline from 1s to 1h (a bare number is seconds).
@@ -167,7 +178,18 @@ pub fn run(args: LabArgs) -> ExitCode {
             print_list(args.json);
             ExitCode::SUCCESS
         }
-        "all" => run_all(&settings, args.json, args.report.as_ref()),
+        "all" => {
+            // Before minutes of experiments: a report that cannot be written is a bad
+            // argument now, not a failure at the end.
+            if let Some(dir) = &args.report {
+                if let Err(err) = report::prepare(dir) {
+                    let why = echolab_cli::describe_io(&err);
+                    eprintln!("echolab lab: cannot create {}: {why}", dir.display());
+                    return ExitCode::from(2);
+                }
+            }
+            run_all(&settings, args.json, args.report.as_ref())
+        }
         name => {
             if args.report.is_some() {
                 eprintln!("echolab lab: --report goes with `all`, not with {name:?}");

@@ -123,6 +123,15 @@ pub fn all_json(reports: &[Report]) -> serde_json::Value {
     doc
 }
 
+/// Creates `dir` if it does not exist and checks that a file can be written into it
+/// (a probe file, removed at once), so that `lab all --report DIR` fails before it runs.
+pub fn prepare(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(".echolab-write-probe");
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
+}
+
 /// Writes DIR/index.html, DIR/EXPERIMENT.svg and DIR/lab.json; returns the page's path.
 pub fn write(dir: &Path, reports: &[Report]) -> io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;

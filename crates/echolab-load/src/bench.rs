@@ -21,6 +21,15 @@ pub fn run(args: BenchArgs) -> ExitCode {
         Ok(config) => config,
         Err(message) => return fail(args.json || args.json_stream, &message, 2),
     };
+    // Before the run: a log that cannot be written is a bad argument now, not a run
+    // measured and then thrown away.
+    if let Some(path) = &args.hdr_log {
+        if let Err(err) = std::fs::File::create(path) {
+            let why = echolab_cli::describe_io(&err);
+            let message = format!("cannot write --hdr-log {}: {why}", path.display());
+            return fail(args.json || args.json_stream, &message, 2);
+        }
+    }
     let stop = match crate::install_stop_flag() {
         Ok(stop) => stop,
         Err(err) => {
@@ -62,7 +71,8 @@ pub fn run(args: BenchArgs) -> ExitCode {
         Ok(report) => {
             if let Some(path) = &args.hdr_log {
                 if let Err(err) = crate::merge::write_bench_log(path, &report, &config) {
-                    eprintln!("echolab bench: cannot write {}: {err}", path.display());
+                    let why = echolab_cli::describe_io(&err);
+                    eprintln!("echolab bench: cannot write {}: {why}", path.display());
                     return ExitCode::from(1);
                 }
             }

@@ -12,7 +12,8 @@ use crate::threshold::Thresholds;
 
 /// Send stdin (or a file) to an echo server and print or verify what comes back.
 ///
-/// Interactive: each line typed goes to the server and its echo is printed. At the end of
+/// Interactive: each line typed goes to the server and its echo is printed (and checked:
+/// a byte that differs from the one sent ends the session, exit 3). At the end of
 /// input (Ctrl-D) the client shuts down its sending side and prints every byte still owed;
 /// a server that closes or resets early is reported as an error, never printed as an echo.
 ///
@@ -30,8 +31,8 @@ pub struct ClientArgs {
     pub send: Option<PathBuf>,
 
     /// Give up after this long without progress (connecting, or waiting for an owed echo).
-    /// A duration: 500ms, 2s, 1m; a bare number is seconds.
-    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_secs, allow_negative_numbers = true)]
+    /// A duration: 500ms, 2s, 1m; a bare number is seconds; at least 1ms, at most 1d.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_timeout, allow_negative_numbers = true)]
     pub timeout: Duration,
 }
 
@@ -354,9 +355,10 @@ const MAX_SECS: Duration = Duration::from_secs(86_400);
 /// The shortest timeout: below a millisecond it would fire before a round trip.
 const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 
-/// An address with a port: `127.0.0.1:7007`, `[::1]:7007`, or a host name to resolve.
+/// The server's address with a port: `127.0.0.1:7007`, `[::1]:7007`, or a host name to
+/// resolve; not port 0.
 pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
-    units::addr(text)
+    units::destination(text)
 }
 
 fn count(text: &str, max: usize) -> Result<usize, String> {

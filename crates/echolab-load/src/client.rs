@@ -8,17 +8,23 @@
 //! byte is still read, and the connection ending before every byte came back is an error
 //! with the count, never output.
 //!
+//! Interactive mode checks the echo too: each byte that comes back is compared with the
+//! byte sent at its offset (the input thread keeps the bytes not yet echoed, at most
+//! [`MAX_OWED`]); the echo is printed as it came, and a differing byte ends the session with
+//! exit status 3, as with `--send`.
+//!
 //! `--send FILE` is the scriptable form: the file streams out while the echo streams back
 //! and is compared byte by byte with the file; the verdict names the first differing
 //! offset, or the reason (reset, timeout, early end of file with N of M bytes).
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -250,6 +256,11 @@ fn receive_and_verify(
     }
 }
 
+/// The most bytes sent and not yet echoed that interactive mode keeps to compare with
+/// the echo; past it, the input waits for echoes (a server that reads without echoing
+/// then times out instead of growing the client's memory).
+pub const MAX_OWED: usize = 4 * 1024 * 1024;
+
 /// The lecture's interactive client: stdin to the server, echoes to stdout.
 fn interactive(conn: TcpStream, timeout: Duration) -> Result<(), ClientError> {
     /// What the input thread shares with the main thread.
@@ -258,6 +269,11 @@ fn interactive(conn: TcpStream, timeout: Duration) -> Result<(), ClientError> {
         /// Bytes handed to the connection; counted before the write, so the echo of a
         /// byte can never arrive before its count.
         sent: AtomicU64,
+        /// The bytes sent and not yet echoed, oldest first (pushed with `sent`'s count,
+        /// under this lock), compared with the echo as it comes.
+        owed: Mutex<VecDeque<u8>>,
+        /// Signalled when echoes take bytes off `owed`.
+        echoed: Condvar,
         /// Set before the half-close: from then on, the server closing is expected.
         done: AtomicBool,
         /// Why sending failed, if it did.
@@ -280,7 +296,14 @@ fn interactive(conn: TcpStream, timeout: Duration) -> Result<(), ClientError> {
             match stdin.read(&mut buf) {
                 Ok(0) => break Ok(()),
                 Ok(n) => {
-                    shared.sent.fetch_add(n as u64, Ordering::SeqCst);
+                    {
+                        let mut owed = shared.owed.lock().unwrap_or_else(|e| e.into_inner());
+                        while !owed.is_empty() && owed.len() + n > MAX_OWED {
+                            owed = shared.echoed.wait(owed).unwrap_or_else(|e| e.into_inner());
+                        }
+                        owed.extend(&buf[..n]);
+                        shared.sent.fetch_add(n as u64, Ordering::SeqCst);
+                    }
                     if let Err(err) = writer_conn.write_all(&buf[..n]) {
                         break Err(format!("cannot send to the server: {}", describe(&err)));
                     }
@@ -332,6 +355,21 @@ fn interactive(conn: TcpStream, timeout: Duration) -> Result<(), ClientError> {
                         received + n as u64 - sent
                     )));
                 }
+                // Compared before it is printed; printed as it came either way.
+                let mismatch = {
+                    let mut owed = input.owed.lock().unwrap_or_else(|e| e.into_inner());
+                    let want: Vec<u8> = owed.drain(..n).collect();
+                    input.echoed.notify_all();
+                    buf[..n]
+                        .iter()
+                        .zip(&want)
+                        .position(|(got, want)| got != want)
+                        .map(|i| ClientError::Mismatch {
+                            offset: received + i as u64,
+                            expected: want[i],
+                            got: buf[i],
+                        })
+                };
                 received += n as u64;
                 owed_since = (received < sent).then(Instant::now);
                 if stdout
@@ -341,6 +379,9 @@ fn interactive(conn: TcpStream, timeout: Duration) -> Result<(), ClientError> {
                 {
                     // stdout is gone (a closed pipe): nobody is reading the echoes.
                     return Err(ClientError::Failed("cannot write to stdout".to_string()));
+                }
+                if let Some(mismatch) = mismatch {
+                    return Err(mismatch);
                 }
             }
             Err(err)

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use hdrhistogram::serialization::interval_log::{
-    IntervalLogIterator, IntervalLogWriterBuilder, LogEntry,
+    IntervalLogIterator, IntervalLogWriterBuilder, LogEntry, LogIteratorError,
 };
 use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer, V2Serializer};
 use hdrhistogram::Histogram;
@@ -238,7 +238,11 @@ pub fn read_log(text: &str) -> Result<Log, String> {
     let mut total: Option<Histogram<u64>> = None;
     let mut intervals = 0;
     for entry in IntervalLogIterator::new(text.as_bytes()) {
-        let entry = entry.map_err(|err| format!("not an HdrHistogram interval log: {err:?}"))?;
+        let entry = entry.map_err(|err| match err {
+            LogIteratorError::ParseError { offset } => {
+                format!("not an HdrHistogram interval log (unreadable from byte {offset})")
+            }
+        })?;
         if let LogEntry::Interval(interval) = entry {
             let hist = decode(interval.encoded_histogram())
                 .map_err(|err| format!("interval {}: {err}", intervals + 1))?;

@@ -75,14 +75,16 @@ pub fn run_compare(args: CompareArgs) -> ExitCode {
 }
 
 /// A flag that SIGINT or SIGTERM sets, so a run can stop and still report what it
-/// measured. A second signal, arriving when the flag is already set, exits at once
-/// (status 130) for a run that does not stop quickly enough.
+/// measured. A second signal, arriving when the flag is already set (and not within
+/// [`echolab_sys::second_signal::DUPLICATE_WINDOW`] of the first), exits at once (status
+/// 130) for a run that does not stop quickly enough.
 pub fn install_stop_flag() -> io::Result<Arc<AtomicBool>> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let stop = Arc::new(AtomicBool::new(false));
+    // Registered first, so it sees the flag as it was before this signal set it; one
+    // signal delivered twice (by `timeout`) is not a second one.
+    echolab_sys::second_signal::exit_on_second_signal(&[SIGINT, SIGTERM], 130, &stop)?;
     for signal in [SIGINT, SIGTERM] {
-        // Registered first, so it sees the flag as it was before this signal set it.
-        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop))?;
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
     }
     Ok(stop)

@@ -174,6 +174,28 @@ pub fn mismatch(sources: &[Source]) -> Option<String> {
                 s.lines.map(|l| if l { "lines" } else { "bytes" })
             })
         })
+        .or_else(|| same_run(sources))
+}
+
+/// Two sources that hold the same run (the same file given twice, or a copy of it): equal
+/// latency histograms with at least one message and equal counts. Two load machines never
+/// record identical histograms; summing them would count one machine's run twice.
+fn same_run(sources: &[Source]) -> Option<String> {
+    for (idx, a) in sources.iter().enumerate() {
+        for b in &sources[idx + 1..] {
+            if !a.hist.is_empty()
+                && a.hist == b.hist
+                && a.messages == b.messages
+                && a.errors == b.errors
+            {
+                return Some(format!(
+                    "{} and {} hold the same run (identical histograms and counts): merging would count it twice (--force to merge anyway)",
+                    a.name, b.name
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// Adds the sources up: counts and rates summed, the window the longest, the histogram
@@ -304,7 +326,10 @@ pub fn run(args: MergeArgs) -> ExitCode {
         let name = path.display().to_string();
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
-            Err(err) => return fail(&format!("cannot read {name}: {err}"), 1),
+            Err(err) => {
+                let why = echolab_cli::describe_io(&err);
+                return fail(&format!("cannot read {name}: {why}"), 1);
+            }
         };
         match Source::parse(&name, &text) {
             Ok(source) => sources.push(source),
@@ -484,9 +509,27 @@ mod tests {
         let mut d = source("d", 64, &[1_000]);
         d.lines = Some(true);
         assert!(mismatch(&[a.clone(), d.clone()]).unwrap().contains("mode"));
-        assert_eq!(mismatch(&[a.clone(), a.clone()]), None);
+        // The same load, another run (the same run twice is refused for another reason).
+        assert_eq!(mismatch(&[a.clone(), source("a2", 64, &[2_000])]), None);
         // Forced: the merged report does not claim the mode.
         assert_eq!(merge(&[a, d]).unwrap().lines, None);
+    }
+
+    #[test]
+    fn the_same_run_twice_is_refused_two_runs_alike_are_not() {
+        let a = source("a.json", 64, &[1_000, 2_000]);
+        let copy = source("copy.json", 64, &[1_000, 2_000]);
+        let other = source("b.json", 64, &[1_000, 2_001_000]);
+        assert_eq!(
+            mismatch(&[a.clone(), other.clone(), copy]).as_deref(),
+            Some("a.json and copy.json hold the same run (identical histograms and counts): merging would count it twice (--force to merge anyway)")
+        );
+        assert_eq!(mismatch(&[a, other]), None);
+        // Two machines that measured nothing have equal (empty) histograms: not one run.
+        assert_eq!(
+            mismatch(&[source("x", 64, &[]), source("y", 64, &[])]),
+            None
+        );
     }
 
     #[test]

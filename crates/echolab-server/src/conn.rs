@@ -6,8 +6,10 @@ use std::fmt;
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
+use crate::accept::LogThrottle;
 use crate::echo::{Echo, EchoConfig, EchoError};
 use crate::net;
 
@@ -66,12 +68,32 @@ pub fn log_closed(peer: SocketAddr, echo: &Echo, end: &End) {
 pub fn log_closed_counts(peer: SocketAddr, bytes_in: u64, bytes_out: u64, end: &End) {
     crate::stats::global().closed(bytes_in, bytes_out, crate::stats::EndKind::of(end));
     match end {
+        // A warning, since the client broke the server's rule, but at most one line a
+        // second (with a count of the others), like refusals: a client that opens
+        // connection after connection with over-long lines must not flood the log. Every
+        // close is still a debug line and counted in the stats.
         End::Failed(EchoError::LineTooLong { limit }) => {
-            log::warn!("conn {peer} closed: line longer than --max-line {limit} bytes ({bytes_in} bytes in, {bytes_out} out)")
+            let admitted = LONG_LINE_LOG
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .admit(Instant::now(), LONG_LINE_LOG_INTERVAL);
+            let counts = format!("({bytes_in} bytes in, {bytes_out} out)");
+            match admitted {
+                Some(0) => log::warn!("conn {peer} closed: line longer than --max-line {limit} bytes {counts}"),
+                Some(more) => log::warn!("conn {peer} closed: line longer than --max-line {limit} bytes {counts} ({more} more closed for a long line since the last such line)"),
+                None => log::debug!("conn {peer} closed: {end} {counts}"),
+            }
         }
         _ => log::debug!("conn {peer} closed: {end} ({bytes_in} bytes in, {bytes_out} out)"),
     }
 }
+
+/// The warnings about connections closed for an over-long line: at most one per
+/// [`LONG_LINE_LOG_INTERVAL`] for the whole server (per process in the process model).
+static LONG_LINE_LOG: Mutex<LogThrottle> = Mutex::new(LogThrottle::new());
+
+/// At most one "line longer than --max-line" warning this often.
+pub const LONG_LINE_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a blocking connection needs besides its socket.
 #[derive(Debug, Clone, Copy)]

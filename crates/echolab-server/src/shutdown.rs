@@ -40,14 +40,15 @@ impl Shutdown {
         write_end.set_nonblocking(true)?;
         let flag = Arc::new(AtomicBool::new(false));
         let mut sig_ids = Vec::new();
+        // A second signal while shutting down ends the process at once (exit 1): the
+        // way out of a shutdown that hangs. One signal delivered twice (`timeout` sends it
+        // to the process and to its group) is not a second one.
+        sig_ids.extend(echolab_sys::second_signal::exit_on_second_signal(
+            &[SIGINT, SIGTERM],
+            1,
+            &flag,
+        )?);
         for signal in [SIGINT, SIGTERM] {
-            // A second signal while shutting down ends the process at once (exit 1): the
-            // way out of a shutdown that hangs.
-            sig_ids.push(signal_hook::flag::register_conditional_shutdown(
-                signal,
-                1,
-                Arc::clone(&flag),
-            )?);
             // The flag before the pipe: a poller that wakes on the byte sees the flag set.
             sig_ids.push(signal_hook::flag::register(signal, Arc::clone(&flag))?);
             sig_ids.push(signal_hook::low_level::pipe::register(

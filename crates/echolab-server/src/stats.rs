@@ -337,6 +337,9 @@ static USR1: OnceLock<UnixStream> = OnceLock::new();
 /// Makes SIGUSR1 ask for a stats line instead of ending the process (its default). The
 /// handler only writes a byte to a pipe; a [`Reporter`] prints. Idempotent.
 pub fn listen_for_usr1() -> io::Result<()> {
+    // The uptime's clock starts here at the latest: a server that listens for SIGUSR1 is
+    // serving (a `--udp-only` server never calls `serve`, which starts it otherwise).
+    global();
     if USR1.get().is_some() {
         return Ok(());
     }

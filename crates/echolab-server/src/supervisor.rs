@@ -350,10 +350,10 @@ fn supervise(
                 _ => {}
             }
         }
-        reap(slots, |index, pid, status| {
-            log::warn!("supervisor: worker {index} (pid {pid}) {}", ended(status));
-        });
         if stop {
+            // Before reaping: a Ctrl-C (or `timeout`) signals the whole process group, so
+            // workers may have ended on the same signal already; stop_all reaps them as
+            // stopped (info), not as deaths (a warning, and a restart).
             log::info!(
                 "supervisor: stopping {} workers",
                 slots.iter().filter(|s| s.pid.is_some()).count()
@@ -362,6 +362,9 @@ fn supervise(
             stop_all(slots, signals);
             return ExitCode::SUCCESS;
         }
+        reap(slots, |index, pid, status| {
+            log::warn!("supervisor: worker {index} (pid {pid}) {}", ended(status));
+        });
         for (index, slot) in slots.iter_mut().enumerate() {
             if slot.pid.is_some() {
                 continue;

@@ -11,6 +11,8 @@
 //! - [`exit_immediately`]: `_exit(2)`, which runs no destructors and flushes no buffers.
 //! - [`reset_signal_to_default`]: `sigaction(SIG_DFL)` for a child that must not run a
 //!   handler it inherited.
+//! - [`second_signal`]: a second SIGINT or SIGTERM ends the process at once, one signal
+//!   delivered twice (as `timeout(1)` does) does not.
 //! - [`cycles`]: the CPU's time-stamp counter, for the lab's cost measurements.
 //! - [`sigchld_lock`]: a SIGCHLD handler that takes a lock the main flow also takes, the
 //!   lab's reproduction of the lecture's printf-in-a-handler deadlock.
@@ -25,6 +27,7 @@ use std::io;
 mod provided;
 pub mod pthread;
 pub mod racy;
+pub mod second_signal;
 pub mod shared;
 pub mod sigchld_lock;
 pub mod uring;

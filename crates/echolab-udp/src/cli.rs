@@ -109,8 +109,9 @@ impl UdpServeArgs {
 fn stop_flag() -> std::io::Result<Arc<AtomicBool>> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let stop = Arc::new(AtomicBool::new(false));
+    // One signal delivered twice (by `timeout`) is not a second one.
+    echolab_sys::second_signal::exit_on_second_signal(&[SIGINT, SIGTERM], 1, &stop)?;
     for signal in [SIGINT, SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop))?;
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
     }
     Ok(stop)
@@ -471,7 +472,8 @@ pub fn run_bench(args: &UdpBenchArgs) -> ExitCode {
     let report = match crate::bench::run_with_progress(&config, &stop, args.interval, lines) {
         Ok(report) => report,
         Err(err) => {
-            let message = format!("udp {}: {err}", config.addr);
+            let why = echolab_cli::describe_io(&err);
+            let message = format!("udp {}: {why}", config.addr);
             return bench_fail(args.json, &message, 1);
         }
     };
@@ -505,7 +507,8 @@ pub fn run_client(args: &UdpClientArgs) -> ExitCode {
             let data = match std::fs::read(path) {
                 Ok(data) => data,
                 Err(err) => {
-                    eprintln!("echolab client: cannot read {}: {err}", path.display());
+                    let why = echolab_cli::describe_io(&err);
+                    eprintln!("echolab client: cannot read {}: {why}", path.display());
                     return ExitCode::from(2);
                 }
             };
@@ -537,9 +540,9 @@ pub fn run_client(args: &UdpClientArgs) -> ExitCode {
 // Durations, sizes, counts and addresses are parsed by echolab_cli::units, as every
 // command parses them; here are only each flag's range.
 
-/// An address with a port, or HOST:PORT resolved.
+/// The server's address with a port, or HOST:PORT resolved; not port 0.
 pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
-    units::addr(text)
+    units::destination(text)
 }
 
 fn parse_conns(text: &str) -> Result<usize, String> {

@@ -37,7 +37,7 @@ impl ClientError {
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ClientError::Io(err) => write!(f, "{err}"),
+            ClientError::Io(err) => f.write_str(&echolab_cli::describe_io(err)),
             ClientError::NoEcho { idx, timeout } => write!(
                 f,
                 "datagram {} got no echo within {} ms",

@@ -172,8 +172,11 @@ impl UdpError {
 impl fmt::Display for UdpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            UdpError::Bind { addr, source } => write!(f, "cannot bind udp {addr}: {source}"),
-            UdpError::Io(err) => write!(f, "udp: {err}"),
+            UdpError::Bind { addr, source } => {
+                let why = echolab_cli::describe_io(source);
+                write!(f, "cannot bind udp {addr}: {why}")
+            }
+            UdpError::Io(err) => write!(f, "udp: {}", echolab_cli::describe_io(err)),
             UdpError::Unsupported { model, reason } => {
                 write!(f, "model {model} cannot run here (udp): {reason}")
             }

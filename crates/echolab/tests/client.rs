@@ -184,6 +184,82 @@ fn a_corrupted_byte_is_reported_with_its_offset() {
 }
 
 #[test]
+fn interactive_checks_the_echo_too_and_exits_3_on_a_corrupted_byte() {
+    let server = TestServer::start(|mut conn| {
+        let mut pos = 0usize;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if (pos..pos + n).contains(&5_000) {
+                buf[5_000 - pos] ^= 1;
+            }
+            pos += n;
+            if conn.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    let input = binary(100_000);
+    let output = client(server.addr, &[], &input);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Without the check: the corrupted echo printed and exit 0 ("everything came back").
+    assert_eq!(output.status.code(), Some(3), "stderr: {stderr}");
+    assert!(
+        stderr.contains("mismatch at offset 5000: sent 0x"),
+        "stderr: {stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "stderr: {stderr}");
+    // What came back is printed as it came, up to and including the differing byte.
+    assert!(output.stdout.len() > 5_000, "{}", output.stdout.len());
+    assert_eq!(output.stdout[..5_000], input[..5_000]);
+    assert_eq!(output.stdout[5_000], input[5_000] ^ 1);
+}
+
+#[test]
+fn interactive_streams_more_than_it_keeps_to_compare() {
+    let server = Server::start("event", &[]);
+    let input = binary(echolab_load::client::MAX_OWED * 2 + 12_345);
+    let output = client(server.addr, &[], &input);
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.stdout == input, "{} bytes back", output.stdout.len());
+}
+
+#[test]
+fn interactive_sends_at_most_what_it_keeps_to_compare_while_no_echo_comes() {
+    // A server that reads everything and echoes nothing: the client keeps what it sent to
+    // compare with an echo that never comes, so it must stop sending once it holds
+    // MAX_OWED bytes (plus the one read of stdin in hand), and then time out.
+    let (count_tx, count_rx) = std::sync::mpsc::channel();
+    let server = TestServer::start(move |mut conn| {
+        let mut total = 0usize;
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        let _ = count_tx.send(total);
+    });
+    let input = binary(echolab_load::client::MAX_OWED * 3);
+    let output = client(server.addr, &["--timeout", "500ms"], &input);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("timeout"), "{stderr}");
+    let received = count_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(
+        received <= echolab_load::client::MAX_OWED + 64 * 1024,
+        "the server got {received} bytes"
+    );
+}
+
+#[test]
 fn an_early_close_is_reported_with_the_count() {
     // Echoes the first 1000 bytes, then closes its sending side and discards the rest.
     let server = TestServer::start(|mut conn| {

@@ -391,7 +391,7 @@ pub fn summary_markdown(results: &Results) -> String {
         writeln!(
         out,
         "{} cores shared by the load generator and the server (kernel {}); every model ran every \
-         workload {} times, alternately (order rotated per repeat), {:.1} s measured after {:.1} s \
+         workload {}, alternately (order rotated per repeat), {:.1} s measured after {:.1} s \
          of warm-up. Figures are medians; *spread* is (max − min) / median of messages/s over the \
          runs. Server CPU per message (user + system time from /proc, children included) is the \
          steadier figure on a shared machine: throughput swings with the neighbours. Memory is \
@@ -400,7 +400,7 @@ pub fn summary_markdown(results: &Results) -> String {
          the previous run's connections, still closing, are not charged to the next.{}\n",
         results.machine.cores,
         results.machine.kernel,
-        plan.repeats,
+        times(plan.repeats),
         plan.duration_secs,
         plan.warmup_secs,
         if results.interrupted { " **Interrupted: the figures cover the runs done.**" } else { "" }
@@ -520,7 +520,7 @@ pub fn summary_markdown(results: &Results) -> String {
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {rate_ratio} | {:.1} | {:.1} | {:.2} | {cpu_ratio} | {} | {} | {} | {} | {:.0}% | {} |{}",
+                "| {} | {} | {rate_ratio} | {:.1} | {:.1} | {:.2} | {cpu_ratio} | {} | {} | {} | {} | {} | {} |{}",
                 row_name(name),
                 rate_cell(m, w.workload.conns),
                 m.p50_us,
@@ -530,7 +530,7 @@ pub fn summary_markdown(results: &Results) -> String {
                 m.threads,
                 m.processes,
                 m.runs,
-                m.spread_pct,
+                spread_cell(m),
                 errors_cell(m),
                 if udp { format!(" {} |", m.lost) } else { String::new() }
             );
@@ -603,6 +603,25 @@ pub fn rate_cell(m: &Median, conns: usize) -> String {
     } else {
         let served = (conns as u64).saturating_sub(m.unserved_conns);
         format!("{:.0} (served {served}/{conns})", m.messages_per_sec)
+    }
+}
+
+/// "once", or "N times".
+fn times(n: usize) -> String {
+    if n == 1 {
+        "once".to_string()
+    } else {
+        format!("{n} times")
+    }
+}
+
+/// The spread cell: none from a single run (a 0% there would claim a steadiness nobody
+/// measured).
+fn spread_cell(m: &Median) -> String {
+    if m.runs < 2 {
+        "–".to_string()
+    } else {
+        format!("{:.0}%", m.spread_pct)
     }
 }
 
@@ -688,6 +707,9 @@ mod tests {
             row("event").starts_with("| event | 40000 | 1.00× |"),
             "{md}"
         );
+        // One run each: no spread to show, and the page says "once".
+        assert!(row("event").ends_with("| 1 | – | 0 |"), "{md}");
+        assert!(md.contains("every model ran every workload once,"), "{md}");
     }
 
     #[test]

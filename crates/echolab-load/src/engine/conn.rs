@@ -112,14 +112,5 @@ pub(super) fn interrupted(err: &io::Error) -> bool {
 
 /// An OS error as a short lowercase phrase ("connection refused"), without "(os error N)".
 pub fn describe(err: &io::Error) -> String {
-    let text = err.to_string();
-    let text = match text.find(" (os error") {
-        Some(at) => &text[..at],
-        None => &text,
-    };
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => text.to_string(),
-    }
+    echolab_cli::describe_io(err)
 }

@@ -577,6 +577,15 @@ impl<'a> Worker<'a> {
                         || event.is_read_closed()
                     {
                         self.finish_connect(i, now);
+                        // The same event may announce bytes already (a server that speaks
+                        // first) or its close: with edge-triggered readiness no later edge
+                        // would, and they would wait unread while the connection starves.
+                        if self.conns[i].state == State::Active
+                            && (event.is_readable() || event.is_read_closed())
+                        {
+                            let closed = event.is_read_closed() || event.is_error();
+                            self.on_readable(i, closed, &mut now);
+                        }
                     }
                 }
                 State::Active => {
