@@ -928,7 +928,7 @@ fn idle_connections_cost_at_most_1k_after_a_long_line(model: &str) {
     // -vv logs every read ("server received N bytes"): the test waits for the first half
     // of each line to be read before it sends the rest, so every line spans two reads and
     // needs the partial-line buffer, as a line from a slow or distant client does.
-    // One loop: the warm-up below then warms the only receive pool (uring keeps 4 MiB per
+    // One loop: the warm-up below then warms the only receive pool (uring keeps 1 MiB per
     // loop, written as receives land in it: not per connection, but it would show here).
     let args = [&["--mode", "lines", "-vv"], one_loop(model)].concat();
     // glibc serves allocations of 16 KiB and more from mmap, and gives them back on free:
@@ -981,7 +981,7 @@ fn idle_connections_cost_at_most_1k_after_a_long_line(model: &str) {
     };
     // Warm-up: one whole wave, closed, before the measured one. The cost per connection is
     // the slope over the measured wave's second half, so that what belongs to the loop,
-    // not to a connection, does not count: io_uring's 4 MiB of receive buffers (written as
+    // not to a connection, does not count: io_uring's 1 MiB of receive buffers (written as
     // receives land in them), the allocator's free lists, a step of 2.8 MB that the uring
     // model takes once per wave whether it holds 100 or 400 connections (measured; its
     // cause is not found yet).
