@@ -75,7 +75,7 @@ pub fn tcp_listener_or_bind(config: &crate::ServeConfig) -> io::Result<TcpListen
         }
         None => crate::net::bind(
             config.listen,
-            config.model == crate::Model::Reactor,
+            matches!(config.model, crate::Model::Reactor | crate::Model::Uring),
             config.ipv6_only,
         ),
     }

@@ -445,11 +445,13 @@ pub fn multishot_limits(room: usize, buf_size: u32) -> (u32, u32) {
 /// Faults the contract tests inject into the uring model, from `ECHOLAB_FAULT_URING`
 /// (debug builds only; release builds read nothing): `accept-arm=N` makes the first `N`
 /// arms of accept fail, `enter=NEEDLE` makes the wait fail with `EFAULT` in the turn after
-/// a receive brings `NEEDLE`.
+/// a receive brings `NEEDLE`, `bufs=N` gives each loop `N` receive buffers (a power of
+/// two) instead of its usual pool.
 #[derive(Debug, Default)]
 pub struct Faults {
     accept_arm_failures: std::sync::atomic::AtomicU32,
     enter_needle: Option<Vec<u8>>,
+    recv_bufs: Option<u16>,
 }
 
 impl Faults {
@@ -463,6 +465,9 @@ impl Faults {
                 Some(("enter", needle)) if !needle.is_empty() => {
                     faults.enter_needle = Some(needle.as_bytes().to_vec());
                 }
+                Some(("bufs", n)) => {
+                    faults.recv_bufs = n.parse().ok().filter(|n: &u16| n.is_power_of_two());
+                }
                 _ => {}
             }
         }
@@ -475,6 +480,11 @@ impl Faults {
         self.accept_arm_failures
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .is_ok()
+    }
+
+    /// The receive buffers each loop gets instead of its usual pool, if a test says.
+    pub fn recv_bufs(&self) -> Option<u16> {
+        self.recv_bufs
     }
 
     /// Whether received `data` asks for the next wait to fail.
@@ -704,6 +714,12 @@ mod tests {
         let none = Faults::parse("enter=");
         assert!(!none.accept_arm_fails());
         assert!(!none.enter_fails_after(b""));
+        assert_eq!(none.recv_bufs(), None);
+        assert_eq!(Faults::parse("bufs=4").recv_bufs(), Some(4));
+        assert_eq!(Faults::parse("bufs=1").recv_bufs(), Some(1));
+        for refused in ["bufs=3", "bufs=0", "bufs=65536", "bufs=x"] {
+            assert_eq!(Faults::parse(refused).recv_bufs(), None, "{refused}");
+        }
     }
 
     #[test]

@@ -8,26 +8,13 @@ use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use support::{echolab, eventually, family, finish_bounded, round_trip, Server};
+use support::{echolab, eventually, family, finish_bounded, listeners, round_trip, Server};
 
 fn workers(server: &Server) -> Vec<i32> {
     family(server.pid())
         .into_iter()
         .filter(|p| *p != server.pid())
         .collect()
-}
-
-/// Sockets listening on 127.0.0.1:`port`, from /proc/net/tcp (state 0A).
-fn listeners(port: u16) -> usize {
-    let local = format!("0100007F:{port:04X}");
-    std::fs::read_to_string("/proc/net/tcp")
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() > 3 && f[1] == local && f[3] == "0A"
-        })
-        .count()
 }
 
 fn gone(pid: i32) -> bool {

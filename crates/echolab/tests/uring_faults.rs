@@ -101,3 +101,33 @@ fn a_failed_enter_stops_the_server_cleanly() {
         Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
     }
 }
+
+/// A receive that finds every buffer taken ends with `ENOBUFS` and is armed again: with a
+/// pool of four buffers (`bufs=4`; the ring's probe of the receive limit needs three), 50
+/// connections that send at once find them taken, and every
+/// one still gets its echo, whole.
+#[test]
+fn a_receive_without_a_free_buffer_is_armed_again() {
+    if skipped("a_receive_without_a_free_buffer_is_armed_again") {
+        return;
+    }
+    let server = start("bufs=4", &["--workers", "1"]);
+    let mut conns: Vec<_> = (0..50).map(|_| connect(server.addr)).collect();
+    let message = pattern(1000);
+    for round in 0..5 {
+        for conn in &mut conns {
+            conn.write_all(&message).unwrap();
+        }
+        for (i, conn) in conns.iter_mut().enumerate() {
+            assert_eq!(
+                read_n(conn, message.len()),
+                message,
+                "round {round}, conn {i}"
+            );
+        }
+    }
+    // The collisions happened (50 connections, four buffers): the path was taken.
+    server
+        .log
+        .wait_for("no receive buffer free, armed again", 1);
+}

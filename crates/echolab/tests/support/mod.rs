@@ -289,6 +289,19 @@ pub fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i % 251) as u8).collect()
 }
 
+/// Sockets listening on 127.0.0.1:`port`, from /proc/net/tcp (state 0A).
+pub fn listeners(port: u16) -> usize {
+    let local = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == local && f[3] == "0A"
+        })
+        .count()
+}
+
 /// The server process and its descendants (the process model's children).
 pub fn family(pid: i32) -> Vec<i32> {
     let mut out = vec![pid];
