@@ -232,9 +232,12 @@ fn ping(idx: u64) -> [u8; 8] {
 
 /// Opens `n` connections to `addr` (spread over `sources`, paced at `rate` per second if
 /// given), each verified by one echo within `timeout`; a connection that fails is counted
-/// by kind and not retried. Ends early when `stop` is set.
+/// by kind and not retried. Ends early when `stop` is set. The connections are numbers
+/// `first..first + n` of the whole hold: number `i` uses source `i % sources.len()` and
+/// sends `i` as its ping, so a hold split among processes spreads as one would.
 pub fn establish(
     addr: SocketAddr,
+    first: u64,
     n: u64,
     sources: &[IpAddr],
     rate: Option<f64>,
@@ -269,8 +272,9 @@ pub fn establish(
                     break;
                 }
             }
+            let idx = first + issued;
             let source =
-                (!sources.is_empty()).then(|| sources[(issued % sources.len() as u64) as usize]);
+                (!sources.is_empty()).then(|| sources[(idx % sources.len() as u64) as usize]);
             match start_connect(addr, source) {
                 Ok(mut stream) => {
                     let token = next_token;
@@ -284,7 +288,7 @@ pub fn establish(
                         token,
                         Pending {
                             stream,
-                            idx: issued,
+                            idx,
                             started: now,
                             sent: false,
                             got: 0,
@@ -428,48 +432,70 @@ fn advance(p: &mut Pending) -> Result<bool, (Failure, String)> {
 
 /// Runs `echolab bench --hold N` (see [`crate::cli::BenchArgs`]): establishes the held
 /// connections, runs the active bench beside them (or holds them idle for `--duration`
-/// with `--active 0`), prints the report, returns the exit status.
+/// with `--active 0`), prints the report, returns the exit status. Past this process's
+/// descriptor limit the hold is split among worker processes of this binary
+/// ([`crate::holders`]); such a worker runs its share here.
 pub fn run(
     args: &crate::cli::BenchArgs,
     mut config: crate::config::BenchConfig,
     stop: &AtomicBool,
 ) -> std::process::ExitCode {
+    use crate::holders;
     use std::process::ExitCode;
+    let worker = holders::worker_share();
+    let json_out = args.json || !matches!(worker, Ok(None));
     let fail = |message: &str, code: u8| {
         eprintln!("echolab bench: {message}");
-        if args.json {
+        if json_out {
             println!("{}", crate::bench::error_json(message, code));
         }
         ExitCode::from(code)
     };
-    let n = args.hold.unwrap_or(0);
-    let active = args.active.unwrap_or(config.n_conns) as u64;
+    let worker = match worker {
+        Ok(worker) => worker,
+        Err(err) => return fail(&err, 2),
+    };
+    let n_total = args.hold.unwrap_or(0);
+    let active_total = args.active.unwrap_or(config.n_conns) as u64;
     let sources = match args.source_ip.as_deref().map(parse_sources) {
         None => Vec::new(),
         Some(Ok(sources)) => sources,
         Some(Err(err)) => return fail(&format!("--source-ip: {err}"), 2),
     };
-    if let Err(err) = check_plan(config.addr, &sources, n + active, local_ports()) {
+    if let Err(err) = check_plan(config.addr, &sources, n_total + active_total, local_ports()) {
         return fail(&err, 2);
     }
     crate::raise_fd_limit();
     let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .unwrap_or((1_024, 1_024));
+    let (first, n, active) = match worker {
+        Some(share) => (share.first, share.count, share.active),
+        None => (0, n_total, active_total),
+    };
     let need = n + active + SPARE_FDS;
     if need > soft {
+        if worker.is_none() {
+            return holders::run(args, &config, soft, hard, stop);
+        }
         return fail(
-            &format!(
-                "--hold {n} with {active} active connections needs {need} descriptors, this process may open {soft} (hard limit {hard}); one bench process cannot hold more yet: run several bench --hold processes and merge their --json with echolab merge (scripts/scale.py does)"
-            ),
+            &format!("a hold worker given {n} connections and {active} active needs {need} descriptors, it may open {soft}"),
             2,
         );
     }
-    eprintln!("holding {n} connections to {}...", config.addr);
+    let who = worker
+        .map(|share| format!("hold worker {}: ", share.index))
+        .unwrap_or_default();
+    // A worker paces its share of --connect-rate, so that together they keep the rate.
+    let rate = args
+        .connect_rate
+        .map(|rate| rate * n as f64 / n_total.max(1) as f64);
+    eprintln!("{who}holding {n} connections to {}...", config.addr);
     let mut held = match establish(
         config.addr,
+        first,
         n,
         &sources,
-        args.connect_rate,
+        rate,
         config.connect_timeout,
         stop,
     ) {
@@ -477,18 +503,28 @@ pub fn run(
         Err(err) => return fail(&format!("cannot set up the connections: {err}"), 1),
     };
     eprintln!(
-        "held {} of {n} connections ({} failed) in {:.3} s, {:.0} connections/s",
+        "{who}held {} of {n} connections ({} failed) in {:.3} s, {:.0} connections/s",
         held.conns.len(),
         held.failed_total(),
         held.establish_secs,
         held.connect_rate()
     );
+    // A worker reports it holds its share, and starts its window when every worker does.
+    if worker.is_some() && !held.interrupted && !holders::ready(held.conns.len() as u64) {
+        held.interrupted = true;
+    }
     let report = if active > 0 && !held.interrupted {
         config.n_conns = usize::try_from(active).unwrap_or(usize::MAX);
         match crate::engine::run(&config, stop, Duration::from_millis(200), |_| {}) {
             Ok(report) => Some(report),
             Err(err) => return fail(&err.to_string(), 1),
         }
+    } else if worker.is_some() {
+        // A worker's idle window ends when the one that measures has finished.
+        if !held.interrupted {
+            holders::wait_for_end();
+        }
+        None
     } else {
         // Idle: hold for the window, or until SIGINT/SIGTERM.
         let end = Instant::now() + config.duration;
@@ -523,13 +559,17 @@ pub fn run(
         }
     }
     let mut out = io::stdout().lock();
-    if args.json {
+    if json_out {
         let mut doc = match &report {
             Some(report) => crate::bench::document(report, &config, &thresholds),
             None => json!({ "workload": "hold", "messages": 0, "interrupted": interrupted }),
         };
         doc["hold"] = hold_doc;
         doc["exit_code"] = json!(code);
+        if let (Some(_), Some(report)) = (worker, &report) {
+            // The text the supervising bench prints when it was not asked for JSON.
+            doc[holders::REPORT_TEXT] = json!(report.to_text(&config));
+        }
         echolab_cli::provenance::stamp(&mut doc);
         let _ = writeln!(
             out,
@@ -559,7 +599,7 @@ pub fn run(
     }
     let _ = out.flush();
     if let Some(line) = report.as_ref().and_then(|r| thresholds.verdict(r)) {
-        eprintln!("echolab bench: {line}");
+        eprintln!("echolab bench: {who}{line}");
     }
     std::process::ExitCode::from(code)
 }
@@ -654,7 +694,7 @@ mod tests {
         let sources = parse_sources("127.0.0.2-127.0.0.4").unwrap();
         let stop = AtomicBool::new(false);
         let mut held =
-            establish(addr, 300, &sources, None, Duration::from_secs(20), &stop).unwrap();
+            establish(addr, 0, 300, &sources, None, Duration::from_secs(20), &stop).unwrap();
         assert_eq!(held.conns.len(), 300, "{:?}", held.failed);
         assert_eq!(held.failed_total(), 0);
         let kept = echo.join().unwrap();
@@ -673,7 +713,7 @@ mod tests {
         let gone = TcpListener::bind("127.0.0.1:0").unwrap();
         let dead = gone.local_addr().unwrap();
         drop(gone);
-        let held = establish(dead, 5, &[], None, Duration::from_secs(5), &stop).unwrap();
+        let held = establish(dead, 0, 5, &[], None, Duration::from_secs(5), &stop).unwrap();
         assert_eq!(held.conns.len(), 0);
         assert_eq!(held.failed.get(&Failure::Refused), Some(&5));
         assert!(held.first_error.unwrap().contains("refused"));
