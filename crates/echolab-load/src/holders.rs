@@ -669,10 +669,14 @@ mod tests {
         assert_eq!(check(1_033, 4, 1_036).len(), 2);
         // The fewest workers: a million over 19,936 each is 51.
         assert_eq!(check(1_000_000, 64, 19_936).len(), 51);
-        // Many measured connections: the first worker holds none, the others all.
+        // Even totals: 3,900 over four workers of 975, the first's mostly measured.
         let shares = check(3_000, 900, 1_000);
-        assert_eq!(shares.len(), 5, "{shares:?}");
-        assert_eq!(shares[0].count, 0);
+        assert_eq!(shares.len(), 4, "{shares:?}");
+        assert_eq!(shares[0].count, 75);
+        // More measured than an even total: the first worker holds none, the other all.
+        let shares = check(200, 900, 1_000);
+        assert_eq!(shares.len(), 2, "{shares:?}");
+        assert_eq!((shares[0].count, shares[1].count), (0, 200));
         assert_eq!(check(7, 0, 2).len(), 4);
         assert_eq!(check(1, 0, 1).len(), 1);
     }
