@@ -33,7 +33,7 @@ use serde_json::{json, Value};
 
 use crate::cli::BenchArgs;
 use crate::config::BenchConfig;
-use crate::idle::SPARE_FDS;
+use crate::idle::{listen_words, ListenCounters, SPARE_FDS};
 
 /// The environment variable that makes `bench --hold` a worker of another:
 /// `INDEX,FIRST,COUNT,ACTIVE` (its number, its first connection number, how many it
@@ -234,8 +234,13 @@ pub struct Outcome {
 
 /// Adds the workers' holds up: the `hold` object of the one report, with a line per
 /// worker under `workers`. `establish_secs` is the time from the start to the last
-/// worker ready (`all_ready_secs`).
-pub fn combine(requested: u64, outcomes: &[Outcome], all_ready_secs: f64) -> Value {
+/// worker ready (`all_ready_secs`); `listen` the listen-queue counters' growth over it.
+pub fn combine(
+    requested: u64,
+    outcomes: &[Outcome],
+    all_ready_secs: f64,
+    listen: Option<ListenCounters>,
+) -> Value {
     let mut established = 0u64;
     let mut still_open = 0u64;
     let mut interrupted = false;
@@ -312,6 +317,8 @@ pub fn combine(requested: u64, outcomes: &[Outcome], all_ready_secs: f64) -> Val
         "connect_rate": rate,
         "still_open": still_open,
         "interrupted": interrupted,
+        "listen_overflows": listen.map(|l| l.overflows),
+        "listen_drops": listen.map(|l| l.drops),
         "workers": per_worker,
     })
 }
@@ -394,6 +401,7 @@ pub fn run(
         shares.len()
     );
     let t0 = Instant::now();
+    let listen_before = ListenCounters::now();
     let (tx, rx) = mpsc::channel();
     let mut workers = Vec::with_capacity(shares.len());
     for (i, share) in shares.iter().enumerate() {
@@ -451,6 +459,9 @@ pub fn run(
         ws.iter().all(|w| w.ended || w.ready_secs.is_some())
     });
     let all_ready_secs = t0.elapsed().as_secs_f64();
+    let listen = ListenCounters::now()
+        .zip(listen_before)
+        .map(|(after, before)| after.since(before));
     let all_ready = workers.iter().all(|w| w.ready_secs.is_some() && !w.ended);
     eprintln!(
         "held by {} of {} workers in {all_ready_secs:.3} s",
@@ -521,20 +532,20 @@ pub fn run(
             }
         })
         .collect();
-    report(args, config, n, active, stop, &outcomes, all_ready_secs)
+    let hold = combine(n, &outcomes, all_ready_secs, listen);
+    report(args, config, active, stop, &outcomes, hold)
 }
 
 /// Prints the one report of the workers' outcomes and returns the exit status.
 fn report(
     args: &BenchArgs,
     config: &BenchConfig,
-    n: u64,
     active: u64,
     stop: &AtomicBool,
     outcomes: &[Outcome],
-    all_ready_secs: f64,
+    hold: Value,
 ) -> ExitCode {
-    let hold = combine(n, outcomes, all_ready_secs);
+    let n = hold["requested"].as_u64().unwrap_or(0);
     let u = |key: &str| hold[key].as_u64().unwrap_or(0);
     let (established, failed, still_open) = (u("established"), u("failed"), u("still_open"));
     let interrupted = hold["interrupted"] == true || stop.load(Ordering::Relaxed);
@@ -594,7 +605,7 @@ pub fn text(addr: std::net::SocketAddr, hold: &Value) -> String {
         .unwrap_or_default();
     let workers = hold["workers"].as_array().cloned().unwrap_or_default();
     let mut out = format!(
-        "held {} of {} connections to {} ({} failed{}{}), established in {:.3} s ({:.0} connections/s); {} still open after the window; {} worker processes:\n",
+        "held {} of {} connections to {} ({} failed{}{}), established in {:.3} s ({:.0} connections/s{}); {} still open after the window; {} worker processes:\n",
         u(&hold["established"]),
         u(&hold["requested"]),
         addr,
@@ -603,6 +614,12 @@ pub fn text(addr: std::net::SocketAddr, hold: &Value) -> String {
         hold["first_error"].as_str().map(|e| format!("; first: {e}")).unwrap_or_default(),
         f(&hold["establish_secs"]),
         f(&hold["connect_rate"]),
+        listen_words(
+            hold["listen_overflows"]
+                .as_u64()
+                .zip(hold["listen_drops"].as_u64())
+                .map(|(overflows, drops)| ListenCounters { overflows, drops })
+        ),
         u(&hold["still_open"]),
         workers.len(),
     );
@@ -762,7 +779,13 @@ mod tests {
                 None,
             ),
         ];
-        let hold = combine(3_000, &outcomes, 2.0);
+        let listen = ListenCounters {
+            overflows: 3,
+            drops: 4,
+        };
+        let hold = combine(3_000, &outcomes, 2.0, Some(listen));
+        assert_eq!(hold["listen_overflows"], 3);
+        assert_eq!(hold["listen_drops"], 4);
         assert_eq!(hold["requested"], 3_000);
         assert_eq!(hold["established"], 2_290);
         assert_eq!(hold["still_open"], 2_285);
@@ -782,14 +805,15 @@ mod tests {
         );
         assert_eq!(workers[2]["pid"], 102);
         // A worker whose document holds no hold is not counted as holding.
-        let hold = combine(10, &[outcome(0, 10, Some(json!({})), None)], 1.0);
+        let hold = combine(10, &[outcome(0, 10, Some(json!({})), None)], 1.0, None);
+        assert_eq!(hold["listen_overflows"], Value::Null);
         assert_eq!(hold["established"], 0);
         assert_eq!(hold["failed_by_kind"], json!({"worker_died": 10}));
         assert_eq!(
             hold["first_error"],
             "hold worker 0 (pid 100): reported no hold"
         );
-        assert_eq!(combine(0, &[], 0.0)["connect_rate"], 0.0);
+        assert_eq!(combine(0, &[], 0.0, None)["connect_rate"], 0.0);
     }
 
     #[test]
@@ -807,10 +831,14 @@ mod tests {
             ),
             outcome(1, 6, None, Some("exited with status 1 before reporting")),
         ];
-        let text = text(addr, &combine(10, &outcomes, 0.5));
+        let listen = Some(ListenCounters {
+            overflows: 0,
+            drops: 2,
+        });
+        let text = text(addr, &combine(10, &outcomes, 0.5, listen));
         assert!(
             text.starts_with(&format!(
-                "held 4 of 10 connections to {addr} (6 failed: worker_died 6; first: hold worker 1 (pid 101): exited with status 1 before reporting), established in 0.500 s (8 connections/s); 4 still open after the window; 2 worker processes:\n",
+                "held 4 of 10 connections to {addr} (6 failed: worker_died 6; first: hold worker 1 (pid 101): exited with status 1 before reporting), established in 0.500 s (8 connections/s; the namespace's listen queues meanwhile: 0 overflows, 2 drops); 4 still open after the window; 2 worker processes:\n",
             )),
             "{text}"
         );

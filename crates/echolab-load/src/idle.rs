@@ -121,6 +121,52 @@ pub fn check_plan(
     Ok(())
 }
 
+/// The listen-queue counters of `/proc/net/netstat` (`TcpExt: ListenOverflows
+/// ListenDrops`): SYNs or completed handshakes dropped because a listener's queue was
+/// full. They count for the whole network namespace, every listener in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListenCounters {
+    pub overflows: u64,
+    pub drops: u64,
+}
+
+impl ListenCounters {
+    /// The counters in `/proc/net/netstat`'s text: a `TcpExt:` line of names followed by
+    /// one of values. `None` when either counter is missing.
+    pub fn parse(text: &str) -> Option<ListenCounters> {
+        let mut lines = text.lines();
+        while let Some(names) = lines.next() {
+            let Some(names) = names.strip_prefix("TcpExt:") else {
+                continue;
+            };
+            let values = lines.next()?.strip_prefix("TcpExt:")?;
+            let pairs: BTreeMap<&str, &str> = names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .collect();
+            let get = |name: &str| pairs.get(name).and_then(|v| v.parse::<u64>().ok());
+            return Some(ListenCounters {
+                overflows: get("ListenOverflows")?,
+                drops: get("ListenDrops")?,
+            });
+        }
+        None
+    }
+
+    /// This namespace's counters now, `None` when `/proc/net/netstat` cannot be read.
+    pub fn now() -> Option<ListenCounters> {
+        ListenCounters::parse(&std::fs::read_to_string("/proc/net/netstat").ok()?)
+    }
+
+    /// What the counters grew by since `before`.
+    pub fn since(self, before: ListenCounters) -> ListenCounters {
+        ListenCounters {
+            overflows: self.overflows.saturating_sub(before.overflows),
+            drops: self.drops.saturating_sub(before.drops),
+        }
+    }
+}
+
 /// Why a held connection could not be set up, or did not stay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Failure {
@@ -170,6 +216,8 @@ pub struct Held {
     pub first_error: Option<String>,
     pub establish_secs: f64,
     pub interrupted: bool,
+    /// How much the namespace's listen-queue counters grew while establishing.
+    pub listen: Option<ListenCounters>,
 }
 
 impl Held {
@@ -211,6 +259,8 @@ impl Held {
             "connect_rate": self.connect_rate(),
             "still_open": still_open,
             "interrupted": self.interrupted,
+            "listen_overflows": self.listen.map(|l| l.overflows),
+            "listen_drops": self.listen.map(|l| l.drops),
         })
     }
 }
@@ -254,6 +304,7 @@ pub fn establish(
     let mut next_token = 0usize;
     let mut issued = 0u64;
     let t0 = Instant::now();
+    let listen_before = ListenCounters::now();
     let fail = |held: &mut Held, kind: Failure, what: String| {
         *held.failed.entry(kind).or_insert(0) += 1;
         held.first_error.get_or_insert(what);
@@ -352,6 +403,9 @@ pub fn establish(
         }
     }
     held.establish_secs = t0.elapsed().as_secs_f64();
+    held.listen = ListenCounters::now()
+        .zip(listen_before)
+        .map(|(a, b)| a.since(b));
     Ok(held)
 }
 
@@ -584,7 +638,7 @@ pub fn run(
             .collect();
         let _ = writeln!(
             out,
-            "held {} of {n} connections to {} ({} failed{}{}), established in {:.3} s ({:.0} connections/s); {still_open} still open after the window",
+            "held {} of {n} connections to {} ({} failed{}{}), established in {:.3} s ({:.0} connections/s{}); {still_open} still open after the window",
             held.conns.len(),
             config.addr,
             held.failed_total(),
@@ -592,6 +646,7 @@ pub fn run(
             held.first_error.as_deref().map(|e| format!("; first: {e}")).unwrap_or_default(),
             held.establish_secs,
             held.connect_rate(),
+            listen_words(held.listen),
         );
         if let Some(report) = &report {
             let _ = write!(out, "{}", report.to_text(&config));
@@ -604,9 +659,72 @@ pub fn run(
     std::process::ExitCode::from(code)
 }
 
+/// The listen-queue growth while establishing, as the report says it.
+pub fn listen_words(listen: Option<ListenCounters>) -> String {
+    match listen {
+        Some(l) => format!(
+            "; the namespace's listen queues meanwhile: {} overflows, {} drops",
+            l.overflows, l.drops
+        ),
+        None => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Known truth: the counters of a real /proc/net/netstat text (names and values on
+    /// two TcpExt lines, an IpExt pair after), and their growth.
+    #[test]
+    fn listen_counters_are_read_from_netstat() {
+        let text = "TcpExt: SyncookiesSent TW ListenOverflows ListenDrops TCPHPHits\n\
+                    TcpExt: 123 5671280 4131 4132 289653897\n\
+                    IpExt: InNoRoutes ListenOverflows\n\
+                    IpExt: 0 77\n";
+        let before = ListenCounters::parse(text).unwrap();
+        assert_eq!(
+            before,
+            ListenCounters {
+                overflows: 4_131,
+                drops: 4_132
+            }
+        );
+        let after = ListenCounters {
+            overflows: 4_200,
+            drops: 4_132,
+        };
+        assert_eq!(
+            after.since(before),
+            ListenCounters {
+                overflows: 69,
+                drops: 0
+            }
+        );
+        assert_eq!(before.since(after).overflows, 0);
+        assert_eq!(
+            ListenCounters::parse("TcpExt: ListenOverflows\nTcpExt: 5\n"),
+            None
+        );
+        assert_eq!(ListenCounters::parse("IpExt: a\nIpExt: 1\n"), None);
+        assert_eq!(
+            ListenCounters::parse("TcpExt: ListenOverflows ListenDrops\n"),
+            None
+        );
+        assert_eq!(
+            ListenCounters::parse("TcpExt: ListenOverflows ListenDrops\nTcpExt: 1 x\n"),
+            None
+        );
+        assert_eq!(
+            listen_words(Some(after.since(before))),
+            "; the namespace's listen queues meanwhile: 69 overflows, 0 drops"
+        );
+        assert_eq!(listen_words(None), "");
+        // This machine's own file parses (it is there on every Linux with TCP).
+        if std::path::Path::new("/proc/net/netstat").exists() {
+            assert!(ListenCounters::now().is_some());
+        }
+    }
 
     fn v4(s: &str) -> IpAddr {
         s.parse().unwrap()
