@@ -270,6 +270,7 @@ def vs_ref(args):
     contenders = ["reactor", "uring", "ref_epoll"]
     rates = {c: [] for c in contenders}
     drops = {c: [] for c in contenders}
+    round_of = {c: [] for c in contenders}
     notes = {}
     loads = [read("/proc/loadavg").split()[:3]]
     for rnd in range(args.rounds):
@@ -294,6 +295,7 @@ def vs_ref(args):
                 notes[c] = f"round {rnd + 1}: " + (err or f"held {hold.get('established')} of {args.vs_ref}: {hold.get('first_error')}")
                 continue
             rates[c].append(hold["connect_rate"])
+            round_of[c].append(rnd)
             drops[c].append((hold.get("listen_overflows"), hold.get("listen_drops")))
             print(f"round {rnd + 1} {c:9} {hold['connect_rate']:>9.0f} connections/s "
                   f"(listen overflows {hold.get('listen_overflows')}, drops {hold.get('listen_drops')})",
@@ -301,12 +303,18 @@ def vs_ref(args):
             time.sleep(0.5)
         loads.append(read("/proc/loadavg").split()[:3])
     ref = statistics.median(rates["ref_epoll"]) if rates["ref_epoll"] else None
+    ref_by_round = dict(zip(round_of["ref_epoll"], rates["ref_epoll"]))
     rows = []
     for c in contenders:
         med = statistics.median(rates[c]) if rates[c] else None
+        # Paired: each round's rate over ref_epoll's of the same round (the machine's
+        # load drifts between rounds more than within one).
+        paired = [r / ref_by_round[k] for k, r in zip(round_of[c], rates[c]) if k in ref_by_round]
         rows.append({"contender": c, "rounds": len(rates[c]), "rates": [round(r) for r in rates[c]],
                      "median_connections_per_sec": med and round(med),
                      "ratio_to_ref_epoll": round(med / ref, 3) if med and ref else None,
+                     "paired_ratios": [round(r, 3) for r in paired],
+                     "median_paired_ratio": round(statistics.median(paired), 3) if paired else None,
                      "listen_overflows_drops": drops[c], "note": notes.get(c)})
     doc = {"idle": args.vs_ref, "rounds": args.rounds, "load_average": loads, "rows": rows,
            "target": "ratio_to_ref_epoll >= 0.9 (one process, <= 19,000 connections)"}
@@ -317,7 +325,8 @@ def vs_ref(args):
           f"(load average {' -> '.join('/'.join(l) for l in (loads[0], loads[-1]))})")
     for row in rows:
         print(f"  {row['contender']:9} median {row['median_connections_per_sec'] or '-'!s:>8} connections/s  "
-              f"ratio to ref_epoll {row['ratio_to_ref_epoll'] or '-'!s:>6}  rates {row['rates']}"
+              f"ratio to ref_epoll {row['ratio_to_ref_epoll'] or '-'!s:>6} (median of the rounds' "
+              f"ratios {row['median_paired_ratio'] or '-'!s})  rates {row['rates']}"
               + (f"  ({row['note']})" if row["note"] else ""))
     print(f"wrote {args.out}/vs-ref.json")
     # uring may be refused here (no io_uring): that is a note, not a failure.
