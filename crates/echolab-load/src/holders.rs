@@ -88,12 +88,15 @@ impl Share {
 
 /// This process's share when it is a hold worker ([`WORKER_ENV`] set), or `None`.
 pub fn worker_share() -> Result<Option<Share>, String> {
-    match std::env::var(WORKER_ENV) {
-        Ok(text) => Share::parse(&text).map(Some),
-        Err(std::env::VarError::NotPresent) => Ok(None),
-        Err(std::env::VarError::NotUnicode(_)) => {
-            Err(format!("{WORKER_ENV}: not INDEX,FIRST,COUNT,ACTIVE"))
-        }
+    share_of(std::env::var_os(WORKER_ENV))
+}
+
+/// The share [`WORKER_ENV`]'s value gives (`None`: not a worker).
+fn share_of(value: Option<std::ffi::OsString>) -> Result<Option<Share>, String> {
+    match value.map(|v| v.into_string()) {
+        None => Ok(None),
+        Some(Ok(text)) => Share::parse(&text).map(Some),
+        Some(Err(_)) => Err(format!("{WORKER_ENV}: not INDEX,FIRST,COUNT,ACTIVE")),
     }
 }
 
@@ -683,7 +686,9 @@ mod tests {
         // Fits in one: one worker holds all.
         assert_eq!(check(100, 4, 1_036).len(), 1);
         assert_eq!(check(1_032, 4, 1_036).len(), 1);
-        assert_eq!(check(1_033, 4, 1_036).len(), 2);
+        // Uneven: the first worker takes the odd one (519 with the 4 measured).
+        let shares = check(1_033, 4, 1_036);
+        assert_eq!((shares[0].count, shares[1].count), (515, 518));
         // The fewest workers: a million over 19,936 each is 51.
         assert_eq!(check(1_000_000, 64, 19_936).len(), 51);
         // Even totals: 3,900 over four workers of 975, the first's mostly measured.
@@ -721,6 +726,12 @@ mod tests {
         assert!(Share::parse("1,2,3").is_err());
         assert!(Share::parse("1,2,3,x").is_err());
         assert!(Share::parse("1,2,3,4,5").is_err());
+        assert_eq!(share_of(None), Ok(None));
+        assert_eq!(share_of(Some("3,6000,2000,0".into())), Ok(Some(share)));
+        assert!(share_of(Some("3".into())).is_err());
+        use std::os::unix::ffi::OsStringExt;
+        let not_utf8 = std::ffi::OsString::from_vec(vec![0xff, b',']);
+        assert!(share_of(Some(not_utf8)).unwrap_err().contains(WORKER_ENV));
     }
 
     fn outcome(index: u64, count: u64, doc: Option<Value>, died: Option<&str>) -> Outcome {
