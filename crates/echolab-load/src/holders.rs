@@ -168,6 +168,16 @@ pub fn wait_for_end() {
     let _ = io::stdin().lock().read_to_end(&mut rest);
 }
 
+/// Writes `line` and its newline on stderr in one write: the workers share the
+/// supervisor's stderr, and `eprintln!` may write a line in pieces that another
+/// process's pieces land between.
+pub fn say(line: &str) {
+    let mut whole = String::with_capacity(line.len() + 1);
+    whole.push_str(line);
+    whole.push('\n');
+    let _ = io::stderr().lock().write_all(whole.as_bytes());
+}
+
 /// What a worker's stdout said.
 enum Said {
     Ready,
@@ -376,7 +386,7 @@ pub fn run(
     stop: &AtomicBool,
 ) -> ExitCode {
     let fail = |message: &str, code: u8| {
-        eprintln!("echolab bench: {message}");
+        say(&format!("echolab bench: {message}"));
         if args.json {
             println!("{}", crate::bench::error_json(message, code));
         }
@@ -398,11 +408,11 @@ pub fn run(
             )
         }
     };
-    eprintln!(
+    say(&format!(
         "holding {n} connections to {} in {} worker processes: one process may open {soft} descriptors (hard limit {hard})",
         config.addr,
         shares.len()
-    );
+    ));
     let t0 = Instant::now();
     let listen_before = ListenCounters::now();
     let (tx, rx) = mpsc::channel();
@@ -438,7 +448,7 @@ pub fn run(
                 let tx = tx.clone();
                 std::thread::spawn(move || read_worker(i, stdout, tx));
                 worker.child = Some(child);
-                eprintln!(
+                say(&format!(
                     "hold worker {} (pid {}): connections {}..{}{}",
                     share.index,
                     worker.pid.unwrap_or(0),
@@ -449,7 +459,7 @@ pub fn run(
                     } else {
                         String::new()
                     }
-                );
+                ));
             }
             Err(err) => worker.start_error = Some(format!("could not be started: {err}")),
         }
@@ -466,11 +476,11 @@ pub fn run(
         .zip(listen_before)
         .map(|(after, before)| after.since(before));
     let all_ready = workers.iter().all(|w| w.ready_secs.is_some() && !w.ended);
-    eprintln!(
+    say(&format!(
         "held by {} of {} workers in {all_ready_secs:.3} s",
         workers.iter().filter(|w| w.ready_secs.is_some()).count(),
         workers.len()
-    );
+    ));
     // 2. The window: every worker at once, or none when one died or a signal came.
     if all_ready && !stop.load(Ordering::Relaxed) {
         for w in &mut workers {

@@ -499,7 +499,7 @@ pub fn run(
     let worker = holders::worker_share();
     let json_out = args.json || !matches!(worker, Ok(None));
     let fail = |message: &str, code: u8| {
-        eprintln!("echolab bench: {message}");
+        holders::say(&format!("echolab bench: {message}"));
         if json_out {
             println!("{}", crate::bench::error_json(message, code));
         }
@@ -543,7 +543,10 @@ pub fn run(
     let rate = args
         .connect_rate
         .map(|rate| rate * n as f64 / n_total.max(1) as f64);
-    eprintln!("{who}holding {n} connections to {}...", config.addr);
+    holders::say(&format!(
+        "{who}holding {n} connections to {}...",
+        config.addr
+    ));
     let mut held = match establish(
         config.addr,
         first,
@@ -556,13 +559,13 @@ pub fn run(
         Ok(held) => held,
         Err(err) => return fail(&format!("cannot set up the connections: {err}"), 1),
     };
-    eprintln!(
+    holders::say(&format!(
         "{who}held {} of {n} connections ({} failed) in {:.3} s, {:.0} connections/s",
         held.conns.len(),
         held.failed_total(),
         held.establish_secs,
         held.connect_rate()
-    );
+    ));
     // A worker reports it holds its share, and starts its window when every worker does.
     if worker.is_some() && !held.interrupted && !holders::ready(held.conns.len() as u64) {
         held.interrupted = true;
@@ -654,7 +657,7 @@ pub fn run(
     }
     let _ = out.flush();
     if let Some(line) = report.as_ref().and_then(|r| thresholds.verdict(r)) {
-        eprintln!("echolab bench: {who}{line}");
+        holders::say(&format!("echolab bench: {who}{line}"));
     }
     std::process::ExitCode::from(code)
 }

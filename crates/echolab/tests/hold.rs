@@ -244,8 +244,9 @@ fn a_hold_past_the_descriptor_limit_is_split_among_workers() {
     }
 }
 
-/// A worker killed while it holds its share is reported by pid and signal, its share
-/// counted as failed (worker_died), not as held; the run ends at once with exit 1.
+/// A worker killed while it holds its share (in the window) is reported by pid and
+/// signal, its share counted as failed (worker_died), not as held; the run ends at once
+/// with exit 1, not after its hour-long --duration.
 #[test]
 fn a_dead_hold_worker_is_reported_not_counted() {
     use std::io::{BufRead, BufReader};
@@ -273,17 +274,24 @@ fn a_dead_hold_worker_is_reported_not_counted() {
             let _ = tx.send(line);
         }
     });
-    // "hold worker 1 (pid P): connections ..."
+    // "hold worker 1 (pid P): connections ...", then, once both hold their share, "held
+    // by 2 of 2 workers": the worker is killed in the window, holding its connections.
     let mut victim = None;
+    let mut seen = Vec::new();
     let deadline = std::time::Instant::now() + support::STEP;
-    while victim.is_none() {
+    loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let line = rx.recv_timeout(left).expect("the worker lines");
         if let Some(rest) = line.strip_prefix("hold worker 1 (pid ") {
             victim = rest.split(')').next().map(|p| p.parse::<i32>().unwrap());
         }
+        let done = line.starts_with("held by 2 of 2 workers");
+        seen.push(line);
+        if done {
+            break;
+        }
     }
-    let victim = victim.unwrap();
+    let victim = victim.unwrap_or_else(|| panic!("no pid of worker 1 in\n{}", seen.join("\n")));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(victim),
         nix::sys::signal::Signal::SIGKILL,
