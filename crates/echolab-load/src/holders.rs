@@ -336,8 +336,9 @@ pub fn combine(
     })
 }
 
-/// Receives what the workers say until `done` holds, every reader has ended, `until`
-/// passes, or (once) the stop flag is set, which is forwarded to every worker as SIGTERM.
+/// Receives what the workers say until `done` holds, every reader has ended, or `until`
+/// passes. A stop flag set (SIGINT, SIGTERM) is forwarded to every worker as SIGTERM,
+/// once.
 fn pump(
     rx: &mpsc::Receiver<(usize, Said)>,
     workers: &mut [Worker],
@@ -347,7 +348,7 @@ fn pump(
     until: Option<Instant>,
     done: impl Fn(&[Worker]) -> bool,
 ) {
-    while !done(workers) {
+    loop {
         if stop.load(Ordering::Relaxed) && !*forwarded {
             *forwarded = true;
             for w in workers.iter() {
@@ -356,6 +357,9 @@ fn pump(
                     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
                 }
             }
+        }
+        if done(workers) {
+            return;
         }
         if until.is_some_and(|t| Instant::now() >= t) {
             return;
@@ -502,7 +506,7 @@ pub fn run(
                 stop,
                 &mut forwarded,
                 Some(end),
-                |ws| ws.iter().any(|w| w.ended),
+                |ws| stop.load(Ordering::Relaxed) || ws.iter().any(|w| w.ended),
             );
         }
     }

@@ -244,12 +244,59 @@ fn a_hold_past_the_descriptor_limit_is_split_among_workers() {
     }
 }
 
-/// A worker killed while it holds its share (in the window) is reported by pid and
-/// signal, its share counted as failed (worker_died), not as held; the run ends at once
-/// with exit 1, not after its hour-long --duration.
-#[test]
-fn a_dead_hold_worker_is_reported_not_counted() {
+/// Sends SIGTERM (twice: the second ends it at once) to a bench still running when the
+/// test that started it panics, so that it and its workers do not hold for the hour asked.
+struct TermOnPanic(i32);
+
+impl Drop for TermOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for _ in 0..2 {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(self.0),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+    }
+}
+
+/// The stderr lines of `child`, over a channel.
+fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
     use std::io::{BufRead, BufReader};
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// Waits (at most [`support::STEP`]) for a line starting with `prefix`; returns every
+/// line up to it, in order.
+fn lines_until(rx: &std::sync::mpsc::Receiver<String>, prefix: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + support::STEP;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            panic!("no line {prefix:?} in\n{}", seen.join("\n"));
+        };
+        let done = line.starts_with(prefix);
+        seen.push(line);
+        if done {
+            return seen;
+        }
+    }
+}
+
+/// SIGTERM to a bench whose workers hold their shares idle ends the window at once (it
+/// waited out the whole --duration: the workers, blocked reading their stdin, never saw
+/// the signal's flag): every worker reports, exit 130, every connection still held.
+#[test]
+fn sigterm_ends_the_workers_window_and_every_worker_reports() {
     let server = Server::start("reactor", &["--max-conns", "5000"]);
     let addr = server.addr.to_string();
     let mut child = limited_bench(
@@ -267,31 +314,58 @@ fn a_dead_hold_worker_is_reported_not_counted() {
     )
     .spawn()
     .expect("spawn echolab bench");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let _guard = TermOnPanic(child.id() as i32);
+    let rx = stderr_lines(&mut child);
+    lines_until(&rx, "held by 2 of 2 workers");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = finish_bounded(child, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(130));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hold = &doc["hold"];
+    assert_eq!(hold["established"], 1_000, "{hold:#}");
+    assert_eq!(hold["still_open"], 1_000, "{hold:#}");
+    assert_eq!(hold["failed"], 0, "{hold:#}");
+    assert_eq!(doc["interrupted"], true, "{doc:#}");
+    assert_eq!(hold["workers"].as_array().unwrap().len(), 2, "{hold:#}");
+}
+
+/// A worker killed while it holds its share (in the window) is reported by pid and
+/// signal, its share counted as failed (worker_died), not as held; the run ends at once
+/// with exit 1, not after its hour-long --duration.
+#[test]
+fn a_dead_hold_worker_is_reported_not_counted() {
+    let server = Server::start("reactor", &["--max-conns", "5000"]);
+    let addr = server.addr.to_string();
+    let mut child = limited_bench(
+        600,
+        &[
+            &addr,
+            "--hold",
+            "1000",
+            "--active",
+            "0",
+            "--duration",
+            "1h",
+            "--json",
+        ],
+    )
+    .spawn()
+    .expect("spawn echolab bench");
+    let _guard = TermOnPanic(child.id() as i32);
+    let rx = stderr_lines(&mut child);
     // "hold worker 1 (pid P): connections ...", then, once both hold their share, "held
     // by 2 of 2 workers": the worker is killed in the window, holding its connections.
-    let mut victim = None;
-    let mut seen = Vec::new();
-    let deadline = std::time::Instant::now() + support::STEP;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let line = rx.recv_timeout(left).expect("the worker lines");
-        if let Some(rest) = line.strip_prefix("hold worker 1 (pid ") {
-            victim = rest.split(')').next().map(|p| p.parse::<i32>().unwrap());
-        }
-        let done = line.starts_with("held by 2 of 2 workers");
-        seen.push(line);
-        if done {
-            break;
-        }
-    }
-    let victim = victim.unwrap_or_else(|| panic!("no pid of worker 1 in\n{}", seen.join("\n")));
+    let seen = lines_until(&rx, "held by 2 of 2 workers");
+    let victim: i32 = seen
+        .iter()
+        .find_map(|l| l.strip_prefix("hold worker 1 (pid "))
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid of worker 1 in\n{}", seen.join("\n")));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(victim),
         nix::sys::signal::Signal::SIGKILL,
