@@ -111,42 +111,38 @@ pub fn split(n: u64, active: u64, cap: u64) -> Result<Vec<Share>, String> {
         ));
     }
     let total = n + active;
-    let mut workers = total.div_ceil(cap).max(1);
-    while workers <= MAX_WORKERS {
-        // Even totals; the first worker's includes the measured connections.
-        let first_total = total / workers + u64::from(total % workers > 0);
-        let first_held = first_total.saturating_sub(active).min(n);
-        let rest = n - first_held;
-        let others = workers - 1;
-        let fits = match others {
-            0 => rest == 0,
-            _ => rest.div_ceil(others) <= cap,
-        };
-        if fits {
-            let mut shares = vec![Share {
-                index: 0,
-                first: 0,
-                count: first_held,
-                active,
-            }];
-            let mut next = first_held;
-            for k in 0..others {
-                let count = rest / others + u64::from(k < rest % others);
-                shares.push(Share {
-                    index: k + 1,
-                    first: next,
-                    count,
-                    active: 0,
-                });
-                next += count;
-            }
-            return Ok(shares);
-        }
-        workers += 1;
+    let workers = total.div_ceil(cap).max(1);
+    if workers > MAX_WORKERS {
+        return Err(format!(
+            "--hold {n} needs more than {MAX_WORKERS} worker processes of at most {cap} connections each"
+        ));
     }
-    Err(format!(
-        "--hold {n} needs more than {MAX_WORKERS} worker processes of at most {cap} connections each"
-    ))
+    // Even totals, the first worker's including the measured connections. The fewest
+    // workers always suffice: each total is at most ceil(total / workers) <= cap; and
+    // when `active` exceeds that even total, the first holds none and the others' n
+    // fit, since n > (workers - 1) * cap would make active > cap.
+    let first_total = total.div_ceil(workers);
+    let first_held = first_total.saturating_sub(active).min(n);
+    let rest = n - first_held;
+    let others = workers - 1;
+    let mut shares = vec![Share {
+        index: 0,
+        first: 0,
+        count: first_held,
+        active,
+    }];
+    let mut next = first_held;
+    for k in 0..others {
+        let count = rest / others + u64::from(k < rest % others);
+        shares.push(Share {
+            index: k + 1,
+            first: next,
+            count,
+            active: 0,
+        });
+        next += count;
+    }
+    Ok(shares)
 }
 
 /// In a worker: says its share is held (`established` of it) and waits for the word to
@@ -715,6 +711,23 @@ mod tests {
         assert_eq!((shares[0].count, shares[1].count), (0, 200));
         assert_eq!(check(7, 0, 2).len(), 4);
         assert_eq!(check(1, 0, 1).len(), 1);
+    }
+
+    /// Every (n, active, cap) in a grid: the fewest workers, each within the cap.
+    #[test]
+    fn every_split_of_a_grid_is_minimal_and_within_the_cap() {
+        for cap in 1..40 {
+            for active in 0..cap {
+                for n in 0..200 {
+                    let shares = check(n, active, cap);
+                    assert_eq!(
+                        shares.len() as u64,
+                        (n + active).div_ceil(cap).max(1),
+                        "{n} {active} {cap}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
