@@ -242,6 +242,45 @@ fn a_hold_past_the_descriptor_limit_is_split_among_workers() {
         let n = lines.iter().filter(|l| l.contains(src)).count();
         assert_eq!(n, 500, "{src}");
     }
+    // The text: the sums, a line per worker, then the measured connections' report.
+    let child = limited_bench(
+        1_100,
+        &[
+            &addr,
+            "--hold",
+            "1500",
+            "--active",
+            "2",
+            "--threads",
+            "1",
+            "--duration",
+            "0.3",
+            "--warmup",
+            "0",
+            "--interval",
+            "0",
+        ],
+    )
+    .spawn()
+    .expect("spawn echolab bench");
+    let out = finish_bounded(child, Duration::from_secs(90));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.starts_with(&format!(
+            "held 1500 of 1500 connections to {addr} (0 failed)"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("; 1500 still open after the window; 2 worker processes:\n  worker 0 (pid "),
+        "{text}"
+    );
+    assert!(
+        text.contains(" still open, and the 2 measured\n  worker 1 (pid "),
+        "{text}"
+    );
+    assert!(text.contains("messages/s: "), "{text}");
 }
 
 /// Sends SIGTERM (twice: the second ends it at once) to a bench still running when the
