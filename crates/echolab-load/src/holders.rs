@@ -832,6 +832,7 @@ mod tests {
             json!({"refused": 6, "timeout": 5, "worker_died": 700})
         );
         assert_eq!(hold["failed"], 711);
+        assert_eq!(hold["interrupted"], false);
         assert_eq!(hold["connect_rate"], 1_145.0);
         assert_eq!(hold["first_error"], "hold worker 1: connect: refused");
         let workers = hold["workers"].as_array().unwrap();
@@ -852,6 +853,20 @@ mod tests {
             "hold worker 0 (pid 100): reported no hold"
         );
         assert_eq!(combine(0, &[], 0.0, None)["connect_rate"], 0.0);
+        // One worker interrupted while establishing: the hold was.
+        let mut cut = doc(5, json!({}), 5, None);
+        cut["hold"]["interrupted"] = json!(true);
+        let whole = doc(5, json!({}), 5, None);
+        let outcomes = [
+            outcome(0, 5, Some(whole.clone()), None),
+            outcome(1, 5, Some(cut), None),
+        ];
+        assert_eq!(combine(10, &outcomes, 1.0, None)["interrupted"], true);
+        let outcomes = [
+            outcome(0, 5, Some(whole.clone()), None),
+            outcome(1, 5, Some(whole), None),
+        ];
+        assert_eq!(combine(10, &outcomes, 1.0, None)["interrupted"], false);
     }
 
     #[test]
@@ -873,6 +888,8 @@ mod tests {
             overflows: 0,
             drops: 2,
         });
+        let mut outcomes = outcomes;
+        outcomes[0].share.active = 3;
         let text = text(addr, &combine(10, &outcomes, 0.5, listen));
         assert!(
             text.starts_with(&format!(
@@ -882,7 +899,7 @@ mod tests {
         );
         assert!(
             text.contains(
-                "\n  worker 0 (pid 100): held 4 of 4 (0 failed) in 0.125 s, 4 still open\n"
+                "\n  worker 0 (pid 100): held 4 of 4 (0 failed) in 0.125 s, 4 still open, and the 3 measured\n"
             ),
             "{text}"
         );
