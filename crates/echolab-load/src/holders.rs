@@ -392,6 +392,14 @@ pub fn run(
         }
         ExitCode::from(code)
     };
+    // A worker never starts workers of its own, whatever it was told: a tree of hold
+    // processes each splitting again would be a fork bomb.
+    if std::env::var_os(WORKER_ENV).is_some() {
+        return fail(
+            &format!("{WORKER_ENV} is set: a hold worker does not split its share"),
+            2,
+        );
+    }
     let n = args.hold.unwrap_or(0);
     let active = args.active.unwrap_or(config.n_conns) as u64;
     let cap = soft.saturating_sub(SPARE_FDS);
