@@ -11,7 +11,13 @@ memory, pids, or what the hold reported). At each step it records:
     the count;
   - kernel memory: Slab from /proc/meminfo and TCP from /proc/net/sockstat, before and after;
   - the server's CPU while the connections sit idle (2 s);
-  - the p99 of 64 active ping-pong connections beside the idle ones (and with none held).
+  - the p99 of 64 active ping-pong connections beside the idle ones, and its ratio to the
+    p99 with none held (the issue's target: at most 2x): p99/none against the model's
+    one-process server, p99/empty against the step's own server (same --processes)
+    measured just before the hold;
+  - the growth of TcpExt ListenOverflows and ListenDrops (/proc/net/netstat) while
+    establishing: SYNs or handshakes dropped because a listen queue was full (they count
+    for the whole network namespace: other programs' listeners too).
 
 One process may open at most RLIMIT_NOFILE descriptors (hard limit 20,000 here, and not
 raisable without CAP_SYS_RESOURCE): reactor and uring are run with `--processes`
@@ -32,6 +38,14 @@ idle connections, log scales, one line per model).
   python3 scripts/scale.py                          # every model, up to 1,000,000
   python3 scripts/scale.py --max 2000 --out target/scale-ci   # CI: 1,000 and 2,000
   python3 scripts/scale.py --models reactor,uring --steps 1000,10000
+  python3 scripts/scale.py --vs-ref 10000 --rounds 5   # establish rate vs ref_epoll
+  python3 scripts/scale.py --self-test                 # the parsers, on known text
+
+--vs-ref N alternates echolab serve (reactor, uring; one process, --workers 1) and the C
+reference ../shared/bench's ref_epoll (-t 1) holding N idle connections (one
+`echolab bench --hold N --active 0` each time), --rounds times, and reports each
+contender's median establish rate, its ratio to ref_epoll's, the listen-queue drops and
+the load average (OUT/vs-ref.json). The issue's target: at least 0.9x for N <= 19,000.
 
 Exit status: 0 when the curve was measured (a model stopping at its limit is a result);
 1 when a server failed to start (io_uring refused is not a failure), or, with --max, when
@@ -45,6 +59,8 @@ import math
 import os
 import re
 import signal
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -86,6 +102,37 @@ def sockstat():
         fields = rest.split()
         out[name] = {fields[i]: int(fields[i + 1]) for i in range(0, len(fields) - 1, 2)}
     return out
+
+
+def listen_counters(text=None):
+    """TcpExt ListenOverflows and ListenDrops from /proc/net/netstat's text (a line of
+    names, then a line of values), or None when either is missing."""
+    if text is None:
+        text = read("/proc/net/netstat")
+    lines = text.splitlines()
+    for names, values in zip(lines, lines[1:]):
+        if names.startswith("TcpExt:") and values.startswith("TcpExt:"):
+            pairs = dict(zip(names.split()[1:], values.split()[1:]))
+            try:
+                return {"ListenOverflows": int(pairs["ListenOverflows"]),
+                        "ListenDrops": int(pairs["ListenDrops"])}
+            except (KeyError, ValueError):
+                return None
+    return None
+
+
+def growth(before, after):
+    """Per-counter growth from before to after (None when either is unknown)."""
+    if before is None or after is None:
+        return None
+    return {k: after[k] - before[k] for k in before}
+
+
+def ratio(p99, p99_none):
+    """The active p99 beside the idle connections over the p99 with none held."""
+    if not p99 or not p99_none:
+        return None
+    return round(p99 / p99_none, 2)
 
 
 def tasks_in_use():
@@ -137,11 +184,13 @@ def cpu_ticks(pids):
 
 
 class Server:
-    def __init__(self, binary, model, max_conns, processes):
+    def __init__(self, binary, model, max_conns, processes, workers=None):
         args = [binary, "serve", "--model", model, "--listen", "127.0.0.1:0", "--quiet",
                 "--idle-timeout", "0", "--max-conns", str(max_conns)]
         if processes:
             args += ["--processes", str(processes), "--workers", "1"]
+        elif workers:
+            args += ["--workers", str(workers)]
         # The log goes to a file: a pipe nobody reads would stop the server when full.
         self.log_file = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -173,6 +222,143 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class RefServer(Server):
+    """The C reference server (ref_epoll -p PORT -t THREADS) on a free loopback port."""
+
+    def __init__(self, path, threads):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.log_file = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen([path, "-p", str(port), "-t", str(threads)],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=self.log_file)
+        self.addr = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{path} did not listen on {self.addr}")
+
+
+def hold_once(binary, addr, n, sources):
+    """One `bench --hold n --active 0`: its hold document, or None and why."""
+    out = subprocess.run([binary, "bench", addr, "--hold", str(n), "--active", "0",
+                          "--duration", "0.2", "--connect-timeout", "30", "--json",
+                          "--source-ip", sources],
+                         capture_output=True, text=True, timeout=300)
+    try:
+        doc = json.loads(out.stdout)
+    except ValueError:
+        return None, out.stderr.strip()[-300:]
+    hold = doc.get("hold")
+    if not hold:
+        return None, doc.get("error") or "no hold in the report"
+    return hold, None
+
+
+def vs_ref(args):
+    """Alternates reactor, uring and ref_epoll holding args.vs_ref idle connections."""
+    contenders = ["reactor", "uring", "ref_epoll"]
+    rates = {c: [] for c in contenders}
+    drops = {c: [] for c in contenders}
+    round_of = {c: [] for c in contenders}
+    notes = {}
+    loads = [read("/proc/loadavg").split()[:3]]
+    for rnd in range(args.rounds):
+        for ci, c in enumerate(contenders):
+            if c in notes:
+                continue
+            try:
+                if c == "ref_epoll":
+                    server = RefServer(args.ref, 1)
+                else:
+                    server = Server(args.bin, c, args.vs_ref + 1_000, None, workers=1)
+            except RuntimeError as err:
+                notes[c] = f"did not start: {err}"
+                continue
+            try:
+                # Addresses of this round's and contender's own: no TIME_WAIT in the way.
+                sources = f"127.{10 + rnd}.{1 + ci}.1-127.{10 + rnd}.{1 + ci}.2"
+                hold, err = hold_once(args.bin, server.addr, args.vs_ref, sources)
+            finally:
+                server.stop()
+            if hold is None or hold.get("established") != args.vs_ref:
+                notes[c] = f"round {rnd + 1}: " + (err or f"held {hold.get('established')} of {args.vs_ref}: {hold.get('first_error')}")
+                continue
+            rates[c].append(hold["connect_rate"])
+            round_of[c].append(rnd)
+            drops[c].append((hold.get("listen_overflows"), hold.get("listen_drops")))
+            print(f"round {rnd + 1} {c:9} {hold['connect_rate']:>9.0f} connections/s "
+                  f"(listen overflows {hold.get('listen_overflows')}, drops {hold.get('listen_drops')})",
+                  file=sys.stderr)
+            time.sleep(0.5)
+        loads.append(read("/proc/loadavg").split()[:3])
+    ref = statistics.median(rates["ref_epoll"]) if rates["ref_epoll"] else None
+    ref_by_round = dict(zip(round_of["ref_epoll"], rates["ref_epoll"]))
+    rows = []
+    for c in contenders:
+        med = statistics.median(rates[c]) if rates[c] else None
+        # Paired: each round's rate over ref_epoll's of the same round (the machine's
+        # load drifts between rounds more than within one).
+        paired = [r / ref_by_round[k] for k, r in zip(round_of[c], rates[c]) if k in ref_by_round]
+        rows.append({"contender": c, "rounds": len(rates[c]), "rates": [round(r) for r in rates[c]],
+                     "median_connections_per_sec": med and round(med),
+                     "ratio_to_ref_epoll": round(med / ref, 3) if med and ref else None,
+                     "paired_ratios": [round(r, 3) for r in paired],
+                     "median_paired_ratio": round(statistics.median(paired), 3) if paired else None,
+                     "listen_overflows_drops": drops[c], "note": notes.get(c)})
+    doc = {"idle": args.vs_ref, "rounds": args.rounds, "load_average": loads, "rows": rows,
+           "target": "ratio_to_ref_epoll >= 0.9 (one process, <= 19,000 connections)"}
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "vs-ref.json"), "w") as f:
+        json.dump(doc, f, indent=2)
+    print(f"establish rate holding {args.vs_ref} idle connections, {args.rounds} alternations "
+          f"(load average {' -> '.join('/'.join(l) for l in (loads[0], loads[-1]))})")
+    for row in rows:
+        print(f"  {row['contender']:9} median {row['median_connections_per_sec'] or '-'!s:>8} connections/s  "
+              f"ratio to ref_epoll {row['ratio_to_ref_epoll'] or '-'!s:>6} (median of the rounds' "
+              f"ratios {row['median_paired_ratio'] or '-'!s})  rates {row['rates']}"
+              + (f"  ({row['note']})" if row["note"] else ""))
+    print(f"wrote {args.out}/vs-ref.json")
+    # uring may be refused here (no io_uring): that is a note, not a failure.
+    return 0 if rates["ref_epoll"] and rates["reactor"] else 1
+
+
+def self_test():
+    """The parsers and ratios on known text; exit 1 on the first wrong answer."""
+    text = ("TcpExt: SyncookiesSent TW ListenOverflows ListenDrops TCPHPHits\n"
+            "TcpExt: 123 5671280 4131 4132 289653897\n"
+            "IpExt: InNoRoutes ListenOverflows\n"
+            "IpExt: 0 77\n")
+    checks = [
+        (listen_counters(text), {"ListenOverflows": 4131, "ListenDrops": 4132}),
+        (listen_counters("IpExt: ListenOverflows ListenDrops\nIpExt: 1 2\n"), None),
+        (listen_counters("TcpExt: ListenOverflows\nTcpExt: 5\n"), None),
+        (listen_counters("TcpExt: ListenOverflows ListenDrops\n"), None),
+        (growth({"ListenOverflows": 4131, "ListenDrops": 4132},
+                {"ListenOverflows": 4200, "ListenDrops": 4132}),
+         {"ListenOverflows": 69, "ListenDrops": 0}),
+        (growth(None, {"ListenOverflows": 1, "ListenDrops": 1}), None),
+        (ratio(300.0, 150.0), 2.0),
+        (ratio(None, 150.0), None),
+        (ratio(300.0, 0), None),
+        (listen_counters() is not None, os.path.exists("/proc/net/netstat")),
+    ]
+    for i, (got, want) in enumerate(checks):
+        if got != want:
+            print(f"scale.py --self-test: check {i}: got {got!r}, want {want!r}", file=sys.stderr)
+            return 1
+    print(f"scale.py --self-test: {len(checks)} checks passed")
+    return 0
 
 
 def active_p99(binary, addr, secs):
@@ -311,9 +497,18 @@ def run_model(args, model):
         pids = server.pids()
         rss0, pss0 = mem_kib(pids)
         slab0, sock0 = meminfo_kib("Slab"), sockstat()
+        # The same server empty first: with --processes its workers split the 64 active
+        # connections differently from the one-process baseline, which a ratio to that
+        # baseline would blame on the idle connections.
+        p99_empty, _ = active_p99(args.bin, server.addr, args.active_secs)
+        listen0 = listen_counters()
         holders, secs, failure = hold(args.bin, server.addr, n, step_idx, 60 + n / 2_000)
+        listen = growth(listen0, listen_counters())
         step = {"idle": n, "processes": processes or 1, "establish_secs": round(secs, 3),
-                "connect_rate": round(n / secs, 1) if secs > 0 else None}
+                "connect_rate": round(n / secs, 1) if secs > 0 else None,
+                "listen_overflows": listen and listen["ListenOverflows"],
+                "listen_drops": listen and listen["ListenDrops"],
+                "active_p99_us_same_server_empty": p99_empty}
         if failure is None:
             pids = server.pids()
             rss1, pss1 = mem_kib(pids)
@@ -333,6 +528,8 @@ def run_model(args, model):
                 "sockstat_before": sock0, "sockstat_after": sock1,
                 "idle_cpu_percent": round(100 * (c1 - c0) / hz / (t1 - t0), 2),
                 "active_p99_us": p99,
+                "active_p99_ratio_to_none": ratio(p99, result["active_p99_us_none_held"]),
+                "active_p99_ratio_to_same_server_empty": ratio(p99, p99_empty),
                 "active_error": err,
             })
         docs = release(holders)
@@ -424,7 +621,19 @@ def main():
                     help="seconds the 64 active ping-pong connections are measured at each step (default: %(default)s)")
     ap.add_argument("--idle-secs", type=float, default=2.0,
                     help="seconds the idle server's CPU is sampled at each step (default: %(default)s)")
+    ap.add_argument("--vs-ref", type=int, metavar="N",
+                    help="instead of the curve: establish rate holding N idle connections, "
+                         "reactor and uring against ref_epoll, alternated --rounds times")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="alternations for --vs-ref (default: %(default)s)")
+    ap.add_argument("--ref", default="target/ref/ref_epoll",
+                    help="the ref_epoll binary for --vs-ref (scripts/build-ref.sh builds it; "
+                         "default: %(default)s)")
+    ap.add_argument("--self-test", action="store_true",
+                    help="check the /proc parsers on known text and exit")
     args = ap.parse_args()
+    if args.self_test:
+        return self_test()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = [m for m in models if m not in MODELS]
     if bad:
@@ -447,6 +656,17 @@ def main():
     if not os.access(args.bin, os.X_OK):
         print(f"scale.py: {args.bin} is not built (cargo build --release -p echolab)", file=sys.stderr)
         return 2
+    if args.vs_ref is not None:
+        if not 1 <= args.vs_ref <= 19_000:
+            print(f"scale.py: --vs-ref {args.vs_ref}: between 1 and 19000 (one process each)", file=sys.stderr)
+            return 2
+        if not 1 <= args.rounds <= 100:
+            print(f"scale.py: --rounds {args.rounds}: between 1 and 100", file=sys.stderr)
+            return 2
+        if not os.access(args.ref, os.X_OK):
+            print(f"scale.py: --ref {args.ref} is not an executable (scripts/build-ref.sh)", file=sys.stderr)
+            return 2
+        return vs_ref(args)
     os.makedirs(args.out, exist_ok=True)
     saved = set_sysctls()
     results = []
@@ -469,15 +689,26 @@ def main():
     with open(os.path.join(args.out, "scale.json"), "w") as f:
         json.dump(doc, f, indent=2)
     svg(results, os.path.join(args.out, "scale.svg"))
-    print(f"{'model':12} {'idle':>8} {'procs':>5} {'estab s':>8} {'conn/s':>8} {'RSS B/c':>8} {'PSSa B/c':>8} {'slab B/c':>8} {'idle cpu%':>9} {'p99 us':>8}")
+    print(f"{'model':12} {'idle':>8} {'procs':>5} {'estab s':>8} {'conn/s':>8} {'RSS B/c':>8} {'PSSa B/c':>8} {'slab B/c':>8} {'idle cpu%':>9} {'p99 us':>8} {'p99/none':>8} {'p99/empty':>9} {'ovflows':>7} {'drops':>7}")
     for r in results:
         for s in r["steps"]:
+            def dash(v):
+                return "-" if v is None else v
             print(f"{r['model']:12} {s['idle']:>8} {s['processes']:>5} {s['establish_secs']:>8} "
                   f"{s.get('connect_rate') or 0:>8.0f} {s.get('rss_bytes_per_conn', '-')!s:>8} "
                   f"{s.get('pss_anon_bytes_per_conn', '-')!s:>8} {s.get('slab_bytes_per_conn', '-')!s:>8} "
-                  f"{s.get('idle_cpu_percent', '-')!s:>9} {s.get('active_p99_us') or '-'!s:>8}")
+                  f"{s.get('idle_cpu_percent', '-')!s:>9} {s.get('active_p99_us') or '-'!s:>8} "
+                  f"{dash(s.get('active_p99_ratio_to_none'))!s:>8} "
+                  f"{dash(s.get('active_p99_ratio_to_same_server_empty'))!s:>9} {dash(s.get('listen_overflows'))!s:>7} "
+                  f"{dash(s.get('listen_drops'))!s:>7}")
         print(f"{r['model']:12} p99 with none held: {r.get('active_p99_us_none_held')} us; "
               f"held up to {r['held_up_to']}; stopped: {r['stopped'] or '-'}")
+        last = next((s for s in reversed(r["steps"]) if s.get("active_p99_us")), None)
+        if last:
+            print(f"{r['model']:12} active p99 with {last['idle']} idle: {last['active_p99_us']} us = "
+                  f"{last.get('active_p99_ratio_to_none')}x the p99 with none held, "
+                  f"{last.get('active_p99_ratio_to_same_server_empty')}x the same server's empty "
+                  f"(target: at most 2x)")
     print(f"wrote {args.out}/scale.json and {args.out}/scale.svg")
     failed = [r for r in results if r["stopped"] and "did not start" in r["stopped"]
               and "cannot run here" not in r["stopped"]]

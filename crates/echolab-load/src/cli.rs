@@ -150,7 +150,8 @@ pub struct BenchArgs {
 
     /// Hold this many idle connections, each verified by one 8-byte echo, while --active
     /// connections run the measured ping-pong; reports established, failed by kind, time
-    /// to establish and connect rate. One process holds at most its descriptor limit.
+    /// to establish and connect rate. Past this process's descriptor limit (RLIMIT_NOFILE)
+    /// the hold is split among worker processes of bench itself, one line each.
     #[arg(long, value_name = "N", value_parser = parse_hold, allow_negative_numbers = true)]
     pub hold: Option<u64>,
 

@@ -121,6 +121,52 @@ pub fn check_plan(
     Ok(())
 }
 
+/// The listen-queue counters of `/proc/net/netstat` (`TcpExt: ListenOverflows
+/// ListenDrops`): SYNs or completed handshakes dropped because a listener's queue was
+/// full. They count for the whole network namespace, every listener in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListenCounters {
+    pub overflows: u64,
+    pub drops: u64,
+}
+
+impl ListenCounters {
+    /// The counters in `/proc/net/netstat`'s text: a `TcpExt:` line of names followed by
+    /// one of values. `None` when either counter is missing.
+    pub fn parse(text: &str) -> Option<ListenCounters> {
+        let mut lines = text.lines();
+        while let Some(names) = lines.next() {
+            let Some(names) = names.strip_prefix("TcpExt:") else {
+                continue;
+            };
+            let values = lines.next()?.strip_prefix("TcpExt:")?;
+            let pairs: BTreeMap<&str, &str> = names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .collect();
+            let get = |name: &str| pairs.get(name).and_then(|v| v.parse::<u64>().ok());
+            return Some(ListenCounters {
+                overflows: get("ListenOverflows")?,
+                drops: get("ListenDrops")?,
+            });
+        }
+        None
+    }
+
+    /// This namespace's counters now, `None` when `/proc/net/netstat` cannot be read.
+    pub fn now() -> Option<ListenCounters> {
+        ListenCounters::parse(&std::fs::read_to_string("/proc/net/netstat").ok()?)
+    }
+
+    /// What the counters grew by since `before`.
+    pub fn since(self, before: ListenCounters) -> ListenCounters {
+        ListenCounters {
+            overflows: self.overflows.saturating_sub(before.overflows),
+            drops: self.drops.saturating_sub(before.drops),
+        }
+    }
+}
+
 /// Why a held connection could not be set up, or did not stay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Failure {
@@ -170,6 +216,8 @@ pub struct Held {
     pub first_error: Option<String>,
     pub establish_secs: f64,
     pub interrupted: bool,
+    /// How much the namespace's listen-queue counters grew while establishing.
+    pub listen: Option<ListenCounters>,
 }
 
 impl Held {
@@ -211,6 +259,8 @@ impl Held {
             "connect_rate": self.connect_rate(),
             "still_open": still_open,
             "interrupted": self.interrupted,
+            "listen_overflows": self.listen.map(|l| l.overflows),
+            "listen_drops": self.listen.map(|l| l.drops),
         })
     }
 }
@@ -232,9 +282,12 @@ fn ping(idx: u64) -> [u8; 8] {
 
 /// Opens `n` connections to `addr` (spread over `sources`, paced at `rate` per second if
 /// given), each verified by one echo within `timeout`; a connection that fails is counted
-/// by kind and not retried. Ends early when `stop` is set.
+/// by kind and not retried. Ends early when `stop` is set. The connections are numbers
+/// `first..first + n` of the whole hold: number `i` uses source `i % sources.len()` and
+/// sends `i` as its ping, so a hold split among processes spreads as one would.
 pub fn establish(
     addr: SocketAddr,
+    first: u64,
     n: u64,
     sources: &[IpAddr],
     rate: Option<f64>,
@@ -251,6 +304,7 @@ pub fn establish(
     let mut next_token = 0usize;
     let mut issued = 0u64;
     let t0 = Instant::now();
+    let listen_before = ListenCounters::now();
     let fail = |held: &mut Held, kind: Failure, what: String| {
         *held.failed.entry(kind).or_insert(0) += 1;
         held.first_error.get_or_insert(what);
@@ -269,8 +323,9 @@ pub fn establish(
                     break;
                 }
             }
+            let idx = first + issued;
             let source =
-                (!sources.is_empty()).then(|| sources[(issued % sources.len() as u64) as usize]);
+                (!sources.is_empty()).then(|| sources[(idx % sources.len() as u64) as usize]);
             match start_connect(addr, source) {
                 Ok(mut stream) => {
                     let token = next_token;
@@ -284,7 +339,7 @@ pub fn establish(
                         token,
                         Pending {
                             stream,
-                            idx: issued,
+                            idx,
                             started: now,
                             sent: false,
                             got: 0,
@@ -348,6 +403,9 @@ pub fn establish(
         }
     }
     held.establish_secs = t0.elapsed().as_secs_f64();
+    held.listen = ListenCounters::now()
+        .zip(listen_before)
+        .map(|(a, b)| a.since(b));
     Ok(held)
 }
 
@@ -428,67 +486,102 @@ fn advance(p: &mut Pending) -> Result<bool, (Failure, String)> {
 
 /// Runs `echolab bench --hold N` (see [`crate::cli::BenchArgs`]): establishes the held
 /// connections, runs the active bench beside them (or holds them idle for `--duration`
-/// with `--active 0`), prints the report, returns the exit status.
+/// with `--active 0`), prints the report, returns the exit status. Past this process's
+/// descriptor limit the hold is split among worker processes of this binary
+/// ([`crate::holders`]); such a worker runs its share here.
 pub fn run(
     args: &crate::cli::BenchArgs,
     mut config: crate::config::BenchConfig,
     stop: &AtomicBool,
 ) -> std::process::ExitCode {
+    use crate::holders;
     use std::process::ExitCode;
+    let worker = holders::worker_share();
+    let json_out = args.json || !matches!(worker, Ok(None));
     let fail = |message: &str, code: u8| {
-        eprintln!("echolab bench: {message}");
-        if args.json {
+        holders::say(&format!("echolab bench: {message}"));
+        if json_out {
             println!("{}", crate::bench::error_json(message, code));
         }
         ExitCode::from(code)
     };
-    let n = args.hold.unwrap_or(0);
-    let active = args.active.unwrap_or(config.n_conns) as u64;
+    let worker = match worker {
+        Ok(worker) => worker,
+        Err(err) => return fail(&err, 2),
+    };
+    let n_total = args.hold.unwrap_or(0);
+    let active_total = args.active.unwrap_or(config.n_conns) as u64;
     let sources = match args.source_ip.as_deref().map(parse_sources) {
         None => Vec::new(),
         Some(Ok(sources)) => sources,
         Some(Err(err)) => return fail(&format!("--source-ip: {err}"), 2),
     };
-    if let Err(err) = check_plan(config.addr, &sources, n + active, local_ports()) {
+    if let Err(err) = check_plan(config.addr, &sources, n_total + active_total, local_ports()) {
         return fail(&err, 2);
     }
     crate::raise_fd_limit();
     let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .unwrap_or((1_024, 1_024));
+    let (first, n, active) = match worker {
+        Some(share) => (share.first, share.count, share.active),
+        None => (0, n_total, active_total),
+    };
     let need = n + active + SPARE_FDS;
     if need > soft {
+        if worker.is_none() {
+            return holders::run(args, &config, soft, hard, stop);
+        }
         return fail(
-            &format!(
-                "--hold {n} with {active} active connections needs {need} descriptors, this process may open {soft} (hard limit {hard}); one bench process cannot hold more yet: run several bench --hold processes and merge their --json with echolab merge (scripts/scale.py does)"
-            ),
+            &format!("a hold worker given {n} connections and {active} active needs {need} descriptors, it may open {soft}"),
             2,
         );
     }
-    eprintln!("holding {n} connections to {}...", config.addr);
+    let who = worker
+        .map(|share| format!("hold worker {}: ", share.index))
+        .unwrap_or_default();
+    // A worker paces its share of --connect-rate, so that together they keep the rate.
+    let rate = args
+        .connect_rate
+        .map(|rate| rate * n as f64 / n_total.max(1) as f64);
+    holders::say(&format!(
+        "{who}holding {n} connections to {}...",
+        config.addr
+    ));
     let mut held = match establish(
         config.addr,
+        first,
         n,
         &sources,
-        args.connect_rate,
+        rate,
         config.connect_timeout,
         stop,
     ) {
         Ok(held) => held,
         Err(err) => return fail(&format!("cannot set up the connections: {err}"), 1),
     };
-    eprintln!(
-        "held {} of {n} connections ({} failed) in {:.3} s, {:.0} connections/s",
+    holders::say(&format!(
+        "{who}held {} of {n} connections ({} failed) in {:.3} s, {:.0} connections/s",
         held.conns.len(),
         held.failed_total(),
         held.establish_secs,
         held.connect_rate()
-    );
+    ));
+    // A worker reports it holds its share, and starts its window when every worker does.
+    if worker.is_some() && !held.interrupted && !holders::ready(held.conns.len() as u64) {
+        held.interrupted = true;
+    }
     let report = if active > 0 && !held.interrupted {
         config.n_conns = usize::try_from(active).unwrap_or(usize::MAX);
         match crate::engine::run(&config, stop, Duration::from_millis(200), |_| {}) {
             Ok(report) => Some(report),
             Err(err) => return fail(&err.to_string(), 1),
         }
+    } else if worker.is_some() {
+        // A worker's idle window ends when the one that measures has finished.
+        if !held.interrupted {
+            holders::wait_for_end();
+        }
+        None
     } else {
         // Idle: hold for the window, or until SIGINT/SIGTERM.
         let end = Instant::now() + config.duration;
@@ -523,13 +616,17 @@ pub fn run(
         }
     }
     let mut out = io::stdout().lock();
-    if args.json {
+    if json_out {
         let mut doc = match &report {
             Some(report) => crate::bench::document(report, &config, &thresholds),
             None => json!({ "workload": "hold", "messages": 0, "interrupted": interrupted }),
         };
         doc["hold"] = hold_doc;
         doc["exit_code"] = json!(code);
+        if let (Some(_), Some(report)) = (worker, &report) {
+            // The text the supervising bench prints when it was not asked for JSON.
+            doc[holders::REPORT_TEXT] = json!(report.to_text(&config));
+        }
         echolab_cli::provenance::stamp(&mut doc);
         let _ = writeln!(
             out,
@@ -544,7 +641,7 @@ pub fn run(
             .collect();
         let _ = writeln!(
             out,
-            "held {} of {n} connections to {} ({} failed{}{}), established in {:.3} s ({:.0} connections/s); {still_open} still open after the window",
+            "held {} of {n} connections to {} ({} failed{}{}), established in {:.3} s ({:.0} connections/s{}); {still_open} still open after the window",
             held.conns.len(),
             config.addr,
             held.failed_total(),
@@ -552,6 +649,7 @@ pub fn run(
             held.first_error.as_deref().map(|e| format!("; first: {e}")).unwrap_or_default(),
             held.establish_secs,
             held.connect_rate(),
+            listen_words(held.listen),
         );
         if let Some(report) = &report {
             let _ = write!(out, "{}", report.to_text(&config));
@@ -559,14 +657,77 @@ pub fn run(
     }
     let _ = out.flush();
     if let Some(line) = report.as_ref().and_then(|r| thresholds.verdict(r)) {
-        eprintln!("echolab bench: {line}");
+        holders::say(&format!("echolab bench: {who}{line}"));
     }
     std::process::ExitCode::from(code)
+}
+
+/// The listen-queue growth while establishing, as the report says it.
+pub fn listen_words(listen: Option<ListenCounters>) -> String {
+    match listen {
+        Some(l) => format!(
+            "; the namespace's listen queues meanwhile: {} overflows, {} drops",
+            l.overflows, l.drops
+        ),
+        None => String::new(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Known truth: the counters of a real /proc/net/netstat text (names and values on
+    /// two TcpExt lines, an IpExt pair after), and their growth.
+    #[test]
+    fn listen_counters_are_read_from_netstat() {
+        let text = "TcpExt: SyncookiesSent TW ListenOverflows ListenDrops TCPHPHits\n\
+                    TcpExt: 123 5671280 4131 4132 289653897\n\
+                    IpExt: InNoRoutes ListenOverflows\n\
+                    IpExt: 0 77\n";
+        let before = ListenCounters::parse(text).unwrap();
+        assert_eq!(
+            before,
+            ListenCounters {
+                overflows: 4_131,
+                drops: 4_132
+            }
+        );
+        let after = ListenCounters {
+            overflows: 4_200,
+            drops: 4_132,
+        };
+        assert_eq!(
+            after.since(before),
+            ListenCounters {
+                overflows: 69,
+                drops: 0
+            }
+        );
+        assert_eq!(before.since(after).overflows, 0);
+        assert_eq!(
+            ListenCounters::parse("TcpExt: ListenOverflows\nTcpExt: 5\n"),
+            None
+        );
+        assert_eq!(ListenCounters::parse("IpExt: a\nIpExt: 1\n"), None);
+        assert_eq!(
+            ListenCounters::parse("TcpExt: ListenOverflows ListenDrops\n"),
+            None
+        );
+        assert_eq!(
+            ListenCounters::parse("TcpExt: ListenOverflows ListenDrops\nTcpExt: 1 x\n"),
+            None
+        );
+        assert_eq!(
+            listen_words(Some(after.since(before))),
+            "; the namespace's listen queues meanwhile: 69 overflows, 0 drops"
+        );
+        assert_eq!(listen_words(None), "");
+        // This machine's own file parses (it is there on every Linux with TCP).
+        if std::path::Path::new("/proc/net/netstat").exists() {
+            assert!(ListenCounters::now().is_some());
+        }
+    }
 
     fn v4(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -654,7 +815,7 @@ mod tests {
         let sources = parse_sources("127.0.0.2-127.0.0.4").unwrap();
         let stop = AtomicBool::new(false);
         let mut held =
-            establish(addr, 300, &sources, None, Duration::from_secs(20), &stop).unwrap();
+            establish(addr, 0, 300, &sources, None, Duration::from_secs(20), &stop).unwrap();
         assert_eq!(held.conns.len(), 300, "{:?}", held.failed);
         assert_eq!(held.failed_total(), 0);
         let kept = echo.join().unwrap();
@@ -673,7 +834,7 @@ mod tests {
         let gone = TcpListener::bind("127.0.0.1:0").unwrap();
         let dead = gone.local_addr().unwrap();
         drop(gone);
-        let held = establish(dead, 5, &[], None, Duration::from_secs(5), &stop).unwrap();
+        let held = establish(dead, 0, 5, &[], None, Duration::from_secs(5), &stop).unwrap();
         assert_eq!(held.conns.len(), 0);
         assert_eq!(held.failed.get(&Failure::Refused), Some(&5));
         assert!(held.first_error.unwrap().contains("refused"));

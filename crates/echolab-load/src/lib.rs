@@ -29,6 +29,8 @@
 //! - [`threshold`]: `--max-p99`, `--min-rate`, `--max-errors` and their exit status, 99.
 //! - [`idle`]: `bench --hold N`: idle connections (spread over source addresses) held
 //!   beside the measured ones; prints its report like `bench`.
+//! - [`holders`]: a `--hold` past one process's descriptor limit, split among worker
+//!   processes of this binary and their reports added up.
 //! - [`hold`]: many idle connections held open (compare's memory-per-connection step).
 //! - [`compare`]: `echolab compare`: starting and stopping servers, reading /proc, the
 //!   workload matrix, results.json, summary.md and SVG charts.
@@ -42,6 +44,7 @@ pub mod config;
 pub mod engine;
 pub mod hdr;
 pub mod hold;
+pub mod holders;
 pub mod idle;
 pub mod latency;
 pub mod merge;

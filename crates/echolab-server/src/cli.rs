@@ -104,7 +104,9 @@ pub struct ServeArgs {
     /// Run the model (reactor or uring) in this many worker processes, each with its own
     /// SO_REUSEPORT listener, under a supervisor that restarts a dead worker and forwards
     /// SIGTERM/SIGINT; --max-conns is split among them. For more connections than one
-    /// process's descriptor limit. At most 256.
+    /// process's descriptor limit. At most 256. Not with --udp or --udp-only: one UDP
+    /// socket serves every client, so UDP needs no more descriptors (--workers spreads it
+    /// over SO_REUSEPORT sockets).
     #[arg(long, value_parser = parse_processes, value_name = "N", allow_negative_numbers = true)]
     pub processes: Option<usize>,
 

@@ -67,8 +67,9 @@ fn serve(args: ServeCmd) -> ExitCode {
         return echolab_server::cli::run(tcp);
     }
     if let Some(n) = tcp.processes {
-        // The UDP server's threads exist before the supervisor would fork.
-        eprintln!("echolab serve: --processes {n}: not with --udp or --udp-only");
+        // The UDP server's threads exist before the supervisor would fork; and UDP needs
+        // no descriptor per client, the limit worker processes are for.
+        eprintln!("echolab serve: --processes {n}: not with --udp or --udp-only: one UDP socket serves every client, so the descriptor limit that worker processes get around does not bind UDP (--workers spreads it over SO_REUSEPORT sockets)");
         return ExitCode::from(2);
     }
     echolab_server::logging::init(tcp.quiet, tcp.verbose);

@@ -164,3 +164,274 @@ fn thresholds_judge_the_active_connections_beside_a_hold() {
         assert!(stderr.contains(needle), "{extra:?}: {stderr}");
     }
 }
+
+/// `bench` with its descriptor limit (soft and hard) lowered to `limit`, so that a hold
+/// of a few thousand needs several worker processes.
+fn limited_bench(limit: u64, args: &[&str]) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut command: Command = echolab();
+    command
+        .arg("bench")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: setrlimit is one system call, async-signal-safe; nothing is allocated.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit, limit)
+                .map_err(std::io::Error::from)
+        });
+    }
+    command
+}
+
+/// Known truth: 2,000 held and 4 measured connections, where one process may open 1,100
+/// descriptors, take two workers (998 + 4 measured, and 1,002); every held connection is
+/// established, verified by its echo and still open, and the server saw all 2,004.
+#[test]
+fn a_hold_past_the_descriptor_limit_is_split_among_workers() {
+    let server = Server::start("reactor", &["--max-conns", "5000"]);
+    let addr = server.addr.to_string();
+    let child = limited_bench(
+        1_100,
+        &[
+            &addr,
+            "--hold",
+            "2000",
+            "--active",
+            "4",
+            "--threads",
+            "1",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0",
+            "--interval",
+            "0",
+            "--source-ip",
+            "127.0.0.2-127.0.0.5",
+            "--json",
+        ],
+    )
+    .spawn()
+    .expect("spawn echolab bench");
+    let out = finish_bounded(child, Duration::from_secs(90));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("in 2 worker processes"), "{stderr}");
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hold = &doc["hold"];
+    assert_eq!(hold["requested"], 2_000, "{hold:#}");
+    assert_eq!(hold["established"], 2_000, "{hold:#}");
+    assert_eq!(hold["failed"], 0, "{hold:#}");
+    assert_eq!(hold["still_open"], 2_000, "{hold:#}");
+    let workers = hold["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2, "{hold:#}");
+    assert_eq!(workers[0]["active"], 4);
+    for w in workers {
+        assert_eq!(w["established"], w["requested"], "{w:#}");
+        assert!(w["requested"].as_u64().unwrap() + w["active"].as_u64().unwrap() <= 1_100 - 64);
+    }
+    assert!(doc["messages"].as_u64().unwrap() > 0, "{doc:#}");
+    assert_eq!(doc["exit_code"], 0);
+    assert!(doc.get("report_text").is_none());
+    // Connection numbers 0..2000 spread as one process would: 500 from each address.
+    let lines = server.log.wait_for("open", 2_004);
+    for src in ["127.0.0.2:", "127.0.0.3:", "127.0.0.4:", "127.0.0.5:"] {
+        let n = lines.iter().filter(|l| l.contains(src)).count();
+        assert_eq!(n, 500, "{src}");
+    }
+    // The text: the sums, a line per worker, then the measured connections' report.
+    let child = limited_bench(
+        1_100,
+        &[
+            &addr,
+            "--hold",
+            "1500",
+            "--active",
+            "2",
+            "--threads",
+            "1",
+            "--duration",
+            "0.3",
+            "--warmup",
+            "0",
+            "--interval",
+            "0",
+        ],
+    )
+    .spawn()
+    .expect("spawn echolab bench");
+    let out = finish_bounded(child, Duration::from_secs(90));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.starts_with(&format!(
+            "held 1500 of 1500 connections to {addr} (0 failed)"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("; 1500 still open after the window; 2 worker processes:\n  worker 0 (pid "),
+        "{text}"
+    );
+    assert!(
+        text.contains(" still open, and the 2 measured\n  worker 1 (pid "),
+        "{text}"
+    );
+    assert!(text.contains("messages/s: "), "{text}");
+}
+
+/// Sends SIGTERM (twice: the second ends it at once) to a bench still running when the
+/// test that started it panics, so that it and its workers do not hold for the hour asked.
+struct TermOnPanic(i32);
+
+impl Drop for TermOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for _ in 0..2 {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(self.0),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+    }
+}
+
+/// The stderr lines of `child`, over a channel.
+fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::{BufRead, BufReader};
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// Waits (at most [`support::STEP`]) for a line starting with `prefix`; returns every
+/// line up to it, in order.
+fn lines_until(rx: &std::sync::mpsc::Receiver<String>, prefix: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + support::STEP;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            panic!("no line {prefix:?} in\n{}", seen.join("\n"));
+        };
+        let done = line.starts_with(prefix);
+        seen.push(line);
+        if done {
+            return seen;
+        }
+    }
+}
+
+/// SIGTERM to a bench whose workers hold their shares idle ends the window at once (it
+/// waited out the whole --duration: the workers, blocked reading their stdin, never saw
+/// the signal's flag): every worker reports, exit 130, every connection still held.
+#[test]
+fn sigterm_ends_the_workers_window_and_every_worker_reports() {
+    let server = Server::start("reactor", &["--max-conns", "5000"]);
+    let addr = server.addr.to_string();
+    let mut child = limited_bench(
+        600,
+        &[
+            &addr,
+            "--hold",
+            "1000",
+            "--active",
+            "0",
+            "--duration",
+            "1h",
+            "--json",
+        ],
+    )
+    .spawn()
+    .expect("spawn echolab bench");
+    let _guard = TermOnPanic(child.id() as i32);
+    let rx = stderr_lines(&mut child);
+    lines_until(&rx, "held by 2 of 2 workers");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = finish_bounded(child, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(130));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hold = &doc["hold"];
+    assert_eq!(hold["established"], 1_000, "{hold:#}");
+    assert_eq!(hold["still_open"], 1_000, "{hold:#}");
+    assert_eq!(hold["failed"], 0, "{hold:#}");
+    assert_eq!(doc["interrupted"], true, "{doc:#}");
+    assert_eq!(hold["workers"].as_array().unwrap().len(), 2, "{hold:#}");
+}
+
+/// A worker killed while it holds its share (in the window) is reported by pid and
+/// signal, its share counted as failed (worker_died), not as held; the run ends at once
+/// with exit 1, not after its hour-long --duration.
+#[test]
+fn a_dead_hold_worker_is_reported_not_counted() {
+    let server = Server::start("reactor", &["--max-conns", "5000"]);
+    let addr = server.addr.to_string();
+    let mut child = limited_bench(
+        600,
+        &[
+            &addr,
+            "--hold",
+            "1000",
+            "--active",
+            "0",
+            "--duration",
+            "1h",
+            "--json",
+        ],
+    )
+    .spawn()
+    .expect("spawn echolab bench");
+    let _guard = TermOnPanic(child.id() as i32);
+    let rx = stderr_lines(&mut child);
+    // "hold worker 1 (pid P): connections ...", then, once both hold their share, "held
+    // by 2 of 2 workers": the worker is killed in the window, holding its connections.
+    let seen = lines_until(&rx, "held by 2 of 2 workers");
+    let victim: i32 = seen
+        .iter()
+        .find_map(|l| l.strip_prefix("hold worker 1 (pid "))
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid of worker 1 in\n{}", seen.join("\n")));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let out = finish_bounded(child, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(1));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hold = &doc["hold"];
+    let workers = hold["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2, "{hold:#}");
+    let dead = &workers[1];
+    assert_eq!(dead["pid"], victim);
+    assert!(
+        dead["died"]
+            .as_str()
+            .unwrap()
+            .contains("killed by signal 9"),
+        "{hold:#}"
+    );
+    let share = dead["requested"].as_u64().unwrap();
+    assert_eq!(hold["failed_by_kind"]["worker_died"], share, "{hold:#}");
+    assert_eq!(
+        hold["established"].as_u64().unwrap(),
+        workers[0]["established"].as_u64().unwrap(),
+        "{hold:#}"
+    );
+    assert!(hold["established"].as_u64().unwrap() <= 1_000 - share);
+    assert_eq!(doc["exit_code"], 1);
+}

@@ -136,9 +136,16 @@ fn models_without_workers_and_bad_counts_are_refused() {
             &["--processes", "4", "--max-conns", "3"][..],
             "--max-conns 3",
         ),
-        // UDP threads exist before the fork: the supervisor could not start a worker.
-        (&["--processes", "2", "--udp"][..], "--udp"),
-        (&["--processes", "2", "--udp-only"][..], "--udp"),
+        // UDP threads exist before the fork: the supervisor could not start a worker;
+        // and UDP needs no descriptor per client. The refusal says so.
+        (
+            &["--processes", "2", "--udp"][..],
+            "--udp or --udp-only: one UDP socket serves every client",
+        ),
+        (
+            &["--processes", "2", "--udp-only"][..],
+            "does not bind UDP (--workers spreads it",
+        ),
         // One endpoint per worker: a fixed port is taken by the first, the others die.
         (
             &["--processes", "2", "--metrics", "127.0.0.1:0"][..],
