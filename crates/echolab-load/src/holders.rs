@@ -425,8 +425,10 @@ pub fn run(
     let listen_before = ListenCounters::now();
     let (tx, rx) = mpsc::channel();
     let mut workers = Vec::with_capacity(shares.len());
+    let supervisor = std::process::id();
     for (i, share) in shares.iter().enumerate() {
-        let spawned = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        command
             .args(std::env::args_os().skip(1))
             .env(WORKER_ENV, share.env_value())
             .stdin(Stdio::piped())
@@ -434,8 +436,12 @@ pub fn run(
             .stderr(Stdio::inherit())
             // Its own process group: a Ctrl-C reaches the supervisor only, which forwards
             // it once (a second signal would end a worker before it reports).
-            .process_group(0)
-            .spawn();
+            .process_group(0);
+        // The kernel kills the worker when the supervisor dies: no worker outlives a
+        // supervisor that was killed outright (its own process group keeps it from a
+        // Ctrl-C or a test's kill of the supervisor).
+        echolab_sys::die_with_parent(&mut command, supervisor);
+        let spawned = command.spawn();
         let mut worker = Worker {
             share: *share,
             pid: None,

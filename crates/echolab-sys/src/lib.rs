@@ -9,6 +9,7 @@
 //!   child written down once, and a safe form that checks them.
 //! - [`fork_exiting_child`]: a fork whose child only `_exit`s, safe from any process.
 //! - [`exit_immediately`]: `_exit(2)`, which runs no destructors and flushes no buffers.
+//! - [`die_with_parent`]: a spawned child killed by the kernel when its parent dies.
 //! - [`reset_signal_to_default`]: `sigaction(SIG_DFL)` for a child that must not run a
 //!   handler it inherited.
 //! - [`second_signal`]: a second SIGINT or SIGTERM ends the process at once, one signal
@@ -23,6 +24,30 @@
 //!   `sendmsg` from the receive buffer), under the same rule.
 
 use std::io;
+
+/// Makes the child that `command` spawns die (SIGKILL, `PR_SET_PDEATHSIG`) when the
+/// process `parent` (the caller's `std::process::id()`) ends, however it ends. If the
+/// parent has already ended when the child reaches exec, the spawn fails instead.
+///
+/// Linux only. The signal follows the parent *thread* that spawns: spawn from a thread
+/// that lives as long as the child should (the main thread).
+pub fn die_with_parent(command: &mut std::process::Command, parent: u32) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure makes two system calls (prctl, getppid),
+    // both async-signal-safe, and allocates nothing (`from_raw_os_error` and
+    // `last_os_error` hold only the error number).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() as u32 != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
 
 mod provided;
 pub mod pthread;

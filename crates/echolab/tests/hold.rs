@@ -435,3 +435,67 @@ fn a_dead_hold_worker_is_reported_not_counted() {
     assert!(hold["established"].as_u64().unwrap() <= 1_000 - share);
     assert_eq!(doc["exit_code"], 1);
 }
+
+/// A bench supervisor killed outright (SIGKILL: it cannot forward anything) takes its
+/// hold workers with it, even while they are still connecting and read nothing from it
+/// (a worker notices its supervisor's end on its stdin only once it holds its share):
+/// the kernel's parent-death signal ends each, so none is left behind, connecting or
+/// starting workers of its own. The listener here never accepts, so the workers stay in
+/// their connects (SYNs past its backlog retried for minutes) until they are killed.
+#[test]
+fn hold_workers_die_with_a_killed_supervisor() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let mut child = limited_bench(
+        600,
+        &[
+            &addr,
+            "--hold",
+            "1000",
+            "--active",
+            "0",
+            "--connect-timeout",
+            "1h",
+            "--duration",
+            "1h",
+        ],
+    )
+    .spawn()
+    .expect("spawn echolab bench");
+    let _guard = TermOnPanic(child.id() as i32);
+    let rx = stderr_lines(&mut child);
+    let seen = lines_until(&rx, "hold worker 1 (pid ");
+    let pids: Vec<i32> = seen
+        .iter()
+        .filter_map(|l| l.strip_prefix("hold worker "))
+        .filter_map(|rest| rest.split("(pid ").nth(1))
+        .filter_map(|rest| rest.split(')').next())
+        .filter_map(|pid| pid.parse().ok())
+        .collect();
+    assert_eq!(pids.len(), 2, "worker pids in\n{}", seen.join("\n"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // A worker is gone once its /proc entry is gone or a zombie (its new parent reaps it).
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| {
+                let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+                !state.starts_with('Z')
+            })
+            .unwrap_or(false)
+    };
+    let deadline = std::time::Instant::now() + support::STEP;
+    while pids.iter().any(|&pid| alive(pid)) {
+        if std::time::Instant::now() >= deadline {
+            for &pid in &pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            panic!("hold workers {pids:?} outlived their killed supervisor");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(silent);
+}
