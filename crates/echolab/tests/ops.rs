@@ -316,6 +316,55 @@ fn the_process_model_refuses_metrics_with_one_line() {
     assert!(stderr.contains("--metrics 127.0.0.1:0"), "{stderr}");
 }
 
+/// Slow and idle clients of `/metrics` (issue 11: with a thread per connection, 3,000 of
+/// them made 2,957 threads).
+const SLOW_SCRAPERS: usize = 320;
+
+/// The endpoint's own cap on scrape connections (`metrics::MAX_SCRAPE_CONNS`).
+const MAX_SCRAPE_CONNS: usize = 16;
+
+#[test]
+fn slow_metrics_clients_cost_no_thread_and_a_scrape_is_still_served() {
+    let server = Server::start("event", &["--metrics", "127.0.0.1:0"]);
+    let metrics = metrics_addr(&server);
+    assert_eq!(http_get(metrics, "/metrics").0, "HTTP/1.0 200 OK");
+    let (threads, fds) = (thread_count(server.pid()), fd_count(server.pid()));
+    // Half send nothing, half a head that never ends (slowloris).
+    let slow: Vec<_> = (0..SLOW_SCRAPERS)
+        .map(|i| {
+            let mut conn = connect(metrics);
+            if i % 2 == 1 {
+                conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                    .unwrap();
+            }
+            conn
+        })
+        .collect();
+    // Accepted after all of them (one listen queue, in order): served while they wait.
+    let (status, body) = http_get(metrics, "/metrics");
+    assert_eq!(status, "HTTP/1.0 200 OK");
+    assert!(
+        body.contains("echolab_connections_open{model=\"event\"} 0"),
+        "{body}"
+    );
+    let during = thread_count(server.pid());
+    assert!(
+        during <= threads,
+        "{during} threads with {SLOW_SCRAPERS} slow metrics clients, {threads} before"
+    );
+    // The server holds at most the cap of them (the others are closed, oldest first).
+    assert!(
+        eventually(|| fd_count(server.pid()) <= fds + MAX_SCRAPE_CONNS),
+        "{} descriptors with {SLOW_SCRAPERS} slow metrics clients, {fds} before",
+        fd_count(server.pid())
+    );
+    // And echoing goes on.
+    assert_eq!(round_trip(server.addr, pattern(1000)), pattern(1000));
+    drop(slow);
+    assert_eq!(http_get(metrics, "/metrics").0, "HTTP/1.0 200 OK");
+    assert!(thread_count(server.pid()) <= threads);
+}
+
 #[test]
 fn a_metrics_address_in_use_is_refused_with_exit_2() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
