@@ -123,13 +123,13 @@ fn encode_snapshot(
     counter(
         e,
         "bytes_received",
-        "Bytes received by the connections closed so far.",
+        "Bytes received from connections, counted as they are read.",
         snapshot.bytes_in,
     )?;
     counter(
         e,
         "bytes_sent",
-        "Bytes sent by the connections closed so far.",
+        "Bytes sent to connections, counted as they are written (uring: as they are queued for its send).",
         snapshot.bytes_out,
     )?;
     counter(
@@ -214,9 +214,8 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
 /// Whether a request's `Accept` header asks for OpenMetrics.
 fn wants_openmetrics(headers: &hyper::HeaderMap) -> bool {
     headers.get_all(hyper::header::ACCEPT).iter().any(|v| {
-        v.as_bytes()
-            .windows(28)
-            .any(|w| w == b"application/openmetrics-text")
+        v.to_str()
+            .is_ok_and(|v| v.contains("application/openmetrics-text"))
     })
 }
 
@@ -518,6 +517,21 @@ mod tests {
             content_type,
             body.to_string(),
         )
+    }
+
+    #[test]
+    fn openmetrics_is_what_an_accept_header_names_and_only_that() {
+        let accepts = |values: &[&str]| {
+            let mut headers = hyper::HeaderMap::new();
+            for v in values {
+                headers.append(hyper::header::ACCEPT, v.parse().unwrap());
+            }
+            wants_openmetrics(&headers)
+        };
+        assert!(!accepts(&[]));
+        assert!(!accepts(&["text/plain;version=0.0.4;q=0.9,*/*;q=0.1"]));
+        assert!(accepts(&["application/openmetrics-text;version=1.0.0"]));
+        assert!(accepts(&["text/plain", "application/openmetrics-text"]));
     }
 
     #[test]
