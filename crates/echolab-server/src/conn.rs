@@ -64,7 +64,7 @@ pub fn log_closed(peer: SocketAddr, echo: &Echo, end: &End) {
 /// [`log_closed`] for a model that counts the bytes out itself (io_uring counts what the
 /// kernel confirmed sent, not what went into a send buffer).
 pub fn log_closed_counts(peer: SocketAddr, bytes_in: u64, bytes_out: u64, end: &End) {
-    crate::stats::global().closed(bytes_in, bytes_out, crate::stats::EndKind::of(end));
+    crate::stats::global().closed(crate::stats::EndKind::of(end));
     match end {
         End::Failed(EchoError::LineTooLong { limit }) => {
             log::warn!("conn {peer} closed: line longer than --max-line {limit} bytes ({bytes_in} bytes in, {bytes_out} out)")

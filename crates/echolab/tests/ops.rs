@@ -235,6 +235,15 @@ fn metrics_say_the_known_counts_for_every_model_with_threads() {
             value(&body, &format!("echolab_connections_open{label}")),
             Some(1.0)
         );
+        // Its bytes count already: received before the echo was written, sent once the
+        // write returned (so, for the sent ones, scrape again until then).
+        let received = format!("echolab_bytes_received_total{label}");
+        assert_eq!(value(&body, &received), Some(n as f64 + 1.0), "{model}");
+        let sent = format!("echolab_bytes_sent_total{label}");
+        assert!(
+            eventually(|| value(&http_get(metrics, "/metrics").1, &sent) == Some(n as f64 + 1.0)),
+            "{model}: an open connection's bytes out are not counted"
+        );
         assert_eq!(http_get(metrics, "/other").0, "HTTP/1.0 404 Not Found");
     }
 }
