@@ -66,7 +66,7 @@ pub fn log_closed(peer: SocketAddr, echo: &Echo, end: &End) {
 /// [`log_closed`] for a model that counts the bytes out itself (io_uring counts what the
 /// kernel confirmed sent, not what went into a send buffer).
 pub fn log_closed_counts(peer: SocketAddr, bytes_in: u64, bytes_out: u64, end: &End) {
-    crate::stats::global().closed(bytes_in, bytes_out, crate::stats::EndKind::of(end));
+    crate::stats::global().closed(crate::stats::EndKind::of(end));
     match end {
         // A warning, since the client broke the server's rule, but at most one line a
         // second (with a count of the others), like refusals: a client that opens

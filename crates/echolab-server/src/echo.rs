@@ -134,6 +134,8 @@ pub struct Echo {
     partial: Vec<u8>,
     /// The peer has shut down its write side (read returned 0).
     eof: bool,
+    /// Bytes read and written so far; each read and write also adds to the server's
+    /// figures ([`crate::stats::Stats::received`], `sent`) as it happens.
     bytes_in: u64,
     bytes_out: u64,
 }
@@ -220,6 +222,7 @@ impl Echo {
         #[cfg(debug_assertions)]
         inject_fault(input);
         self.bytes_in += input.len() as u64;
+        crate::stats::global().received(input.len() as u64);
         match self.config.mode {
             Mode::Bytes => self.send(input, w)?,
             Mode::Lines if self.config.long_line == LongLine::Split => {
@@ -262,6 +265,7 @@ impl Echo {
                 Ok(n) => {
                     self.owed_start += n;
                     self.bytes_out += n as u64;
+                    crate::stats::global().sent(n as u64);
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
@@ -327,6 +331,7 @@ impl Echo {
         if self.owed_len() == 0 {
             let written = write_until_blocked(w, ready)?;
             self.bytes_out += written as u64;
+            crate::stats::global().sent(written as u64);
             self.owe(&ready[written..]);
             Ok(())
         } else {

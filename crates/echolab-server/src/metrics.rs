@@ -1,7 +1,9 @@
 //! `--metrics ADDR`: the figures of [`crate::stats`] as a Prometheus exposition at
-//! `GET /metrics`, served by tiny_http on a thread of its own: OpenMetrics text to a
-//! scraper that accepts it (Prometheus does), else the classic Prometheus text format
-//! 0.0.4 (curl, `promtool check metrics`), as the Go client does.
+//! `GET /metrics`, served by hyper on a thread of its own (one current-thread tokio
+//! runtime, a task per connection, at most [`MAX_SCRAPE_CONNS`] of them, each with a
+//! header-read timeout and a bounded head): OpenMetrics text to a scraper that accepts it
+//! (Prometheus does), else the classic Prometheus text format 0.0.4 (curl,
+//! `promtool check metrics`), as the Go client does.
 //!
 //! Nothing is counted here: each scrape reads the atomics of [`crate::stats::global`]
 //! (a collector, not metrics of its own), so the echo path pays nothing for the endpoint.
@@ -11,8 +13,8 @@
 use std::borrow::Cow;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -121,13 +123,13 @@ fn encode_snapshot(
     counter(
         e,
         "bytes_received",
-        "Bytes received by the connections closed so far.",
+        "Bytes received from connections, counted as they are read.",
         snapshot.bytes_in,
     )?;
     counter(
         e,
         "bytes_sent",
-        "Bytes sent by the connections closed so far.",
+        "Bytes sent to connections, counted as they are written (uring: as they are queued for its send).",
         snapshot.bytes_out,
     )?;
     counter(
@@ -210,10 +212,44 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
 }
 
 /// Whether a request's `Accept` header asks for OpenMetrics.
-fn wants_openmetrics(request: &tiny_http::Request) -> bool {
-    request.headers().iter().any(|h| {
-        h.field.equiv("Accept") && h.value.as_str().contains("application/openmetrics-text")
+fn wants_openmetrics(headers: &hyper::HeaderMap) -> bool {
+    headers.get_all(hyper::header::ACCEPT).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.contains("application/openmetrics-text"))
     })
+}
+
+/// The response to one request: `GET /metrics` the exposition, another path 404, another
+/// method 405.
+fn respond<B>(request: &hyper::Request<B>, model: Model) -> hyper::Response<String> {
+    use hyper::{Method, Response, StatusCode};
+    let (status, content_type, body) = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") if wants_openmetrics(request.headers()) => {
+            (StatusCode::OK, OPENMETRICS, exposition(model))
+        }
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            PROMETHEUS_TEXT,
+            to_prometheus_text(&exposition(model)),
+        ),
+        (&Method::GET, _) => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics\n".into(),
+        ),
+        _ => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET\n".into(),
+        ),
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
 }
 
 /// What watches a running server for its operator: the SIGUSR1 reporter's thread (not in
@@ -262,10 +298,30 @@ impl Observers {
     }
 }
 
-/// The running endpoint; dropping it stops and joins its thread.
+/// Scrape connections open at once. The next one accepted closes the oldest (an idle
+/// keep-alive scraper reconnects; a slow client loses its place to a newer one), so idle
+/// or slow clients can neither starve a scraper nor cost more than this many sockets.
+pub const MAX_SCRAPE_CONNS: usize = 16;
+
+/// A connection whose request head is not complete this long after the server starts
+/// reading it is closed (slowloris); it bounds an idle keep-alive connection too.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// No scrape connection lives longer, whatever it does (a client that sends requests and
+/// never reads the responses).
+pub const CONN_LIFETIME: Duration = Duration::from_secs(30);
+
+/// The largest request head read, in bytes (hyper's smallest read buffer): a longer one is
+/// answered 431 and closed.
+pub const MAX_HEAD_BYTES: usize = 8192;
+
+/// The running endpoint: one thread running a current-thread tokio runtime, on which
+/// hyper serves each connection as a task (never a thread per connection). Dropping it
+/// stops the runtime, closing the listener and every scrape connection, and joins the
+/// thread.
 pub struct MetricsServer {
     addr: SocketAddr,
-    http: Arc<tiny_http::Server>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -278,47 +334,26 @@ impl std::fmt::Debug for MetricsServer {
 }
 
 impl MetricsServer {
-    /// Binds `addr` and serves `GET /metrics` (anything else: 404; another method: 405).
+    /// Binds `addr` and serves `GET /metrics` (another path: 404; another method: 405).
     pub fn start(addr: SocketAddr, model: Model) -> io::Result<MetricsServer> {
-        let http = tiny_http::Server::http(addr).map_err(io::Error::other)?;
-        let bound = http
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| io::Error::other("the metrics server has no IP address"))?;
-        let http = Arc::new(http);
-        let serving = Arc::clone(&http);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()?;
+        let listener = crate::net::bind(addr, false, false)?;
+        let bound = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let listener = {
+            let _entered = runtime.enter();
+            tokio::net::TcpListener::from_std(listener)?
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("metrics".into())
-            .spawn(move || {
-                for request in serving.incoming_requests() {
-                    let response = match (request.method(), request.url()) {
-                        (tiny_http::Method::Get, "/metrics") => {
-                            let (body, content_type) = if wants_openmetrics(&request) {
-                                (exposition(model), OPENMETRICS)
-                            } else {
-                                (to_prometheus_text(&exposition(model)), PROMETHEUS_TEXT)
-                            };
-                            let mut response = tiny_http::Response::from_string(body);
-                            if let Ok(header) =
-                                tiny_http::Header::from_bytes("Content-Type", content_type)
-                            {
-                                response.add_header(header);
-                            }
-                            response
-                        }
-                        (tiny_http::Method::Get, _) => {
-                            tiny_http::Response::from_string("not found: try /metrics\n")
-                                .with_status_code(404)
-                        }
-                        _ => tiny_http::Response::from_string("only GET\n").with_status_code(405),
-                    };
-                    // A scraper that went away costs only its response.
-                    let _ = request.respond(response);
-                }
-            })?;
+            .spawn(move || runtime.block_on(accept_scrapes(listener, model, stopped)))?;
         Ok(MetricsServer {
             addr: bound,
-            http,
+            stop: Some(stop),
             thread: Some(thread),
         })
     }
@@ -331,10 +366,62 @@ impl MetricsServer {
 
 impl Drop for MetricsServer {
     fn drop(&mut self) {
-        self.http.unblock();
+        drop(self.stop.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// Accepts scrape connections until `stopped`, each served by a task, at most
+/// [`MAX_SCRAPE_CONNS`] at once (the oldest closed for a new one).
+async fn accept_scrapes(
+    listener: tokio::net::TcpListener,
+    model: Model,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_header_size(MAX_HEAD_BYTES)
+        .max_buf_size(MAX_HEAD_BYTES);
+    // In accept order, oldest first.
+    let mut open: std::collections::VecDeque<tokio::task::AbortHandle> =
+        std::collections::VecDeque::new();
+    loop {
+        let conn = tokio::select! {
+            _ = &mut stopped => return,
+            accepted = listener.accept() => match accepted {
+                Ok((conn, _peer)) => conn,
+                Err(e) if crate::net::aborted_before_accept(&e) => continue,
+                // Out of descriptors or memory: retrying at once would spin. Not counted
+                // in the echo server's accept pauses, which are about its own listener.
+                Err(_) => {
+                    tokio::time::sleep(crate::accept::OUT_OF_DESCRIPTORS_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        open.retain(|task| !task.is_finished());
+        if open.len() >= MAX_SCRAPE_CONNS {
+            if let Some(oldest) = open.pop_front() {
+                oldest.abort();
+            }
+        }
+        let served = http.serve_connection(
+            hyper_util::rt::TokioIo::new(conn),
+            hyper::service::service_fn(move |request| async move {
+                Ok::<_, std::convert::Infallible>(respond(&request, model))
+            }),
+        );
+        let task = tokio::spawn(async move {
+            // A connection that fails or outlives CONN_LIFETIME is closed as it is dropped.
+            let _ = tokio::time::timeout(CONN_LIFETIME, served).await;
+        });
+        open.push_back(task.abort_handle());
+        // Lets the new task read the request already in its buffer before the next accept,
+        // so a burst of newer connections cannot close a scraper before it is answered.
+        tokio::task::yield_now().await;
     }
 }
 
@@ -419,7 +506,10 @@ mod tests {
         let (head, body) = response.split_once("\r\n\r\n").unwrap();
         let content_type = head
             .lines()
-            .find_map(|l| l.strip_prefix("Content-Type: "))
+            .find_map(|l| {
+                let (name, value) = l.split_once(": ")?;
+                name.eq_ignore_ascii_case("content-type").then_some(value)
+            })
             .unwrap_or("")
             .to_string();
         (
@@ -427,6 +517,21 @@ mod tests {
             content_type,
             body.to_string(),
         )
+    }
+
+    #[test]
+    fn openmetrics_is_what_an_accept_header_names_and_only_that() {
+        let accepts = |values: &[&str]| {
+            let mut headers = hyper::HeaderMap::new();
+            for v in values {
+                headers.append(hyper::header::ACCEPT, v.parse().unwrap());
+            }
+            wants_openmetrics(&headers)
+        };
+        assert!(!accepts(&[]));
+        assert!(!accepts(&["text/plain;version=0.0.4;q=0.9,*/*;q=0.1"]));
+        assert!(accepts(&["application/openmetrics-text;version=1.0.0"]));
+        assert!(accepts(&["text/plain", "application/openmetrics-text"]));
     }
 
     #[test]
@@ -454,15 +559,69 @@ mod tests {
         assert_eq!(content_type, PROMETHEUS_TEXT);
         assert_eq!(get(addr, "/", None).0, "HTTP/1.0 404 Not Found");
         drop(server);
-        // tiny_http's own accept thread closes the listener as it ends, just after.
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(addr).is_ok() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "still listening 20 s after drop"
-            );
-            std::thread::sleep(Duration::from_millis(10));
+        // The runtime, and with it the listener, is gone once the thread is joined.
+        assert!(std::net::TcpStream::connect(addr).is_err());
+    }
+
+    /// Reads what the server sends until it closes, within `limit`: the bytes, or the
+    /// error (a reset) that ended the read.
+    fn until_closed(conn: &mut std::net::TcpStream, limit: Duration) -> Result<String, io::Error> {
+        use std::io::Read;
+        conn.set_read_timeout(Some(limit)).unwrap();
+        let mut response = Vec::new();
+        conn.read_to_end(&mut response)?;
+        Ok(String::from_utf8_lossy(&response).into_owned())
+    }
+
+    #[test]
+    fn a_head_not_sent_in_time_is_closed() {
+        use std::io::Write;
+        let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), Model::Event).unwrap();
+        let mut slow = std::net::TcpStream::connect(server.local_addr()).unwrap();
+        slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+        let started = std::time::Instant::now();
+        let response = until_closed(&mut slow, HEAD_TIMEOUT + Duration::from_secs(15)).unwrap();
+        assert_eq!(response, "");
+        assert!(started.elapsed() >= HEAD_TIMEOUT - Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_head_over_the_cap_is_refused_before_the_timeout() {
+        use std::io::Write;
+        let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), Model::Event).unwrap();
+        let mut big = std::net::TcpStream::connect(server.local_addr()).unwrap();
+        let pad = "a".repeat(MAX_HEAD_BYTES + 100);
+        // No blank line: a server without the cap would wait for the rest of the head.
+        let _ = big.write_all(format!("GET /metrics HTTP/1.1\r\nX-Pad: {pad}\r\n").as_bytes());
+        match until_closed(&mut big, HEAD_TIMEOUT / 2) {
+            Ok(response) => assert!(response.starts_with("HTTP/1.1 431"), "{response:?}"),
+            // Closed with our bytes unread: the kernel resets, and may drop the 431.
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}"),
         }
+    }
+
+    #[test]
+    fn past_the_cap_a_new_connection_closes_the_oldest_and_is_served() {
+        let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), Model::Event).unwrap();
+        let addr = server.local_addr();
+        // One more idle connection than the cap, in accept order.
+        let mut idle: Vec<_> = (0..=MAX_SCRAPE_CONNS)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        // The scrape is the cap's second connection past it: it is served at once.
+        let (status, _, body) = get(addr, "/metrics", None);
+        assert_eq!(status, "HTTP/1.0 200 OK");
+        assert!(body.contains("echolab_connections_open"));
+        // The two oldest were closed for the two newer ones, long before their head timeout.
+        for conn in &mut idle[..2] {
+            assert_eq!(until_closed(conn, HEAD_TIMEOUT / 2).unwrap(), "");
+        }
+        // The third oldest is still open (nothing to read yet).
+        idle[2].set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        let still = std::io::Read::read(&mut idle[2], &mut byte);
+        assert_eq!(still.unwrap_err().kind(), io::ErrorKind::WouldBlock);
     }
 
     #[test]

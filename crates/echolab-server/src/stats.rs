@@ -3,9 +3,11 @@
 //! cap's refusals, the accept pause), read by `kill -USR1` (one line on stderr), the
 //! periodic summary at info level, and `--metrics` ([`crate::metrics`]).
 //!
-//! No lock and no per-read work on the echo path: a connection adds its byte counts once,
-//! when it closes (so the byte totals are those of closed connections). The counters live
-//! in a `MAP_SHARED` mapping ([`echolab_sys::shared`]), so the process model's children,
+//! No lock on the echo path. Bytes are counted as they move (an open connection's bytes
+//! show at once), by [`crate::echo::Echo`], into per-thread stripes: each thread adds to a
+//! cache line of its own with one relaxed add per read or write, and a reader sums the
+//! stripes. The rest is counted per connection (open, close, refusal). The counters live in
+//! a `MAP_SHARED` mapping ([`echolab_sys::shared`]), so the process model's children,
 //! forked after [`global`] first ran, add to the same counters the parent reports.
 
 use std::fmt;
@@ -31,8 +33,6 @@ enum Counter {
     RefusedFull,
     RefusedPerPeer,
     Dropped,
-    BytesIn,
-    BytesOut,
     AcceptPauses,
     EndPeerClosed,
     EndIdle,
@@ -44,6 +44,34 @@ enum Counter {
 }
 
 const N_COUNTERS: usize = Counter::EndIoError as usize + 1;
+
+/// `AtomicU64`s in a cache line: a stripe's size, and the counters' region rounded up to it
+/// so that the stripes after it start on a line of their own.
+const LINE_WORDS: usize = 8;
+
+/// Stripes of byte counters. Threads take them in turn (the 33rd shares the first's): a
+/// reactor's or uring's loops, up to this many, never write to the same cache line.
+const STRIPES: usize = 32;
+
+/// Words before the first stripe.
+const COUNTER_WORDS: usize = N_COUNTERS.div_ceil(LINE_WORDS) * LINE_WORDS;
+
+/// Words of the whole mapping.
+const ALL_WORDS: usize = COUNTER_WORDS + STRIPES * LINE_WORDS;
+
+/// The word of a stripe that counts bytes received, and bytes sent.
+const STRIPE_IN: usize = 0;
+const STRIPE_OUT: usize = 1;
+
+/// This thread's stripe: threads take them in the order they first count.
+fn stripe() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    STRIPE.with(|stripe| *stripe)
+}
 
 /// How a connection ended, as the figures count it: the three ordinary ends, then the
 /// errors by kind.
@@ -127,6 +155,8 @@ impl EndKind {
 #[derive(Debug)]
 pub struct Stats {
     started: Instant,
+    /// [`COUNTER_WORDS`] counters (by [`Counter`]), then [`STRIPES`] stripes of
+    /// [`LINE_WORDS`] (bytes in, bytes out, unused), each on a cache line of its own.
     counters: &'static [AtomicU64],
 }
 
@@ -137,8 +167,9 @@ pub fn global() -> &'static Stats {
     GLOBAL.get_or_init(|| {
         // Without a shared mapping (no memory), the counters are this process's own: the
         // process model's children would then go uncounted, nothing else changes.
-        let counters = echolab_sys::shared::shared_counters(N_COUNTERS)
-            .unwrap_or_else(|_| Box::leak((0..N_COUNTERS).map(|_| AtomicU64::new(0)).collect()));
+        // (The fallback's stripes may share cache lines: only a slower count.)
+        let counters = echolab_sys::shared::shared_counters(ALL_WORDS)
+            .unwrap_or_else(|_| Box::leak((0..ALL_WORDS).map(|_| AtomicU64::new(0)).collect()));
         Stats {
             started: Instant::now(),
             counters,
@@ -160,12 +191,30 @@ impl Stats {
         self.add(Counter::Opened, 1);
     }
 
-    /// A connection closed after moving `bytes_in` and `bytes_out`, ending as `end`.
-    pub fn closed(&self, bytes_in: u64, bytes_out: u64, end: EndKind) {
-        self.add(Counter::BytesIn, bytes_in);
-        self.add(Counter::BytesOut, bytes_out);
+    /// `n` bytes were received from a connection (into this thread's stripe).
+    pub fn received(&self, n: u64) {
+        self.counters[COUNTER_WORDS + stripe() * LINE_WORDS + STRIPE_IN]
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `n` bytes were sent to a connection (into this thread's stripe).
+    pub fn sent(&self, n: u64) {
+        self.counters[COUNTER_WORDS + stripe() * LINE_WORDS + STRIPE_OUT]
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The sum of one word of every stripe.
+    fn stripes_sum(&self, word: usize) -> u64 {
+        self.counters[COUNTER_WORDS..]
+            .chunks_exact(LINE_WORDS)
+            .map(|stripe| stripe[word].load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// A connection closed, ending as `end` (its bytes were counted as they moved).
+    pub fn closed(&self, end: EndKind) {
         self.add(end.counter(), 1);
-        // Last: a reader that sees the close sees its bytes.
+        // Last: a reader that sees the close sees how it ended.
         self.add(Counter::Closed, 1);
     }
 
@@ -191,7 +240,7 @@ impl Stats {
     /// The figures now.
     pub fn snapshot(&self) -> Snapshot {
         let closed = self.get(Counter::Closed);
-        // Read the bytes after the closes (see `closed`).
+        // Read the ends after the closes (see `closed`).
         let ends = EndKind::ALL.map(|kind| (kind, self.get(kind.counter())));
         Snapshot {
             uptime: self.started.elapsed(),
@@ -200,8 +249,8 @@ impl Stats {
             refused_full: self.get(Counter::RefusedFull),
             refused_per_peer: self.get(Counter::RefusedPerPeer),
             dropped: self.get(Counter::Dropped),
-            bytes_in: self.get(Counter::BytesIn),
-            bytes_out: self.get(Counter::BytesOut),
+            bytes_in: self.stripes_sum(STRIPE_IN),
+            bytes_out: self.stripes_sum(STRIPE_OUT),
             accept_pauses: self.get(Counter::AcceptPauses),
             ends,
             udp: udp_figures(),
@@ -246,7 +295,7 @@ pub struct Snapshot {
     pub refused_per_peer: u64,
     /// Accepted, then dropped before being served.
     pub dropped: u64,
-    /// Bytes received and sent by the connections closed so far.
+    /// Bytes received and sent so far, by open connections too.
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub accept_pauses: u64,
@@ -525,20 +574,66 @@ mod tests {
         );
     }
 
+    /// A Stats of its own (the global one is shared by the other tests of this binary).
+    fn private_stats() -> Stats {
+        Stats {
+            started: Instant::now(),
+            counters: Box::leak((0..ALL_WORDS).map(|_| AtomicU64::new(0)).collect()),
+        }
+    }
+
+    #[test]
+    fn bytes_count_per_thread_stripe_and_add_up_across_threads() {
+        let stats = private_stats();
+        let stripes: Vec<usize> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..4u64)
+                .map(|i| {
+                    let stats = &stats;
+                    scope.spawn(move || {
+                        for _ in 0..1000 {
+                            stats.received(i + 1);
+                            stats.sent(1);
+                        }
+                        stripe()
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        // 1000 x (1 + 2 + 3 + 4) in, 4000 out, whatever the stripes.
+        let snap = stats.snapshot();
+        assert_eq!((snap.bytes_in, snap.bytes_out), (10_000, 4000));
+        // Threads that start one after another take different stripes.
+        let mut distinct = stripes.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 4, "{stripes:?}");
+        // Each stripe is a cache line of its own, after the counters.
+        assert_eq!(COUNTER_WORDS % LINE_WORDS, 0);
+        assert!(COUNTER_WORDS >= N_COUNTERS);
+        for stripe in stripes {
+            let word = |w: usize| {
+                stats.counters[COUNTER_WORDS + stripe * LINE_WORDS + w].load(Ordering::Relaxed)
+            };
+            assert!(
+                word(STRIPE_IN) > 0 && word(STRIPE_OUT) == 1000,
+                "stripe {stripe}"
+            );
+        }
+    }
+
     #[test]
     fn counters_add_up_by_kind() {
-        // A private Stats (the global one is shared by the other tests of this binary).
-        let counters: &'static [AtomicU64] =
-            Box::leak((0..N_COUNTERS).map(|_| AtomicU64::new(0)).collect());
-        let stats = Stats {
-            started: Instant::now(),
-            counters,
-        };
+        let stats = private_stats();
         for _ in 0..3 {
             stats.opened();
         }
-        stats.closed(10, 9, EndKind::PeerClosed);
-        stats.closed(5, 5, EndKind::Reset);
+        stats.received(10);
+        stats.sent(9);
+        stats.closed(EndKind::PeerClosed);
+        stats.received(5);
+        stats.sent(5);
+        stats.closed(EndKind::Reset);
         stats.refused(Refusal::Full { max_conns: 1 });
         stats.refused(Refusal::PerPeer { max_per_peer: 1 });
         stats.refused(Refusal::PerPeer { max_per_peer: 1 });

@@ -239,6 +239,44 @@ fn tcp_port_free(addr: SocketAddr) -> bool {
         && socket.listen(16).is_ok()
 }
 
+// The flags of `echolab bench --udp` that TCP bench has not: parsed by `UdpBenchArgs`
+// (which `dispatch` runs when `--udp` is given), and flattened into `echolab bench`'s own
+// definition too, so that its `--help`, shell completions and man page list them (there,
+// without `--udp`, clap refuses them: exit 2). (A plain comment, as on `UdpServeArgs`: a
+// doc comment would replace `bench --help`'s description and its exit statuses.)
+#[derive(Debug, Clone, clap::Args)]
+pub struct UdpBenchFlags {
+    /// Load over UDP (RFC 862 echo) instead of TCP; `bench --udp --help` lists its flags:
+    /// --count and --max-loss are its own; it shares --conns (sockets, default 8), --size,
+    /// --duration, --rate, --threads, --timeout (default 1s), --interval and --json, and
+    /// takes no other.
+    #[arg(long)]
+    pub udp: bool,
+
+    /// With --udp: stop each socket after this many datagrams (the run ends earlier if
+    /// --duration does).
+    #[arg(long, short = 'n', value_name = "N", value_parser = parse_count, allow_negative_numbers = true, requires = "udp")]
+    pub count: Option<u64>,
+
+    /// With --udp: loss, in percent, above which the exit status is 1.
+    #[arg(long, default_value_t = 0.0, value_name = "PERCENT", value_parser = parse_percent, allow_negative_numbers = true, requires = "udp")]
+    pub max_loss: f64,
+}
+
+// The flags of `echolab client --udp` that TCP client has not, as `UdpBenchFlags`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UdpClientFlags {
+    /// Send and receive over UDP (RFC 862 echo) instead of TCP: a datagram per line of
+    /// stdin, or --send FILE in datagrams of --size; `client --udp --help` says more.
+    #[arg(long)]
+    pub udp: bool,
+
+    /// With --udp and --send: bytes per datagram (1 to 65507 over IPv4, 65527 over IPv6;
+    /// or with a unit: 1K = 1024).
+    #[arg(long, short = 's', default_value_t = 1024, value_name = "SIZE", value_parser = parse_client_size, allow_negative_numbers = true, requires = "udp")]
+    pub size: usize,
+}
+
 /// Load an echo server over UDP and measure it: echoes/s, latency, loss, late,
 /// duplicates, reordering, corrupt and RFC 3550 jitter.
 ///
@@ -253,10 +291,11 @@ fn tcp_port_free(addr: SocketAddr) -> bool {
 /// errors, or nothing echoed; 2 bad argument; 3 a corrupt echo; 130 interrupted.
 #[derive(Debug, Parser)]
 #[command(name = "echolab bench --udp", disable_version_flag = true)]
+#[command(mut_arg("udp", |a| a.help("Use UDP (this command line).")))]
 pub struct UdpBenchArgs {
-    /// Use UDP (this command line).
-    #[arg(long, required = true)]
-    pub udp: bool,
+    /// --udp and the flags TCP bench has not.
+    #[command(flatten)]
+    pub only: UdpBenchFlags,
 
     /// The server: IP:PORT or HOST:PORT.
     #[arg(value_parser = parse_addr)]
@@ -275,10 +314,6 @@ pub struct UdpBenchArgs {
     #[arg(long, short = 'd', default_value = "5s", value_name = "DURATION", value_parser = parse_secs, allow_negative_numbers = true)]
     pub duration: Duration,
 
-    /// Stop each socket after this many datagrams (the run ends earlier if --duration does).
-    #[arg(long, short = 'n', value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
-    pub count: Option<u64>,
-
     /// Open loop: datagrams per second in total, spread over the sockets.
     #[arg(long, short = 'r', value_name = "PER_SEC", value_parser = parse_rate, allow_negative_numbers = true)]
     pub rate: Option<f64>,
@@ -288,10 +323,6 @@ pub struct UdpBenchArgs {
     /// number is always seconds: 200 means 200 s, not 200 ms. 1ms to 1h.
     #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = parse_timeout, allow_negative_numbers = true)]
     pub timeout: Duration,
-
-    /// Loss, in percent, above which the exit status is 1.
-    #[arg(long, default_value_t = 0.0, value_name = "PERCENT", value_parser = parse_percent, allow_negative_numbers = true)]
-    pub max_loss: f64,
 
     /// Threads. Default: one per CPU, at most one per socket.
     #[arg(long, short = 't', value_name = "N", value_parser = parse_threads, allow_negative_numbers = true)]
@@ -334,7 +365,7 @@ impl UdpBenchArgs {
             n_conns: self.conns,
             size: self.size,
             duration: self.duration,
-            count: self.count,
+            count: self.only.count,
             rate: self.rate,
             timeout: self.timeout,
             n_threads: self
@@ -352,10 +383,11 @@ impl UdpBenchArgs {
 /// socket error); 2 bad argument; 3 an echo that differs.
 #[derive(Debug, Parser)]
 #[command(name = "echolab client --udp", disable_version_flag = true)]
+#[command(mut_arg("udp", |a| a.help("Use UDP (this command line).")))]
 pub struct UdpClientArgs {
-    /// Use UDP (this command line).
-    #[arg(long, required = true)]
-    pub udp: bool,
+    /// --udp and the flag TCP client has not.
+    #[command(flatten)]
+    pub only: UdpClientFlags,
 
     /// The server: IP:PORT or HOST:PORT.
     #[arg(default_value = "127.0.0.1:7007", value_parser = parse_addr)]
@@ -364,11 +396,6 @@ pub struct UdpClientArgs {
     /// Send this file in datagrams of --size bytes, check every echo, print only the verdict.
     #[arg(long, value_name = "FILE")]
     pub send: Option<PathBuf>,
-
-    /// With --send: bytes per datagram (1 to 65507 over IPv4, 65527 over IPv6; or with a
-    /// unit: 1K = 1024).
-    #[arg(long, short = 's', default_value_t = 1024, value_name = "SIZE", value_parser = parse_client_size, allow_negative_numbers = true)]
-    pub size: usize,
 
     /// How long to wait for each echo, as TCP client's --timeout: fractional (0.2) or with
     /// a unit (200ms, 2s). A bare number is always seconds: 200 means 200 s, not 200 ms.
@@ -477,10 +504,10 @@ pub fn run_bench(args: &UdpBenchArgs) -> ExitCode {
             return bench_fail(args.json, &message, 1);
         }
     };
-    let (code, verdict) = report.verdict(args.max_loss);
+    let (code, verdict) = report.verdict(args.only.max_loss);
     if args.json {
         let mut doc = report.json();
-        doc["max_loss_percent"] = args.max_loss.into();
+        doc["max_loss_percent"] = args.only.max_loss.into();
         doc["verdict"] = verdict.into();
         doc["exit_code"] = code.into();
         echolab_cli::provenance::stamp(&mut doc);
@@ -495,10 +522,10 @@ pub fn run_bench(args: &UdpBenchArgs) -> ExitCode {
 /// Runs `echolab client --udp`.
 pub fn run_client(args: &UdpClientArgs) -> ExitCode {
     let max = crate::max_payload(&args.addr);
-    if args.size > max {
+    if args.only.size > max {
         eprintln!(
             "echolab client: --size {} is more than one UDP datagram carries to {} ({max} bytes)",
-            args.size, args.addr
+            args.only.size, args.addr
         );
         return ExitCode::from(2);
     }
@@ -512,11 +539,11 @@ pub fn run_client(args: &UdpClientArgs) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            crate::client::send_all(args.addr, &data, args.size, args.timeout).map(|n| {
+            crate::client::send_all(args.addr, &data, args.only.size, args.timeout).map(|n| {
                 eprintln!(
                     "echolab client: {} bytes in {n} datagrams of up to {} bytes, every echo matched",
                     data.len(),
-                    args.size
+                    args.only.size
                 );
             })
         }

@@ -4,7 +4,8 @@
 //! README says where they go).
 //!
 //! The UDP forms `bench --udp` and `client --udp` have parsers of their own (see
-//! echolab-udp's `cli::dispatch`), so their extra flags are not completed.
+//! echolab-udp's `cli::dispatch`); their flags are in `bench`'s and `client`'s definitions
+//! too (`UdpBenchFlags`, `UdpClientFlags`), so they are completed and listed.
 
 use std::io::Write;
 use std::process::ExitCode;

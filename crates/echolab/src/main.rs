@@ -26,11 +26,11 @@ enum Command {
     #[command(
         about = "Send stdin (or a file) to an echo server and print or verify what comes back (`client --udp --help`: over UDP)"
     )]
-    Client(echolab_load::ClientArgs),
+    Client(ClientCmd),
     #[command(
         about = "Load an echo server and measure it: messages/s, latency percentiles, errors (`bench --udp --help`: the UDP load)"
     )]
-    Bench(echolab_load::BenchArgs),
+    Bench(BenchCmd),
     #[command(about = "Run every model under the same load and write tables and charts")]
     Compare(echolab_load::CompareArgs),
     #[command(
@@ -54,6 +54,25 @@ struct ServeCmd {
     tcp: echolab_server::cli::ServeArgs,
     #[command(flatten)]
     udp: echolab_udp::cli::UdpServeArgs,
+}
+
+// UDP hook (issue 11): `bench` and `client` list the flags of their --udp forms too, for
+// --help, completions and man pages; `echolab_udp::cli::dispatch` parses those forms before
+// this parser runs, so here they are only refused without --udp.
+#[derive(Debug, clap::Args)]
+struct BenchCmd {
+    #[command(flatten)]
+    tcp: echolab_load::BenchArgs,
+    #[command(flatten)]
+    udp: echolab_udp::cli::UdpBenchFlags,
+}
+
+#[derive(Debug, clap::Args)]
+struct ClientCmd {
+    #[command(flatten)]
+    tcp: echolab_load::ClientArgs,
+    #[command(flatten)]
+    udp: echolab_udp::cli::UdpClientFlags,
 }
 
 // UDP hook (issue 10): UDP beside TCP, or alone; without --udp, TCP exactly as before.
@@ -152,8 +171,8 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Client(args) => echolab_load::run_client(args),
-        Command::Bench(args) => echolab_load::run_bench(args),
+        Command::Client(args) => echolab_load::run_client(args.tcp),
+        Command::Bench(args) => echolab_load::run_bench(args.tcp),
         Command::Compare(args) => echolab_load::run_compare(args),
         Command::Merge(args) => echolab_load::merge::run(args),
         Command::Lab(args) => echolab_lab::run(args),

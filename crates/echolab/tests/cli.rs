@@ -164,6 +164,48 @@ fn bash_completions_know_the_subcommands_and_flags() {
     assert_usage_error(&["completions", "tcsh"], "tcsh");
 }
 
+/// The flags only `bench --udp` and `client --udp` have are in `bench`'s and `client`'s
+/// own definitions, so their --help, completions and man pages list them; without --udp
+/// they are refused (one line, exit 2), and with it they parse as before.
+#[test]
+fn the_udp_forms_flags_are_listed_completed_and_refused_without_udp() {
+    let bench_help = String::from_utf8_lossy(&run(&["bench", "--help"]).stdout).into_owned();
+    let client_help = String::from_utf8_lossy(&run(&["client", "--help"]).stdout).into_owned();
+    let script = String::from_utf8_lossy(&run(&["completions", "bash"]).stdout).into_owned();
+    let man = String::from_utf8_lossy(&run(&["man", "bench"]).stdout).into_owned();
+    for flag in ["--udp", "--count", "--max-loss"] {
+        assert!(
+            bench_help.contains(&format!("{flag} ")),
+            "bench --help lacks {flag}"
+        );
+        // Completions: bench's word list; man: roff escapes the dashes.
+        assert!(script.contains(flag), "bash completion lacks {flag}");
+        assert!(
+            man.contains(&flag.replace('-', "\\-")),
+            "man bench lacks {flag}"
+        );
+    }
+    for flag in ["--udp", "--size"] {
+        assert!(
+            client_help.contains(&format!("{flag} ")),
+            "client --help lacks {flag}"
+        );
+    }
+    assert_usage_error(&["bench", "127.0.0.1:9", "--count", "5"], "--udp");
+    assert_usage_error(&["bench", "127.0.0.1:9", "--max-loss", "1"], "--udp");
+    assert_usage_error(&["client", "127.0.0.1:9", "--size", "5"], "--udp");
+    // Under --udp, the same values as before: a bad one is still one line naming it.
+    assert_usage_error(
+        &["bench", "--udp", "127.0.0.1:9", "--count", "0"],
+        "--count",
+    );
+    assert_usage_error(
+        &["bench", "--udp", "127.0.0.1:9", "--max-loss", "x"],
+        "--max-loss",
+    );
+    assert_usage_error(&["client", "--udp", "127.0.0.1:9", "--size", "0"], "--size");
+}
+
 /// The man pages are roff that groff reads without a warning, when groff is here;
 /// otherwise only their header is checked (and the test says so).
 #[test]

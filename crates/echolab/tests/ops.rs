@@ -235,6 +235,15 @@ fn metrics_say_the_known_counts_for_every_model_with_threads() {
             value(&body, &format!("echolab_connections_open{label}")),
             Some(1.0)
         );
+        // Its bytes count already: received before the echo was written, sent once the
+        // write returned (so, for the sent ones, scrape again until then).
+        let received = format!("echolab_bytes_received_total{label}");
+        assert_eq!(value(&body, &received), Some(n as f64 + 1.0), "{model}");
+        let sent = format!("echolab_bytes_sent_total{label}");
+        assert!(
+            eventually(|| value(&http_get(metrics, "/metrics").1, &sent) == Some(n as f64 + 1.0)),
+            "{model}: an open connection's bytes out are not counted"
+        );
         assert_eq!(http_get(metrics, "/other").0, "HTTP/1.0 404 Not Found");
     }
 }
@@ -314,6 +323,55 @@ fn the_process_model_refuses_metrics_with_one_line() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--metrics 127.0.0.1:0"), "{stderr}");
+}
+
+/// Slow and idle clients of `/metrics` (issue 11: with a thread per connection, 3,000 of
+/// them made 2,957 threads).
+const SLOW_SCRAPERS: usize = 320;
+
+/// The endpoint's own cap on scrape connections (`metrics::MAX_SCRAPE_CONNS`).
+const MAX_SCRAPE_CONNS: usize = 16;
+
+#[test]
+fn slow_metrics_clients_cost_no_thread_and_a_scrape_is_still_served() {
+    let server = Server::start("event", &["--metrics", "127.0.0.1:0"]);
+    let metrics = metrics_addr(&server);
+    assert_eq!(http_get(metrics, "/metrics").0, "HTTP/1.0 200 OK");
+    let (threads, fds) = (thread_count(server.pid()), fd_count(server.pid()));
+    // Half send nothing, half a head that never ends (slowloris).
+    let slow: Vec<_> = (0..SLOW_SCRAPERS)
+        .map(|i| {
+            let mut conn = connect(metrics);
+            if i % 2 == 1 {
+                conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                    .unwrap();
+            }
+            conn
+        })
+        .collect();
+    // Accepted after all of them (one listen queue, in order): served while they wait.
+    let (status, body) = http_get(metrics, "/metrics");
+    assert_eq!(status, "HTTP/1.0 200 OK");
+    assert!(
+        body.contains("echolab_connections_open{model=\"event\"} 0"),
+        "{body}"
+    );
+    let during = thread_count(server.pid());
+    assert!(
+        during <= threads,
+        "{during} threads with {SLOW_SCRAPERS} slow metrics clients, {threads} before"
+    );
+    // The server holds at most the cap of them (the others are closed, oldest first).
+    assert!(
+        eventually(|| fd_count(server.pid()) <= fds + MAX_SCRAPE_CONNS),
+        "{} descriptors with {SLOW_SCRAPERS} slow metrics clients, {fds} before",
+        fd_count(server.pid())
+    );
+    // And echoing goes on.
+    assert_eq!(round_trip(server.addr, pattern(1000)), pattern(1000));
+    drop(slow);
+    assert_eq!(http_get(metrics, "/metrics").0, "HTTP/1.0 200 OK");
+    assert!(thread_count(server.pid()) <= threads);
 }
 
 #[test]

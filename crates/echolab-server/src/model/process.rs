@@ -84,7 +84,7 @@ pub fn run(server: Server) -> io::Result<()> {
             log::debug!("child {pid} ended");
         } else {
             // The child could not count its close: count it here, without its bytes.
-            stats::global().closed(0, 0, stats::EndKind::Shutdown);
+            stats::global().closed(stats::EndKind::Shutdown);
             log::debug!("conn {peer} closed: server shutting down (child {pid} ended: {status:?})");
         }
     }
