@@ -437,6 +437,44 @@ impl UdpRing {
     }
 }
 
+/// Whether this kernel supports multishot `recvmsg` (Linux 6.0), which
+/// [`UdpRing::recv_multi`] arms. Buffer rings came in 5.19, so [`UdpRing::new`] succeeds
+/// there, and the opcode is plain `recvmsg`'s with a flag, so an opcode probe cannot tell:
+/// a 5.19 kernel rejects the flag (`EINVAL`) only when the receive runs. This tries it
+/// once, on a private local datagram socket pair holding one datagram.
+///
+/// Errors: those of [`UdpRing::new`] (io_uring refused), and `TimedOut` if the kernel
+/// answers nothing within a second.
+pub fn supports_multishot_recvmsg() -> io::Result<bool> {
+    let (writer, reader) = std::os::unix::net::UnixDatagram::pair()?;
+    writer.send(&[0])?;
+    // Dropped after `ring` (declared later): the ring's drop ends its requests first.
+    let mut ring = UdpRing::new(std::os::fd::AsRawFd::as_raw_fd(&reader), 1, 64)?;
+    ring.recv_multi()?;
+    let mut completions = Vec::new();
+    // Bounded: the datagram is already queued, so the first completion is immediate.
+    for _ in 0..10 {
+        ring.submit_and_wait(Duration::from_millis(100), 1)?;
+        ring.completions(&mut completions);
+        for completion in completions.drain(..) {
+            if let UdpCompletion::Received { result, .. } = completion {
+                return match result {
+                    Ok(datagram) => {
+                        ring.recycle(datagram);
+                        Ok(true)
+                    }
+                    Err(err) if err.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+                    Err(err) => Err(err),
+                };
+            }
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::TimedOut,
+        "io_uring multishot recvmsg probe got no completion",
+    ))
+}
+
 /// A socket address as the kernel writes it (`sockaddr_in` or `sockaddr_in6`), as std's.
 fn sockaddr_to_std(name: &[u8]) -> Option<SocketAddr> {
     let family = u16::from_ne_bytes([*name.first()?, *name.get(1)?]);
@@ -793,6 +831,16 @@ mod tests {
         for datagram in got {
             ring.recycle(datagram);
         }
+    }
+
+    #[test]
+    fn this_kernel_supports_multishot_recvmsg_where_it_allows_io_uring() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        if ring_on(&server, 2, 64).is_none() {
+            return;
+        }
+        // The receive the probe armed is cancelled by the ring's drop: no request is left.
+        assert!(supports_multishot_recvmsg().unwrap());
     }
 
     #[test]
