@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::provided::ProvidedBuffers;
-use io_uring::types::{CancelBuilder, Fd, RecvMsgOut, SubmitArgs, Timespec};
+use io_uring::types::{CancelBuilder, Fd, Fixed, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, IoUring};
 
 /// The buffer group of the ring's receive buffers (one group per ring).
@@ -106,6 +106,9 @@ pub struct UdpRing {
     ring: IoUring,
     id: u64,
     fd: RawFd,
+    /// `fd` is the ring's registered file 0: requests name it by index, and the kernel
+    /// looks it up once, not once per request.
+    fixed: bool,
     bufs: ProvidedBuffers,
     /// The receive's template: only `msg_namelen` and `msg_controllen` matter. Boxed so
     /// that its address stays put while the kernel may read it.
@@ -172,6 +175,8 @@ impl UdpRing {
             )?;
         }
         bufs.registered = true;
+        // A kernel or limit that refuses the registration leaves the plain descriptor.
+        let fixed = ring.submitter().register_files(&[fd]).is_ok();
         for bid in 0..n_bufs {
             bufs.push(bid);
         }
@@ -194,6 +199,7 @@ impl UdpRing {
             ring,
             id: NEXT_RING_ID.fetch_add(1, Ordering::Relaxed),
             fd,
+            fixed,
             bufs,
             recv_hdr,
             sends,
@@ -211,9 +217,13 @@ impl UdpRing {
         if self.recv_armed {
             return Ok(());
         }
-        let entry = opcode::RecvMsgMulti::new(Fd(self.fd), &*self.recv_hdr, BUF_GROUP)
-            .build()
-            .user_data(KIND_RECV << KIND_SHIFT);
+        let entry = if self.fixed {
+            opcode::RecvMsgMulti::new(Fixed(0), &*self.recv_hdr, BUF_GROUP)
+        } else {
+            opcode::RecvMsgMulti::new(Fd(self.fd), &*self.recv_hdr, BUF_GROUP)
+        }
+        .build()
+        .user_data(KIND_RECV << KIND_SHIFT);
         self.push(entry)?;
         self.recv_armed = true;
         Ok(())
@@ -267,9 +277,13 @@ impl UdpRing {
         slot.hdr.msg_iov = &mut slot.iov;
         slot.hdr.msg_iovlen = 1;
         slot.tag = tag;
-        let entry = opcode::SendMsg::new(Fd(self.fd), &slot.hdr)
-            .build()
-            .user_data(KIND_SEND << KIND_SHIFT | u64::from(bid));
+        let entry = if self.fixed {
+            opcode::SendMsg::new(Fixed(0), &slot.hdr)
+        } else {
+            opcode::SendMsg::new(Fd(self.fd), &slot.hdr)
+        }
+        .build()
+        .user_data(KIND_SEND << KIND_SHIFT | u64::from(bid));
         if let Err(err) = self.push(entry) {
             // Never queued: the buffer was not lent to the kernel.
             self.recycle(datagram);
@@ -615,6 +629,7 @@ mod tests {
             return;
         };
         assert!(!ring.recv_armed());
+        assert!(ring.fixed, "the socket is the ring's registered file");
         assert_eq!(
             format!("{ring:?}"),
             format!(
