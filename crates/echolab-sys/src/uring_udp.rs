@@ -472,14 +472,7 @@ pub fn supports_multishot_recvmsg() -> io::Result<bool> {
         ring.completions(&mut completions);
         for completion in completions.drain(..) {
             if let UdpCompletion::Received { result, .. } = completion {
-                return match result {
-                    Ok(datagram) => {
-                        ring.recycle(datagram);
-                        Ok(true)
-                    }
-                    Err(err) if err.raw_os_error() == Some(libc::EINVAL) => Ok(false),
-                    Err(err) => Err(err),
-                };
+                return multishot_verdict(result.map(|datagram| ring.recycle(datagram)));
             }
         }
     }
@@ -487,6 +480,16 @@ pub fn supports_multishot_recvmsg() -> io::Result<bool> {
         io::ErrorKind::TimedOut,
         "io_uring multishot recvmsg probe got no completion",
     ))
+}
+
+/// What the probe's first receive says: a datagram (supported), `EINVAL` (a kernel that
+/// does not know the multishot flag: not supported), or another error (returned).
+fn multishot_verdict(received: io::Result<()>) -> io::Result<bool> {
+    match received {
+        Ok(()) => Ok(true),
+        Err(err) if err.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+        Err(err) => Err(err),
+    }
 }
 
 /// A socket address as the kernel writes it (`sockaddr_in` or `sockaddr_in6`), as std's.
@@ -856,6 +859,14 @@ mod tests {
         }
         // The receive the probe armed is cancelled by the ring's drop: no request is left.
         assert!(supports_multishot_recvmsg().unwrap());
+    }
+
+    #[test]
+    fn the_probe_reads_einval_as_no_multishot_and_other_errors_as_errors() {
+        assert!(multishot_verdict(Ok(())).unwrap());
+        assert!(!multishot_verdict(Err(io::Error::from_raw_os_error(libc::EINVAL))).unwrap());
+        let err = multishot_verdict(Err(io::Error::from_raw_os_error(libc::ENOBUFS)));
+        assert_eq!(err.unwrap_err().raw_os_error(), Some(libc::ENOBUFS));
     }
 
     #[test]
