@@ -2,13 +2,15 @@
 """echolab's UDP server and UDP load generator against the reference C tools of
 ../shared/bench (ref_udp, udpgen), on this machine, in one sitting (issue 10).
 
-Usage: scripts/bench-udp.py [--runs N] [--secs S] [--echolab PATH]
+Usage: scripts/bench-udp.py [--runs N] [--secs S] [--echolab PATH] [--only cpu|gen]
+                            [--models reactor,uring] [--also LABEL=PATH ...]
 
 Two groups, each run alternately (A B A B ...), N runs each (default 3), medians:
 
 1. Server CPU per datagram: `echolab serve --udp-only --model reactor|uring --workers 1
    --udp-rate-per-source off` against `ref_udp -t 1` (one loop each), all loaded by the
-   same `udpgen -c 8 -s 64` (no warm-up). CPU is utime+stime of the server process from
+   same `udpgen -c 8 -s 64` (no warm-up). `--also LABEL=PATH` adds rows for another echolab
+   binary (say, the build before a change), alternated with the others. CPU is utime+stime of the server process from
    /proc/PID/stat over the run, divided by the echoes udpgen counted. Where the kernel
    refuses io_uring the uring row says so.
 2. Load generator: `echolab bench --udp -c 8 -s 64 -t 1` against `udpgen -c 8 -s 64 -t 1`,
@@ -128,7 +130,22 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--secs", type=float, default=3.0)
     ap.add_argument("--echolab", default=os.path.join(ROOT, "target/release/echolab"))
+    ap.add_argument("--only", choices=["cpu", "gen"], help="run one group only")
+    ap.add_argument("--models", default="reactor,uring", help="echolab models of group 1")
+    ap.add_argument("--also", action="append", default=[], metavar="LABEL=PATH",
+                    help="rows for another echolab binary in group 1")
     args = ap.parse_args()
+    models = [m for m in args.models.split(",") if m]
+    binaries = {"echolab": args.echolab}
+    for spec in args.also:
+        label, _, path = spec.partition("=")
+        if not label or not os.access(path, os.X_OK):
+            log(f"bench-udp: --also wants LABEL=PATH of an executable, got {spec!r}")
+            return 2
+        binaries[label] = path
+    if any(m not in ("reactor", "uring") for m in models):
+        log(f"bench-udp: --models takes reactor and/or uring, got {args.models!r}")
+        return 2
     if not (1 <= args.runs <= 50) or not (0.5 <= args.secs <= 60):
         log(f"bench-udp: --runs must be 1..50 and --secs 0.5..60, got {args.runs} and {args.secs}")
         return 2
@@ -139,17 +156,19 @@ def main():
                          text=True, check=True).stdout.strip()
 
     # Group 1: server CPU per datagram, one loop each, the same udpgen load.
-    cpu = {"echolab reactor (1 loop)": [], "echolab uring (1 loop)": [], "ref_udp -t 1": []}
+    cpu = {f"{label} {m} (1 loop)": [] for label in binaries for m in models}
+    cpu["ref_udp -t 1"] = []
+    binary_of = {f"{label} {m} (1 loop)": (path, m) for label, path in binaries.items() for m in models}
     refused = {}
     loss1 = {k: [] for k in cpu}
-    for run in range(args.runs):
+    for run in range(args.runs if args.only != "gen" else 0):
         for name in cpu:
             if name in refused:
                 continue
             port = free_udp_port()
             try:
-                server = echolab_server(args.echolab, port, name.split()[1]) if name.startswith("echolab") \
-                    else ref_server(ref, port)
+                server = echolab_server(binary_of[name][0], port, binary_of[name][1]) \
+                    if name in binary_of else ref_server(ref, port)
             except RuntimeError as err:
                 refused[name] = str(err)
                 log(f"  {name}: {err}")
@@ -169,7 +188,7 @@ def main():
     # Group 2: the two load generators against the same reference server.
     gens = {"echolab bench --udp": [], "udpgen": []}
     losses = {k: [] for k in gens}
-    for run in range(args.runs):
+    for run in range(args.runs if args.only != "cpu" else 0):
         for name in gens:
             port = free_udp_port()
             server = ref_server(ref, port)
@@ -187,6 +206,14 @@ def main():
     print(f"UDP, 8 sockets × 64 B, {args.runs} alternated runs of {args.secs} s each, medians; "
           f"client and server share this machine's {os.cpu_count()} cores; load average at the end {load}.")
     print()
+    if args.only != "gen":
+        cpu_table(cpu, refused, loss1)
+    if args.only != "cpu":
+        gen_table(gens, losses)
+    return 0
+
+
+def cpu_table(cpu, refused, loss1):
     print("| server (loaded by udpgen) | CPU ns/datagram | ratio to ref_udp -t 1 | target | lost+late per run |")
     print("|---|---|---|---|---|")
     ref_cpu = statistics.median(cpu["ref_udp -t 1"])
@@ -197,8 +224,11 @@ def main():
         med = statistics.median(values)
         ratio = med / ref_cpu if ref_cpu else float("nan")
         target = "—" if name.startswith("ref") else f"≤ 1.00× {verdict(ratio, 1.0, False)}"
-        print(f"| {name} | {med:.0f} | {ratio:.2f}× | {target} | {loss1[name]} |")
+        print(f"| {name} | {med:.0f} | {ratio:.3f}× | {target} | {loss1[name]} |")
     print()
+
+
+def gen_table(gens, losses):
     print("| load generator (against ref_udp -t 1) | echoes/s | ratio to udpgen | target | lost per run |")
     print("|---|---|---|---|---|")
     ref_rate = statistics.median(gens["udpgen"])
@@ -206,8 +236,7 @@ def main():
         med = statistics.median(values)
         ratio = med / ref_rate if ref_rate else float("nan")
         target = "—" if name == "udpgen" else f"≥ 0.95× {verdict(ratio, 0.95, True)}"
-        print(f"| {name} | {med:.0f} | {ratio:.2f}× | {target} | {losses[name]} |")
-    return 0
+        print(f"| {name} | {med:.0f} | {ratio:.3f}× | {target} | {losses[name]} |")
 
 
 if __name__ == "__main__":

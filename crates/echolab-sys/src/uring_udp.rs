@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::provided::ProvidedBuffers;
-use io_uring::types::{CancelBuilder, Fd, RecvMsgOut, SubmitArgs, Timespec};
+use io_uring::types::{CancelBuilder, Fd, Fixed, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, IoUring};
 
 /// The buffer group of the ring's receive buffers (one group per ring).
@@ -106,6 +106,9 @@ pub struct UdpRing {
     ring: IoUring,
     id: u64,
     fd: RawFd,
+    /// `fd` is the ring's registered file 0: requests name it by index, and the kernel
+    /// looks it up once, not once per request.
+    fixed: bool,
     bufs: ProvidedBuffers,
     /// The receive's template: only `msg_namelen` and `msg_controllen` matter. Boxed so
     /// that its address stays put while the kernel may read it.
@@ -172,6 +175,8 @@ impl UdpRing {
             )?;
         }
         bufs.registered = true;
+        // A kernel or limit that refuses the registration leaves the plain descriptor.
+        let fixed = ring.submitter().register_files(&[fd]).is_ok();
         for bid in 0..n_bufs {
             bufs.push(bid);
         }
@@ -194,6 +199,7 @@ impl UdpRing {
             ring,
             id: NEXT_RING_ID.fetch_add(1, Ordering::Relaxed),
             fd,
+            fixed,
             bufs,
             recv_hdr,
             sends,
@@ -211,9 +217,13 @@ impl UdpRing {
         if self.recv_armed {
             return Ok(());
         }
-        let entry = opcode::RecvMsgMulti::new(Fd(self.fd), &*self.recv_hdr, BUF_GROUP)
-            .build()
-            .user_data(KIND_RECV << KIND_SHIFT);
+        let entry = if self.fixed {
+            opcode::RecvMsgMulti::new(Fixed(0), &*self.recv_hdr, BUF_GROUP)
+        } else {
+            opcode::RecvMsgMulti::new(Fd(self.fd), &*self.recv_hdr, BUF_GROUP)
+        }
+        .build()
+        .user_data(KIND_RECV << KIND_SHIFT);
         self.push(entry)?;
         self.recv_armed = true;
         Ok(())
@@ -267,9 +277,13 @@ impl UdpRing {
         slot.hdr.msg_iov = &mut slot.iov;
         slot.hdr.msg_iovlen = 1;
         slot.tag = tag;
-        let entry = opcode::SendMsg::new(Fd(self.fd), &slot.hdr)
-            .build()
-            .user_data(KIND_SEND << KIND_SHIFT | u64::from(bid));
+        let entry = if self.fixed {
+            opcode::SendMsg::new(Fixed(0), &slot.hdr)
+        } else {
+            opcode::SendMsg::new(Fd(self.fd), &slot.hdr)
+        }
+        .build()
+        .user_data(KIND_SEND << KIND_SHIFT | u64::from(bid));
         if let Err(err) = self.push(entry) {
             // Never queued: the buffer was not lent to the kernel.
             self.recycle(datagram);
@@ -437,6 +451,47 @@ impl UdpRing {
     }
 }
 
+/// Whether this kernel supports multishot `recvmsg` (Linux 6.0), which
+/// [`UdpRing::recv_multi`] arms. Buffer rings came in 5.19, so [`UdpRing::new`] succeeds
+/// there, and the opcode is plain `recvmsg`'s with a flag, so an opcode probe cannot tell:
+/// a 5.19 kernel rejects the flag (`EINVAL`) only when the receive runs. This tries it
+/// once, on a private local datagram socket pair holding one datagram.
+///
+/// Errors: those of [`UdpRing::new`] (io_uring refused), and `TimedOut` if the kernel
+/// answers nothing within a second.
+pub fn supports_multishot_recvmsg() -> io::Result<bool> {
+    let (writer, reader) = std::os::unix::net::UnixDatagram::pair()?;
+    writer.send(&[0])?;
+    // Dropped after `ring` (declared later): the ring's drop ends its requests first.
+    let mut ring = UdpRing::new(std::os::fd::AsRawFd::as_raw_fd(&reader), 1, 64)?;
+    ring.recv_multi()?;
+    let mut completions = Vec::new();
+    // Bounded: the datagram is already queued, so the first completion is immediate.
+    for _ in 0..10 {
+        ring.submit_and_wait(Duration::from_millis(100), 1)?;
+        ring.completions(&mut completions);
+        for completion in completions.drain(..) {
+            if let UdpCompletion::Received { result, .. } = completion {
+                return multishot_verdict(result.map(|datagram| ring.recycle(datagram)));
+            }
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::TimedOut,
+        "io_uring multishot recvmsg probe got no completion",
+    ))
+}
+
+/// What the probe's first receive says: a datagram (supported), `EINVAL` (a kernel that
+/// does not know the multishot flag: not supported), or another error (returned).
+fn multishot_verdict(received: io::Result<()>) -> io::Result<bool> {
+    match received {
+        Ok(()) => Ok(true),
+        Err(err) if err.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
 /// A socket address as the kernel writes it (`sockaddr_in` or `sockaddr_in6`), as std's.
 fn sockaddr_to_std(name: &[u8]) -> Option<SocketAddr> {
     let family = u16::from_ne_bytes([*name.first()?, *name.get(1)?]);
@@ -577,6 +632,7 @@ mod tests {
             return;
         };
         assert!(!ring.recv_armed());
+        assert!(ring.fixed, "the socket is the ring's registered file");
         assert_eq!(
             format!("{ring:?}"),
             format!(
@@ -793,6 +849,24 @@ mod tests {
         for datagram in got {
             ring.recycle(datagram);
         }
+    }
+
+    #[test]
+    fn this_kernel_supports_multishot_recvmsg_where_it_allows_io_uring() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        if ring_on(&server, 2, 64).is_none() {
+            return;
+        }
+        // The receive the probe armed is cancelled by the ring's drop: no request is left.
+        assert!(supports_multishot_recvmsg().unwrap());
+    }
+
+    #[test]
+    fn the_probe_reads_einval_as_no_multishot_and_other_errors_as_errors() {
+        assert!(multishot_verdict(Ok(())).unwrap());
+        assert!(!multishot_verdict(Err(io::Error::from_raw_os_error(libc::EINVAL))).unwrap());
+        let err = multishot_verdict(Err(io::Error::from_raw_os_error(libc::ENOBUFS)));
+        assert_eq!(err.unwrap_err().raw_os_error(), Some(libc::ENOBUFS));
     }
 
     #[test]

@@ -85,6 +85,27 @@ impl Batch {
     /// Errors: only a receive error other than WouldBlock/Interrupted; send errors are
     /// counted as [`DropReason::SendFailed`] and never stop the loop.
     pub fn echo_once(&mut self, fd: RawFd, guard: &std::sync::Mutex<Guard>) -> io::Result<usize> {
+        self.echo(fd, guard, MsgFlags::MSG_DONTWAIT)
+    }
+
+    /// [`Batch::echo_once`] on a blocking socket: the `recvmmsg` sleeps until the first
+    /// datagram arrives (or the socket's receive timeout, `SO_RCVTIMEO`, passes: then 0),
+    /// then takes what else is queued without waiting (`MSG_WAITFORONE`). The readiness
+    /// wait and the first read are one system call.
+    pub fn echo_waiting(
+        &mut self,
+        fd: RawFd,
+        guard: &std::sync::Mutex<Guard>,
+    ) -> io::Result<usize> {
+        self.echo(fd, guard, MsgFlags::MSG_WAITFORONE)
+    }
+
+    fn echo(
+        &mut self,
+        fd: RawFd,
+        guard: &std::sync::Mutex<Guard>,
+        recv_flags: MsgFlags,
+    ) -> io::Result<usize> {
         self.received.clear();
         {
             let mut iovs: Vec<[IoSliceMut<'_>; 1]> = self
@@ -96,7 +117,7 @@ impl Batch {
                 fd,
                 &mut self.recv_headers,
                 iovs.iter_mut(),
-                MsgFlags::MSG_DONTWAIT,
+                recv_flags,
                 None,
             ) {
                 Ok(results) => results,
@@ -248,6 +269,53 @@ mod tests {
         assert_eq!(&buf[..3], &[0, 0, 0]);
         assert_eq!(client.recv(&mut buf).unwrap(), 3);
         assert_eq!(&buf[..3], &[2, 2, 2]);
+    }
+
+    /// The reactor's receive: on a blocking socket it waits for the first datagram, takes
+    /// what else is queued without waiting, and ends empty at the receive timeout.
+    #[test]
+    fn a_waiting_batch_takes_what_is_queued_and_ends_at_the_receive_timeout() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        server
+            .set_read_timeout(Some(std::time::Duration::from_millis(20)))
+            .unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let guard = Mutex::new(Guard::new(Policy::default()));
+        let mut batch = Batch::new();
+        // Nothing queued: the wait ends at the timeout, with nothing.
+        let started = Instant::now();
+        assert_eq!(batch.echo_waiting(server.as_raw_fd(), &guard).unwrap(), 0);
+        assert!(started.elapsed() >= std::time::Duration::from_millis(15));
+        // Three queued, and a long timeout: the call waits only for the first datagram,
+        // not for a full batch (that would take the 10 s timeout). Loopback delivers
+        // within the send; a datagram still on its way is taken by a later call.
+        server
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        for idx in 0..3u8 {
+            client
+                .send_to(&[idx; 4], server.local_addr().unwrap())
+                .unwrap();
+        }
+        let started = Instant::now();
+        let mut got = 0;
+        for _ in 0..3 {
+            got += batch.echo_waiting(server.as_raw_fd(), &guard).unwrap();
+            if got == 3 {
+                break;
+            }
+        }
+        assert_eq!(got, 3);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let mut buf = [0u8; 8];
+        for idx in 0..3u8 {
+            assert_eq!(client.recv(&mut buf).unwrap(), 4);
+            assert_eq!(buf[..4], [idx; 4]);
+        }
+        assert_eq!(guard.lock().unwrap().stats().echoed, 3);
     }
 
     #[test]

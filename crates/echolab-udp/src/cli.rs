@@ -117,10 +117,21 @@ fn stop_flag() -> std::io::Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
+/// What `--udp-only` tells a service manager (`sd_notify`'s `READY=1` and `STOPPING=1`,
+/// which live in echolab-server's `activation`).
+#[derive(Debug, Clone, Copy)]
+pub struct Notify {
+    pub ready: fn(),
+    pub stopping: fn(),
+}
+
 /// Runs the UDP side of `echolab serve`: binds UDP on `listen` with the UDP form of
 /// `model_name`, prints `udp listening on ADDR (model M, N loops)`, then either waits for
 /// SIGINT/SIGTERM (`--udp-only`) or calls `tcp` with the address to serve TCP on (the
 /// port UDP got, when `listen` had port 0) and stops UDP when it returns.
+///
+/// With `--udp-only`, `notify` tells the service manager: `ready` once listening,
+/// `stopping` once every loop has stopped (beside TCP, the TCP server says both).
 ///
 /// Logging must be initialised by the caller. Exit status: `tcp`'s, or 2 for a model
 /// without UDP or a bind error, 1 for a failure while serving.
@@ -130,6 +141,7 @@ pub fn run_serve(
     listen: SocketAddr,
     workers: Option<usize>,
     tcp: impl FnOnce(SocketAddr) -> ExitCode,
+    notify: Notify,
 ) -> ExitCode {
     let model = match UdpModel::for_model(model_name) {
         Ok(model) => model,
@@ -167,7 +179,10 @@ pub fn run_serve(
         if args.udp_allow_privileged_ports { "answered" } else { "refused" }
     );
     let (code, result) = if args.udp_only {
-        (ExitCode::SUCCESS, server.wait())
+        (notify.ready)();
+        let result = server.wait();
+        (notify.stopping)();
+        (ExitCode::SUCCESS, result)
     } else {
         let code = tcp(addr);
         (code, server.join())

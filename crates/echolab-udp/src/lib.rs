@@ -4,7 +4,8 @@
 //!
 //! UDP has no connections, so the lecture's question "how does the server schedule its
 //! connections?" becomes "how does it wait for the next datagram?": blocked in `recvfrom`
-//! (iterative), in `poll` (event), in one epoll loop per core with a socket each (reactor),
+//! (iterative), in `poll` (event), in one loop per core with a socket each, its receive
+//! waiting for the first datagram of a batch (reactor),
 //! in one io_uring per core with a multishot receive armed (uring), or in tokio's runtime
 //! (async). Thread- and process-per-connection have nothing to hand
 //! out and refuse `--udp` with a one-line reason ([`UdpModel::for_model`]).
@@ -17,7 +18,8 @@
 //! - [`guard`]: the reflection guard (reserved and privileged source ports, a token bucket
 //!   per source address with a bounded table) and the drop counts by reason.
 //! - The models: [`iterative`] (one blocking `recvfrom`/`sendto` at a time), [`event`]
-//!   (`poll(2)` then batches), [`reactor`] (N mio loops, one SO_REUSEPORT socket each),
+//!   (`poll(2)` then batches), [`reactor`] (N loops, one SO_REUSEPORT socket each,
+//!   `recvmmsg` waiting for a batch's first datagram),
 //!   [`uring`] (N io_uring loops, one SO_REUSEPORT socket each, multishot `recvmsg`),
 //!   [`async_tokio`] (tokio tasks on one socket).
 //! - [`batch`]: `recvmmsg`/`sendmmsg` batches for the event and reactor loops.

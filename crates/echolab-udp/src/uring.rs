@@ -19,7 +19,7 @@ use std::sync::mpsc::SyncSender;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use echolab_sys::uring_udp::{Datagram, UdpCompletion, UdpRing};
+use echolab_sys::uring_udp::{self, Datagram, UdpCompletion, UdpRing};
 use nix::libc;
 
 use crate::guard::{DropReason, Guard};
@@ -43,10 +43,40 @@ pub fn refusal(err: &io::Error) -> String {
     let why = match err.raw_os_error() {
         Some(libc::EPERM) => "io_uring is not permitted here (EPERM: disabled by kernel.io_uring_disabled or a seccomp policy, common in containers)".to_string(),
         Some(libc::ENOSYS) => "this kernel has no io_uring (ENOSYS)".to_string(),
-        Some(libc::EINVAL) => "this kernel's io_uring lacks provided-buffer rings or multishot recvmsg (EINVAL; needs Linux 6.0 or later)".to_string(),
+        Some(libc::EINVAL) => "this kernel's io_uring lacks provided-buffer rings (EINVAL; needs Linux 5.19 or later, 6.0 for multishot recvmsg)".to_string(),
         _ => format!("cannot set up io_uring: {err}"),
     };
     format!("{why}; models that serve UDP here: {OTHER_MODELS}")
+}
+
+/// Why this kernel cannot run the model although it makes the ring (Linux 5.19: buffer
+/// rings, but no multishot `recvmsg`), in one line naming the models that work instead.
+fn no_multishot() -> String {
+    format!("this kernel's io_uring lacks multishot recvmsg (needs Linux 6.0 or later); models that serve UDP here: {OTHER_MODELS}")
+}
+
+/// Whether the kernel runs multishot `recvmsg` ([`uring_udp::supports_multishot_recvmsg`]).
+/// Debug builds answer no when `ECHOLAB_FAULT_URING` holds `udp-multishot=no`, as a 5.19
+/// kernel would (the tests of the refusal; release builds read nothing).
+fn multishot_supported() -> io::Result<bool> {
+    let injected = cfg!(debug_assertions)
+        && std::env::var("ECHOLAB_FAULT_URING")
+            .is_ok_and(|spec| spec.split(',').any(|item| item == "udp-multishot=no"));
+    if injected {
+        return Ok(false);
+    }
+    uring_udp::supports_multishot_recvmsg()
+}
+
+/// The ring for `socket`, once the kernel has shown it runs what the loop needs; else the
+/// one-line refusal (before the server says it listens).
+fn ring_for(socket: &UdpSocket) -> Result<UdpRing, String> {
+    let ring = UdpRing::new(socket.as_raw_fd(), N_BUFS, BUF_LEN).map_err(|err| refusal(&err))?;
+    match multishot_supported() {
+        Ok(true) => Ok(ring),
+        Ok(false) => Err(no_multishot()),
+        Err(err) => Err(refusal(&err)),
+    }
 }
 
 /// A datagram whose reply is in flight: what the guard counts when the reply completes.
@@ -77,13 +107,13 @@ pub fn serve(
     stop: &AtomicBool,
     ready: SyncSender<io::Result<()>>,
 ) -> io::Result<()> {
-    let ring = match UdpRing::new(socket.as_raw_fd(), N_BUFS, BUF_LEN) {
+    let ring = match ring_for(&socket) {
         Ok(ring) => {
             let _ = ready.send(Ok(()));
             ring
         }
-        Err(err) => {
-            let _ = ready.send(Err(io::Error::new(err.kind(), refusal(&err))));
+        Err(line) => {
+            let _ = ready.send(Err(io::Error::other(line)));
             return Ok(());
         }
     };
@@ -391,6 +421,9 @@ mod tests {
                 "{line}"
             );
         }
+        let line = no_multishot();
+        assert!(line.contains("multishot recvmsg") && line.contains("Linux 6.0"));
+        assert!(line.ends_with(OTHER_MODELS) && !line.contains('\n'));
         let err = crate::UdpError::Unsupported {
             model: crate::UdpModel::Uring,
             reason: "why".into(),

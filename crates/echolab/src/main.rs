@@ -114,10 +114,22 @@ fn serve(args: ServeCmd) -> ExitCode {
         None
     };
     let model = tcp.model.unwrap_or(echolab_server::Model::DEFAULT).name();
-    echolab_udp::cli::run_serve(&udp, model, tcp.listen, tcp.workers, |addr| {
-        tcp.listen = addr;
-        echolab_server::cli::run(tcp)
-    })
+    // sd_notify for --udp-only (beside TCP, the TCP server says it).
+    let notify = echolab_udp::cli::Notify {
+        ready: echolab_server::activation::notify_ready,
+        stopping: echolab_server::activation::notify_stopping,
+    };
+    echolab_udp::cli::run_serve(
+        &udp,
+        model,
+        tcp.listen,
+        tcp.workers,
+        |addr| {
+            tcp.listen = addr;
+            echolab_server::cli::run(tcp)
+        },
+        notify,
+    )
 }
 
 /// Takes the sockets of socket activation: the TCP listener waits for `serve`, a UDP

@@ -31,7 +31,12 @@ impl UdpServer {
     }
 
     fn start_on(model: &str, listen: &str, extra: &[&str]) -> UdpServer {
-        let mut child = echolab()
+        UdpServer::start_with(echolab(), model, listen, extra)
+    }
+
+    /// As [`UdpServer::start_on`], from `command` (say, with an environment set).
+    fn start_with(mut command: Command, model: &str, listen: &str, extra: &[&str]) -> UdpServer {
+        let mut child = command
             .args(["serve", "--udp-only", "--model", model, "--listen", listen])
             .args(extra)
             .stdin(Stdio::null())
@@ -510,6 +515,77 @@ fn models_without_connections_refuse_udp_with_one_line() {
         assert!(stderr.contains("serves no UDP"), "{stderr}");
     }
     assert_eq!(UDP_MODELS.len(), 5);
+}
+
+/// A kernel that makes the ring but cannot run multishot `recvmsg` (Linux 5.19) gets one
+/// line and exit 2 before "listening", not a loop that fails once serving. Debug builds
+/// play that kernel (`ECHOLAB_FAULT_URING=udp-multishot=no`).
+#[test]
+fn uring_without_multishot_recvmsg_is_refused_in_one_line_before_listening() {
+    if let Some(reason) = uring_refused() {
+        eprintln!("SKIPPED: {reason}");
+        return;
+    }
+    if !cfg!(debug_assertions) {
+        eprintln!("SKIPPED: release builds inject no faults");
+        return;
+    }
+    let child = echolab()
+        .env("ECHOLAB_FAULT_URING", "udp-multishot=no")
+        .args([
+            "serve",
+            "--udp-only",
+            "--model",
+            "uring",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = finish_bounded(child, STEP);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("lacks multishot recvmsg (needs Linux 6.0 or later)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("reactor, event, iterative, async"),
+        "{stderr}"
+    );
+}
+
+/// `--udp-only` tells the service manager (`NOTIFY_SOCKET`) READY=1 once listening and
+/// STOPPING=1 once it stops, as the TCP server does (ops.rs); beside TCP, TCP says them.
+#[test]
+fn udp_only_says_ready_once_listening_and_stopping_at_shutdown() {
+    let dir = std::env::temp_dir().join(format!("echolab-udp-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let notify = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    notify.set_read_timeout(Some(STEP)).unwrap();
+    let mut command = echolab();
+    command.env("NOTIFY_SOCKET", &path);
+    let mut server = UdpServer::start_with(command, "reactor", "127.0.0.1:0", &[]);
+    let mut buf = [0u8; 256];
+    let len = notify.recv(&mut buf).expect("READY=1 within the step");
+    assert_eq!(&buf[..len], b"READY=1\n");
+    // Ready means serving.
+    let socket = client("127.0.0.1:0").unwrap();
+    socket.send_to(b"ready?", server.addr).unwrap();
+    assert_eq!(socket.recv(&mut buf).unwrap(), 6);
+    server.stop_within_2s();
+    let len = notify.recv(&mut buf).expect("STOPPING=1 within the step");
+    assert_eq!(&buf[..len], b"STOPPING=1\n");
+    // Nothing else was said.
+    notify.set_nonblocking(true).unwrap();
+    assert!(notify.recv(&mut buf).is_err(), "a third notification");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
