@@ -182,6 +182,9 @@ impl ServeConfig {
 pub enum ServeError {
     /// The listen address could not be bound.
     Bind { addr: SocketAddr, source: io::Error },
+    /// The `--metrics` address could not be bound (named apart from the echo address: both
+    /// are "cannot bind" otherwise).
+    MetricsBind { addr: SocketAddr, source: io::Error },
     /// The model cannot run here (for example io_uring refused by the kernel).
     Unsupported { model: Model, reason: String },
     /// A thread of the server panicked (the log has its line); the server stopped.
@@ -199,6 +202,13 @@ impl fmt::Display for ServeError {
             ServeError::Bind { addr, source } => {
                 write!(f, "cannot bind {addr}: {}", net::describe(source))
             }
+            ServeError::MetricsBind { addr, source } => {
+                write!(
+                    f,
+                    "--metrics {addr}: cannot bind: {}",
+                    net::describe(source)
+                )
+            }
             ServeError::Unsupported { model, reason } => {
                 write!(f, "model {model} cannot run here: {reason}")
             }
@@ -214,7 +224,9 @@ impl ServeError {
     /// The exit status `echolab serve` uses: 2 for a bad setting, 1 for a runtime failure.
     pub fn exit_code(&self) -> u8 {
         match self {
-            ServeError::Bind { .. } | ServeError::Unsupported { .. } => 2,
+            ServeError::Bind { .. }
+            | ServeError::MetricsBind { .. }
+            | ServeError::Unsupported { .. } => 2,
             ServeError::Io { .. } | ServeError::Panicked => 1,
         }
     }

@@ -285,7 +285,7 @@ impl Observers {
             }
             Some(addr) => {
                 let endpoint = MetricsServer::start(addr, config.model)
-                    .map_err(|source| crate::ServeError::Bind { addr, source })?;
+                    .map_err(|source| crate::ServeError::MetricsBind { addr, source })?;
                 eprintln!("metrics on http://{}/metrics", endpoint.local_addr());
                 Some(endpoint)
             }

@@ -394,7 +394,13 @@ fn a_metrics_address_in_use_is_refused_with_exit_2() {
     let out = finish_bounded(child, STEP);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains(&format!("cannot bind {addr}")), "{stderr}");
+    // One line that names the flag, not only the address (the echo address's bind error
+    // says "cannot bind ADDR" too).
+    assert_eq!(
+        stderr.trim_end(),
+        format!("echolab serve: --metrics {addr}: cannot bind: address already in use"),
+        "{stderr}"
+    );
 }
 
 /// Whether `tool` runs here; if not, says the test is skipped and why.
@@ -797,6 +803,17 @@ fn usr1_reports_a_udp_only_server_too() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // A failed assertion must not leave the server running (it holds the test's pipe).
+    struct KillOnPanic(i32);
+    impl Drop for KillOnPanic {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                let pid = nix::unistd::Pid::from_raw(self.0);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+    let _guard = KillOnPanic(child.id() as i32);
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -824,8 +841,17 @@ fn usr1_reports_a_udp_only_server_too() {
     let mut buf = [0u8; 8];
     assert_eq!(socket.recv(&mut buf).unwrap(), 3);
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1).unwrap();
-    let line = next("echolab: stats: ");
+    // The server counts a datagram echoed once its send returned, and the echo can reach
+    // us first: ask again (bounded) while the line still says "0 echoed".
+    let deadline = std::time::Instant::now() + STEP;
+    let line = loop {
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1).unwrap();
+        let line = next("echolab: stats: ");
+        if !line.contains("; udp 1 received, 0 echoed") || std::time::Instant::now() > deadline {
+            break line;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
     assert!(
         line.contains("; udp 1 received, 1 echoed, 0 dropped"),
         "{line}"
