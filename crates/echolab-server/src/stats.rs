@@ -610,7 +610,7 @@ mod tests {
         assert_eq!(distinct.len(), 4, "{stripes:?}");
         // Each stripe is a cache line of its own, after the counters.
         assert_eq!(COUNTER_WORDS % LINE_WORDS, 0);
-        assert!(COUNTER_WORDS >= N_COUNTERS);
+        const { assert!(COUNTER_WORDS >= N_COUNTERS) };
         for stripe in stripes {
             let word = |w: usize| {
                 stats.counters[COUNTER_WORDS + stripe * LINE_WORDS + w].load(Ordering::Relaxed)
