@@ -145,8 +145,9 @@ fn merge_documents_carry_their_provenance() {
     let doc = document(&run);
     std::fs::write(&path, doc.to_string()).unwrap();
     let path = path.to_str().unwrap();
-    // merge --json writes bench's top-level keys: the provenance is one of them.
-    let merge = ["merge", "--json", path, path];
+    // merge --json writes bench's top-level keys: the provenance is one of them. (The same
+    // run twice is refused as counted twice; --force merges it anyway.)
+    let merge = ["merge", "--json", "--force", path, path];
     let merged = document(&merge);
     assert_eq!(merged["messages"], 2 * doc["messages"].as_u64().unwrap());
     assert_provenance(&merged, &merge);
