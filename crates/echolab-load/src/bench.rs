@@ -95,6 +95,15 @@ pub fn run(args: BenchArgs) -> ExitCode {
             }
             ExitCode::from(thresholds.exit_code(&report))
         }
+        // A stop signal before any connection was established: an interrupted run
+        // (exit 130, as after the window began), not a connect failure.
+        Err(engine::BenchError::Connect { addr, .. })
+            if stop.load(std::sync::atomic::Ordering::SeqCst) =>
+        {
+            let message =
+                format!("interrupted while connecting to {addr}: no connection was established");
+            fail(args.json || args.json_stream, &message, 130)
+        }
         Err(err) => fail(args.json || args.json_stream, &err.to_string(), 1),
     }
 }
@@ -129,6 +138,10 @@ fn fail(json: bool, message: &str, code: u8) -> ExitCode {
 /// "exit_code": code}` and the provenance, pretty-printed.
 pub fn error_json(message: &str, code: u8) -> String {
     let mut doc = json!({ "error": message, "exit_code": code });
+    if code == 130 {
+        // The exit code of a stop signal: the document says so as a run's does.
+        doc["interrupted"] = json!(true);
+    }
     echolab_cli::provenance::stamp(&mut doc);
     serde_json::to_string_pretty(&doc).expect("JSON of plain values")
 }

@@ -127,7 +127,12 @@ fn a_bench_stopped_by_a_signal_delivered_twice_still_reports() {
     server.log.wait_for(" opened", 1);
     stop_twice_at_once(child.id() as i32);
     let output = finish_bounded(child, STEP);
-    assert_eq!(output.status.code(), Some(130));
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     // Without the duplicate window the second signal exits at once and prints nothing.
     let doc: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
         panic!(
@@ -553,4 +558,52 @@ fn client_timeout_has_the_floor_bench_timeout_has() {
             )
         );
     }
+}
+
+/// A bench stopped while it still connects (a server whose accept queue is full: the
+/// connects past it wait for SYN retries) reports itself interrupted, exit 130; the
+/// pending connects are not "not established within 60.0 s" errors (they were given
+/// less than a second, and it printed exactly that, exit 1).
+#[test]
+fn a_bench_stopped_while_connecting_is_interrupted_not_timed_out() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let child = echolab()
+        .args([
+            "bench",
+            &addr,
+            "-c",
+            "400",
+            "--connect-timeout",
+            "60s",
+            "--warmup",
+            "0",
+            "--interval",
+            "0",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // One accepted connection (waited for, bounded): the bench connects, so its handlers
+    // are installed; the rest fill the queue (128) or wait, unaccepted.
+    silent.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + STEP;
+    let _first = loop {
+        match silent.accept() {
+            Ok((stream, _)) => break stream,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(Instant::now() < deadline, "the bench never connected");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(err) => panic!("accept: {err}"),
+        }
+    };
+    stop_twice_at_once(child.id() as i32);
+    let output = finish_bounded(child, STEP);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(!stderr.contains("not established"), "{stderr}");
+    assert!(stderr.contains("interrupted while connecting"), "{stderr}");
 }

@@ -235,6 +235,17 @@ impl<'a> Worker<'a> {
             }
             self.poll_once(events, (deadline - now).min(Duration::from_millis(50)));
         }
+        if self.stopped() {
+            // Stopped while connecting (a signal): what is pending was interrupted, not
+            // timed out; the run reports itself interrupted.
+            self.interrupted = true;
+            for i in 0..self.conns.len() {
+                if self.conns[i].state == State::Connecting {
+                    self.close(i, None);
+                }
+            }
+            return;
+        }
         for i in 0..self.conns.len() {
             if matches!(self.conns[i].state, State::Connecting | State::Idle { .. }) {
                 let timeout = self.config.connect_timeout.as_secs_f64();
