@@ -407,6 +407,17 @@ pub fn run(
         Ok(shares) => shares,
         Err(err) => return fail(&format!("{err} (descriptor limit {soft}, hard {hard})"), 2),
     };
+    // This process keeps two pipes per worker (its stdin and stdout) until it ends.
+    let room = cap / 2;
+    if shares.len() as u64 > room {
+        return fail(
+            &format!(
+                "--hold {n} needs {} worker processes, and this process, which keeps two pipes per worker, may open {soft} descriptors (hard limit {hard}): room for {room}",
+                shares.len()
+            ),
+            2,
+        );
+    }
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(err) => {
@@ -587,7 +598,9 @@ fn report(
         None => 0,
     };
     let held_ok = failed == 0 && still_open == established && established == n;
-    let code = if held_ok || code != 0 && code != 130 {
+    // An interrupted hold is 130 (README: "an interrupted one 130, before any threshold"),
+    // held in full or not; otherwise a hold not held in full is 1.
+    let code = if held_ok || code != 0 && code != 130 || interrupted && code == 130 {
         code
     } else {
         1

@@ -605,7 +605,8 @@ pub fn run(
         None if interrupted => 130,
         None => 0,
     };
-    let code = if held_ok || code != 0 && code != 130 {
+    // An interrupted hold is 130, held in full or not (see holders.rs).
+    let code = if held_ok || code != 0 && code != 130 || interrupted && code == 130 {
         code
     } else {
         1

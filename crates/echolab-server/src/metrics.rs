@@ -605,6 +605,7 @@ mod tests {
     fn past_the_cap_a_new_connection_closes_the_oldest_and_is_served() {
         let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), Model::Event).unwrap();
         let addr = server.local_addr();
+        let t0 = std::time::Instant::now();
         // One more idle connection than the cap, in accept order.
         let mut idle: Vec<_> = (0..=MAX_SCRAPE_CONNS)
             .map(|_| std::net::TcpStream::connect(addr).unwrap())
@@ -613,15 +614,23 @@ mod tests {
         let (status, _, body) = get(addr, "/metrics", None);
         assert_eq!(status, "HTTP/1.0 200 OK");
         assert!(body.contains("echolab_connections_open"));
+        // The third oldest is still open (nothing to read yet), checked at once: after
+        // HEAD_TIMEOUT its head timeout would close it too (a loaded machine can get there).
+        idle[2].set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        let still = std::io::Read::read(&mut idle[2], &mut byte);
+        if t0.elapsed() < HEAD_TIMEOUT / 2 {
+            assert_eq!(still.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        } else {
+            eprintln!(
+                "SKIPPED the third-oldest check: {:?} passed (head timeout {HEAD_TIMEOUT:?})",
+                t0.elapsed()
+            );
+        }
         // The two oldest were closed for the two newer ones, long before their head timeout.
         for conn in &mut idle[..2] {
             assert_eq!(until_closed(conn, HEAD_TIMEOUT / 2).unwrap(), "");
         }
-        // The third oldest is still open (nothing to read yet).
-        idle[2].set_nonblocking(true).unwrap();
-        let mut byte = [0u8; 1];
-        let still = std::io::Read::read(&mut idle[2], &mut byte);
-        assert_eq!(still.unwrap_err().kind(), io::ErrorKind::WouldBlock);
     }
 
     #[test]

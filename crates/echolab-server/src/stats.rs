@@ -41,9 +41,11 @@ enum Counter {
     EndBrokenPipe,
     EndLineTooLong,
     EndIoError,
+    /// Not a figure: the next byte stripe to hand out (see [`stripe`]).
+    NextStripe,
 }
 
-const N_COUNTERS: usize = Counter::EndIoError as usize + 1;
+const N_COUNTERS: usize = Counter::NextStripe as usize + 1;
 
 /// `AtomicU64`s in a cache line: a stripe's size, and the counters' region rounded up to it
 /// so that the stripes after it start on a line of their own.
@@ -63,12 +65,14 @@ const ALL_WORDS: usize = COUNTER_WORDS + STRIPES * LINE_WORDS;
 const STRIPE_IN: usize = 0;
 const STRIPE_OUT: usize = 1;
 
-/// This thread's stripe: threads take them in the order they first count.
+/// This thread's stripe: threads take them in the order they first count, from a counter
+/// in the shared mapping, so the process model's children take different stripes too (a
+/// counter in process memory would start every forked child at the same one).
 fn stripe() -> usize {
-    use std::sync::atomic::AtomicUsize;
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
-        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+        static STRIPE: usize = (global().counters[Counter::NextStripe as usize]
+            .fetch_add(1, Ordering::Relaxed) as usize)
+            % STRIPES;
     }
     STRIPE.with(|stripe| *stripe)
 }

@@ -499,3 +499,68 @@ fn hold_workers_die_with_a_killed_supervisor() {
     }
     drop(silent);
 }
+
+/// A split the supervisor itself cannot hold (two pipes per worker within its own
+/// descriptor limit) is refused before any worker starts, one line, exit 2: 100
+/// descriptors leave 36 per worker, so 1,000 need 28 workers, and 56 pipes do not fit
+/// in 36.
+#[test]
+fn a_split_past_the_supervisors_own_descriptors_is_refused() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let child = limited_bench(100, &[&addr, "--hold", "1000", "--active", "0"])
+        .spawn()
+        .expect("spawn echolab bench");
+    let out = finish_bounded(child, support::STEP);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("needs 28 worker processes"), "{stderr}");
+}
+
+/// A hold stopped while it still connects (a listener whose queue is full) is an
+/// interrupted run: exit 130, not 1 for the connections it did not get to hold.
+#[test]
+fn a_hold_stopped_while_connecting_exits_130() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let mut child = echolab()
+        .args([
+            "bench",
+            &addr,
+            "--hold",
+            "400",
+            "--active",
+            "0",
+            "--connect-timeout",
+            "60s",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = TermOnPanic(child.id() as i32);
+    // One accepted connection (bounded wait): the bench connects, its handlers are in.
+    silent.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + support::STEP;
+    let _first = loop {
+        match silent.accept() {
+            Ok((stream, _)) => break stream,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(std::time::Instant::now() < deadline, "no connect");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(err) => panic!("accept: {err}"),
+        }
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let _ = child.stdin.take();
+    let out = finish_bounded(child, support::STEP);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+}
