@@ -9,6 +9,7 @@ use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::types::BufRingEntry;
+use io_uring::IoUring;
 
 /// Receive buffers provided to the kernel through a buffer ring.
 ///
@@ -138,4 +139,44 @@ impl Drop for ProvidedBuffers {
             alloc::dealloc(self.data.as_ptr(), self.data_layout);
         }
     }
+}
+
+/// A ring of `entries` requests (and four times as many completions) with its receive
+/// buffers: `n_bufs` of `buf_size` bytes, registered as buffer group `group` and every one
+/// handed to the kernel. Completions run only when the owning thread asks for them
+/// (SINGLE_ISSUER + DEFER_TASKRUN: no interrupting the loop, all the work in the batched
+/// wait); kernels before 6.1 reject those flags and get a plain ring.
+///
+/// The buffers come back `registered`: their `Drop` leaks them until the owner, which
+/// keeps both side by side, unregisters the group (see `Drop for Ring`, `Drop for UdpRing`).
+pub(crate) fn ring_with_buffers(
+    entries: u32,
+    n_bufs: u16,
+    buf_size: u32,
+    group: u16,
+) -> io::Result<(IoUring, ProvidedBuffers)> {
+    let ring = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_cqsize(entries * 4)
+        .build(entries)
+        .or_else(|_| IoUring::builder().setup_cqsize(entries * 4).build(entries))?;
+    let mut bufs = ProvidedBuffers::new(n_bufs, buf_size)?;
+    // SAFETY: the entries and the buffers they point at are owned by `bufs`, which is
+    // marked registered at once: from here its `Drop` leaks them rather than free memory
+    // the kernel may write, until the owner unregisters the group.
+    unsafe {
+        ring.submitter().register_buf_ring_with_flags(
+            bufs.entries.as_ptr() as u64,
+            n_bufs,
+            group,
+            0,
+        )?;
+    }
+    bufs.registered = true;
+    for bid in 0..n_bufs {
+        bufs.push(bid);
+    }
+    bufs.publish();
+    Ok((ring, bufs))
 }

@@ -154,32 +154,8 @@ impl Ring {
                 "n_bufs must be a power of two",
             ));
         }
-        // Completions run only when this thread asks for them (DEFER_TASKRUN): no
-        // interrupting the loop, and all the work happens in the batched wait. Older
-        // kernels (before 6.1) reject the flags; they get a plain ring.
-        let ring = IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_cqsize(entries * 4)
-            .build(entries)
-            .or_else(|_| IoUring::builder().setup_cqsize(entries * 4).build(entries))?;
-        let mut bufs = ProvidedBuffers::new(n_bufs, buf_size)?;
-        // SAFETY: the entries and the buffers they point at are owned by `bufs`, which
-        // lives in the Ring next to `ring`; `Drop for Ring` unregisters the buffer ring
-        // (or leaks the memory) before they are freed.
-        unsafe {
-            ring.submitter().register_buf_ring_with_flags(
-                bufs.entries.as_ptr() as u64,
-                n_bufs,
-                BUF_GROUP,
-                0,
-            )?;
-        }
-        bufs.registered = true;
-        for bid in 0..n_bufs {
-            bufs.push(bid);
-        }
-        bufs.publish();
+        let (ring, bufs) =
+            crate::provided::ring_with_buffers(entries, n_bufs, buf_size, BUF_GROUP)?;
         Ok(Ring {
             ring,
             id: NEXT_RING_ID.fetch_add(1, Ordering::Relaxed),

@@ -156,31 +156,10 @@ impl UdpRing {
         // Replies and receives for a whole turn fit in the queue; completions are many more
         // (a multishot receive reports each datagram).
         let entries = u32::from(n_bufs).max(8);
-        let ring = IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_cqsize(entries * 4)
-            .build(entries)
-            .or_else(|_| IoUring::builder().setup_cqsize(entries * 4).build(entries))?;
-        let mut bufs = ProvidedBuffers::new(n_bufs, buf_size)?;
-        // SAFETY: the entries and the buffers they point at are owned by `bufs`, which
-        // lives in the UdpRing next to `ring`; `Drop for UdpRing` unregisters the buffer
-        // ring (or leaks the memory) before they are freed.
-        unsafe {
-            ring.submitter().register_buf_ring_with_flags(
-                bufs.entries.as_ptr() as u64,
-                n_bufs,
-                BUF_GROUP,
-                0,
-            )?;
-        }
-        bufs.registered = true;
+        let (ring, bufs) =
+            crate::provided::ring_with_buffers(entries, n_bufs, buf_size, BUF_GROUP)?;
         // A kernel or limit that refuses the registration leaves the plain descriptor.
         let fixed = ring.submitter().register_files(&[fd]).is_ok();
-        for bid in 0..n_bufs {
-            bufs.push(bid);
-        }
-        bufs.publish();
         // SAFETY: an all-zero msghdr is a valid value (null pointers, zero lengths).
         let mut recv_hdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
         recv_hdr.msg_namelen = NAME_LEN as libc::socklen_t;
