@@ -542,18 +542,7 @@ fn a_hold_stopped_while_connecting_exits_130() {
         .unwrap();
     let _guard = TermOnPanic(child.id() as i32);
     // One accepted connection (bounded wait): the bench connects, its handlers are in.
-    silent.set_nonblocking(true).unwrap();
-    let deadline = std::time::Instant::now() + support::STEP;
-    let _first = loop {
-        match silent.accept() {
-            Ok((stream, _)) => break stream,
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                assert!(std::time::Instant::now() < deadline, "no connect");
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(err) => panic!("accept: {err}"),
-        }
-    };
+    let _first = support::accept_bounded(&silent);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

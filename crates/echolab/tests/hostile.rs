@@ -588,18 +588,7 @@ fn a_bench_stopped_while_connecting_is_interrupted_not_timed_out() {
         .unwrap();
     // One accepted connection (waited for, bounded): the bench connects, so its handlers
     // are installed; the rest fill the queue (128) or wait, unaccepted.
-    silent.set_nonblocking(true).unwrap();
-    let deadline = Instant::now() + STEP;
-    let _first = loop {
-        match silent.accept() {
-            Ok((stream, _)) => break stream,
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                assert!(Instant::now() < deadline, "the bench never connected");
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(err) => panic!("accept: {err}"),
-        }
-    };
+    let _first = support::accept_bounded(&silent);
     stop_twice_at_once(child.id() as i32);
     let output = finish_bounded(child, STEP);
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -444,3 +444,21 @@ pub fn cpu_ticks(pid: i32) -> u64 {
         })
         .sum()
 }
+
+/// Accepts one connection on `listener`, waiting at most [`STEP`] (a bounded poll: the
+/// listener is left non-blocking); panics if none comes.
+#[allow(dead_code)]
+pub fn accept_bounded(listener: &std::net::TcpListener) -> std::net::TcpStream {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + STEP;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => return stream,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(std::time::Instant::now() < deadline, "no connection came");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(err) => panic!("accept: {err}"),
+        }
+    }
+}
