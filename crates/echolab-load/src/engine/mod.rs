@@ -170,24 +170,27 @@ pub fn run(
         // the others waiting.
         let (ready_tx, ready_rx) = mpsc::channel::<u64>();
         let mut start_txs = Vec::with_capacity(n_threads);
-        for mut worker in workers {
+        for (worker_idx, mut worker) in workers.into_iter().enumerate() {
             let (start_tx, start_rx) = mpsc::channel::<Option<Instant>>();
             let (ready_tx, result_tx) = (ready_tx.clone(), result_tx.clone());
-            let spawned = thread::Builder::new()
-                .name("bench-worker".to_string())
-                .spawn_scoped(scope, move || {
-                    let mut events = Events::with_capacity(1024);
-                    if worker.workload != Workload::Churn {
-                        worker.connect_all(&mut events);
-                    }
-                    let _ = ready_tx.send(worker.established);
-                    if let Ok(Some(t0)) = start_rx.recv() {
-                        worker.run(&mut events, t0);
-                    }
-                    worker.close_all();
-                    // The receiver outlives every worker (same scope), so this cannot fail.
-                    let _ = result_tx.send(worker.into_result());
-                });
+            let spawned = match injected_spawn_error(worker_idx) {
+                Some(err) => Err(err),
+                None => thread::Builder::new()
+                    .name("bench-worker".to_string())
+                    .spawn_scoped(scope, move || {
+                        let mut events = Events::with_capacity(1024);
+                        if worker.workload != Workload::Churn {
+                            worker.connect_all(&mut events);
+                        }
+                        let _ = ready_tx.send(worker.established);
+                        if let Ok(Some(t0)) = start_rx.recv() {
+                            worker.run(&mut events, t0);
+                        }
+                        worker.close_all();
+                        // The receiver outlives every worker (same scope), so this cannot fail.
+                        let _ = result_tx.send(worker.into_result());
+                    }),
+            };
             if let Err(source) = spawned {
                 // The started workers see `abort`, stop connecting, find their start
                 // channel closed and end; the scope joins them before this returns.
@@ -346,4 +349,17 @@ fn merge(results: Vec<WorkerResult>, config: &BenchConfig) -> BenchReport {
         report.connect_latency = Some(connect_latency.summary());
     }
     report
+}
+
+/// Debug builds only: the error the spawn of worker `worker_idx` fails with when
+/// `ECHOLAB_FAULT_BENCH` holds `spawn=N` and `worker_idx` is N (0-based), so a test can
+/// make one worker thread fail to start after others have (an address-space limit does
+/// the same, but where it bites depends on the allocator). Release builds: always None.
+fn injected_spawn_error(worker_idx: usize) -> Option<io::Error> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let spec = std::env::var("ECHOLAB_FAULT_BENCH").ok()?;
+    let n: usize = spec.strip_prefix("spawn=")?.parse().ok()?;
+    (n == worker_idx).then(|| io::Error::from_raw_os_error(libc::EAGAIN))
 }
