@@ -88,28 +88,38 @@ pub fn after_accept_error(err: &std::io::Error) -> Option<Instant> {
     Some(Instant::now() + OUT_OF_DESCRIPTORS_PAUSE)
 }
 
-/// Accepts connections until shutdown.
+/// Accepts connections from every listener (one per `--listen` address) until shutdown.
 #[derive(Debug)]
 pub struct Acceptor<'a> {
-    listener: &'a TcpListener,
+    listeners: &'a [TcpListener],
     shutdown: &'a Shutdown,
-    /// While set, the listener is not polled: we are out of descriptors.
+    /// While set, no listener is polled: we are out of descriptors.
     paused_until: Option<Instant>,
+    /// The listener tried first after the next poll: the one after the last that gave a
+    /// connection, so that a busy address cannot starve the others.
+    next: usize,
 }
 
 impl<'a> Acceptor<'a> {
-    pub fn new(listener: &'a TcpListener, shutdown: &'a Shutdown) -> std::io::Result<Acceptor<'a>> {
-        listener.set_nonblocking(true)?;
+    pub fn new(
+        listeners: &'a [TcpListener],
+        shutdown: &'a Shutdown,
+    ) -> std::io::Result<Acceptor<'a>> {
+        for listener in listeners {
+            listener.set_nonblocking(true)?;
+        }
         Ok(Acceptor {
-            listener,
+            listeners,
             shutdown,
             paused_until: None,
+            next: 0,
         })
     }
 
     /// The next connection, configured (blocking, `TCP_NODELAY`), or `None` once the
     /// server is shutting down.
     pub fn accept(&mut self) -> Option<(TcpStream, SocketAddr)> {
+        let n = self.listeners.len();
         loop {
             if self.shutdown.is_triggered() {
                 return None;
@@ -125,14 +135,16 @@ impl<'a> Acceptor<'a> {
             } else {
                 PollFlags::POLLIN
             };
-            let mut fds = [
-                PollFd::new(self.listener.as_fd(), listener_events),
-                PollFd::new(self.shutdown.fd(), PollFlags::POLLIN),
-            ];
+            let mut fds: Vec<PollFd<'_>> = self
+                .listeners
+                .iter()
+                .map(|listener| PollFd::new(listener.as_fd(), listener_events))
+                .collect();
+            fds.push(PollFd::new(self.shutdown.fd(), PollFlags::POLLIN));
             match nix::poll::poll(&mut fds, timeout) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(err) => {
-                    log::error!("poll on the listener failed: {err}");
+                    log::error!("poll on the listeners failed: {err}");
                     std::thread::sleep(OUT_OF_DESCRIPTORS_PAUSE);
                 }
             }
@@ -140,15 +152,36 @@ impl<'a> Acceptor<'a> {
                 continue;
             }
             self.paused_until = None;
-            match self.listener.accept() {
-                Ok((conn, peer)) => match conn
-                    .set_nonblocking(false)
-                    .and_then(|()| net::configure(&conn))
-                {
-                    Ok(()) => return Some((conn, peer)),
-                    Err(err) => crate::conn::log_dropped(peer, &err),
-                },
-                Err(err) => self.paused_until = after_accept_error(&err),
+            let ready: Vec<bool> = fds[..n]
+                .iter()
+                .map(|fd| fd.any().unwrap_or(false))
+                .collect();
+            drop(fds);
+            // Every ready listener in turn, from `next`; a listener that has nothing (its
+            // connection went away, or poll failed) is only a wasted `accept`.
+            let first = self.next;
+            for idx in (0..n).map(|k| (first + k) % n) {
+                if !ready[idx] {
+                    continue;
+                }
+                match self.listeners[idx].accept() {
+                    Ok((conn, peer)) => {
+                        self.next = (idx + 1) % n;
+                        match conn
+                            .set_nonblocking(false)
+                            .and_then(|()| net::configure(&conn))
+                        {
+                            Ok(()) => return Some((conn, peer)),
+                            Err(err) => crate::conn::log_dropped(peer, &err),
+                        }
+                    }
+                    Err(err) => {
+                        self.paused_until = after_accept_error(&err);
+                        if self.paused_until.is_some() {
+                            break;
+                        }
+                    }
+                }
             }
         }
     }

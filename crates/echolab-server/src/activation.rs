@@ -81,6 +81,11 @@ pub fn tcp_listener_or_bind(config: &crate::ServeConfig) -> io::Result<TcpListen
     }
 }
 
+/// Whether the service manager passed a TCP listener not yet taken.
+pub fn tcp_passed() -> bool {
+    slot().tcp.is_some()
+}
+
 /// The TCP listener the service manager passed, once (then `None`).
 pub fn tcp_listener() -> Option<TcpListener> {
     slot().tcp.take()

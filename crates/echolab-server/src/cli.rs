@@ -48,12 +48,18 @@ pub struct ServeArgs {
     pub model: Option<Model>,
 
     /// Address to listen on: IPv4 or IPv6 with a port, or a host name with a port
-    /// (localhost:7007 is 127.0.0.1:7007: a name's first IPv4 address, else its first);
-    /// port 0 picks a free one. [::]:PORT takes IPv4 connections too on Linux (dual-stack,
-    /// unless sysctl net.ipv6.bindv6only=1); --ipv6-only makes it IPv6 only. Ignored when
-    /// systemd passes a listening socket (socket activation, LISTEN_FDS).
-    #[arg(long, short = 'l', default_value = "127.0.0.1:7007", value_parser = parse_addr, allow_negative_numbers = true)]
-    pub listen: SocketAddr,
+    /// (localhost:7007 is 127.0.0.1:7007: a name is one address, its first IPv4 one, else
+    /// its first); port 0 picks a free one. Give it several times for several addresses,
+    /// served by one server under one --max-conns: `--listen 127.0.0.1:7007 --listen
+    /// [::1]:7007` (IPv4 and IPv6 loopback), or `--listen 0.0.0.0:7007 --listen [::]:7007
+    /// --ipv6-only` (every address of both families). One `listening on ADDR` line per
+    /// address, in this order. [::]:PORT takes IPv4 connections too on Linux (dual-stack,
+    /// unless sysctl net.ipv6.bindv6only=1), so beside 0.0.0.0:PORT it needs --ipv6-only;
+    /// --ipv6-only makes it IPv6 only. The same address twice is refused (exit 2), and so
+    /// are several with --udp or --udp-only. Ignored when systemd passes a listening socket
+    /// (socket activation, LISTEN_FDS); several are then refused.
+    #[arg(long, short = 'l', default_value = "127.0.0.1:7007", value_parser = parse_addr, allow_negative_numbers = true, action = clap::ArgAction::Append, value_name = "ADDR")]
+    pub listen: Vec<SocketAddr>,
 
     /// An IPv6 --listen address takes no IPv4 connections (IPV6_V6ONLY). Default: the
     /// kernel's choice, dual-stack on Linux. (UDP on IPv6 is always IPv6 only.)
@@ -179,12 +185,21 @@ fn parse_max_line(text: &str) -> Result<usize, String> {
 }
 
 impl ServeArgs {
+    /// The first `--listen` address (clap's default when none was given).
+    pub fn first_listen(&self) -> SocketAddr {
+        self.listen
+            .first()
+            .copied()
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7007)))
+    }
+
     /// The checked configuration these arguments describe.
     pub fn config(&self) -> ServeConfig {
         let model = self.model.unwrap_or(Model::DEFAULT);
         ServeConfig {
             model,
-            listen: self.listen,
+            listen: self.first_listen(),
+            also_listen: self.listen.iter().skip(1).copied().collect(),
             echo: EchoConfig {
                 mode: self.mode,
                 max_line: self.max_line,
@@ -224,6 +239,28 @@ fn processes_conflict(config: &ServeConfig, n: usize) -> Option<String> {
     None
 }
 
+/// Why the `--listen` addresses of `config` cannot be served: the same address twice
+/// (the second bind would fail with a less helpful "address already in use", or with
+/// SO_REUSEPORT share the port with itself), or several beside a listening socket passed
+/// by the service manager (`passed`), which replaces --listen.
+pub fn listen_conflict(config: &ServeConfig, passed: bool) -> Option<String> {
+    let addrs: Vec<SocketAddr> = config.listens().collect();
+    for (idx, addr) in addrs.iter().enumerate() {
+        if addrs[..idx].contains(addr) {
+            return Some(format!(
+                "--listen {addr}: given twice (each --listen is one more address)"
+            ));
+        }
+    }
+    if passed && addrs.len() > 1 {
+        return Some(format!(
+            "--listen given {} times: not with the listening socket passed by the service manager (LISTEN_FDS), which replaces --listen",
+            addrs.len()
+        ));
+    }
+    None
+}
+
 /// Runs `echolab serve`: 0 after a clean shutdown, 2 for a bad setting (such as a port in
 /// use), 1 for a failure while serving.
 pub fn run(args: ServeArgs) -> ExitCode {
@@ -242,6 +279,10 @@ pub fn run(args: ServeArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    if let Some(message) = listen_conflict(&config, crate::activation::tcp_passed()) {
+        eprintln!("echolab serve: {message}");
+        return ExitCode::from(2);
+    }
     if let Some(n) = args.processes {
         if let Some(message) = processes_conflict(&config, n) {
             eprintln!("echolab serve: {message}");
@@ -251,14 +292,15 @@ pub fn run(args: ServeArgs) -> ExitCode {
     logging::init(args.quiet, args.verbose);
     let model = config.model;
     if let Some(n) = args.processes {
-        return crate::supervisor::run(config, n, |addr| {
-            // One write: the workers' log lines must not split the line scripts read.
-            let line = format!("listening on {addr} (model {model}, {n} processes)\n");
-            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+        return crate::supervisor::run(config, n, |addrs| {
+            // One write: the workers' log lines must not split the lines scripts read.
+            let lines = listening_lines(addrs, &format!("model {model}, {n} processes"));
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), lines.as_bytes());
         });
     }
-    let result = crate::serve(config, |addr| {
-        eprintln!("listening on {addr} (model {model})");
+    let result = crate::serve(config, |addrs| {
+        let lines = listening_lines(addrs, &format!("model {model}"));
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), lines.as_bytes());
     });
     match result {
         Ok(()) => {
@@ -270,6 +312,15 @@ pub fn run(args: ServeArgs) -> ExitCode {
             ExitCode::from(err.exit_code())
         }
     }
+}
+
+/// `listening on ADDR (WHAT)`, one line per address, in `--listen` order: a script that
+/// reads the first line gets the first address, as with one --listen.
+pub fn listening_lines(addrs: &[SocketAddr], what: &str) -> String {
+    addrs
+        .iter()
+        .map(|addr| format!("listening on {addr} ({what})\n"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -330,8 +381,51 @@ mod tests {
         assert!(serve(&["--workers", "1025"]).is_err());
         assert!(serve(&["--listen", "localhost:0"])
             .unwrap()
-            .listen
+            .first_listen()
             .ip()
             .is_loopback());
+    }
+
+    #[test]
+    fn listen_may_be_given_several_times_and_the_default_is_one_address() {
+        let default = serve(&[]).unwrap().config();
+        assert_eq!(default.listen, "127.0.0.1:7007".parse().unwrap());
+        assert!(default.also_listen.is_empty());
+        let args = [
+            "-l",
+            "127.0.0.1:7",
+            "--listen",
+            "[::1]:7",
+            "-l",
+            "localhost:8",
+        ];
+        let config = serve(&args).unwrap().config();
+        let all: Vec<SocketAddr> = config.listens().collect();
+        let want: Vec<SocketAddr> = ["127.0.0.1:7", "[::1]:7", "127.0.0.1:8"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(all, want);
+        assert_eq!(listen_conflict(&config, false), None);
+        let refused = listen_conflict(&config, true).unwrap();
+        assert!(refused.starts_with("--listen given 3 times: "), "{refused}");
+        // One --listen beside a passed socket: ignored, as before (logged at the start).
+        assert_eq!(listen_conflict(&serve(&[]).unwrap().config(), true), None);
+        let twice = serve(&["-l", "127.0.0.1:7", "-l", "[::1]:7", "-l", "localhost:7"]);
+        let refused = listen_conflict(&twice.unwrap().config(), false).unwrap();
+        assert!(
+            refused.starts_with("--listen 127.0.0.1:7: given twice"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn every_address_gets_its_listening_line_in_order() {
+        let addrs: Vec<SocketAddr> =
+            vec!["127.0.0.1:1".parse().unwrap(), "[::1]:2".parse().unwrap()];
+        assert_eq!(
+            listening_lines(&addrs, "model event"),
+            "listening on 127.0.0.1:1 (model event)\nlistening on [::1]:2 (model event)\n"
+        );
     }
 }

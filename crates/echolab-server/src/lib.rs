@@ -140,7 +140,11 @@ impl fmt::Display for Model {
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub model: Model,
+    /// The first `--listen` address.
     pub listen: SocketAddr,
+    /// The other `--listen` addresses (`--listen` given several times): one server, one
+    /// connection cap, on every address.
+    pub also_listen: Vec<SocketAddr>,
     pub echo: EchoConfig,
     /// Connections silent (nothing read, nothing written) for this long are closed.
     pub idle_timeout: Option<Duration>,
@@ -165,6 +169,7 @@ impl ServeConfig {
         ServeConfig {
             model,
             listen,
+            also_listen: Vec::new(),
             echo: EchoConfig::default(),
             idle_timeout: Some(Duration::from_secs(cli::DEFAULT_IDLE_TIMEOUT_SECS)),
             max_conns: model.default_max_conns(),
@@ -174,6 +179,11 @@ impl ServeConfig {
             metrics: None,
             ipv6_only: false,
         }
+    }
+
+    /// Every `--listen` address, the first first.
+    pub fn listens(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        std::iter::once(self.listen).chain(self.also_listen.iter().copied())
     }
 }
 
@@ -232,40 +242,55 @@ impl ServeError {
     }
 }
 
-/// What every model receives: the listener, the checked settings, the shutdown signal and
+/// What every model receives: the listeners, the checked settings, the shutdown signal and
 /// the connection cap.
 #[derive(Debug)]
 pub struct Server {
-    pub listener: TcpListener,
+    /// One listener per `--listen` address, in their order (at least one); every model
+    /// serves them all, under one cap.
+    pub listeners: Vec<TcpListener>,
     pub config: ServeConfig,
     pub shutdown: shutdown::Shutdown,
     /// `--max-conns` and `--max-conns-per-ip`: every model admits each connection here.
     pub cap: std::sync::Arc<admission::ConnCap>,
 }
 
-/// Binds `config.listen`, announces the address, and runs `config.model` until SIGINT or
-/// SIGTERM. `on_listening` receives the bound address (the real port when 0 was asked).
+/// Binds every `--listen` address, announces them, and runs `config.model` until SIGINT
+/// or SIGTERM. `on_listening` receives the bound addresses in `--listen` order (the real
+/// port where 0 was asked).
 ///
 /// A panic in any thread stops the whole server ([`shutdown::Shutdown::stop_on_panic`],
 /// which replaces the process's panic hook) and makes this return
 /// [`ServeError::Panicked`], or, in a model whose own thread is the one that panicked
 /// (iterative, event), unwind out of it.
-pub fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -> Result<(), ServeError> {
+pub fn serve(
+    config: ServeConfig,
+    on_listening: impl FnOnce(&[SocketAddr]),
+) -> Result<(), ServeError> {
     // Issue 11: a listener passed by the service manager wins over --listen.
-    let listener =
-        activation::tcp_listener_or_bind(&config).map_err(|source| ServeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    serve_on(config, listener, on_listening)
+    let mut listeners =
+        vec![
+            activation::tcp_listener_or_bind(&config).map_err(|source| ServeError::Bind {
+                addr: config.listen,
+                source,
+            })?,
+        ];
+    // Issue 11: --listen given several times.
+    for addr in config.also_listen.iter().copied() {
+        let reuse_port = matches!(config.model, Model::Reactor | Model::Uring);
+        let listener = net::bind(addr, reuse_port, config.ipv6_only)
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        listeners.push(listener);
+    }
+    serve_on(config, listeners, on_listening)
 }
 
-/// As [`serve`], on a listener already bound (a `--processes` worker's own SO_REUSEPORT
-/// listener, see [`supervisor`]).
+/// As [`serve`], on listeners already bound (a `--processes` worker's own SO_REUSEPORT
+/// listeners, see [`supervisor`]), one per `--listen` address.
 pub fn serve_on(
     config: ServeConfig,
-    listener: TcpListener,
-    on_listening: impl FnOnce(SocketAddr),
+    listeners: Vec<TcpListener>,
+    on_listening: impl FnOnce(&[SocketAddr]),
 ) -> Result<(), ServeError> {
     let shutdown = shutdown::Shutdown::install().map_err(|source| ServeError::Io {
         what: "cannot install the SIGINT/SIGTERM handlers",
@@ -279,13 +304,17 @@ pub fn serve_on(
         what: "cannot install the SIGUSR1 handler",
         source,
     })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Io {
-        what: "cannot read the bound address",
-        source,
-    })?;
+    let addrs = listeners
+        .iter()
+        .map(TcpListener::local_addr)
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(|source| ServeError::Io {
+            what: "cannot read the bound address",
+            source,
+        })?;
     let cap = admission::ConnCap::new(config.max_conns, config.max_conns_per_ip);
     let server = Server {
-        listener,
+        listeners,
         config,
         shutdown,
         cap,
@@ -296,7 +325,7 @@ pub fn serve_on(
     let runner = prepare(model, &server)?;
     // Issue 11: the SIGUSR1 reporter and --metrics, stopped when dropped.
     let _observers = metrics::Observers::start(&server.config)?;
-    on_listening(addr);
+    on_listening(&addrs);
     log::info!("serving {} with model {model}", server.config.echo.mode);
     activation::notify_ready();
     let result = runner(server);

@@ -115,9 +115,9 @@ impl RestartBudget {
     }
 }
 
-/// Runs `echolab serve --processes n` for `config`; `on_listening` gets the address once
-/// every worker listens. Exit status as `echolab serve`'s.
-pub fn run(config: ServeConfig, n: usize, on_listening: impl FnOnce(SocketAddr)) -> ExitCode {
+/// Runs `echolab serve --processes n` for `config`; `on_listening` gets the addresses (one
+/// per `--listen`) once every worker listens. Exit status as `echolab serve`'s.
+pub fn run(config: ServeConfig, n: usize, on_listening: impl FnOnce(&[SocketAddr])) -> ExitCode {
     if !matches!(config.model, Model::Reactor | Model::Uring) {
         eprintln!(
             "echolab serve: --processes: the {} model cannot run as worker processes (only reactor and uring)",
@@ -130,20 +130,26 @@ pub fn run(config: ServeConfig, n: usize, on_listening: impl FnOnce(SocketAddr))
     if let Some(warning) = capacity_warning(config.max_conns, n, soft) {
         log::warn!("{warning}");
     }
-    // The port, reserved while the workers bind theirs beside it (SO_REUSEPORT). Bound,
-    // not listening: a listening socket here (and its copy in every worker) would take
-    // a share of the connections that nobody accepts.
-    let (first, addr) = match reserve(config.listen, config.ipv6_only) {
-        Ok(reserved) => reserved,
-        Err(err) => {
-            eprintln!(
-                "echolab serve: cannot bind {}: {}",
-                config.listen,
-                net::describe(&err)
-            );
-            return ExitCode::from(2);
+    // The ports (one per --listen address), reserved while the workers bind theirs beside
+    // them (SO_REUSEPORT). Bound, not listening: a listening socket here (and its copy in
+    // every worker) would take a share of the connections that nobody accepts.
+    let mut reserved = Vec::new();
+    let mut addrs = Vec::new();
+    for listen in config.listens() {
+        match reserve(listen, config.ipv6_only) {
+            Ok((socket, addr)) => {
+                reserved.push(socket);
+                addrs.push(addr);
+            }
+            Err(err) => {
+                eprintln!(
+                    "echolab serve: cannot bind {listen}: {}",
+                    net::describe(&err)
+                );
+                return ExitCode::from(2);
+            }
         }
-    };
+    }
     let mut mask = SigSet::empty();
     for s in [
         Signal::SIGINT,
@@ -164,7 +170,8 @@ pub fn run(config: ServeConfig, n: usize, on_listening: impl FnOnce(SocketAddr))
     let caps = split_cap(config.max_conns, n);
     let mut slots: Vec<Slot> = caps.iter().map(|&cap| Slot { pid: None, cap }).collect();
     let mut worker_config = config.clone();
-    worker_config.listen = addr;
+    worker_config.listen = addrs[0];
+    worker_config.also_listen = addrs[1..].to_vec();
     // Every worker started and ready before the address is announced.
     for index in 0..n {
         match spawn_worker(&worker_config, index, slots[index].cap, &mask, &signals) {
@@ -185,8 +192,8 @@ pub fn run(config: ServeConfig, n: usize, on_listening: impl FnOnce(SocketAddr))
     }
     // The workers listen: the supervisor's own listener would only take connections
     // nobody accepts.
-    drop(first);
-    on_listening(addr);
+    drop(reserved);
+    on_listening(&addrs);
     // The service's main pid speaks for all (systemd's NotifyAccess=main).
     crate::activation::notify_ready();
     log::info!(
@@ -274,17 +281,19 @@ fn worker(
         log::error!("worker {index}: cannot unblock signals: {err}");
         return 1;
     }
-    let listener = match net::bind_beside(config.listen, config.ipv6_only) {
-        Ok(listener) => listener,
-        Err(err) => {
-            log::error!(
-                "worker {index}: cannot bind {}: {}",
-                config.listen,
-                net::describe(&err)
-            );
-            return 2;
+    let mut listeners = Vec::new();
+    for listen in config.listens() {
+        match net::bind_beside(listen, config.ipv6_only) {
+            Ok(listener) => listeners.push(listener),
+            Err(err) => {
+                log::error!(
+                    "worker {index}: cannot bind {listen}: {}",
+                    net::describe(&err)
+                );
+                return 2;
+            }
         }
-    };
+    }
     let (_, soft, hard) = raise_nofile();
     log::info!(
         "worker {index} (pid {}): descriptors: soft limit {soft}, hard limit {hard}; --max-conns {cap}",
@@ -292,7 +301,7 @@ fn worker(
     );
     let mut config = config.clone();
     config.max_conns = cap;
-    let result = crate::serve_on(config, listener, |_| {
+    let result = crate::serve_on(config, listeners, |_| {
         let _ = ready.write_all(b"r");
     });
     match result {

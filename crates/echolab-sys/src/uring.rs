@@ -52,9 +52,11 @@ static NEXT_RING_ID: AtomicU64 = AtomicU64::new(1);
 /// What a completion reported. Tags are the caller's (at most 56 bits).
 #[derive(Debug)]
 pub enum Completion {
-    /// The multishot accept produced a connection or failed. `more`: the accept is still
-    /// armed; when false the caller arms it again (after a pause if descriptors ran out).
+    /// The multishot accept armed with `tag` produced a connection or failed. `more`: the
+    /// accept is still armed; when false the caller arms it again (after a pause if
+    /// descriptors ran out).
     Accepted {
+        tag: u64,
         result: io::Result<OwnedFd>,
         more: bool,
     },
@@ -169,12 +171,13 @@ impl Ring {
         })
     }
 
-    /// Arms a multishot accept on `listener`; connections arrive as [`Completion::Accepted`].
-    pub fn accept_multi(&mut self, listener: RawFd) -> io::Result<()> {
+    /// Arms a multishot accept on `listener`; connections arrive as
+    /// [`Completion::Accepted`] with `tag` (which listener, when a ring accepts on several).
+    pub fn accept_multi(&mut self, listener: RawFd, tag: u64) -> io::Result<()> {
         let entry = opcode::AcceptMulti::new(Fd(listener))
             .flags(libc::SOCK_CLOEXEC)
             .build()
-            .user_data(KIND_ACCEPT << KIND_SHIFT);
+            .user_data(KIND_ACCEPT << KIND_SHIFT | (tag & TAG_MASK));
         self.push(entry)
     }
 
@@ -504,7 +507,7 @@ impl Ring {
                 } else {
                     Err(error())
                 };
-                Some(Completion::Accepted { result, more })
+                Some(Completion::Accepted { tag, result, more })
             }
             KIND_RECV => {
                 let buf = cqueue::buffer_select(cqe.flags()).map(|bid| RecvBuf {

@@ -85,6 +85,11 @@ fn serve(args: ServeCmd) -> ExitCode {
     if !udp.enabled() {
         return echolab_server::cli::run(tcp);
     }
+    if tcp.listen.len() > 1 {
+        // One UDP socket (or loop group) per server; --listen given twice is TCP's.
+        eprintln!("echolab serve: --listen given {} times: not with --udp or --udp-only (UDP serves one address; give --listen once)", tcp.listen.len());
+        return ExitCode::from(2);
+    }
     if let Some(n) = tcp.processes {
         // The UDP server's threads exist before the supervisor would fork; and UDP needs
         // no descriptor per client, the limit worker processes are for.
@@ -122,10 +127,10 @@ fn serve(args: ServeCmd) -> ExitCode {
     echolab_udp::cli::run_serve(
         &udp,
         model,
-        tcp.listen,
+        tcp.first_listen(),
         tcp.workers,
         |addr| {
-            tcp.listen = addr;
+            tcp.listen = vec![addr];
             echolab_server::cli::run(tcp)
         },
         notify,

@@ -52,7 +52,7 @@ const DRAIN_DEADLINE: Duration = Duration::from_millis(1500);
 
 pub fn run(server: Server) -> io::Result<()> {
     let Server {
-        listener,
+        listeners,
         config,
         shutdown,
         cap,
@@ -62,7 +62,9 @@ pub fn run(server: Server) -> io::Result<()> {
         .thread_name("async-worker")
         .enable_all()
         .build()?;
-    listener.set_nonblocking(true)?;
+    for listener in &listeners {
+        listener.set_nonblocking(true)?;
+    }
     let settings = Settings {
         echo: config.echo,
         // Ten years or more is never, as for the loop models' `Deadlines`.
@@ -84,8 +86,11 @@ pub fn run(server: Server) -> io::Result<()> {
                 let _ = stop_signal_tx.send(());
             })?;
         let result = runtime.block_on(async move {
-            let listener = TcpListener::from_std(listener)?;
-            serve(listener, stop_signal_rx, settings, cap).await
+            let listeners = listeners
+                .into_iter()
+                .map(TcpListener::from_std)
+                .collect::<io::Result<Vec<_>>>()?;
+            serve(listeners, stop_signal_rx, settings, cap).await
         });
         // Releases the watcher when the server stopped on its own (an error).
         shutdown.trigger();
@@ -104,20 +109,22 @@ struct Settings {
     idle_timeout: Option<Duration>,
 }
 
-/// The accept loop; returns once `stop_signal` fires (or its sender is gone), with the
-/// listener closed. The connection tasks end with the runtime.
+/// The accept loop, over every listener (one per `--listen` address); returns once
+/// `stop_signal` fires (or its sender is gone), with the listeners closed. The connection
+/// tasks end with the runtime.
 async fn serve(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     stop_signal: oneshot::Receiver<()>,
     settings: Settings,
     cap: std::sync::Arc<ConnCap>,
 ) -> io::Result<()> {
     let mut shutdown_ready = stop_signal;
+    let mut next = 0;
     loop {
         let accepted = tokio::select! {
             biased;
             _ = &mut shutdown_ready => break,
-            accepted = listener.accept() => accepted,
+            accepted = std::future::poll_fn(|cx| accept_any(&listeners, &mut next, cx)) => accepted,
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -148,9 +155,28 @@ async fn serve(
             }
         }
     }
-    // Stop accepting first: the port is free while the connections close.
-    drop(listener);
+    // Stop accepting first: the ports are free while the connections close.
+    drop(listeners);
     Ok(())
+}
+
+/// A connection (or an accept error) from whichever listener has one, starting at
+/// `*next` and moving it past the one that answered, so that a busy address cannot starve
+/// the others; pending while none has.
+fn accept_any(
+    listeners: &[TcpListener],
+    next: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<(TcpStream, SocketAddr)>> {
+    let n = listeners.len();
+    let first = *next;
+    for idx in (0..n).map(|k| (first + k) % n) {
+        if let Poll::Ready(accepted) = listeners[idx].poll_accept(cx) {
+            *next = (idx + 1) % n;
+            return Poll::Ready(accepted);
+        }
+    }
+    Poll::Pending
 }
 
 /// One connection, as the future its task runs: readiness, the echo's step, the idle

@@ -39,32 +39,42 @@ pub type Conn = LoopConn<TcpStream>;
 
 pub fn run(server: Server) -> io::Result<()> {
     let Server {
-        listener,
+        listeners,
         config,
         shutdown,
         cap,
     } = server;
-    listener.set_nonblocking(true)?;
+    for listener in &listeners {
+        listener.set_nonblocking(true)?;
+    }
+    let n_listeners = listeners.len();
     let mut conns: Slots<Conn> = Slots::default();
     // The token of each connection in this turn's poll set, in its order.
     let mut tokens: Vec<usize> = Vec::new();
     let mut revents: Vec<PollFlags> = Vec::new();
     let mut buf = vec![0u8; READ_BUF];
-    let mut accept = AcceptPace::default();
+    // One pace per listener (one per --listen address): each has its own queue.
+    let mut accepts: Vec<AcceptPace> = (0..n_listeners).map(|_| AcceptPace::default()).collect();
     let mut deadlines = Deadlines::new(config.idle_timeout, Instant::now());
     let mut expired = Vec::new();
     loop {
         let now = Instant::now();
-        let timeout = earliest(deadlines.next_wake(now), accept.wake(now));
+        let timeout = accepts
+            .iter()
+            .fold(deadlines.next_wake(now), |wake, accept| {
+                earliest(wake, accept.wake(now))
+            });
 
         // 1. Wait for events.
         {
             tokens.clear();
-            let mut fds = Vec::with_capacity(conns.tokens().count() + 2);
+            let mut fds = Vec::with_capacity(conns.tokens().count() + 1 + n_listeners);
             fds.push(PollFd::new(shutdown.fd(), PollFlags::POLLIN));
-            let mut listen_events = PollFlags::empty();
-            listen_events.set(PollFlags::POLLIN, accept.listening(now));
-            fds.push(PollFd::new(listener.as_fd(), listen_events));
+            for (listener, accept) in listeners.iter().zip(&accepts) {
+                let mut listen_events = PollFlags::empty();
+                listen_events.set(PollFlags::POLLIN, accept.listening(now));
+                fds.push(PollFd::new(listener.as_fd(), listen_events));
+            }
             for (token, conn) in conns.iter() {
                 let mut events = PollFlags::empty();
                 events.set(PollFlags::POLLIN, conn.echo.wants_read());
@@ -89,7 +99,7 @@ pub fn run(server: Server) -> io::Result<()> {
 
         // 2. Serve ready connections.
         let now = Instant::now();
-        for (&token, &ready) in tokens.iter().zip(&revents[2..]) {
+        for (&token, &ready) in tokens.iter().zip(&revents[1 + n_listeners..]) {
             if ready.is_empty() {
                 continue;
             }
@@ -109,7 +119,10 @@ pub fn run(server: Server) -> io::Result<()> {
         }
 
         // 3. Accept new connections, then close the idle ones.
-        if accept.due(revents[1].contains(PollFlags::POLLIN), now) {
+        for ((listener, accept), ready) in listeners.iter().zip(&mut accepts).zip(&revents[1..]) {
+            if !accept.due(ready.contains(PollFlags::POLLIN), now) {
+                continue;
+            }
             accept.accept(
                 &cap,
                 || listener.accept(),

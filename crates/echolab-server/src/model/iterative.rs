@@ -16,7 +16,7 @@ use crate::Server;
 
 pub fn run(server: Server) -> io::Result<()> {
     let Server {
-        listener,
+        listeners,
         config,
         shutdown,
         cap,
@@ -24,7 +24,7 @@ pub fn run(server: Server) -> io::Result<()> {
     let live = LiveConns::new();
     let flag = shutdown.flag();
     let settings = ConnSettings::new(&config, &flag);
-    let mut acceptor = Acceptor::new(&listener, &shutdown)?;
+    let mut acceptor = Acceptor::new(&listeners, &shutdown)?;
     std::thread::scope(|scope| {
         // The one helper thread: it wakes the main thread out of a blocking read when the
         // server shuts down. It is joined when the scope ends.

@@ -38,7 +38,7 @@ struct Queued {
 
 pub fn run(server: Server) -> io::Result<()> {
     let Server {
-        listener,
+        listeners,
         config,
         shutdown,
         cap,
@@ -48,7 +48,7 @@ pub fn run(server: Server) -> io::Result<()> {
     let live = LiveConns::new();
     let flag = shutdown.flag();
     let settings = ConnSettings::new(&config, &flag);
-    let mut acceptor = Acceptor::new(&listener, &shutdown)?;
+    let mut acceptor = Acceptor::new(&listeners, &shutdown)?;
     std::thread::scope(|scope| -> io::Result<()> {
         for worker_idx in 0..n_workers {
             let queue = &queue;

@@ -42,12 +42,14 @@ use crate::{net, ServeConfig, Server};
 
 pub fn run(server: Server) -> io::Result<()> {
     let Server {
-        listener,
+        listeners,
         config,
         shutdown,
         cap,
     } = server;
-    listener.set_nonblocking(true)?;
+    for listener in &listeners {
+        listener.set_nonblocking(true)?;
+    }
     // SIGCHLD as a readable pipe: the handler writes one byte, the loop below reaps.
     let (sigchld_read, sigchld_write) = UnixStream::pair()?;
     sigchld_read.set_nonblocking(true)?;
@@ -58,7 +60,7 @@ pub fn run(server: Server) -> io::Result<()> {
     // child is reaped).
     let mut children: Children = HashMap::new();
     let result = accept_loop(
-        &listener,
+        &listeners,
         &config,
         &shutdown,
         &sigchld_read,
@@ -66,9 +68,9 @@ pub fn run(server: Server) -> io::Result<()> {
         &mut children,
     );
 
-    // Shutdown, and after an error too: close the listener first (the port is free at
+    // Shutdown, and after an error too: close the listeners first (the ports are free at
     // once), then end every child and reap it, so that no process outlives the server.
-    drop(listener);
+    drop(listeners);
     for pid in children.keys() {
         let _ = nix::sys::signal::kill(*pid, Signal::SIGTERM);
     }
@@ -101,7 +103,7 @@ type Children = HashMap<Pid, (SocketAddr, Admission)>;
 
 /// The parent's loop: accept and fork, reap on SIGCHLD, until shutdown.
 fn accept_loop(
-    listener: &TcpListener,
+    listeners: &[TcpListener],
     config: &ServeConfig,
     shutdown: &Shutdown,
     sigchld_read: &UnixStream,
@@ -119,44 +121,55 @@ fn accept_loop(
             Some(wait) => PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX),
             None => PollTimeout::NONE,
         };
+        let listen_events = if paused.is_some() {
+            PollFlags::empty()
+        } else {
+            PollFlags::POLLIN
+        };
         let mut fds = vec![
             PollFd::new(shutdown.fd(), PollFlags::POLLIN),
             PollFd::new(sigchld_read.as_fd(), PollFlags::POLLIN),
-            PollFd::new(
-                listener.as_fd(),
-                if paused.is_some() {
-                    PollFlags::empty()
-                } else {
-                    PollFlags::POLLIN
-                },
-            ),
         ];
+        // Every --listen address; a connection on any of them is forked alike.
+        fds.extend(
+            listeners
+                .iter()
+                .map(|listener| PollFd::new(listener.as_fd(), listen_events)),
+        );
         fds.extend(reporter.fd().map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
         match nix::poll::poll(&mut fds, timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(err) => return Err(err.into()),
         }
         let sigchld = fds[1].any().unwrap_or(false);
-        let acceptable = fds[2].any().unwrap_or(false);
+        let acceptable: Vec<bool> = fds[2..2 + listeners.len()]
+            .iter()
+            .map(|fd| fd.any().unwrap_or(false))
+            .collect();
         drop(fds);
         reporter.on_wake(Instant::now());
         if sigchld {
             drain(sigchld_read);
             reap(children);
         }
-        if acceptable {
+        for (listener, _) in listeners.iter().zip(acceptable).filter(|(_, ready)| *ready) {
             accept_paused_until = None;
             match listener.accept() {
                 Ok((conn, peer)) => match cap.admit(peer) {
                     Err(why) => cap.refuse(conn, peer, why),
                     Ok(admission) => {
                         let parent_fds = [sigchld_read.as_raw_fd(), shutdown.fd().as_raw_fd()];
-                        if let Some(pid) = fork_child(conn, peer, listener, config, &parent_fds)? {
+                        if let Some(pid) = fork_child(conn, peer, listeners, config, &parent_fds)? {
                             children.insert(pid, (peer, admission));
                         }
                     }
                 },
-                Err(err) => accept_paused_until = accept::after_accept_error(&err),
+                Err(err) => {
+                    accept_paused_until = accept::after_accept_error(&err);
+                    if accept_paused_until.is_some() {
+                        break;
+                    }
+                }
             }
         }
     }
@@ -168,7 +181,7 @@ fn accept_loop(
 fn fork_child(
     conn: TcpStream,
     peer: SocketAddr,
-    listener: &TcpListener,
+    listeners: &[TcpListener],
     config: &ServeConfig,
     parent_fds: &[RawFd],
 ) -> io::Result<Option<Pid>> {
@@ -211,10 +224,12 @@ fn fork_child(
             if nix::unistd::getppid() != parent {
                 echolab_sys::exit_immediately(0);
             }
-            // The child's copies of the parent's descriptors: the listener (the lecture's
+            // The child's copies of the parent's descriptors: the listeners (the lecture's
             // `Close(listenfd)`) and the parent's pipes. Nothing here drops them, because
             // the child ends in `_exit`.
-            let _ = nix::unistd::close(listener.as_raw_fd());
+            for listener in listeners {
+                let _ = nix::unistd::close(listener.as_raw_fd());
+            }
             for fd in parent_fds {
                 let _ = nix::unistd::close(*fd);
             }

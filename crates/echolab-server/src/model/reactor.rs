@@ -65,8 +65,19 @@ pub const READS_PER_TURN: usize = 4;
 /// Events taken from the kernel per `epoll_wait`.
 const EVENTS_PER_WAIT: usize = 1024;
 
-const LISTENER: Token = Token(usize::MAX);
-const SHUTDOWN: Token = Token(usize::MAX - 1);
+const SHUTDOWN: Token = Token(usize::MAX);
+
+/// The token of the loop's listener for the `k`th `--listen` address: counted down from
+/// below [`SHUTDOWN`], far from the connections' tokens (slab indices from 0).
+fn listener_token(k: usize) -> Token {
+    Token(usize::MAX - 1 - k)
+}
+
+/// Which listener `token` is, if it is one of a loop's `n` listeners.
+fn listener_of(token: Token, n: usize) -> Option<usize> {
+    let k = (usize::MAX - 1).checked_sub(token.0)?;
+    (k < n).then_some(k)
+}
 
 /// One connection of a loop, and what its edge-triggered registration needs.
 #[derive(Debug)]
@@ -80,19 +91,28 @@ struct Conn {
 
 pub fn run(server: Server) -> io::Result<()> {
     let Server {
-        listener,
+        listeners,
         config,
         shutdown,
         cap,
     } = server;
     let reads_per_turn = event_loop::bench_read_budget(READS_PER_TURN)?;
     let n_loops = config.workers.unwrap_or_else(cores).max(1);
-    let listeners = net::listeners_like(listener, n_loops)?;
+    // Each loop its own listener on every --listen address: `per_loop[i]` has loop i's.
+    let mut per_loop: Vec<Vec<std::net::TcpListener>> = (0..n_loops).map(|_| Vec::new()).collect();
+    for listener in listeners {
+        for (one, mine) in net::listeners_like(listener, n_loops)?
+            .into_iter()
+            .zip(&mut per_loop)
+        {
+            mine.push(one);
+        }
+    }
     // Every loop's epoll exists before any loop accepts: a loop that accepted first could
     // take the descriptors the others need.
-    let reactors = listeners
+    let reactors = per_loop
         .into_iter()
-        .map(|listener| Reactor::new(listener, &config, &cap, &shutdown, reads_per_turn))
+        .map(|listeners| Reactor::new(listeners, &config, &cap, &shutdown, reads_per_turn))
         .collect::<io::Result<Vec<_>>>()?;
     // n loops, n threads: the calling thread runs the last one.
     let run_one = |mut reactor: Reactor<'_>| reactor.run();
@@ -102,7 +122,8 @@ pub fn run(server: Server) -> io::Result<()> {
 /// One event loop and its connections.
 struct Reactor<'a> {
     poll: Poll,
-    listener: TcpListener,
+    /// This loop's listener on each `--listen` address, registered as [`listener_token`].
+    listeners: Vec<TcpListener>,
     /// The connections, by token.
     conns: Slots<Conn>,
     buf: Box<[u8]>,
@@ -117,7 +138,10 @@ struct Reactor<'a> {
     deadlines: Deadlines,
     /// Tokens whose idle deadline passed, kept to reuse its allocation.
     expired: Vec<usize>,
-    accept: AcceptPace,
+    /// One pace per listener, in `listeners`' order.
+    accepts: Vec<AcceptPace>,
+    /// Which listeners this turn's events reported, in `listeners`' order.
+    listener_ready: Vec<bool>,
     /// Connections whose read budget ran out with bytes left: served next turn without
     /// an event. `again_now` is the list being served, kept to reuse its allocation.
     again: Vec<usize>,
@@ -126,24 +150,32 @@ struct Reactor<'a> {
 
 impl<'a> Reactor<'a> {
     fn new(
-        listener: std::net::TcpListener,
+        listeners: Vec<std::net::TcpListener>,
         config: &ServeConfig,
         cap: &'a Arc<ConnCap>,
         shutdown: &'a Shutdown,
         reads_per_turn: usize,
     ) -> io::Result<Reactor<'a>> {
-        listener.set_nonblocking(true)?;
-        let mut listener = TcpListener::from_std(listener);
         let poll = Poll::new()?;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let listeners = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(k, listener)| {
+                listener.set_nonblocking(true)?;
+                let mut listener = TcpListener::from_std(listener);
+                poll.registry()
+                    .register(&mut listener, listener_token(k), Interest::READABLE)?;
+                Ok(listener)
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let accepts: Vec<AcceptPace> = listeners.iter().map(|_| AcceptPace::default()).collect();
         // The shutdown pipe is never drained, so every loop's epoll sees it readable.
         let shutdown_fd = shutdown.fd().as_raw_fd();
         poll.registry()
             .register(&mut SourceFd(&shutdown_fd), SHUTDOWN, Interest::READABLE)?;
         Ok(Reactor {
             poll,
-            listener,
+            listeners,
             conns: Slots::default(),
             buf: vec![0u8; READ_BUF].into_boxed_slice(),
             reads_per_turn,
@@ -153,7 +185,8 @@ impl<'a> Reactor<'a> {
             idle_timeout: config.idle_timeout.unwrap_or_default(),
             deadlines: Deadlines::new(config.idle_timeout, Instant::now()),
             expired: Vec::new(),
-            accept: AcceptPace::default(),
+            listener_ready: vec![false; accepts.len()],
+            accepts,
             again: Vec::new(),
             again_now: Vec::new(),
         })
@@ -166,7 +199,12 @@ impl<'a> Reactor<'a> {
             // mio rounds a timeout up to whole milliseconds, so the loop never wakes just
             // before a deadline and spins.
             let timeout = match self.again.is_empty() {
-                true => earliest(self.deadlines.next_wake(now), self.accept.wake(now)),
+                true => self
+                    .accepts
+                    .iter()
+                    .fold(self.deadlines.next_wake(now), |wake, accept| {
+                        earliest(wake, accept.wake(now))
+                    }),
                 false => Some(Duration::ZERO),
             };
             match self.poll.poll(&mut events, timeout) {
@@ -190,16 +228,21 @@ impl<'a> Reactor<'a> {
                 }
             }
             self.again_now = again;
-            let mut listener_ready = false;
+            let n_listeners = self.listeners.len();
+            self.listener_ready.fill(false);
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => listener_ready = true,
                     SHUTDOWN => {}
-                    Token(token) => self.serve_ready(token, Ready::of_mio(event), now),
+                    token => match listener_of(token, n_listeners) {
+                        Some(k) => self.listener_ready[k] = true,
+                        None => self.serve_ready(token.0, Ready::of_mio(event), now),
+                    },
                 }
             }
-            if self.accept.due(listener_ready, now) {
-                self.accept_some(now);
+            for k in 0..n_listeners {
+                if self.accepts[k].due(self.listener_ready[k], now) {
+                    self.accept_some(k, now);
+                }
             }
             let mut expired = std::mem::take(&mut self.expired);
             self.deadlines.expire(now, &mut expired);
@@ -238,18 +281,20 @@ impl<'a> Reactor<'a> {
         }
     }
 
-    /// Accepts what [`AcceptPace`] allows; each connection is registered under its token.
-    fn accept_some(&mut self, now: Instant) {
+    /// Accepts from listener `k` what its [`AcceptPace`] allows; each connection is
+    /// registered under its token.
+    fn accept_some(&mut self, k: usize, now: Instant) {
         let Reactor {
             poll,
-            listener,
+            listeners,
             conns,
             echo,
             cap,
             deadlines,
-            accept,
+            accepts,
             ..
         } = self;
+        let (listener, accept) = (&listeners[k], &mut accepts[k]);
         let accept_one = || listener.accept();
         accept.accept(cap, accept_one, |mut stream, peer, admission| {
             let token = conns.next_token();

@@ -44,7 +44,7 @@ pub const STACK_SIZE: usize = 64 * 1024;
 
 pub fn run(server: Server) -> io::Result<()> {
     let Server {
-        listener,
+        listeners,
         config,
         shutdown,
         cap,
@@ -56,7 +56,7 @@ pub fn run(server: Server) -> io::Result<()> {
         .name("thread-reaper".to_string())
         .stack_size(STACK_SIZE)
         .spawn(move || reap(reap_rx))?;
-    let mut acceptor = Acceptor::new(&listener, &shutdown)?;
+    let mut acceptor = Acceptor::new(&listeners, &shutdown)?;
     let mut next_id: u64 = 0;
     while let Some((conn, peer)) = acceptor.accept() {
         let (conn, admitted) = match live.enter(&cap, conn, peer) {

@@ -77,9 +77,16 @@ pub fn probe(_server: &Server) -> Result<(), String> {
 
 pub fn run(server: Server) -> io::Result<()> {
     let n_loops = server.config.workers.unwrap_or_else(cores).max(1);
-    // A listener per loop (SO_REUSEPORT, like the reactor's): on one shared listener the
-    // kernel wakes the multishot accept queued first, and one ring took every connection.
-    let listeners = net::listeners_like(server.listener.try_clone()?, n_loops)?;
+    // A listener per loop on every --listen address (SO_REUSEPORT, like the reactor's): on
+    // one shared listener the kernel wakes the multishot accept queued first, and one ring
+    // took every connection. `listeners[i]` are loop i's, one per address.
+    let mut listeners: Vec<Vec<TcpListener>> = (0..n_loops).map(|_| Vec::new()).collect();
+    for listener in &server.listeners {
+        let per_loop = net::listeners_like(listener.try_clone()?, n_loops)?;
+        for (one, mine) in per_loop.into_iter().zip(&mut listeners) {
+            mine.push(one);
+        }
+    }
     // Every loop builds its ring before any accepts: a loop that accepted first could take
     // the descriptors the others need for their rings.
     let rings_ready = StartGate::new(listeners.len());
@@ -90,19 +97,23 @@ pub fn run(server: Server) -> io::Result<()> {
     })
 }
 
-fn run_loop(server: &Server, listener: TcpListener, rings_ready: &StartGate) -> io::Result<()> {
+fn run_loop(
+    server: &Server,
+    listeners: Vec<TcpListener>,
+    rings_ready: &StartGate,
+) -> io::Result<()> {
     let n_bufs = plumbing::faults().recv_bufs().unwrap_or(N_BUFS);
     let uring_loop = Ring::new(RING_ENTRIES, n_bufs, BUF_SIZE).and_then(|mut ring| {
         let multishot_limit = ring.supports_multishot_limit()?;
         ring.poll_readable(server.shutdown.fd().as_raw_fd(), plumbing::SHUTDOWN_TAG)?;
         Ok(UringLoop {
             ring,
-            listener,
+            accepts: listeners.iter().map(|_| AcceptState::default()).collect(),
+            listeners,
             multishot_limit,
             server,
             conns: ConnTable::new(plumbing::MAX_SLOTS),
             send_pool: SendPool::new(BUF_SIZE as usize),
-            accept: AcceptState::default(),
             deadlines: Deadlines::new(server.config.idle_timeout, Instant::now()),
             enter_fault: false,
         })
@@ -111,6 +122,14 @@ fn run_loop(server: &Server, listener: TcpListener, rings_ready: &StartGate) -> 
         return Ok(()); // Another loop failed and reports it.
     }
     uring_loop?.run()
+}
+
+/// The earlier of two instants (`None`: never).
+fn earliest_at(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// What a completion hands to [`UringLoop::pump`].
@@ -124,16 +143,17 @@ enum Input {
 
 struct UringLoop<'a> {
     ring: Ring,
-    /// This loop's listener; it closes after the ring (field order), once no request can
-    /// accept on it any more.
-    listener: TcpListener,
+    /// This loop's listener on each `--listen` address; they close after the ring (field
+    /// order), once no request can accept on them any more.
+    listeners: Vec<TcpListener>,
     /// The kernel ends a multishot receive at a byte limit (Linux 6.16).
     multishot_limit: bool,
     /// Shared by every loop; a loop that fails fires its shutdown (in `runner`).
     server: &'a Server,
     conns: ConnTable<Conn>,
     send_pool: SendPool,
-    accept: AcceptState,
+    /// The multishot accept of each listener (its index is the accept's tag).
+    accepts: Vec<AcceptState>,
     /// The idle timeout's deadlines, by slot.
     deadlines: Deadlines,
     /// A test asked the next wait to fail (`uring_conn::Faults`).
@@ -153,11 +173,15 @@ impl UringLoop<'_> {
         let (mut completions, mut idle) = (Vec::new(), Vec::new());
         let mut now = Instant::now();
         loop {
-            let (ring, listener) = (&mut self.ring, self.listener.as_raw_fd());
-            self.accept
-                .arm_if_due(now, || ring.accept_multi(listener))?;
+            let mut accept_wake = None;
+            for (k, (accept, listener)) in self.accepts.iter_mut().zip(&self.listeners).enumerate()
+            {
+                let (ring, listener) = (&mut self.ring, listener.as_raw_fd());
+                accept.arm_if_due(now, || ring.accept_multi(listener, k as u64))?;
+                accept_wake = earliest_at(accept_wake, accept.wake_at());
+            }
             let idle_wait = self.deadlines.next_wake(now);
-            let timeout = plumbing::wait_for(idle_wait, self.accept.wake_at(), now);
+            let timeout = plumbing::wait_for(idle_wait, accept_wake, now);
             let waited = match std::mem::take(&mut self.enter_fault) {
                 true => Err(io::Error::from_raw_os_error(libc::EFAULT)),
                 false => self.ring.submit_and_wait(timeout),
@@ -187,8 +211,10 @@ impl UringLoop<'_> {
 
     fn on_completion(&mut self, completion: Completion, now: Instant) -> io::Result<()> {
         match completion {
-            Completion::Accepted { result, more } => {
-                self.accept.completed(more, result.as_ref().err(), now)?;
+            Completion::Accepted { tag, result, more } => {
+                if let Some(accept) = self.accepts.get_mut(tag as usize) {
+                    accept.completed(more, result.as_ref().err(), now)?;
+                }
                 if let Ok(fd) = result {
                     self.admit(fd, now);
                 }
