@@ -538,6 +538,82 @@ fn serves_ipv6_loopback(model: &str) {
     assert_eq!(round_trip(server.addr, b"six".to_vec()), b"six");
 }
 
+/// A second loopback address for a server's second `--listen`: IPv6's if this machine has
+/// it, else another of 127.0.0.0/8.
+fn second_loopback() -> &'static str {
+    if std::net::TcpListener::bind("[::1]:0").is_ok() {
+        "[::1]:0"
+    } else {
+        eprintln!("no IPv6 loopback: the second --listen is 127.0.0.2");
+        "127.0.0.2:0"
+    }
+}
+
+/// Issue 11: `--listen` given twice is one server on two addresses: it echoes on each
+/// (each printed in its own `listening on` line, in order), and connections on both count
+/// against one `--max-conns`: one on each fills a cap of 2, and a third on either address
+/// is refused. The iterative server serves one client at a time across both addresses.
+fn every_listen_address_is_served_under_one_cap(model: &str) {
+    let second = second_loopback();
+    let server = Server::start(model, &["--listen", second, "--max-conns", "2"]);
+    let addrs: Vec<std::net::SocketAddr> = server
+        .log
+        .wait_for("listening on ", 2)
+        .iter()
+        .map(|line| line.split(' ').nth(2).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(addrs.len(), 2, "{addrs:?}");
+    assert_eq!(
+        addrs[0], server.addr,
+        "the first line is the first --listen"
+    );
+    assert_eq!(addrs[0].ip().to_string(), "127.0.0.1");
+    assert_eq!(format!("{}:0", bracketed(addrs[1].ip())), second);
+    for addr in &addrs {
+        assert_eq!(round_trip(*addr, b"each".to_vec()), b"each", "{addr}");
+    }
+    let mut on_first = connect(addrs[0]);
+    on_first.write_all(b"1").unwrap();
+    assert_eq!(read_n(&mut on_first, 1), b"1");
+    let first_port = on_first.local_addr().unwrap().port();
+    let mut on_second = connect(addrs[1]);
+    on_second.write_all(b"2").unwrap();
+    if serializes(model) {
+        // One server: the client on the second address waits for the one on the first.
+        let second_port = on_second.local_addr().unwrap().port();
+        drop(on_first);
+        assert_eq!(read_n(&mut on_second, 1), b"2");
+        assert_closed_before_opened(&server, first_port, second_port);
+        return;
+    }
+    assert_eq!(read_n(&mut on_second, 1), b"2");
+    for addr in &addrs {
+        // The cap is the server's, not each listener's: full with one on each.
+        let mut over = connect(*addr);
+        over.write_all(b"3").unwrap();
+        match over.read(&mut [0u8; 1]) {
+            Ok(n) => assert_eq!(n, 0, "a connection over --max-conns was served on {addr}"),
+            Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
+        }
+    }
+    server.log.wait_for("--max-conns 2", 1);
+    drop(on_first);
+    drop(on_second);
+    assert!(eventually(|| children(server.pid()).0 == 0));
+    server.log.wait_for("closed: peer closed", 4);
+    for addr in &addrs {
+        assert_eq!(round_trip(*addr, b"room".to_vec()), b"room", "{addr}");
+    }
+}
+
+/// An IP as `--listen` spells it: IPv6 in brackets.
+fn bracketed(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
 /// The options that leave a model one event loop, where a streamer and a probe must
 /// share it (the prethreaded pool keeps its default workers: a streamer holds one).
 fn one_loop(model: &str) -> &'static [&'static str] {
@@ -1531,6 +1607,7 @@ contract!(
     long_line_split_serves_the_textbook_echoclient,
     stats_count_connections_and_bytes_and_usr1_keeps_serving,
     max_conns_per_ip_caps_one_address,
+    every_listen_address_is_served_under_one_cap,
 );
 
 /// The process model's own promise: a parent killed without its shutdown (SIGKILL, which
