@@ -47,6 +47,32 @@ fn bad_listen_address_is_named() {
     assert_usage_error(&["serve", "--listen", "localhost"], "localhost");
 }
 
+/// Issue 11: --listen may be given several times, but not the same address twice, and not
+/// several with UDP (which serves one address). Refused before anything is bound.
+#[test]
+fn several_listen_addresses_are_refused_where_they_make_no_sense() {
+    assert_usage_error(
+        &["serve", "-l", "127.0.0.1:0", "--listen", "127.0.0.1:0"],
+        "--listen 127.0.0.1:0: given twice",
+    );
+    // A host name is its address: localhost:0 is 127.0.0.1:0.
+    assert_usage_error(
+        &["serve", "-l", "127.0.0.1:0", "-l", "localhost:0"],
+        "--listen 127.0.0.1:0: given twice",
+    );
+    for udp in ["--udp", "--udp-only"] {
+        assert_usage_error(
+            &["serve", udp, "-l", "127.0.0.1:0", "-l", "127.0.0.2:0"],
+            "--listen given 2 times: not with --udp or --udp-only",
+        );
+    }
+    let help = String::from_utf8_lossy(&run(&["serve", "--help"]).stdout).into_owned();
+    assert!(
+        help.contains("--listen 127.0.0.1:7007 --listen [::1]:7007"),
+        "serve --help teaches several --listen: {help}"
+    );
+}
+
 #[test]
 fn bare_echolab_prints_the_help_page_and_exits_2() {
     let out = run(&[]);

@@ -613,6 +613,29 @@ fn a_passed_udp_socket_without_udp_flags_is_refused() {
     )));
 }
 
+/// Issue 11: several --listen addresses beside a passed socket, which replaces --listen:
+/// refused with one line, exit 2 (one --listen is ignored, as before).
+#[test]
+fn a_passed_socket_with_several_listen_addresses_is_refused() {
+    if !have("systemd-socket-activate", "systemd") {
+        return;
+    }
+    let port = free_port();
+    let mut activated = Activated::start(
+        false,
+        port,
+        &["--listen", "127.0.0.1:0", "--listen", "127.0.0.2:0"],
+    );
+    let _conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let status = wait_exit(&mut activated.child, STEP).expect("no exit");
+    assert_eq!(status.code(), Some(2), "{:?}", activated.lines());
+    assert!(
+        eventually(|| activated.has("echolab serve: --listen given 2 times: not with the listening socket passed by the service manager (LISTEN_FDS)")),
+        "{:?}",
+        activated.lines()
+    );
+}
+
 /// `--processes` under socket activation: the workers bind --listen, the passed socket
 /// is served by nobody (found: connections to the activated port refused, the server on
 /// 127.0.0.1:7007 instead). Refused with one line, exit 2.

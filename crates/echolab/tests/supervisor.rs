@@ -194,3 +194,51 @@ fn usr1_to_the_supervisor_reaches_every_worker_and_ends_nothing() {
     assert!(!gone(server.pid()), "the supervisor ended");
     assert_eq!(workers(&server), before, "a worker was replaced");
 }
+
+/// Sockets listening on 127.0.0.2:`port` (the second --listen below), from /proc/net/tcp.
+fn listeners_on_127_0_0_2(port: u16) -> usize {
+    let local = format!("0200007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == local && f[3] == "0A"
+        })
+        .count()
+}
+
+/// Issue 11: with --listen given twice, every worker listens on both addresses (its own
+/// SO_REUSEPORT listener on each), the supervisor prints one `listening on` line per
+/// address, and both echo.
+#[test]
+fn every_worker_listens_on_every_listen_address() {
+    for model in ["reactor", "uring"] {
+        let extra = [
+            "--processes",
+            "2",
+            "--workers",
+            "1",
+            "--listen",
+            "127.0.0.2:0",
+        ];
+        let Some(server) = start(model, &extra) else {
+            continue;
+        };
+        let lines = server.log.wait_for("listening on ", 2);
+        let addrs: Vec<std::net::SocketAddr> = lines
+            .iter()
+            .filter(|l| l.starts_with("listening on "))
+            .map(|l| l.split(' ').nth(2).unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(addrs.len(), 2, "{lines:?}");
+        assert!(lines[0].ends_with(&format!("(model {model}, 2 processes)")));
+        assert_eq!(addrs[0], server.addr);
+        assert_eq!(addrs[1].ip().to_string(), "127.0.0.2");
+        assert_eq!(listeners(addrs[0].port()), 2, "{model}: one per worker");
+        assert_eq!(listeners_on_127_0_0_2(addrs[1].port()), 2, "{model}");
+        for addr in addrs {
+            assert_eq!(round_trip(addr, b"both".to_vec()), b"both", "{model} {addr}");
+        }
+    }
+}
