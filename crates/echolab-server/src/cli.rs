@@ -32,8 +32,8 @@ pub const DEFAULT_MAX_CONNS: usize = 10_000;
 
 /// Serve TCP echo with one of the lecture's concurrency models.
 ///
-/// Prints `listening on ADDR (model MODEL)` on stderr once bound, then logs each
-/// connection. SIGINT or SIGTERM stops it: it stops accepting, closes every connection,
+/// Prints `listening on ADDR (model MODEL)` on stderr once bound (a line per --listen
+/// address), then logs each connection. SIGINT or SIGTERM stops it: it stops accepting, closes every connection,
 /// ends its threads or child processes, and exits 0. SIGUSR1 prints one stats line on
 /// stderr (uptime, connections open, total and refused, bytes in and out of closed
 /// connections, accept pauses, ends and errors by kind) and the server keeps serving.

@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //! Two floors: the models, each only its scheduling idea, over one shared layer.
-//! - [`serve`]: binds the listener, installs the shutdown signal and the panic hook, builds
+//! - [`serve`]: binds the listeners (one per `--listen` address), installs the shutdown signal and the panic hook, builds
 //!   the connection cap, runs one model with one [`Server`].
 //! - [`cli`]: the `echolab serve` arguments and their checks.
 //! - [`model`]: one file per model. The lecture's: [`model::iterative`],

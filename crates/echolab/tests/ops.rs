@@ -630,7 +630,9 @@ fn a_passed_socket_with_several_listen_addresses_is_refused() {
     let status = wait_exit(&mut activated.child, STEP).expect("no exit");
     assert_eq!(status.code(), Some(2), "{:?}", activated.lines());
     assert!(
-        eventually(|| activated.has("echolab serve: --listen given 2 times: not with the listening socket passed by the service manager (LISTEN_FDS)")),
+        eventually(|| {
+            activated.has("echolab serve: --listen given 2 times: not with the listening socket passed by the service manager (LISTEN_FDS)")
+        }),
         "{:?}",
         activated.lines()
     );

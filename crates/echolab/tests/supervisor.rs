@@ -238,7 +238,11 @@ fn every_worker_listens_on_every_listen_address() {
         assert_eq!(listeners(addrs[0].port()), 2, "{model}: one per worker");
         assert_eq!(listeners_on_127_0_0_2(addrs[1].port()), 2, "{model}");
         for addr in addrs {
-            assert_eq!(round_trip(addr, b"both".to_vec()), b"both", "{model} {addr}");
+            assert_eq!(
+                round_trip(addr, b"both".to_vec()),
+                b"both",
+                "{model} {addr}"
+            );
         }
     }
 }

@@ -3,7 +3,8 @@
 //! layer below them: the echo ([`crate::echo`], [`crate::conn`]), the connection cap
 //! ([`crate::admission`]), the accept pause ([`crate::accept`]), the runner of N event
 //! loops ([`crate::runner`]), the shutdown ([`crate::shutdown`]); every model receives one
-//! [`crate::Server`] (listener, [`crate::ServeConfig`], shutdown, cap).
+//! [`crate::Server`] (listeners, one per `--listen` address, all served; [`crate::ServeConfig`],
+//! shutdown, cap).
 //!
 //! The lecture's models: [`iterative`], [`process`], [`event`], [`thread`],
 //! [`prethreaded`]. Beyond the lecture: [`reactor`] (an event loop per core), [`uring`]
