@@ -275,3 +275,73 @@ fn man_pages_parse() {
     }
     assert_usage_error(&["man", "nope"], "nope");
 }
+
+/// `unshare -rn -- echolab serve ARGS...`: echolab in a network namespace of its own (and
+/// a user namespace that makes that allowed), where binding the wildcard addresses touches
+/// no real network; `None` (SKIPPED, said) where this machine cannot make one.
+fn in_own_netns() -> Option<std::process::Command> {
+    let probe = std::process::Command::new("unshare")
+        .args(["-rn", "true"])
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !matches!(probe, Ok(status) if status.success()) {
+        eprintln!("SKIPPED: `unshare -rn` cannot make a network namespace here: {probe:?}");
+        return None;
+    }
+    let mut command = std::process::Command::new("unshare");
+    command.args(["-rn", "--", env!("CARGO_BIN_EXE_echolab")]);
+    Some(command)
+}
+
+/// Issue 11, "say what [::] does and offer the other": `[::]:PORT` is dual-stack by default,
+/// so beside `0.0.0.0:PORT` its bind fails (one line naming it, exit 2); with --ipv6-only
+/// one server listens on both, a line each.
+#[test]
+fn wildcards_of_both_families_need_ipv6_only() {
+    let Some(mut command) = in_own_netns() else {
+        return;
+    };
+    let child = command
+        .args([
+            "serve",
+            "-m",
+            "event",
+            "-l",
+            "0.0.0.0:7007",
+            "-l",
+            "[::]:7007",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = support::finish_bounded(child, support::STEP);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("echolab serve: cannot bind [::]:7007: address already in use"),
+        "{stderr}"
+    );
+    let Some(command) = in_own_netns() else {
+        return;
+    };
+    let mut server = support::Server::start_with(
+        command,
+        "event",
+        "0.0.0.0:7007",
+        &["--listen", "[::]:7007", "--ipv6-only"],
+    );
+    let lines = server.log.wait_for("listening on ", 2);
+    assert_eq!(
+        lines,
+        [
+            "listening on 0.0.0.0:7007 (model event)",
+            "listening on [::]:7007 (model event)"
+        ]
+    );
+    let status = server
+        .terminate(support::STEP)
+        .expect("no exit after SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
