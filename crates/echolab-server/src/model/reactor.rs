@@ -9,7 +9,8 @@
 //!
 //! # How connections reach a loop
 //!
-//! Every loop has its own listener on the same address (`SO_REUSEPORT`). The kernel picks
+//! Every loop has its own listener on the same address (`SO_REUSEPORT`), one per `--listen`
+//! address. The kernel picks
 //! the listener of each new connection by a hash of its address and port pair, so the
 //! loops never touch a shared accept queue or wake each other. Fairness is statistical,
 //! not load-aware: many connections spread evenly, but two connections land on the same
@@ -321,6 +322,27 @@ impl<'a> Reactor<'a> {
         if let Some(conn) = self.conns.remove(token) {
             self.deadlines.remove(token);
             conn.inner.close(&end);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listener_tokens_name_their_listener_and_nothing_else() {
+        for n in [1, 2, 5] {
+            for k in 0..n {
+                assert_eq!(listener_of(listener_token(k), n), Some(k));
+                assert_ne!(listener_token(k), SHUTDOWN);
+            }
+            // The shutdown pipe, a listener past `n`, and connections' tokens are not listeners.
+            assert_eq!(listener_of(SHUTDOWN, n), None);
+            assert_eq!(listener_of(listener_token(n), n), None);
+            for conn in [0, 1, 4096] {
+                assert_eq!(listener_of(Token(conn), n), None);
+            }
         }
     }
 }

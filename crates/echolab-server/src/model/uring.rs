@@ -13,8 +13,9 @@
 //!
 //! # The requests
 //!
-//! - One multishot accept per loop, on the loop's own listener (`SO_REUSEPORT`: the
-//!   kernel spreads connections by a hash of their addresses, as for the reactor): armed
+//! - One multishot accept per loop and `--listen` address, on the loop's own listener
+//!   (`SO_REUSEPORT`: the kernel spreads connections by a hash of their addresses, as for
+//!   the reactor), tagged with the listener's index so that the right one is re-armed: armed
 //!   once, it delivers a completion per connection. If it ends it is armed again, after a
 //!   pause if descriptors ran out ([`AcceptState`]).
 //! - One receive at a time per connection, into the ring's provided buffers: the kernel
