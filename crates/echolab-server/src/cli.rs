@@ -368,6 +368,11 @@ mod tests {
         let over = format!("{}", MAX_IDLE_TIMEOUT_SECS + 1);
         assert!(serve(&["--idle-timeout", &over]).is_err());
         assert!(serve(&["--idle-timeout", "999us"]).is_err());
+        // --stats-interval likewise: 0 is never.
+        let every = serve(&["--stats-interval", "5s"]).unwrap().config();
+        assert_eq!(every.stats_interval, Some(Duration::from_secs(5)));
+        let never = serve(&["--stats-interval", "0"]).unwrap().config();
+        assert_eq!(never.stats_interval, None);
     }
 
     #[test]
