@@ -9,12 +9,12 @@
 //!
 //! # How connections reach a loop
 //!
-//! Every loop has its own listener on the same address (`SO_REUSEPORT`), one per `--listen`
-//! address. The kernel picks
-//! the listener of each new connection by a hash of its address and port pair, so the
-//! loops never touch a shared accept queue or wake each other. Fairness is statistical,
-//! not load-aware: many connections spread evenly, but two connections land on the same
-//! loop half the time with two loops, and a loop already busy gets its share all the same.
+//! Every loop has its own listener on the same address (`SO_REUSEPORT`; one on each
+//! `--listen` address). The kernel picks the listener of each new connection by a hash of
+//! its address and port pair, so the loops never touch a shared accept queue or wake each
+//! other. Fairness is statistical, not load-aware: many connections spread evenly, but two
+//! connections land on the same loop half the time with two loops, and a loop already busy
+//! gets its share all the same.
 //! The alternative, one acceptor handing connections round-robin, balances counts exactly
 //! but adds a cross-thread hand-off (a channel and a wake-up) to every accept.
 //!
