@@ -191,6 +191,37 @@ impl<'a> Acceptor<'a> {
 mod tests {
     use super::*;
 
+    /// Two listeners with two connections queued on each: the acceptor takes them in
+    /// turn, A B A B, not all of A first (a busy address cannot starve the other).
+    #[test]
+    fn the_acceptor_takes_every_listener_in_turn() {
+        let listeners: Vec<TcpListener> = (0..2)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        // Loopback connects complete in the listen queue, before any accept.
+        let clients: Vec<TcpStream> = [1, 0, 1, 0]
+            .iter()
+            .map(|&idx| TcpStream::connect(("127.0.0.1", ports[idx])).unwrap())
+            .collect();
+        let shutdown = Shutdown::install().unwrap();
+        let mut acceptor = Acceptor::new(&listeners, &shutdown).unwrap();
+        let order: Vec<u16> = (0..4)
+            .map(|_| {
+                let (conn, _peer) = acceptor.accept().unwrap();
+                conn.local_addr().unwrap().port()
+            })
+            .collect();
+        assert_eq!(order, [ports[0], ports[1], ports[0], ports[1]]);
+        drop(clients);
+        // Once the shutdown fires, no more connections.
+        shutdown.trigger();
+        assert!(acceptor.accept().is_none());
+    }
+
     #[test]
     fn the_throttle_lets_one_line_through_per_interval_and_counts_the_rest() {
         let mut throttle = LogThrottle::new();
