@@ -45,3 +45,72 @@ pub fn serve(socket: UdpSocket, guard: &Mutex<Guard>, stop: &AtomicBool) -> std:
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use crate::guard::Policy;
+    use crate::{UdpConfig, UdpModel, UdpServer};
+
+    fn reactor_server(policy: Policy) -> UdpServer {
+        let config = UdpConfig {
+            model: UdpModel::Reactor,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            workers: Some(1),
+            policy,
+        };
+        UdpServer::start(&config, Arc::new(AtomicBool::new(false))).unwrap()
+    }
+
+    fn client() -> UdpSocket {
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        client
+    }
+
+    #[test]
+    fn it_echoes_while_running_and_stops_within_a_few_ticks() {
+        let server = reactor_server(Policy::with_limit(false, None));
+        let client = client();
+        let mut buf = [0u8; 64];
+        // One at a time: each echo comes from the running loop, not from a final drain.
+        for idx in 0..3u8 {
+            client.send_to(&[idx; 5], server.local_addr()).unwrap();
+            assert_eq!(client.recv(&mut buf).unwrap(), 5);
+            assert_eq!(buf[..5], [idx; 5]);
+        }
+        let started = Instant::now();
+        let stats = server.join().unwrap();
+        // TICK is 100 ms; 5 s is slack for a loaded machine, not a timing claim.
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!((stats.received, stats.echoed), (3, 3));
+    }
+
+    #[test]
+    fn datagrams_queued_when_it_stops_are_echoed_and_counted_before_it_returns() {
+        let server = reactor_server(Policy::with_limit(false, None));
+        let client = client();
+        // Stop first, so that the loop no longer echoes as it runs; then queue more than
+        // one batch (loopback delivers within the send). Whether the loop has seen the
+        // flag yet or not, every datagram is echoed before join returns.
+        server.stop();
+        let n = 3 * crate::batch::BATCH as u64 + 1;
+        for idx in 0..n {
+            client
+                .send_to(&idx.to_le_bytes(), server.local_addr())
+                .unwrap();
+        }
+        let stats = server.join().unwrap();
+        assert_eq!((stats.received, stats.echoed), (n, n));
+        let mut buf = [0u8; 16];
+        for _ in 0..n {
+            assert_eq!(client.recv(&mut buf).unwrap(), 8);
+        }
+    }
+}
