@@ -1,13 +1,16 @@
 //! The io_uring UDP server: N loops, each with its own SO_REUSEPORT socket and its own
 //! ring. One multishot `recvmsg` stays armed on the socket and the kernel fills provided
-//! buffers with datagrams as they come; each turn the loop judges what arrived, queues a
-//! `sendmsg` reply per admitted datagram (from the buffer it arrived in), and hands the
-//! whole batch to the kernel in the same system call that waits for the next completions.
+//! buffers with datagrams as they come; each turn the loop waits for completions
+//! (`io_uring_enter`), judges what arrived, and sends the admitted datagrams back with one
+//! `sendmmsg` (from the buffers they arrived in), which gives every buffer back.
 //!
-//! Trade-off: no readiness step and no copy, and one `io_uring_enter` per turn for any
-//! number of receives and replies; the cost is the buffer bookkeeping (a buffer is lent
-//! from its arrival until its reply completes, and the receive stops, `ENOBUFS`, when
-//! all are lent, until the loop gives some back and re-arms it).
+//! Trade-off: no readiness step and no copy, two system calls per turn for any number of
+//! datagrams; the cost is the buffer bookkeeping (a buffer is lent from its arrival to the
+//! end of its turn, and the receive stops, `ENOBUFS`, when all are lent, until the loop
+//! gives them back and re-arms it). Replies as io_uring `sendmsg` requests (one
+//! submission and one completion per datagram) cost 1.04–1.06× `ref_udp`'s CPU per
+//! datagram against ... with `sendmmsg` (scripts/bench-udp.py); why their completions
+//! cannot simply be skipped is in [`echolab_sys::uring_udp`].
 //!
 //! The unsafe ring code is [`echolab_sys::uring_udp`]; this file is the scheduling.
 
@@ -32,7 +35,7 @@ pub const N_BUFS: u16 = 256;
 /// Turns spent echoing what is already queued once the stop flag is seen.
 const FINAL_TURNS: usize = 64;
 
-/// How long the loop waits for its cancelled receive and its replies in flight to end.
+/// How long the loop waits for its cancelled receive to end.
 const FINAL_WAIT: Duration = Duration::from_secs(1);
 
 /// The models that run where io_uring does not.
@@ -79,27 +82,21 @@ fn ring_for(socket: &UdpSocket) -> Result<UdpRing, String> {
     }
 }
 
-/// A datagram whose reply is in flight: what the guard counts when the reply completes.
-#[derive(Debug, Clone, Copy)]
-struct Pending {
-    src: SocketAddr,
-    len: usize,
-}
-
-/// One loop's state between turns.
+/// One loop's state between turns: scratch kept (cleared, never shrunk) so that a turn
+/// allocates nothing.
 struct Loop<'a> {
     ring: UdpRing,
     guard: &'a Mutex<Guard>,
-    /// Replies in flight, by tag; `free` lists the unused tags.
-    pending: Vec<Option<Pending>>,
-    free: Vec<usize>,
-    n_pending: usize,
     completions: Vec<UdpCompletion>,
     arrived: Vec<Datagram>,
+    /// The turn's admitted datagrams, and their sources and lengths (for the counts).
+    replies: Vec<Datagram>,
+    sources: Vec<(SocketAddr, usize)>,
+    outcomes: Vec<io::Result<usize>>,
 }
 
 /// Runs one loop on `socket` until `stop` is set, then echoes what is already queued
-/// (bounded) and waits for its replies. `ready` hears first whether the ring could be
+/// (bounded). `ready` hears first whether the ring could be
 /// made (the loop ends at once if not).
 pub fn serve(
     socket: UdpSocket,
@@ -117,15 +114,7 @@ pub fn serve(
             return Ok(());
         }
     };
-    let mut state = Loop {
-        ring,
-        guard,
-        pending: Vec::new(),
-        free: Vec::new(),
-        n_pending: 0,
-        completions: Vec::new(),
-        arrived: Vec::new(),
-    };
+    let mut state = Loop::new(ring, guard);
     while !stop.load(Ordering::SeqCst) {
         state.turn(TICK, true)?;
     }
@@ -139,7 +128,7 @@ pub fn serve(
         state.ring.cancel_recv()?;
     }
     let deadline = Instant::now() + FINAL_WAIT;
-    while (state.ring.recv_armed() || state.n_pending > 0) && Instant::now() < deadline {
+    while state.ring.recv_armed() && Instant::now() < deadline {
         state.turn(Duration::from_millis(10), false)?;
     }
     // `socket` outlives the ring (dropped after `state`), which cancels what is left.
@@ -148,21 +137,28 @@ pub fn serve(
     Ok(())
 }
 
-impl Loop<'_> {
-    /// One turn: (re-)arm the receive if it ended and a buffer is free, submit the queued
-    /// replies and wait up to `wait` for completions, then judge the datagrams that
-    /// arrived and queue their replies. Returns how many datagrams arrived.
+impl<'a> Loop<'a> {
+    fn new(ring: UdpRing, guard: &'a Mutex<Guard>) -> Loop<'a> {
+        Loop {
+            ring,
+            guard,
+            completions: Vec::new(),
+            arrived: Vec::new(),
+            replies: Vec::new(),
+            sources: Vec::new(),
+            outcomes: Vec::new(),
+        }
+    }
+
+    /// One turn: (re-)arm the receive if it ended, wait up to `wait` for completions, then
+    /// judge the datagrams that arrived and send back the admitted ones (one `sendmmsg`),
+    /// which gives every buffer of the turn back. Returns how many datagrams arrived.
     fn turn(&mut self, wait: Duration, receive: bool) -> io::Result<usize> {
         if receive && !self.ring.recv_armed() && self.ring.bufs_free() > 0 {
             self.ring.recv_multi()?;
         }
-        // Wake for the next datagram, not for the replies of this turn: each reply in
-        // flight completes (at once, for UDP), so ask for one completion more than those.
-        let want = self.n_pending + usize::from(self.ring.recv_armed());
-        self.ring.submit_and_wait(wait, want)?;
+        self.ring.submit_and_wait(wait, 1)?;
         self.ring.completions(&mut self.completions);
-        let now = Instant::now();
-        let mut guard = self.guard.lock().unwrap_or_else(|e| e.into_inner());
         for completion in self.completions.drain(..) {
             match completion {
                 UdpCompletion::Received { result: Ok(d), .. } => self.arrived.push(d),
@@ -176,54 +172,65 @@ impl Loop<'_> {
                         err.raw_os_error(),
                         Some(libc::EBADF | libc::EINVAL | libc::ENOTSOCK | libc::EOPNOTSUPP)
                     ) {
+                        // The datagrams of this turn go back unanswered.
+                        for datagram in self.arrived.drain(..) {
+                            self.ring.recycle(datagram);
+                        }
                         return Err(err);
-                    }
-                }
-                UdpCompletion::Replied { tag, result } => {
-                    let Some(done) = self.pending.get_mut(tag as usize).and_then(Option::take)
-                    else {
-                        continue;
-                    };
-                    self.free.push(tag as usize);
-                    self.n_pending -= 1;
-                    match result {
-                        Ok(n) if n == done.len => guard.echoed(done.len, done.src),
-                        _ => guard.count_drop(DropReason::SendFailed, done.src, now),
                     }
                 }
             }
         }
         let n_arrived = self.arrived.len();
-        for datagram in self.arrived.drain(..) {
-            let Some(src) = datagram.src else {
-                // Not IPv4 or IPv6: cannot happen on an inet socket; nothing to reply to.
-                self.ring.recycle(datagram);
-                continue;
-            };
-            if datagram.truncated {
-                guard.count_drop(DropReason::Truncated, src, now);
-                self.ring.recycle(datagram);
-            } else if guard.admit(src, now).is_ok() {
-                let len = datagram.len();
-                let tag = self.free.pop().unwrap_or(self.pending.len());
-                if tag == self.pending.len() {
-                    self.pending.push(None);
+        if n_arrived == 0 {
+            return Ok(0);
+        }
+        let now = Instant::now();
+        {
+            let mut guard = self.guard.lock().unwrap_or_else(|e| e.into_inner());
+            for datagram in self.arrived.drain(..) {
+                let Some(src) = datagram.src else {
+                    // Not IPv4 or IPv6: cannot happen on an inet socket; nothing to reply
+                    // to.
+                    self.ring.recycle(datagram);
+                    continue;
+                };
+                if datagram.truncated {
+                    guard.count_drop(DropReason::Truncated, src, now);
+                    self.ring.recycle(datagram);
+                } else if guard.admit(src, now).is_ok() {
+                    self.sources.push((src, datagram.len()));
+                    self.replies.push(datagram);
+                } else {
+                    self.ring.recycle(datagram);
                 }
-                match self.ring.reply(datagram, tag as u64) {
-                    Ok(()) => {
-                        self.pending[tag] = Some(Pending { src, len });
-                        self.n_pending += 1;
-                    }
-                    Err(_) => {
-                        self.free.push(tag);
-                        guard.count_drop(DropReason::SendFailed, src, now);
-                    }
-                }
-            } else {
-                self.ring.recycle(datagram);
             }
         }
+        if self.replies.is_empty() {
+            return Ok(n_arrived);
+        }
+        // The send runs without the guard's lock (the other loops judge meanwhile).
+        self.ring.reply_all(&mut self.replies, &mut self.outcomes);
+        let mut guard = self.guard.lock().unwrap_or_else(|e| e.into_inner());
+        count_replies(&mut guard, &mut self.sources, &mut self.outcomes, now);
         Ok(n_arrived)
+    }
+}
+
+/// Counts each reply's outcome (in `sources`' order: source and datagram length) as
+/// echoed, or as send-failed when it was refused or sent fewer bytes than it had; empties
+/// both.
+fn count_replies(
+    guard: &mut Guard,
+    sources: &mut Vec<(SocketAddr, usize)>,
+    outcomes: &mut Vec<io::Result<usize>>,
+    now: Instant,
+) {
+    for ((src, len), outcome) in sources.drain(..).zip(outcomes.drain(..)) {
+        match outcome {
+            Ok(n) if n == len => guard.echoed(len, src),
+            _ => guard.count_drop(DropReason::SendFailed, src, now),
+        }
     }
 }
 
@@ -323,9 +330,12 @@ mod tests {
     }
 
     #[test]
-    fn a_turn_counts_its_replies_in_flight_and_gives_their_tags_back() {
+    fn a_turn_echoes_what_arrived_and_gives_every_buffer_back() {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let ring = match UdpRing::new(socket.as_raw_fd(), 4, BUF_LEN) {
             Ok(ring) => ring,
             Err(err) => {
@@ -334,35 +344,56 @@ mod tests {
             }
         };
         let guard = Mutex::new(Guard::new(Policy::with_limit(false, None)));
-        let mut state = Loop {
-            ring,
-            guard: &guard,
-            pending: Vec::new(),
-            free: Vec::new(),
-            n_pending: 0,
-            completions: Vec::new(),
-            arrived: Vec::new(),
-        };
+        let mut state = Loop::new(ring, &guard);
+        // Nothing yet: a turn that times out echoes nothing and lends nothing.
+        assert_eq!(state.turn(Duration::from_millis(1), true).unwrap(), 0);
+        assert_eq!(state.ring.bufs_free(), 4);
         for idx in 0..3u8 {
             client
-                .send_to(&[idx], socket.local_addr().unwrap())
+                .send_to(&[idx; 2], socket.local_addr().unwrap())
                 .unwrap();
         }
         let mut arrived = 0;
         for _ in 0..100 {
             arrived += state.turn(Duration::from_millis(100), true).unwrap();
-            if arrived == 3 && state.n_pending == 0 {
+            assert_eq!(
+                state.ring.bufs_free(),
+                4,
+                "a turn ends with every buffer back"
+            );
+            if arrived == 3 {
                 break;
             }
         }
-        assert_eq!((arrived, state.n_pending), (3, 0));
-        assert!(state.pending.iter().all(Option::is_none));
-        assert_eq!(
-            state.free.len(),
-            state.pending.len(),
-            "every tag is free again"
-        );
-        assert_eq!(guard.lock().unwrap().stats().echoed, 3);
+        assert_eq!(arrived, 3);
+        let stats = guard.lock().unwrap().stats().clone();
+        assert_eq!((stats.received, stats.echoed), (3, 3));
+        assert_eq!(stats.total_dropped(), 0);
+        let mut buf = [0u8; 8];
+        for idx in 0..3u8 {
+            assert_eq!(client.recv(&mut buf).unwrap(), 2);
+            assert_eq!(buf[..2], [idx; 2]);
+        }
+    }
+
+    /// A refused reply, or one that sent fewer bytes than its datagram had (no echo), is
+    /// counted as send-failed; the others as echoed. (Which replies the kernel refuses is
+    /// the ring's test: `a_refused_reply_is_skipped_and_the_rest_still_go`.)
+    #[test]
+    fn a_refused_or_short_reply_is_counted_as_send_failed() {
+        let mut guard = Guard::new(Policy::with_limit(false, None));
+        let src: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let mut sources = vec![(src, 3), (src, 3), (src, 3), (src, 0)];
+        let mut outcomes = vec![
+            Ok(3),
+            Err(io::Error::from_raw_os_error(libc::EINVAL)),
+            Ok(2),
+            Ok(0),
+        ];
+        count_replies(&mut guard, &mut sources, &mut outcomes, Instant::now());
+        assert!(sources.is_empty() && outcomes.is_empty());
+        assert_eq!(guard.stats().echoed, 2);
+        assert_eq!(guard.stats().dropped(DropReason::SendFailed), 2);
     }
 
     #[test]
