@@ -114,37 +114,53 @@ pub fn round_trip(
     }
 }
 
-/// Interactive: each line of `input` (without its line ending) is one datagram; its echo
-/// is written to `output` followed by a newline. Returns the number of datagrams.
+/// Interactive: each line of `input`, without its line ending (`\n` or `\r\n`), is one
+/// datagram; its echo is written to `output` followed by that line's own ending (none for
+/// a last line without one), so that the output is the input when every echo matches, as
+/// TCP client's is. Returns the number of datagrams.
 pub fn interactive(
     addr: SocketAddr,
     timeout: Duration,
-    input: impl BufRead,
+    mut input: impl BufRead,
     mut output: impl Write,
 ) -> Result<u64, ClientError> {
     let socket = connect(addr)?;
     let max = crate::max_payload(&addr);
     let mut buf = vec![0u8; BUF_LEN];
+    let mut line = Vec::new();
     let mut n = 0u64;
-    for line in input.split(b'\n') {
-        let mut line = line?;
-        if line.last() == Some(&b'\r') {
-            line.pop();
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line)? == 0 {
+            break;
         }
-        if line.len() > max {
+        let ending = line_ending(&line);
+        let datagram = &line[..line.len() - ending.len()];
+        if datagram.len() > max {
             return Err(ClientError::TooLong {
                 idx: n,
-                len: line.len(),
+                len: datagram.len(),
                 max,
             });
         }
-        let len = round_trip(&socket, n, &line, timeout, &mut buf)?;
+        let len = round_trip(&socket, n, datagram, timeout, &mut buf)?;
         output.write_all(&buf[..len])?;
-        output.write_all(b"\n")?;
+        output.write_all(ending)?;
         output.flush()?;
         n += 1;
     }
     Ok(n)
+}
+
+/// The line ending `line` ends with: `\r\n`, `\n`, or nothing.
+fn line_ending(line: &[u8]) -> &[u8] {
+    if line.ends_with(b"\r\n") {
+        b"\r\n"
+    } else if line.ends_with(b"\n") {
+        b"\n"
+    } else {
+        b""
+    }
 }
 
 /// Sends `data` in datagrams of at most `size` bytes, one at a time, checking each echo.
@@ -163,4 +179,60 @@ pub fn send_all(
         n += 1;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An echo server on a thread that answers `n` datagrams, then returns what it got.
+    fn echo_server(n: usize) -> (SocketAddr, std::thread::JoinHandle<Vec<Vec<u8>>>) {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let addr = socket.local_addr().unwrap();
+        let handle = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 64];
+            for _ in 0..n {
+                let (len, from) = socket.recv_from(&mut buf).unwrap();
+                socket.send_to(&buf[..len], from).unwrap();
+                got.push(buf[..len].to_vec());
+            }
+            got
+        });
+        (addr, handle)
+    }
+
+    /// What TCP client prints for the same input: the input itself. Each line's datagram
+    /// carries no line ending; the output gives each echo its line's own.
+    #[test]
+    fn the_output_is_the_input_whatever_the_line_endings() {
+        for (input, datagrams) in [
+            (&b"a\nbc\n"[..], vec![&b"a"[..], b"bc"]),
+            (b"a\nbc", vec![b"a", b"bc"]),
+            (b"a\r\nbc\r\n", vec![b"a", b"bc"]),
+            (b"\n\nx", vec![b"", b"", b"x"]),
+            (b"x\r", vec![b"x\r"]),
+        ] {
+            let (addr, server) = echo_server(datagrams.len());
+            let mut output = Vec::new();
+            let n = interactive(addr, Duration::from_secs(10), input, &mut output).unwrap();
+            assert_eq!(n, datagrams.len() as u64);
+            assert_eq!(
+                String::from_utf8_lossy(&output),
+                String::from_utf8_lossy(input)
+            );
+            assert_eq!(server.join().unwrap(), datagrams);
+        }
+        let mut output = Vec::new();
+        let (addr, server) = echo_server(0);
+        assert_eq!(
+            interactive(addr, Duration::from_secs(1), &b""[..], &mut output).unwrap(),
+            0
+        );
+        assert!(output.is_empty());
+        assert!(server.join().unwrap().is_empty());
+    }
 }
