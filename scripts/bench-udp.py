@@ -10,8 +10,9 @@ Two groups, each run alternately (A B A B ...), N runs each (default 3), medians
 1. Server CPU per datagram: `echolab serve --udp-only --model reactor|uring --workers 1
    --udp-rate-per-source off` against `ref_udp -t 1` (one loop each), all loaded by the
    same `udpgen -c 8 -s 64` (no warm-up). `--also LABEL=PATH` adds rows for another echolab
-   binary (say, the build before a change), alternated with the others. CPU is utime+stime of the server process from
-   /proc/PID/stat over the run, divided by the echoes udpgen counted. Where the kernel
+   binary (say, the build before a change), alternated with the others. CPU is the time the
+   server's threads ran over the run (/proc/PID/task/*/schedstat, nanoseconds: finer than
+   utime+stime's clock ticks, 10 ms each), divided by the echoes udpgen counted. Where the kernel
    refuses io_uring the uring row says so.
 2. Load generator: `echolab bench --udp -c 8 -s 64 -t 1` against `udpgen -c 8 -s 64 -t 1`,
    both against the same `ref_udp -t 1`: echoes/s and the loss counts of each.
@@ -35,7 +36,6 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def log(msg):
@@ -48,11 +48,16 @@ def free_udp_port():
         return s.getsockname()[1]
 
 
-def cpu_ticks(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        rest = f.read().rsplit(")", 1)[1].split()
-    # utime and stime are fields 14 and 15; `rest` starts at field 3.
-    return int(rest[11]) + int(rest[12])
+def cpu_ns(pid):
+    """Nanoseconds the threads of `pid` have run (the first field of each schedstat)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except FileNotFoundError:
+            pass  # a thread that ended meanwhile: the servers' loops do not
+    return total
 
 
 class Server:
@@ -75,7 +80,7 @@ class Server:
         raise RuntimeError(f"{argv[0]} did not say {ready!r} within 20 s")
 
     def cpu(self):
-        return cpu_ticks(self.proc.pid)
+        return cpu_ns(self.proc.pid)
 
     def stop(self):
         if self.proc.poll() is None:
@@ -176,10 +181,10 @@ def main():
             try:
                 before = server.cpu()
                 res = udpgen(ref, port, args.secs)
-                ticks = server.cpu() - before
+                ns = server.cpu() - before
             finally:
                 server.stop()
-            per = ticks / CLK_TCK / max(res["msgs"], 1) * 1e9
+            per = ns / max(res["msgs"], 1)
             cpu[name].append(per)
             loss1[name].append(res["lost"] + res["late"])
             log(f"  run {run + 1} {name}: {res['msgs']} echoes, {res['rate']:.0f}/s, "

@@ -62,13 +62,22 @@ fn no_multishot() -> String {
 /// Debug builds answer no when `ECHOLAB_FAULT_URING` holds `udp-multishot=no`, as a 5.19
 /// kernel would (the tests of the refusal; release builds read nothing).
 fn multishot_supported() -> io::Result<bool> {
+    let fault = std::env::var("ECHOLAB_FAULT_URING").ok();
+    multishot_unless_injected(fault.as_deref(), uring_udp::supports_multishot_recvmsg)
+}
+
+/// `probe`'s answer, or no when `fault` (the value of `ECHOLAB_FAULT_URING`, a comma list)
+/// holds `udp-multishot=no` in a debug build.
+fn multishot_unless_injected(
+    fault: Option<&str>,
+    probe: impl FnOnce() -> io::Result<bool>,
+) -> io::Result<bool> {
     let injected = cfg!(debug_assertions)
-        && std::env::var("ECHOLAB_FAULT_URING")
-            .is_ok_and(|spec| spec.split(',').any(|item| item == "udp-multishot=no"));
+        && fault.is_some_and(|spec| spec.split(',').any(|item| item == "udp-multishot=no"));
     if injected {
         return Ok(false);
     }
-    uring_udp::supports_multishot_recvmsg()
+    probe()
 }
 
 /// The ring for `socket`, once the kernel has shown it runs what the loop needs; else the
@@ -435,6 +444,42 @@ mod tests {
         assert_eq!(got, n);
         let stats = server.join().unwrap();
         assert_eq!((stats.received, stats.echoed), (n as u64, n as u64));
+    }
+
+    #[test]
+    fn the_fault_spec_says_no_multishot_only_when_it_names_it() {
+        let yes = || Ok(true);
+        assert!(multishot_unless_injected(None, yes).unwrap());
+        assert!(multishot_unless_injected(Some(""), yes).unwrap());
+        assert!(multishot_unless_injected(Some("udp-multishot=yes"), yes).unwrap());
+        assert!(multishot_unless_injected(Some("xudp-multishot=no"), yes).unwrap());
+        // Debug builds (these tests) obey it, alone or in a list.
+        assert!(!multishot_unless_injected(Some("udp-multishot=no"), yes).unwrap());
+        assert!(!multishot_unless_injected(Some("setup=eperm,udp-multishot=no"), yes).unwrap());
+        // Otherwise the probe answers, errors included.
+        assert!(!multishot_unless_injected(None, || Ok(false)).unwrap());
+        let err =
+            multishot_unless_injected(None, || Err(io::Error::from_raw_os_error(libc::EPERM)));
+        assert_eq!(err.unwrap_err().raw_os_error(), Some(libc::EPERM));
+    }
+
+    /// Where the kernel makes the ring, the model's own check agrees (this kernel, 6.0 or
+    /// later where io_uring is allowed, runs multishot recvmsg): a wrong refusal would
+    /// otherwise only show as the uring tests saying SKIPPED.
+    #[test]
+    fn the_ring_is_made_where_the_kernel_allows_io_uring() {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        if let Err(err) = UdpRing::new(socket.as_raw_fd(), 2, 64) {
+            eprintln!("SKIPPED: {}", refusal(&err));
+            return;
+        }
+        if std::env::var_os("ECHOLAB_FAULT_URING").is_some() {
+            eprintln!("SKIPPED: ECHOLAB_FAULT_URING is set for this run");
+            return;
+        }
+        let ring = ring_for(&socket).unwrap();
+        assert!(!ring.recv_armed());
+        assert_eq!(ring.bufs_free(), usize::from(N_BUFS));
     }
 
     #[test]
