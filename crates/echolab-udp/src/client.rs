@@ -187,6 +187,15 @@ mod tests {
 
     /// An echo server on a thread that answers `n` datagrams, then returns what it got.
     fn echo_server(n: usize) -> (SocketAddr, std::thread::JoinHandle<Vec<Vec<u8>>>) {
+        server_that(n, |_| {})
+    }
+
+    /// A server on a thread that answers `n` datagrams, each changed by `change` first
+    /// (nothing: an echo), then returns what it got.
+    fn server_that(
+        n: usize,
+        change: impl Fn(&mut Vec<u8>) + Send + 'static,
+    ) -> (SocketAddr, std::thread::JoinHandle<Vec<Vec<u8>>>) {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         socket
             .set_read_timeout(Some(Duration::from_secs(10)))
@@ -194,10 +203,12 @@ mod tests {
         let addr = socket.local_addr().unwrap();
         let handle = std::thread::spawn(move || {
             let mut got = Vec::new();
-            let mut buf = [0u8; 64];
+            let mut buf = vec![0u8; BUF_LEN];
             for _ in 0..n {
                 let (len, from) = socket.recv_from(&mut buf).unwrap();
-                socket.send_to(&buf[..len], from).unwrap();
+                let mut reply = buf[..len].to_vec();
+                change(&mut reply);
+                socket.send_to(&reply, from).unwrap();
                 got.push(buf[..len].to_vec());
             }
             got
@@ -234,5 +245,120 @@ mod tests {
         );
         assert!(output.is_empty());
         assert!(server.join().unwrap().is_empty());
+    }
+
+    /// A line of the largest payload goes; one byte more is refused before it is sent.
+    #[test]
+    fn a_line_longer_than_a_datagram_is_refused_in_one_line() {
+        let max = crate::MAX_PAYLOAD_V4;
+        let (addr, server) = echo_server(1);
+        let mut input = vec![b'x'; max];
+        input.push(b'\n');
+        input.extend(vec![b'y'; max + 1]);
+        input.push(b'\n');
+        let mut output = Vec::new();
+        let err = interactive(addr, Duration::from_secs(10), &input[..], &mut output).unwrap_err();
+        assert!(
+            matches!(err, ClientError::TooLong { idx: 1, len, max: m } if len == max + 1 && m == max),
+            "{err:?}"
+        );
+        assert_eq!(err.exit_code(), 1);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "line 2 is {} bytes, more than one UDP datagram carries ({max})",
+                max + 1
+            )
+        );
+        assert_eq!(
+            output.len(),
+            max + 1,
+            "the first line's echo and its newline"
+        );
+        assert_eq!(server.join().unwrap().len(), 1);
+    }
+
+    /// An echo that differs ends the session with exit 3, and is not printed.
+    #[test]
+    fn a_changed_echo_is_a_mismatch_never_printed() {
+        let (addr, server) = server_that(2, |reply| {
+            if reply == b"two" {
+                reply[0] ^= 0x20;
+            }
+        });
+        let mut output = Vec::new();
+        let err = interactive(
+            addr,
+            Duration::from_secs(10),
+            &b"one\ntwo\nthree\n"[..],
+            &mut output,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClientError::Mismatch {
+                    idx: 1,
+                    sent: 3,
+                    got: 3
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.exit_code(), 3);
+        assert_eq!(
+            err.to_string(),
+            "datagram 2 came back different: sent 3 bytes, got 3 bytes that differ"
+        );
+        assert_eq!(output, b"one\n");
+        assert_eq!(
+            server.join().unwrap(),
+            vec![b"one".to_vec(), b"two".to_vec()]
+        );
+    }
+
+    /// No echo: the wait ends at the timeout with NoEcho (exit 1), not before and not
+    /// as a socket error.
+    #[test]
+    fn no_echo_within_the_timeout_is_said_with_its_datagram() {
+        let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let timeout = Duration::from_millis(50);
+        let started = Instant::now();
+        let mut output = Vec::new();
+        let err = interactive(
+            silent.local_addr().unwrap(),
+            timeout,
+            &b"a\n"[..],
+            &mut output,
+        )
+        .unwrap_err();
+        assert!(started.elapsed() >= timeout);
+        assert!(matches!(err, ClientError::NoEcho { idx: 0, .. }), "{err:?}");
+        assert_eq!(err.exit_code(), 1);
+        assert_eq!(err.to_string(), "datagram 1 got no echo within 50 ms");
+        assert!(output.is_empty());
+    }
+
+    /// Nothing listening: the kernel's ICMP report (ECONNREFUSED on the connected socket)
+    /// ends the session at once as a socket error, without waiting out the timeout.
+    #[test]
+    fn a_refused_destination_is_a_socket_error_at_once() {
+        let closed = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let started = Instant::now();
+        let mut output = Vec::new();
+        let err = interactive(addr, Duration::from_secs(60), &b"a\n"[..], &mut output).unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "waited for the timeout"
+        );
+        match err {
+            ClientError::Io(ref io) => {
+                assert_eq!(io.kind(), io::ErrorKind::ConnectionRefused, "{io}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(err.exit_code(), 1);
     }
 }
