@@ -53,7 +53,9 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use crate::guard::Policy;
+    use std::sync::Mutex;
+
+    use crate::guard::{Guard, Policy};
     use crate::{UdpConfig, UdpModel, UdpServer};
 
     fn reactor_server(policy: Policy) -> UdpServer {
@@ -92,22 +94,28 @@ mod tests {
         assert_eq!((stats.received, stats.echoed), (3, 3));
     }
 
+    /// A loop whose stop flag is already set echoes what is queued (more than one batch),
+    /// and leaves nothing behind.
     #[test]
     fn datagrams_queued_when_it_stops_are_echoed_and_counted_before_it_returns() {
-        let server = reactor_server(Policy::with_limit(false, None));
+        let socket = crate::bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let left = socket.try_clone().unwrap();
         let client = client();
-        // Stop first, so that the loop no longer echoes as it runs; then queue more than
-        // one batch (loopback delivers within the send). Whether the loop has seen the
-        // flag yet or not, every datagram is echoed before join returns.
-        server.stop();
+        // Queued before the loop looks (loopback delivers within the send).
         let n = 3 * crate::batch::BATCH as u64 + 1;
         for idx in 0..n {
-            client
-                .send_to(&idx.to_le_bytes(), server.local_addr())
-                .unwrap();
+            client.send_to(&idx.to_le_bytes(), addr).unwrap();
         }
-        let stats = server.join().unwrap();
+        let guard = Mutex::new(Guard::new(Policy::with_limit(false, None)));
+        super::serve(socket, &guard, &AtomicBool::new(true)).unwrap();
+        let stats = guard.lock().unwrap().stats().clone();
         assert_eq!((stats.received, stats.echoed), (n, n));
+        left.set_nonblocking(true).unwrap();
+        assert!(
+            left.recv(&mut [0u8; 16]).is_err(),
+            "a datagram was left queued"
+        );
         let mut buf = [0u8; 16];
         for _ in 0..n {
             assert_eq!(client.recv(&mut buf).unwrap(), 8);

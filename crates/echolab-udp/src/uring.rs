@@ -127,19 +127,7 @@ pub fn serve(
     while !stop.load(Ordering::SeqCst) {
         state.turn(TICK, true)?;
     }
-    // Echo what is queued already: turns that each find datagrams, then stop receiving.
-    for _ in 0..FINAL_TURNS {
-        if state.turn(Duration::from_millis(1), true)? == 0 {
-            break;
-        }
-    }
-    if state.ring.recv_armed() {
-        state.ring.cancel_recv()?;
-    }
-    let deadline = Instant::now() + FINAL_WAIT;
-    while state.ring.recv_armed() && Instant::now() < deadline {
-        state.turn(Duration::from_millis(10), false)?;
-    }
+    state.finish(FINAL_WAIT)?;
     // `socket` outlives the ring (dropped after `state`), which cancels what is left.
     drop(state);
     drop(socket);
@@ -157,6 +145,25 @@ impl<'a> Loop<'a> {
             sources: Vec::new(),
             outcomes: Vec::new(),
         }
+    }
+
+    /// Echoes what is queued already (turns that each find datagrams, at most
+    /// [`FINAL_TURNS`]), then cancels the receive and waits up to `wait` for its last
+    /// completion.
+    fn finish(&mut self, wait: Duration) -> io::Result<()> {
+        for _ in 0..FINAL_TURNS {
+            if self.turn(Duration::from_millis(1), true)? == 0 {
+                break;
+            }
+        }
+        if self.ring.recv_armed() {
+            self.ring.cancel_recv()?;
+        }
+        let deadline = Instant::now() + wait;
+        while self.ring.recv_armed() && Instant::now() < deadline {
+            self.turn(Duration::from_millis(10), false)?;
+        }
+        Ok(())
     }
 
     /// One turn: (re-)arm the receive if it ended, wait up to `wait` for completions, then
@@ -383,6 +390,46 @@ mod tests {
             assert_eq!(client.recv(&mut buf).unwrap(), 2);
             assert_eq!(buf[..2], [idx; 2]);
         }
+    }
+
+    /// The end of a loop: more datagrams queued than the ring has buffers take several
+    /// turns, all echoed; then the receive is cancelled and nothing stays armed, and the
+    /// cancelled receive does not wait out the time allowed.
+    #[test]
+    fn finishing_echoes_everything_queued_over_several_turns_then_disarms() {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let ring = match UdpRing::new(socket.as_raw_fd(), 4, BUF_LEN) {
+            Ok(ring) => ring,
+            Err(err) => {
+                eprintln!("SKIPPED: {}", refusal(&err));
+                return;
+            }
+        };
+        let guard = Mutex::new(Guard::new(Policy::with_limit(false, None)));
+        let mut state = Loop::new(ring, &guard);
+        // Queued before the loop looks (loopback delivers within the send): 4 + 4 + 1.
+        for idx in 0..9u8 {
+            client
+                .send_to(&[idx], socket.local_addr().unwrap())
+                .unwrap();
+        }
+        let started = Instant::now();
+        state.finish(Duration::from_secs(30)).unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "finish waited out its time: {:?}",
+            started.elapsed()
+        );
+        assert!(!state.ring.recv_armed(), "the receive is still armed");
+        assert_eq!(state.ring.bufs_free(), 4);
+        let stats = guard.lock().unwrap().stats().clone();
+        assert_eq!((stats.received, stats.echoed), (9, 9));
+        socket.set_nonblocking(true).unwrap();
+        assert!(
+            socket.recv(&mut [0u8; 8]).is_err(),
+            "a datagram was left queued"
+        );
     }
 
     /// A refused reply, or one that sent fewer bytes than its datagram had (no echo), is
