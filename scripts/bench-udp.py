@@ -139,7 +139,13 @@ def main():
     ap.add_argument("--models", default="reactor,uring", help="echolab models of group 1")
     ap.add_argument("--also", action="append", default=[], metavar="LABEL=PATH",
                     help="rows for another echolab binary in group 1")
+    ap.add_argument("--self-test", action="store_true",
+                    help="check the verdicts and ratios against known figures, run nothing")
     args = ap.parse_args()
+    if args.self_test:
+        self_test()
+        print("bench-udp: self-test ok")
+        return 0
     models = [m for m in args.models.split(",") if m]
     binaries = {"echolab": args.echolab}
     for spec in args.also:
@@ -218,18 +224,30 @@ def main():
     return 0
 
 
+def paired(values, ref_values):
+    """Each run's ratio to the reference's figure of the same run (the runs alternate, so
+    both saw the same machine): their median, least and greatest."""
+    ratios = [v / r for v, r in zip(values, ref_values) if r]
+    if not ratios:
+        return "—"
+    return f"{statistics.median(ratios):.3f}× [{min(ratios):.3f}–{max(ratios):.3f}]"
+
+
 def cpu_table(cpu, refused, loss1):
-    print("| server (loaded by udpgen) | CPU ns/datagram | ratio to ref_udp -t 1 | target | lost+late per run |")
-    print("|---|---|---|---|---|")
-    ref_cpu = statistics.median(cpu["ref_udp -t 1"])
+    print("| server (loaded by udpgen) | CPU ns/datagram | ratio to ref_udp -t 1 | target "
+          "| per-run ratio, median [least–greatest] | lost+late per run |")
+    print("|---|---|---|---|---|---|")
+    ref_values = cpu["ref_udp -t 1"]
+    ref_cpu = statistics.median(ref_values)
     for name, values in cpu.items():
         if name in refused:
-            print(f"| {name} | — | — | no row: {refused[name]} | — |")
+            print(f"| {name} | — | — | no row: {refused[name]} | — | — |")
             continue
         med = statistics.median(values)
         ratio = med / ref_cpu if ref_cpu else float("nan")
         target = "—" if name.startswith("ref") else f"≤ 1.00× {verdict(ratio, 1.0, False)}"
-        print(f"| {name} | {med:.0f} | {ratio:.3f}× | {target} | {loss1[name]} |")
+        spread = "—" if name.startswith("ref") else paired(values, ref_values)
+        print(f"| {name} | {med:.0f} | {ratio:.3f}× | {target} | {spread} | {loss1[name]} |")
     print()
 
 
@@ -242,6 +260,17 @@ def gen_table(gens, losses):
         ratio = med / ref_rate if ref_rate else float("nan")
         target = "—" if name == "udpgen" else f"≥ 0.95× {verdict(ratio, 0.95, True)}"
         print(f"| {name} | {med:.0f} | {ratio:.3f}× | {target} | {losses[name]} |")
+
+
+def self_test():
+    """The sentences the tables print, against figures whose answers are known."""
+    assert verdict(1.0, 1.0, False) == "PASS"
+    assert verdict(1.001, 1.0, False) == "FALL SHORT"
+    assert verdict(0.95, 0.95, True) == "PASS"
+    assert verdict(0.949, 0.95, True) == "FALL SHORT"
+    # Runs 1.1×, 0.9×, 1.0× of the same run's reference: median 1.0, least 0.9, greatest 1.1.
+    assert paired([110, 90, 300], [100, 100, 300]) == "1.000× [0.900–1.100]"
+    assert paired([], []) == "—"
 
 
 if __name__ == "__main__":

@@ -8,9 +8,12 @@
 //! datagrams; the cost is the buffer bookkeeping (a buffer is lent from its arrival to the
 //! end of its turn, and the receive stops, `ENOBUFS`, when all are lent, until the loop
 //! gives them back and re-arms it). Replies as io_uring `sendmsg` requests (one
-//! submission and one completion per datagram) cost 1.04–1.06× `ref_udp`'s CPU per
-//! datagram against ... with `sendmmsg` (scripts/bench-udp.py); why their completions
-//! cannot simply be skipped is in [`echolab_sys::uring_udp`].
+//! submission and one completion per datagram, in the `io_uring_enter` that waits) cost
+//! the same CPU per datagram as this `sendmmsg` (1.025× and 1.03× `ref_udp`'s,
+//! scripts/bench-udp.py, 9 alternated runs): with the send path now `ref_udp`'s own, what
+//! is left of the gap is the receive (a poll wake-up, task work, a completion per
+//! datagram, against `recvmmsg`). Why the completions of sends cannot simply be skipped
+//! is in [`echolab_sys::uring_udp`].
 //!
 //! The unsafe ring code is [`echolab_sys::uring_udp`]; this file is the scheduling.
 
