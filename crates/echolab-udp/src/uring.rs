@@ -325,6 +325,28 @@ mod tests {
         }
     }
 
+    /// A loop idle for longer than its wait (two ticks: at least one wait timed out) still
+    /// serves. (The sleep is the idle spell under test, not a synchronisation.)
+    #[test]
+    fn it_serves_after_an_idle_spell_longer_than_its_wait() {
+        let Some(server) = uring_server(Policy::with_limit(false, None)) else {
+            return;
+        };
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 8];
+        for idx in 0..2u8 {
+            std::thread::sleep(2 * TICK);
+            client.send_to(&[idx; 3], server.local_addr()).unwrap();
+            assert_eq!(client.recv(&mut buf).unwrap(), 3, "echo {idx}");
+            assert_eq!(buf[..3], [idx; 3]);
+        }
+        let stats = server.join().unwrap();
+        assert_eq!((stats.received, stats.echoed), (2, 2));
+    }
+
     #[test]
     fn datagrams_queued_when_it_stops_are_echoed_and_counted_before_it_returns() {
         let Some(server) = uring_server(Policy::with_limit(false, None)) else {
