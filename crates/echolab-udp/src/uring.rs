@@ -173,7 +173,9 @@ impl<'a> Loop<'a> {
     /// judge the datagrams that arrived and send back the admitted ones (one `sendmmsg`),
     /// which gives every buffer of the turn back. Returns how many datagrams arrived.
     fn turn(&mut self, wait: Duration, receive: bool) -> io::Result<usize> {
-        if receive && !self.ring.recv_armed() && self.ring.bufs_free() > 0 {
+        // A no-op while it is armed. Every buffer is back at the end of a turn, so the
+        // receive has buffers to fill whenever it is armed here.
+        if receive {
             self.ring.recv_multi()?;
         }
         self.ring.submit_and_wait(wait, 1)?;
