@@ -7,8 +7,9 @@
 //! sleeps until the first datagram, then takes what else is queued (`MSG_WAITFORONE`), and
 //! the batch is echoed: two system calls per batch. Asking epoll first whether the only
 //! descriptor is readable was a third call per batch, and cost 1.04–1.06× `ref_udp`'s CPU
-//! per datagram against 1.00–1.02× without (scripts/bench-udp.py). The wait ends at least
-//! every [`TICK`] (the socket's receive timeout) so that the loop sees the stop flag.
+//! per datagram against 1.00× without (0.998× of the medians, each run 0.98–1.03× of its
+//! `ref_udp` run: scripts/bench-udp.py, 9 alternated runs). The wait ends at least every
+//! [`TICK`] (the socket's receive timeout) so that the loop sees the stop flag.
 //!
 //! Trade-off: scales over cores with no shared socket and no lock on the data path except
 //! the guard's (one lock per batch, so that a source has one token bucket whichever loop
