@@ -347,9 +347,9 @@ mod tests {
         drop(closed);
         let started = Instant::now();
         let mut output = Vec::new();
-        let err = interactive(addr, Duration::from_secs(60), &b"a\n"[..], &mut output).unwrap_err();
+        let err = interactive(addr, Duration::from_secs(20), &b"a\n"[..], &mut output).unwrap_err();
         assert!(
-            started.elapsed() < Duration::from_secs(30),
+            started.elapsed() < Duration::from_secs(10),
             "waited for the timeout"
         );
         match err {
@@ -359,5 +359,21 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(err.exit_code(), 1);
+    }
+
+    /// A file goes in datagrams of `size` bytes, the last one shorter; the count is the
+    /// datagrams sent, each echo checked.
+    #[test]
+    fn a_file_goes_in_datagrams_of_the_size_each_checked() {
+        let (addr, server) = echo_server(3);
+        let n = send_all(addr, b"abcdefghij", 4, Duration::from_secs(10)).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(
+            server.join().unwrap(),
+            vec![b"abcd".to_vec(), b"efgh".to_vec(), b"ij".to_vec()]
+        );
+        let (addr, server) = echo_server(0);
+        assert_eq!(send_all(addr, b"", 4, Duration::from_secs(1)).unwrap(), 0);
+        assert!(server.join().unwrap().is_empty());
     }
 }
