@@ -9,11 +9,11 @@
 //! end of its turn, and the receive stops, `ENOBUFS`, when all are lent, until the loop
 //! gives them back and re-arms it). Replies as io_uring `sendmsg` requests (one
 //! submission and one completion per datagram, in the `io_uring_enter` that waits) cost
-//! the same CPU per datagram as this `sendmmsg` (1.025× and 1.03× `ref_udp`'s,
-//! scripts/bench-udp.py, 9 alternated runs): with the send path now `ref_udp`'s own, what
-//! is left of the gap is the receive (a poll wake-up, task work, a completion per
-//! datagram, against `recvmmsg`). Why the completions of sends cannot simply be skipped
-//! is in [`echolab_sys::uring_udp`].
+//! about the same CPU per datagram as this `sendmmsg` (1.025–1.04× against 1.03×
+//! `ref_udp`'s in two sittings of scripts/bench-udp.py, 9 alternated runs each): with the
+//! send path now `ref_udp`'s own, what is left of the gap is the receive (a poll wake-up,
+//! task work and a completion per datagram, against `recvmmsg`). Why the completions of
+//! sends cannot simply be skipped is in [`echolab_sys::uring_udp`].
 //!
 //! The unsafe ring code is [`echolab_sys::uring_udp`]; this file is the scheduling.
 
