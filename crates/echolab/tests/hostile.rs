@@ -596,3 +596,53 @@ fn a_bench_stopped_while_connecting_is_interrupted_not_timed_out() {
     assert!(!stderr.contains("not established"), "{stderr}");
     assert!(stderr.contains("interrupted while connecting"), "{stderr}");
 }
+
+/// `compare` killed outright (SIGKILL: a CI job's timeout, the OOM killer) left every
+/// server it had started running, for good, each holding a port and its threads. Its
+/// servers now die with it (the kernel's parent-death signal).
+#[test]
+fn compare_servers_die_with_a_killed_compare() {
+    let out = std::env::temp_dir().join(format!("echolab-compare-killed-{}", std::process::id()));
+    let child = echolab()
+        .args(["compare", "--quick", "--models", "event,thread", "--out"])
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut compare = Reaped(child);
+    let pid = compare.0.id() as i32;
+    // Its two TCP servers (and perhaps a UDP one) started: children of compare.
+    let servers = |pid: i32| -> Vec<i32> { family(pid).into_iter().skip(1).collect() };
+    assert!(
+        eventually(|| servers(pid).len() >= 2),
+        "compare started no two servers: {:?}",
+        servers(pid)
+    );
+    let started = servers(pid);
+    compare.0.kill().unwrap();
+    compare.0.wait().unwrap();
+    // A server is gone once its /proc entry is gone or a zombie (its new parent reaps it).
+    let alive = |pid: &i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| {
+                !stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(false)
+    };
+    let gone = eventually(|| !started.iter().any(alive));
+    for pid in started.iter().filter(|p| alive(p)) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    assert!(gone, "compare's servers {started:?} outlived it");
+}
