@@ -119,10 +119,12 @@ fn serve(args: ServeCmd) -> ExitCode {
         ready: echolab_server::activation::notify_ready,
         stopping: echolab_server::activation::notify_stopping,
     };
+    // A passed TCP listener replaces --listen for UDP too: same port as TCP.
+    let udp_listen = echolab_server::activation::tcp_listener_addr().unwrap_or(tcp.listen);
     echolab_udp::cli::run_serve(
         &udp,
         model,
-        tcp.listen,
+        udp_listen,
         tcp.workers,
         |addr| {
             tcp.listen = addr;

@@ -596,6 +596,41 @@ fn socket_activation_serves_a_passed_udp_socket() {
     assert!(activated.stop().success());
 }
 
+/// `--udp` with only a TCP listener passed (the contrib socket unit's `ListenDatagram=`
+/// left commented): UDP bound --listen's address (127.0.0.1:7007 by default), another port
+/// than the TCP one systemd passed. It binds the passed listener's address instead.
+#[test]
+fn udp_beside_a_passed_tcp_listener_is_on_its_port() {
+    if !have("systemd-socket-activate", "systemd") {
+        return;
+    }
+    let port = free_port();
+    let mut activated = Activated::start(
+        false,
+        port,
+        &["--model", "event", "--udp", "--listen", "127.0.0.1:0"],
+    );
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut conn = connect(addr);
+    conn.write_all(b"tcp").unwrap();
+    assert_eq!(read_n(&mut conn, 3), b"tcp");
+    let listening = format!("udp listening on 127.0.0.1:{port} (model event,");
+    assert!(
+        eventually(|| activated.has(&listening)),
+        "{:?}",
+        activated.lines()
+    );
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(STEP)).unwrap();
+    socket.send_to(b"udp beside", ("127.0.0.1", port)).unwrap();
+    let mut buf = [0u8; 64];
+    let (len, _) = socket
+        .recv_from(&mut buf)
+        .expect("a UDP echo on the TCP port");
+    assert_eq!(&buf[..len], b"udp beside");
+    assert!(activated.stop().success());
+}
+
 #[test]
 fn a_passed_udp_socket_without_udp_flags_is_refused() {
     if !have("systemd-socket-activate", "systemd") {
