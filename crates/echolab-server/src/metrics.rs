@@ -307,6 +307,18 @@ impl Observers {
     }
 }
 
+/// `--metrics` of a server without TCP (`serve --udp-only`), which starts no [`Observers`]:
+/// the endpoint, announced as a TCP server's is (`metrics on http://ADDR/metrics`).
+pub fn start_beside_udp(
+    addr: SocketAddr,
+    model: Model,
+) -> Result<MetricsServer, crate::ServeError> {
+    let endpoint = MetricsServer::start(addr, model)
+        .map_err(|source| crate::ServeError::MetricsBind { addr, source })?;
+    eprintln!("metrics on http://{}/metrics", endpoint.local_addr());
+    Ok(endpoint)
+}
+
 /// Scrape connections open at once. The next one accepted closes the oldest (an idle
 /// keep-alive scraper reconnects; a slow client loses its place to a newer one), so idle
 /// or slow clients can neither starve a scraper nor cost more than this many sockets.

@@ -113,6 +113,20 @@ fn serve(args: ServeCmd) -> ExitCode {
     } else {
         None
     };
+    // --metrics with --udp-only: no TCP server starts the endpoint (it was silently absent).
+    let _metrics = match tcp.metrics.filter(|_| udp.udp_only) {
+        Some(addr) => {
+            let model = tcp.model.unwrap_or(echolab_server::Model::DEFAULT);
+            match echolab_server::metrics::start_beside_udp(addr, model) {
+                Ok(endpoint) => Some(endpoint),
+                Err(err) => {
+                    eprintln!("echolab serve: {err}");
+                    return ExitCode::from(err.exit_code());
+                }
+            }
+        }
+        None => None,
+    };
     let model = tcp.model.unwrap_or(echolab_server::Model::DEFAULT).name();
     // sd_notify for --udp-only (beside TCP, the TCP server says it).
     let notify = echolab_udp::cli::Notify {
