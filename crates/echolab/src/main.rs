@@ -91,6 +91,10 @@ fn serve(args: ServeCmd) -> ExitCode {
         eprintln!("echolab serve: --processes {n}: not with --udp or --udp-only: one UDP socket serves every client, so the descriptor limit that worker processes get around does not bind UDP (--workers spreads it over SO_REUSEPORT sockets)");
         return ExitCode::from(2);
     }
+    if let Some(flag) = tcp.tcp_only_flag().filter(|_| udp.udp_only) {
+        eprintln!("echolab serve: {flag}: a TCP setting, and --udp-only serves no TCP");
+        return ExitCode::from(2);
+    }
     echolab_server::logging::init(tcp.quiet, tcp.verbose);
     // Ops hook (issue 11): the UDP guard's counts join the stats line and /metrics.
     echolab_server::stats::set_udp_source(|| {

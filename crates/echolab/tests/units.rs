@@ -245,3 +245,28 @@ fn compare_refuses_a_model_named_twice_and_an_empty_ref_dir() {
     );
     let _ = std::fs::remove_dir(&empty);
 }
+
+/// `serve --udp-only` ignored the TCP server's flags without a word (`--mode lines` did
+/// not make UDP echo lines, `--max-conns 5` capped nothing): each is refused, one line
+/// naming it, exit 2.
+#[test]
+fn udp_only_refuses_the_flags_only_tcp_reads() {
+    for (flag, value) in [
+        ("--max-conns", "5"),
+        ("--max-conns-per-ip", "2"),
+        ("--mode", "lines"),
+    ] {
+        refused(
+            &[
+                "serve",
+                "--udp-only",
+                "--listen",
+                "127.0.0.1:0",
+                flag,
+                value,
+            ],
+            flag,
+            value,
+        );
+    }
+}
