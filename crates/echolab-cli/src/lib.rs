@@ -30,6 +30,22 @@ pub fn describe_io(err: &std::io::Error) -> String {
     }
 }
 
+/// The exit status of `--help` or `--version` once `printed` (clap's `Error::print`): 0, or
+/// 1 and one line on stderr when stdout did not take it (a full disk), as `echolab man`
+/// says it (it was 0, the page lost); 1 without a word for a pipe closed by its reader.
+pub fn help_printed(printed: std::io::Result<()>) -> std::process::ExitCode {
+    use std::io::Write;
+    match printed.and_then(|()| std::io::stdout().flush()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // `echolab --help | head -1`: the reader stopped reading, as it meant to.
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => std::process::ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("echolab: cannot write to stdout: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -474,8 +474,7 @@ fn bench_fail(json: bool, message: &str, code: u8) -> ExitCode {
 /// line on stderr (exit 2), and with `json` as [`error_json`] on stdout too.
 fn clap_exit(err: clap::Error, json: bool) -> ExitCode {
     if !err.use_stderr() {
-        let _ = err.print();
-        return ExitCode::SUCCESS;
+        return echolab_cli::help_printed(err.print());
     }
     let line = err
         .render()

@@ -181,8 +181,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => {
             // --help and --version: clap's own output, on stdout.
-            let _ = err.print();
-            return ExitCode::SUCCESS;
+            return echolab_cli::help_printed(err.print());
         }
         Err(err)
             if err.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>

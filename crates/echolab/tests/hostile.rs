@@ -646,3 +646,36 @@ fn compare_servers_die_with_a_killed_compare() {
     let _ = std::fs::remove_dir_all(&out);
     assert!(gone, "compare's servers {started:?} outlived it");
 }
+
+/// `echolab --help > /dev/full` (a full disk, a dead log pipe) exited 0 with the page
+/// lost, while `echolab man` said so and exited 1. Help and version, of echolab's parser
+/// and of `bench --udp`'s, now do as `man` does: one line, exit 1.
+#[test]
+fn help_that_cannot_be_written_is_an_error() {
+    for args in [
+        &["--help"][..],
+        &["--version"],
+        &["serve", "--help"],
+        &["bench", "--udp", "--help"],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let child = echolab()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(full)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = finish_bounded(child, STEP);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("echolab: cannot write to stdout: "),
+            "{stderr}"
+        );
+    }
+}
