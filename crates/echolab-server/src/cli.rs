@@ -273,7 +273,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
         });
     }
     let result = crate::serve(config, |addr| {
-        eprintln!("listening on {addr} (model {model})");
+        echolab_cli::announce(&format!("listening on {addr} (model {model})"));
     });
     match result {
         Ok(()) => {

@@ -171,13 +171,13 @@ pub fn run_serve(
         }
     };
     let addr = server.local_addr();
-    eprintln!(
+    echolab_cli::announce(&format!(
         "udp listening on {addr} (model {model}, {} loop{}, rate per source {}, privileged ports {})",
         server.n_loops(),
         if server.n_loops() == 1 { "" } else { "s" },
         args.rate_limit_text(),
         if args.udp_allow_privileged_ports { "answered" } else { "refused" }
-    );
+    ));
     let (code, result) = if args.udp_only {
         (notify.ready)();
         let result = server.wait();

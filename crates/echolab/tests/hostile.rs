@@ -679,3 +679,50 @@ fn help_that_cannot_be_written_is_an_error() {
         );
     }
 }
+
+/// A server whose stderr reader has left (`echolab serve --udp 2>&1 | grep -m1
+/// listening`: grep exits at its first match) exited 101 at its next announcement
+/// (`eprintln!` panics on the closed pipe) and stopped serving. Here stderr is a pipe
+/// closed before the start: the server announces into it and serves all the same.
+#[test]
+fn a_server_whose_stderr_reader_left_keeps_serving() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (read_end, write_end) = nix::unistd::pipe().unwrap();
+    drop(read_end);
+    let child = echolab()
+        .args([
+            "serve",
+            "--model",
+            "event",
+            "--udp",
+            "--metrics",
+            "127.0.0.1:0",
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(write_end))
+        .spawn()
+        .unwrap();
+    let mut server = Reaped(child);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let served = eventually(|| {
+        std::net::TcpStream::connect(addr).is_ok() || !matches!(server.0.try_wait(), Ok(None))
+    });
+    assert!(served, "no TCP listener on {addr}");
+    assert_eq!(server.0.try_wait().unwrap(), None, "the server exited");
+    assert_eq!(round_trip(addr, b"still here".to_vec()), b"still here");
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(STEP)).unwrap();
+    socket.send_to(b"udp too", addr).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(socket.recv(&mut buf).unwrap(), 7);
+    let pid = nix::unistd::Pid::from_raw(server.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = wait_exit(&mut server.0, STEP).expect("no exit after SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
