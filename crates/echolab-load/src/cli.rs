@@ -317,7 +317,8 @@ pub struct CompareArgs {
 
     /// Folder of the reference C servers (ref_epoll, ref_threads) that
     /// scripts/build-ref.sh builds; they run every TCP workload and are drawn dashed.
-    /// Default: target/ref, when they are there (none found: none run).
+    /// Default: target/ref, when they are there (none found: none run); a folder given
+    /// that holds neither is a bad argument (exit 2).
     #[arg(long, value_name = "DIR")]
     pub ref_dir: Option<PathBuf>,
 }

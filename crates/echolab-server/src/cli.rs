@@ -179,6 +179,21 @@ fn parse_max_line(text: &str) -> Result<usize, String> {
 }
 
 impl ServeArgs {
+    /// A flag given that only the TCP server reads, as it was given (`--max-conns 5`), for
+    /// `serve --udp-only` to refuse: it serves no TCP, and ignored them without a word.
+    pub fn tcp_only_flag(&self) -> Option<String> {
+        if let Some(n) = self.max_conns {
+            return Some(format!("--max-conns {n}"));
+        }
+        if let Some(n) = self.max_conns_per_ip {
+            return Some(format!("--max-conns-per-ip {n}"));
+        }
+        if self.mode == Mode::Lines {
+            return Some("--mode lines".to_string());
+        }
+        None
+    }
+
     /// The checked configuration these arguments describe.
     pub fn config(&self) -> ServeConfig {
         let model = self.model.unwrap_or(Model::DEFAULT);
@@ -258,7 +273,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
         });
     }
     let result = crate::serve(config, |addr| {
-        eprintln!("listening on {addr} (model {model})");
+        echolab_cli::announce(&format!("listening on {addr} (model {model})"));
     });
     match result {
         Ok(()) => {

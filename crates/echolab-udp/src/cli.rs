@@ -171,13 +171,13 @@ pub fn run_serve(
         }
     };
     let addr = server.local_addr();
-    eprintln!(
+    echolab_cli::announce(&format!(
         "udp listening on {addr} (model {model}, {} loop{}, rate per source {}, privileged ports {})",
         server.n_loops(),
         if server.n_loops() == 1 { "" } else { "s" },
         args.rate_limit_text(),
         if args.udp_allow_privileged_ports { "answered" } else { "refused" }
-    );
+    ));
     let (code, result) = if args.udp_only {
         (notify.ready)();
         let result = server.wait();
@@ -474,8 +474,7 @@ fn bench_fail(json: bool, message: &str, code: u8) -> ExitCode {
 /// line on stderr (exit 2), and with `json` as [`error_json`] on stdout too.
 fn clap_exit(err: clap::Error, json: bool) -> ExitCode {
     if !err.use_stderr() {
-        let _ = err.print();
-        return ExitCode::SUCCESS;
+        return echolab_cli::help_printed(err.print());
     }
     let line = err
         .render()
