@@ -10,8 +10,9 @@ Two groups, each run alternately (A B A B ...), N runs each (default 3), medians
 1. Server CPU per datagram: `echolab serve --udp-only --model reactor|uring --workers 1
    --udp-rate-per-source off` against `ref_udp -t 1` (one loop each), all loaded by the
    same `udpgen -c 8 -s 64` (no warm-up). `--also LABEL=PATH` adds rows for another echolab
-   binary (say, the build before a change), alternated with the others. CPU is utime+stime of the server process from
-   /proc/PID/stat over the run, divided by the echoes udpgen counted. Where the kernel
+   binary (say, the build before a change), alternated with the others. CPU is the time the
+   server's threads ran over the run (/proc/PID/task/*/schedstat, nanoseconds: finer than
+   utime+stime's clock ticks, 10 ms each), divided by the echoes udpgen counted. Where the kernel
    refuses io_uring the uring row says so.
 2. Load generator: `echolab bench --udp -c 8 -s 64 -t 1` against `udpgen -c 8 -s 64 -t 1`,
    both against the same `ref_udp -t 1`: echoes/s and the loss counts of each.
@@ -35,7 +36,6 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def log(msg):
@@ -48,11 +48,16 @@ def free_udp_port():
         return s.getsockname()[1]
 
 
-def cpu_ticks(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        rest = f.read().rsplit(")", 1)[1].split()
-    # utime and stime are fields 14 and 15; `rest` starts at field 3.
-    return int(rest[11]) + int(rest[12])
+def cpu_ns(pid):
+    """Nanoseconds the threads of `pid` have run (the first field of each schedstat)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except FileNotFoundError:
+            pass  # a thread that ended meanwhile: the servers' loops do not
+    return total
 
 
 class Server:
@@ -75,7 +80,7 @@ class Server:
         raise RuntimeError(f"{argv[0]} did not say {ready!r} within 20 s")
 
     def cpu(self):
-        return cpu_ticks(self.proc.pid)
+        return cpu_ns(self.proc.pid)
 
     def stop(self):
         if self.proc.poll() is None:
@@ -134,7 +139,13 @@ def main():
     ap.add_argument("--models", default="reactor,uring", help="echolab models of group 1")
     ap.add_argument("--also", action="append", default=[], metavar="LABEL=PATH",
                     help="rows for another echolab binary in group 1")
+    ap.add_argument("--self-test", action="store_true",
+                    help="check the verdicts and ratios against known figures, run nothing")
     args = ap.parse_args()
+    if args.self_test:
+        self_test()
+        print("bench-udp: self-test ok")
+        return 0
     models = [m for m in args.models.split(",") if m]
     binaries = {"echolab": args.echolab}
     for spec in args.also:
@@ -176,10 +187,10 @@ def main():
             try:
                 before = server.cpu()
                 res = udpgen(ref, port, args.secs)
-                ticks = server.cpu() - before
+                ns = server.cpu() - before
             finally:
                 server.stop()
-            per = ticks / CLK_TCK / max(res["msgs"], 1) * 1e9
+            per = ns / max(res["msgs"], 1)
             cpu[name].append(per)
             loss1[name].append(res["lost"] + res["late"])
             log(f"  run {run + 1} {name}: {res['msgs']} echoes, {res['rate']:.0f}/s, "
@@ -213,18 +224,30 @@ def main():
     return 0
 
 
+def paired(values, ref_values):
+    """Each run's ratio to the reference's figure of the same run (the runs alternate, so
+    both saw the same machine): their median, least and greatest."""
+    ratios = [v / r for v, r in zip(values, ref_values) if r]
+    if not ratios:
+        return "—"
+    return f"{statistics.median(ratios):.3f}× [{min(ratios):.3f}–{max(ratios):.3f}]"
+
+
 def cpu_table(cpu, refused, loss1):
-    print("| server (loaded by udpgen) | CPU ns/datagram | ratio to ref_udp -t 1 | target | lost+late per run |")
-    print("|---|---|---|---|---|")
-    ref_cpu = statistics.median(cpu["ref_udp -t 1"])
+    print("| server (loaded by udpgen) | CPU ns/datagram | ratio to ref_udp -t 1 | target "
+          "| per-run ratio, median [least–greatest] | lost+late per run |")
+    print("|---|---|---|---|---|---|")
+    ref_values = cpu["ref_udp -t 1"]
+    ref_cpu = statistics.median(ref_values)
     for name, values in cpu.items():
         if name in refused:
-            print(f"| {name} | — | — | no row: {refused[name]} | — |")
+            print(f"| {name} | — | — | no row: {refused[name]} | — | — |")
             continue
         med = statistics.median(values)
         ratio = med / ref_cpu if ref_cpu else float("nan")
         target = "—" if name.startswith("ref") else f"≤ 1.00× {verdict(ratio, 1.0, False)}"
-        print(f"| {name} | {med:.0f} | {ratio:.3f}× | {target} | {loss1[name]} |")
+        spread = "—" if name.startswith("ref") else paired(values, ref_values)
+        print(f"| {name} | {med:.0f} | {ratio:.3f}× | {target} | {spread} | {loss1[name]} |")
     print()
 
 
@@ -237,6 +260,17 @@ def gen_table(gens, losses):
         ratio = med / ref_rate if ref_rate else float("nan")
         target = "—" if name == "udpgen" else f"≥ 0.95× {verdict(ratio, 0.95, True)}"
         print(f"| {name} | {med:.0f} | {ratio:.3f}× | {target} | {losses[name]} |")
+
+
+def self_test():
+    """The sentences the tables print, against figures whose answers are known."""
+    assert verdict(1.0, 1.0, False) == "PASS"
+    assert verdict(1.001, 1.0, False) == "FALL SHORT"
+    assert verdict(0.95, 0.95, True) == "PASS"
+    assert verdict(0.949, 0.95, True) == "FALL SHORT"
+    # Runs 1.1×, 0.9×, 1.0× of the same run's reference: median 1.0, least 0.9, greatest 1.1.
+    assert paired([110, 90, 300], [100, 100, 300]) == "1.000× [0.900–1.100]"
+    assert paired([], []) == "—"
 
 
 if __name__ == "__main__":

@@ -30,6 +30,34 @@ pub fn describe_io(err: &std::io::Error) -> String {
     }
 }
 
+/// Writes `line` and its newline on stderr in one write, and carries on if stderr is gone:
+/// a server's announcements (`listening on ADDR`) must not end it when the reader of its
+/// stderr has left (`echolab serve 2>&1 | grep -m1 listening`: `eprintln!` panics on the
+/// closed pipe, and the server exited 101 at its next announcement).
+pub fn announce(line: &str) {
+    use std::io::Write;
+    let mut whole = String::with_capacity(line.len() + 1);
+    whole.push_str(line);
+    whole.push('\n');
+    let _ = std::io::stderr().lock().write_all(whole.as_bytes());
+}
+
+/// The exit status of `--help` or `--version` once `printed` (clap's `Error::print`): 0, or
+/// 1 and one line on stderr when stdout did not take it (a full disk), as `echolab man`
+/// says it (it was 0, the page lost); 1 without a word for a pipe closed by its reader.
+pub fn help_printed(printed: std::io::Result<()>) -> std::process::ExitCode {
+    use std::io::Write;
+    match printed.and_then(|()| std::io::stdout().flush()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // `echolab --help | head -1`: the reader stopped reading, as it meant to.
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => std::process::ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("echolab: cannot write to stdout: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -118,6 +118,18 @@ pub fn duration(text: &str, min: Duration, max: Duration) -> Result<Duration, St
     ))
 }
 
+/// The shortest timeout of a client: below a millisecond it would fire before a round
+/// trip.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+/// The longest timeout of a client: a day.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
+
+/// A client's timeout for an echo (`echolab client`, TCP and UDP alike): from
+/// [`MIN_TIMEOUT`] to [`MAX_TIMEOUT`].
+pub fn timeout(text: &str) -> Result<Duration, String> {
+    duration(text, MIN_TIMEOUT, MAX_TIMEOUT)
+}
+
 /// A duration from `min` to `max`, or 0 (which the flag says means none or never).
 pub fn duration_or_zero(text: &str, min: Duration, max: Duration) -> Result<Duration, String> {
     match duration_nanos(text)? {
@@ -283,6 +295,19 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
     const DAY: Duration = Duration::from_secs(86_400);
+
+    #[test]
+    fn a_timeout_is_a_millisecond_to_a_day() {
+        assert_eq!(timeout("1ms"), Ok(MS));
+        assert_eq!(timeout("1d"), Ok(DAY));
+        assert_eq!(timeout("86400"), Ok(DAY));
+        assert_eq!(timeout("0.2"), Ok(Duration::from_millis(200)));
+        assert_eq!(
+            timeout("999us"),
+            Err("at least 1ms, at most 1d".to_string())
+        );
+        assert_eq!(timeout("86401"), Err("at most 1d".to_string()));
+    }
 
     #[test]
     fn durations_accepted() {

@@ -317,7 +317,8 @@ pub struct CompareArgs {
 
     /// Folder of the reference C servers (ref_epoll, ref_threads) that
     /// scripts/build-ref.sh builds; they run every TCP workload and are drawn dashed.
-    /// Default: target/ref, when they are there (none found: none run).
+    /// Default: target/ref, when they are there (none found: none run); a folder given
+    /// that holds neither is a bad argument (exit 2).
     #[arg(long, value_name = "DIR")]
     pub ref_dir: Option<PathBuf>,
 }
@@ -353,8 +354,6 @@ fn parse_model(text: &str) -> Result<String, String> {
 
 /// The longest duration any of these flags takes: a day.
 const MAX_SECS: Duration = Duration::from_secs(86_400);
-/// The shortest timeout: below a millisecond it would fire before a round trip.
-const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 
 /// The server's address with a port: `127.0.0.1:7007`, `[::1]:7007`, or a host name to
 /// resolve; not port 0.
@@ -398,9 +397,9 @@ pub fn parse_secs(text: &str) -> Result<Duration, String> {
     units::duration(text, Duration::from_nanos(1), MAX_SECS)
 }
 
-/// A timeout: at least a millisecond (below that it would fire before a round trip).
+/// A timeout: a millisecond to a day, as `client --udp`'s ([`units::timeout`]).
 fn parse_timeout(text: &str) -> Result<Duration, String> {
-    units::duration(text, MIN_TIMEOUT, MAX_SECS)
+    units::timeout(text)
 }
 
 fn parse_secs_or_zero(text: &str) -> Result<Duration, String> {

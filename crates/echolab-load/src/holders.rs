@@ -376,6 +376,40 @@ fn pump(
     }
 }
 
+/// The document of a worker not started because the run was interrupted first: it holds
+/// none of its share, and fails none.
+fn not_started(share: &Share) -> Value {
+    json!({
+        "workload": "hold",
+        "messages": 0,
+        "interrupted": true,
+        "hold": {
+            "requested": share.count,
+            "established": 0,
+            "failed": 0,
+            "failed_by_kind": {},
+            "first_error": null,
+            "establish_secs": 0.0,
+            "still_open": 0,
+            "interrupted": true,
+        },
+        "exit_code": 130,
+    })
+}
+
+/// Debug builds only: whether a stop is injected at worker `index`'s start, when
+/// `ECHOLAB_FAULT_BENCH` holds `hold-stop=INDEX`: that worker gets SIGTERM before its
+/// exec (the forwarded stop, before its handlers are in), and this process SIGINT right
+/// after it started, so that a test can interrupt a hold while its workers are still
+/// starting (a Ctrl-C's moment is not a test's to pick). Release builds: never.
+fn injected_stop_at(index: usize) -> bool {
+    cfg!(debug_assertions)
+        && std::env::var("ECHOLAB_FAULT_BENCH")
+            .ok()
+            .and_then(|spec| spec.strip_prefix("hold-stop=")?.parse::<usize>().ok())
+            == Some(index)
+}
+
 /// Runs a hold too big for this process (`soft` descriptors, `hard` limit) in worker
 /// processes, and prints the one report (see the module docs).
 pub fn run(
@@ -438,6 +472,21 @@ pub fn run(
     let mut workers = Vec::with_capacity(shares.len());
     let supervisor = std::process::id();
     for (i, share) in shares.iter().enumerate() {
+        // Interrupted while starting them: the rest are not started (see `not_started`).
+        if stop.load(Ordering::Relaxed) {
+            workers.push(Worker {
+                share: *share,
+                pid: None,
+                child: None,
+                stdin: None,
+                ready_secs: None,
+                doc: Some(not_started(share).to_string()),
+                ended: true,
+                status: None,
+                start_error: None,
+            });
+            continue;
+        }
         let mut command = Command::new(&exe);
         command
             .args(std::env::args_os().skip(1))
@@ -452,6 +501,14 @@ pub fn run(
         // supervisor that was killed outright (its own process group keeps it from a
         // Ctrl-C or a test's kill of the supervisor).
         echolab_sys::die_with_parent(&mut command, supervisor);
+        // The stop this process forwards may reach a worker before its handlers are in
+        // (a Ctrl-C while workers start): it waits, pending, and interrupts the worker
+        // instead of killing it (which read as a worker that died, exit 1).
+        echolab_sys::start_with_stop_signals_blocked(&mut command);
+        if injected_stop_at(i) {
+            // The forwarded stop, as early as it can come: before the worker's exec.
+            echolab_sys::signal_before_exec(&mut command, libc::SIGTERM);
+        }
         let spawned = command.spawn();
         let mut worker = Worker {
             share: *share,
@@ -489,6 +546,10 @@ pub fn run(
             Err(err) => worker.start_error = Some(format!("could not be started: {err}")),
         }
         workers.push(worker);
+        if injected_stop_at(i) {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGINT);
+        }
     }
     drop(tx);
     let mut forwarded = false;
@@ -675,6 +736,11 @@ pub fn text(addr: std::net::SocketAddr, hold: &Value) -> String {
             .map(|p| p.to_string())
             .unwrap_or_else(|| "-".to_string());
         let line = match w["died"].as_str() {
+            None if w["pid"].is_null() => format!(
+                "  worker {}: not started (interrupted first): its {} connections neither held nor failed\n",
+                u(&w["index"]),
+                u(&w["requested"])
+            ),
             Some(why) => format!(
                 "  worker {} (pid {pid}): {why}: its {} connections are counted as failed{measured}\n",
                 u(&w["index"]),

@@ -90,6 +90,16 @@ pub fn install_stop_flag() -> io::Result<Arc<AtomicBool>> {
     for signal in [SIGINT, SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
     }
+    // A hold worker starts with them blocked (holders.rs): one that came before the
+    // handlers were in is delivered now, to them.
+    let mut mask = nix::sys::signal::SigSet::empty();
+    mask.add(nix::sys::signal::Signal::SIGINT);
+    mask.add(nix::sys::signal::Signal::SIGTERM);
+    nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_UNBLOCK,
+        Some(&mask),
+        None,
+    )?;
     Ok(stop)
 }
 

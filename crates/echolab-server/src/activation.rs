@@ -91,6 +91,12 @@ pub fn tcp_listener() -> Option<TcpListener> {
     slot().tcp.take()
 }
 
+/// The address of the TCP listener the service manager passed, without taking it: where
+/// `--udp` binds when no UDP socket was passed (the same port as TCP, not `--listen`).
+pub fn tcp_listener_addr() -> Option<std::net::SocketAddr> {
+    slot().tcp.as_ref().and_then(|l| l.local_addr().ok())
+}
+
 /// The UDP socket the service manager passed, once (then `None`).
 pub fn udp_socket() -> Option<UdpSocket> {
     slot().udp.take()

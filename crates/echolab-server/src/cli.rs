@@ -193,6 +193,21 @@ impl ServeArgs {
             .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7007)))
     }
 
+    /// A flag given that only the TCP server reads, as it was given (`--max-conns 5`), for
+    /// `serve --udp-only` to refuse: it serves no TCP, and ignored them without a word.
+    pub fn tcp_only_flag(&self) -> Option<String> {
+        if let Some(n) = self.max_conns {
+            return Some(format!("--max-conns {n}"));
+        }
+        if let Some(n) = self.max_conns_per_ip {
+            return Some(format!("--max-conns-per-ip {n}"));
+        }
+        if self.mode == Mode::Lines {
+            return Some("--mode lines".to_string());
+        }
+        None
+    }
+
     /// The checked configuration these arguments describe.
     pub fn config(&self) -> ServeConfig {
         let model = self.model.unwrap_or(Model::DEFAULT);
@@ -299,8 +314,9 @@ pub fn run(args: ServeArgs) -> ExitCode {
         });
     }
     let result = crate::serve(config, |addrs| {
+        // One write, every line: a script waiting for the second never sees half of it.
         let lines = listening_lines(addrs, &format!("model {model}"));
-        let _ = std::io::Write::write_all(&mut std::io::stderr(), lines.as_bytes());
+        echolab_cli::announce(lines.trim_end_matches('\n'));
     });
     match result {
         Ok(()) => {

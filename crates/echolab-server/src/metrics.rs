@@ -220,19 +220,22 @@ fn wants_openmetrics(headers: &hyper::HeaderMap) -> bool {
 }
 
 /// The response to one request: `GET /metrics` the exposition, another path 404, another
-/// method 405.
+/// method 405 (with `Allow`, RFC 9110 15.5.6). HEAD is answered as GET is, without the body
+/// (hyper sends none; RFC 9110 9.3.2: every general-purpose server supports it).
 fn respond<B>(request: &hyper::Request<B>, model: Model) -> hyper::Response<String> {
     use hyper::{Method, Response, StatusCode};
-    let (status, content_type, body) = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") if wants_openmetrics(request.headers()) => {
+    let method = request.method();
+    let get_or_head = method == Method::GET || method == Method::HEAD;
+    let (status, content_type, body) = match (get_or_head, request.uri().path()) {
+        (true, "/metrics") if wants_openmetrics(request.headers()) => {
             (StatusCode::OK, OPENMETRICS, exposition(model))
         }
-        (&Method::GET, "/metrics") => (
+        (true, "/metrics") => (
             StatusCode::OK,
             PROMETHEUS_TEXT,
             to_prometheus_text(&exposition(model)),
         ),
-        (&Method::GET, _) => (
+        (true, _) => (
             StatusCode::NOT_FOUND,
             "text/plain",
             "not found: try /metrics\n".into(),
@@ -240,11 +243,17 @@ fn respond<B>(request: &hyper::Request<B>, model: Model) -> hyper::Response<Stri
         _ => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
-            "only GET\n".into(),
+            "only GET and HEAD\n".into(),
         ),
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        response.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("GET, HEAD"),
+        );
+    }
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static(content_type),
@@ -286,7 +295,7 @@ impl Observers {
             Some(addr) => {
                 let endpoint = MetricsServer::start(addr, config.model)
                     .map_err(|source| crate::ServeError::MetricsBind { addr, source })?;
-                eprintln!("metrics on http://{}/metrics", endpoint.local_addr());
+                echolab_cli::announce(&format!("metrics on http://{}/metrics", endpoint.local_addr()));
                 Some(endpoint)
             }
             None => None,
@@ -296,6 +305,21 @@ impl Observers {
             _metrics: metrics,
         })
     }
+}
+
+/// `--metrics` of a server without TCP (`serve --udp-only`), which starts no [`Observers`]:
+/// the endpoint, announced as a TCP server's is (`metrics on http://ADDR/metrics`).
+pub fn start_beside_udp(
+    addr: SocketAddr,
+    model: Model,
+) -> Result<MetricsServer, crate::ServeError> {
+    let endpoint = MetricsServer::start(addr, model)
+        .map_err(|source| crate::ServeError::MetricsBind { addr, source })?;
+    echolab_cli::announce(&format!(
+        "metrics on http://{}/metrics",
+        endpoint.local_addr()
+    ));
+    Ok(endpoint)
 }
 
 /// Scrape connections open at once. The next one accepted closes the oldest (an idle
@@ -334,7 +358,8 @@ impl std::fmt::Debug for MetricsServer {
 }
 
 impl MetricsServer {
-    /// Binds `addr` and serves `GET /metrics` (another path: 404; another method: 405).
+    /// Binds `addr` and serves `GET /metrics` and HEAD (another path: 404; another method:
+    /// 405).
     pub fn start(addr: SocketAddr, model: Model) -> io::Result<MetricsServer> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
@@ -519,6 +544,19 @@ mod tests {
         )
     }
 
+    /// Sends `text` on a new connection; the response's head and body.
+    fn request(addr: SocketAddr, text: &str) -> (String, String) {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        conn.write_all(text.as_bytes()).unwrap();
+        let mut response = String::new();
+        conn.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        (head.to_string(), body.to_string())
+    }
+
     #[test]
     fn openmetrics_is_what_an_accept_header_names_and_only_that() {
         let accepts = |values: &[&str]| {
@@ -558,6 +596,18 @@ mod tests {
         let (_, content_type, _) = get(addr, "/metrics", Some("text/plain"));
         assert_eq!(content_type, PROMETHEUS_TEXT);
         assert_eq!(get(addr, "/", None).0, "HTTP/1.0 404 Not Found");
+        // HEAD: GET's status and headers, no body; another method: 405 naming both.
+        let (head, body) = request(addr, "HEAD /metrics HTTP/1.0\r\n\r\n");
+        assert!(head.starts_with("HTTP/1.0 200 OK\r\n"), "{head}");
+        assert!(head.contains(PROMETHEUS_TEXT), "{head}");
+        assert!(head.contains("content-length: "), "{head}");
+        assert_eq!(body, "");
+        let (head, _) = request(addr, "DELETE /metrics HTTP/1.0\r\n\r\n");
+        assert!(
+            head.starts_with("HTTP/1.0 405 Method Not Allowed\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\nallow: GET, HEAD"), "{head}");
         drop(server);
         // The runtime, and with it the listener, is gone once the thread is joined.
         assert!(std::net::TcpStream::connect(addr).is_err());

@@ -10,6 +10,9 @@
 //! - [`fork_exiting_child`]: a fork whose child only `_exit`s, safe from any process.
 //! - [`exit_immediately`]: `_exit(2)`, which runs no destructors and flushes no buffers.
 //! - [`die_with_parent`]: a spawned child killed by the kernel when its parent dies.
+//! - [`start_with_stop_signals_blocked`]: a spawned child whose SIGINT and SIGTERM wait
+//!   (pending) until it has installed its handlers; [`signal_before_exec`], a test's
+//!   stand-in for a signal that comes before them.
 //! - [`reset_signal_to_default`]: `sigaction(SIG_DFL)` for a child that must not run a
 //!   handler it inherited.
 //! - [`second_signal`]: a second SIGINT or SIGTERM ends the process at once, one signal
@@ -43,6 +46,45 @@ pub fn die_with_parent(command: &mut std::process::Command, parent: u32) {
             }
             if libc::getppid() as u32 != parent {
                 return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Starts the child that `command` spawns with SIGINT and SIGTERM blocked: one sent to it
+/// before it has installed its handlers stays pending (the mask survives exec) instead of
+/// ending it by the default action; the child unblocks them once its handlers are in.
+pub fn start_with_stop_signals_blocked(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure makes three async-signal-safe calls
+    // (sigemptyset, sigaddset, pthread_sigmask) on a set on its stack, and allocates
+    // nothing. It runs after std's own reset of the child's signal mask.
+    unsafe {
+        command.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            match libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) {
+                0 => Ok(()),
+                err => Err(io::Error::from_raw_os_error(err)),
+            }
+        });
+    }
+}
+
+/// Sends the child that `command` spawns `signal` as the last thing before its exec: a
+/// test's stand-in for a signal that reaches a child before its handlers are in (with
+/// [`start_with_stop_signals_blocked`] before it, the signal waits, pending, across exec).
+pub fn signal_before_exec(command: &mut std::process::Command, signal: i32) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure makes two async-signal-safe calls
+    // (getpid, kill) and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::kill(libc::getpid(), signal) != 0 {
+                return Err(io::Error::last_os_error());
             }
             Ok(())
         });

@@ -26,13 +26,13 @@ struct Received {
 /// The buffers and headers of one loop's batches, allocated once ([`BATCH`] ×
 /// [`BUF_LEN`] bytes, 2 MiB).
 pub struct Batch {
-    bufs: Vec<Vec<u8>>,
+    bufs: [Vec<u8>; BATCH],
     received: Vec<Received>,
     recv_headers: MultiHeaders<SockaddrStorage>,
     send_headers: MultiHeaders<SockaddrStorage>,
-    /// Scratch kept between calls (cleared, never shrunk), so that a batch allocates only
-    /// the I/O vectors that borrow `bufs`: the indices admitted, the send outcomes and
-    /// the reply addresses.
+    /// Scratch kept between calls (cleared, never shrunk), so that a batch allocates
+    /// nothing (the I/O vectors that borrow `bufs` are arrays on the stack): the indices
+    /// admitted, the send outcomes and the reply addresses.
     admitted: Vec<usize>,
     outcomes: Vec<bool>,
     addrs: Vec<Option<SockaddrStorage>>,
@@ -66,7 +66,7 @@ impl Batch {
     /// Buffers for [`BATCH`] datagrams of up to [`BUF_LEN`] bytes.
     pub fn new() -> Batch {
         Batch {
-            bufs: (0..BATCH).map(|_| vec![0u8; BUF_LEN]).collect(),
+            bufs: std::array::from_fn(|_| vec![0u8; BUF_LEN]),
             received: Vec::with_capacity(BATCH),
             recv_headers: MultiHeaders::preallocate(BATCH, None),
             send_headers: MultiHeaders::preallocate(BATCH, None),
@@ -108,11 +108,8 @@ impl Batch {
     ) -> io::Result<usize> {
         self.received.clear();
         {
-            let mut iovs: Vec<[IoSliceMut<'_>; 1]> = self
-                .bufs
-                .iter_mut()
-                .map(|buf| [IoSliceMut::new(buf)])
-                .collect();
+            let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] =
+                self.bufs.each_mut().map(|buf| [IoSliceMut::new(buf)]);
             let results = match recvmmsg(
                 fd,
                 &mut self.recv_headers,
@@ -192,11 +189,11 @@ impl Batch {
         // Each round either sends at least one message or skips one: bounded by len.
         // (`<=` would only add one empty sendmmsg at the end: a surviving mutant.)
         while start < which.len() {
-            let rest = &which[start..];
-            let iovs: Vec<[IoSlice<'_>; 1]> = rest
-                .iter()
-                .map(|idx| [IoSlice::new(&self.bufs[*idx][..self.received[*idx].len])])
-                .collect();
+            let rest = &which[start..which.len().min(start + BATCH)];
+            let mut iovs = [[IoSlice::new(&[])]; BATCH];
+            for (iov, idx) in iovs.iter_mut().zip(rest) {
+                *iov = [IoSlice::new(&self.bufs[*idx][..self.received[*idx].len])];
+            }
             addrs.clear();
             addrs.extend(
                 rest.iter()
@@ -205,7 +202,7 @@ impl Batch {
             match sendmmsg(
                 fd,
                 &mut self.send_headers,
-                iovs.iter(),
+                iovs[..rest.len()].iter(),
                 &addrs,
                 [],
                 MsgFlags::MSG_DONTWAIT,

@@ -171,13 +171,13 @@ pub fn run_serve(
         }
     };
     let addr = server.local_addr();
-    eprintln!(
+    echolab_cli::announce(&format!(
         "udp listening on {addr} (model {model}, {} loop{}, rate per source {}, privileged ports {})",
         server.n_loops(),
         if server.n_loops() == 1 { "" } else { "s" },
         args.rate_limit_text(),
         if args.udp_allow_privileged_ports { "answered" } else { "refused" }
-    );
+    ));
     let (code, result) = if args.udp_only {
         (notify.ready)();
         let result = server.wait();
@@ -414,8 +414,8 @@ pub struct UdpClientArgs {
 
     /// How long to wait for each echo, as TCP client's --timeout: fractional (0.2) or with
     /// a unit (200ms, 2s). A bare number is always seconds: 200 means 200 s, not 200 ms.
-    /// 1ms to 1h.
-    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = parse_timeout, allow_negative_numbers = true)]
+    /// 1ms to 1d.
+    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = units::timeout, allow_negative_numbers = true)]
     pub timeout: Duration,
 }
 
@@ -474,8 +474,7 @@ fn bench_fail(json: bool, message: &str, code: u8) -> ExitCode {
 /// line on stderr (exit 2), and with `json` as [`error_json`] on stdout too.
 fn clap_exit(err: clap::Error, json: bool) -> ExitCode {
     if !err.use_stderr() {
-        let _ = err.print();
-        return ExitCode::SUCCESS;
+        return echolab_cli::help_printed(err.print());
     }
     let line = err
         .render()
@@ -632,7 +631,8 @@ fn parse_secs(text: &str) -> Result<Duration, String> {
     units::duration(text, Duration::from_millis(1), Duration::from_secs(86_400))
 }
 
-/// A timeout: at least a millisecond, at most an hour.
+/// Bench's loss timeout: at least a millisecond, at most an hour. (Client's is
+/// [`units::timeout`], TCP client's range.)
 fn parse_timeout(text: &str) -> Result<Duration, String> {
     units::duration(text, Duration::from_millis(1), Duration::from_secs(3_600))
 }
@@ -871,6 +871,16 @@ mod tests {
         };
         assert_eq!(client("5").unwrap(), Duration::from_secs(5));
         assert_eq!(client("250ms").unwrap(), Duration::from_millis(250));
+        // TCP client's range: a millisecond to a day.
+        assert_eq!(client("1d").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(client("1ms").unwrap(), Duration::from_millis(1));
+        for bad in ["0.5ms", "86401", "2d"] {
+            let err = client(bad).unwrap_err().to_string();
+            assert!(
+                err.contains(bad) && err.contains("--timeout"),
+                "{bad}: {err}"
+            );
+        }
         assert_eq!(secs("5 min"), Ok(Duration::from_secs(300)));
     }
 

@@ -114,33 +114,46 @@ pub fn round_trip(
     }
 }
 
-/// Interactive: each line of `input` (without its line ending) is one datagram; its echo
-/// is written to `output` followed by a newline. Returns the number of datagrams.
+/// Interactive: each line of `input`, without its line ending (`\n` or `\r\n`), is one
+/// datagram; its echo is written to `output` followed by `\n` if the line had an ending
+/// (a last line without one gets none, as TCP client prints only what came back).
+/// Returns the number of datagrams.
 pub fn interactive(
     addr: SocketAddr,
     timeout: Duration,
-    input: impl BufRead,
+    mut input: impl BufRead,
     mut output: impl Write,
 ) -> Result<u64, ClientError> {
     let socket = connect(addr)?;
     let max = crate::max_payload(&addr);
     let mut buf = vec![0u8; BUF_LEN];
+    let mut line = Vec::new();
     let mut n = 0u64;
-    for line in input.split(b'\n') {
-        let mut line = line?;
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        let had_newline = line.last() == Some(&b'\n');
+        if had_newline {
+            line.pop();
+        }
         if line.last() == Some(&b'\r') {
             line.pop();
         }
-        if line.len() > max {
+        let datagram = &line[..];
+        if datagram.len() > max {
             return Err(ClientError::TooLong {
                 idx: n,
-                len: line.len(),
+                len: datagram.len(),
                 max,
             });
         }
-        let len = round_trip(&socket, n, &line, timeout, &mut buf)?;
+        let len = round_trip(&socket, n, datagram, timeout, &mut buf)?;
         output.write_all(&buf[..len])?;
-        output.write_all(b"\n")?;
+        if had_newline {
+            output.write_all(b"\n")?;
+        }
         output.flush()?;
         n += 1;
     }
@@ -163,4 +176,204 @@ pub fn send_all(
         n += 1;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An echo server on a thread that answers `n` datagrams, then returns what it got.
+    fn echo_server(n: usize) -> (SocketAddr, std::thread::JoinHandle<Vec<Vec<u8>>>) {
+        server_that(n, |_| {})
+    }
+
+    /// A server on a thread that answers `n` datagrams, each changed by `change` first
+    /// (nothing: an echo), then returns what it got.
+    fn server_that(
+        n: usize,
+        change: impl Fn(&mut Vec<u8>) + Send + 'static,
+    ) -> (SocketAddr, std::thread::JoinHandle<Vec<Vec<u8>>>) {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let addr = socket.local_addr().unwrap();
+        let handle = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; BUF_LEN];
+            for _ in 0..n {
+                let (len, from) = socket.recv_from(&mut buf).unwrap();
+                let mut reply = buf[..len].to_vec();
+                change(&mut reply);
+                socket.send_to(&reply, from).unwrap();
+                got.push(buf[..len].to_vec());
+            }
+            got
+        });
+        (addr, handle)
+    }
+
+    /// Each line's datagram carries no line ending; each echo is printed with a newline
+    /// if its line had one, so a last line without one gets none (as TCP client, which
+    /// prints what came back). A `\r\n` ending is printed as `\n` (the contract test
+    /// `bench_udp_against_echolab_is_clean_and_client_udp_sends_a_file` pins it).
+    #[test]
+    fn a_newline_follows_an_echo_only_when_its_line_had_one() {
+        for (input, datagrams, printed) in [
+            (&b"a\nbc\n"[..], vec![&b"a"[..], b"bc"], &b"a\nbc\n"[..]),
+            (b"a\nbc", vec![b"a", b"bc"], b"a\nbc"),
+            (b"a\r\nbc\r\n", vec![b"a", b"bc"], b"a\nbc\n"),
+            (b"\n\nx", vec![b"", b"", b"x"], b"\n\nx"),
+            (b"x\r", vec![b"x"], b"x"),
+        ] {
+            let (addr, server) = echo_server(datagrams.len());
+            let mut output = Vec::new();
+            let n = interactive(addr, Duration::from_secs(10), input, &mut output).unwrap();
+            assert_eq!(n, datagrams.len() as u64);
+            assert_eq!(
+                String::from_utf8_lossy(&output),
+                String::from_utf8_lossy(printed)
+            );
+            assert_eq!(server.join().unwrap(), datagrams);
+        }
+        let mut output = Vec::new();
+        let (addr, server) = echo_server(0);
+        assert_eq!(
+            interactive(addr, Duration::from_secs(1), &b""[..], &mut output).unwrap(),
+            0
+        );
+        assert!(output.is_empty());
+        assert!(server.join().unwrap().is_empty());
+    }
+
+    /// A line of the largest payload goes; one byte more is refused before it is sent.
+    #[test]
+    fn a_line_longer_than_a_datagram_is_refused_in_one_line() {
+        let max = crate::MAX_PAYLOAD_V4;
+        let (addr, server) = echo_server(1);
+        let mut input = vec![b'x'; max];
+        input.push(b'\n');
+        input.extend(vec![b'y'; max + 1]);
+        input.push(b'\n');
+        let mut output = Vec::new();
+        let err = interactive(addr, Duration::from_secs(10), &input[..], &mut output).unwrap_err();
+        assert!(
+            matches!(err, ClientError::TooLong { idx: 1, len, max: m } if len == max + 1 && m == max),
+            "{err:?}"
+        );
+        assert_eq!(err.exit_code(), 1);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "line 2 is {} bytes, more than one UDP datagram carries ({max})",
+                max + 1
+            )
+        );
+        assert_eq!(
+            output.len(),
+            max + 1,
+            "the first line's echo and its newline"
+        );
+        assert_eq!(server.join().unwrap().len(), 1);
+    }
+
+    /// An echo that differs ends the session with exit 3, and is not printed.
+    #[test]
+    fn a_changed_echo_is_a_mismatch_never_printed() {
+        let (addr, server) = server_that(2, |reply| {
+            if reply == b"two" {
+                reply[0] ^= 0x20;
+            }
+        });
+        let mut output = Vec::new();
+        let err = interactive(
+            addr,
+            Duration::from_secs(10),
+            &b"one\ntwo\nthree\n"[..],
+            &mut output,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClientError::Mismatch {
+                    idx: 1,
+                    sent: 3,
+                    got: 3
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.exit_code(), 3);
+        assert_eq!(
+            err.to_string(),
+            "datagram 2 came back different: sent 3 bytes, got 3 bytes that differ"
+        );
+        assert_eq!(output, b"one\n");
+        assert_eq!(
+            server.join().unwrap(),
+            vec![b"one".to_vec(), b"two".to_vec()]
+        );
+    }
+
+    /// No echo: the wait ends at the timeout with NoEcho (exit 1), not before and not
+    /// as a socket error.
+    #[test]
+    fn no_echo_within_the_timeout_is_said_with_its_datagram() {
+        let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let timeout = Duration::from_millis(50);
+        let started = Instant::now();
+        let mut output = Vec::new();
+        let err = interactive(
+            silent.local_addr().unwrap(),
+            timeout,
+            &b"a\n"[..],
+            &mut output,
+        )
+        .unwrap_err();
+        assert!(started.elapsed() >= timeout);
+        assert!(matches!(err, ClientError::NoEcho { idx: 0, .. }), "{err:?}");
+        assert_eq!(err.exit_code(), 1);
+        assert_eq!(err.to_string(), "datagram 1 got no echo within 50 ms");
+        assert!(output.is_empty());
+    }
+
+    /// Nothing listening: the kernel's ICMP report (ECONNREFUSED on the connected socket)
+    /// ends the session at once as a socket error, without waiting out the timeout.
+    #[test]
+    fn a_refused_destination_is_a_socket_error_at_once() {
+        let closed = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let started = Instant::now();
+        let mut output = Vec::new();
+        let err = interactive(addr, Duration::from_secs(20), &b"a\n"[..], &mut output).unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "waited for the timeout"
+        );
+        match err {
+            ClientError::Io(ref io) => {
+                assert_eq!(io.kind(), io::ErrorKind::ConnectionRefused, "{io}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(err.exit_code(), 1);
+    }
+
+    /// A file goes in datagrams of `size` bytes, the last one shorter; the count is the
+    /// datagrams sent, each echo checked.
+    #[test]
+    fn a_file_goes_in_datagrams_of_the_size_each_checked() {
+        let (addr, server) = echo_server(3);
+        let n = send_all(addr, b"abcdefghij", 4, Duration::from_secs(10)).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(
+            server.join().unwrap(),
+            vec![b"abcd".to_vec(), b"efgh".to_vec(), b"ij".to_vec()]
+        );
+        let (addr, server) = echo_server(0);
+        assert_eq!(send_all(addr, b"", 4, Duration::from_secs(1)).unwrap(), 0);
+        assert!(server.join().unwrap().is_empty());
+    }
 }

@@ -96,6 +96,10 @@ fn serve(args: ServeCmd) -> ExitCode {
         eprintln!("echolab serve: --processes {n}: not with --udp or --udp-only: one UDP socket serves every client, so the descriptor limit that worker processes get around does not bind UDP (--workers spreads it over SO_REUSEPORT sockets)");
         return ExitCode::from(2);
     }
+    if let Some(flag) = tcp.tcp_only_flag().filter(|_| udp.udp_only) {
+        eprintln!("echolab serve: {flag}: a TCP setting, and --udp-only serves no TCP");
+        return ExitCode::from(2);
+    }
     echolab_server::logging::init(tcp.quiet, tcp.verbose);
     // Ops hook (issue 11): the UDP guard's counts join the stats line and /metrics.
     echolab_server::stats::set_udp_source(|| {
@@ -118,16 +122,32 @@ fn serve(args: ServeCmd) -> ExitCode {
     } else {
         None
     };
+    // --metrics with --udp-only: no TCP server starts the endpoint (it was silently absent).
+    let _metrics = match tcp.metrics.filter(|_| udp.udp_only) {
+        Some(addr) => {
+            let model = tcp.model.unwrap_or(echolab_server::Model::DEFAULT);
+            match echolab_server::metrics::start_beside_udp(addr, model) {
+                Ok(endpoint) => Some(endpoint),
+                Err(err) => {
+                    eprintln!("echolab serve: {err}");
+                    return ExitCode::from(err.exit_code());
+                }
+            }
+        }
+        None => None,
+    };
     let model = tcp.model.unwrap_or(echolab_server::Model::DEFAULT).name();
     // sd_notify for --udp-only (beside TCP, the TCP server says it).
     let notify = echolab_udp::cli::Notify {
         ready: echolab_server::activation::notify_ready,
         stopping: echolab_server::activation::notify_stopping,
     };
+    // A passed TCP listener replaces --listen for UDP too: same port as TCP.
+    let udp_listen = echolab_server::activation::tcp_listener_addr().unwrap_or(tcp.first_listen());
     echolab_udp::cli::run_serve(
         &udp,
         model,
-        tcp.first_listen(),
+        udp_listen,
         tcp.workers,
         |addr| {
             tcp.listen = vec![addr];
@@ -166,8 +186,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => {
             // --help and --version: clap's own output, on stdout.
-            let _ = err.print();
-            return ExitCode::SUCCESS;
+            return echolab_cli::help_printed(err.print());
         }
         Err(err)
             if err.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>

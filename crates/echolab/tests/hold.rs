@@ -553,3 +553,44 @@ fn a_hold_stopped_while_connecting_exits_130() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
 }
+
+/// A stop signal while the hold workers are still starting (injected right after the
+/// first starts: a Ctrl-C's moment is not a test's to pick) interrupts the workers that
+/// started and starts no more: exit 130, no worker counted as died. The forwarded SIGTERM
+/// reached a worker before its handlers were in and killed it, which read as a worker
+/// that died, exit 1.
+#[test]
+fn a_hold_stopped_while_its_workers_start_exits_130() {
+    let server = Server::start("reactor", &["--max-conns", "5000"]);
+    let addr = server.addr.to_string();
+    let mut command = limited_bench(
+        600,
+        &[
+            &addr,
+            "--hold",
+            "1000",
+            "--active",
+            "2",
+            "--duration",
+            "1h",
+            "--json",
+        ],
+    );
+    command.env("ECHOLAB_FAULT_BENCH", "hold-stop=0");
+    let child = command.spawn().expect("spawn echolab bench");
+    let _guard = TermOnPanic(child.id() as i32);
+    let out = finish_bounded(child, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hold = &doc["hold"];
+    assert_eq!(doc["exit_code"], 130, "{doc:#}");
+    assert_eq!(hold["interrupted"], true, "{hold:#}");
+    assert_eq!(hold["failed_by_kind"].get("worker_died"), None, "{hold:#}");
+    let workers = hold["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2, "{hold:#}");
+    assert!(workers[0]["pid"].is_u64(), "{hold:#}");
+    assert_eq!(workers[0]["died"], Value::Null, "{hold:#}");
+    assert_eq!(workers[1]["pid"], Value::Null, "{hold:#}");
+    assert_eq!(workers[1]["established"], 0, "{hold:#}");
+}

@@ -596,3 +596,133 @@ fn a_bench_stopped_while_connecting_is_interrupted_not_timed_out() {
     assert!(!stderr.contains("not established"), "{stderr}");
     assert!(stderr.contains("interrupted while connecting"), "{stderr}");
 }
+
+/// `compare` killed outright (SIGKILL: a CI job's timeout, the OOM killer) left every
+/// server it had started running, for good, each holding a port and its threads. Its
+/// servers now die with it (the kernel's parent-death signal).
+#[test]
+fn compare_servers_die_with_a_killed_compare() {
+    let out = std::env::temp_dir().join(format!("echolab-compare-killed-{}", std::process::id()));
+    let child = echolab()
+        .args(["compare", "--quick", "--models", "event,thread", "--out"])
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut compare = Reaped(child);
+    let pid = compare.0.id() as i32;
+    // Its two TCP servers (and perhaps a UDP one) started: children of compare.
+    let servers = |pid: i32| -> Vec<i32> { family(pid).into_iter().skip(1).collect() };
+    assert!(
+        eventually(|| servers(pid).len() >= 2),
+        "compare started no two servers: {:?}",
+        servers(pid)
+    );
+    let started = servers(pid);
+    compare.0.kill().unwrap();
+    compare.0.wait().unwrap();
+    // A server is gone once its /proc entry is gone or a zombie (its new parent reaps it).
+    let alive = |pid: &i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| {
+                !stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(false)
+    };
+    let gone = eventually(|| !started.iter().any(alive));
+    for pid in started.iter().filter(|p| alive(p)) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    assert!(gone, "compare's servers {started:?} outlived it");
+}
+
+/// `echolab --help > /dev/full` (a full disk, a dead log pipe) exited 0 with the page
+/// lost, while `echolab man` said so and exited 1. Help and version, of echolab's parser
+/// and of `bench --udp`'s, now do as `man` does: one line, exit 1.
+#[test]
+fn help_that_cannot_be_written_is_an_error() {
+    for args in [
+        &["--help"][..],
+        &["--version"],
+        &["serve", "--help"],
+        &["bench", "--udp", "--help"],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let child = echolab()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(full)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = finish_bounded(child, STEP);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("echolab: cannot write to stdout: "),
+            "{stderr}"
+        );
+    }
+}
+
+/// A server whose stderr reader has left (`echolab serve --udp 2>&1 | grep -m1
+/// listening`: grep exits at its first match) exited 101 at its next announcement
+/// (`eprintln!` panics on the closed pipe) and stopped serving. Here stderr is a pipe
+/// closed before the start: the server announces into it and serves all the same.
+#[test]
+fn a_server_whose_stderr_reader_left_keeps_serving() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (read_end, write_end) = nix::unistd::pipe().unwrap();
+    drop(read_end);
+    let child = echolab()
+        .args([
+            "serve",
+            "--model",
+            "event",
+            "--udp",
+            "--metrics",
+            "127.0.0.1:0",
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(write_end))
+        .spawn()
+        .unwrap();
+    let mut server = Reaped(child);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let served = eventually(|| {
+        std::net::TcpStream::connect(addr).is_ok() || !matches!(server.0.try_wait(), Ok(None))
+    });
+    assert!(served, "no TCP listener on {addr}");
+    assert_eq!(server.0.try_wait().unwrap(), None, "the server exited");
+    assert_eq!(round_trip(addr, b"still here".to_vec()), b"still here");
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(STEP)).unwrap();
+    socket.send_to(b"udp too", addr).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(socket.recv(&mut buf).unwrap(), 7);
+    let pid = nix::unistd::Pid::from_raw(server.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = wait_exit(&mut server.0, STEP).expect("no exit after SIGTERM");
+    assert!(status.success(), "{status:?}");
+}

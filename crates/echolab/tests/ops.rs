@@ -596,6 +596,41 @@ fn socket_activation_serves_a_passed_udp_socket() {
     assert!(activated.stop().success());
 }
 
+/// `--udp` with only a TCP listener passed (the contrib socket unit's `ListenDatagram=`
+/// left commented): UDP bound --listen's address (127.0.0.1:7007 by default), another port
+/// than the TCP one systemd passed. It binds the passed listener's address instead.
+#[test]
+fn udp_beside_a_passed_tcp_listener_is_on_its_port() {
+    if !have("systemd-socket-activate", "systemd") {
+        return;
+    }
+    let port = free_port();
+    let mut activated = Activated::start(
+        false,
+        port,
+        &["--model", "event", "--udp", "--listen", "127.0.0.1:0"],
+    );
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut conn = connect(addr);
+    conn.write_all(b"tcp").unwrap();
+    assert_eq!(read_n(&mut conn, 3), b"tcp");
+    let listening = format!("udp listening on 127.0.0.1:{port} (model event,");
+    assert!(
+        eventually(|| activated.has(&listening)),
+        "{:?}",
+        activated.lines()
+    );
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(STEP)).unwrap();
+    socket.send_to(b"udp beside", ("127.0.0.1", port)).unwrap();
+    let mut buf = [0u8; 64];
+    let (len, _) = socket
+        .recv_from(&mut buf)
+        .expect("a UDP echo on the TCP port");
+    assert_eq!(&buf[..len], b"udp beside");
+    assert!(activated.stop().success());
+}
+
 #[test]
 fn a_passed_udp_socket_without_udp_flags_is_refused() {
     if !have("systemd-socket-activate", "systemd") {
@@ -881,6 +916,81 @@ fn usr1_reports_a_udp_only_server_too() {
         line.contains("; udp 1 received, 1 echoed, 0 dropped"),
         "{line}"
     );
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = wait_exit(&mut child, STEP).expect("no exit after SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
+
+/// `serve --udp-only --metrics ADDR` served no endpoint and said nothing (the TCP server
+/// starts it, and --udp-only starts none): a scraper met a refused connection. It serves
+/// the UDP figures like any other server's.
+#[test]
+fn metrics_of_a_udp_only_server_are_served() {
+    let mut child = echolab()
+        .args([
+            "serve",
+            "--udp-only",
+            "--model",
+            "event",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    struct KillOnDrop(nix::unistd::Pid);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    let _guard = KillOnDrop(pid);
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut metrics, mut udp) = (None, None);
+    while metrics.is_none() || udp.is_none() {
+        let line = rx
+            .recv_timeout(STEP)
+            .unwrap_or_else(|_| panic!("no metrics and udp lines (metrics {metrics:?})"));
+        if let Some(rest) = line.strip_prefix("metrics on http://") {
+            metrics = rest.strip_suffix("/metrics").map(|a| a.parse().unwrap());
+        }
+        if let Some(rest) = line.strip_prefix("udp listening on ") {
+            udp = Some(
+                rest.split(' ')
+                    .next()
+                    .unwrap()
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap(),
+            );
+        }
+    }
+    let (metrics, udp) = (metrics.unwrap(), udp.unwrap());
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(STEP)).unwrap();
+    socket.send_to(b"one", udp).unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(socket.recv(&mut buf).unwrap(), 3);
+    let received = "echolab_udp_datagrams_received_total{model=\"event\"}";
+    assert!(
+        eventually(|| value(&http_get(metrics, "/metrics").1, received) == Some(1.0)),
+        "{}",
+        http_get(metrics, "/metrics").1
+    );
+    assert_eq!(http_get(metrics, "/metrics").0, "HTTP/1.0 200 OK");
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = wait_exit(&mut child, STEP).expect("no exit after SIGTERM");
     assert!(status.success(), "{status:?}");

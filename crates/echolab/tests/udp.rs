@@ -693,8 +693,14 @@ fn bench_udp_against_echolab_is_clean_and_client_udp_sends_a_file() {
             "4",
             "-n",
             "500",
-            "--rate",
-            "4000",
+            // Closed loop, an echo late by up to 10 s still counted: at --rate 4000 a
+            // server or bench held off the CPU for ~0.1 s on a loaded machine overflowed a
+            // receive queue of net.core.rmem_max (208 KiB on common CI kernels) and lost
+            // datagrams, failing `lost 0` against a correct server.
+            "--timeout",
+            "10s",
+            "-d",
+            "15s",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

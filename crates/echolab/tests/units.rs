@@ -210,3 +210,63 @@ fn a_negative_number_is_refused_by_the_flag_it_was_given_to() {
         "{line}"
     );
 }
+
+/// compare's list and folder flags: a model named twice ran twice under one name (two
+/// rows, one label), and a --ref-dir without the reference servers (a typo) ran none
+/// without a word. Both are refused before anything is created: one line, exit 2.
+#[test]
+fn compare_refuses_a_model_named_twice_and_an_empty_ref_dir() {
+    let out = std::env::temp_dir().join(format!("echolab-compare-refused-{}", std::process::id()));
+    let out_arg = out.to_str().unwrap();
+    refused(
+        &[
+            "compare",
+            "--models",
+            "event,reactor,event",
+            "--out",
+            out_arg,
+        ],
+        "--models",
+        "event,reactor,event",
+    );
+    let empty = std::env::temp_dir().join(format!("echolab-no-refs-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let empty_arg = empty.to_str().unwrap();
+    let line = refused(
+        &["compare", "--ref-dir", empty_arg, "--out", out_arg],
+        "--ref-dir",
+        empty_arg,
+    );
+    assert!(line.contains("ref_epoll"), "{line}");
+    assert!(
+        !out.exists(),
+        "{} was created for a refused run",
+        out.display()
+    );
+    let _ = std::fs::remove_dir(&empty);
+}
+
+/// `serve --udp-only` ignored the TCP server's flags without a word (`--mode lines` did
+/// not make UDP echo lines, `--max-conns 5` capped nothing): each is refused, one line
+/// naming it, exit 2.
+#[test]
+fn udp_only_refuses_the_flags_only_tcp_reads() {
+    for (flag, value) in [
+        ("--max-conns", "5"),
+        ("--max-conns-per-ip", "2"),
+        ("--mode", "lines"),
+    ] {
+        refused(
+            &[
+                "serve",
+                "--udp-only",
+                "--listen",
+                "127.0.0.1:0",
+                flag,
+                value,
+            ],
+            flag,
+            value,
+        );
+    }
+}

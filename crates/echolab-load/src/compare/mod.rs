@@ -236,6 +236,27 @@ pub fn run(args: CompareArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Bad arguments before anything is created or started.
+    if let Some(list) = &args.models {
+        if let Some(twice) = list
+            .iter()
+            .find(|m| list.iter().filter(|n| n == m).count() > 1)
+        {
+            eprintln!(
+                "echolab compare: --models {}: {twice} is named twice (each model runs once per repeat)",
+                list.join(",")
+            );
+            return ExitCode::from(2);
+        }
+    }
+    let refs = reference_servers(args.ref_dir.as_deref());
+    if let (Some(dir), true) = (&args.ref_dir, refs.is_empty()) {
+        eprintln!(
+            "echolab compare: --ref-dir {}: holds neither ref_epoll nor ref_threads (scripts/build-ref.sh builds them)",
+            dir.display()
+        );
+        return ExitCode::from(2);
+    }
     if let Err(err) = std::fs::create_dir_all(&args.out) {
         eprintln!(
             "echolab compare: cannot create {}: {}",
@@ -249,7 +270,6 @@ pub fn run(args: CompareArgs) -> ExitCode {
         Some(list) if !list.is_empty() => list.clone(),
         _ => MODELS.iter().map(|m| m.to_string()).collect(),
     };
-    let refs = reference_servers(args.ref_dir.as_deref());
     let results = compare(&exe, &names, &refs, &plan, &stop);
     match write_outputs(&args.out, &results) {
         Ok(files) => {

@@ -156,6 +156,11 @@ impl ServerProcess {
         udp: bool,
         known: Option<SocketAddr>,
     ) -> Result<ServerProcess, String> {
+        // A compare killed outright (SIGKILL, a CI job's timeout) takes its servers with
+        // it: they were left serving, each holding a port and its threads, for good.
+        // Started from the main thread (the parent-death signal follows the spawning
+        // thread), which lives as long as compare does.
+        echolab_sys::die_with_parent(&mut cmd, std::process::id());
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
