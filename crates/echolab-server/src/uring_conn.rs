@@ -740,6 +740,13 @@ mod tests {
         pool.reuse(b"full".to_vec());
         assert_eq!(pool.bufs.len(), 1);
         assert!(pool.bufs[0].is_empty(), "a kept buffer is emptied");
+        let taken = pool.take();
+        assert!(
+            taken.is_empty() && taken.capacity() >= 4,
+            "the kept one, empty"
+        );
+        assert!(pool.take().is_empty(), "a new one when none is kept");
+        pool.reuse(taken);
         for _ in 0..100 {
             pool.reuse(Vec::with_capacity(16));
         }
