@@ -677,6 +677,23 @@ mod tests {
         assert_eq!(outbox.lent, Some(8));
         assert!(would_block(&mut outbox, &received[8..]), "past the end");
         assert!(outbox.buf.is_none());
+        // Bytes that start where the received ones end are not theirs (the next buffer of
+        // the pool, say): the run stops at the end of the received bytes.
+        let memory = b"abcdXYZ".to_vec();
+        let mut outbox = Outbox {
+            sending: false,
+            max_send: 64,
+            buf: None,
+            pool: &mut pool,
+            received: Some(&memory[..4]),
+            lent: None,
+        };
+        assert_eq!(outbox.write(&memory[..4]).unwrap(), 4);
+        assert!(
+            would_block(&mut outbox, &memory[4..]),
+            "beyond the received bytes"
+        );
+        assert_eq!(outbox.lent, Some(4));
         // Received bytes that do not start the send (owed bytes went first) are copied.
         let mut outbox = Outbox {
             sending: false,
