@@ -497,12 +497,14 @@ pub fn multishot_limits(room: usize, buf_size: u32) -> (u32, u32) {
 /// (debug builds only; release builds read nothing): `accept-arm=N` makes the first `N`
 /// arms of accept fail, `enter=NEEDLE` makes the wait fail with `EFAULT` in the turn after
 /// a receive brings `NEEDLE`, `bufs=N` gives each loop `N` receive buffers (a power of
-/// two) instead of its usual pool.
+/// two) instead of its usual pool, `short-sends=N` makes every send take at most `N` bytes
+/// (as a socket with little room does), so the short-send paths run on every send.
 #[derive(Debug, Default)]
 pub struct Faults {
     accept_arm_failures: std::sync::atomic::AtomicU32,
     enter_needle: Option<Vec<u8>>,
     recv_bufs: Option<u16>,
+    send_limit: Option<u32>,
 }
 
 impl Faults {
@@ -518,6 +520,9 @@ impl Faults {
                 }
                 Some(("bufs", n)) => {
                     faults.recv_bufs = n.parse().ok().filter(|n: &u16| n.is_power_of_two());
+                }
+                Some(("short-sends", n)) => {
+                    faults.send_limit = n.parse().ok().filter(|n: &u32| *n > 0);
                 }
                 _ => {}
             }
@@ -536,6 +541,11 @@ impl Faults {
     /// The receive buffers each loop gets instead of its usual pool, if a test says.
     pub fn recv_bufs(&self) -> Option<u16> {
         self.recv_bufs
+    }
+
+    /// The most bytes a send may take, if a test says.
+    pub fn send_limit(&self) -> Option<u32> {
+        self.send_limit
     }
 
     /// Whether received `data` asks for the next wait to fail.
@@ -883,6 +893,11 @@ mod tests {
         assert_eq!(none.recv_bufs(), None);
         assert_eq!(Faults::parse("bufs=4").recv_bufs(), Some(4));
         assert_eq!(Faults::parse("bufs=1").recv_bufs(), Some(1));
+        assert_eq!(Faults::parse("short-sends=100").send_limit(), Some(100));
+        assert_eq!(none.send_limit(), None);
+        for refused in ["short-sends=0", "short-sends=-1", "short-sends=x"] {
+            assert_eq!(Faults::parse(refused).send_limit(), None, "{refused}");
+        }
         for refused in ["bufs=3", "bufs=0", "bufs=65536", "bufs=x"] {
             assert_eq!(Faults::parse(refused).recv_bufs(), None, "{refused}");
         }

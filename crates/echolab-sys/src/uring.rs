@@ -143,6 +143,8 @@ pub struct Ring {
     free_sends: Vec<usize>,
     /// Sends in flight from a receive buffer: buffers out of the buffer ring until then.
     lent: usize,
+    /// The most bytes one send asks the kernel to take ([`Ring::limit_sends`]).
+    send_limit: u32,
     /// Requests pushed whose last completion has not arrived (a multishot request counts
     /// once). Drop waits for this to reach zero before freeing memory.
     in_flight: usize,
@@ -198,6 +200,7 @@ impl Ring {
             sends: Vec::new(),
             free_sends: Vec::new(),
             lent: 0,
+            send_limit: u32::MAX,
             in_flight: 0,
             scratch: Vec::new(),
             close_later: Vec::new(),
@@ -270,7 +273,9 @@ impl Ring {
     pub fn send(&mut self, fd: RawFd, tag: u64, buf: SendBuf, start: usize) -> io::Result<()> {
         let start = start.min(buf.len());
         let slot = self.free_sends.pop().unwrap_or(self.sends.len());
-        let len = u32::try_from(buf.len() - start).unwrap_or(u32::MAX);
+        let len = u32::try_from(buf.len() - start)
+            .unwrap_or(u32::MAX)
+            .min(self.send_limit);
         let ptr = match &buf {
             // The pointer is taken from the Vec's heap allocation, which does not move when
             // the Vec itself moves into `sends` below.
@@ -311,6 +316,13 @@ impl Ring {
         }
         self.lent += usize::from(lent);
         Ok(())
+    }
+
+    /// Makes every send ask the kernel to take at most `limit` bytes (at least 1), so that
+    /// sends come back short as on a socket with little room: for tests of the short-send
+    /// paths, which a loopback socket takes only when its buffer happens to fill.
+    pub fn limit_sends(&mut self, limit: u32) {
+        self.send_limit = limit.max(1);
     }
 
     /// Receive buffers held by sends in flight (out of the kernel's pool until they end).

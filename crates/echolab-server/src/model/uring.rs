@@ -103,6 +103,9 @@ fn run_loop(server: &Server, listener: TcpListener, rings_ready: &StartGate) -> 
     let n_bufs = plumbing::faults().recv_bufs().unwrap_or(N_BUFS);
     let uring_loop = Ring::new(RING_ENTRIES, n_bufs, BUF_SIZE).and_then(|mut ring| {
         let multishot_limit = ring.supports_multishot_limit()?;
+        if let Some(limit) = plumbing::faults().send_limit() {
+            ring.limit_sends(limit);
+        }
         ring.poll_readable(server.shutdown.fd().as_raw_fd(), plumbing::SHUTDOWN_TAG)?;
         Ok(UringLoop {
             ring,
