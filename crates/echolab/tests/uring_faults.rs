@@ -156,3 +156,20 @@ fn short_sends_send_the_rest_once_and_in_order() {
         .collect();
     assert_eq!(round_trip(lines.addr, text.clone()), text);
 }
+
+/// A receive buffer sent as it is goes back to the pool when its send completes: with a
+/// pool of four buffers (`bufs=4`), a connection's 300 messages, each echoed from the
+/// buffer it arrived in, would find the pool empty by the fifth if one were kept.
+#[test]
+fn a_receive_buffer_sent_as_it_is_goes_back_to_the_pool() {
+    if skipped("a_receive_buffer_sent_as_it_is_goes_back_to_the_pool") {
+        return;
+    }
+    let server = start("bufs=4", &["--workers", "1"]);
+    let mut conn = connect(server.addr);
+    for round in 0..300 {
+        let message = pattern(100 + round);
+        conn.write_all(&message).unwrap();
+        assert_eq!(read_n(&mut conn, message.len()), message, "round {round}");
+    }
+}
