@@ -298,6 +298,11 @@ impl SendPool {
         }
     }
 
+    /// An empty buffer, kept or new.
+    pub fn take(&mut self) -> Vec<u8> {
+        self.bufs.pop().unwrap_or_default()
+    }
+
     /// Keeps `buf` for a later send if the pool has room and it is not too large.
     pub fn reuse(&mut self, mut buf: Vec<u8>) {
         if self.bufs.len() < SEND_POOL && buf.capacity() <= self.max_capacity {
@@ -310,17 +315,55 @@ impl SendPool {
 /// The echo's writer in the uring model: bytes go into a send buffer that becomes the
 /// connection's next send. It takes nothing while a send is in flight (one send at a time
 /// keeps the bytes in order), and at most `max_send` bytes.
+///
+/// Bytes that lie in `received` (the receive buffer the echo is given, where lending is
+/// allowed) and start its send are not copied: the outbox records how many (`lent`), and
+/// the receive buffer itself becomes the send. It takes what follows them in the same
+/// buffer, and nothing else (the echo keeps that owed, in order).
 #[derive(Debug)]
 pub struct Outbox<'a> {
     pub sending: bool,
     pub max_send: usize,
     pub buf: Option<Vec<u8>>,
     pub pool: &'a mut SendPool,
+    /// The received bytes that may be sent where they are (`None`: copy everything).
+    pub received: Option<&'a [u8]>,
+    /// How many bytes from the start of `received` the send takes from it.
+    pub lent: Option<usize>,
+}
+
+impl Outbox<'_> {
+    /// Whether `bytes` (about to be written) continue the lent run of `received`; takes
+    /// them if so and returns how many.
+    fn lend(&mut self, bytes: &[u8]) -> Option<usize> {
+        let received = self.received?;
+        let taken = self.lent.unwrap_or(0);
+        let next = received.as_ptr() as usize + taken;
+        if self.buf.is_some() || bytes.as_ptr() as usize != next || bytes.is_empty() {
+            return None;
+        }
+        let n = bytes
+            .len()
+            .min(received.len() - taken)
+            .min(self.max_send.saturating_sub(taken));
+        self.lent = Some(taken + n);
+        Some(n)
+    }
 }
 
 impl Write for Outbox<'_> {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         if self.sending {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        if let Some(n) = self.lend(bytes) {
+            return match n {
+                0 => Err(io::ErrorKind::WouldBlock.into()),
+                n => Ok(n),
+            };
+        }
+        if self.lent.is_some() {
+            // Bytes from elsewhere cannot follow a lent run in the same send.
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let pool = &mut self.pool.bufs;
@@ -338,6 +381,14 @@ impl Write for Outbox<'_> {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Whether a loop with `lent` of its `n_bufs` receive buffers held by sends may lend one
+/// more: at most half, so that sends stuck on clients that do not read (a send holds its
+/// buffer until the socket takes it) never leave receives without buffers; past that,
+/// bytes are copied into send buffers as before.
+pub fn may_lend(lent: usize, n_bufs: usize) -> bool {
+    lent < n_bufs / 2
 }
 
 /// A barrier that also says whether every party made it: loops wait here until all have
@@ -446,12 +497,14 @@ pub fn multishot_limits(room: usize, buf_size: u32) -> (u32, u32) {
 /// (debug builds only; release builds read nothing): `accept-arm=N` makes the first `N`
 /// arms of accept fail, `enter=NEEDLE` makes the wait fail with `EFAULT` in the turn after
 /// a receive brings `NEEDLE`, `bufs=N` gives each loop `N` receive buffers (a power of
-/// two) instead of its usual pool.
+/// two) instead of its usual pool, `short-sends=N` makes every send take at most `N` bytes
+/// (as a socket with little room does), so the short-send paths run on every send.
 #[derive(Debug, Default)]
 pub struct Faults {
     accept_arm_failures: std::sync::atomic::AtomicU32,
     enter_needle: Option<Vec<u8>>,
     recv_bufs: Option<u16>,
+    send_limit: Option<u32>,
 }
 
 impl Faults {
@@ -467,6 +520,9 @@ impl Faults {
                 }
                 Some(("bufs", n)) => {
                     faults.recv_bufs = n.parse().ok().filter(|n: &u16| n.is_power_of_two());
+                }
+                Some(("short-sends", n)) => {
+                    faults.send_limit = n.parse().ok().filter(|n: &u32| *n > 0);
                 }
                 _ => {}
             }
@@ -485,6 +541,11 @@ impl Faults {
     /// The receive buffers each loop gets instead of its usual pool, if a test says.
     pub fn recv_bufs(&self) -> Option<u16> {
         self.recv_bufs
+    }
+
+    /// The most bytes a send may take, if a test says.
+    pub fn send_limit(&self) -> Option<u32> {
+        self.send_limit
     }
 
     /// Whether received `data` asks for the next wait to fail.
@@ -574,6 +635,8 @@ mod tests {
             max_send: 5,
             buf: None,
             pool: &mut pool,
+            received: None,
+            lent: None,
         };
         assert_eq!(outbox.write(b"abc").unwrap(), 3);
         assert_eq!(outbox.write(b"defg").unwrap(), 2);
@@ -593,6 +656,110 @@ mod tests {
     }
 
     #[test]
+    fn the_outbox_lends_the_received_bytes_that_start_its_send_and_copies_nothing() {
+        let mut pool = SendPool::new(16);
+        let received = b"abcdefgh".to_vec();
+        let mut outbox = Outbox {
+            sending: false,
+            max_send: 6,
+            buf: None,
+            pool: &mut pool,
+            received: Some(&received),
+            lent: None,
+        };
+        // The start of the received bytes, then what follows them: lent, not copied.
+        assert_eq!(outbox.write(&received[..3]).unwrap(), 3);
+        assert_eq!(outbox.lent, Some(3));
+        assert_eq!(outbox.write(&received[3..5]).unwrap(), 2);
+        assert_eq!((outbox.lent, outbox.buf.is_some()), (Some(5), false));
+        // At most `max_send`, and nothing from elsewhere or out of order behind a lent run.
+        assert_eq!(outbox.write(&received[5..]).unwrap(), 1);
+        assert_eq!(outbox.lent, Some(6));
+        let would_block = |outbox: &mut Outbox, bytes: &[u8]| {
+            outbox.write(bytes).unwrap_err().kind() == io::ErrorKind::WouldBlock
+        };
+        assert!(would_block(&mut outbox, &received[6..]));
+        outbox.max_send = 64;
+        assert!(would_block(&mut outbox, b"elsewhere"));
+        assert!(would_block(&mut outbox, &received[7..]), "a gap");
+        assert!(would_block(&mut outbox, &received[..2]), "bytes again");
+        assert_eq!(outbox.write(&received[6..]).unwrap(), 2);
+        assert_eq!(outbox.lent, Some(8));
+        assert!(would_block(&mut outbox, &received[8..]), "past the end");
+        assert!(outbox.buf.is_none());
+        // Bytes that start where the received ones end are not theirs (the next buffer of
+        // the pool, say): the run stops at the end of the received bytes.
+        let memory = b"abcdXYZ".to_vec();
+        let mut outbox = Outbox {
+            sending: false,
+            max_send: 64,
+            buf: None,
+            pool: &mut pool,
+            received: Some(&memory[..4]),
+            lent: None,
+        };
+        assert_eq!(outbox.write(&memory[..4]).unwrap(), 4);
+        assert!(
+            would_block(&mut outbox, &memory[4..]),
+            "beyond the received bytes"
+        );
+        assert_eq!(outbox.lent, Some(4));
+        // Received bytes that do not start the send (owed bytes went first) are copied.
+        let mut outbox = Outbox {
+            sending: false,
+            max_send: 64,
+            buf: None,
+            pool: &mut pool,
+            received: Some(&received),
+            lent: None,
+        };
+        assert_eq!(outbox.write(b"owed").unwrap(), 4);
+        assert_eq!(outbox.write(&received).unwrap(), 8);
+        assert_eq!(outbox.lent, None);
+        assert_eq!(outbox.buf.as_deref(), Some(&b"owedabcdefgh"[..]));
+        // Received bytes from the middle of the buffer start no lent run.
+        let mut outbox = Outbox {
+            sending: false,
+            max_send: 64,
+            buf: None,
+            pool: &mut pool,
+            received: Some(&received),
+            lent: None,
+        };
+        assert_eq!(outbox.write(&received[1..]).unwrap(), 7);
+        assert_eq!(outbox.lent, None);
+        // Nothing while a send is in flight, lent or not; nothing lent when not allowed.
+        let mut outbox = Outbox {
+            sending: true,
+            max_send: 64,
+            buf: None,
+            pool: &mut pool,
+            received: Some(&received),
+            lent: None,
+        };
+        assert!(would_block(&mut outbox, &received));
+        assert_eq!(outbox.lent, None);
+        outbox.sending = false;
+        outbox.received = None;
+        assert_eq!(outbox.write(&received).unwrap(), 8);
+        assert_eq!(
+            (outbox.lent, outbox.buf.map(|buf| buf.len())),
+            (None, Some(8))
+        );
+    }
+
+    #[test]
+    fn sends_hold_at_most_half_the_receive_buffers() {
+        assert!(may_lend(0, 64));
+        assert!(may_lend(31, 64));
+        assert!(!may_lend(32, 64));
+        assert!(!may_lend(33, 64));
+        assert!(may_lend(0, 2));
+        assert!(!may_lend(1, 2));
+        assert!(!may_lend(0, 1), "a pool of one buffer lends none");
+    }
+
+    #[test]
     fn the_pool_keeps_small_buffers_up_to_its_size() {
         let mut pool = SendPool::new(16);
         pool.reuse(Vec::with_capacity(17));
@@ -600,6 +767,13 @@ mod tests {
         pool.reuse(b"full".to_vec());
         assert_eq!(pool.bufs.len(), 1);
         assert!(pool.bufs[0].is_empty(), "a kept buffer is emptied");
+        let taken = pool.take();
+        assert!(
+            taken.is_empty() && taken.capacity() >= 4,
+            "the kept one, empty"
+        );
+        assert!(pool.take().is_empty(), "a new one when none is kept");
+        pool.reuse(taken);
         for _ in 0..100 {
             pool.reuse(Vec::with_capacity(16));
         }
@@ -609,6 +783,8 @@ mod tests {
             max_send: 4,
             buf: None,
             pool: &mut pool,
+            received: None,
+            lent: None,
         };
         assert_eq!(outbox.write(b"x").unwrap(), 1);
         assert_eq!(
@@ -717,6 +893,11 @@ mod tests {
         assert_eq!(none.recv_bufs(), None);
         assert_eq!(Faults::parse("bufs=4").recv_bufs(), Some(4));
         assert_eq!(Faults::parse("bufs=1").recv_bufs(), Some(1));
+        assert_eq!(Faults::parse("short-sends=100").send_limit(), Some(100));
+        assert_eq!(none.send_limit(), None);
+        for refused in ["short-sends=0", "short-sends=-1", "short-sends=x"] {
+            assert_eq!(Faults::parse(refused).send_limit(), None, "{refused}");
+        }
         for refused in ["bufs=3", "bufs=0", "bufs=65536", "bufs=x"] {
             assert_eq!(Faults::parse(refused).recv_bufs(), None, "{refused}");
         }

@@ -10,8 +10,12 @@
 //!   registered buffer ring. The kernel picks a buffer, fills it and names it in a
 //!   completion; from then on the buffer is the caller's ([`RecvBuf`]) until
 //!   [`Ring::recycle`] gives it back. The caller reads it only through [`Ring::recv_data`].
-//! - Send buffers are `Vec<u8>` moved into the ring by [`Ring::send`] and moved back out
-//!   in the send's completion ([`Completion::Sent`]); nobody else can touch them between.
+//! - Send buffers ([`SendBuf`]) are moved into the ring by [`Ring::send`] and moved back
+//!   out in the send's completion ([`Completion::Sent`]); nobody else can touch them
+//!   between. A send buffer is a `Vec<u8>` or a filled receive buffer ([`RecvBuf`]), sent
+//!   as it is: while its send is in flight it is in neither the caller's hands nor the
+//!   buffer ring, so the kernel does not fill it, and it goes back to the buffer ring only
+//!   once the completion has handed it back and the caller recycles it.
 //! - On drop, the ring cancels every request and waits for them; if it cannot be sure the
 //!   kernel is done, it leaks the memory rather than freeing what the kernel may write.
 //!
@@ -68,11 +72,12 @@ pub enum Completion {
         result: io::Result<Option<RecvBuf>>,
         more: bool,
     },
-    /// A send finished: `Ok(n)` bytes of `buf[start..]` were sent. The buffer comes back.
+    /// A send finished: `Ok(n)` bytes of `buf[start..]` were sent. The buffer comes back
+    /// (a receive buffer to be recycled or sent again).
     Sent {
         tag: u64,
         result: io::Result<usize>,
-        buf: Vec<u8>,
+        buf: SendBuf,
         start: usize,
     },
     /// The descriptor watched by [`Ring::poll_readable`] became readable.
@@ -98,6 +103,34 @@ impl RecvBuf {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Keeps only the first `len` bytes (a send of a prefix); never grows.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(u32::try_from(len).unwrap_or(u32::MAX));
+    }
+}
+
+/// The bytes of a send: a buffer of the caller's, or a filled receive buffer sent where
+/// the kernel put its bytes (no copy), which stays out of the buffer ring until the send
+/// completes.
+#[derive(Debug)]
+pub enum SendBuf {
+    Owned(Vec<u8>),
+    Received(RecvBuf),
+}
+
+impl SendBuf {
+    /// The bytes it holds (a send sends them from some start on).
+    pub fn len(&self) -> usize {
+        match self {
+            SendBuf::Owned(buf) => buf.len(),
+            SendBuf::Received(buf) => buf.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// One io_uring instance and the memory its requests use.
@@ -110,6 +143,10 @@ pub struct Ring {
     /// Invariant: `Some` from [`Ring::send`] until that send's completion.
     sends: Vec<Option<InFlightSend>>,
     free_sends: Vec<usize>,
+    /// Sends in flight from a receive buffer: buffers out of the buffer ring until then.
+    lent: usize,
+    /// The most bytes one send asks the kernel to take ([`Ring::limit_sends`]).
+    send_limit: u32,
     /// Requests pushed whose last completion has not arrived (a multishot request counts
     /// once). Drop waits for this to reach zero before freeing memory.
     in_flight: usize,
@@ -138,7 +175,7 @@ impl std::fmt::Debug for Ring {
 
 #[derive(Debug)]
 struct InFlightSend {
-    buf: Vec<u8>,
+    buf: SendBuf,
     start: usize,
     tag: u64,
 }
@@ -164,6 +201,8 @@ impl Ring {
             bufs,
             sends: Vec::new(),
             free_sends: Vec::new(),
+            lent: 0,
+            send_limit: u32::MAX,
             in_flight: 0,
             scratch: Vec::new(),
             close_later: Vec::new(),
@@ -234,13 +273,22 @@ impl Ring {
 
     /// Sends `buf[start..]` on `fd`. The buffer is the ring's until [`Completion::Sent`]
     /// returns it, with how much was sent (a stream socket may take less).
-    pub fn send(&mut self, fd: RawFd, tag: u64, buf: Vec<u8>, start: usize) -> io::Result<()> {
+    pub fn send(&mut self, fd: RawFd, tag: u64, buf: SendBuf, start: usize) -> io::Result<()> {
         let start = start.min(buf.len());
         let slot = self.free_sends.pop().unwrap_or(self.sends.len());
-        let len = u32::try_from(buf.len() - start).unwrap_or(u32::MAX);
-        // The pointer is taken from the Vec's heap allocation, which does not move when
-        // the Vec itself moves into `sends` below.
-        let ptr = buf[start..].as_ptr();
+        let len = u32::try_from(buf.len() - start)
+            .unwrap_or(u32::MAX)
+            .min(self.send_limit);
+        let ptr = match &buf {
+            // The pointer is taken from the Vec's heap allocation, which does not move when
+            // the Vec itself moves into `sends` below.
+            SendBuf::Owned(bytes) => bytes[start..].as_ptr(),
+            // The receive buffer's bytes, in the ring's allocation (`recv_data` checks the
+            // buffer is this ring's); the kernel does not write there until it is recycled,
+            // which needs the `RecvBuf` back from the completion.
+            SendBuf::Received(received) => self.recv_data(received)[start..].as_ptr(),
+        };
+        let lent = matches!(buf, SendBuf::Received(_));
         let entry = opcode::Send::new(Fd(fd), ptr, len)
             .flags(libc::MSG_NOSIGNAL)
             .build()
@@ -256,12 +304,38 @@ impl Ring {
             self.sends[slot] = in_flight;
         }
         if let Err(err) = self.push(entry) {
-            // Never queued: the buffer was not lent to the kernel.
+            // Never queued: the buffer was not lent to the kernel; a receive buffer goes
+            // back to the kernel's pool.
+            if let Some(Some(InFlightSend {
+                buf: SendBuf::Received(received),
+                ..
+            })) = self.sends.get_mut(slot).map(Option::take)
+            {
+                self.recycle(received);
+            }
             self.sends[slot] = None;
             self.free_sends.push(slot);
             return Err(err);
         }
+        self.lent += usize::from(lent);
         Ok(())
+    }
+
+    /// Makes every send ask the kernel to take at most `limit` bytes (at least 1), so that
+    /// sends come back short as on a socket with little room: for tests of the short-send
+    /// paths, which a loopback socket takes only when its buffer happens to fill.
+    pub fn limit_sends(&mut self, limit: u32) {
+        self.send_limit = limit.max(1);
+    }
+
+    /// Receive buffers held by sends in flight (out of the kernel's pool until they end).
+    pub fn recv_bufs_in_sends(&self) -> usize {
+        self.lent
+    }
+
+    /// The receive buffers of this ring, lent or not.
+    pub fn recv_bufs(&self) -> usize {
+        usize::from(self.bufs.n_bufs)
     }
 
     /// Completes once `fd` is readable ([`Completion::Readable`]).
@@ -535,6 +609,9 @@ impl Ring {
                 let slot = tag as usize;
                 let send = self.sends.get_mut(slot).and_then(Option::take)?;
                 self.free_sends.push(slot);
+                if matches!(send.buf, SendBuf::Received(_)) {
+                    self.lent -= 1;
+                }
                 let result = if res >= 0 {
                     Ok(res as usize)
                 } else {
@@ -699,5 +776,104 @@ mod tests {
         assert_eq!(received(&mut ring, 7, 4), (8, true), "4 + 4 cross 7");
         // No limit (0): everything waiting, and still armed.
         assert_eq!(received(&mut ring, 0, 64), (9, false));
+    }
+    /// The buffer-lifetime rule for a receive buffer sent as it is: it stays out of the
+    /// kernel's pool until its send completes. A pool of one buffer: a send of it that
+    /// waits on a full socket leaves the next receive without a buffer (`ENOBUFS`, never
+    /// a refill of the bytes being sent), and the peer gets exactly those bytes.
+    #[test]
+    fn a_receive_buffer_being_sent_is_not_refilled_until_the_send_completes() {
+        use std::io::Read;
+        let test = "a_receive_buffer_being_sent_is_not_refilled_until_the_send_completes";
+        let Ok(mut ring) = Ring::new(8, 1, 64) else {
+            let _ = writeln!(io::stderr(), "SKIPPED uring::{test}: io_uring refused");
+            return;
+        };
+        let wait = |ring: &mut Ring, out: &mut Vec<Completion>| {
+            ring.submit_and_wait(Some(Duration::from_millis(100)))
+                .unwrap();
+            ring.completions(out);
+        };
+        let (mut writer, reader) = UnixStream::pair().unwrap();
+        writer.write_all(b"first").unwrap();
+        ring.recv_limited(reader.as_raw_fd(), 1, 64).unwrap();
+        let mut completions = Vec::new();
+        let mut received = None;
+        for _ in 0..10 {
+            wait(&mut ring, &mut completions);
+            if let Some(Completion::Received { result, .. }) = completions.pop() {
+                received = Some(result.unwrap().unwrap());
+                break;
+            }
+        }
+        let received = received.expect("no receive completion");
+        assert_eq!(ring.recv_data(&received), b"first");
+        // A socket whose peer does not read: filled until even one byte would block.
+        let (full, mut drain) = UnixStream::pair().unwrap();
+        full.set_nonblocking(true).unwrap();
+        let mut filler = 0;
+        for chunk in [4096, 1] {
+            // Bounded: the socket's buffer is finite.
+            for _ in 0..1_000_000 {
+                match (&full).write(&vec![b'.'; chunk]) {
+                    Ok(n) => filler += n,
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(err) => panic!("fill: {err}"),
+                }
+            }
+        }
+        ring.send(full.as_raw_fd(), 2, SendBuf::Received(received), 0)
+            .unwrap();
+        wait(&mut ring, &mut completions);
+        assert!(
+            completions.is_empty(),
+            "the send did not wait: {completions:?}"
+        );
+        assert_eq!(ring.recv_bufs_in_sends(), 1);
+        // More bytes arrive while the only buffer is out with the send.
+        writer.write_all(b"SECOND").unwrap();
+        ring.recv_limited(reader.as_raw_fd(), 1, 64).unwrap();
+        wait(&mut ring, &mut completions);
+        match completions.pop() {
+            Some(Completion::Received {
+                result: Err(err), ..
+            }) => {
+                assert_eq!(err.raw_os_error(), Some(libc::ENOBUFS), "{err}");
+            }
+            other => panic!("the buffer being sent was taken by a receive: {other:?}"),
+        }
+        // The peer reads: the send goes out, with its own bytes.
+        drain.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        let mut sent = None;
+        for _ in 0..100 {
+            let mut chunk = [0; 65536];
+            while let Ok(n) = drain.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&chunk[..n]);
+            }
+            if sent.is_some() && got.len() == filler + 5 {
+                break;
+            }
+            wait(&mut ring, &mut completions);
+            for completion in completions.drain(..) {
+                if let Completion::Sent {
+                    tag, result, buf, ..
+                } = completion
+                {
+                    assert_eq!((tag, result.unwrap()), (2, 5));
+                    sent = Some(buf);
+                }
+            }
+        }
+        let Some(SendBuf::Received(buf)) = sent else {
+            panic!("no send completion, or not the receive buffer back");
+        };
+        assert_eq!(ring.recv_bufs_in_sends(), 0);
+        assert_eq!(got.len(), filler + 5);
+        assert_eq!(&got[filler..], b"first");
+        ring.recycle(buf);
     }
 }

@@ -183,9 +183,9 @@ fn client_that_never_reads_cannot_grow_server_memory(model: &str) {
     // One loop, so that the warm-up below reaches the loop the non-reader will use.
     let server = Server::start(model, one_loop(model));
     // Warm-up: memory a model allocates once and keeps is not the non-reader's doing.
-    // uring lends the kernel 256 receive buffers of 16 KiB per loop, taken in ring order,
-    // so their 4 MiB become resident only once about 4 MiB have passed through the loop:
-    // the first client that streams that much adds ~4 MiB whatever it is (measured: +4.1
+    // uring lends the kernel receive buffers of 16 KiB per loop (256 when this was measured,
+    // 128 now), taken in ring order, so their 4 MiB became resident only once about 4 MiB had
+    // passed through the loop: the first client that streams that much adds ~4 MiB whatever it is (measured: +4.1
     // MiB of anonymous memory in that one allocation, for a non-reader or a well-behaved
     // client alike, and nothing more for the next ones).
     let warm = pattern(8 * 1024 * 1024);

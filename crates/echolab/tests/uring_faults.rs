@@ -131,3 +131,45 @@ fn a_receive_without_a_free_buffer_is_armed_again() {
         .log
         .wait_for("no receive buffer free, armed again", 1);
 }
+
+/// Every send short (`short-sends=1000`: the kernel is asked to take at most 1,000 bytes a
+/// time, as a socket with little room would): the rest of each send goes next, from a send
+/// buffer or copied out of the receive buffer it was sent from, and every byte comes back
+/// once, in order, in bytes and in lines mode.
+#[test]
+fn short_sends_send_the_rest_once_and_in_order() {
+    if skipped("short_sends_send_the_rest_once_and_in_order") {
+        return;
+    }
+    let server = start("short-sends=1000", &["--workers", "1"]);
+    let payload = pattern(256 * 1024);
+    assert_eq!(round_trip(server.addr, payload.clone()), payload);
+    let mut conn = connect(server.addr);
+    for round in 0..20 {
+        let message = pattern(16 * 1024 - round);
+        conn.write_all(&message).unwrap();
+        assert_eq!(read_n(&mut conn, message.len()), message, "round {round}");
+    }
+    let lines = start("short-sends=7", &["--workers", "1", "--mode", "lines"]);
+    let text: Vec<u8> = (0..2000)
+        .flat_map(|i| format!("line {i} of a text sent in short pieces\n").into_bytes())
+        .collect();
+    assert_eq!(round_trip(lines.addr, text.clone()), text);
+}
+
+/// A receive buffer sent as it is goes back to the pool when its send completes: with a
+/// pool of four buffers (`bufs=4`), a connection's 300 messages, each echoed from the
+/// buffer it arrived in, would find the pool empty by the fifth if one were kept.
+#[test]
+fn a_receive_buffer_sent_as_it_is_goes_back_to_the_pool() {
+    if skipped("a_receive_buffer_sent_as_it_is_goes_back_to_the_pool") {
+        return;
+    }
+    let server = start("bufs=4", &["--workers", "1"]);
+    let mut conn = connect(server.addr);
+    for round in 0..300 {
+        let message = pattern(100 + round);
+        conn.write_all(&message).unwrap();
+        assert_eq!(read_n(&mut conn, message.len()), message, "round {round}");
+    }
+}

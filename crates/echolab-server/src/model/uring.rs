@@ -25,7 +25,12 @@
 //!   request, with no request and no poll armed again per message. Older kernels: a
 //!   single receive of at most one buffer.
 //! - At most one send per connection at a time, from a buffer the ring owns until it
-//!   completes; bytes the echo produces meanwhile wait in the connection's `Echo`.
+//!   completes; bytes the echo produces meanwhile wait in the connection's `Echo`. When
+//!   the echo's next bytes are the start of a receive buffer (bytes mode with nothing owed,
+//!   or whole lines), that receive buffer itself is sent, with no copy, and returns to the
+//!   pool when the send completes; a short send copies its rest out and returns it at
+//!   once, so a client that reads slowly does not keep it. Sends hold at most half the
+//!   pool; past that, bytes are copied into a send buffer.
 //!
 //! Backpressure: a connection holds at most [`MAX_OWED`] bytes (owed by its echo plus its
 //! send in flight), like in every model. An unlimited multishot receive cannot keep that
@@ -44,27 +49,31 @@ use std::net::TcpListener;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
-use echolab_sys::uring::{Completion, RecvBuf, Ring};
+use echolab_sys::uring::{Completion, RecvBuf, Ring, SendBuf};
 
 use crate::conn::{self, End};
 use crate::deadline::Deadlines;
 use crate::echo::{EchoError, MAX_OWED};
 use crate::uring_conn::{
-    self as plumbing, AcceptState, Conn, ConnTable, Outbox, SendPool, StartGate,
+    self as plumbing, may_lend, AcceptState, Conn, ConnTable, Outbox, SendPool, StartGate,
 };
 use crate::{cores, net, runner, Server};
 
 /// Requests the submission queue holds before it is handed to the kernel.
 const RING_ENTRIES: u32 = 1024;
 
-/// The receive buffers of one loop: 64 of 16 KiB, given back within the turn that filled
-/// them, so they serve 64 completions per turn (a receive that finds none ends with
-/// `ENOBUFS` and is armed again). The kernel takes them in ring order, so every buffer is
-/// written in turn: 1 MiB stays in a core's cache, where 256 (4 MiB) made the kernel's copy
-/// into them 13% of the server's CPU at 16 KiB messages against ref_epoll's 5%.
-/// Only pages the kernel wrote are resident: once ~1 MiB has passed through a loop, all
+/// The receive buffers of one loop: 128 of 16 KiB. Most go back within the turn that
+/// filled them; a buffer whose bytes start a send is that send (no copy into a send buffer)
+/// and goes back when it completes, the next turn on a socket with room, at most half the
+/// pool at a time ([`may_lend`]). A receive that finds none free ends with `ENOBUFS` and is
+/// armed again. The kernel takes them in ring order, so every buffer is written in turn:
+/// 2 MiB stays in a core's cache, where 256 (4 MiB) made the kernel's copy into them 13% of
+/// the server's CPU at 16 KiB messages against ref_epoll's 5%. 128 with sends from them
+/// cost 0.95x the server CPU per 16 KiB message of 64 copied (0.94-0.98x in three sittings;
+/// 64 with sends from them 0.97-1.03x, the pool ran short; 128 copied 1.06x).
+/// Only pages the kernel wrote are resident: once ~2 MiB has passed through a loop, all
 /// of it is (a one-time cost per loop, whatever the clients; issue 9).
-const N_BUFS: u16 = 64;
+const N_BUFS: u16 = 128;
 const BUF_SIZE: u32 = 16 * 1024;
 
 /// A receive is armed once the connection has room for one whole buffer.
@@ -106,6 +115,9 @@ fn run_loop(
     let n_bufs = plumbing::faults().recv_bufs().unwrap_or(N_BUFS);
     let uring_loop = Ring::new(RING_ENTRIES, n_bufs, BUF_SIZE).and_then(|mut ring| {
         let multishot_limit = ring.supports_multishot_limit()?;
+        if let Some(limit) = plumbing::faults().send_limit() {
+            ring.limit_sends(limit);
+        }
         ring.poll_readable(server.shutdown.fd().as_raw_fd(), plumbing::SHUTDOWN_TAG)?;
         Ok(UringLoop {
             ring,
@@ -252,29 +264,42 @@ impl UringLoop<'_> {
                 start,
             } => {
                 let Some(conn_idx) = self.conns.live(tag) else {
-                    self.send_pool.reuse(buf);
+                    self.give_back(buf);
                     return Ok(());
                 };
                 self.deadlines.touch(conn_idx, now);
                 let conn = self.conns.get_mut(conn_idx).expect("live slot");
                 match result {
                     Ok(n) if start + n < buf.len() => {
-                        // A short send: the rest goes next, from the same buffer.
+                        // A short send: the rest goes next, from the same buffer; a receive
+                        // buffer's rest is copied out first and the buffer goes back, so a
+                        // client that reads slowly does not keep it from the pool.
                         conn.bytes_sent += n as u64;
                         conn.sending = Some(buf.len() - start - n);
+                        let (buf, start) = match buf {
+                            SendBuf::Received(received) => {
+                                let mut rest = self.send_pool.take();
+                                rest.extend_from_slice(
+                                    &self.ring.recv_data(&received)[start + n..],
+                                );
+                                self.ring.recycle(received);
+                                (SendBuf::Owned(rest), 0)
+                            }
+                            owned => (owned, start + n),
+                        };
                         let fd = conn.stream.as_raw_fd();
-                        if let Err(err) = self.ring.send(fd, tag, buf, start + n) {
+                        if let Err(err) = self.ring.send(fd, tag, buf, start) {
                             self.close(conn_idx, End::Failed(err.into()));
                         }
                     }
                     Ok(n) => {
                         conn.bytes_sent += n as u64;
                         conn.sending = None;
-                        self.send_pool.reuse(buf);
+                        self.give_back(buf);
                         self.pump(conn_idx, Input::Nothing);
                     }
                     Err(err) => {
-                        self.send_pool.reuse(buf);
+                        self.give_back(buf);
                         self.close(conn_idx, End::Failed(err.into()));
                     }
                 }
@@ -312,16 +337,21 @@ impl UringLoop<'_> {
     fn pump(&mut self, conn_idx: usize, input: Input) {
         let tag = self.conns.tag(conn_idx);
         let conn = self.conns.get_mut(conn_idx).expect("live slot");
+        let lending = may_lend(self.ring.recv_bufs_in_sends(), self.ring.recv_bufs());
+        let mut result: Result<(), EchoError> = Ok(());
+        let mut outgoing = None;
         let mut outbox = Outbox {
             sending: conn.sending.is_some(),
             max_send: MAX_OWED,
             buf: None,
             pool: &mut self.send_pool,
+            received: None,
+            lent: None,
         };
-        let mut result: Result<(), EchoError> = Ok(());
         if conn.sending.is_none() && conn.echo.wants_write() {
             result = conn.echo.flush(&mut outbox).map_err(EchoError::from);
         }
+        let mut received = None;
         match input {
             Input::Nothing => {}
             Input::Bytes(buf) => {
@@ -329,18 +359,34 @@ impl UringLoop<'_> {
                 let data = self.ring.recv_data(&buf);
                 log::trace!("server received {} bytes", data.len());
                 self.enter_fault |= plumbing::faults().enter_fails_after(data);
+                outbox.received = lending.then_some(data);
                 result = result.and_then(|()| conn.echo.on_input(data, &mut outbox));
-                self.ring.recycle(buf);
+                received = Some(buf);
             }
             Input::End => result = result.and_then(|()| conn.echo.on_eof(&mut outbox)),
         }
-        let outgoing = outbox.buf.take().filter(|buf| !buf.is_empty());
+        let (lent, owned) = (outbox.lent, outbox.buf.take());
+        if let Some(mut buf) = received {
+            match lent {
+                // The echo's first bytes are these, where they are: the receive buffer is
+                // the send, and goes back to the pool when the send completes.
+                Some(lent) => {
+                    buf.truncate(lent);
+                    outgoing = Some(SendBuf::Received(buf));
+                }
+                None => self.ring.recycle(buf),
+            }
+        }
+        if let Some(buf) = owned.filter(|buf| !buf.is_empty()) {
+            outgoing = Some(SendBuf::Owned(buf));
+        }
         if let Err(err) = result {
             if let Some(buf) = outgoing {
-                self.send_pool.reuse(buf);
+                self.give_back(buf);
             }
             return self.close(conn_idx, End::Failed(err));
         }
+        let conn = self.conns.get_mut(conn_idx).expect("live slot");
         let fd = conn.stream.as_raw_fd();
         let mut queued = Ok(());
         if let Some(buf) = outgoing {
@@ -360,6 +406,14 @@ impl UringLoop<'_> {
         }
         if conn.echo.is_finished() && conn.sending.is_none() {
             self.close(conn_idx, End::PeerClosed);
+        }
+    }
+
+    /// A send buffer back where it came from: the send pool, or the kernel's receive pool.
+    fn give_back(&mut self, buf: SendBuf) {
+        match buf {
+            SendBuf::Owned(buf) => self.send_pool.reuse(buf),
+            SendBuf::Received(buf) => self.ring.recycle(buf),
         }
     }
 
