@@ -31,7 +31,9 @@ pub struct UdpServeArgs {
     #[arg(long, conflicts_with = "udp_only")]
     pub udp: bool,
 
-    /// Serve UDP echo only (no TCP listener).
+    /// Serve UDP echo only (no TCP listener). The TCP settings are refused with it (exit
+    /// 2): --mode lines, --max-line, --long-line, --idle-timeout, --max-conns,
+    /// --max-conns-per-ip, --ipv6-only, --processes.
     #[arg(long)]
     pub udp_only: bool,
 

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod generate;
 
@@ -76,7 +76,7 @@ struct ClientCmd {
 }
 
 // UDP hook (issue 10): UDP beside TCP, or alone; without --udp, TCP exactly as before.
-fn serve(args: ServeCmd) -> ExitCode {
+fn serve(args: ServeCmd, matches: Option<&clap::ArgMatches>) -> ExitCode {
     let ServeCmd { mut tcp, udp } = args;
     // Ops hook (issue 11): sockets passed by the service manager (LISTEN_FDS).
     if let Err(code) = take_passed_sockets(udp.enabled()) {
@@ -91,7 +91,9 @@ fn serve(args: ServeCmd) -> ExitCode {
         eprintln!("echolab serve: --processes {n}: not with --udp or --udp-only: one UDP socket serves every client, so the descriptor limit that worker processes get around does not bind UDP (--workers spreads it over SO_REUSEPORT sockets)");
         return ExitCode::from(2);
     }
-    if let Some(flag) = tcp.tcp_only_flag().filter(|_| udp.udp_only) {
+    let tcp_only = tcp.tcp_only_flag();
+    let tcp_only = tcp_only.or_else(|| matches.and_then(echolab_server::cli::tcp_only_flag_given));
+    if let Some(flag) = tcp_only.filter(|_| udp.udp_only) {
         eprintln!("echolab serve: {flag}: a TCP setting, and --udp-only serves no TCP");
         return ExitCode::from(2);
     }
@@ -177,8 +179,12 @@ fn main() -> ExitCode {
     if let Some(code) = echolab_udp::cli::dispatch(&std::env::args_os().collect::<Vec<_>>()) {
         return code;
     }
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    // The matches too: `serve --udp-only` asks which flags came from the command line.
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches).map(|cli| (cli, matches)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(err) if !err.use_stderr() => {
             // --help and --version: clap's own output, on stdout.
             return echolab_cli::help_printed(err.print());
@@ -201,7 +207,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(args, matches.subcommand_matches("serve")),
         Command::Client(args) => echolab_load::run_client(args.tcp),
         Command::Bench(args) => echolab_load::run_bench(args.tcp),
         Command::Compare(args) => echolab_load::run_compare(args),

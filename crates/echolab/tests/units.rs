@@ -255,6 +255,10 @@ fn udp_only_refuses_the_flags_only_tcp_reads() {
         ("--max-conns", "5"),
         ("--max-conns-per-ip", "2"),
         ("--mode", "lines"),
+        // Flags with a default: refused when given, even at their default value.
+        ("--idle-timeout", "5s"),
+        ("--long-line", "close"),
+        ("--max-line", "8K"),
     ] {
         refused(
             &[
@@ -269,4 +273,23 @@ fn udp_only_refuses_the_flags_only_tcp_reads() {
             value,
         );
     }
+    // --ipv6-only: UDP on IPv6 is always IPv6 only, so the flag is a TCP setting.
+    let child = echolab()
+        .args([
+            "serve",
+            "--udp-only",
+            "--listen",
+            "127.0.0.1:0",
+            "--ipv6-only",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = finish_bounded(child, STEP);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--ipv6-only: a TCP setting"), "{stderr}");
 }
