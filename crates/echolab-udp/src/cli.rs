@@ -465,9 +465,9 @@ pub fn error_json(message: &str, code: u8) -> String {
 /// Says `message` on stderr (one line, after `echolab bench: `) and, with `json`, as
 /// [`error_json`] on stdout; returns `code`.
 fn bench_fail(json: bool, message: &str, code: u8) -> ExitCode {
-    eprintln!("echolab bench: {message}");
+    echolab_cli::announce(&format!("echolab bench: {message}"));
     if json {
-        println!("{}", error_json(message, code));
+        echolab_cli::print_out(&error_json(message, code));
     }
     ExitCode::from(code)
 }
@@ -489,9 +489,9 @@ fn clap_exit(err: clap::Error, json: bool) -> ExitCode {
         .collect::<Vec<_>>()
         .join(" ");
     let message = line.trim_start_matches("error: ");
-    eprintln!("echolab: {message}");
+    echolab_cli::announce(&format!("echolab: {message}"));
     if json {
-        println!("{}", error_json(message, 2));
+        echolab_cli::print_out(&error_json(message, 2));
     }
     ExitCode::from(2)
 }

@@ -88,13 +88,15 @@ fn serve(args: ServeCmd, matches: Option<&clap::ArgMatches>) -> ExitCode {
     if let Some(n) = tcp.processes {
         // The UDP server's threads exist before the supervisor would fork; and UDP needs
         // no descriptor per client, the limit worker processes are for.
-        eprintln!("echolab serve: --processes {n}: not with --udp or --udp-only: one UDP socket serves every client, so the descriptor limit that worker processes get around does not bind UDP (--workers spreads it over SO_REUSEPORT sockets)");
+        echolab_cli::announce(&format!("echolab serve: --processes {n}: not with --udp or --udp-only: one UDP socket serves every client, so the descriptor limit that worker processes get around does not bind UDP (--workers spreads it over SO_REUSEPORT sockets)"));
         return ExitCode::from(2);
     }
     let tcp_only = tcp.tcp_only_flag();
     let tcp_only = tcp_only.or_else(|| matches.and_then(echolab_server::cli::tcp_only_flag_given));
     if let Some(flag) = tcp_only.filter(|_| udp.udp_only) {
-        eprintln!("echolab serve: {flag}: a TCP setting, and --udp-only serves no TCP");
+        echolab_cli::announce(&format!(
+            "echolab serve: {flag}: a TCP setting, and --udp-only serves no TCP"
+        ));
         return ExitCode::from(2);
     }
     echolab_server::logging::init(tcp.quiet, tcp.verbose);
@@ -126,7 +128,7 @@ fn serve(args: ServeCmd, matches: Option<&clap::ArgMatches>) -> ExitCode {
             match echolab_server::metrics::start_beside_udp(addr, model) {
                 Ok(endpoint) => Some(endpoint),
                 Err(err) => {
-                    eprintln!("echolab serve: {err}");
+                    echolab_cli::announce(&format!("echolab serve: {err}"));
                     return ExitCode::from(err.exit_code());
                 }
             }
@@ -159,13 +161,13 @@ fn serve(args: ServeCmd, matches: Option<&clap::ArgMatches>) -> ExitCode {
 fn take_passed_sockets(udp_enabled: bool) -> Result<(), ExitCode> {
     use echolab_server::activation;
     if let Err(err) = activation::take() {
-        eprintln!("echolab serve: {err}");
+        echolab_cli::announce(&format!("echolab serve: {err}"));
         return Err(ExitCode::from(2));
     }
     if let Some(socket) = activation::udp_socket() {
         if !udp_enabled {
-            eprintln!(
-                "echolab serve: LISTEN_FDS passed a UDP socket: serve it with --udp or --udp-only"
+            echolab_cli::announce(
+                "echolab serve: LISTEN_FDS passed a UDP socket: serve it with --udp or --udp-only",
             );
             return Err(ExitCode::from(2));
         }
@@ -198,10 +200,10 @@ fn main() -> ExitCode {
         }
         Err(err) => {
             let message = one_line(&err.render().to_string());
-            eprintln!("echolab: {message}");
+            echolab_cli::announce(&format!("echolab: {message}"));
             if bench_wants_json() {
                 // `echolab bench --json` promises scripts a JSON document whatever happens.
-                println!("{}", echolab_load::bench::error_json(&message, 2));
+                echolab_cli::print_out(&echolab_load::bench::error_json(&message, 2));
             }
             return ExitCode::from(2);
         }
