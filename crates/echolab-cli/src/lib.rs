@@ -30,6 +30,13 @@ pub fn describe_io(err: &std::io::Error) -> String {
     }
 }
 
+/// A count and its noun, the noun plural unless the count is 1: `counted(1, "conn")` is
+/// "1 conn", `counted(8, "conn")` "8 conns" (the nouns printed with counts are regular).
+pub fn counted<N: Copy + PartialEq + From<u8> + std::fmt::Display>(n: N, noun: &str) -> String {
+    let s = if n == N::from(1) { "" } else { "s" };
+    format!("{n} {noun}{s}")
+}
+
 /// Writes `line` and its newline on stderr in one write, and carries on if stderr is gone:
 /// a server's announcements (`listening on ADDR`) must not end it when the reader of its
 /// stderr has left (`echolab serve 2>&1 | grep -m1 listening`: `eprintln!` panics on the
@@ -77,6 +84,13 @@ pub fn help_printed(printed: std::io::Result<()>) -> std::process::ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_count_of_one_takes_the_singular() {
+        assert_eq!(counted(1usize, "conn"), "1 conn");
+        assert_eq!(counted(0u64, "socket"), "0 sockets");
+        assert_eq!(counted(2u32, "thread"), "2 threads");
+    }
 
     #[test]
     fn an_os_error_is_one_lowercase_phrase() {
