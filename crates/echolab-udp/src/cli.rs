@@ -435,12 +435,13 @@ pub fn dispatch(args: &[OsString]) -> Option<ExitCode> {
     }
     let rest = args[2..].iter().cloned();
     let argv = std::iter::once(OsString::from(format!("echolab {command} --udp"))).chain(rest);
-    // Flags only, as above: `--json` promises a JSON document even for a bad argument.
+    // Flags only, as above: `--json` promises a JSON document even for a bad argument, and
+    // so does TCP bench's `--json-stream`, which `bench --udp` refuses (it has no stream).
     let json = command == "bench"
         && args[2..]
             .iter()
             .take_while(|a| a.as_os_str() != "--")
-            .any(|a| a.as_os_str() == "--json");
+            .any(|a| a.as_os_str() == "--json" || a.as_os_str() == "--json-stream");
     Some(if command == "bench" {
         match UdpBenchArgs::try_parse_from(argv) {
             Ok(args) => run_bench(&args),
