@@ -985,7 +985,7 @@ mod tests {
         let text = r.text();
         assert!(
             text.contains("6 lost datagrams were not echoed while the bench listened")
-                && text.contains("these 8 sockets share one"),
+                && text.contains("(per source address: 8 sockets from one address)"),
             "{text}"
         );
         r.counts.late = 10;
