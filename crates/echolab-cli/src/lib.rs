@@ -30,16 +30,39 @@ pub fn describe_io(err: &std::io::Error) -> String {
     }
 }
 
+/// A count and its noun, the noun plural unless the count is 1: `counted(1, "conn")` is
+/// "1 conn", `counted(8, "conn")` "8 conns" (the nouns printed with counts are regular).
+pub fn counted<N: Copy + PartialEq + From<u8> + std::fmt::Display>(n: N, noun: &str) -> String {
+    let s = if n == N::from(1) { "" } else { "s" };
+    format!("{n} {noun}{s}")
+}
+
 /// Writes `line` and its newline on stderr in one write, and carries on if stderr is gone:
 /// a server's announcements (`listening on ADDR`) must not end it when the reader of its
 /// stderr has left (`echolab serve 2>&1 | grep -m1 listening`: `eprintln!` panics on the
-/// closed pipe, and the server exited 101 at its next announcement).
+/// closed pipe, and the server exited 101 at its next announcement). Every message said on
+/// the way to an exit status goes through it too, so that the status stays 2 (or 1), not
+/// a panic's 101, when stderr is closed or full (`echolab serve --bogus 2>/dev/full`).
 pub fn announce(line: &str) {
     use std::io::Write;
     let mut whole = String::with_capacity(line.len() + 1);
     whole.push_str(line);
     whole.push('\n');
     let _ = std::io::stderr().lock().write_all(whole.as_bytes());
+}
+
+/// Writes `text` and its newline on stdout in one write, and carries on if stdout is gone:
+/// the JSON document of a refusal (`bench --json`) must not turn its exit status into a
+/// panic's 101 when stdout is full or closed.
+pub fn print_out(text: &str) {
+    use std::io::Write;
+    let mut whole = String::with_capacity(text.len() + 1);
+    whole.push_str(text);
+    whole.push('\n');
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(whole.as_bytes())
+        .and_then(|()| stdout.flush());
 }
 
 /// The exit status of `--help` or `--version` once `printed` (clap's `Error::print`): 0, or
@@ -52,7 +75,7 @@ pub fn help_printed(printed: std::io::Result<()>) -> std::process::ExitCode {
         // `echolab --help | head -1`: the reader stopped reading, as it meant to.
         Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => std::process::ExitCode::FAILURE,
         Err(err) => {
-            eprintln!("echolab: cannot write to stdout: {err}");
+            announce(&format!("echolab: cannot write to stdout: {err}"));
             std::process::ExitCode::FAILURE
         }
     }
@@ -61,6 +84,13 @@ pub fn help_printed(printed: std::io::Result<()>) -> std::process::ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_count_of_one_takes_the_singular() {
+        assert_eq!(counted(1usize, "conn"), "1 conn");
+        assert_eq!(counted(0u64, "socket"), "0 sockets");
+        assert_eq!(counted(2u32, "thread"), "2 threads");
+    }
 
     #[test]
     fn an_os_error_is_one_lowercase_phrase() {

@@ -246,11 +246,16 @@ pub fn count(text: &str, min: u64, max: u64) -> Result<u64, String> {
 }
 
 /// A socket address with a port: `127.0.0.1:7007`, `[::1]:7007`, or `HOST:PORT` resolved
-/// (its first address). One set of messages for every command: no port, a port out of
-/// range, a host that does not resolve.
+/// (its first address). An IPv6 address may carry a scope id, the interface of a
+/// link-local address: its index (`[fe80::1%2]:7007`) or its name (`[fe80::1%eth0]:7007`,
+/// looked up with if_nametoindex(3)). One set of messages for every command: no port, a
+/// port out of range, a host that does not resolve, no interface of that name.
 pub fn addr(text: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = text.parse() {
         return Ok(addr);
+    }
+    if let Some(numbered) = scope_by_index(text) {
+        return addr(&numbered?);
     }
     const USAGE: &str =
         "not an address with a port (try 127.0.0.1:7007, [::1]:7007 or localhost:7007)";
@@ -277,6 +282,22 @@ pub fn addr(text: &str) -> Result<SocketAddr, String> {
         .or(addrs.first())
         .copied()
         .ok_or_else(|| format!("cannot resolve host {host:?}"))
+}
+
+/// `[fe80::1%lo]:7007` with the scope id's interface name replaced by its index,
+/// `[fe80::1%1]:7007`, which std parses; `None` when `text` has no scope id that is a name.
+fn scope_by_index(text: &str) -> Option<Result<String, String>> {
+    let (inside, after) = text.strip_prefix('[')?.split_once(']')?;
+    let (ip, scope) = inside.split_once('%')?;
+    if !scope.is_empty() && scope.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(match nix::net::if_::if_nametoindex(scope) {
+        Ok(index) => Ok(format!("[{ip}%{index}]{after}")),
+        Err(_) => Err(format!(
+            "no network interface {scope:?} (an IPv6 scope id is an interface name or index: [fe80::1%lo]:7007, [fe80::1%1]:7007)"
+        )),
+    })
 }
 
 /// A server to connect or send to: an [`addr`] whose port is not 0 (port 0 means "any
@@ -565,6 +586,31 @@ mod tests {
             let err = addr(text).unwrap_err();
             assert!(err.contains(want), "{text:?}: {err:?} lacks {want:?}");
         }
+    }
+
+    #[test]
+    fn an_ipv6_scope_id_is_an_interface_index_or_name() {
+        let scope = |text: &str| match addr(text) {
+            Ok(SocketAddr::V6(v6)) => Ok((v6.scope_id(), v6.port())),
+            Ok(v4) => panic!("{text}: {v4}"),
+            Err(err) => Err(err),
+        };
+        assert_eq!(scope("[::1%1]:7"), Ok((1, 7)));
+        // The loopback interface is the first of every Linux network namespace: index 1.
+        assert_eq!(scope("[fe80::1%lo]:7007"), Ok((1, 7007)));
+        assert_eq!(scope("[::1%lo]:0"), Ok((1, 0)));
+        let err = scope("[fe80::1%nosuch0]:7007").unwrap_err();
+        assert!(err.starts_with("no network interface \"nosuch0\""), "{err}");
+        assert!(scope("[fe80::1%]:7007")
+            .unwrap_err()
+            .contains("no network interface"));
+        // The port's checks still apply after the name is replaced.
+        let err = scope("[fe80::1%lo]:99999").unwrap_err();
+        assert_eq!(err, "port out of range (0 to 65535)");
+        assert_eq!(
+            destination("[::1%lo]:0"),
+            Err("port 0 is no server's port (1 to 65535)".to_string())
+        );
     }
 
     #[test]

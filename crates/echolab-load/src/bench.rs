@@ -127,9 +127,9 @@ pub(crate) fn document(
 /// Says `message` on stderr (one line) and, with `--json`, as `{"error": ..., "exit_code":
 /// ...}` on stdout, so that a script always gets a document; returns `code`.
 fn fail(json: bool, message: &str, code: u8) -> ExitCode {
-    eprintln!("echolab bench: {message}");
+    echolab_cli::announce(&format!("echolab bench: {message}"));
     if json {
-        println!("{}", error_json(message, code));
+        echolab_cli::print_out(&error_json(message, code));
     }
     ExitCode::from(code)
 }

@@ -370,14 +370,14 @@ impl BenchReport {
         let workload = config.workload();
         let _ = writeln!(
             out,
-            "echolab bench {}: {}, {} conns, {} B messages{}, pipeline {}, {} threads ({}), warm-up {:.1} s, measured {:.2} s{}",
+            "echolab bench {}: {}, {}, {} B messages{}, pipeline {}, {} ({}), warm-up {:.1} s, measured {:.2} s{}",
             config.addr,
             workload.describe(),
-            config.n_conns,
+            echolab_cli::counted(config.n_conns, "conn"),
             config.msg_size,
             if config.lines { " (lines)" } else { "" },
             config.pipeline,
-            config.effective_threads(),
+            echolab_cli::counted(config.effective_threads(), "thread"),
             if config.effective_threads() < config.n_threads {
                 match config.threads_from {
                     ThreadsFrom::Given => {
@@ -713,6 +713,12 @@ mod tests {
         config.n_threads = 2;
         let text = clean().to_text(&config);
         assert!(text.contains("2 threads (given)"), "{text}");
+        // One of each: singular ("1 conns" and "1 threads" were printed).
+        config.n_conns = 1;
+        config.n_threads = 1;
+        let text = clean().to_text(&config);
+        assert!(text.contains(", 1 conn, 64 B messages"), "{text}");
+        assert!(text.contains(", 1 thread (given)"), "{text}");
     }
 
     /// A clean run's report: 4 connections, 100 messages each, in 1 s.

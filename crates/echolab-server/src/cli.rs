@@ -62,7 +62,8 @@ pub struct ServeArgs {
     pub listen: Vec<SocketAddr>,
 
     /// An IPv6 --listen address takes no IPv4 connections (IPV6_V6ONLY). Default: the
-    /// kernel's choice, dual-stack on Linux. (UDP on IPv6 is always IPv6 only.)
+    /// kernel's choice, dual-stack on Linux. UDP on IPv6 is always IPv6 only, so
+    /// `--udp-only` refuses it (exit 2), as it refuses every TCP setting given.
     #[arg(long)]
     pub ipv6_only: bool,
 
@@ -182,6 +183,36 @@ fn parse_processes(text: &str) -> Result<usize, String> {
 /// connection may hold.
 fn parse_max_line(text: &str) -> Result<usize, String> {
     units::size(text, 1, MAX_LINE_CEILING as u64).map(|n| n as usize)
+}
+
+/// The flags only the TCP server reads that have a default, by clap id: `serve --udp-only`
+/// cannot tell them from their defaults by value, so [`tcp_only_flag_given`] asks where the
+/// value came from. The bool says whether the flag takes a value.
+const TCP_ONLY_WITH_DEFAULTS: [(&str, &str, bool); 4] = [
+    ("idle_timeout", "--idle-timeout", true),
+    ("max_line", "--max-line", true),
+    ("long_line", "--long-line", true),
+    ("ipv6_only", "--ipv6-only", false),
+];
+
+/// A TCP-only flag with a default that `matches` (the `serve` arguments) got from the
+/// command line, as it was given (`--idle-timeout 5s`), for `serve --udp-only` to refuse
+/// like [`ServeArgs::tcp_only_flag`]'s: it ignored them without a word.
+pub fn tcp_only_flag_given(matches: &clap::ArgMatches) -> Option<String> {
+    use clap::parser::ValueSource;
+    let (id, flag, takes_value) = TCP_ONLY_WITH_DEFAULTS
+        .into_iter()
+        .find(|(id, _, _)| matches.value_source(id) == Some(ValueSource::CommandLine))?;
+    let value = matches
+        .get_raw(id)
+        .into_iter()
+        .flatten()
+        .next()
+        .filter(|_| takes_value);
+    Some(match value {
+        Some(value) => format!("{flag} {}", value.to_string_lossy()),
+        None => flag.to_string(),
+    })
 }
 
 impl ServeArgs {
@@ -448,5 +479,30 @@ mod tests {
             listening_lines(&addrs, "model event"),
             "listening on 127.0.0.1:1 (model event)\nlistening on [::1]:2 (model event)\n"
         );
+    }
+
+    #[test]
+    fn a_tcp_only_flag_counts_as_given_only_from_the_command_line() {
+        use clap::CommandFactory;
+        let given = |args: &[&str]| {
+            let argv = std::iter::once("serve").chain(args.iter().copied());
+            tcp_only_flag_given(&Serve::command().get_matches_from(argv))
+        };
+        assert_eq!(given(&[]), None);
+        // The defaults, given: still given (`--udp-only` must refuse what it ignores).
+        assert_eq!(
+            given(&["--idle-timeout", "300s"]).as_deref(),
+            Some("--idle-timeout 300s")
+        );
+        assert_eq!(
+            given(&["--max-line", "8K"]).as_deref(),
+            Some("--max-line 8K")
+        );
+        assert_eq!(
+            given(&["--long-line", "close"]).as_deref(),
+            Some("--long-line close")
+        );
+        assert_eq!(given(&["--ipv6-only"]).as_deref(), Some("--ipv6-only"));
+        assert_eq!(given(&["--workers", "2", "-q"]), None);
     }
 }

@@ -174,9 +174,9 @@ impl UdpReport {
             None => "closed loop (one outstanding per socket)".to_string(),
         };
         let mut out = format!(
-            "udp bench {}: {} sockets × {} B, {shape}, {:.2} s{}\n",
+            "udp bench {}: {} × {} B, {shape}, {:.2} s{}\n",
             cfg.addr,
-            cfg.n_conns,
+            echolab_cli::counted(cfg.n_conns, "socket"),
             cfg.size,
             self.elapsed.as_secs_f64(),
             if self.interrupted {
@@ -230,9 +230,9 @@ impl UdpReport {
             out += &format!(
                 "  note        {} lost datagrams were not echoed while the bench listened; an echolab server counts what it \
                  refuses: if its `rate-limited` count is not 0, its --udp-rate-per-source (per \
-                 source address: these {} sockets share one) dropped them\n",
+                 source address: {} from one address) dropped them\n",
                 c.lost - c.late,
-                cfg.n_conns
+                echolab_cli::counted(cfg.n_conns, "socket")
             );
         }
         if self.socket_errors > 0 {
@@ -766,6 +766,13 @@ mod tests {
             ..Counts::default()
         };
         let mut r = report(counts);
+        // One socket: "1 socket", not "1 sockets".
+        assert!(r
+            .text()
+            .starts_with("udp bench 127.0.0.1:9: 1 socket × 64 B"));
+        assert!(r
+            .text()
+            .contains("(per source address: 1 socket from one address)"));
         assert!(
             r.text().contains("2 lost datagrams were not echoed"),
             "{}",
@@ -978,7 +985,7 @@ mod tests {
         let text = r.text();
         assert!(
             text.contains("6 lost datagrams were not echoed while the bench listened")
-                && text.contains("these 8 sockets share one"),
+                && text.contains("(per source address: 8 sockets from one address)"),
             "{text}"
         );
         r.counts.late = 10;

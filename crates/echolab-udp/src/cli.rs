@@ -31,7 +31,9 @@ pub struct UdpServeArgs {
     #[arg(long, conflicts_with = "udp_only")]
     pub udp: bool,
 
-    /// Serve UDP echo only (no TCP listener).
+    /// Serve UDP echo only (no TCP listener). The TCP settings are refused with it (exit
+    /// 2): --mode lines, --max-line, --long-line, --idle-timeout, --max-conns,
+    /// --max-conns-per-ip, --ipv6-only, --processes.
     #[arg(long)]
     pub udp_only: bool,
 
@@ -433,12 +435,13 @@ pub fn dispatch(args: &[OsString]) -> Option<ExitCode> {
     }
     let rest = args[2..].iter().cloned();
     let argv = std::iter::once(OsString::from(format!("echolab {command} --udp"))).chain(rest);
-    // Flags only, as above: `--json` promises a JSON document even for a bad argument.
+    // Flags only, as above: `--json` promises a JSON document even for a bad argument, and
+    // so does TCP bench's `--json-stream`, which `bench --udp` refuses (it has no stream).
     let json = command == "bench"
         && args[2..]
             .iter()
             .take_while(|a| a.as_os_str() != "--")
-            .any(|a| a.as_os_str() == "--json");
+            .any(|a| a.as_os_str() == "--json" || a.as_os_str() == "--json-stream");
     Some(if command == "bench" {
         match UdpBenchArgs::try_parse_from(argv) {
             Ok(args) => run_bench(&args),
@@ -463,9 +466,9 @@ pub fn error_json(message: &str, code: u8) -> String {
 /// Says `message` on stderr (one line, after `echolab bench: `) and, with `json`, as
 /// [`error_json`] on stdout; returns `code`.
 fn bench_fail(json: bool, message: &str, code: u8) -> ExitCode {
-    eprintln!("echolab bench: {message}");
+    echolab_cli::announce(&format!("echolab bench: {message}"));
     if json {
-        println!("{}", error_json(message, code));
+        echolab_cli::print_out(&error_json(message, code));
     }
     ExitCode::from(code)
 }
@@ -487,9 +490,9 @@ fn clap_exit(err: clap::Error, json: bool) -> ExitCode {
         .collect::<Vec<_>>()
         .join(" ");
     let message = line.trim_start_matches("error: ");
-    eprintln!("echolab: {message}");
+    echolab_cli::announce(&format!("echolab: {message}"));
     if json {
-        println!("{}", error_json(message, 2));
+        echolab_cli::print_out(&error_json(message, 2));
     }
     ExitCode::from(2)
 }

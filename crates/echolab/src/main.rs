@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod generate;
 
@@ -76,7 +76,7 @@ struct ClientCmd {
 }
 
 // UDP hook (issue 10): UDP beside TCP, or alone; without --udp, TCP exactly as before.
-fn serve(args: ServeCmd) -> ExitCode {
+fn serve(args: ServeCmd, matches: Option<&clap::ArgMatches>) -> ExitCode {
     let ServeCmd { mut tcp, udp } = args;
     // Ops hook (issue 11): sockets passed by the service manager (LISTEN_FDS).
     if let Err(code) = take_passed_sockets(udp.enabled()) {
@@ -93,11 +93,15 @@ fn serve(args: ServeCmd) -> ExitCode {
     if let Some(n) = tcp.processes {
         // The UDP server's threads exist before the supervisor would fork; and UDP needs
         // no descriptor per client, the limit worker processes are for.
-        eprintln!("echolab serve: --processes {n}: not with --udp or --udp-only: one UDP socket serves every client, so the descriptor limit that worker processes get around does not bind UDP (--workers spreads it over SO_REUSEPORT sockets)");
+        echolab_cli::announce(&format!("echolab serve: --processes {n}: not with --udp or --udp-only: one UDP socket serves every client, so the descriptor limit that worker processes get around does not bind UDP (--workers spreads it over SO_REUSEPORT sockets)"));
         return ExitCode::from(2);
     }
-    if let Some(flag) = tcp.tcp_only_flag().filter(|_| udp.udp_only) {
-        eprintln!("echolab serve: {flag}: a TCP setting, and --udp-only serves no TCP");
+    let tcp_only = tcp.tcp_only_flag();
+    let tcp_only = tcp_only.or_else(|| matches.and_then(echolab_server::cli::tcp_only_flag_given));
+    if let Some(flag) = tcp_only.filter(|_| udp.udp_only) {
+        echolab_cli::announce(&format!(
+            "echolab serve: {flag}: a TCP setting, and --udp-only serves no TCP"
+        ));
         return ExitCode::from(2);
     }
     echolab_server::logging::init(tcp.quiet, tcp.verbose);
@@ -129,7 +133,7 @@ fn serve(args: ServeCmd) -> ExitCode {
             match echolab_server::metrics::start_beside_udp(addr, model) {
                 Ok(endpoint) => Some(endpoint),
                 Err(err) => {
-                    eprintln!("echolab serve: {err}");
+                    echolab_cli::announce(&format!("echolab serve: {err}"));
                     return ExitCode::from(err.exit_code());
                 }
             }
@@ -162,13 +166,13 @@ fn serve(args: ServeCmd) -> ExitCode {
 fn take_passed_sockets(udp_enabled: bool) -> Result<(), ExitCode> {
     use echolab_server::activation;
     if let Err(err) = activation::take() {
-        eprintln!("echolab serve: {err}");
+        echolab_cli::announce(&format!("echolab serve: {err}"));
         return Err(ExitCode::from(2));
     }
     if let Some(socket) = activation::udp_socket() {
         if !udp_enabled {
-            eprintln!(
-                "echolab serve: LISTEN_FDS passed a UDP socket: serve it with --udp or --udp-only"
+            echolab_cli::announce(
+                "echolab serve: LISTEN_FDS passed a UDP socket: serve it with --udp or --udp-only",
             );
             return Err(ExitCode::from(2));
         }
@@ -182,8 +186,12 @@ fn main() -> ExitCode {
     if let Some(code) = echolab_udp::cli::dispatch(&std::env::args_os().collect::<Vec<_>>()) {
         return code;
     }
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    // The matches too: `serve --udp-only` asks which flags came from the command line.
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches).map(|cli| (cli, matches)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(err) if !err.use_stderr() => {
             // --help and --version: clap's own output, on stdout.
             return echolab_cli::help_printed(err.print());
@@ -197,16 +205,16 @@ fn main() -> ExitCode {
         }
         Err(err) => {
             let message = one_line(&err.render().to_string());
-            eprintln!("echolab: {message}");
+            echolab_cli::announce(&format!("echolab: {message}"));
             if bench_wants_json() {
                 // `echolab bench --json` promises scripts a JSON document whatever happens.
-                println!("{}", echolab_load::bench::error_json(&message, 2));
+                echolab_cli::print_out(&echolab_load::bench::error_json(&message, 2));
             }
             return ExitCode::from(2);
         }
     };
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(args, matches.subcommand_matches("serve")),
         Command::Client(args) => echolab_load::run_client(args.tcp),
         Command::Bench(args) => echolab_load::run_bench(args.tcp),
         Command::Compare(args) => echolab_load::run_compare(args),

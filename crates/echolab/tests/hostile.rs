@@ -680,6 +680,58 @@ fn help_that_cannot_be_written_is_an_error() {
     }
 }
 
+/// A refusal when stderr cannot be written (`2>/dev/full`, a closed pipe): `eprintln!`
+/// panicked and the exit status was 101; it is still the refusal's 2 (1 for help that
+/// stdout could not take either).
+#[test]
+fn a_refusal_that_cannot_be_said_keeps_its_exit_status() {
+    for (args, code) in [
+        (&["serve", "--bogus"][..], 2),
+        (&["bench", "--json", "--bogus"], 2),
+        (
+            &[
+                "serve",
+                "--udp-only",
+                "--listen",
+                "127.0.0.1:0",
+                "--idle-timeout",
+                "5s",
+            ],
+            2,
+        ),
+        (
+            &[
+                "serve",
+                "--udp",
+                "--processes",
+                "2",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            2,
+        ),
+        (&["bench", "--udp", "--bogus"], 2),
+        (&["bench", "--udp", "--json", "--bogus"], 2),
+        (&["--help"], 1),
+    ] {
+        let full = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap()
+        };
+        let child = echolab()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(full())
+            .stderr(full())
+            .spawn()
+            .unwrap();
+        let out = finish_bounded(child, STEP);
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
+    }
+}
+
 /// A server whose stderr reader has left (`echolab serve --udp 2>&1 | grep -m1
 /// listening`: grep exits at its first match) exited 101 at its next announcement
 /// (`eprintln!` panics on the closed pipe) and stopped serving. Here stderr is a pipe

@@ -804,6 +804,8 @@ fn bench_udp_with_json_prints_an_error_document_for_a_bad_argument() {
         (vec!["--timeout", "0.5ms", "--json"], "0.5ms"),
         // Checked after parsing, against the address: the same document.
         (vec!["--size", "65508", "--json"], "65508"),
+        // --json-stream is TCP bench's: refused, with the document scripts read.
+        (vec!["--json-stream"], "--json-stream"),
     ] {
         let child = echolab()
             .args(["bench", "--udp", "127.0.0.1:9"])

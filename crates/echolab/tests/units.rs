@@ -255,6 +255,10 @@ fn udp_only_refuses_the_flags_only_tcp_reads() {
         ("--max-conns", "5"),
         ("--max-conns-per-ip", "2"),
         ("--mode", "lines"),
+        // Flags with a default: refused when given, even at their default value.
+        ("--idle-timeout", "5s"),
+        ("--long-line", "close"),
+        ("--max-line", "8K"),
     ] {
         refused(
             &[
@@ -269,4 +273,52 @@ fn udp_only_refuses_the_flags_only_tcp_reads() {
             value,
         );
     }
+    // --ipv6-only: UDP on IPv6 is always IPv6 only, so the flag is a TCP setting.
+    let child = echolab()
+        .args([
+            "serve",
+            "--udp-only",
+            "--listen",
+            "127.0.0.1:0",
+            "--ipv6-only",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = finish_bounded(child, STEP);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--ipv6-only: a TCP setting"), "{stderr}");
+}
+
+/// An IPv6 scope id by interface name (`[::1%lo]:PORT`) was refused as "cannot resolve
+/// host": serve listens on it and client connects to it; an unknown name is one line.
+#[test]
+fn an_ipv6_scope_id_may_name_its_interface() {
+    refused(
+        &["client", "[fe80::1%nosuch0]:7"],
+        "no network interface \"nosuch0\"",
+        "[fe80::1%nosuch0]:7",
+    );
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("SKIPPED an_ipv6_scope_id_may_name_its_interface: no IPv6 loopback here");
+        return;
+    }
+    let server = Server::start_with(echolab(), "event", "[::1%lo]:0", &[]);
+    let mut child = echolab()
+        .args(["client", &format!("[::1%lo]:{}", server.addr.port())])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A line closes stdin on drop: the client sends it, reads its echo and exits.
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"scoped\n").unwrap();
+    let output = finish_bounded(child, STEP);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert_eq!(output.stdout, b"scoped\n", "{stderr}");
 }

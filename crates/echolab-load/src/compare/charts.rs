@@ -1051,8 +1051,9 @@ mod tests {
         let place = pin.map_or(String::new(), |p| format!(", {}", p.describe()));
         Workload {
             name: format!(
-                "{}64 B × {conns} conns{place}",
-                if udp { "UDP " } else { "" }
+                "{}64 B × {}{place}",
+                if udp { "UDP " } else { "" },
+                echolab_cli::counted(conns, "conn")
             ),
             conns,
             size: 64,
@@ -1553,11 +1554,11 @@ mod tests {
         assert_eq!(
             c.categories,
             [
-                "64 B × 1 conns",
+                "64 B × 1 conn",
                 "64 B × 8 conns",
                 "64 B × 64 conns",
-                "64 B × 1 conns, same CPU",
-                "64 B × 1 conns, different CPUs"
+                "64 B × 1 conn, same CPU",
+                "64 B × 1 conn, different CPUs"
             ]
         );
     }

@@ -98,7 +98,11 @@ impl Plan {
     /// or a reduced one that runs in about two minutes on 2 cores.
     pub fn new(quick: bool, repeats: Option<usize>) -> Plan {
         let closed = |conns: usize, size: usize| Workload {
-            name: format!("{} × {conns} conns", size_name(size)),
+            name: format!(
+                "{} × {}",
+                size_name(size),
+                echolab_cli::counted(conns, "conn")
+            ),
             conns,
             size,
             churn: false,
@@ -119,7 +123,7 @@ impl Plan {
             ..closed(1, 64)
         };
         let udp = |sockets: usize| Workload {
-            name: format!("UDP 64 B × {sockets} sockets"),
+            name: format!("UDP 64 B × {}", echolab_cli::counted(sockets, "socket")),
             udp: true,
             ..closed(sockets, 64)
         };

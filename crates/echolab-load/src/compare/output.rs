@@ -631,7 +631,8 @@ fn errors_cell(m: &Median) -> String {
     if m.unserved_conns == 0 {
         m.errors.to_string()
     } else {
-        format!("{} ({} conns never served)", m.errors, m.unserved_conns)
+        let unserved = echolab_cli::counted(m.unserved_conns, "conn");
+        format!("{} ({unserved} never served)", m.errors)
     }
 }
 
