@@ -195,6 +195,8 @@ impl ServeArgs {
 
     /// A flag given that only the TCP server reads, as it was given (`--max-conns 5`), for
     /// `serve --udp-only` to refuse: it serves no TCP, and ignored them without a word.
+    /// Flags with a default count when they differ from it (`--mode lines`, `--long-line
+    /// split`, `--max-line`, `--idle-timeout`).
     pub fn tcp_only_flag(&self) -> Option<String> {
         if let Some(n) = self.max_conns {
             return Some(format!("--max-conns {n}"));
@@ -204,6 +206,16 @@ impl ServeArgs {
         }
         if self.mode == Mode::Lines {
             return Some("--mode lines".to_string());
+        }
+        if self.long_line == LongLine::Split {
+            return Some("--long-line split".to_string());
+        }
+        if self.max_line != DEFAULT_MAX_LINE {
+            return Some(format!("--max-line {}", self.max_line));
+        }
+        if self.idle_timeout != Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS) {
+            // Debug spells it as the flag takes it: 5s, 1.5s, 200ms.
+            return Some(format!("--idle-timeout {:?}", self.idle_timeout));
         }
         None
     }

@@ -255,6 +255,9 @@ fn udp_only_refuses_the_flags_only_tcp_reads() {
         ("--max-conns", "5"),
         ("--max-conns-per-ip", "2"),
         ("--mode", "lines"),
+        ("--long-line", "split"),
+        ("--max-line", "100"),
+        ("--idle-timeout", "5s"),
     ] {
         refused(
             &[
