@@ -31,7 +31,9 @@ pub struct UdpServeArgs {
     #[arg(long, conflicts_with = "udp_only")]
     pub udp: bool,
 
-    /// Serve UDP echo only (no TCP listener).
+    /// Serve UDP echo only (no TCP listener). The TCP server's settings are refused
+    /// (one line, exit 2): --mode lines, --long-line split, --max-line, --idle-timeout,
+    /// --max-conns, --max-conns-per-ip, --processes, --listen given more than once.
     #[arg(long)]
     pub udp_only: bool,
 
