@@ -23,8 +23,8 @@
 //! - [`shared`]: counters in a `MAP_SHARED` mapping, seen by the children forked after it.
 //! - [`uring`]: io_uring for the `uring` server model, with the rule that memory named by
 //!   a request belongs to the ring until its completion.
-//! - [`uring_udp`]: io_uring for the UDP `uring` model (multishot `recvmsg`, replies by
-//!   `sendmsg` from the receive buffer), under the same rule.
+//! - [`uring_udp`]: io_uring for the UDP `uring` model (multishot `recvmsg`, a turn's
+//!   replies by one `sendmmsg` from the receive buffers), under the same rule.
 
 use std::io;
 

@@ -31,9 +31,9 @@ pub struct UdpServeArgs {
     #[arg(long, conflicts_with = "udp_only")]
     pub udp: bool,
 
-    /// Serve UDP echo only (no TCP listener). The TCP settings are refused with it (exit
-    /// 2): --mode lines, --max-line, --long-line, --idle-timeout, --max-conns,
-    /// --max-conns-per-ip, --ipv6-only, --processes.
+    /// Serve UDP echo only (no TCP listener). The TCP settings are refused with it (one
+    /// line, exit 2): --mode lines, --max-line, --long-line, --idle-timeout, --max-conns,
+    /// --max-conns-per-ip, --ipv6-only, --processes, --listen given more than once.
     #[arg(long)]
     pub udp_only: bool,
 

@@ -94,7 +94,7 @@ pub enum UdpModel {
     /// N mio event loops, each with its own SO_REUSEPORT socket, batched.
     Reactor,
     /// N io_uring loops, each with its own SO_REUSEPORT socket: multishot `recvmsg` into
-    /// provided buffers, `sendmsg` replies batched per turn.
+    /// provided buffers, a turn's replies in one `sendmmsg` from those buffers.
     Uring,
     /// tokio's multi-threaded runtime: N tasks receiving on one shared socket.
     Async,

@@ -258,7 +258,9 @@ fn udp_only_refuses_the_flags_only_tcp_reads() {
         // Flags with a default: refused when given, even at their default value.
         ("--idle-timeout", "5s"),
         ("--long-line", "close"),
+        ("--long-line", "split"),
         ("--max-line", "8K"),
+        ("--max-line", "100"),
     ] {
         refused(
             &[

@@ -173,3 +173,23 @@ fn a_receive_buffer_sent_as_it_is_goes_back_to_the_pool() {
         assert_eq!(read_n(&mut conn, message.len()), message, "round {round}");
     }
 }
+
+/// A receive buffer whose send came back short goes back to the pool once its rest is
+/// copied out: with four buffers (`bufs=4`) and every send cut at 1,000 bytes
+/// (`short-sends=1000`), each of a connection's 100 messages of more than 1,000 bytes is
+/// sent from the buffer it arrived in and comes back short; a buffer kept after its rest
+/// was copied would leave the receives none by the fifth message (the short-send test
+/// above, with the usual 128 buffers, ends before running out).
+#[test]
+fn a_receive_buffer_whose_send_was_short_goes_back_to_the_pool() {
+    if skipped("a_receive_buffer_whose_send_was_short_goes_back_to_the_pool") {
+        return;
+    }
+    let server = start("bufs=4,short-sends=1000", &["--workers", "1"]);
+    let mut conn = connect(server.addr);
+    for round in 0..100 {
+        let message = pattern(1500 + round);
+        conn.write_all(&message).unwrap();
+        assert_eq!(read_n(&mut conn, message.len()), message, "round {round}");
+    }
+}

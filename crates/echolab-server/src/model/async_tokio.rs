@@ -425,4 +425,38 @@ mod tests {
         eprintln!("ConnTask: {size} bytes");
         assert!(size <= 280, "ConnTask: {size} bytes");
     }
+
+    /// Two listeners with two connections queued on each: `accept_any` takes them in
+    /// turn, A B A B, not all of A first (a busy address cannot starve the other), as the
+    /// blocking models' `Acceptor` does.
+    #[test]
+    fn accept_any_takes_every_listener_in_turn() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut listeners = Vec::new();
+            for _ in 0..2 {
+                listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+            }
+            let ports: Vec<u16> = listeners
+                .iter()
+                .map(|l| l.local_addr().unwrap().port())
+                .collect();
+            // Loopback connects complete in the listen queue, before any accept.
+            let _clients: Vec<std::net::TcpStream> = [1, 0, 1, 0]
+                .iter()
+                .map(|&idx| std::net::TcpStream::connect(("127.0.0.1", ports[idx])).unwrap())
+                .collect();
+            let mut next = 0;
+            let mut order = Vec::new();
+            for _ in 0..4 {
+                let accepted = std::future::poll_fn(|cx| accept_any(&listeners, &mut next, cx));
+                let (conn, _peer) = accepted.await.unwrap();
+                order.push(conn.local_addr().unwrap().port());
+            }
+            assert_eq!(order, [ports[0], ports[1], ports[0], ports[1]]);
+        });
+    }
 }
