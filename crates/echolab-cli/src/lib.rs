@@ -37,6 +37,15 @@ pub fn counted<N: Copy + PartialEq + From<u8> + std::fmt::Display>(n: N, noun: &
     format!("{n} {noun}{s}")
 }
 
+/// `eprintln!` that carries on when stderr is gone (see [`announce`]): the arguments of
+/// `format!`, one line on stderr in one write, never a panic.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::announce(&::std::format!($($arg)*))
+    };
+}
+
 /// Writes `line` and its newline on stderr in one write, and carries on if stderr is gone:
 /// a server's announcements (`listening on ADDR`) must not end it when the reader of its
 /// stderr has left (`echolab serve 2>&1 | grep -m1 listening`: `eprintln!` panics on the

@@ -72,7 +72,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
             if let Some(path) = &args.hdr_log {
                 if let Err(err) = crate::merge::write_bench_log(path, &report, &config) {
                     let why = echolab_cli::describe_io(&err);
-                    eprintln!("echolab bench: cannot write {}: {why}", path.display());
+                    echolab_cli::say!("echolab bench: cannot write {}: {why}", path.display());
                     return ExitCode::from(1);
                 }
             }
@@ -91,7 +91,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
             };
             let _ = printed.and_then(|()| stdout.flush());
             if let Some(line) = thresholds.verdict(&report) {
-                eprintln!("echolab bench: {line}");
+                echolab_cli::say!("echolab bench: {line}");
             }
             ExitCode::from(thresholds.exit_code(&report))
         }

@@ -82,7 +82,7 @@ pub fn run(args: ClientArgs) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("echolab client: {err}");
+            echolab_cli::say!("echolab client: {err}");
             ExitCode::from(err.exit_code())
         }
     }

@@ -361,7 +361,7 @@ pub fn run(args: MergeArgs) -> ExitCode {
 }
 
 fn fail(message: &str, code: u8) -> ExitCode {
-    eprintln!("echolab merge: {message}");
+    echolab_cli::say!("echolab merge: {message}");
     ExitCode::from(code)
 }
 

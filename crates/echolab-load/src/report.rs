@@ -1052,7 +1052,7 @@ mod tests {
         assert_eq!(port_range_size("7"), None);
         // The warning shows past half this machine's range, read here from /proc.
         let Ok(range) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
-            eprintln!(
+            echolab_cli::say!(
                 "skipped the warning's half: /proc/sys/net/ipv4/ip_local_port_range is unreadable"
             );
             return;

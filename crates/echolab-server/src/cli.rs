@@ -313,25 +313,25 @@ pub fn run(args: ServeArgs) -> ExitCode {
     let config = args.config();
     if let Some(workers) = config.workers.filter(|_| !config.model.has_workers()) {
         // A value that would do nothing is a mistake to report, not to ignore (finding 11).
-        eprintln!(
+        echolab_cli::say!(
             "echolab serve: --workers {workers}: the {} model has no worker threads (only prethreaded, reactor, uring and async take --workers)",
             config.model
         );
         return ExitCode::from(2);
     }
     if let (Some(addr), Model::Process) = (config.metrics, config.model) {
-        eprintln!(
+        echolab_cli::say!(
             "echolab serve: --metrics {addr}: the process model forks only while it has one thread, and the endpoint needs one (use kill -USR1 for its figures)"
         );
         return ExitCode::from(2);
     }
     if let Some(message) = listen_conflict(&config, crate::activation::tcp_passed()) {
-        eprintln!("echolab serve: {message}");
+        echolab_cli::say!("echolab serve: {message}");
         return ExitCode::from(2);
     }
     if let Some(n) = args.processes {
         if let Some(message) = processes_conflict(&config, n) {
-            eprintln!("echolab serve: {message}");
+            echolab_cli::say!("echolab serve: {message}");
             return ExitCode::from(2);
         }
     }
@@ -355,7 +355,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("echolab serve: {err}");
+            echolab_cli::say!("echolab serve: {err}");
             ExitCode::from(err.exit_code())
         }
     }

@@ -672,7 +672,7 @@ mod tests {
         if t0.elapsed() < HEAD_TIMEOUT / 2 {
             assert_eq!(still.unwrap_err().kind(), io::ErrorKind::WouldBlock);
         } else {
-            eprintln!(
+            echolab_cli::say!(
                 "SKIPPED the third-oldest check: {:?} passed (head timeout {HEAD_TIMEOUT:?})",
                 t0.elapsed()
             );

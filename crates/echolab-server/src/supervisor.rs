@@ -119,7 +119,7 @@ impl RestartBudget {
 /// per `--listen`) once every worker listens. Exit status as `echolab serve`'s.
 pub fn run(config: ServeConfig, n: usize, on_listening: impl FnOnce(&[SocketAddr])) -> ExitCode {
     if !matches!(config.model, Model::Reactor | Model::Uring) {
-        eprintln!(
+        echolab_cli::say!(
             "echolab serve: --processes: the {} model cannot run as worker processes (only reactor and uring)",
             config.model
         );
@@ -142,7 +142,7 @@ pub fn run(config: ServeConfig, n: usize, on_listening: impl FnOnce(&[SocketAddr
                 addrs.push(addr);
             }
             Err(err) => {
-                eprintln!(
+                echolab_cli::say!(
                     "echolab serve: cannot bind {listen}: {}",
                     net::describe(&err)
                 );
@@ -230,7 +230,7 @@ fn reserve(addr: SocketAddr, ipv6_only: bool) -> io::Result<(socket2::Socket, So
 }
 
 fn fail(message: &str) -> ExitCode {
-    eprintln!("echolab serve: {message}");
+    echolab_cli::say!("echolab serve: {message}");
     ExitCode::from(1)
 }
 
@@ -478,7 +478,7 @@ mod tests {
         use nix::sys::resource::{getrlimit, setrlimit, Resource};
         let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
         if hard < 2 {
-            eprintln!("SKIPPED: a hard RLIMIT_NOFILE of {hard} cannot be lowered to test");
+            echolab_cli::say!("SKIPPED: a hard RLIMIT_NOFILE of {hard} cannot be lowered to test");
             return;
         }
         // Lowering one's own soft limit is always allowed; raise_nofile puts it back.

@@ -148,14 +148,14 @@ pub fn run_serve(
     let model = match UdpModel::for_model(model_name) {
         Ok(model) => model,
         Err(reason) => {
-            eprintln!("echolab serve: {reason}");
+            echolab_cli::say!("echolab serve: {reason}");
             return ExitCode::from(2);
         }
     };
     let stop = match stop_flag() {
         Ok(stop) => stop,
         Err(err) => {
-            eprintln!("echolab serve: cannot install signal handlers: {err}");
+            echolab_cli::say!("echolab serve: cannot install signal handlers: {err}");
             return ExitCode::from(1);
         }
     };
@@ -168,7 +168,7 @@ pub fn run_serve(
     let server = match start_beside_tcp(&config, stop, !args.udp_only) {
         Ok(server) => server,
         Err(err) => {
-            eprintln!("echolab serve: {err}");
+            echolab_cli::say!("echolab serve: {err}");
             return ExitCode::from(err.exit_code());
         }
     };
@@ -195,7 +195,7 @@ pub fn run_serve(
             code
         }
         Err(err) => {
-            eprintln!("echolab serve: {err}");
+            echolab_cli::say!("echolab serve: {err}");
             ExitCode::from(err.exit_code())
         }
     }
@@ -511,7 +511,7 @@ pub fn run_bench(args: &UdpBenchArgs) -> ExitCode {
         }
     };
     let lines = |now: &crate::bench::Progress, before: &crate::bench::Progress| {
-        eprintln!("{}", now.line(before));
+        echolab_cli::say!("{}", now.line(before));
     };
     let report = match crate::bench::run_with_progress(&config, &stop, args.interval, lines) {
         Ok(report) => report,
@@ -540,9 +540,10 @@ pub fn run_bench(args: &UdpBenchArgs) -> ExitCode {
 pub fn run_client(args: &UdpClientArgs) -> ExitCode {
     let max = crate::max_payload(&args.addr);
     if args.only.size > max {
-        eprintln!(
+        echolab_cli::say!(
             "echolab client: --size {} is more than one UDP datagram carries to {} ({max} bytes)",
-            args.only.size, args.addr
+            args.only.size,
+            args.addr
         );
         return ExitCode::from(2);
     }
@@ -552,12 +553,12 @@ pub fn run_client(args: &UdpClientArgs) -> ExitCode {
                 Ok(data) => data,
                 Err(err) => {
                     let why = echolab_cli::describe_io(&err);
-                    eprintln!("echolab client: cannot read {}: {why}", path.display());
+                    echolab_cli::say!("echolab client: cannot read {}: {why}", path.display());
                     return ExitCode::from(2);
                 }
             };
             crate::client::send_all(args.addr, &data, args.only.size, args.timeout).map(|n| {
-                eprintln!(
+                echolab_cli::say!(
                     "echolab client: {} bytes in {n} datagrams of up to {} bytes, every echo matched",
                     data.len(),
                     args.only.size
@@ -575,7 +576,7 @@ pub fn run_client(args: &UdpClientArgs) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("echolab client: udp {}: {err}", args.addr);
+            echolab_cli::say!("echolab client: udp {}: {err}", args.addr);
             ExitCode::from(err.exit_code())
         }
     }

@@ -274,7 +274,7 @@ mod tests {
         match UdpServer::start(&config, Arc::new(AtomicBool::new(false))) {
             Ok(server) => Some(server),
             Err(UdpError::Unsupported { reason, .. }) => {
-                eprintln!("SKIPPED: {reason}");
+                echolab_cli::say!("SKIPPED: {reason}");
                 None
             }
             Err(err) => panic!("{err}"),
@@ -313,7 +313,7 @@ mod tests {
             reserved.send_to(b"loop?", server.local_addr()).unwrap();
             wait_received(&server, 5);
         } else {
-            eprintln!("skipped: source port 13: cannot bind 127.0.0.1:13");
+            echolab_cli::say!("skipped: source port 13: cannot bind 127.0.0.1:13");
         }
         let stats = server.join().unwrap();
         let n_reserved = u64::from(reserved.is_some());
@@ -382,7 +382,7 @@ mod tests {
         let ring = match UdpRing::new(socket.as_raw_fd(), 4, BUF_LEN) {
             Ok(ring) => ring,
             Err(err) => {
-                eprintln!("SKIPPED: {}", refusal(&err));
+                echolab_cli::say!("SKIPPED: {}", refusal(&err));
                 return;
             }
         };
@@ -429,7 +429,7 @@ mod tests {
         let ring = match UdpRing::new(socket.as_raw_fd(), 4, BUF_LEN) {
             Ok(ring) => ring,
             Err(err) => {
-                eprintln!("SKIPPED: {}", refusal(&err));
+                echolab_cli::say!("SKIPPED: {}", refusal(&err));
                 return;
             }
         };
@@ -544,11 +544,11 @@ mod tests {
     fn the_ring_is_made_where_the_kernel_allows_io_uring() {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         if let Err(err) = UdpRing::new(socket.as_raw_fd(), 2, 64) {
-            eprintln!("SKIPPED: {}", refusal(&err));
+            echolab_cli::say!("SKIPPED: {}", refusal(&err));
             return;
         }
         if std::env::var_os("ECHOLAB_FAULT_URING").is_some() {
-            eprintln!("SKIPPED: ECHOLAB_FAULT_URING is set for this run");
+            echolab_cli::say!("SKIPPED: ECHOLAB_FAULT_URING is set for this run");
             return;
         }
         // Multishot recvmsg came with Linux 6.0: before it, the refusal is the right answer.
@@ -556,7 +556,7 @@ mod tests {
         let mut numbers = release.split(|c: char| !c.is_ascii_digit());
         let major: u32 = numbers.next().unwrap().parse().unwrap();
         if major < 6 {
-            eprintln!("SKIPPED: kernel {} before 6.0", release.trim());
+            echolab_cli::say!("SKIPPED: kernel {} before 6.0", release.trim());
             return;
         }
         let ring = ring_for(&socket).unwrap();

@@ -57,7 +57,7 @@ pub fn man<C: CommandFactory>(args: &ManArgs) -> ExitCode {
         Some(name) => {
             let Some(sub) = cli.find_subcommand(name) else {
                 let names: Vec<&str> = cli.get_subcommands().map(|s| s.get_name()).collect();
-                eprintln!(
+                echolab_cli::say!(
                     "echolab man: no subcommand {name:?} (subcommands: {})",
                     names.join(", ")
                 );
@@ -71,7 +71,7 @@ pub fn man<C: CommandFactory>(args: &ManArgs) -> ExitCode {
     match page.render(&mut out) {
         Ok(()) => write_stdout(&out),
         Err(err) => {
-            eprintln!("echolab man: {err}");
+            echolab_cli::say!("echolab man: {err}");
             ExitCode::FAILURE
         }
     }
@@ -82,7 +82,7 @@ fn write_stdout(bytes: &[u8]) -> ExitCode {
     match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("echolab: cannot write to stdout: {err}");
+            echolab_cli::say!("echolab: cannot write to stdout: {err}");
             ExitCode::FAILURE
         }
     }

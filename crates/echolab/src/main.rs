@@ -87,7 +87,7 @@ fn serve(args: ServeCmd, matches: Option<&clap::ArgMatches>) -> ExitCode {
     }
     if tcp.listen.len() > 1 {
         // One UDP socket (or loop group) per server; --listen given twice is TCP's.
-        eprintln!("echolab serve: --listen given {} times: not with --udp or --udp-only (UDP serves one address; give --listen once)", tcp.listen.len());
+        echolab_cli::say!("echolab serve: --listen given {} times: not with --udp or --udp-only (UDP serves one address; give --listen once)", tcp.listen.len());
         return ExitCode::from(2);
     }
     if let Some(n) = tcp.processes {

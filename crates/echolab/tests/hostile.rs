@@ -685,7 +685,17 @@ fn help_that_cannot_be_written_is_an_error() {
 /// stdout could not take either).
 #[test]
 fn a_refusal_that_cannot_be_said_keeps_its_exit_status() {
+    // A TCP and a UDP port in use, for the errors that come after the arguments parse.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let taken_udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let taken_udp = taken_udp.local_addr().unwrap().to_string();
     for (args, code) in [
+        (&["serve", "--listen", taken.as_str()][..], 2),
+        (&["serve", "--udp-only", "--listen", taken_udp.as_str()], 2),
+        (&["serve", "--model", "iterative", "--workers", "2"], 2),
+        (&["merge", "/nonexistent/echolab-run.json"], 1),
+        (&["compare", "--models", "event,event"], 2),
         (&["serve", "--bogus"][..], 2),
         (&["bench", "--json", "--bogus"], 2),
         (

@@ -228,7 +228,7 @@ pub fn run(args: CompareArgs) -> ExitCode {
     let stop = match crate::install_stop_flag() {
         Ok(stop) => stop,
         Err(err) => {
-            eprintln!("echolab compare: cannot install the SIGINT/SIGTERM handlers: {err}");
+            echolab_cli::say!("echolab compare: cannot install the SIGINT/SIGTERM handlers: {err}");
             return ExitCode::FAILURE;
         }
     };
@@ -236,7 +236,9 @@ pub fn run(args: CompareArgs) -> ExitCode {
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(err) => {
-            eprintln!("echolab compare: cannot find this executable to start servers: {err}");
+            echolab_cli::say!(
+                "echolab compare: cannot find this executable to start servers: {err}"
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -246,7 +248,7 @@ pub fn run(args: CompareArgs) -> ExitCode {
             .iter()
             .find(|m| list.iter().filter(|n| n == m).count() > 1)
         {
-            eprintln!(
+            echolab_cli::say!(
                 "echolab compare: --models {}: {twice} is named twice (each model runs once per repeat)",
                 list.join(",")
             );
@@ -255,14 +257,14 @@ pub fn run(args: CompareArgs) -> ExitCode {
     }
     let refs = reference_servers(args.ref_dir.as_deref());
     if let (Some(dir), true) = (&args.ref_dir, refs.is_empty()) {
-        eprintln!(
+        echolab_cli::say!(
             "echolab compare: --ref-dir {}: holds neither ref_epoll nor ref_threads (scripts/build-ref.sh builds them)",
             dir.display()
         );
         return ExitCode::from(2);
     }
     if let Err(err) = std::fs::create_dir_all(&args.out) {
-        eprintln!(
+        echolab_cli::say!(
             "echolab compare: cannot create {}: {}",
             args.out.display(),
             engine::describe(&err)
@@ -277,26 +279,26 @@ pub fn run(args: CompareArgs) -> ExitCode {
     let results = compare(&exe, &names, &refs, &plan, &stop);
     match write_outputs(&args.out, &results) {
         Ok(files) => {
-            eprintln!("echolab compare: wrote");
+            echolab_cli::say!("echolab compare: wrote");
             for file in files {
-                eprintln!("  {}", file.display());
+                echolab_cli::say!("  {}", file.display());
             }
         }
         Err(err) => {
-            eprintln!("echolab compare: {err}");
+            echolab_cli::say!("echolab compare: {err}");
             return ExitCode::FAILURE;
         }
     }
     let started = results.models.iter().filter(|m| m.error.is_none()).count();
     if started == 0 {
-        eprintln!("echolab compare: no model started");
+        echolab_cli::say!("echolab compare: no model started");
         return ExitCode::FAILURE;
     }
     if results.interrupted {
         return ExitCode::from(130);
     }
     if results.total_errors() > 0 {
-        eprintln!("echolab compare: some runs had errors (see summary.md)");
+        echolab_cli::say!("echolab compare: some runs had errors (see summary.md)");
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
@@ -382,14 +384,14 @@ impl Steps {
                     bar.println(format!("{what}: {outcome}"));
                 }
             }
-            None => eprintln!("[{}/{}] {what}: {outcome}", self.done, self.total),
+            None => echolab_cli::say!("[{}/{}] {what}: {outcome}", self.done, self.total),
         }
     }
 
     fn note(&self, line: &str) {
         match &self.bar {
             Some(bar) => bar.println(line),
-            None => eprintln!("{line}"),
+            None => echolab_cli::say!("{line}"),
         }
     }
 
@@ -623,7 +625,7 @@ fn compare(
     steps.end();
     for server in servers.iter_mut().chain(udp_servers.iter_mut()) {
         if !server.stop() {
-            eprintln!(
+            echolab_cli::say!(
                 "echolab compare: model {} did not stop within 3 s of SIGTERM and was killed",
                 server.model
             );

@@ -422,7 +422,7 @@ mod tests {
     #[test]
     fn a_connection_task_is_small() {
         let size = std::mem::size_of::<ConnTask>();
-        eprintln!("ConnTask: {size} bytes");
+        echolab_cli::say!("ConnTask: {size} bytes");
         assert!(size <= 280, "ConnTask: {size} bytes");
     }
 
