@@ -4,7 +4,8 @@
 //!
 //! The passed sockets are taken once, at the first [`take`], and kept in a process-wide
 //! slot until the TCP server ([`tcp_listener`]) and the UDP server ([`udp_socket`]) ask
-//! for theirs: at most one of each (a TCP listener and a UDP socket).
+//! for theirs: every TCP listener passed (one per `ListenStream=`, all served, as several
+//! `--listen` addresses are) and at most one UDP socket.
 
 use std::io;
 use std::net::{TcpListener, UdpSocket};
@@ -13,7 +14,8 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 /// The sockets the service manager passed, not yet taken by a server.
 #[derive(Debug, Default)]
 struct Passed {
-    tcp: Option<TcpListener>,
+    /// In `LISTEN_FDS` order.
+    tcp: Vec<TcpListener>,
     udp: Option<UdpSocket>,
 }
 
@@ -24,7 +26,7 @@ static PASSED: OnceLock<Mutex<Passed>> = OnceLock::new();
 /// once, early, while the process has one thread (it removes the variables, so that a
 /// child does not take them for its own). Later calls return 0.
 ///
-/// A descriptor that is neither a TCP listener nor a UDP socket, or a second of a kind,
+/// A descriptor that is neither a TCP listener nor a UDP socket, or a second UDP socket,
 /// is an error naming it.
 pub fn take() -> io::Result<usize> {
     let mut found = Passed::default();
@@ -33,11 +35,7 @@ pub fn take() -> io::Result<usize> {
     for idx in 0..n {
         let fd = 3 + idx;
         if let Ok(Some(listener)) = fds.take_tcp_listener(idx) {
-            if found.tcp.replace(listener).is_some() {
-                return Err(io::Error::other(format!(
-                    "LISTEN_FDS: descriptor {fd} is a second TCP socket (echolab serves one)"
-                )));
-            }
+            found.tcp.push(listener);
         } else if let Ok(Some(socket)) = fds.take_udp_socket(idx) {
             if found.udp.replace(socket).is_some() {
                 return Err(io::Error::other(format!(
@@ -63,38 +61,39 @@ fn slot() -> std::sync::MutexGuard<'static, Passed> {
         .unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The TCP listener the service manager passed (logged), or else `config.listen` bound
-/// as [`crate::net::bind`] binds it.
-pub fn tcp_listener_or_bind(config: &crate::ServeConfig) -> io::Result<TcpListener> {
-    match tcp_listener() {
-        Some(passed) => {
-            log::info!(
-                "serving the listening socket passed by the service manager (LISTEN_FDS), not --listen"
-            );
-            Ok(passed)
-        }
-        None => crate::net::bind(
-            config.listen,
-            matches!(config.model, crate::Model::Reactor | crate::Model::Uring),
-            config.ipv6_only,
-        ),
+/// The TCP listeners the service manager passed (logged; every one, in `LISTEN_FDS`
+/// order), or else `config.listen` bound as [`crate::net::bind`] binds it.
+pub fn tcp_listener_or_bind(config: &crate::ServeConfig) -> io::Result<Vec<TcpListener>> {
+    let passed = std::mem::take(&mut slot().tcp);
+    if !passed.is_empty() {
+        log::info!(
+            "serving the listening socket passed by the service manager (LISTEN_FDS), not --listen"
+        );
+        return Ok(passed);
     }
+    crate::net::bind(
+        config.listen,
+        matches!(config.model, crate::Model::Reactor | crate::Model::Uring),
+        config.ipv6_only,
+    )
+    .map(|listener| vec![listener])
 }
 
 /// Whether the service manager passed a TCP listener not yet taken.
 pub fn tcp_passed() -> bool {
-    slot().tcp.is_some()
+    !slot().tcp.is_empty()
 }
 
-/// The TCP listener the service manager passed, once (then `None`).
+/// The first TCP listener the service manager passed, once (then `None`).
 pub fn tcp_listener() -> Option<TcpListener> {
-    slot().tcp.take()
+    let mut passed = slot();
+    (!passed.tcp.is_empty()).then(|| passed.tcp.remove(0))
 }
 
-/// The address of the TCP listener the service manager passed, without taking it: where
+/// The address of the first TCP listener the service manager passed, without taking it: where
 /// `--udp` binds when no UDP socket was passed (the same port as TCP, not `--listen`).
 pub fn tcp_listener_addr() -> Option<std::net::SocketAddr> {
-    slot().tcp.as_ref().and_then(|l| l.local_addr().ok())
+    slot().tcp.first().and_then(|l| l.local_addr().ok())
 }
 
 /// The UDP socket the service manager passed, once (then `None`).

@@ -96,7 +96,9 @@ impl ConnCap {
 
     /// A place for a connection from `peer`, or why there is none.
     pub fn admit(self: &Arc<Self>, peer: SocketAddr) -> Result<Admission, Refusal> {
-        let ip = peer.ip();
+        // A dual-stack IPv6 listener (`[::]`) sees an IPv4 peer as `::ffff:a.b.c.d`: the
+        // same address as on an IPv4 listener, so it counts under the same entry.
+        let ip = peer.ip().to_canonical();
         let mut state = self.lock();
         if state.open >= self.max_conns {
             return Err(Refusal::Full {
@@ -187,6 +189,31 @@ mod tests {
         drop(first);
         let _third = cap.admit(peer(1, 3)).unwrap();
         assert_eq!(cap.open(), 3);
+    }
+
+    #[test]
+    fn an_ipv4_peer_counts_once_whether_it_came_through_an_ipv4_or_a_dual_stack_listener() {
+        // `--listen 127.0.0.1:P --listen [::]:Q`: the same client shows as 127.0.0.1 on
+        // the first and as ::ffff:127.0.0.1 on the second.
+        let cap = ConnCap::new(10, Some(2));
+        let v4 = SocketAddr::from(([127, 0, 0, 1], 1));
+        let mapped = SocketAddr::from(([0, 0, 0, 0, 0, 0xffff, 0x7f00, 1], 2));
+        let _first = cap.admit(v4).unwrap();
+        let second = cap.admit(mapped).unwrap();
+        assert_eq!(
+            cap.admit(mapped).unwrap_err(),
+            Refusal::PerPeer { max_per_peer: 2 }
+        );
+        assert_eq!(
+            cap.admit(v4).unwrap_err(),
+            Refusal::PerPeer { max_per_peer: 2 }
+        );
+        drop(second);
+        let _third = cap.admit(v4).unwrap();
+        // A real IPv6 peer is another address.
+        let _v6 = cap
+            .admit(SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], 3)))
+            .unwrap();
     }
 
     #[test]

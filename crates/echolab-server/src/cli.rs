@@ -304,6 +304,13 @@ pub fn listen_conflict(config: &ServeConfig, passed: bool) -> Option<String> {
             addrs.len()
         ));
     }
+    // A flag that would do nothing is a mistake to report (as --workers is).
+    if config.ipv6_only && !passed && !addrs.iter().any(SocketAddr::is_ipv6) {
+        return Some(format!(
+            "--ipv6-only: no --listen address is IPv6 ({}): it applies to [::]:PORT or another IPv6 address",
+            addrs[0]
+        ));
+    }
     None
 }
 
@@ -469,6 +476,22 @@ mod tests {
             refused.starts_with("--listen 127.0.0.1:7: given twice"),
             "{refused}"
         );
+    }
+
+    #[test]
+    fn ipv6_only_without_an_ipv6_address_is_refused() {
+        let config = serve(&["-l", "127.0.0.1:7", "--ipv6-only"])
+            .unwrap()
+            .config();
+        let refused = listen_conflict(&config, false).unwrap();
+        assert!(
+            refused.starts_with("--ipv6-only: no --listen address is IPv6 (127.0.0.1:7)"),
+            "{refused}"
+        );
+        // The default address is IPv4 too.
+        assert!(listen_conflict(&serve(&["--ipv6-only"]).unwrap().config(), false).is_some());
+        let both = serve(&["-l", "0.0.0.0:7", "-l", "[::]:7", "--ipv6-only"]);
+        assert_eq!(listen_conflict(&both.unwrap().config(), false), None);
     }
 
     #[test]

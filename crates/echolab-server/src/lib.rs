@@ -267,14 +267,12 @@ pub fn serve(
     config: ServeConfig,
     on_listening: impl FnOnce(&[SocketAddr]),
 ) -> Result<(), ServeError> {
-    // Issue 11: a listener passed by the service manager wins over --listen.
+    // Issue 11: the listeners passed by the service manager win over --listen.
     let mut listeners =
-        vec![
-            activation::tcp_listener_or_bind(&config).map_err(|source| ServeError::Bind {
-                addr: config.listen,
-                source,
-            })?,
-        ];
+        activation::tcp_listener_or_bind(&config).map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
     // Issue 11: --listen given several times.
     for addr in config.also_listen.iter().copied() {
         let reuse_port = matches!(config.model, Model::Reactor | Model::Uring);

@@ -438,18 +438,21 @@ struct Activated {
 
 impl Activated {
     fn start(datagram: bool, port: u16, args: &[&str]) -> Activated {
+        Activated::start_on(datagram, &[port], args)
+    }
+
+    /// As [`Activated::start`], with a socket passed for each of `ports`, in order.
+    fn start_on(datagram: bool, ports: &[u16], args: &[&str]) -> Activated {
         use std::io::BufRead;
         let mut command = std::process::Command::new("systemd-socket-activate");
         if datagram {
             command.arg("--datagram");
         }
+        for port in ports {
+            command.args(["-l", &format!("127.0.0.1:{port}")]);
+        }
         let mut child = command
-            .args([
-                "-l",
-                &format!("127.0.0.1:{port}"),
-                env!("CARGO_BIN_EXE_echolab"),
-                "serve",
-            ])
+            .args([env!("CARGO_BIN_EXE_echolab"), "serve"])
             .args(args)
             .env("RUST_LOG", "echolab=debug")
             .stdin(std::process::Stdio::null())
@@ -469,11 +472,13 @@ impl Activated {
             }
         });
         let activated = Activated { child, log };
-        assert!(
-            eventually(|| activated.has(&format!("Listening on 127.0.0.1:{port}"))),
-            "systemd-socket-activate did not listen: {:?}",
-            activated.lines()
-        );
+        for port in ports {
+            assert!(
+                eventually(|| activated.has(&format!("Listening on 127.0.0.1:{port}"))),
+                "systemd-socket-activate did not listen: {:?}",
+                activated.lines()
+            );
+        }
         activated
     }
 
@@ -646,6 +651,59 @@ fn a_passed_udp_socket_without_udp_flags_is_refused() {
     assert!(eventually(|| activated.has(
         "LISTEN_FDS passed a UDP socket: serve it with --udp or --udp-only"
     )));
+}
+
+/// Two TCP sockets passed (two `ListenStream=`): every model serves both, as it serves
+/// two --listen addresses (found: every model exited 2, "descriptor 4 is a second TCP
+/// socket", and the first connection was reset).
+#[test]
+fn socket_activation_serves_every_passed_tcp_listener() {
+    if !have("systemd-socket-activate", "systemd") {
+        return;
+    }
+    for model in [
+        "iterative",
+        "process",
+        "event",
+        "thread",
+        "prethreaded",
+        "reactor",
+        "uring",
+        "async",
+    ] {
+        if let Some(reason) = unsupported(model) {
+            eprintln!("SKIPPED for {model}: {reason}");
+            continue;
+        }
+        let ports = [free_port(), free_port()];
+        let mut activated = Activated::start_on(false, &ports, &["--model", model]);
+        // The second first: the first connection (to either) starts the server.
+        for port in [ports[1], ports[0]] {
+            let mut conn = connect(format!("127.0.0.1:{port}").parse().unwrap());
+            let message = format!("activated on {port}");
+            conn.write_all(message.as_bytes()).unwrap();
+            assert_eq!(
+                read_n(&mut conn, message.len()),
+                message.as_bytes(),
+                "{model} {:?}",
+                activated.lines()
+            );
+        }
+        for port in ports {
+            let listening = format!("listening on 127.0.0.1:{port} (model {model})");
+            assert!(
+                eventually(|| activated.has(&listening)),
+                "{model}: {:?}",
+                activated.lines()
+            );
+        }
+        let status = activated.stop();
+        assert!(
+            status.success(),
+            "{model}: {status:?} {:?}",
+            activated.lines()
+        );
+    }
 }
 
 /// Issue 11: several --listen addresses beside a passed socket, which replaces --listen:
