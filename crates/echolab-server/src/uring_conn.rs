@@ -498,13 +498,16 @@ pub fn multishot_limits(room: usize, buf_size: u32) -> (u32, u32) {
 /// arms of accept fail, `enter=NEEDLE` makes the wait fail with `EFAULT` in the turn after
 /// a receive brings `NEEDLE`, `bufs=N` gives each loop `N` receive buffers (a power of
 /// two) instead of its usual pool, `short-sends=N` makes every send take at most `N` bytes
-/// (as a socket with little room does), so the short-send paths run on every send.
+/// (as a socket with little room does), so the short-send paths run on every send, and
+/// `lent-delay-ms=N` holds every send from a receive buffer `N` ms before it starts (as a
+/// send to a client that does not read does), so the cap on buffers held by sends binds.
 #[derive(Debug, Default)]
 pub struct Faults {
     accept_arm_failures: std::sync::atomic::AtomicU32,
     enter_needle: Option<Vec<u8>>,
     recv_bufs: Option<u16>,
     send_limit: Option<u32>,
+    lent_send_delay: Option<std::time::Duration>,
 }
 
 impl Faults {
@@ -523,6 +526,9 @@ impl Faults {
                 }
                 Some(("short-sends", n)) => {
                     faults.send_limit = n.parse().ok().filter(|n: &u32| *n > 0);
+                }
+                Some(("lent-delay-ms", n)) => {
+                    faults.lent_send_delay = n.parse().ok().map(std::time::Duration::from_millis);
                 }
                 _ => {}
             }
@@ -546,6 +552,11 @@ impl Faults {
     /// The most bytes a send may take, if a test says.
     pub fn send_limit(&self) -> Option<u32> {
         self.send_limit
+    }
+
+    /// How long each send from a receive buffer waits before it starts, if a test says.
+    pub fn lent_send_delay(&self) -> Option<std::time::Duration> {
+        self.lent_send_delay
     }
 
     /// Whether received `data` asks for the next wait to fail.

@@ -147,6 +147,9 @@ pub struct Ring {
     lent: usize,
     /// The most bytes one send asks the kernel to take ([`Ring::limit_sends`]).
     send_limit: u32,
+    /// How long a send from a receive buffer waits before it starts
+    /// ([`Ring::delay_lent_sends`]); boxed, so the kernel reads it where it was put.
+    lent_delay: Option<Box<Timespec>>,
     /// Requests pushed whose last completion has not arrived (a multishot request counts
     /// once). Drop waits for this to reach zero before freeing memory.
     in_flight: usize,
@@ -203,6 +206,7 @@ impl Ring {
             free_sends: Vec::new(),
             lent: 0,
             send_limit: u32::MAX,
+            lent_delay: None,
             in_flight: 0,
             scratch: Vec::new(),
             close_later: Vec::new(),
@@ -289,6 +293,17 @@ impl Ring {
             SendBuf::Received(received) => self.recv_data(received)[start..].as_ptr(),
         };
         let lent = matches!(buf, SendBuf::Received(_));
+        if let Some(delay) = self.lent_delay.as_deref().filter(|_| lent) {
+            // A timeout hard-linked before the send: the send starts when it expires (an
+            // expiry is an error result, which a hard link does not let end the chain).
+            // Its completion is ignored as a cancel's is. Were the send's push to fail
+            // below, the send would just not be delayed.
+            let wait = opcode::Timeout::new(delay as *const Timespec)
+                .build()
+                .flags(squeue::Flags::IO_HARDLINK)
+                .user_data(KIND_CANCEL << KIND_SHIFT);
+            self.push(wait)?;
+        }
         let entry = opcode::Send::new(Fd(fd), ptr, len)
             .flags(libc::MSG_NOSIGNAL)
             .build()
@@ -326,6 +341,18 @@ impl Ring {
     /// paths, which a loopback socket takes only when its buffer happens to fill.
     pub fn limit_sends(&mut self, limit: u32) {
         self.send_limit = limit.max(1);
+    }
+
+    /// Makes every send from a receive buffer wait `delay` before it starts, holding its
+    /// buffer all that time, as a send to a client that does not read does: for tests of
+    /// the cap on receive buffers held by sends, which a loopback socket reaches only when
+    /// its buffer happens to fill exactly at a send.
+    pub fn delay_lent_sends(&mut self, delay: std::time::Duration) {
+        self.lent_delay = Some(Box::new(
+            Timespec::new()
+                .sec(delay.as_secs())
+                .nsec(delay.subsec_nanos()),
+        ));
     }
 
     /// Receive buffers held by sends in flight (out of the kernel's pool until they end).

@@ -193,3 +193,53 @@ fn a_receive_buffer_whose_send_was_short_goes_back_to_the_pool() {
         assert_eq!(read_n(&mut conn, message.len()), message, "round {round}");
     }
 }
+
+/// Sends hold at most half the receive buffers: with four (`bufs=4`) and every send from a
+/// receive buffer held 4 s before it starts (`lent-delay-ms=4000`, as a send to a client
+/// that does not read holds its buffer), four clients each send one message at once: two
+/// are sent from the buffers they arrived in and wait; the other two are copied out and
+/// echoed at once, and so is a fifth client's message after them. Were sends let hold
+/// every buffer, all four would wait, and the fifth would find no buffer to arrive in.
+#[test]
+fn sends_hold_at_most_half_the_receive_buffers() {
+    if skipped("sends_hold_at_most_half_the_receive_buffers") {
+        return;
+    }
+    let server = start("bufs=4,lent-delay-ms=4000", &["--workers", "1"]);
+    let mut conns: Vec<std::net::TcpStream> = (0..4).map(|_| connect(server.addr)).collect();
+    let messages: Vec<Vec<u8>> = (0..4).map(|i| pattern(100 + i)).collect();
+    for (conn, message) in conns.iter_mut().zip(&messages) {
+        conn.write_all(message).unwrap();
+        conn.set_read_timeout(Some(std::time::Duration::from_millis(20)))
+            .unwrap();
+    }
+    // Half the delay: a copied echo takes microseconds, a held one 4 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut got = vec![Vec::new(); conns.len()];
+    while std::time::Instant::now() < deadline {
+        for (i, conn) in conns.iter_mut().enumerate() {
+            let mut buf = [0u8; 256];
+            if let Ok(n) = std::io::Read::read(conn, &mut buf) {
+                got[i].extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+    let quick: Vec<usize> = (0..conns.len())
+        .filter(|&i| got[i] == messages[i])
+        .collect();
+    assert_eq!(
+        quick.len(),
+        2,
+        "echoed within 2 s: {quick:?} (two sends may hold buffers, two are copied)"
+    );
+    let mut fifth = connect(server.addr);
+    fifth
+        .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    let message = pattern(77);
+    fifth.write_all(&message).unwrap();
+    let mut echo = vec![0u8; message.len()];
+    std::io::Read::read_exact(&mut fifth, &mut echo)
+        .expect("a fifth client's echo within 2 s: sends held every receive buffer");
+    assert_eq!(echo, message);
+}

@@ -118,6 +118,9 @@ fn run_loop(
         if let Some(limit) = plumbing::faults().send_limit() {
             ring.limit_sends(limit);
         }
+        if let Some(delay) = plumbing::faults().lent_send_delay() {
+            ring.delay_lent_sends(delay);
+        }
         ring.poll_readable(server.shutdown.fd().as_raw_fd(), plumbing::SHUTDOWN_TAG)?;
         Ok(UringLoop {
             ring,
