@@ -185,24 +185,28 @@ fn parse_max_line(text: &str) -> Result<usize, String> {
     units::size(text, 1, MAX_LINE_CEILING as u64).map(|n| n as usize)
 }
 
-/// The flags only the TCP server reads that have a default, by clap id: `serve --udp-only`
-/// cannot tell them from their defaults by value, so [`tcp_only_flag_given`] asks where the
-/// value came from. The bool says whether the flag takes a value.
-const TCP_ONLY_WITH_DEFAULTS: [(&str, &str, bool); 4] = [
+/// The flags only the TCP server reads, by clap id; the bool says whether the flag takes a
+/// value. Several have defaults, which cannot be told from a value given, so
+/// [`tcp_only_flag_given`] asks where each value came from.
+const TCP_ONLY: [(&str, &str, bool); 6] = [
+    ("max_conns", "--max-conns", true),
+    ("max_conns_per_ip", "--max-conns-per-ip", true),
     ("idle_timeout", "--idle-timeout", true),
     ("max_line", "--max-line", true),
     ("long_line", "--long-line", true),
     ("ipv6_only", "--ipv6-only", false),
 ];
 
-/// A TCP-only flag with a default that `matches` (the `serve` arguments) got from the
-/// command line, as it was given (`--idle-timeout 5s`), for `serve --udp-only` to refuse
-/// like [`ServeArgs::tcp_only_flag`]'s: it ignored them without a word.
+/// A flag only the TCP server reads that `matches` (the `serve` arguments) got from the
+/// command line, as it was given (`--idle-timeout 5s`), for `serve --udp-only` to refuse:
+/// it ignored them without a word. `--mode` counts only as `lines` (UDP echoes bytes).
 pub fn tcp_only_flag_given(matches: &clap::ArgMatches) -> Option<String> {
     use clap::parser::ValueSource;
-    let (id, flag, takes_value) = TCP_ONLY_WITH_DEFAULTS
-        .into_iter()
-        .find(|(id, _, _)| matches.value_source(id) == Some(ValueSource::CommandLine))?;
+    let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+    if given("mode") && matches.get_one::<Mode>("mode") == Some(&Mode::Lines) {
+        return Some("--mode lines".to_string());
+    }
+    let (id, flag, takes_value) = TCP_ONLY.into_iter().find(|(id, _, _)| given(id))?;
     let value = matches
         .get_raw(id)
         .into_iter()
@@ -222,21 +226,6 @@ impl ServeArgs {
             .first()
             .copied()
             .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7007)))
-    }
-
-    /// A flag given that only the TCP server reads, as it was given (`--max-conns 5`), for
-    /// `serve --udp-only` to refuse: it serves no TCP, and ignored them without a word.
-    pub fn tcp_only_flag(&self) -> Option<String> {
-        if let Some(n) = self.max_conns {
-            return Some(format!("--max-conns {n}"));
-        }
-        if let Some(n) = self.max_conns_per_ip {
-            return Some(format!("--max-conns-per-ip {n}"));
-        }
-        if self.mode == Mode::Lines {
-            return Some("--mode lines".to_string());
-        }
-        None
     }
 
     /// The checked configuration these arguments describe.
@@ -527,5 +516,12 @@ mod tests {
         );
         assert_eq!(given(&["--ipv6-only"]).as_deref(), Some("--ipv6-only"));
         assert_eq!(given(&["--workers", "2", "-q"]), None);
+        assert_eq!(
+            given(&["--max-conns", "5"]).as_deref(),
+            Some("--max-conns 5")
+        );
+        // --mode counts only as lines: bytes is what UDP echoes.
+        assert_eq!(given(&["--mode", "lines"]).as_deref(), Some("--mode lines"));
+        assert_eq!(given(&["--mode", "bytes"]), None);
     }
 }

@@ -76,7 +76,7 @@ struct ClientCmd {
 }
 
 // UDP hook (issue 10): UDP beside TCP, or alone; without --udp, TCP exactly as before.
-fn serve(args: ServeCmd, matches: Option<&clap::ArgMatches>) -> ExitCode {
+fn serve(args: ServeCmd, matches: &clap::ArgMatches) -> ExitCode {
     let ServeCmd { mut tcp, udp } = args;
     // Ops hook (issue 11): sockets passed by the service manager (LISTEN_FDS).
     if let Err(code) = take_passed_sockets(udp.enabled()) {
@@ -96,8 +96,7 @@ fn serve(args: ServeCmd, matches: Option<&clap::ArgMatches>) -> ExitCode {
         echolab_cli::announce(&format!("echolab serve: --processes {n}: not with --udp or --udp-only: one UDP socket serves every client, so the descriptor limit that worker processes get around does not bind UDP (--workers spreads it over SO_REUSEPORT sockets)"));
         return ExitCode::from(2);
     }
-    let tcp_only = tcp.tcp_only_flag();
-    let tcp_only = tcp_only.or_else(|| matches.and_then(echolab_server::cli::tcp_only_flag_given));
+    let tcp_only = echolab_server::cli::tcp_only_flag_given(matches);
     if let Some(flag) = tcp_only.filter(|_| udp.udp_only) {
         echolab_cli::announce(&format!(
             "echolab serve: {flag}: a TCP setting, and --udp-only serves no TCP"
@@ -214,7 +213,12 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve(args) => serve(args, matches.subcommand_matches("serve")),
+        Command::Serve(args) => serve(
+            args,
+            matches
+                .subcommand_matches("serve")
+                .expect("clap parsed the serve subcommand"),
+        ),
         Command::Client(args) => echolab_load::run_client(args.tcp),
         Command::Bench(args) => echolab_load::run_bench(args.tcp),
         Command::Compare(args) => echolab_load::run_compare(args),

@@ -12,18 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{echolab, finish_bounded, Server};
-
-/// Runs `command` to completion, killing it if it takes longer than `limit`.
-fn run_bounded(mut command: Command, limit: Duration) -> Output {
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn echolab");
-    finish_bounded(child, limit)
-}
+use support::{echolab, run_bounded, Server};
 
 /// Held by the tests whose figures depend on timing (a stall's share of the window, the
 /// spacing of arrivals) and by the heaviest test (compare), so that this file does not
@@ -44,7 +33,7 @@ fn bench(addr: SocketAddr, extra: &[&str]) -> Output {
         .arg(addr.to_string())
         .args(["--interval", "0"])
         .args(extra);
-    run_bounded(command, Duration::from_secs(60))
+    run_bounded(&mut command, Duration::from_secs(60))
 }
 
 fn json_of(output: &Output) -> Value {
@@ -293,7 +282,7 @@ fn bad_values_are_named() {
     ] {
         let mut command = echolab();
         command.arg("bench").arg(addr.to_string()).args(args);
-        let output = run_bounded(command, Duration::from_secs(60));
+        let output = run_bounded(&mut command, Duration::from_secs(60));
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
@@ -466,7 +455,7 @@ fn compare_quick_writes_results_that_parse() {
             "--out",
         ])
         .arg(&out);
-    let output = run_bounded(command, Duration::from_secs(120));
+    let output = run_bounded(&mut command, Duration::from_secs(120));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "compare failed: {stderr}");
     assert!(
@@ -997,7 +986,7 @@ fn a_worker_thread_that_cannot_start_ends_the_run_with_one_line() {
         .args(["bench", &addr.to_string()])
         .args(["--conns", "400", "--threads", "8", "--duration", "1"])
         .args(["--warmup", "0", "--interval", "0"]);
-    let output = run_bounded(command, Duration::from_secs(30));
+    let output = run_bounded(&mut command, Duration::from_secs(30));
     drop(listener);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
@@ -1282,7 +1271,7 @@ fn stalling_server() -> TestServer<()> {
 fn bench_streaming(addr: SocketAddr, extra: &[&str]) -> Output {
     let mut command = echolab();
     command.arg("bench").arg(addr.to_string()).args(extra);
-    run_bounded(command, Duration::from_secs(60))
+    run_bounded(&mut command, Duration::from_secs(60))
 }
 
 /// Every line of stdout as a JSON object.
@@ -1457,11 +1446,7 @@ fn json_stream_needs_an_interval() {
 #[test]
 fn json_stream_prints_a_document_for_a_bad_argument_too() {
     let output = run_bounded(
-        {
-            let mut command = echolab();
-            command.args(["bench", "127.0.0.1:9", "--json-stream", "--size", "0"]);
-            command
-        },
+        echolab().args(["bench", "127.0.0.1:9", "--json-stream", "--size", "0"]),
         Duration::from_secs(60),
     );
     assert_eq!(output.status.code(), Some(2));

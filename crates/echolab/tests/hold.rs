@@ -331,6 +331,26 @@ fn lines_until(rx: &std::sync::mpsc::Receiver<String>, prefix: &str) -> Vec<Stri
     }
 }
 
+/// `bench ADDR --hold 1000 --active 0 --duration 1h --json` under a 600-descriptor
+/// limit, so split between two workers that hold their shares idle until the test ends
+/// the window; with a guard that stops it if the test fails, and its stderr lines.
+fn split_hour_hold(
+    addr: &str,
+) -> (
+    std::process::Child,
+    TermOnPanic,
+    std::sync::mpsc::Receiver<String>,
+) {
+    let args = [addr, "--hold", "1000", "--active", "0"];
+    let mut child = limited_bench(600, &args)
+        .args(["--duration", "1h", "--json"])
+        .spawn()
+        .expect("spawn echolab bench");
+    let guard = TermOnPanic(child.id() as i32);
+    let rx = stderr_lines(&mut child);
+    (child, guard, rx)
+}
+
 /// SIGTERM to a bench whose workers hold their shares idle ends the window at once (it
 /// waited out the whole --duration: the workers, blocked reading their stdin, never saw
 /// the signal's flag): every worker reports, exit 130, every connection still held.
@@ -338,23 +358,7 @@ fn lines_until(rx: &std::sync::mpsc::Receiver<String>, prefix: &str) -> Vec<Stri
 fn sigterm_ends_the_workers_window_and_every_worker_reports() {
     let server = Server::start("reactor", &["--max-conns", "5000"]);
     let addr = server.addr.to_string();
-    let mut child = limited_bench(
-        600,
-        &[
-            &addr,
-            "--hold",
-            "1000",
-            "--active",
-            "0",
-            "--duration",
-            "1h",
-            "--json",
-        ],
-    )
-    .spawn()
-    .expect("spawn echolab bench");
-    let _guard = TermOnPanic(child.id() as i32);
-    let rx = stderr_lines(&mut child);
+    let (child, _guard, rx) = split_hour_hold(&addr);
     lines_until(&rx, "held by 2 of 2 workers");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -379,23 +383,7 @@ fn sigterm_ends_the_workers_window_and_every_worker_reports() {
 fn a_dead_hold_worker_is_reported_not_counted() {
     let server = Server::start("reactor", &["--max-conns", "5000"]);
     let addr = server.addr.to_string();
-    let mut child = limited_bench(
-        600,
-        &[
-            &addr,
-            "--hold",
-            "1000",
-            "--active",
-            "0",
-            "--duration",
-            "1h",
-            "--json",
-        ],
-    )
-    .spawn()
-    .expect("spawn echolab bench");
-    let _guard = TermOnPanic(child.id() as i32);
-    let rx = stderr_lines(&mut child);
+    let (child, _guard, rx) = split_hour_hold(&addr);
     // "hold worker 1 (pid P): connections ...", then, once both hold their share, "held
     // by 2 of 2 workers": the worker is killed in the window, holding its connections.
     let seen = lines_until(&rx, "held by 2 of 2 workers");

@@ -181,15 +181,8 @@ fn lab_all_with_a_report_it_cannot_write_is_refused_before_it_runs() {
         "/proc/echolab-no-such-dir".to_string(),
         file.display().to_string(),
     ] {
-        let child = echolab()
-            .args(["lab", "all", "--report", &dir])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
         // Without the check it runs every experiment (minutes) and then fails, exit 1.
-        let output = finish_bounded(child, STEP);
+        let output = run_bounded(echolab().args(["lab", "all", "--report", &dir]), STEP);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{stderr}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -472,8 +465,8 @@ impl Drop for BannerServer {
 fn bench_against_a_server_that_speaks_first_says_so_on_every_connection() {
     const N_CONNS: u64 = 32;
     let server = BannerServer::start();
-    let child = echolab()
-        .args([
+    let output = run_bounded(
+        echolab().args([
             "bench",
             &server.addr.to_string(),
             "-c",
@@ -485,13 +478,9 @@ fn bench_against_a_server_that_speaks_first_says_so_on_every_connection() {
             "--interval",
             "0",
             "--json",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let output = finish_bounded(child, STEP);
+        ]),
+        STEP,
+    );
     let doc: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let kinds = &doc["errors_by_kind"];
     // Without the fix, a banner that arrived with the connect's own readiness event was
@@ -510,8 +499,8 @@ fn bench_against_a_server_that_speaks_first_says_so_on_every_connection() {
 fn churn_against_a_server_that_speaks_first_fails_every_attempt_at_once() {
     const N_SLOTS: u64 = 4;
     let server = BannerServer::start();
-    let child = echolab()
-        .args([
+    let output = run_bounded(
+        echolab().args([
             "bench",
             &server.addr.to_string(),
             "--churn",
@@ -524,13 +513,9 @@ fn churn_against_a_server_that_speaks_first_fails_every_attempt_at_once() {
             "--interval",
             "0",
             "--json",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let output = finish_bounded(child, STEP);
+        ]),
+        STEP,
+    );
     let doc: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(output.status.code(), Some(3), "{doc}");
     // Each attempt fails on the banner at once and the slot tries again: hundreds in

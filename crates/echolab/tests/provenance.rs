@@ -5,11 +5,11 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{echolab, finish_bounded, Server};
+use support::{echolab, run_bounded, Server};
 
 /// The revision this test's source is at, by git, or None without git or a repository.
 fn git_head() -> Option<String> {
@@ -53,14 +53,7 @@ fn assert_provenance(doc: &Value, args: &[&str]) {
 
 /// Runs `echolab ARGS` and parses its stdout as one JSON document.
 fn document(args: &[&str]) -> Value {
-    let child = echolab()
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let output = finish_bounded(child, Duration::from_secs(60));
+    let output = run_bounded(echolab().args(args), Duration::from_secs(60));
     let stdout = String::from_utf8_lossy(&output.stdout);
     serde_json::from_str(&stdout).unwrap_or_else(|err| {
         panic!(

@@ -3,12 +3,11 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use support::{echolab, eventually, family, finish_bounded, listeners, round_trip, Server};
+use support::{echolab, eventually, family, listeners, round_trip, run_bounded, Server};
 
 fn workers(server: &Server) -> Vec<i32> {
     family(server.pid())
@@ -153,16 +152,13 @@ fn models_without_workers_and_bad_counts_are_refused() {
         ),
     ] {
         // Bounded: a combination that is not refused serves until killed.
-        let child = echolab()
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = finish_bounded(child, Duration::from_secs(10));
+        let out = run_bounded(
+            echolab()
+                .arg("serve")
+                .args(["--listen", "127.0.0.1:0"])
+                .args(args),
+            Duration::from_secs(10),
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");

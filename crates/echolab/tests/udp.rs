@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{echolab, finish_bounded, wait_exit, STEP};
+use support::{echolab, finish_bounded, run_bounded, wait_exit, STEP};
 
 /// The models that serve UDP.
 const UDP_MODELS: [&str; 5] = ["iterative", "event", "reactor", "uring", "async"];
@@ -494,21 +494,17 @@ udp_contract!(
 #[test]
 fn models_without_connections_refuse_udp_with_one_line() {
     for model in ["thread", "process", "prethreaded"] {
-        let child = echolab()
-            .args([
+        let output = run_bounded(
+            echolab().args([
                 "serve",
                 "--udp",
                 "--model",
                 model,
                 "--listen",
                 "127.0.0.1:0",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let output = finish_bounded(child, STEP);
+            ]),
+            STEP,
+        );
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{model}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -530,22 +526,19 @@ fn uring_without_multishot_recvmsg_is_refused_in_one_line_before_listening() {
         eprintln!("SKIPPED: release builds inject no faults");
         return;
     }
-    let child = echolab()
-        .env("ECHOLAB_FAULT_URING", "udp-multishot=no")
-        .args([
-            "serve",
-            "--udp-only",
-            "--model",
-            "uring",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let output = finish_bounded(child, STEP);
+    let output = run_bounded(
+        echolab()
+            .env("ECHOLAB_FAULT_URING", "udp-multishot=no")
+            .args([
+                "serve",
+                "--udp-only",
+                "--model",
+                "uring",
+                "--listen",
+                "127.0.0.1:0",
+            ]),
+        STEP,
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -778,14 +771,7 @@ fn absurd_udp_flags_are_one_line_and_exit_2() {
         vec!["serve", "--udp", "--udp-rate-per-source", "NaN"],
         vec!["serve", "--udp", "--udp-only"],
     ] {
-        let child = echolab()
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let output = finish_bounded(child, STEP);
+        let output = run_bounded(echolab().args(&args), STEP);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
@@ -807,15 +793,12 @@ fn bench_udp_with_json_prints_an_error_document_for_a_bad_argument() {
         // --json-stream is TCP bench's: refused, with the document scripts read.
         (vec!["--json-stream"], "--json-stream"),
     ] {
-        let child = echolab()
-            .args(["bench", "--udp", "127.0.0.1:9"])
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let output = finish_bounded(child, STEP);
+        let output = run_bounded(
+            echolab()
+                .args(["bench", "--udp", "127.0.0.1:9"])
+                .args(&args),
+            STEP,
+        );
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");

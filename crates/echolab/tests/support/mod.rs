@@ -168,6 +168,18 @@ impl Drop for Server {
     }
 }
 
+/// Runs `command` (stdin empty, stdout and stderr captured) to completion, killing it if
+/// it takes longer than `limit`.
+pub fn run_bounded(command: &mut Command, limit: Duration) -> std::process::Output {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn echolab");
+    finish_bounded(child, limit)
+}
+
 /// Waits for `child` and collects its output, killing it if it takes longer than `limit`
 /// (the test then fails, naming the limit).
 pub fn finish_bounded(child: Child, limit: Duration) -> std::process::Output {
