@@ -53,25 +53,24 @@ macro_rules! say {
 /// the way to an exit status goes through it too, so that the status stays 2 (or 1), not
 /// a panic's 101, when stderr is closed or full (`echolab serve --bogus 2>/dev/full`).
 pub fn announce(line: &str) {
-    use std::io::Write;
-    let mut whole = String::with_capacity(line.len() + 1);
-    whole.push_str(line);
-    whole.push('\n');
-    let _ = std::io::stderr().lock().write_all(whole.as_bytes());
+    let _ = write_line(&mut std::io::stderr().lock(), line);
 }
 
 /// Writes `text` and its newline on stdout in one write, and carries on if stdout is gone:
 /// the JSON document of a refusal (`bench --json`) must not turn its exit status into a
 /// panic's 101 when stdout is full or closed.
 pub fn print_out(text: &str) {
-    use std::io::Write;
+    let _ = write_line(&mut std::io::stdout().lock(), text);
+}
+
+/// `text` and its newline in one write (so that lines of several threads or processes on
+/// one stream never interleave mid-line), then a flush.
+fn write_line(out: &mut impl std::io::Write, text: &str) -> std::io::Result<()> {
     let mut whole = String::with_capacity(text.len() + 1);
     whole.push_str(text);
     whole.push('\n');
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout
-        .write_all(whole.as_bytes())
-        .and_then(|()| stdout.flush());
+    out.write_all(whole.as_bytes())?;
+    out.flush()
 }
 
 /// The exit status of `--help` or `--version` once `printed` (clap's `Error::print`): 0, or
@@ -84,7 +83,7 @@ pub fn help_printed(printed: std::io::Result<()>) -> std::process::ExitCode {
         // `echolab --help | head -1`: the reader stopped reading, as it meant to.
         Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => std::process::ExitCode::FAILURE,
         Err(err) => {
-            announce(&format!("echolab: cannot write to stdout: {err}"));
+            crate::say!("echolab: cannot write to stdout: {err}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -127,7 +127,7 @@ pub(crate) fn document(
 /// Says `message` on stderr (one line) and, with `--json`, as `{"error": ..., "exit_code":
 /// ...}` on stdout, so that a script always gets a document; returns `code`.
 fn fail(json: bool, message: &str, code: u8) -> ExitCode {
-    echolab_cli::announce(&format!("echolab bench: {message}"));
+    echolab_cli::say!("echolab bench: {message}");
     if json {
         echolab_cli::print_out(&error_json(message, code));
     }

@@ -295,7 +295,7 @@ impl Observers {
             Some(addr) => {
                 let endpoint = MetricsServer::start(addr, config.model)
                     .map_err(|source| crate::ServeError::MetricsBind { addr, source })?;
-                echolab_cli::announce(&format!("metrics on http://{}/metrics", endpoint.local_addr()));
+                echolab_cli::say!("metrics on http://{}/metrics", endpoint.local_addr());
                 Some(endpoint)
             }
             None => None,
@@ -315,10 +315,7 @@ pub fn start_beside_udp(
 ) -> Result<MetricsServer, crate::ServeError> {
     let endpoint = MetricsServer::start(addr, model)
         .map_err(|source| crate::ServeError::MetricsBind { addr, source })?;
-    echolab_cli::announce(&format!(
-        "metrics on http://{}/metrics",
-        endpoint.local_addr()
-    ));
+    echolab_cli::say!("metrics on http://{}/metrics", endpoint.local_addr());
     Ok(endpoint)
 }
 

@@ -173,13 +173,13 @@ pub fn run_serve(
         }
     };
     let addr = server.local_addr();
-    echolab_cli::announce(&format!(
+    echolab_cli::say!(
         "udp listening on {addr} (model {model}, {} loop{}, rate per source {}, privileged ports {})",
         server.n_loops(),
         if server.n_loops() == 1 { "" } else { "s" },
         args.rate_limit_text(),
         if args.udp_allow_privileged_ports { "answered" } else { "refused" }
-    ));
+    );
     let (code, result) = if args.udp_only {
         (notify.ready)();
         let result = server.wait();
@@ -466,7 +466,7 @@ pub fn error_json(message: &str, code: u8) -> String {
 /// Says `message` on stderr (one line, after `echolab bench: `) and, with `json`, as
 /// [`error_json`] on stdout; returns `code`.
 fn bench_fail(json: bool, message: &str, code: u8) -> ExitCode {
-    echolab_cli::announce(&format!("echolab bench: {message}"));
+    echolab_cli::say!("echolab bench: {message}");
     if json {
         echolab_cli::print_out(&error_json(message, code));
     }
@@ -490,7 +490,7 @@ fn clap_exit(err: clap::Error, json: bool) -> ExitCode {
         .collect::<Vec<_>>()
         .join(" ");
     let message = line.trim_start_matches("error: ");
-    echolab_cli::announce(&format!("echolab: {message}"));
+    echolab_cli::say!("echolab: {message}");
     if json {
         echolab_cli::print_out(&error_json(message, 2));
     }

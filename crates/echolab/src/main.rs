@@ -93,14 +93,12 @@ fn serve(args: ServeCmd, matches: &clap::ArgMatches) -> ExitCode {
     if let Some(n) = tcp.processes {
         // The UDP server's threads exist before the supervisor would fork; and UDP needs
         // no descriptor per client, the limit worker processes are for.
-        echolab_cli::announce(&format!("echolab serve: --processes {n}: not with --udp or --udp-only: one UDP socket serves every client, so the descriptor limit that worker processes get around does not bind UDP (--workers spreads it over SO_REUSEPORT sockets)"));
+        echolab_cli::say!("echolab serve: --processes {n}: not with --udp or --udp-only: one UDP socket serves every client, so the descriptor limit that worker processes get around does not bind UDP (--workers spreads it over SO_REUSEPORT sockets)");
         return ExitCode::from(2);
     }
     let tcp_only = echolab_server::cli::tcp_only_flag_given(matches);
     if let Some(flag) = tcp_only.filter(|_| udp.udp_only) {
-        echolab_cli::announce(&format!(
-            "echolab serve: {flag}: a TCP setting, and --udp-only serves no TCP"
-        ));
+        echolab_cli::say!("echolab serve: {flag}: a TCP setting, and --udp-only serves no TCP");
         return ExitCode::from(2);
     }
     echolab_server::logging::init(tcp.quiet, tcp.verbose);
@@ -132,7 +130,7 @@ fn serve(args: ServeCmd, matches: &clap::ArgMatches) -> ExitCode {
             match echolab_server::metrics::start_beside_udp(addr, model) {
                 Ok(endpoint) => Some(endpoint),
                 Err(err) => {
-                    echolab_cli::announce(&format!("echolab serve: {err}"));
+                    echolab_cli::say!("echolab serve: {err}");
                     return ExitCode::from(err.exit_code());
                 }
             }
@@ -165,7 +163,7 @@ fn serve(args: ServeCmd, matches: &clap::ArgMatches) -> ExitCode {
 fn take_passed_sockets(udp_enabled: bool) -> Result<(), ExitCode> {
     use echolab_server::activation;
     if let Err(err) = activation::take() {
-        echolab_cli::announce(&format!("echolab serve: {err}"));
+        echolab_cli::say!("echolab serve: {err}");
         return Err(ExitCode::from(2));
     }
     if let Some(socket) = activation::udp_socket() {
@@ -204,7 +202,7 @@ fn main() -> ExitCode {
         }
         Err(err) => {
             let message = one_line(&err.render().to_string());
-            echolab_cli::announce(&format!("echolab: {message}"));
+            echolab_cli::say!("echolab: {message}");
             if bench_wants_json() {
                 // `echolab bench --json` promises scripts a JSON document whatever happens.
                 echolab_cli::print_out(&echolab_load::bench::error_json(&message, 2));
