@@ -292,12 +292,7 @@ impl Observers {
                     reason: "--metrics needs a thread, and the process model forks only while it has one".into(),
                 })
             }
-            Some(addr) => {
-                let endpoint = MetricsServer::start(addr, config.model)
-                    .map_err(|source| crate::ServeError::MetricsBind { addr, source })?;
-                echolab_cli::say!("metrics on http://{}/metrics", endpoint.local_addr());
-                Some(endpoint)
-            }
+            Some(addr) => Some(start_announced(addr, config.model)?),
             None => None,
         };
         Ok(Observers {
@@ -307,12 +302,10 @@ impl Observers {
     }
 }
 
-/// `--metrics` of a server without TCP (`serve --udp-only`), which starts no [`Observers`]:
-/// the endpoint, announced as a TCP server's is (`metrics on http://ADDR/metrics`).
-pub fn start_beside_udp(
-    addr: SocketAddr,
-    model: Model,
-) -> Result<MetricsServer, crate::ServeError> {
+/// The `--metrics` endpoint on `addr`, its address announced on stderr (`metrics on
+/// http://ADDR/metrics`): by [`Observers::start`], and by a server without TCP (`serve
+/// --udp-only`), which starts no `Observers`.
+pub fn start_announced(addr: SocketAddr, model: Model) -> Result<MetricsServer, crate::ServeError> {
     let endpoint = MetricsServer::start(addr, model)
         .map_err(|source| crate::ServeError::MetricsBind { addr, source })?;
     echolab_cli::say!("metrics on http://{}/metrics", endpoint.local_addr());

@@ -127,7 +127,7 @@ fn serve(args: ServeCmd, matches: &clap::ArgMatches) -> ExitCode {
     let _metrics = match tcp.metrics.filter(|_| udp.udp_only) {
         Some(addr) => {
             let model = tcp.model.unwrap_or(echolab_server::Model::DEFAULT);
-            match echolab_server::metrics::start_beside_udp(addr, model) {
+            match echolab_server::metrics::start_announced(addr, model) {
                 Ok(endpoint) => Some(endpoint),
                 Err(err) => {
                     echolab_cli::say!("echolab serve: {err}");
