@@ -332,8 +332,8 @@ impl AcceptPace {
     }
 }
 
-/// The earlier of two wake-ups (`None`: never).
-pub fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+/// The earlier of two wake-ups, as durations or instants (`None`: never).
+pub fn earliest<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -545,7 +545,7 @@ mod tests {
     #[test]
     fn earliest_of_two_wake_ups() {
         let ms = Duration::from_millis;
-        assert_eq!(earliest(None, None), None);
+        assert_eq!(earliest::<Duration>(None, None), None);
         assert_eq!(earliest(Some(ms(3)), None), Some(ms(3)));
         assert_eq!(earliest(None, Some(ms(4))), Some(ms(4)));
         assert_eq!(earliest(Some(ms(5)), Some(ms(2))), Some(ms(2)));

@@ -476,10 +476,7 @@ pub fn wait_for(
     now: Instant,
 ) -> Option<Duration> {
     let until_wake = wake_at.map(|at| at.saturating_duration_since(now));
-    match (wait, until_wake) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    crate::event_loop::earliest(wait, until_wake)
 }
 
 /// The `(total, per_turn)` of a limited multishot receive (`Ring::recv_multi_limited`)

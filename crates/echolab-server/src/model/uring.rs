@@ -54,6 +54,7 @@ use echolab_sys::uring::{Completion, RecvBuf, Ring, SendBuf};
 use crate::conn::{self, End};
 use crate::deadline::Deadlines;
 use crate::echo::{EchoError, MAX_OWED};
+use crate::event_loop::earliest;
 use crate::uring_conn::{
     self as plumbing, may_lend, AcceptState, Conn, ConnTable, Outbox, SendPool, StartGate,
 };
@@ -140,14 +141,6 @@ fn run_loop(
     uring_loop?.run()
 }
 
-/// The earlier of two instants (`None`: never).
-fn earliest_at(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
 /// What a completion hands to [`UringLoop::pump`].
 enum Input {
     /// Nothing new arrived (a send completed, a receive found no buffer).
@@ -194,7 +187,7 @@ impl UringLoop<'_> {
             {
                 let (ring, listener) = (&mut self.ring, listener.as_raw_fd());
                 accept.arm_if_due(now, || ring.accept_multi(listener, k as u64))?;
-                accept_wake = earliest_at(accept_wake, accept.wake_at());
+                accept_wake = earliest(accept_wake, accept.wake_at());
             }
             let idle_wait = self.deadlines.next_wake(now);
             let timeout = plumbing::wait_for(idle_wait, accept_wake, now);
