@@ -70,6 +70,25 @@ pub fn bind_another(first: &TcpListener) -> io::Result<TcpListener> {
     bind_socket(addr, true, addr.is_ipv6() && first_socket.only_v6()?)
 }
 
+/// For `n_loops` loops, each its own listener on every address of `listeners` (the
+/// `--listen` addresses, in order): `result[i]` are loop i's, one per address, made by
+/// [`listeners_like`].
+pub fn listeners_per_loop(
+    listeners: impl IntoIterator<Item = TcpListener>,
+    n_loops: usize,
+) -> io::Result<Vec<Vec<TcpListener>>> {
+    let mut per_loop: Vec<Vec<TcpListener>> = (0..n_loops.max(1)).map(|_| Vec::new()).collect();
+    for listener in listeners {
+        for (one, mine) in listeners_like(listener, n_loops)?
+            .into_iter()
+            .zip(&mut per_loop)
+        {
+            mine.push(one);
+        }
+    }
+    Ok(per_loop)
+}
+
 /// `n` listeners on `first`'s address: `first` and `n - 1` more (at least one in all).
 /// Every one exists before any loop starts, so a bind failure stops the server before it
 /// serves anyone.
@@ -93,16 +112,7 @@ pub fn configure(conn: &TcpStream) -> io::Result<()> {
 /// An OS error as a short lowercase phrase: "address already in use", not
 /// "Address already in use (os error 98)".
 pub fn describe(err: &io::Error) -> String {
-    let text = err.to_string();
-    let text = match text.find(" (os error") {
-        Some(idx) => &text[..idx],
-        None => &text,
-    };
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => String::new(),
-    }
+    echolab_cli::describe_io(err)
 }
 
 /// The OS's ways of saying "nothing to do now, try later": not errors.

@@ -100,15 +100,7 @@ pub fn run(server: Server) -> io::Result<()> {
     let reads_per_turn = event_loop::bench_read_budget(READS_PER_TURN)?;
     let n_loops = config.workers.unwrap_or_else(cores).max(1);
     // Each loop its own listener on every --listen address: `per_loop[i]` has loop i's.
-    let mut per_loop: Vec<Vec<std::net::TcpListener>> = (0..n_loops).map(|_| Vec::new()).collect();
-    for listener in listeners {
-        for (one, mine) in net::listeners_like(listener, n_loops)?
-            .into_iter()
-            .zip(&mut per_loop)
-        {
-            mine.push(one);
-        }
-    }
+    let per_loop = net::listeners_per_loop(listeners, n_loops)?;
     // Every loop's epoll exists before any loop accepts: a loop that accepted first could
     // take the descriptors the others need.
     let reactors = per_loop

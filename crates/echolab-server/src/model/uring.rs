@@ -91,13 +91,8 @@ pub fn run(server: Server) -> io::Result<()> {
     // A listener per loop on every --listen address (SO_REUSEPORT, like the reactor's): on
     // one shared listener the kernel wakes the multishot accept queued first, and one ring
     // took every connection. `listeners[i]` are loop i's, one per address.
-    let mut listeners: Vec<Vec<TcpListener>> = (0..n_loops).map(|_| Vec::new()).collect();
-    for listener in &server.listeners {
-        let per_loop = net::listeners_like(listener.try_clone()?, n_loops)?;
-        for (one, mine) in per_loop.into_iter().zip(&mut listeners) {
-            mine.push(one);
-        }
-    }
+    let clones = server.listeners.iter().map(TcpListener::try_clone);
+    let listeners = net::listeners_per_loop(clones.collect::<io::Result<Vec<_>>>()?, n_loops)?;
     // Every loop builds its ring before any accepts: a loop that accepted first could take
     // the descriptors the others need for their rings.
     let rings_ready = StartGate::new(listeners.len());
