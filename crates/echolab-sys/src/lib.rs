@@ -23,6 +23,8 @@
 //! - [`shared`]: counters in a `MAP_SHARED` mapping, seen by the children forked after it.
 //! - [`uring`]: io_uring for the `uring` server model, with the rule that memory named by
 //!   a request belongs to the ring until its completion.
+//! - [`mmsg`]: batched datagram I/O (`recvmmsg`/`sendmmsg`) over buffers made once, for
+//!   the UDP models that wait for readiness.
 //! - [`uring_udp`]: io_uring for the UDP `uring` model (multishot `recvmsg`, a turn's
 //!   replies by one `sendmmsg` from the receive buffers), under the same rule.
 
@@ -91,6 +93,7 @@ pub fn signal_before_exec(command: &mut std::process::Command, signal: i32) {
     }
 }
 
+pub mod mmsg;
 mod provided;
 pub mod pthread;
 pub mod racy;

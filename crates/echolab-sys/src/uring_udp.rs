@@ -32,7 +32,9 @@
 
 use std::io;
 use std::marker::PhantomData;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::SocketAddr;
+
+use crate::mmsg::sockaddr_to_std;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -264,35 +266,9 @@ impl UdpRing {
             hdr.msg_hdr.msg_iovlen = 1;
             self.send_hdrs.push(hdr);
         }
-        let mut start = 0;
-        // Each round sends at least one message or skips one: bounded by the count.
-        while start < self.send_hdrs.len() {
-            let rest = &mut self.send_hdrs[start..];
-            let n = u32::try_from(rest.len()).unwrap_or(u32::MAX);
-            // SAFETY: every header points at a lent buffer's name and payload and at its
-            // own I/O vector, all alive and unmoved for the call; the kernel only reads
-            // them (and writes `msg_len`). `sendmmsg` is done with them when it returns.
-            let sent = unsafe { libc::sendmmsg(self.fd, rest.as_mut_ptr(), n, libc::MSG_DONTWAIT) };
-            if sent > 0 {
-                for hdr in &rest[..sent as usize] {
-                    outcomes.push(Ok(hdr.msg_len as usize));
-                }
-                start += sent as usize;
-                continue;
-            }
-            let err = if sent < 0 {
-                io::Error::last_os_error()
-            } else {
-                // Nothing sent and no error said (the kernel does not do this for a
-                // non-empty batch): skip the first, so that the loop still ends.
-                io::Error::other("sendmmsg sent nothing")
-            };
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            outcomes.push(Err(err));
-            start += 1;
-        }
+        // SAFETY: every header points at a lent buffer's name and payload and at its own
+        // I/O vector, all alive and unmoved for the call; the buffers go back only after it.
+        unsafe { crate::mmsg::send_each(self.fd, &mut self.send_hdrs, outcomes) };
         self.send_hdrs.clear();
         self.send_iovs.clear();
         for datagram in datagrams.drain(..) {
@@ -478,30 +454,6 @@ fn multishot_verdict(received: io::Result<()>) -> io::Result<bool> {
         Ok(()) => Ok(true),
         Err(err) if err.raw_os_error() == Some(libc::EINVAL) => Ok(false),
         Err(err) => Err(err),
-    }
-}
-
-/// A socket address as the kernel writes it (`sockaddr_in` or `sockaddr_in6`), as std's.
-fn sockaddr_to_std(name: &[u8]) -> Option<SocketAddr> {
-    let family = u16::from_ne_bytes([*name.first()?, *name.get(1)?]);
-    let port = u16::from_be_bytes([*name.get(2)?, *name.get(3)?]);
-    match libc::c_int::from(family) {
-        libc::AF_INET => {
-            let ip: [u8; 4] = name.get(4..8)?.try_into().ok()?;
-            Some(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(ip), port)))
-        }
-        libc::AF_INET6 => {
-            let flowinfo = u32::from_ne_bytes(name.get(4..8)?.try_into().ok()?);
-            let ip: [u8; 16] = name.get(8..24)?.try_into().ok()?;
-            let scope = u32::from_ne_bytes(name.get(24..28)?.try_into().ok()?);
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(ip),
-                port,
-                flowinfo,
-                scope,
-            )))
-        }
-        _ => None,
     }
 }
 
@@ -898,18 +850,5 @@ mod tests {
         assert!(!multishot_verdict(Err(io::Error::from_raw_os_error(libc::EINVAL))).unwrap());
         let err = multishot_verdict(Err(io::Error::from_raw_os_error(libc::ENOBUFS)));
         assert_eq!(err.unwrap_err().raw_os_error(), Some(libc::ENOBUFS));
-    }
-
-    #[test]
-    fn a_socket_address_of_another_family_is_none() {
-        assert_eq!(sockaddr_to_std(&[]), None);
-        let mut unix = [0u8; 16];
-        unix[..2].copy_from_slice(&(libc::AF_UNIX as u16).to_ne_bytes());
-        assert_eq!(sockaddr_to_std(&unix), None);
-        let mut v4 = [0u8; 16];
-        v4[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
-        v4[2..4].copy_from_slice(&7u16.to_be_bytes());
-        v4[4..8].copy_from_slice(&[127, 0, 0, 2]);
-        assert_eq!(sockaddr_to_std(&v4), Some("127.0.0.2:7".parse().unwrap()));
     }
 }

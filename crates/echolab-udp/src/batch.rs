@@ -1,13 +1,17 @@
 //! Batched datagram I/O: up to [`BATCH`] datagrams per `recvmmsg(2)` and per
-//! `sendmmsg(2)`, through nix's safe wrappers. Used by the models that can wait for
-//! readiness (event, reactor); the iterative model is one datagram per call on purpose.
+//! `sendmmsg(2)`, through [`echolab_sys::mmsg`] (buffers and headers made once; a reply
+//! goes to the source address exactly as the kernel wrote it). Used by the models that can
+//! wait for readiness (event, reactor); the iterative model is one datagram per call on
+//! purpose. This file holds what the models share: the guard's verdicts and the counts.
 
-use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::io;
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::sync::Mutex;
 use std::time::Instant;
 
-use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+use echolab_sys::mmsg::Datagrams;
+use nix::libc;
 
 use crate::guard::{DropReason, Guard};
 use crate::BUF_LEN;
@@ -15,33 +19,22 @@ use crate::BUF_LEN;
 /// Datagrams per system call.
 pub const BATCH: usize = 32;
 
-/// One received datagram: where its bytes are and who sent it.
-#[derive(Debug, Clone, Copy)]
-struct Received {
-    len: usize,
-    src: SocketAddr,
-    truncated: bool,
-}
-
 /// The buffers and headers of one loop's batches, allocated once ([`BATCH`] ×
-/// [`BUF_LEN`] bytes, 2 MiB).
+/// [`BUF_LEN`] bytes, 2 MiB, touched only as datagrams fill them), and scratch kept
+/// between batches (cleared, never shrunk), so that a batch allocates nothing.
 pub struct Batch {
-    bufs: [Vec<u8>; BATCH],
-    received: Vec<Received>,
-    recv_headers: MultiHeaders<SockaddrStorage>,
-    send_headers: MultiHeaders<SockaddrStorage>,
-    /// Scratch kept between calls (cleared, never shrunk), so that a batch allocates
-    /// nothing (the I/O vectors that borrow `bufs` are arrays on the stack): the indices
-    /// admitted, the send outcomes and the reply addresses.
+    datagrams: Datagrams,
+    /// Each held datagram's source (`None`: a family that is neither IPv4 nor IPv6).
+    sources: Vec<Option<SocketAddr>>,
+    /// The indices the guard admitted, and the outcome of each one's send.
     admitted: Vec<usize>,
-    outcomes: Vec<bool>,
-    addrs: Vec<Option<SockaddrStorage>>,
+    outcomes: Vec<io::Result<usize>>,
 }
 
 impl std::fmt::Debug for Batch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Batch")
-            .field("received", &self.received.len())
+            .field("received", &self.datagrams.len())
             .finish_non_exhaustive()
     }
 }
@@ -52,27 +45,14 @@ impl Default for Batch {
     }
 }
 
-/// The socket address nix gives back, as std's (None for an address family we do not
-/// serve).
-fn to_std(addr: &SockaddrStorage) -> Option<SocketAddr> {
-    if let Some(v4) = addr.as_sockaddr_in() {
-        return Some(SocketAddr::V4(SocketAddrV4::from(*v4)));
-    }
-    addr.as_sockaddr_in6()
-        .map(|v6| SocketAddr::V6(SocketAddrV6::from(*v6)))
-}
-
 impl Batch {
     /// Buffers for [`BATCH`] datagrams of up to [`BUF_LEN`] bytes.
     pub fn new() -> Batch {
         Batch {
-            bufs: std::array::from_fn(|_| vec![0u8; BUF_LEN]),
-            received: Vec::with_capacity(BATCH),
-            recv_headers: MultiHeaders::preallocate(BATCH, None),
-            send_headers: MultiHeaders::preallocate(BATCH, None),
+            datagrams: Datagrams::new(BATCH, BUF_LEN),
+            sources: Vec::with_capacity(BATCH),
             admitted: Vec::with_capacity(BATCH),
             outcomes: Vec::with_capacity(BATCH),
-            addrs: Vec::with_capacity(BATCH),
         }
     }
 
@@ -82,151 +62,77 @@ impl Batch {
     /// emptied the socket's queue (a non-blocking `recvmmsg` stops early only then), so
     /// that a caller need not make one more call just to hear WouldBlock.
     ///
-    /// Errors: only a receive error other than WouldBlock/Interrupted; send errors are
-    /// counted as [`DropReason::SendFailed`] and never stop the loop.
-    pub fn echo_once(&mut self, fd: RawFd, guard: &std::sync::Mutex<Guard>) -> io::Result<usize> {
-        self.echo(fd, guard, MsgFlags::MSG_DONTWAIT)
+    /// Errors: only a receive error other than WouldBlock/Interrupted/ConnectionRefused;
+    /// send errors are counted as [`DropReason::SendFailed`] and never stop the loop.
+    pub fn echo_once(&mut self, fd: RawFd, guard: &Mutex<Guard>) -> io::Result<usize> {
+        self.echo(fd, guard, libc::MSG_DONTWAIT)
     }
 
     /// [`Batch::echo_once`] on a blocking socket: the `recvmmsg` sleeps until the first
     /// datagram arrives (or the socket's receive timeout, `SO_RCVTIMEO`, passes: then 0),
     /// then takes what else is queued without waiting (`MSG_WAITFORONE`). The readiness
     /// wait and the first read are one system call.
-    pub fn echo_waiting(
-        &mut self,
-        fd: RawFd,
-        guard: &std::sync::Mutex<Guard>,
-    ) -> io::Result<usize> {
-        self.echo(fd, guard, MsgFlags::MSG_WAITFORONE)
+    pub fn echo_waiting(&mut self, fd: RawFd, guard: &Mutex<Guard>) -> io::Result<usize> {
+        self.echo(fd, guard, libc::MSG_WAITFORONE)
     }
 
     fn echo(
         &mut self,
         fd: RawFd,
-        guard: &std::sync::Mutex<Guard>,
-        recv_flags: MsgFlags,
+        guard: &Mutex<Guard>,
+        recv_flags: libc::c_int,
     ) -> io::Result<usize> {
-        self.received.clear();
-        {
-            let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] =
-                self.bufs.each_mut().map(|buf| [IoSliceMut::new(buf)]);
-            let results = match recvmmsg(
-                fd,
-                &mut self.recv_headers,
-                iovs.iter_mut(),
-                recv_flags,
-                None,
-            ) {
-                Ok(results) => results,
-                Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => return Ok(0),
-                // An ICMP error queued on the socket: reported once, then gone.
-                Err(nix::errno::Errno::ECONNREFUSED) => return Ok(0),
-                Err(err) => return Err(err.into()),
-            };
-            for msg in results {
-                let Some(src) = msg.address.as_ref().and_then(to_std) else {
-                    continue;
+        let n_received = match self.datagrams.recv(fd, recv_flags) {
+            Ok(n) => n,
+            Err(err) => {
+                return match err.raw_os_error() {
+                    Some(libc::EAGAIN | libc::EINTR) => Ok(0),
+                    // An ICMP error queued on the socket: reported once, then gone.
+                    Some(libc::ECONNREFUSED) => Ok(0),
+                    _ => Err(err),
                 };
-                self.received.push(Received {
-                    len: msg.bytes,
-                    src,
-                    // Neither can happen with buffers larger than any datagram (so `||`
-                    // and `&&` decide alike here, a surviving mutant); kept so that a
-                    // smaller buffer could never echo a cut datagram.
-                    truncated: msg.flags.contains(MsgFlags::MSG_TRUNC) || msg.bytes >= BUF_LEN,
-                });
             }
-        }
-        let n_received = self.received.len();
+        };
         if n_received == 0 {
             return Ok(0);
         }
+        self.sources.clear();
+        self.sources
+            .extend((0..n_received).map(|idx| self.datagrams.source(idx)));
         // The guard's verdicts, under one lock for the whole batch.
         let now = Instant::now();
-        let mut admitted = std::mem::take(&mut self.admitted);
-        admitted.clear();
+        self.admitted.clear();
         {
             let mut guard = guard.lock().unwrap_or_else(|e| e.into_inner());
-            for (idx, got) in self.received.iter().enumerate() {
-                if got.truncated {
-                    guard.count_drop(DropReason::Truncated, got.src, now);
-                } else if guard.admit(got.src, now).is_ok() {
-                    admitted.push(idx);
+            for (idx, src) in self.sources.iter().enumerate() {
+                let Some(src) = *src else {
+                    // Not IPv4 or IPv6: cannot happen on an inet socket; nothing to reply to.
+                    continue;
+                };
+                if self.datagrams.truncated(idx) {
+                    guard.count_drop(DropReason::Truncated, src, now);
+                } else if guard.admit(src, now).is_ok() {
+                    self.admitted.push(idx);
                 }
             }
         }
-        self.send_into(fd, &admitted);
+        if self.admitted.is_empty() {
+            return Ok(n_received);
+        }
+        // The send runs without the guard's lock (the other loops judge meanwhile).
+        self.datagrams.echo(fd, &self.admitted, &mut self.outcomes);
         let mut guard = guard.lock().unwrap_or_else(|e| e.into_inner());
-        for (idx, sent) in admitted.iter().zip(&self.outcomes) {
-            let got = self.received[*idx];
-            if *sent {
-                guard.echoed(got.len, got.src);
-            } else {
-                guard.count_drop(DropReason::SendFailed, got.src, now);
+        for (idx, outcome) in self.admitted.iter().zip(&self.outcomes) {
+            let len = self.datagrams.payload(*idx).len();
+            let Some(src) = self.sources[*idx] else {
+                continue;
+            };
+            match outcome {
+                Ok(sent) if *sent == len => guard.echoed(len, src),
+                _ => guard.count_drop(DropReason::SendFailed, src, now),
             }
         }
-        self.admitted = admitted;
         Ok(n_received)
-    }
-
-    /// [`Batch::send_into`], returning the outcomes (for the tests).
-    #[cfg(test)]
-    fn send(&mut self, fd: RawFd, which: &[usize]) -> Vec<bool> {
-        self.send_into(fd, which);
-        self.outcomes.clone()
-    }
-
-    /// Sends datagram `idx` back to its source for every `idx` of `which`; whether each
-    /// went out lands in `self.outcomes` (in `which`'s order). A failed message is skipped
-    /// and the rest retried: sendmmsg reports an error only for the first message of a
-    /// call.
-    fn send_into(&mut self, fd: RawFd, which: &[usize]) {
-        let mut outcomes = std::mem::take(&mut self.outcomes);
-        outcomes.clear();
-        outcomes.resize(which.len(), false);
-        let mut addrs = std::mem::take(&mut self.addrs);
-        let mut start = 0;
-        // Each round either sends at least one message or skips one: bounded by len.
-        // (`<=` would only add one empty sendmmsg at the end: a surviving mutant.)
-        while start < which.len() {
-            let rest = &which[start..which.len().min(start + BATCH)];
-            let mut iovs = [[IoSlice::new(&[])]; BATCH];
-            for (iov, idx) in iovs.iter_mut().zip(rest) {
-                *iov = [IoSlice::new(&self.bufs[*idx][..self.received[*idx].len])];
-            }
-            addrs.clear();
-            addrs.extend(
-                rest.iter()
-                    .map(|idx| Some(SockaddrStorage::from(self.received[*idx].src))),
-            );
-            match sendmmsg(
-                fd,
-                &mut self.send_headers,
-                iovs[..rest.len()].iter(),
-                &addrs,
-                [],
-                MsgFlags::MSG_DONTWAIT,
-            ) {
-                Ok(results) => {
-                    let n_sent = results.count().min(rest.len());
-                    if n_sent == 0 {
-                        // Nothing went out and no error was said (the kernel does not do
-                        // this for a non-empty batch; no test can reach it): skip the
-                        // first, so that the loop still ends.
-                        start += 1;
-                        continue;
-                    }
-                    for outcome in &mut outcomes[start..start + n_sent] {
-                        *outcome = true;
-                    }
-                    start += n_sent;
-                }
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(_) => start += 1,
-            }
-        }
-        self.outcomes = outcomes;
-        self.addrs = addrs;
     }
 }
 
@@ -238,35 +144,6 @@ mod tests {
     use std::sync::Mutex;
 
     use crate::guard::Policy;
-
-    /// A failed message in the middle of a batch is skipped; the ones after it still go.
-    #[test]
-    fn a_send_error_skips_one_datagram_and_the_rest_still_go() {
-        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
-        client
-            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .unwrap();
-        let good = client.local_addr().unwrap();
-        // Port 0 is no destination: sendmmsg fails on that message (EINVAL).
-        let bad: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let mut batch = Batch::new();
-        for (idx, dst) in [good, bad, good].into_iter().enumerate() {
-            batch.bufs[idx][..3].copy_from_slice(&[idx as u8; 3]);
-            batch.received.push(Received {
-                len: 3,
-                src: dst,
-                truncated: false,
-            });
-        }
-        let outcomes = batch.send(server.as_raw_fd(), &[0, 1, 2]);
-        assert_eq!(outcomes, vec![true, false, true]);
-        let mut buf = [0u8; 8];
-        assert_eq!(client.recv(&mut buf).unwrap(), 3);
-        assert_eq!(&buf[..3], &[0, 0, 0]);
-        assert_eq!(client.recv(&mut buf).unwrap(), 3);
-        assert_eq!(&buf[..3], &[2, 2, 2]);
-    }
 
     /// The reactor's receive: on a blocking socket it waits for the first datagram, takes
     /// what else is queued without waiting, and ends empty at the receive timeout.

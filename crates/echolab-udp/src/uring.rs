@@ -11,9 +11,16 @@
 //! submission and one completion per datagram, in the `io_uring_enter` that waits) cost
 //! about the same CPU per datagram as this `sendmmsg` (1.025–1.04× against 1.03×
 //! `ref_udp`'s in two sittings of scripts/bench-udp.py, 9 alternated runs each): with the
-//! send path now `ref_udp`'s own, what is left of the gap is the receive (a poll wake-up,
-//! task work and a completion per datagram, against `recvmmsg`). Why the completions of
-//! sends cannot simply be skipped is in [`echolab_sys::uring_udp`].
+//! send path now `ref_udp`'s own, the gap (1.03–1.05× in 2026-11-30's sittings) is what
+//! an armed receive costs. perf, 8 sockets × 64 B: the io_uring receive machinery
+//! (`io_recvmsg`, the poll task work, buffer selection, the completion) against
+//! `recvmmsg`'s loop; and, about 2% of the loop's CPU that `ref_udp` does not spend, every
+//! reply's `sock_wfree` waking the socket's wait queue: the multishot receive's poll entry
+//! sits on that queue for good, so each sent datagram's write-space wake-up takes the
+//! queue's lock and walks it (`ref_udp` sends while no one waits there, and the kernel
+//! skips the wake). Sending from another socket would avoid it, but a second socket on the
+//! same port would also receive. Why the completions of sends cannot simply be skipped is
+//! in [`echolab_sys::uring_udp`].
 //!
 //! The unsafe ring code is [`echolab_sys::uring_udp`]; this file is the scheduling.
 
