@@ -80,11 +80,6 @@ impl Datagrams {
         batch
     }
 
-    /// Datagrams per call.
-    pub fn capacity(&self) -> usize {
-        self.recv_hdrs.len()
-    }
-
     /// Receives up to [`Datagrams::capacity`] datagrams with one `recvmmsg(fd, flags)`
     /// (for instance `MSG_DONTWAIT`, or `MSG_WAITFORONE` on a blocking socket), replacing
     /// the ones held. Returns how many arrived.
@@ -111,6 +106,8 @@ impl Datagrams {
                 std::ptr::null_mut(),
             )
         };
+        // (`<=` would read a stale errno on 0, which recvmmsg returns only for a count
+        // of 0: never here.)
         if got < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -282,6 +279,11 @@ mod tests {
             batch.recv(server.as_raw_fd(), libc::MSG_DONTWAIT).unwrap(),
             2
         );
+        assert_eq!((batch.len(), batch.is_empty()), (2, false));
+        assert_eq!(
+            format!("{batch:?}"),
+            "Datagrams { count: 2, buf_len: 16, held: 2, .. }"
+        );
         assert_eq!(batch.payload(0), b"first");
         assert_eq!(batch.payload(1), b"");
         assert_eq!(batch.source(0), Some(client.local_addr().unwrap()));
@@ -300,6 +302,7 @@ mod tests {
             1
         );
         assert_eq!(batch.payload(0), b"third!");
+        assert_eq!(batch.len(), 1);
         let err = batch
             .recv(server.as_raw_fd(), libc::MSG_DONTWAIT)
             .unwrap_err();

@@ -231,4 +231,41 @@ mod tests {
         assert_eq!((stats.received, stats.echoed), (3, 3));
         assert_eq!(batch.echo_once(server.as_raw_fd(), &guard).unwrap(), 0);
     }
+
+    /// An ICMP error queued on the socket (a reply to a closed port, reported because the
+    /// socket asks for errors: `IP_RECVERR`) comes out of the next receive as
+    /// ECONNREFUSED: that batch is empty, and the loop goes on echoing.
+    #[test]
+    fn an_icmp_error_on_the_socket_does_not_stop_the_loop() {
+        use nix::sys::socket::{setsockopt, sockopt::Ipv4RecvErr};
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        setsockopt(&server, Ipv4RecvErr, &true).unwrap();
+        server
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let closed = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let closed_addr = closed.local_addr().unwrap();
+        drop(closed);
+        // Loopback answers at once with port unreachable, queued on `server`.
+        server.send_to(b"x", closed_addr).unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        client
+            .send_to(b"after", server.local_addr().unwrap())
+            .unwrap();
+        let guard = Mutex::new(Guard::new(Policy::default()));
+        let mut batch = Batch::new();
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(batch.echo_waiting(server.as_raw_fd(), &guard).unwrap());
+            if got.last() == Some(&1) {
+                break;
+            }
+        }
+        assert_eq!(got, [0, 1], "the error's batch, then the datagram");
+        let mut buf = [0u8; 8];
+        assert_eq!(client.recv(&mut buf).unwrap(), 5);
+    }
 }
