@@ -123,9 +123,12 @@ fn a_port_out_of_range_gets_one_message_everywhere() {
 #[test]
 fn a_fractional_idle_timeout_is_taken_and_kept() {
     let server = Server::start("event", &["--idle-timeout", "0.5"]);
+    // Timed from before the connect: the server's idle clock starts at its accept, which
+    // comes after (timed from after, a test thread descheduled between the connect and
+    // reading the clock saw the close come "early").
+    let started = Instant::now();
     let mut conn = connect(server.addr);
     conn.set_read_timeout(Some(STEP)).unwrap();
-    let started = Instant::now();
     let mut buf = [0u8; 1];
     let n = conn.read(&mut buf).unwrap_or(0);
     let waited = started.elapsed();
