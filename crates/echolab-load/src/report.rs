@@ -548,11 +548,13 @@ impl BenchReport {
         }
         let n = config.n_conns as u64;
         let starve = config.starve_after.as_secs_f64();
-        // Bench closes a connection whose echo was wrong: that is not the server going quiet.
+        // Bench closes a connection whose echo was wrong (a differing or an extra byte):
+        // that is not the server going quiet.
         if self.conns_stopped >= n
             && n > 0
             && self.conns_established > 0
             && self.errors.mismatch == 0
+            && self.errors.extra == 0
         {
             return Some(match self.last_echo_secs {
                 None if self.bytes_received > 0 => format!(
@@ -951,6 +953,12 @@ mod tests {
         wrong.conns_stopped = 4;
         wrong.last_echo_secs = Some(0.0);
         assert_eq!(wrong.stopped_sentence(&config), None);
+        // So do bytes never sent (a server that appends to each echo): it answered too.
+        let mut extra = clean();
+        extra.errors.count(ErrorKind::Extra);
+        extra.conns_stopped = 4;
+        extra.last_echo_secs = Some(-1.0);
+        assert_eq!(extra.stopped_sentence(&config), None);
         // All four stopped getting echoes: the server stopped answering, and when; no
         // word of a pool.
         r.errors.count(ErrorKind::Starved);
