@@ -161,6 +161,27 @@ mod tests {
         assert_eq!(counted(2u32, "thread"), "2 threads");
     }
 
+    /// The only test of this binary that touches the flag: once set, it stays set.
+    #[test]
+    fn a_closed_stdout_is_noted_and_ends_with_141() {
+        use std::io::{Error, ErrorKind};
+        use std::process::ExitCode;
+        assert!(Stdout::note::<()>(Err(Error::from(ErrorKind::StorageFull))).is_err());
+        assert!(!stdout_closed(), "a full disk is not a reader that left");
+        assert_eq!(exit_status(ExitCode::from(3)), ExitCode::from(3));
+        assert_eq!(Stdout::note(Ok(7)).unwrap(), 7);
+        assert!(Stdout::note::<()>(Err(Error::from(ErrorKind::BrokenPipe))).is_err());
+        assert!(stdout_closed());
+        assert_eq!(
+            exit_status(ExitCode::from(3)),
+            ExitCode::from(STDOUT_CLOSED)
+        );
+        assert_eq!(
+            help_printed(Err(Error::from(ErrorKind::BrokenPipe))),
+            ExitCode::from(STDOUT_CLOSED)
+        );
+    }
+
     #[test]
     fn an_os_error_is_one_lowercase_phrase() {
         // 2 is ENOENT on Linux: "No such file or directory (os error 2)".
