@@ -550,6 +550,15 @@ pub fn run_client(args: &UdpClientArgs) -> ExitCode {
     }
     let result = match &args.send {
         Some(path) => {
+            // As TCP client: a device or a pipe (`--send /dev/zero`) has no end to read up
+            // to, and the file is read whole into memory before the first datagram.
+            if std::fs::metadata(path).is_ok_and(|meta| !meta.is_file()) {
+                echolab_cli::say!(
+                    "echolab client: cannot send {}: not a regular file",
+                    path.display()
+                );
+                return ExitCode::from(2);
+            }
             let data = match std::fs::read(path) {
                 Ok(data) => data,
                 Err(err) => {
