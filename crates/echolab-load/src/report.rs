@@ -595,9 +595,10 @@ impl BenchReport {
         }
         Some(format!(
             "{} of {n} connections starved (waited more than {starve:.2} s, or the whole window, \
-             for an echo) while {served} were served to the end: an iterative server, or a pool \
+             for an echo) while {served} {were} served to the end: an iterative server, or a pool \
              with fewer workers than connections, leaves the rest waiting",
-            self.errors.starved
+            self.errors.starved,
+            were = if served == 1 { "was" } else { "were" },
         ))
     }
 }
@@ -937,7 +938,7 @@ mod tests {
         // Three starved, none stopped: one was served to the end, not four.
         paused.errors.starved = 3;
         let text = paused.to_text(&config);
-        assert!(text.contains("while 1 were served to the end"), "{text}");
+        assert!(text.contains("while 1 was served to the end"), "{text}");
         // An early end before the window opened is said as such, never a negative time.
         let mut early = clean();
         early.ended_early_secs = Some(-0.3);
