@@ -66,6 +66,9 @@ pub const STDOUT_CLOSED: u8 = 141;
 static STDOUT_CLOSED_SEEN: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
+/// The first other error a write to stdout met (a full disk), in words.
+static STDOUT_FAILED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// Stdout, locked, noting a write that found it closed by its reader (EPIPE): then
 /// [`stdout_closed`] is true, a running command stops its work, and [`exit_status`] is
 /// [`STDOUT_CLOSED`]. Every write of a command's output on stdout goes through it.
@@ -80,8 +83,14 @@ pub fn stdout() -> Stdout {
 impl Stdout {
     fn note<T>(result: std::io::Result<T>) -> std::io::Result<T> {
         if let Err(err) = &result {
-            if err.kind() == std::io::ErrorKind::BrokenPipe {
-                STDOUT_CLOSED_SEEN.store(true, std::sync::atomic::Ordering::SeqCst);
+            match err.kind() {
+                std::io::ErrorKind::BrokenPipe => {
+                    STDOUT_CLOSED_SEEN.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                std::io::ErrorKind::Interrupted => {}
+                _ => {
+                    let _ = STDOUT_FAILED.set(describe_io(err));
+                }
             }
         }
         result
@@ -105,12 +114,19 @@ pub fn stdout_closed() -> bool {
 }
 
 /// `code`, or [`STDOUT_CLOSED`] once stdout was found closed by its reader: the status
-/// `main` returns, the same for every command.
+/// `main` returns, the same for every command. Output lost otherwise (`bench --json >
+/// results.json` on a full disk) turns a success into 1, said in one line, as for
+/// `--help` (it was 0, the results gone without a word); a failure keeps its status.
 pub fn exit_status(code: std::process::ExitCode) -> std::process::ExitCode {
     if stdout_closed() {
-        std::process::ExitCode::from(STDOUT_CLOSED)
-    } else {
-        code
+        return std::process::ExitCode::from(STDOUT_CLOSED);
+    }
+    match STDOUT_FAILED.get() {
+        Some(why) if code == std::process::ExitCode::SUCCESS => {
+            say!("echolab: cannot write to stdout: {why}");
+            std::process::ExitCode::FAILURE
+        }
+        _ => code,
     }
 }
 
@@ -161,7 +177,7 @@ mod tests {
         assert_eq!(counted(2u32, "thread"), "2 threads");
     }
 
-    /// The only test of this binary that touches the flag: once set, it stays set.
+    /// The only test of this binary that touches the flags: once set, they stay set.
     #[test]
     fn a_closed_stdout_is_noted_and_ends_with_141() {
         use std::io::{Error, ErrorKind};
@@ -169,6 +185,8 @@ mod tests {
         assert!(Stdout::note::<()>(Err(Error::from(ErrorKind::StorageFull))).is_err());
         assert!(!stdout_closed(), "a full disk is not a reader that left");
         assert_eq!(exit_status(ExitCode::from(3)), ExitCode::from(3));
+        // Lost output fails a success (and says so on stderr), not a failure.
+        assert_eq!(exit_status(ExitCode::SUCCESS), ExitCode::FAILURE);
         assert_eq!(Stdout::note(Ok(7)).unwrap(), 7);
         assert!(Stdout::note::<()>(Err(Error::from(ErrorKind::BrokenPipe))).is_err());
         assert!(stdout_closed());

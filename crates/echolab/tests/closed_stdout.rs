@@ -3,7 +3,8 @@
 //! to stdout: Broken pipe", exit 101), a client said "cannot write to stdout" and exited
 //! 1, and `bench --json-stream` measured on for its whole --duration with nobody reading.
 //! Every command now ends quietly with 141 (128 + SIGPIPE, what a shell reports for a
-//! tool killed by the closed pipe), and a running one stops its work first.
+//! tool killed by the closed pipe), and a running one stops its work first. Output lost
+//! to a full disk is said and exits 1.
 
 mod support;
 
@@ -134,4 +135,51 @@ fn a_streaming_bench_stops_when_its_reader_leaves() {
     );
     // finish_bounded already bounds it by STEP (20 s), a third of the window.
     assert!(took < STEP, "took {took:?}");
+}
+
+/// `echolab bench --json > results.json` on a full disk exited 0 with the results lost
+/// and not a word (`--help` already said it and exited 1): output that stdout did not take
+/// now turns a success into one line and exit 1.
+#[test]
+fn output_lost_to_a_full_disk_is_an_error() {
+    let server = Server::start("event", &["--udp"]);
+    let addr = server.addr.to_string();
+    let addr = addr.as_str();
+    for args in [
+        &[
+            "bench",
+            addr,
+            "--duration",
+            "200ms",
+            "--warmup",
+            "0",
+            "--json",
+        ][..],
+        &["bench", addr, "--duration", "200ms", "--warmup", "0"],
+        &["bench", "--udp", addr, "--duration", "200ms"],
+        &["lab", "list"],
+        &["lab", "progress-graph", "--trials", "1"],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let child = echolab()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(full)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = finish_bounded(child, STEP);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr
+                .lines()
+                .last()
+                .is_some_and(|l| l == "echolab: cannot write to stdout: no space left on device"),
+            "{args:?}: {stderr}"
+        );
+    }
 }
