@@ -39,3 +39,36 @@ fn udp_client_refuses_to_send_what_is_not_a_regular_file() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With a warm-up as long as the interval (the defaults: 1 s each), the first progress tick
+/// counted from the start landed at the window's opening: `--json-stream`'s first
+/// "interval" was the window's first half millisecond (`"secs": 0.0006`, a rate from a
+/// handful of messages) and the progress line said "0.0 s measured, 4000 messages/s".
+/// Ticks in the window now count from its opening: every interval is about --interval.
+#[test]
+fn the_first_streamed_interval_is_an_interval_long() {
+    let server = Server::start("event", &[]);
+    let child = echolab()
+        .args(["bench", &server.addr.to_string()])
+        .args(["--conns", "1", "--warmup", "500ms", "--duration", "1300ms"])
+        .args(["--interval", "500ms", "--json-stream"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = finish_bounded(child, STEP);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let (_doc, intervals) = lines.split_last().expect("the final document");
+    assert!(!intervals.is_empty(), "{stdout}");
+    for interval in intervals {
+        let secs = interval["secs"].as_f64().unwrap();
+        // 0.5 s, with room for a loaded machine's late wake-up.
+        assert!((0.4..1.0).contains(&secs), "{interval}");
+    }
+}
