@@ -71,7 +71,8 @@ static STDOUT_FAILED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Stdout, locked, noting a write that found it closed by its reader (EPIPE): then
 /// [`stdout_closed`] is true, a running command stops its work, and [`exit_status`] is
-/// [`STDOUT_CLOSED`]. Every write of a command's output on stdout goes through it.
+/// [`STDOUT_CLOSED`]; any other write error (a full disk) makes [`exit_status`] a failure.
+/// Every write of a command's output on stdout goes through it.
 #[derive(Debug)]
 pub struct Stdout(std::io::StdoutLock<'static>);
 
