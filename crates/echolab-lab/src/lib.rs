@@ -53,7 +53,8 @@ use experiment::{Settings, EXPERIMENTS};
 /// [--timeout DURATION]`, `echolab lab all [--report DIR]`.
 ///
 /// Exit status: 0 every experiment ran (a hang it caught is a result, not a failure); 1 an
-/// experiment could not run; 2 bad argument; 141 stdout closed by its reader (`| head`).
+/// experiment could not run; 2 bad argument; 130 interrupted (SIGINT or SIGTERM: every
+/// child process is killed first); 141 stdout closed by its reader (`| head`).
 #[derive(Debug, clap::Args)]
 pub struct LabArgs {
     /// `list`, `all`, or an experiment's name (see `echolab lab list`).
@@ -151,6 +152,11 @@ pub fn parse_cpus(text: &str) -> Result<Vec<usize>, String> {
 pub fn run(args: LabArgs) -> ExitCode {
     if let Some(name) = &args.child {
         return child::main(name, args.child_config.as_deref().unwrap_or("{}"));
+    }
+    // Before any thread starts (see watchdog::stop_on_signal).
+    if let Err(err) = watchdog::stop_on_signal() {
+        echolab_cli::say!("echolab lab: cannot handle SIGINT and SIGTERM: {err}");
+        return ExitCode::FAILURE;
     }
     let Some(which) = args.experiment.clone() else {
         echolab_cli::say!("echolab lab: name an experiment, `list` or `all`");

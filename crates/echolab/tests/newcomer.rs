@@ -72,3 +72,52 @@ fn the_first_streamed_interval_is_an_interval_long() {
         assert!((0.4..1.0).contains(&secs), "{interval}");
     }
 }
+
+/// Ctrl-C (or SIGTERM) during `echolab lab` killed the lab by the default action, which
+/// runs no `Drop`: its children, each in a process group of its own that the terminal's
+/// Ctrl-C does not reach, lived on (a `serve` for `backlog`, a child deadlocked on purpose
+/// for `signal-handler`, forever). The lab now kills them first and exits 130.
+#[test]
+fn an_interrupted_lab_leaves_no_child_behind() {
+    for signal in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
+    ] {
+        let child = echolab()
+            .args(["lab", "backlog", "--trials", "200"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lab = child.id() as i32;
+        // A child of the lab, alive: the iterative server of a backlog run.
+        let mut seen = Vec::new();
+        let found = eventually(|| {
+            seen = family(lab).into_iter().filter(|&p| p != lab).collect();
+            !seen.is_empty()
+        });
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(lab), signal).unwrap();
+        let out = finish_bounded(child, STEP);
+        assert!(found, "the lab started no child");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let alive = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|stat| {
+                    !stat[stat.rfind(')').unwrap() + 1..]
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(false)
+        };
+        let gone = eventually(|| !seen.iter().any(|&p| alive(p)));
+        for &pid in seen.iter().filter(|&&p| alive(p)) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        assert_eq!(out.status.code(), Some(130), "{signal}: {stderr}");
+        assert!(gone, "{signal}: children {seen:?} outlived the lab");
+    }
+}
