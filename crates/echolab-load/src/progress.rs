@@ -142,11 +142,25 @@ mod tests {
             line("messages", &mut last, &at(1000, 40_000), second).as_deref(),
             Some("bench: 1.0 s measured, 40000 messages/s, 0 errors")
         );
-        // 20,000 more over the next half second.
+        // 30,000 more over the next half second: the rate since the previous line (the
+        // window's so far would be 46,667).
         let third = second + Duration::from_millis(500);
         assert_eq!(
-            line("messages", &mut last, &at(1500, 60_000), third).as_deref(),
-            Some("bench: 1.5 s measured, 40000 messages/s, 0 errors")
+            line("messages", &mut last, &at(1500, 70_000), third).as_deref(),
+            Some("bench: 1.5 s measured, 60000 messages/s, 0 errors")
+        );
+        // A total below the previous one (never published so) counts from the window's
+        // opening rather than underflowing.
+        let fourth = third + Duration::from_millis(500);
+        assert_eq!(
+            line("messages", &mut last, &at(2000, 10), fourth).as_deref(),
+            Some("bench: 2.0 s measured, 5 messages/s, 0 errors")
+        );
+        // MIN_SPAN itself is span enough.
+        let fifth = fourth + MIN_SPAN;
+        assert_eq!(
+            line("messages", &mut last, &at(2050, 510), fifth).as_deref(),
+            Some("bench: 2.0 s measured, 10000 messages/s, 0 errors")
         );
         let mut warm = at(0, 0);
         warm.phase = Phase::WarmUp;
