@@ -153,7 +153,6 @@ pub fn run(args: LabArgs) -> ExitCode {
     if let Some(name) = &args.child {
         return child::main(name, args.child_config.as_deref().unwrap_or("{}"));
     }
-    // Before any thread starts (see watchdog::stop_on_signal).
     if let Err(err) = watchdog::stop_on_signal() {
         echolab_cli::say!("echolab lab: cannot handle SIGINT and SIGTERM: {err}");
         return ExitCode::FAILURE;

@@ -38,26 +38,30 @@ fn live_groups() -> std::sync::MutexGuard<'static, Vec<i32>> {
 }
 
 /// Makes SIGINT and SIGTERM kill every watched child's group, then end the lab with exit
-/// status 130 (interrupted). Call it once, from the main thread before any other starts:
-/// it blocks both signals in the calling thread (and so in every thread started after;
-/// a spawned child gets an empty mask back) and waits for them on a thread of its own.
+/// status 130 (interrupted). A handler (signal-hook's) wakes a thread of its own: no
+/// signal is blocked, so children inherit no mask (a blocked SIGTERM would reach an
+/// exec'd `serve` still blocked).
 pub fn stop_on_signal() -> io::Result<()> {
-    use nix::sys::signal::SigSet;
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGTERM);
-    signals.thread_block().map_err(io::Error::from)?;
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     std::thread::Builder::new()
         .name("lab-signals".to_string())
         .spawn(move || {
-            let Ok(signal) = signals.wait() else { return };
+            let Some(signal) = signals.forever().next() else {
+                return;
+            };
             // Held to the exit: no child starts after the kill.
             let groups = live_groups();
             for &pgid in groups.iter() {
                 let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
             }
+            let name = if signal == SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            };
             echolab_cli::say!(
-                "echolab lab: interrupted ({signal}): stopped {}",
+                "echolab lab: interrupted ({name}): stopped {}",
                 echolab_cli::counted(groups.len(), "child process group")
             );
             std::process::exit(130);
