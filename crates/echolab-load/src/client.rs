@@ -287,8 +287,9 @@ fn interactive(conn: TcpStream, timeout: Duration) -> Result<(), ClientError> {
         ))
     })?;
     let shared = Arc::clone(&input);
-    // Not joined on an error: it may be blocked reading a terminal, and returning from
-    // main ends the process with it. On success it has finished (input ended).
+    // Not joined on an error, nor when stdout's reader left: it may be blocked reading a
+    // terminal, and returning from main ends the process with it. On success it has
+    // finished (input ended).
     let stdin_thread = thread::spawn(move || {
         let mut stdin = io::stdin().lock();
         let mut buf = vec![0u8; 64 * 1024];
