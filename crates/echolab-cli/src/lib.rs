@@ -56,11 +56,86 @@ pub fn announce(line: &str) {
     let _ = write_line(&mut std::io::stderr().lock(), line);
 }
 
+/// The exit status of a command whose stdout was closed by its reader (`echolab bench ...
+/// | head -3`): 141, what a shell reports for a process killed by SIGPIPE (128 + 13), as
+/// for any Unix tool in that place. echolab ignores SIGPIPE (Rust's runtime does, so
+/// that a client's closed socket is an error, not a death); every write to stdout goes
+/// through [`stdout`], which notes the closed pipe, and `main` ends with [`exit_status`].
+pub const STDOUT_CLOSED: u8 = 141;
+
+static STDOUT_CLOSED_SEEN: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// The first other error a write to stdout met (a full disk), in words.
+static STDOUT_FAILED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Stdout, locked, noting a write that found it closed by its reader (EPIPE): then
+/// [`stdout_closed`] is true, a running command stops its work, and [`exit_status`] is
+/// [`STDOUT_CLOSED`]; any other write error (a full disk) makes [`exit_status`] a failure.
+/// Every write of a command's output on stdout goes through it.
+#[derive(Debug)]
+pub struct Stdout(std::io::StdoutLock<'static>);
+
+/// Stdout for a command's output (see [`Stdout`]).
+pub fn stdout() -> Stdout {
+    Stdout(std::io::stdout().lock())
+}
+
+impl Stdout {
+    fn note<T>(result: std::io::Result<T>) -> std::io::Result<T> {
+        if let Err(err) = &result {
+            match err.kind() {
+                std::io::ErrorKind::BrokenPipe => {
+                    STDOUT_CLOSED_SEEN.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                std::io::ErrorKind::Interrupted => {}
+                _ => {
+                    let _ = STDOUT_FAILED.set(describe_io(err));
+                }
+            }
+        }
+        result
+    }
+}
+
+impl std::io::Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Self::note(self.0.write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Self::note(self.0.flush())
+    }
+}
+
+/// True once a write to stdout found it closed by its reader: nobody reads the output,
+/// so a running command (a `--json-stream` bench, `lab all`, a client) stops its work.
+pub fn stdout_closed() -> bool {
+    STDOUT_CLOSED_SEEN.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// `code`, or [`STDOUT_CLOSED`] once stdout was found closed by its reader: the status
+/// `main` returns, the same for every command. Output lost otherwise (`bench --json >
+/// results.json` on a full disk) turns a success into 1, said in one line, as for
+/// `--help` (it was 0, the results gone without a word); a failure keeps its status.
+pub fn exit_status(code: std::process::ExitCode) -> std::process::ExitCode {
+    if stdout_closed() {
+        return std::process::ExitCode::from(STDOUT_CLOSED);
+    }
+    match STDOUT_FAILED.get() {
+        Some(why) if code == std::process::ExitCode::SUCCESS => {
+            say!("echolab: cannot write to stdout: {why}");
+            std::process::ExitCode::FAILURE
+        }
+        _ => code,
+    }
+}
+
 /// Writes `text` and its newline on stdout in one write, and carries on if stdout is gone:
 /// the JSON document of a refusal (`bench --json`) must not turn its exit status into a
 /// panic's 101 when stdout is full or closed.
 pub fn print_out(text: &str) {
-    let _ = write_line(&mut std::io::stdout().lock(), text);
+    let _ = write_line(&mut stdout(), text);
 }
 
 /// `text` and its newline in one write (so that lines of several threads or processes on
@@ -75,13 +150,16 @@ fn write_line(out: &mut impl std::io::Write, text: &str) -> std::io::Result<()> 
 
 /// The exit status of `--help` or `--version` once `printed` (clap's `Error::print`): 0, or
 /// 1 and one line on stderr when stdout did not take it (a full disk), as `echolab man`
-/// says it (it was 0, the page lost); 1 without a word for a pipe closed by its reader.
+/// says it (it was 0, the page lost); [`STDOUT_CLOSED`] without a word for a pipe closed
+/// by its reader.
 pub fn help_printed(printed: std::io::Result<()>) -> std::process::ExitCode {
     use std::io::Write;
     match printed.and_then(|()| std::io::stdout().flush()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // `echolab --help | head -1`: the reader stopped reading, as it meant to.
-        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => std::process::ExitCode::FAILURE,
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => {
+            std::process::ExitCode::from(STDOUT_CLOSED)
+        }
         Err(err) => {
             crate::say!("echolab: cannot write to stdout: {err}");
             std::process::ExitCode::FAILURE
@@ -98,6 +176,29 @@ mod tests {
         assert_eq!(counted(1usize, "conn"), "1 conn");
         assert_eq!(counted(0u64, "socket"), "0 sockets");
         assert_eq!(counted(2u32, "thread"), "2 threads");
+    }
+
+    /// The only test of this binary that touches the flags: once set, they stay set.
+    #[test]
+    fn a_closed_stdout_is_noted_and_ends_with_141() {
+        use std::io::{Error, ErrorKind};
+        use std::process::ExitCode;
+        assert!(Stdout::note::<()>(Err(Error::from(ErrorKind::StorageFull))).is_err());
+        assert!(!stdout_closed(), "a full disk is not a reader that left");
+        assert_eq!(exit_status(ExitCode::from(3)), ExitCode::from(3));
+        // Lost output fails a success (and says so on stderr), not a failure.
+        assert_eq!(exit_status(ExitCode::SUCCESS), ExitCode::FAILURE);
+        assert_eq!(Stdout::note(Ok(7)).unwrap(), 7);
+        assert!(Stdout::note::<()>(Err(Error::from(ErrorKind::BrokenPipe))).is_err());
+        assert!(stdout_closed());
+        assert_eq!(
+            exit_status(ExitCode::from(3)),
+            ExitCode::from(STDOUT_CLOSED)
+        );
+        assert_eq!(
+            help_printed(Err(Error::from(ErrorKind::BrokenPipe))),
+            ExitCode::from(STDOUT_CLOSED)
+        );
     }
 
     #[test]

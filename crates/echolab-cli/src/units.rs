@@ -260,8 +260,9 @@ pub fn addr(text: &str) -> Result<SocketAddr, String> {
     const USAGE: &str =
         "not an address with a port (try 127.0.0.1:7007, [::1]:7007 or localhost:7007)";
     let (host, port) = text.rsplit_once(':').ok_or(USAGE)?;
-    // `::1` without brackets splits into host `:` and port `1`: not a HOST:PORT either.
-    if host.is_empty() || host.contains(':') && !host.starts_with('[') {
+    // `::1` without brackets splits into host `:` and port `1`, `[::1` (a bracket left
+    // open) into host `[:`: not a HOST:PORT either.
+    if host.is_empty() || host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
         return Err(USAGE.to_string());
     }
     if port.parse::<u16>().is_err() {
@@ -569,6 +570,8 @@ mod tests {
             ("127.0.0.1", "not an address with a port"),
             ("localhost", "not an address with a port"),
             ("::1", "not an address with a port"),
+            ("[::1", "not an address with a port"),
+            ("[::1]", "not an address with a port"),
             (":7007", "not an address with a port"),
             ("127.0.0.1:", "not an address with a port"),
             ("127.0.0.1:-1", "not an address with a port"),

@@ -31,21 +31,21 @@ pub fn main(name: &str, config: &str) -> ExitCode {
     let config: Value = match serde_json::from_str(config) {
         Ok(config) => config,
         Err(err) => {
-            eprintln!("echolab lab --child {name}: bad --child-config {config:?}: {err}");
+            echolab_cli::say!("echolab lab --child {name}: bad --child-config {config:?}: {err}");
             return ExitCode::from(2);
         }
     };
     let Some((_, body)) = BODIES.iter().find(|(body_name, _)| *body_name == name) else {
-        eprintln!("echolab lab: unknown child body {name:?}");
+        echolab_cli::say!("echolab lab: unknown child body {name:?}");
         return ExitCode::from(2);
     };
     match body(&config) {
         Ok(result) => {
-            println!("{RESULT_PREFIX}{result}");
+            echolab_cli::print_out(&format!("{RESULT_PREFIX}{result}"));
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("echolab lab --child {name}: {err}");
+            echolab_cli::say!("echolab lab --child {name}: {err}");
             ExitCode::FAILURE
         }
     }

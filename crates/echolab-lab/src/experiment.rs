@@ -247,9 +247,9 @@ impl Report {
         if json {
             let mut doc = self.json();
             echolab_cli::provenance::stamp(&mut doc);
-            println!("{doc}");
+            echolab_cli::print_out(&doc.to_string());
         } else {
-            println!("{}", self.text());
+            echolab_cli::print_out(&self.text());
         }
     }
 }

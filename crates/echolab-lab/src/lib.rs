@@ -53,7 +53,8 @@ use experiment::{Settings, EXPERIMENTS};
 /// [--timeout DURATION]`, `echolab lab all [--report DIR]`.
 ///
 /// Exit status: 0 every experiment ran (a hang it caught is a result, not a failure); 1 an
-/// experiment could not run; 2 bad argument.
+/// experiment could not run; 2 bad argument; 130 interrupted (SIGINT or SIGTERM: every
+/// child process is killed first); 141 stdout closed by its reader (`| head`).
 #[derive(Debug, clap::Args)]
 pub struct LabArgs {
     /// `list`, `all`, or an experiment's name (see `echolab lab list`).
@@ -152,14 +153,18 @@ pub fn run(args: LabArgs) -> ExitCode {
     if let Some(name) = &args.child {
         return child::main(name, args.child_config.as_deref().unwrap_or("{}"));
     }
+    if let Err(err) = watchdog::stop_on_signal() {
+        echolab_cli::say!("echolab lab: cannot handle SIGINT and SIGTERM: {err}");
+        return ExitCode::FAILURE;
+    }
     let Some(which) = args.experiment.clone() else {
-        eprintln!("echolab lab: name an experiment, `list` or `all`");
+        echolab_cli::say!("echolab lab: name an experiment, `list` or `all`");
         return ExitCode::from(2);
     };
     let settings = match Settings::from_args(&args) {
         Ok(settings) => settings,
         Err(err) => {
-            eprintln!("echolab lab: {err}");
+            echolab_cli::say!("echolab lab: {err}");
             return ExitCode::from(2);
         }
     };
@@ -169,7 +174,7 @@ pub fn run(args: LabArgs) -> ExitCode {
     };
     for experiment in checked {
         if let Err(err) = settings.check_trials(experiment) {
-            eprintln!("echolab lab: {err}");
+            echolab_cli::say!("echolab lab: {err}");
             return ExitCode::from(2);
         }
     }
@@ -184,7 +189,7 @@ pub fn run(args: LabArgs) -> ExitCode {
             if let Some(dir) = &args.report {
                 if let Err(err) = report::prepare(dir) {
                     let why = echolab_cli::describe_io(&err);
-                    eprintln!("echolab lab: cannot create {}: {why}", dir.display());
+                    echolab_cli::say!("echolab lab: cannot create {}: {why}", dir.display());
                     return ExitCode::from(2);
                 }
             }
@@ -192,11 +197,13 @@ pub fn run(args: LabArgs) -> ExitCode {
         }
         name => {
             if args.report.is_some() {
-                eprintln!("echolab lab: --report goes with `all`, not with {name:?}");
+                echolab_cli::say!("echolab lab: --report goes with `all`, not with {name:?}");
                 return ExitCode::from(2);
             }
             let Some(experiment) = experiment::find(name) else {
-                eprintln!("echolab lab: unknown experiment {name:?} (try `echolab lab list`)");
+                echolab_cli::say!(
+                    "echolab lab: unknown experiment {name:?} (try `echolab lab list`)"
+                );
                 return ExitCode::from(2);
             };
             match run_one(experiment, &settings) {
@@ -205,7 +212,7 @@ pub fn run(args: LabArgs) -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(err) => {
-                    eprintln!("echolab lab {name}: {err}");
+                    echolab_cli::say!("echolab lab {name}: {err}");
                     ExitCode::FAILURE
                 }
             }
@@ -240,7 +247,7 @@ fn run_one(
 }
 
 fn print_list(json: bool) {
-    let mut out = std::io::stdout().lock();
+    let mut out = echolab_cli::stdout();
     if json {
         let list: Vec<_> = EXPERIMENTS
             .iter()
@@ -258,8 +265,12 @@ fn run_all(settings: &Settings, json: bool, report_dir: Option<&PathBuf>) -> Exi
     let mut reports = Vec::new();
     let mut failed = false;
     for experiment in EXPERIMENTS {
+        if echolab_cli::stdout_closed() {
+            // `lab all | head`: nobody reads the reports on (exit 141 from `main`).
+            break;
+        }
         if !json {
-            eprintln!("== running {} ==", experiment.name);
+            echolab_cli::say!("== running {} ==", experiment.name);
         }
         match run_one(&experiment, settings) {
             Ok(report) => {
@@ -269,19 +280,19 @@ fn run_all(settings: &Settings, json: bool, report_dir: Option<&PathBuf>) -> Exi
                 reports.push(report);
             }
             Err(err) => {
-                eprintln!("echolab lab {}: {err}", experiment.name);
+                echolab_cli::say!("echolab lab {}: {err}", experiment.name);
                 failed = true;
             }
         }
     }
     if json {
-        println!("{}", report::all_json(&reports));
+        echolab_cli::print_out(&report::all_json(&reports).to_string());
     }
     if let Some(dir) = report_dir {
         match report::write(dir, &reports) {
-            Ok(path) => eprintln!("wrote {}", path.display()),
+            Ok(path) => echolab_cli::say!("wrote {}", path.display()),
             Err(err) => {
-                eprintln!(
+                echolab_cli::say!(
                     "echolab lab: cannot write the report into {}: {err}",
                     dir.display()
                 );

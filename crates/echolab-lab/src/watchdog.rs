@@ -7,6 +7,10 @@
 //! reaps them, so no experiment leaves a zombie behind. Its `Drop` kills and reaps too:
 //! no child outlives its experiment, whatever path the experiment takes out.
 //!
+//! A lab stopped by SIGINT or SIGTERM (Ctrl-C) runs no `Drop`: [`stop_on_signal`] kills
+//! every live child's group first, so that none (a server, a child deadlocked on purpose)
+//! outlives the lab.
+//!
 //! Before killing a hung child the watchdog reads what Linux shows of it, the lecture's
 //! `gdb bt` in /proc form: each thread's state, its wait channel (`futex_wait...` for a
 //! lock) and, where readable, its kernel stack.
@@ -24,6 +28,46 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::experiment::Deadline;
+
+/// The process groups of the children alive now (each child leads its own), for
+/// [`stop_on_signal`]. Held while a child starts, so that none starts unseen.
+static LIVE_GROUPS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+fn live_groups() -> std::sync::MutexGuard<'static, Vec<i32>> {
+    LIVE_GROUPS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Makes SIGINT and SIGTERM kill every watched child's group, then end the lab with exit
+/// status 130 (interrupted). A handler (signal-hook's) wakes a thread of its own: no
+/// signal is blocked, so children inherit no mask (a blocked SIGTERM would reach an
+/// exec'd `serve` still blocked).
+pub fn stop_on_signal() -> io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::Builder::new()
+        .name("lab-signals".to_string())
+        .spawn(move || {
+            let Some(signal) = signals.forever().next() else {
+                return;
+            };
+            // Held to the exit: no child starts after the kill.
+            let groups = live_groups();
+            for &pgid in groups.iter() {
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            }
+            let name = if signal == SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            };
+            echolab_cli::say!(
+                "echolab lab: interrupted ({name}): stopped {}",
+                echolab_cli::counted(groups.len(), "child process group")
+            );
+            std::process::exit(130);
+        })?;
+    Ok(())
+}
 
 /// A line the child printed, and when it arrived.
 #[derive(Debug, Clone)]
@@ -221,6 +265,7 @@ impl WatchedChild {
         // Orphaned grandchildren come to us, so that we can reap them (see the module doc).
         // Failing to become a subreaper only means the init process reaps them instead.
         let _ = nix::sys::prctl::set_child_subreaper(true);
+        let mut live = live_groups();
         let mut child = Command::new(exe)
             .args(args)
             .envs(env.iter().copied())
@@ -232,6 +277,8 @@ impl WatchedChild {
             .map_err(|err| {
                 io::Error::new(err.kind(), format!("cannot start {}: {err}", exe.display()))
             })?;
+        live.push(child.id() as i32);
+        drop(live);
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
         let (stdout, mut stderr): (Box<dyn Read + Send>, Box<dyn Read + Send>) =
@@ -342,6 +389,7 @@ impl WatchedChild {
         let _ = killpg(pgid, Signal::SIGKILL);
         let _ = self.child.wait();
         reap_group(pgid);
+        live_groups().retain(|&group| group != pgid.as_raw());
         if let Some(reader) = self.stdout_reader.take() {
             let _ = reader.join();
         }

@@ -3,7 +3,7 @@
 //! document. With `--json`, stdout always holds one JSON document, an `error` field
 //! included when the run could not take place.
 
-use std::io::{self, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use serde_json::{json, Value};
@@ -61,8 +61,11 @@ pub fn run(args: BenchArgs) -> ExitCode {
     let result = engine::run(&config, &stop, tick, |progress| {
         display.update(progress);
         if let Some(object) = stream.as_mut().and_then(|s| s.on_tick(progress)) {
-            let mut stdout = io::stdout().lock();
-            let _ = writeln!(stdout, "{object}").and_then(|()| stdout.flush());
+            echolab_cli::print_out(&object.to_string());
+            if echolab_cli::stdout_closed() {
+                // `--json-stream | head -3`: nobody reads on; the run stops as at Ctrl-C.
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
         }
     });
     display.finish();
@@ -76,7 +79,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
                     return ExitCode::from(1);
                 }
             }
-            let mut stdout = io::stdout().lock();
+            let mut stdout = echolab_cli::stdout();
             let printed = if args.json_stream {
                 writeln!(stdout, "{}", document(&report, &config, &thresholds))
             } else if args.json {

@@ -18,7 +18,8 @@ use crate::threshold::Thresholds;
 /// a server that closes or resets early is reported as an error, never printed as an echo.
 ///
 /// Exit status: 0 everything sent came back; 1 an error (reset, timeout, early end of
-/// file); 2 bad argument; 3 an echoed byte differs from the one sent.
+/// file); 2 bad argument; 3 an echoed byte differs from the one sent; 141 stdout closed by
+/// its reader (`| head`: the session ends).
 #[derive(Debug, clap::Args)]
 pub struct ClientArgs {
     /// The server: IP:PORT or HOST:PORT.
@@ -48,7 +49,8 @@ pub struct ClientArgs {
 /// Exit status: 0 clean run; 1 errors (connect, reset, eof, timeout, extra bytes, starved
 /// connections), incomplete messages, a server gone, or nothing completed; 2 bad argument;
 /// 3 byte mismatch; 99 a threshold broken (--max-p99, --min-rate, --max-errors), named
-/// on stderr with its figure; 130 interrupted.
+/// on stderr with its figure; 130 interrupted; 141 stdout closed by its reader (`| head`;
+/// --json-stream stops the run at the first object nobody reads).
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// The server: IP:PORT or HOST:PORT.

@@ -72,10 +72,10 @@ impl ClientError {
 pub fn run(args: ClientArgs) -> ExitCode {
     let result = connect(args.addr, args.timeout).and_then(|conn| match &args.send {
         Some(path) => send_file(conn, path, args.timeout).map(|(bytes, elapsed)| {
-            println!(
+            echolab_cli::print_out(&format!(
                 "ok: {bytes} bytes sent, echoed and verified in {:.3} s",
                 elapsed.as_secs_f64()
-            );
+            ));
         }),
         None => interactive(conn, args.timeout),
     });
@@ -287,8 +287,9 @@ fn interactive(conn: TcpStream, timeout: Duration) -> Result<(), ClientError> {
         ))
     })?;
     let shared = Arc::clone(&input);
-    // Not joined on an error: it may be blocked reading a terminal, and returning from
-    // main ends the process with it. On success it has finished (input ended).
+    // Not joined on an error, nor when stdout's reader left: it may be blocked reading a
+    // terminal, and returning from main ends the process with it. On success it has
+    // finished (input ended).
     let stdin_thread = thread::spawn(move || {
         let mut stdin = io::stdin().lock();
         let mut buf = vec![0u8; 64 * 1024];
@@ -322,7 +323,7 @@ fn interactive(conn: TcpStream, timeout: Duration) -> Result<(), ClientError> {
     // Short read timeouts let the loop notice an owed echo that does not come.
     let _ = conn.set_read_timeout(Some(timeout.min(Duration::from_millis(100))));
     let mut conn = &conn;
-    let mut stdout = io::stdout().lock();
+    let mut stdout = echolab_cli::stdout();
     let mut buf = vec![0u8; 64 * 1024];
     let mut received = 0u64;
     // Since when an echo has been owed without progress.
@@ -372,13 +373,16 @@ fn interactive(conn: TcpStream, timeout: Duration) -> Result<(), ClientError> {
                 };
                 received += n as u64;
                 owed_since = (received < sent).then(Instant::now);
-                if stdout
-                    .write_all(&buf[..n])
-                    .and_then(|()| stdout.flush())
-                    .is_err()
-                {
-                    // stdout is gone (a closed pipe): nobody is reading the echoes.
-                    return Err(ClientError::Failed("cannot write to stdout".to_string()));
+                if let Err(err) = stdout.write_all(&buf[..n]).and_then(|()| stdout.flush()) {
+                    if echolab_cli::stdout_closed() {
+                        // `client | head -c 10`: nobody reads the echoes on; the session
+                        // ends quietly (exit 141, `echolab_cli::STDOUT_CLOSED`).
+                        return Ok(());
+                    }
+                    return Err(ClientError::Failed(format!(
+                        "cannot write to stdout: {}",
+                        describe(&err)
+                    )));
                 }
                 if let Some(mismatch) = mismatch {
                     return Err(mismatch);

@@ -422,7 +422,7 @@ pub fn run(
     let fail = |message: &str, code: u8| {
         say(&format!("echolab bench: {message}"));
         if args.json {
-            println!("{}", crate::bench::error_json(message, code));
+            echolab_cli::print_out(&crate::bench::error_json(message, code));
         }
         ExitCode::from(code)
     };
@@ -667,7 +667,7 @@ fn report(
         1
     };
     let code = u8::try_from(code).unwrap_or(1);
-    let mut out = io::stdout().lock();
+    let mut out = echolab_cli::stdout();
     if args.json {
         let mut doc = match measured {
             Some(mut doc) => {

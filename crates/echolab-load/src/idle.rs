@@ -501,7 +501,7 @@ pub fn run(
     let fail = |message: &str, code: u8| {
         holders::say(&format!("echolab bench: {message}"));
         if json_out {
-            println!("{}", crate::bench::error_json(message, code));
+            echolab_cli::print_out(&crate::bench::error_json(message, code));
         }
         ExitCode::from(code)
     };
@@ -616,7 +616,7 @@ pub fn run(
             return fail(&format!("cannot write {}: {err}", path.display()), 1);
         }
     }
-    let mut out = io::stdout().lock();
+    let mut out = echolab_cli::stdout();
     if json_out {
         let mut doc = match &report {
             Some(report) => crate::bench::document(report, &config, &thresholds),

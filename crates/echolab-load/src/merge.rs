@@ -28,7 +28,8 @@ use crate::report::BenchReport;
 /// source gets a line of its own.
 ///
 /// Exit status: 0 merged; 1 a file that cannot be read or holds no histogram; 2 a bad
-/// argument, or sources with different message sizes, workloads or modes (unless --force).
+/// argument, or sources with different message sizes, workloads or modes (unless --force);
+/// 141 stdout closed by its reader (`| head`).
 #[derive(Debug, clap::Args)]
 pub struct MergeArgs {
     /// The results to merge: bench --json documents or --hdr-log interval logs.
@@ -345,7 +346,7 @@ pub fn run(args: MergeArgs) -> ExitCode {
         Ok(merged) => merged,
         Err(err) => return fail(&err, 1),
     };
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = echolab_cli::stdout();
     let _ = if args.json {
         let mut doc = merged.to_json(&sources);
         echolab_cli::provenance::stamp(&mut doc);

@@ -548,11 +548,13 @@ impl BenchReport {
         }
         let n = config.n_conns as u64;
         let starve = config.starve_after.as_secs_f64();
-        // Bench closes a connection whose echo was wrong: that is not the server going quiet.
+        // Bench closes a connection whose echo was wrong (a differing or an extra byte):
+        // that is not the server going quiet.
         if self.conns_stopped >= n
             && n > 0
             && self.conns_established > 0
             && self.errors.mismatch == 0
+            && self.errors.extra == 0
         {
             return Some(match self.last_echo_secs {
                 None if self.bytes_received > 0 => format!(
@@ -593,9 +595,10 @@ impl BenchReport {
         }
         Some(format!(
             "{} of {n} connections starved (waited more than {starve:.2} s, or the whole window, \
-             for an echo) while {served} were served to the end: an iterative server, or a pool \
+             for an echo) while {served} {were} served to the end: an iterative server, or a pool \
              with fewer workers than connections, leaves the rest waiting",
-            self.errors.starved
+            self.errors.starved,
+            were = if served == 1 { "was" } else { "were" },
         ))
     }
 }
@@ -935,7 +938,7 @@ mod tests {
         // Three starved, none stopped: one was served to the end, not four.
         paused.errors.starved = 3;
         let text = paused.to_text(&config);
-        assert!(text.contains("while 1 were served to the end"), "{text}");
+        assert!(text.contains("while 1 was served to the end"), "{text}");
         // An early end before the window opened is said as such, never a negative time.
         let mut early = clean();
         early.ended_early_secs = Some(-0.3);
@@ -951,6 +954,12 @@ mod tests {
         wrong.conns_stopped = 4;
         wrong.last_echo_secs = Some(0.0);
         assert_eq!(wrong.stopped_sentence(&config), None);
+        // So do bytes never sent (a server that appends to each echo): it answered too.
+        let mut extra = clean();
+        extra.errors.count(ErrorKind::Extra);
+        extra.conns_stopped = 4;
+        extra.last_echo_secs = Some(-1.0);
+        assert_eq!(extra.stopped_sentence(&config), None);
         // All four stopped getting echoes: the server stopped answering, and when; no
         // word of a pool.
         r.errors.count(ErrorKind::Starved);

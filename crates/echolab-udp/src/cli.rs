@@ -305,7 +305,8 @@ pub struct UdpClientFlags {
 /// accounted: echoed, lost, or never sent (a generator that fell behind).
 ///
 /// Exit status: 0 clean run; 1 loss above --max-loss, datagrams due but never sent, socket
-/// errors, or nothing echoed; 2 bad argument; 3 a corrupt echo; 130 interrupted.
+/// errors, or nothing echoed; 2 bad argument; 3 a corrupt echo; 130 interrupted; 141
+/// stdout closed by its reader (`| head`).
 #[derive(Debug, Parser)]
 #[command(name = "echolab bench --udp", disable_version_flag = true)]
 #[command(mut_arg("udp", |a| a.help("Use UDP (this command line).")))]
@@ -397,7 +398,8 @@ impl UdpBenchArgs {
 /// server and print or verify the echoes.
 ///
 /// Exit status: 0 every datagram came back unchanged; 1 no echo within --timeout (or a
-/// socket error); 2 bad argument; 3 an echo that differs.
+/// socket error); 2 bad argument; 3 an echo that differs; 141 stdout closed by its reader
+/// (`| head`: the session ends).
 #[derive(Debug, Parser)]
 #[command(name = "echolab client --udp", disable_version_flag = true)]
 #[command(mut_arg("udp", |a| a.help("Use UDP (this command line).")))]
@@ -528,10 +530,9 @@ pub fn run_bench(args: &UdpBenchArgs) -> ExitCode {
         doc["verdict"] = verdict.into();
         doc["exit_code"] = code.into();
         echolab_cli::provenance::stamp(&mut doc);
-        println!("{doc}");
+        echolab_cli::print_out(&doc.to_string());
     } else {
-        print!("{}", report.text());
-        println!("  verdict     {verdict}");
+        echolab_cli::print_out(&format!("{}  verdict     {verdict}", report.text()));
     }
     ExitCode::from(code)
 }
@@ -549,6 +550,15 @@ pub fn run_client(args: &UdpClientArgs) -> ExitCode {
     }
     let result = match &args.send {
         Some(path) => {
+            // As TCP client: a device or a pipe (`--send /dev/zero`) has no end to read up
+            // to, and the file is read whole into memory before the first datagram.
+            if std::fs::metadata(path).is_ok_and(|meta| !meta.is_file()) {
+                echolab_cli::say!(
+                    "echolab client: cannot send {}: not a regular file",
+                    path.display()
+                );
+                return ExitCode::from(2);
+            }
             let data = match std::fs::read(path) {
                 Ok(data) => data,
                 Err(err) => {
@@ -569,12 +579,14 @@ pub fn run_client(args: &UdpClientArgs) -> ExitCode {
             args.addr,
             args.timeout,
             std::io::stdin().lock(),
-            std::io::stdout().lock(),
+            echolab_cli::stdout(),
         )
         .map(|_| ()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `client --udp | head -1`: nobody reads the echoes on (exit 141 from `main`).
+        Err(_) if echolab_cli::stdout_closed() => ExitCode::SUCCESS,
         Err(err) => {
             echolab_cli::say!("echolab client: udp {}: {err}", args.addr);
             ExitCode::from(err.exit_code())

@@ -18,7 +18,8 @@ use clap::CommandFactory;
 /// zsh: into a directory of your `$fpath` as `_echolab`. fish:
 /// `~/.config/fish/completions/echolab.fish`.
 ///
-/// Exit status: 0 written; 1 stdout could not be written; 2 bad argument.
+/// Exit status: 0 written; 1 stdout could not be written; 2 bad argument; 141 stdout closed
+/// by its reader (`| head`).
 #[derive(Debug, clap::Args)]
 pub struct CompletionsArgs {
     /// The shell.
@@ -32,7 +33,8 @@ pub struct CompletionsArgs {
 /// echolab-SUBCOMMAND(1), with every flag. To install: `echolab man > echolab.1`, and
 /// `echolab man bench > echolab-bench.1`, ... into a `man1` directory of your MANPATH.
 ///
-/// Exit status: 0 written; 1 stdout could not be written; 2 bad argument.
+/// Exit status: 0 written; 1 stdout could not be written; 2 bad argument; 141 stdout closed
+/// by its reader (`| head`).
 #[derive(Debug, clap::Args)]
 pub struct ManArgs {
     /// A subcommand whose page to print (serve, client, bench, compare, lab).
@@ -78,9 +80,11 @@ pub fn man<C: CommandFactory>(args: &ManArgs) -> ExitCode {
 }
 
 fn write_stdout(bytes: &[u8]) -> ExitCode {
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = echolab_cli::stdout();
     match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
         Ok(()) => ExitCode::SUCCESS,
+        // `echolab man | head -1`: the reader left as it meant to (`main` says 141).
+        Err(_) if echolab_cli::stdout_closed() => ExitCode::FAILURE,
         Err(err) => {
             echolab_cli::say!("echolab: cannot write to stdout: {err}");
             ExitCode::FAILURE

@@ -178,7 +178,12 @@ fn take_passed_sockets(udp_enabled: bool) -> Result<(), ExitCode> {
     Ok(())
 }
 
+/// Every command's status, or 141 when its stdout reader left (`echolab_cli::exit_status`).
 fn main() -> ExitCode {
+    echolab_cli::exit_status(run())
+}
+
+fn run() -> ExitCode {
     // UDP hook (issue 10): `bench --udp` and `client --udp` have their own flags.
     if let Some(code) = echolab_udp::cli::dispatch(&std::env::args_os().collect::<Vec<_>>()) {
         return code;

@@ -401,7 +401,7 @@ pub fn child_body(config: &Value) -> io::Result<Value> {
                 "rounds": [rounds[0].load(Ordering::SeqCst), rounds[1].load(Ordering::SeqCst)],
                 "detected_after_ms": started.elapsed().as_millis() as u64,
             });
-            println!("{}{result}", crate::child::RESULT_PREFIX);
+            echolab_cli::print_out(&format!("{}{result}", crate::child::RESULT_PREFIX));
             // The two threads are stuck for good; exiting the process is the only way out.
             std::process::exit(0);
         }

@@ -186,7 +186,7 @@ pub fn child_body(config: &Value) -> io::Result<Value> {
     )));
     let listener = TcpListener::bind("127.0.0.1:0")?;
     listener.set_nonblocking(true)?;
-    println!("listening {}", listener.local_addr()?);
+    echolab_cli::print_out(&format!("listening {}", listener.local_addr()?));
     let signals = if flaws.reap {
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGCHLD);
@@ -237,7 +237,7 @@ pub fn child_body(config: &Value) -> io::Result<Value> {
                     } else {
                         forgotten.push(conn); // The bug: refcnt(connfd) stays at 1.
                     }
-                    println!("forked {pid}");
+                    echolab_cli::print_out(&format!("forked {pid}"));
                 }
             }
         }
@@ -264,7 +264,7 @@ fn reap_all() -> u64 {
     loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, _)) | Ok(WaitStatus::Signaled(pid, _, _)) => {
-                println!("reaped {pid}");
+                echolab_cli::print_out(&format!("reaped {pid}"));
                 reaped += 1;
             }
             Ok(WaitStatus::StillAlive) | Err(_) => return reaped,

@@ -437,7 +437,7 @@ fn locking(n_children: u64) -> io::Result<Value> {
         // Progress, outside the shared lock: std's own stdout (its own buffer and lock,
         // which the handler never touches), so the watchdog can count children even
         // though the log is fully buffered.
-        println!("forked {}", child_idx + 1);
+        echolab_cli::print_out(&format!("forked {}", child_idx + 1));
     }
     sigchld_lock::flush_log();
     // Still alive: the handler reaps the last children as their signals arrive.
@@ -459,7 +459,7 @@ fn with_signalfd(n_children: u64) -> io::Result<Value> {
     for child_idx in 0..n_children {
         let pid = fork_exiting_child(0)?;
         sigchld_lock::log_started(child_idx, pid);
-        println!("forked {}", child_idx + 1);
+        echolab_cli::print_out(&format!("forked {}", child_idx + 1));
         if let Ok(Some(_)) = signals.read_signal() {
             reaped += reap_all();
         }

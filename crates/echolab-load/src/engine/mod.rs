@@ -115,6 +115,26 @@ struct Published {
     interval: Option<Mutex<Latency>>,
 }
 
+/// When the progress ticks after `now`: every `tick` from `t0` during the warm-up, then
+/// every `tick` from the window's opening `t_meas`, never at it. A tick counted from `t0`
+/// through the opening (the default 1 s warm-up and 1 s interval put one there) measured
+/// the window's first fraction of a millisecond as an interval of its own.
+fn next_tick(t0: Instant, t_meas: Instant, tick: Duration, now: Instant) -> Instant {
+    let tick = tick.max(Duration::from_millis(1));
+    let after = |base: Instant| {
+        let elapsed = now.saturating_duration_since(base);
+        let k = (elapsed.as_nanos() / tick.as_nanos()).min(u128::from(u32::MAX - 1)) as u32;
+        base + tick * (k + 1)
+    };
+    if now < t_meas {
+        let warm = after(t0);
+        if warm < t_meas {
+            return warm;
+        }
+    }
+    after(t_meas)
+}
+
 /// Runs one bench: connects, loads the server for the warm-up then the measured window,
 /// and merges what every worker saw. `stop` ends the run early (Ctrl-C) with the figures
 /// measured so far; `on_tick` is called about every `tick` with the progress.
@@ -217,12 +237,19 @@ pub fn run(
         }
         let mut results = Vec::with_capacity(n_threads);
         let t_meas = t0.map(|t0| t0 + config.warmup);
+        let mut next = t0
+            .zip(t_meas)
+            .map(|(t0, t_meas)| next_tick(t0, t_meas, tick, t0));
         while results.len() < n_threads {
-            match result_rx.recv_timeout(tick) {
+            let wait = next.map_or(tick, |at| at.saturating_duration_since(Instant::now()));
+            match result_rx.recv_timeout(wait) {
                 Ok(result) => results.push(result),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     let now = Instant::now();
-                    let Some(t_meas) = t_meas else { continue };
+                    let (Some(t0), Some(t_meas)) = (t0, t_meas) else {
+                        continue;
+                    };
+                    next = Some(next_tick(t0, t_meas, tick, now));
                     on_tick(&Progress {
                         phase: if now < t_meas {
                             Phase::WarmUp
@@ -362,4 +389,38 @@ fn injected_spawn_error(worker_idx: usize) -> Option<io::Error> {
     let spec = std::env::var("ECHOLAB_FAULT_BENCH").ok()?;
     let n: usize = spec.strip_prefix("spawn=")?.parse().ok()?;
     (n == worker_idx).then(|| io::Error::from_raw_os_error(libc::EAGAIN))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_ticks_from_the_start_then_from_the_window_never_at_its_opening() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // The defaults: a 1 s warm-up and a 1 s interval. The first tick is the window's
+        // first second, not its first instant.
+        let t_meas = t0 + ms(1000);
+        assert_eq!(next_tick(t0, t_meas, ms(1000), t0), t_meas + ms(1000));
+        assert_eq!(
+            next_tick(t0, t_meas, ms(1000), t_meas + ms(1003)),
+            t_meas + ms(2000)
+        );
+        // A longer warm-up ticks through it, from its start.
+        let t_meas = t0 + ms(2500);
+        assert_eq!(next_tick(t0, t_meas, ms(1000), t0), t0 + ms(1000));
+        assert_eq!(
+            next_tick(t0, t_meas, ms(1000), t0 + ms(1001)),
+            t0 + ms(2000)
+        );
+        // The next tick of the warm-up would fall in the window: the window's first instead.
+        assert_eq!(
+            next_tick(t0, t_meas, ms(1000), t0 + ms(2001)),
+            t_meas + ms(1000)
+        );
+        // No warm-up: every tick from the window's opening.
+        assert_eq!(next_tick(t0, t0, ms(500), t0), t0 + ms(500));
+        assert_eq!(next_tick(t0, t0, ms(500), t0 + ms(500)), t0 + ms(1000));
+    }
 }
