@@ -43,6 +43,10 @@ pub struct Counts {
     pub max_reorder_distance: u64,
     /// Echoes whose bytes differ from the datagram sent.
     pub corrupt: u64,
+    /// Those corrupt echoes that named a datagram still awaited, which they resolve (the
+    /// server answered it, wrongly); the others (too short, another socket's id, a
+    /// datagram never sent or already resolved) resolve none.
+    pub corrupt_answers: u64,
     /// Open loop: datagrams whose intended send time fell in the sending window but that
     /// never left (the window ended first, or the send failed).
     pub unsent: u64,
@@ -59,20 +63,22 @@ impl Counts {
         self.reordered += other.reordered;
         self.max_reorder_distance = self.max_reorder_distance.max(other.max_reorder_distance);
         self.corrupt += other.corrupt;
+        self.corrupt_answers += other.corrupt_answers;
         self.unsent += other.unsent;
     }
 
     /// Every datagram meant to be sent: sent plus never sent. At the end of a run (nothing
-    /// outstanding) this is `echoed + lost + corrupt + unsent`, less any corrupt echo that
-    /// named no datagram awaited.
+    /// outstanding) this is `echoed + lost + corrupt_answers + unsent`.
     pub fn intended(&self) -> u64 {
         self.sent + self.unsent
     }
 
-    /// Lost datagrams as a fraction of those resolved (echoed, lost or corrupt); 0 when
-    /// nothing was resolved.
+    /// Lost datagrams as a fraction of those resolved (echoed, lost or answered with a
+    /// corrupt echo); 0 when nothing was resolved. A corrupt echo that resolved no datagram
+    /// is not one of ours answered, so it is not counted here (8 datagrams sent, all lost,
+    /// 8 empty replies: 100% loss, not 50%).
     pub fn loss_ratio(&self) -> f64 {
-        let resolved = self.echoed + self.lost + self.corrupt;
+        let resolved = self.echoed + self.lost + self.corrupt_answers;
         if resolved == 0 {
             0.0
         } else {
@@ -172,7 +178,9 @@ impl Flow {
     pub fn echo(&mut self, seq: u64, intact: bool, now: Duration) -> Echo {
         if !intact {
             // Answered, wrongly: whatever it names is resolved.
-            self.outstanding.remove(&seq);
+            if self.outstanding.remove(&seq).is_some() {
+                self.counts.corrupt_answers += 1;
+            }
             self.counts.corrupt += 1;
             return Echo::Corrupt;
         }
@@ -421,8 +429,28 @@ mod tests {
         assert_eq!(flow.outstanding(), 1);
         assert_eq!(flow.expire(ms(100)), 1);
         let c = flow.counts();
-        assert_eq!((c.corrupt, c.lost), (1, 1));
+        assert_eq!((c.corrupt, c.corrupt_answers, c.lost), (1, 1, 1));
         assert_eq!(c.loss_ratio(), 0.5);
+    }
+
+    #[test]
+    fn corrupt_echoes_that_answer_nothing_do_not_dilute_the_loss() {
+        // A server that answers each of 8 datagrams with an empty datagram (or another
+        // socket's echo): all 8 are lost, whatever else came back.
+        let mut flow = sent_n(8, ms(10));
+        for _ in 0..8 {
+            flow.unreadable();
+        }
+        // A damaged copy of a datagram never sent, and one of a datagram already lost.
+        assert_eq!(flow.echo(99, false, ms(1)), Echo::Corrupt);
+        assert_eq!(flow.give_up(), 8);
+        assert_eq!(flow.echo(3, false, ms(200)), Echo::Corrupt);
+        let c = flow.counts();
+        assert_eq!(
+            (c.sent, c.lost, c.corrupt, c.corrupt_answers),
+            (8, 8, 10, 0)
+        );
+        assert_eq!(c.loss_ratio(), 1.0);
     }
 
     #[test]
@@ -487,6 +515,7 @@ mod tests {
             reordered: 6,
             max_reorder_distance: 7,
             corrupt: 8,
+            corrupt_answers: 2,
             unsent: 9,
         };
         // Different values on each side, so that no other operator gives the same sums.
@@ -499,6 +528,7 @@ mod tests {
             reordered: 60,
             max_reorder_distance: 3,
             corrupt: 80,
+            corrupt_answers: 20,
             unsent: 90,
         };
         a.add(&b);
@@ -513,6 +543,7 @@ mod tests {
                 reordered: 66,
                 max_reorder_distance: 7,
                 corrupt: 88,
+                corrupt_answers: 22,
                 unsent: 99,
             }
         );
