@@ -411,6 +411,7 @@ pub struct UdpClientArgs {
     pub addr: SocketAddr,
 
     /// Send this file in datagrams of --size bytes, check every echo, print only the verdict.
+    /// Read a datagram at a time: a file of any size, or a pipe (/dev/stdin).
     #[arg(long, value_name = "FILE")]
     pub send: Option<PathBuf>,
 
@@ -549,21 +550,27 @@ pub fn run_client(args: &UdpClientArgs) -> ExitCode {
     }
     let result = match &args.send {
         Some(path) => {
-            let data = match std::fs::read(path) {
-                Ok(data) => data,
-                Err(err) => {
-                    let why = echolab_cli::describe_io(&err);
-                    echolab_cli::say!("echolab client: cannot read {}: {why}", path.display());
-                    return ExitCode::from(2);
-                }
+            let cannot_read = |err: &std::io::Error| {
+                let why = echolab_cli::describe_io(err);
+                echolab_cli::say!("echolab client: cannot read {}: {why}", path.display());
+                ExitCode::from(2)
             };
-            crate::client::send_all(args.addr, &data, args.only.size, args.timeout).map(|n| {
-                echolab_cli::say!(
-                    "echolab client: {} bytes in {n} datagrams of up to {} bytes, every echo matched",
-                    data.len(),
-                    args.only.size
-                );
-            })
+            // Streamed a datagram at a time: any size, a pipe or /dev/zero in bounded memory.
+            let file = match std::fs::File::open(path) {
+                Ok(file) => file,
+                Err(err) => return cannot_read(&err),
+            };
+            match crate::client::send_all(args.addr, file, args.only.size, args.timeout) {
+                Ok((n, bytes)) => {
+                    echolab_cli::say!(
+                        "echolab client: {bytes} bytes in {n} datagrams of up to {} bytes, every echo matched",
+                        args.only.size
+                    );
+                    Ok(())
+                }
+                Err(crate::client::ClientError::Read(err)) => return cannot_read(&err),
+                Err(err) => Err(err),
+            }
         }
         None => crate::client::interactive(
             args.addr,

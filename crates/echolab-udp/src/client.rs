@@ -5,7 +5,7 @@
 //! stale duplicate, damaged bytes) is an error, never printed as the echo.
 
 use std::fmt;
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -22,13 +22,17 @@ pub enum ClientError {
     Mismatch { idx: u64, sent: usize, got: usize },
     /// Input larger than one datagram can carry.
     TooLong { idx: u64, len: usize, max: usize },
+    /// `--send`'s source could not be read.
+    Read(io::Error),
 }
 
 impl ClientError {
-    /// 3 for a wrong echo, 1 for everything else.
+    /// 3 for a wrong echo, 2 for a source that cannot be read (a bad argument: a
+    /// directory), 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::Mismatch { .. } => 3,
+            ClientError::Read(_) => 2,
             _ => 1,
         }
     }
@@ -54,6 +58,9 @@ impl fmt::Display for ClientError {
                 "line {} is {len} bytes, more than one UDP datagram carries ({max})",
                 idx + 1
             ),
+            ClientError::Read(err) => {
+                write!(f, "cannot read: {}", echolab_cli::describe_io(err))
+            }
         }
     }
 }
@@ -160,22 +167,49 @@ pub fn interactive(
     Ok(n)
 }
 
-/// Sends `data` in datagrams of at most `size` bytes, one at a time, checking each echo.
-/// Returns the number of datagrams (0 for empty data).
+/// Sends what `source` yields in datagrams of `size` bytes (the last one shorter), one at
+/// a time, checking each echo. The source is read one datagram ahead, never whole, so a
+/// file of any size, a pipe or a device (`/dev/zero`: until the server stops answering)
+/// costs one datagram of memory. Returns the datagrams and bytes sent (0 and 0 for an
+/// empty source).
 pub fn send_all(
     addr: SocketAddr,
-    data: &[u8],
+    mut source: impl Read,
     size: usize,
     timeout: Duration,
-) -> Result<u64, ClientError> {
+) -> Result<(u64, u64), ClientError> {
     let socket = connect(addr)?;
     let mut buf = vec![0u8; BUF_LEN];
-    let mut n = 0u64;
-    for chunk in data.chunks(size.max(1)) {
-        round_trip(&socket, n, chunk, timeout, &mut buf)?;
+    let mut chunk = vec![0u8; size.max(1)];
+    let (mut n, mut bytes) = (0u64, 0u64);
+    loop {
+        let len = fill(&mut source, &mut chunk).map_err(ClientError::Read)?;
+        if len == 0 {
+            break;
+        }
+        round_trip(&socket, n, &chunk[..len], timeout, &mut buf)?;
         n += 1;
+        bytes += len as u64;
+        if len < chunk.len() {
+            // `fill` stops short only at the end of the source.
+            break;
+        }
     }
-    Ok(n)
+    Ok((n, bytes))
+}
+
+/// Reads into `chunk` until it is full or the source ends; returns the bytes read.
+fn fill(source: &mut impl Read, chunk: &mut [u8]) -> io::Result<usize> {
+    let mut len = 0;
+    while len < chunk.len() {
+        match source.read(&mut chunk[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(len)
 }
 
 #[cfg(test)]
@@ -366,14 +400,88 @@ mod tests {
     #[test]
     fn a_file_goes_in_datagrams_of_the_size_each_checked() {
         let (addr, server) = echo_server(3);
-        let n = send_all(addr, b"abcdefghij", 4, Duration::from_secs(10)).unwrap();
-        assert_eq!(n, 3);
+        let sent = send_all(addr, &b"abcdefghij"[..], 4, Duration::from_secs(10)).unwrap();
+        assert_eq!(sent, (3, 10));
         assert_eq!(
             server.join().unwrap(),
             vec![b"abcd".to_vec(), b"efgh".to_vec(), b"ij".to_vec()]
         );
         let (addr, server) = echo_server(0);
-        assert_eq!(send_all(addr, b"", 4, Duration::from_secs(1)).unwrap(), 0);
+        let sent = send_all(addr, &b""[..], 4, Duration::from_secs(1)).unwrap();
+        assert_eq!(sent, (0, 0));
         assert!(server.join().unwrap().is_empty());
+        // A source that yields a byte at a time is still cut at the size.
+        let (addr, server) = echo_server(2);
+        let trickle = Trickle(b"abcdef".iter().copied().collect());
+        assert_eq!(
+            send_all(addr, trickle, 4, Duration::from_secs(10)).unwrap(),
+            (2, 6)
+        );
+        assert_eq!(
+            server.join().unwrap(),
+            vec![b"abcd".to_vec(), b"ef".to_vec()]
+        );
+    }
+
+    /// A source that gives one byte per read.
+    struct Trickle(std::collections::VecDeque<u8>);
+
+    impl Read for Trickle {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            match (self.0.pop_front(), out.first_mut()) {
+                (Some(byte), Some(slot)) => {
+                    *slot = byte;
+                    Ok(1)
+                }
+                _ => Ok(0),
+            }
+        }
+    }
+
+    /// An endless source (`--send /dev/zero`) that counts what was read from it and
+    /// refuses to give more than a mebibyte.
+    struct Endless {
+        pulled: usize,
+    }
+
+    impl Read for Endless {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            if self.pulled >= 1 << 20 {
+                return Err(io::Error::other(
+                    "read a mebibyte: the source is read whole",
+                ));
+            }
+            let n = out.len().min(4096);
+            out[..n].fill(0);
+            self.pulled += n;
+            Ok(n)
+        }
+    }
+
+    /// `--send /dev/zero` (or a huge file) is read a datagram ahead, not whole: against a
+    /// server that answers three datagrams, the fourth goes unanswered and the run ends,
+    /// having read four datagrams' worth.
+    #[test]
+    fn an_endless_source_is_read_one_datagram_ahead() {
+        let (addr, server) = echo_server(3);
+        let mut source = Endless { pulled: 0 };
+        let err = send_all(addr, &mut source, 1000, Duration::from_millis(500)).unwrap_err();
+        assert!(
+            matches!(err, ClientError::NoEcho { idx: 3, .. } | ClientError::Io(_)),
+            "{err:?}"
+        );
+        assert_eq!(server.join().unwrap().len(), 3);
+        assert!(source.pulled <= 4 * 4096, "read {} bytes", source.pulled);
+        // A source that fails to read is a bad argument (a directory), exit 2.
+        let (addr, _server) = echo_server(0);
+        let err = send_all(
+            addr,
+            Endless { pulled: 1 << 20 },
+            10,
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ClientError::Read(_)), "{err:?}");
+        assert_eq!(err.exit_code(), 2);
     }
 }
