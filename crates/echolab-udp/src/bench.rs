@@ -6,6 +6,7 @@
 //!
 //! The engine never prints; [`UdpReport`] renders the text and the JSON.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -62,6 +63,9 @@ pub struct UdpReport {
     /// Send or receive errors from the socket layer (ICMP port unreachable arrives as
     /// ECONNREFUSED on a connected socket).
     pub socket_errors: u64,
+    /// Those errors by what the kernel said (`connection refused`, `message too long`,
+    /// ...), adding up to `socket_errors`.
+    pub socket_error_kinds: BTreeMap<String, u64>,
     /// The sending window: from the start to `--duration`, or to the stop when
     /// interrupted. Open loop: every datagram due in it is accounted (sent or unsent).
     pub window: Duration,
@@ -237,11 +241,37 @@ impl UdpReport {
         }
         if self.socket_errors > 0 {
             out += &format!(
-                "  errors      {} socket errors (ECONNREFUSED: nothing listens on {})\n",
-                self.socket_errors, cfg.addr
+                "  errors      {}{}\n",
+                echolab_cli::counted(self.socket_errors, "socket error"),
+                self.error_kinds_text()
             );
         }
         out
+    }
+
+    /// The socket errors by kind, as the errors line says them: ` (3 connection refused:
+    /// ICMP port unreachable, nothing listens on ADDR; 2 message too long)`, or nothing
+    /// when no kind was recorded. Only the kernel's own words: what the errors were is
+    /// never assumed.
+    fn error_kinds_text(&self) -> String {
+        if self.socket_error_kinds.is_empty() {
+            return String::new();
+        }
+        let kinds: Vec<String> = self
+            .socket_error_kinds
+            .iter()
+            .map(|(kind, n)| {
+                if kind == REFUSED {
+                    format!(
+                        "{n} {kind}: ICMP port unreachable, nothing listens on {}",
+                        self.config.addr
+                    )
+                } else {
+                    format!("{n} {kind}")
+                }
+            })
+            .collect();
+        format!(" ({})", kinds.join("; "))
     }
 
     /// The run as one JSON document.
@@ -269,6 +299,7 @@ impl UdpReport {
             "max_reorder_distance": c.max_reorder_distance,
             "corrupt": c.corrupt,
             "socket_errors": self.socket_errors,
+            "socket_errors_by_kind": self.socket_error_kinds,
             "jitter_us": self.jitter.as_nanos() as f64 / 1000.0,
             "latency_us": {
                 "p50": self.quantile_us(0.5),
@@ -355,9 +386,29 @@ struct Part {
     counts: Counts,
     latency: Histogram<u64>,
     jitters: Vec<Duration>,
-    socket_errors: u64,
+    socket_errors: SocketErrors,
     /// When this thread stopped sending (the duration, or when it saw the stop flag).
     window: Duration,
+}
+
+/// How `describe_io` says ECONNREFUSED (an ICMP port unreachable on a connected socket).
+const REFUSED: &str = "connection refused";
+
+/// One thread's socket errors, by what the kernel said.
+#[derive(Debug, Default)]
+struct SocketErrors {
+    total: u64,
+    by_kind: BTreeMap<String, u64>,
+}
+
+impl SocketErrors {
+    fn count(&mut self, err: &io::Error) {
+        self.total += 1;
+        *self
+            .by_kind
+            .entry(echolab_cli::describe_io(err))
+            .or_default() += 1;
+    }
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -507,6 +558,7 @@ pub fn run_with_progress(
     let mut latency = new_histogram();
     let mut jitters = Vec::new();
     let mut socket_errors = 0;
+    let mut socket_error_kinds = BTreeMap::new();
     let mut window = Duration::ZERO;
     for part in parts {
         let part = part?;
@@ -514,7 +566,10 @@ pub fn run_with_progress(
         counts.add(&part.counts);
         latency.add(&part.latency).map_err(io::Error::other)?;
         jitters.extend(part.jitters);
-        socket_errors += part.socket_errors;
+        socket_errors += part.socket_errors.total;
+        for (kind, n) in part.socket_errors.by_kind {
+            *socket_error_kinds.entry(kind).or_default() += n;
+        }
     }
     let jitter = if jitters.is_empty() {
         Duration::ZERO
@@ -528,6 +583,7 @@ pub fn run_with_progress(
         latency,
         jitter,
         socket_errors,
+        socket_error_kinds,
         window,
         interrupted: stop.load(Ordering::SeqCst),
     })
@@ -552,14 +608,14 @@ fn drive(
     let mut buf = vec![0u8; BUF_LEN];
     let mut scratch = Vec::new();
     let mut latency = new_histogram();
-    let mut socket_errors = 0u64;
+    let mut socket_errors = SocketErrors::default();
     let mut window: Option<Duration> = None;
     let mut published = Duration::ZERO;
     loop {
         let now = start.elapsed();
         if now >= published + PUBLISH_EVERY {
             published = now;
-            publish(&socks, socket_errors, tally);
+            publish(&socks, socket_errors.total, tally);
         }
         let sending = now < config.duration && !stop.load(Ordering::SeqCst);
         if !sending && window.is_none() {
@@ -663,7 +719,7 @@ fn drive(
                     }
                     Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                     Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => socket_errors += 1,
+                    Err(err) => socket_errors.count(&err),
                 }
             }
         }
@@ -671,7 +727,7 @@ fn drive(
     for sock in socks.iter_mut() {
         sock.flow.give_up();
     }
-    publish(&socks, socket_errors, tally);
+    publish(&socks, socket_errors.total, tally);
     let mut counts = Counts::default();
     let mut jitters = Vec::new();
     for sock in &socks {
@@ -713,7 +769,7 @@ fn send(
     intended: Duration,
     now: Duration,
     out: &mut [u8],
-    errors: &mut u64,
+    errors: &mut SocketErrors,
     scheduled: bool,
 ) {
     let seq = sock.flow.next_seq();
@@ -722,8 +778,8 @@ fn send(
         Ok(_) => {
             sock.flow.sent(intended, now);
         }
-        Err(_) => {
-            *errors += 1;
+        Err(err) => {
+            errors.count(&err);
             if scheduled {
                 sock.flow.not_sent(1);
             }
@@ -752,6 +808,7 @@ mod tests {
             latency: new_histogram(),
             jitter: Duration::ZERO,
             socket_errors: 0,
+            socket_error_kinds: BTreeMap::new(),
             window: Duration::from_secs(2),
             interrupted: false,
         }
@@ -780,9 +837,41 @@ mod tests {
         );
         // Nothing listening: the loss is no server's refusal.
         r.socket_errors = 3;
+        r.socket_error_kinds = BTreeMap::from([(REFUSED.to_string(), 3)]);
         let text = r.text();
         assert!(!text.contains("--udp-rate-per-source"), "{text}");
-        assert!(text.contains("3 socket errors"), "{text}");
+        assert!(
+            text.contains("errors      3 socket errors (3 connection refused: ICMP port unreachable, nothing listens on 127.0.0.1:9)\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_errors_line_says_what_the_kernel_said_never_a_guess() {
+        let mut r = report(Counts {
+            sent: 0,
+            unsent: 10,
+            ..Counts::default()
+        });
+        r.socket_errors = 10;
+        r.socket_error_kinds = BTreeMap::from([
+            ("message too long".to_string(), 9),
+            (REFUSED.to_string(), 1),
+        ]);
+        let text = r.text();
+        assert!(
+            text.contains("errors      10 socket errors (1 connection refused: ICMP port unreachable, nothing listens on 127.0.0.1:9; 9 message too long)\n"),
+            "{text}"
+        );
+        assert_eq!(r.json()["socket_errors_by_kind"]["message too long"], 9);
+        // Message too long alone: nothing is said about a listener.
+        r.socket_error_kinds = BTreeMap::from([("message too long".to_string(), 10)]);
+        let text = r.text();
+        assert!(!text.contains("listens"), "{text}");
+        assert!(
+            text.contains("10 socket errors (10 message too long)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -205,8 +205,46 @@ fn nothing_listening_is_total_loss_and_socket_errors_not_a_hang() {
     assert_eq!(c.lost, c.sent);
     assert!(c.sent >= 1);
     assert!(report.socket_errors >= 1, "ECONNREFUSED is counted");
+    assert_eq!(
+        report.socket_error_kinds.keys().collect::<Vec<_>>(),
+        ["connection refused"]
+    );
+    assert!(report.text().contains("nothing listens on"));
     assert_eq!(report.verdict(100.0).0, 1);
     assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn a_send_the_kernel_refuses_is_said_as_it_is_not_as_nothing_listening() {
+    // A server that answers, reached through its IPv4-mapped IPv6 address with datagrams
+    // too large for IPv4: every send fails with EMSGSIZE. The report said "ECONNREFUSED:
+    // nothing listens" for any socket error.
+    let server = wrong_server(|_| Act::Echo);
+    if std::net::UdpSocket::bind("[::]:0").is_err() {
+        eprintln!("SKIPPED: no IPv6 socket here, so no IPv4-mapped destination");
+        return;
+    }
+    let std::net::IpAddr::V4(v4) = server.addr.ip() else {
+        unreachable!("the server binds 127.0.0.1")
+    };
+    let mapped = SocketAddr::new(v4.to_ipv6_mapped().into(), server.addr.port());
+    let mut cfg = config(mapped, 1, 3, 50);
+    cfg.size = 65_527;
+    // No send succeeds, so the count is never reached: the duration ends the run.
+    cfg.duration = Duration::from_millis(300);
+    let report = bench(&cfg);
+    assert_eq!((report.counts.sent, report.counts.echoed), (0, 0));
+    assert!(report.socket_errors >= 1);
+    assert_eq!(
+        report.socket_error_kinds.keys().collect::<Vec<_>>(),
+        ["message too long"]
+    );
+    let text = report.text();
+    assert!(!text.contains("listens"), "{text}");
+    assert!(
+        text.contains(&format!("{} message too long)", report.socket_errors)),
+        "{text}"
+    );
 }
 
 #[test]

@@ -773,6 +773,7 @@ mod tests {
             latency,
             jitter: Duration::ZERO,
             socket_errors: 0,
+            socket_error_kinds: Default::default(),
             window: Duration::from_secs(2),
             interrupted: false,
         };
