@@ -746,6 +746,16 @@ mod tests {
         assert!(args.config().unwrap_err().contains("65507"));
         let args = bench(&["--size", "65507"]).unwrap();
         assert_eq!(args.config().unwrap().size, 65_507);
+        // An IPv4-mapped address is an IPv4 path: 65,527 bytes would fail every send.
+        let mapped = UdpBenchArgs::try_parse_from([
+            "echolab bench --udp",
+            "--udp",
+            "[::ffff:127.0.0.1]:9",
+            "--size",
+            "65508",
+        ])
+        .unwrap();
+        assert!(mapped.config().unwrap_err().contains("(65507 bytes)"));
     }
 
     #[test]

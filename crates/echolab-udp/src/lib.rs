@@ -75,9 +75,10 @@ const RECV_BUFFER: usize = 4 << 20;
 // A receive that fills the buffer must mean truncation: no payload may fill it.
 const _: () = assert!(BUF_LEN > MAX_PAYLOAD_V6 && MAX_PAYLOAD_V6 > MAX_PAYLOAD_V4);
 
-/// The largest payload for a socket of `addr`'s family.
+/// The largest payload to `addr`: an IPv4-mapped IPv6 address (`[::ffff:127.0.0.1]`)
+/// is reached over IPv4, so it takes IPv4's limit (a larger send fails with EMSGSIZE).
 pub fn max_payload(addr: &SocketAddr) -> usize {
-    if addr.is_ipv4() {
+    if addr.ip().to_canonical().is_ipv4() {
         MAX_PAYLOAD_V4
     } else {
         MAX_PAYLOAD_V6
@@ -441,6 +442,8 @@ mod tests {
         let v6: SocketAddr = "[::1]:1".parse().unwrap();
         assert_eq!(max_payload(&v4), 65_507);
         assert_eq!(max_payload(&v6), 65_527);
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:1".parse().unwrap();
+        assert_eq!(max_payload(&mapped), 65_507, "an IPv4 path");
     }
 
     #[test]
