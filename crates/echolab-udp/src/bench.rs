@@ -619,12 +619,25 @@ fn drive(
         }
         let sending = now < config.duration && !stop.load(Ordering::SeqCst);
         if !sending && window.is_none() {
-            // The window ends: every slot of the schedule due in it and not used is
+            // The window ends. This turn still sends what any turn would have: the slots
+            // due before the end, up to the turn's budget (the loop woke a little after
+            // the end, as it wakes a little after every send time; a slot due then is
+            // late, not unsent). Every slot due in the window and still not used is
             // counted unsent (a generator that fell behind must say so).
             let end = now.min(config.duration);
             window = Some(end);
             for sock in socks.iter_mut() {
                 if let Some(schedule) = sock.schedule {
+                    for _ in 0..SEND_BUDGET {
+                        let more = config.count.is_none_or(|n| sock.slots < n);
+                        if !more || sock.next_send >= end {
+                            break;
+                        }
+                        let intended = sock.next_send;
+                        sock.slots += 1;
+                        sock.next_send = schedule.intended(sock.slots);
+                        send(sock, intended, now, &mut out, &mut socket_errors, true);
+                    }
                     let due = schedule.due_before(sock.slots, end);
                     let left = config.count.map_or(due, |n| due.min(n - sock.slots));
                     sock.flow.not_sent(left);
