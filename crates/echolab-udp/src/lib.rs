@@ -208,6 +208,18 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> Result<UdpSocket, UdpError> {
     Ok(socket.into())
 }
 
+/// The first socket of a server on `addr`: [`bind`], but with `reuse_port` and a port
+/// given, a plain bind first, so that a port another server already serves is "address
+/// already in use". (Linux lets a second SO_REUSEPORT socket of the same user bind it,
+/// and the two servers would split the datagrams without a word, as `net::bind` of
+/// echolab-server explains for TCP.) The loops' other sockets then bind with [`bind`].
+pub fn bind_first(addr: SocketAddr, reuse_port: bool) -> Result<UdpSocket, UdpError> {
+    if reuse_port && addr.port() != 0 {
+        drop(bind(addr, false)?);
+    }
+    bind(addr, reuse_port)
+}
+
 /// The default number of loops: one per CPU.
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -266,7 +278,7 @@ impl UdpServer {
         let is_passed = passed.is_some();
         let first = match passed {
             Some(socket) => socket,
-            None => bind(config.listen, per_loop)?,
+            None => bind_first(config.listen, per_loop)?,
         };
         let addr = first.local_addr().map_err(UdpError::Io)?;
         let mut sockets = vec![first];
@@ -444,6 +456,35 @@ mod tests {
         assert_eq!(max_payload(&v6), 65_527);
         let mapped: SocketAddr = "[::ffff:127.0.0.1]:1".parse().unwrap();
         assert_eq!(max_payload(&mapped), 65_507, "an IPv4 path");
+    }
+
+    #[test]
+    fn a_port_another_server_serves_is_refused_not_shared() {
+        // Reactor and uring bind SO_REUSEPORT sockets; a second server on the port must
+        // not join the first's group (the kernel would split the datagrams between them).
+        for model in [UdpModel::Reactor, UdpModel::Iterative] {
+            let config = |listen| UdpConfig {
+                model: UdpModel::Reactor,
+                listen,
+                workers: Some(2),
+                policy: Policy::default(),
+            };
+            let first = UdpServer::start(
+                &config("127.0.0.1:0".parse().unwrap()),
+                Arc::new(AtomicBool::new(false)),
+            )
+            .unwrap();
+            let mut second = config(first.local_addr());
+            second.model = model;
+            match UdpServer::start(&second, Arc::new(AtomicBool::new(false))) {
+                Err(UdpError::Bind { source, .. }) => {
+                    assert_eq!(source.kind(), io::ErrorKind::AddrInUse, "{model}: {source}")
+                }
+                other => panic!("{model}: a second server started: {other:?}"),
+            }
+            // Its own loops still share the port: two loops, one port.
+            assert_eq!(first.n_loops(), 2);
+        }
     }
 
     #[test]
