@@ -147,6 +147,10 @@ pub struct UdpConfig {
     /// event, which have one loop by definition.
     pub workers: Option<usize>,
     pub policy: Policy,
+    /// An IPv6 `listen` address takes no IPv4 datagrams (IPV6_V6ONLY, serve's
+    /// `--ipv6-only`); otherwise the kernel's default holds, as for TCP: on Linux `[::]`
+    /// is dual-stack and IPv4 sources appear as `[::ffff:a.b.c.d]`.
+    pub ipv6_only: bool,
 }
 
 /// Why a UDP server could not start or stopped with an error.
@@ -190,13 +194,19 @@ impl fmt::Display for UdpError {
 impl std::error::Error for UdpError {}
 
 /// A UDP socket bound to `addr`, with SO_REUSEPORT when `reuse_port` (the reactor's
-/// sockets share one port), IPv6-only for an IPv6 address, and a large receive queue.
+/// sockets share one port), the kernel's default family rule (dual-stack `[::]` on
+/// Linux, as a TCP listener), and a large receive queue.
 pub fn bind(addr: SocketAddr, reuse_port: bool) -> Result<UdpSocket, UdpError> {
+    bind_family(addr, reuse_port, false)
+}
+
+/// [`bind`], IPv6-only (IPV6_V6ONLY) for an IPv6 `addr` when `ipv6_only`.
+fn bind_family(addr: SocketAddr, reuse_port: bool, ipv6_only: bool) -> Result<UdpSocket, UdpError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let bind_err = |source| UdpError::Bind { addr, source };
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
         .map_err(bind_err)?;
-    if addr.is_ipv6() {
+    if addr.is_ipv6() && ipv6_only {
         socket.set_only_v6(true).map_err(bind_err)?;
     }
     if reuse_port {
@@ -212,12 +222,16 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> Result<UdpSocket, UdpError> {
 /// given, a plain bind first, so that a port another server already serves is "address
 /// already in use". (Linux lets a second SO_REUSEPORT socket of the same user bind it,
 /// and the two servers would split the datagrams without a word, as `net::bind` of
-/// echolab-server explains for TCP.) The loops' other sockets then bind with [`bind`].
-pub fn bind_first(addr: SocketAddr, reuse_port: bool) -> Result<UdpSocket, UdpError> {
+/// echolab-server explains for TCP.) The loops' other sockets then bind without it.
+pub fn bind_first(
+    addr: SocketAddr,
+    reuse_port: bool,
+    ipv6_only: bool,
+) -> Result<UdpSocket, UdpError> {
     if reuse_port && addr.port() != 0 {
-        drop(bind(addr, false)?);
+        drop(bind_family(addr, false, ipv6_only)?);
     }
-    bind(addr, reuse_port)
+    bind_family(addr, reuse_port, ipv6_only)
 }
 
 /// The default number of loops: one per CPU.
@@ -234,6 +248,12 @@ static PASSED: Mutex<Option<UdpSocket>> = Mutex::new(None);
 /// share the port without `SO_REUSEPORT` on the passed socket.
 pub fn serve_passed_socket(socket: UdpSocket) {
     *PASSED.lock().unwrap_or_else(|e| e.into_inner()) = Some(socket);
+}
+
+/// Whether a passed socket waits for the next [`UdpServer::start`] (which then binds
+/// nothing, so `--listen` and `--ipv6-only` do not apply).
+pub(crate) fn passed_pending() -> bool {
+    PASSED.lock().unwrap_or_else(|e| e.into_inner()).is_some()
 }
 
 /// The guard of the UDP server started last in this process, for [`live_stats`].
@@ -278,14 +298,14 @@ impl UdpServer {
         let is_passed = passed.is_some();
         let first = match passed {
             Some(socket) => socket,
-            None => bind_first(config.listen, per_loop)?,
+            None => bind_first(config.listen, per_loop, config.ipv6_only)?,
         };
         let addr = first.local_addr().map_err(UdpError::Io)?;
         let mut sockets = vec![first];
         if per_loop && !is_passed {
             // The other loops bind the port the first one got.
             for _ in 1..workers {
-                sockets.push(bind(addr, true)?);
+                sockets.push(bind_family(addr, true, config.ipv6_only)?);
             }
         }
         let mut loops = Vec::new();
@@ -468,6 +488,7 @@ mod tests {
                 listen,
                 workers: Some(2),
                 policy: Policy::default(),
+                ipv6_only: false,
             };
             let first = UdpServer::start(
                 &config("127.0.0.1:0".parse().unwrap()),
