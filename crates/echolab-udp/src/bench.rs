@@ -229,8 +229,17 @@ impl UdpReport {
             self.jitter.as_nanos() as f64 / 1000.0
         );
         // Only when something answered: with nothing listening the loss is no server's
-        // refusal, and the errors line says so.
-        if c.lost > c.late && self.socket_errors == 0 {
+        // refusal, and the errors line says so. With nothing back at all and no error,
+        // no rate limit explains it (a bucket lets its first second's worth through).
+        let answered = c.echoed + c.late + c.duplicates + c.corrupt;
+        if c.sent > 0 && answered == 0 && self.socket_errors == 0 {
+            out += &format!(
+                "  note        nothing came back from {addr}: no server answered, or it answered from another \
+                 address or port (the bench's sockets are connected to {addr}, and the kernel drops \
+                 datagrams from anywhere else)\n",
+                addr = cfg.addr
+            );
+        } else if c.lost > c.late && self.socket_errors == 0 {
             out += &format!(
                 "  note        {} lost datagrams were not echoed while the bench listened; an echolab server counts what it \
                  refuses: if its `rate-limited` count is not 0, its --udp-rate-per-source (per \
@@ -857,6 +866,29 @@ mod tests {
             text.contains("errors      3 socket errors (3 connection refused: ICMP port unreachable, nothing listens on 127.0.0.1:9)\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn nothing_back_and_no_error_is_not_blamed_on_a_rate_limit() {
+        let r = report(Counts {
+            sent: 10,
+            lost: 10,
+            ..Counts::default()
+        });
+        let text = r.text();
+        assert!(text.contains("note        nothing came back from 127.0.0.1:9: no server answered, or it answered from another address or port"), "{text}");
+        assert!(!text.contains("rate-limited"), "{text}");
+        // One echo back: the rate-limit note, not this one.
+        let r = report(Counts {
+            sent: 10,
+            echoed: 1,
+            lost: 9,
+            ..Counts::default()
+        });
+        assert!(!r.text().contains("nothing came back"));
+        assert!(r.text().contains("9 lost datagrams were not echoed"));
+        // Nothing sent: nothing to say.
+        assert!(!report(Counts::default()).text().contains("note"));
     }
 
     #[test]

@@ -248,6 +248,37 @@ fn a_send_the_kernel_refuses_is_said_as_it_is_not_as_nothing_listening() {
 }
 
 #[test]
+fn a_server_that_answers_from_another_port_is_said_so_not_blamed_on_a_rate_limit() {
+    // The echo leaves from a second socket (a multi-homed or careless server): the bench's
+    // connected socket never sees it, and the report must not guess a rate limit.
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let addr = socket.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        for _ in 0..3 {
+            let Ok((len, src)) = socket.recv_from(&mut buf) else {
+                return;
+            };
+            other.send_to(&buf[..len], src).unwrap();
+        }
+    });
+    let report = bench(&config(addr, 1, 3, 50));
+    server.join().unwrap();
+    let c = &report.counts;
+    assert_eq!((c.sent, c.echoed, c.lost, c.corrupt), (3, 0, 3, 0));
+    let text = report.text();
+    assert!(
+        text.contains(&format!("nothing came back from {addr}")),
+        "{text}"
+    );
+    assert!(!text.contains("rate-limited"), "{text}");
+}
+
+#[test]
 fn a_correct_server_gives_a_clean_report() {
     let server = wrong_server(|_| Act::Echo);
     let mut cfg = config(server.addr, 3, 200, 2_000);
