@@ -165,6 +165,28 @@ fn a_server_that_echoes_every_seventh_twice_gives_its_duplicates() {
 }
 
 #[test]
+fn a_duplicate_of_the_last_echo_is_counted_too() {
+    // Two sockets on one thread, one datagram each (closed loop). The first to arrive is
+    // held until the second has been echoed twice, so that when the run ends (on the held
+    // echo) the second socket's duplicate is already queued behind its echo. The closed
+    // loop stops reading a socket once nothing is awaited, and that duplicate was never
+    // counted (a server that doubles every datagram gave duplicates = sent - sockets).
+    let server = wrong_server(|idx| {
+        if idx == 0 {
+            Act::HoldFor(1)
+        } else {
+            Act::Twice
+        }
+    });
+    let mut cfg = config(server.addr, 2, 1, 5_000);
+    cfg.n_threads = 1;
+    let report = bench(&cfg);
+    let c = &report.counts;
+    assert_eq!((c.sent, c.echoed, c.lost, c.corrupt), (2, 2, 0, 0));
+    assert_eq!(c.duplicates, 1);
+}
+
+#[test]
 fn a_server_that_flips_a_byte_gives_corrupt_echoes_and_exit_3() {
     let server = wrong_server(|idx| if idx % 10 == 0 { Act::Flip } else { Act::Echo });
     let report = bench(&config(server.addr, 2, 50, 1_000));
