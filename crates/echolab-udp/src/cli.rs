@@ -300,7 +300,7 @@ pub struct UdpClientFlags {
 
     /// With --udp and --send: bytes per datagram (1 to 65507 over IPv4, 65527 over IPv6;
     /// or with a unit: 1K = 1024).
-    #[arg(long, short = 's', default_value_t = 1024, value_name = "SIZE", value_parser = parse_client_size, allow_negative_numbers = true, requires = "udp")]
+    #[arg(long, short = 's', default_value_t = 1024, value_name = "SIZE", value_parser = parse_client_size, allow_negative_numbers = true, requires = "udp", requires = "send")]
     pub size: usize,
 }
 
@@ -914,6 +914,23 @@ mod tests {
             );
         }
         assert_eq!(secs("5 min"), Ok(Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn client_size_without_send_is_refused_not_ignored() {
+        // Interactive mode sends a datagram per line: --size would do nothing.
+        let parse = |args: &[&str]| {
+            UdpClientArgs::try_parse_from(std::iter::once("c").chain(args.iter().copied()))
+        };
+        let err = parse(&["--udp", "--size", "100"]).unwrap_err().to_string();
+        assert!(err.contains("--send"), "{err}");
+        let args = parse(&["--udp", "--size", "100", "--send", "f"]).unwrap();
+        assert_eq!(args.only.size, 100);
+        assert_eq!(
+            parse(&["--udp"]).unwrap().only.size,
+            1024,
+            "the default is no flag"
+        );
     }
 
     #[test]
