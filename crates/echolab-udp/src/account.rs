@@ -50,6 +50,10 @@ pub struct Counts {
     /// Open loop: datagrams whose intended send time fell in the sending window but that
     /// never left (the window ended first, or the send failed).
     pub unsent: u64,
+    /// Of `unsent`, the slots whose send the kernel refused (ECONNREFUSED from an earlier
+    /// ICMP error, ENOBUFS, EPERM from a firewall); the others were still due when the
+    /// window ended (the generator fell behind).
+    pub refused_sends: u64,
 }
 
 impl Counts {
@@ -65,6 +69,7 @@ impl Counts {
         self.corrupt += other.corrupt;
         self.corrupt_answers += other.corrupt_answers;
         self.unsent += other.unsent;
+        self.refused_sends += other.refused_sends;
     }
 
     /// Every datagram meant to be sent: sent plus never sent. At the end of a run (nothing
@@ -260,6 +265,13 @@ impl Flow {
         self.counts.unsent += n;
     }
 
+    /// Counts a slot of the schedule whose send the kernel refused (open loop): unsent,
+    /// and why.
+    pub fn send_refused(&mut self) {
+        self.counts.unsent += 1;
+        self.counts.refused_sends += 1;
+    }
+
     /// Counts an echo that cannot be matched to any datagram of this flow (too short for
     /// a header, or another flow's id) as corrupt.
     pub fn unreadable(&mut self) {
@@ -317,8 +329,10 @@ mod tests {
         let mut flow = sent_n(2, ms(50));
         flow.not_sent(3);
         flow.not_sent(4);
-        assert_eq!(flow.counts().unsent, 7);
-        assert_eq!(flow.counts().intended(), 9);
+        flow.send_refused();
+        assert_eq!(flow.counts().unsent, 8);
+        assert_eq!(flow.counts().refused_sends, 1, "only the refused one");
+        assert_eq!(flow.counts().intended(), 10);
         assert_eq!(flow.counts().sent, 2);
     }
 
@@ -517,6 +531,7 @@ mod tests {
             corrupt: 8,
             corrupt_answers: 2,
             unsent: 9,
+            refused_sends: 1,
         };
         // Different values on each side, so that no other operator gives the same sums.
         let b = Counts {
@@ -530,6 +545,7 @@ mod tests {
             corrupt: 80,
             corrupt_answers: 20,
             unsent: 90,
+            refused_sends: 10,
         };
         a.add(&b);
         assert_eq!(
@@ -545,6 +561,7 @@ mod tests {
                 corrupt: 88,
                 corrupt_answers: 22,
                 unsent: 99,
+                refused_sends: 11,
             }
         );
         // And the larger distance wins from either side.

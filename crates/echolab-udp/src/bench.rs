@@ -115,20 +115,35 @@ impl UdpReport {
         }
         if counts.unsent > 0 {
             let rate = self.config.rate.unwrap_or(0.0);
-            return (
-                1,
-                format!(
-                    "FAIL: {} of {} datagrams due in the {:.2} s window ({:.1}%) were never sent: \
-                     the generator sent {:.0}/s and could not keep --rate {rate}{}",
-                    counts.unsent,
-                    counts.intended(),
-                    self.window.as_secs_f64(),
-                    100.0 * self.unsent_ratio(),
+            let behind = counts.unsent - counts.refused_sends;
+            let refused = format!(
+                "{} refused by the kernel ({})",
+                counts.refused_sends,
+                echolab_cli::counted(self.socket_errors, "socket error")
+            );
+            let why = match (behind, counts.refused_sends) {
+                (_, 0) => format!(
+                    "the generator sent {:.0}/s and could not keep --rate {rate}{}",
                     self.sent_per_sec(),
                     match self.socket_errors {
                         0 => String::new(),
                         n => format!(" ({n} socket errors)"),
                     }
+                ),
+                (0, _) => format!("their sends were {refused}"),
+                (behind, _) => format!(
+                    "{behind} because the generator fell behind (it sent {:.0}/s of --rate {rate}), {refused}",
+                    self.sent_per_sec()
+                ),
+            };
+            return (
+                1,
+                format!(
+                    "FAIL: {} of {} datagrams due in the {:.2} s window ({:.1}%) were never sent: {why}",
+                    counts.unsent,
+                    counts.intended(),
+                    self.window.as_secs_f64(),
+                    100.0 * self.unsent_ratio(),
                 ),
             );
         }
@@ -211,7 +226,13 @@ impl UdpReport {
                 c.unsent,
                 100.0 * self.unsent_ratio()
             );
-            if c.unsent > 0 {
+            if c.refused_sends > 0 {
+                out += &format!(
+                    "              ({} of them refused by the kernel: see the errors line)\n",
+                    c.refused_sends
+                );
+            }
+            if c.unsent > c.refused_sends {
                 out += "              (the generator fell behind its schedule: latency, loss and late are \
                         measured from the intended send times, so they include its own lag)\n";
             }
@@ -299,6 +320,7 @@ impl UdpReport {
             "intended": c.intended(),
             "sent": c.sent,
             "unsent": c.unsent,
+            "refused_sends": c.refused_sends,
             "echoed": c.echoed,
             "lost": c.lost,
             "loss_ratio": c.loss_ratio(),
@@ -844,7 +866,7 @@ fn send(
         Err(err) => {
             errors.count(&err);
             if scheduled {
-                sock.flow.not_sent(1);
+                sock.flow.send_refused();
             }
         }
     }
@@ -1145,6 +1167,90 @@ mod tests {
         assert_eq!(doc["intended"], 2000);
         assert_eq!(doc["unsent"], 1500);
         assert_eq!(doc["sent"], 500);
+    }
+
+    #[test]
+    fn slots_the_kernel_refused_are_not_blamed_on_the_generator() {
+        // 2000 due at 1000/s; 500 sent, 1500 refused by the kernel (a closed port: each
+        // ICMP error comes out of the next send).
+        let mut r = report(Counts {
+            sent: 500,
+            lost: 500,
+            unsent: 1500,
+            refused_sends: 1500,
+            ..Counts::default()
+        });
+        r.socket_errors = 2000;
+        let (code, sentence) = r.verdict(100.0);
+        assert_eq!(code, 1);
+        assert_eq!(
+            sentence,
+            "FAIL: 1500 of 2000 datagrams due in the 2.00 s window (75.0%) were never sent: \
+             their sends were 1500 refused by the kernel (2000 socket errors)"
+        );
+        let text = r.text();
+        assert!(!text.contains("fell behind"), "{text}");
+        assert!(
+            text.contains("(1500 of them refused by the kernel"),
+            "{text}"
+        );
+        assert_eq!(r.json()["refused_sends"], 1500);
+        // Both: each cause with its count.
+        r.counts.refused_sends = 1000;
+        let (_, sentence) = r.verdict(100.0);
+        assert!(
+            sentence.ends_with(
+                "were never sent: 500 because the generator fell behind (it sent 250/s of \
+                 --rate 1000), 1000 refused by the kernel (2000 socket errors)"
+            ),
+            "{sentence}"
+        );
+        assert!(r.text().contains("fell behind"));
+    }
+
+    #[test]
+    fn a_scheduled_send_the_kernel_refuses_is_counted_refused() {
+        // A datagram too large for IPv4, to an IPv4-mapped address: EMSGSIZE every time.
+        let Ok(socket) = mio::net::UdpSocket::bind("[::]:0".parse().unwrap()) else {
+            eprintln!("SKIPPED: no IPv6 socket here, so no IPv4-mapped destination");
+            return;
+        };
+        socket
+            .connect("[::ffff:127.0.0.1]:9".parse().unwrap())
+            .unwrap();
+        let mut sock = Sock {
+            socket,
+            conn_id: 0,
+            flow: Flow::new(Duration::from_secs(1)),
+            schedule: None,
+            next_send: Duration::ZERO,
+            slots: 0,
+        };
+        let mut out = vec![0u8; 65_527];
+        let mut errors = SocketErrors::default();
+        send(
+            &mut sock,
+            Duration::ZERO,
+            Duration::ZERO,
+            &mut out,
+            &mut errors,
+            true,
+        );
+        send(
+            &mut sock,
+            Duration::ZERO,
+            Duration::ZERO,
+            &mut out,
+            &mut errors,
+            false,
+        );
+        let c = sock.flow.counts();
+        assert_eq!((c.sent, c.unsent, c.refused_sends), (0, 1, 1));
+        assert_eq!(errors.total, 2);
+        assert_eq!(
+            errors.by_kind,
+            BTreeMap::from([("message too long".to_string(), 2)])
+        );
     }
 
     #[test]
