@@ -152,6 +152,8 @@ pub struct Flow {
     highest: Option<u64>,
     jitter: Jitter,
     counts: Counts,
+    /// The last send or on-time echo, from the start of the run.
+    last_active: Duration,
 }
 
 impl Flow {
@@ -165,6 +167,7 @@ impl Flow {
             highest: None,
             jitter: Jitter::default(),
             counts: Counts::default(),
+            last_active: Duration::ZERO,
         }
     }
 
@@ -175,6 +178,7 @@ impl Flow {
         self.next_seq += 1;
         self.outstanding.insert(seq, Sent { intended, actual });
         self.counts.sent += 1;
+        self.last_active = self.last_active.max(actual);
         seq
     }
 
@@ -210,6 +214,7 @@ impl Flow {
             self.highest = Some(self.highest.map_or(seq, |h| h.max(seq)));
             self.jitter.record(now.saturating_sub(sent.actual));
             self.counts.echoed += 1;
+            self.last_active = self.last_active.max(now);
             return Echo::OnTime { latency };
         }
         if self.lost.remove(&seq) {
@@ -304,6 +309,12 @@ impl Flow {
     /// The jitter estimate so far.
     pub fn jitter(&self) -> Duration {
         self.jitter.get()
+    }
+
+    /// When this flow last sent a datagram or took an on-time echo (the end of the span
+    /// over which its echoes are a rate: waiting out a loss's timeout is not in it).
+    pub fn last_active(&self) -> Duration {
+        self.last_active
     }
 }
 
@@ -465,6 +476,25 @@ mod tests {
             (8, 8, 10, 0)
         );
         assert_eq!(c.loss_ratio(), 1.0);
+    }
+
+    #[test]
+    fn the_active_span_ends_at_the_last_send_or_on_time_echo() {
+        let mut flow = Flow::new(ms(100));
+        assert_eq!(flow.last_active(), Duration::ZERO);
+        let a = flow.sent(ms(0), ms(5));
+        assert_eq!(flow.last_active(), ms(5));
+        flow.echo(a, true, ms(7));
+        assert_eq!(flow.last_active(), ms(7));
+        // A datagram never answered: lost at 210 ms, but the span ended at its send.
+        flow.sent(ms(100), ms(110));
+        assert_eq!(flow.expire(ms(300)), 1);
+        assert_eq!(flow.last_active(), ms(110));
+        // Late, duplicate and corrupt echoes are not activity of the echo rate.
+        flow.echo(1, true, ms(400));
+        flow.echo(0, true, ms(401));
+        flow.echo(0, false, ms(402));
+        assert_eq!(flow.last_active(), ms(110));
     }
 
     #[test]

@@ -71,12 +71,17 @@ pub struct UdpReport {
     pub window: Duration,
     /// Whether SIGINT/SIGTERM cut the run short.
     pub interrupted: bool,
+    /// From the start to the last send or on-time echo ([`Flow::last_active`]): the span
+    /// of [`UdpReport::echoes_per_sec`].
+    pub active: Duration,
 }
 
 impl UdpReport {
-    /// On-time echoes per second of the run.
+    /// On-time echoes per second of the active span (from the start to the last send or
+    /// on-time echo): the wait for the last datagrams' timeouts is not in it, so a run
+    /// that loses one datagram at its end is not reported at half its rate.
     pub fn echoes_per_sec(&self) -> f64 {
-        let secs = self.elapsed.as_secs_f64();
+        let secs = self.active.as_secs_f64();
         if secs > 0.0 {
             self.counts.echoed as f64 / secs
         } else {
@@ -315,6 +320,7 @@ impl UdpReport {
             "rate": self.config.rate,
             "timeout_secs": self.config.timeout.as_secs_f64(),
             "elapsed_s": self.elapsed.as_secs_f64(),
+            "active_s": self.active.as_secs_f64(),
             "echoes_per_sec": self.echoes_per_sec(),
             "window_s": self.window.as_secs_f64(),
             "intended": c.intended(),
@@ -420,6 +426,8 @@ struct Part {
     socket_errors: SocketErrors,
     /// When this thread stopped sending (the duration, or when it saw the stop flag).
     window: Duration,
+    /// Its sockets' last send or on-time echo.
+    active: Duration,
 }
 
 /// How `describe_io` says ECONNREFUSED (an ICMP port unreachable on a connected socket).
@@ -591,9 +599,11 @@ pub fn run_with_progress(
     let mut socket_errors = 0;
     let mut socket_error_kinds = BTreeMap::new();
     let mut window = Duration::ZERO;
+    let mut active = Duration::ZERO;
     for part in parts {
         let part = part?;
         window = window.max(part.window);
+        active = active.max(part.active);
         counts.add(&part.counts);
         latency.add(&part.latency).map_err(io::Error::other)?;
         jitters.extend(part.jitters);
@@ -617,6 +627,7 @@ pub fn run_with_progress(
         socket_error_kinds,
         window,
         interrupted: stop.load(Ordering::SeqCst),
+        active,
     })
 }
 
@@ -804,6 +815,11 @@ fn drive(
         jitters,
         socket_errors,
         window: window.unwrap_or_else(|| start.elapsed().min(config.duration)),
+        active: socks
+            .iter()
+            .map(|s| s.flow.last_active())
+            .max()
+            .unwrap_or_default(),
     })
 }
 
@@ -896,6 +912,7 @@ mod tests {
             socket_error_kinds: BTreeMap::new(),
             window: Duration::from_secs(2),
             interrupted: false,
+            active: Duration::from_secs(2),
         }
     }
 
@@ -1167,6 +1184,24 @@ mod tests {
         assert_eq!(doc["intended"], 2000);
         assert_eq!(doc["unsent"], 1500);
         assert_eq!(doc["sent"], 500);
+    }
+
+    #[test]
+    fn echoes_per_second_are_over_the_active_span_not_the_wait_for_timeouts() {
+        // 1000/s for 1 s, every 10th lost: the run waits 1 s more for the last timeouts.
+        let mut r = report(Counts {
+            sent: 1000,
+            echoed: 900,
+            lost: 100,
+            ..Counts::default()
+        });
+        r.elapsed = Duration::from_secs(2);
+        r.active = Duration::from_millis(1_000);
+        assert_eq!(r.echoes_per_sec(), 900.0, "not 450");
+        assert!(r.text().contains("  echoes/s    900\n"), "{}", r.text());
+        assert_eq!(r.json()["active_s"], 1.0);
+        r.active = Duration::ZERO;
+        assert_eq!(r.echoes_per_sec(), 0.0);
     }
 
     #[test]

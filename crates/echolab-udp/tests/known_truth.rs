@@ -197,6 +197,21 @@ fn a_server_that_flips_a_byte_gives_corrupt_echoes_and_exit_3() {
 }
 
 #[test]
+fn the_echo_rate_leaves_out_the_wait_for_a_last_lost_datagram() {
+    // 10 datagrams, the last dropped: the run waits out its 1 s timeout, which is no time
+    // of echoing (the rate was halved, or worse, by it).
+    let server = wrong_server(|idx| if idx == 9 { Act::Drop } else { Act::Echo });
+    let report = bench(&config(server.addr, 1, 10, 1_000));
+    let c = &report.counts;
+    assert_eq!((c.sent, c.echoed, c.lost), (10, 9, 1));
+    assert!(
+        report.elapsed >= report.active + Duration::from_secs(1),
+        "{report:?}"
+    );
+    assert_eq!(report.echoes_per_sec(), 9.0 / report.active.as_secs_f64());
+}
+
+#[test]
 fn an_echo_held_past_the_timeout_is_lost_then_late() {
     // Closed loop: datagram 9 is held, counted lost after 100 ms, then the bench sends 10,
     // 11, 12 and the server releases 9 after echoing 12.

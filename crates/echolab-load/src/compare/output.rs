@@ -776,6 +776,7 @@ mod tests {
             socket_error_kinds: Default::default(),
             window: Duration::from_secs(2),
             interrupted: false,
+            active: Duration::from_secs(2),
         };
         // 0.02 s of server CPU over 4000 echoes: 5 µs each.
         let s = RunSample::from_udp_report(&report, Some(0.02), None);
