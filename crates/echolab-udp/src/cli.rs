@@ -571,10 +571,16 @@ pub fn run_client(args: &UdpClientArgs) -> ExitCode {
                 Err(err) => return cannot_read(&err),
             };
             match crate::client::send_all(args.addr, file, args.only.size, args.timeout) {
-                Ok((n, bytes)) => {
+                Ok(session) => {
                     echolab_cli::say!(
-                        "echolab client: {bytes} bytes in {n} datagrams of up to {} bytes, every echo matched",
-                        args.only.size
+                        "echolab client: {} bytes in {} datagrams of up to {} bytes, every echo matched{}",
+                        session.bytes,
+                        session.datagrams,
+                        args.only.size,
+                        match session.duplicates {
+                            0 => String::new(),
+                            n => format!(" ({})", duplicates_ignored(n)),
+                        }
                     );
                     Ok(())
                 }
@@ -588,7 +594,11 @@ pub fn run_client(args: &UdpClientArgs) -> ExitCode {
             std::io::stdin().lock(),
             std::io::stdout().lock(),
         )
-        .map(|_| ()),
+        .map(|session| {
+            if session.duplicates > 0 {
+                echolab_cli::say!("echolab client: {}", duplicates_ignored(session.duplicates));
+            }
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -597,6 +607,14 @@ pub fn run_client(args: &UdpClientArgs) -> ExitCode {
             ExitCode::from(err.exit_code())
         }
     }
+}
+
+/// `N duplicates ignored: UDP delivered an echo twice`.
+fn duplicates_ignored(n: u64) -> String {
+    format!(
+        "{} ignored: UDP delivered an echo twice",
+        echolab_cli::counted(n, "duplicate")
+    )
 }
 
 // Durations, sizes, counts and addresses are parsed by echolab_cli::units, as every

@@ -1,8 +1,9 @@
 //! `echolab client --udp`: one datagram per line typed (its echo printed), or `--send
 //! FILE` split into datagrams of `--size` bytes, each echo checked against what was sent.
 //!
-//! One datagram is outstanding at a time; an echo that is not the datagram awaited (a
-//! stale duplicate, damaged bytes) is an error, never printed as the echo.
+//! One datagram is outstanding at a time; an echo that is not the datagram awaited
+//! (damaged bytes, an older datagram's) is an error, never printed as the echo. A second
+//! copy of the previous echo (UDP may deliver a datagram twice) is counted and ignored.
 
 use std::fmt;
 use std::io::{self, BufRead, Read, Write};
@@ -71,6 +72,17 @@ impl From<io::Error> for ClientError {
     }
 }
 
+/// What a session sent and what came back besides the echoes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Session {
+    /// Datagrams sent, each echoed unchanged.
+    pub datagrams: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Second copies of an echo already taken (UDP may deliver a datagram twice), ignored.
+    pub duplicates: u64,
+}
+
 /// A socket connected to `addr` (so that only the server's datagrams are received).
 pub fn connect(addr: SocketAddr) -> io::Result<UdpSocket> {
     let local: IpAddr = if addr.is_ipv4() {
@@ -84,13 +96,17 @@ pub fn connect(addr: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 /// Sends `payload` as datagram `idx` and returns its echo, or an error if none arrives
-/// within `timeout` or it differs.
+/// within `timeout` or it differs. A second copy of the previous datagram's echo
+/// (`previous`: UDP may deliver a datagram twice) is not this one's echo, nor a wrong
+/// one: it is counted in `duplicates` and the wait goes on.
 pub fn round_trip(
     socket: &UdpSocket,
     idx: u64,
     payload: &[u8],
+    previous: Option<&[u8]>,
     timeout: Duration,
     buf: &mut [u8],
+    duplicates: &mut u64,
 ) -> Result<usize, ClientError> {
     socket.send(payload)?;
     let deadline = Instant::now() + timeout;
@@ -102,6 +118,7 @@ pub fn round_trip(
         socket.set_read_timeout(Some(left))?;
         match socket.recv(buf) {
             Ok(len) if buf[..len] == *payload => return Ok(len),
+            Ok(len) if previous.is_some_and(|p| buf[..len] == *p) => *duplicates += 1,
             Ok(len) => {
                 return Err(ClientError::Mismatch {
                     idx,
@@ -124,18 +141,18 @@ pub fn round_trip(
 /// Interactive: each line of `input`, without its line ending (`\n` or `\r\n`), is one
 /// datagram; its echo is written to `output` followed by `\n` if the line had an ending
 /// (a last line without one gets none, as TCP client prints only what came back).
-/// Returns the number of datagrams.
 pub fn interactive(
     addr: SocketAddr,
     timeout: Duration,
     mut input: impl BufRead,
     mut output: impl Write,
-) -> Result<u64, ClientError> {
+) -> Result<Session, ClientError> {
     let socket = connect(addr)?;
     let max = crate::max_payload(&addr);
     let mut buf = vec![0u8; BUF_LEN];
     let mut line = Vec::new();
-    let mut n = 0u64;
+    let mut previous: Option<Vec<u8>> = None;
+    let mut session = Session::default();
     loop {
         line.clear();
         if input.read_until(b'\n', &mut line)? == 0 {
@@ -149,53 +166,76 @@ pub fn interactive(
             line.pop();
         }
         let datagram = &line[..];
+        let idx = session.datagrams;
         if datagram.len() > max {
             return Err(ClientError::TooLong {
-                idx: n,
+                idx,
                 len: datagram.len(),
                 max,
             });
         }
-        let len = round_trip(&socket, n, datagram, timeout, &mut buf)?;
+        let len = round_trip(
+            &socket,
+            idx,
+            datagram,
+            previous.as_deref(),
+            timeout,
+            &mut buf,
+            &mut session.duplicates,
+        )?;
         output.write_all(&buf[..len])?;
         if had_newline {
             output.write_all(b"\n")?;
         }
         output.flush()?;
-        n += 1;
+        session.datagrams += 1;
+        session.bytes += len as u64;
+        previous = Some(datagram.to_vec());
     }
-    Ok(n)
+    Ok(session)
 }
 
 /// Sends what `source` yields in datagrams of `size` bytes (the last one shorter), one at
 /// a time, checking each echo. The source is read one datagram ahead, never whole, so a
 /// file of any size, a pipe or a device (`/dev/zero`: until the server stops answering)
-/// costs one datagram of memory. Returns the datagrams and bytes sent (0 and 0 for an
-/// empty source).
+/// costs two datagrams of memory (this one and the previous, to tell its duplicate).
 pub fn send_all(
     addr: SocketAddr,
     mut source: impl Read,
     size: usize,
     timeout: Duration,
-) -> Result<(u64, u64), ClientError> {
+) -> Result<Session, ClientError> {
     let socket = connect(addr)?;
     let mut buf = vec![0u8; BUF_LEN];
     let mut chunk = vec![0u8; size.max(1)];
-    let (mut n, mut bytes) = (0u64, 0u64);
+    let mut previous = Vec::with_capacity(chunk.len());
+    let mut session = Session::default();
     loop {
         let len = fill(&mut source, &mut chunk).map_err(ClientError::Read)?;
         if len == 0 {
             break;
         }
-        round_trip(&socket, n, &chunk[..len], timeout, &mut buf)?;
-        n += 1;
-        bytes += len as u64;
+        let idx = session.datagrams;
+        let before = (idx > 0).then_some(&previous[..]);
+        round_trip(
+            &socket,
+            idx,
+            &chunk[..len],
+            before,
+            timeout,
+            &mut buf,
+            &mut session.duplicates,
+        )?;
+        session.datagrams += 1;
+        session.bytes += len as u64;
         if len < chunk.len() {
             // `fill` stops short only at the end of the source.
             break;
         }
+        previous.clear();
+        previous.extend_from_slice(&chunk[..len]);
     }
-    Ok((n, bytes))
+    Ok(session)
 }
 
 /// Reads into `chunk` until it is full or the source ends; returns the bytes read.
@@ -262,8 +302,8 @@ mod tests {
         ] {
             let (addr, server) = echo_server(datagrams.len());
             let mut output = Vec::new();
-            let n = interactive(addr, Duration::from_secs(10), input, &mut output).unwrap();
-            assert_eq!(n, datagrams.len() as u64);
+            let session = interactive(addr, Duration::from_secs(10), input, &mut output).unwrap();
+            assert_eq!(session.datagrams, datagrams.len() as u64);
             assert_eq!(
                 String::from_utf8_lossy(&output),
                 String::from_utf8_lossy(printed)
@@ -274,7 +314,7 @@ mod tests {
         let (addr, server) = echo_server(0);
         assert_eq!(
             interactive(addr, Duration::from_secs(1), &b""[..], &mut output).unwrap(),
-            0
+            Session::default()
         );
         assert!(output.is_empty());
         assert!(server.join().unwrap().is_empty());
@@ -401,25 +441,79 @@ mod tests {
     fn a_file_goes_in_datagrams_of_the_size_each_checked() {
         let (addr, server) = echo_server(3);
         let sent = send_all(addr, &b"abcdefghij"[..], 4, Duration::from_secs(10)).unwrap();
-        assert_eq!(sent, (3, 10));
+        assert_eq!((sent.datagrams, sent.bytes, sent.duplicates), (3, 10, 0));
         assert_eq!(
             server.join().unwrap(),
             vec![b"abcd".to_vec(), b"efgh".to_vec(), b"ij".to_vec()]
         );
         let (addr, server) = echo_server(0);
         let sent = send_all(addr, &b""[..], 4, Duration::from_secs(1)).unwrap();
-        assert_eq!(sent, (0, 0));
+        assert_eq!(sent, Session::default());
         assert!(server.join().unwrap().is_empty());
         // A source that yields a byte at a time is still cut at the size.
         let (addr, server) = echo_server(2);
         let trickle = Trickle(b"abcdef".iter().copied().collect());
         assert_eq!(
-            send_all(addr, trickle, 4, Duration::from_secs(10)).unwrap(),
-            (2, 6)
+            send_all(addr, trickle, 4, Duration::from_secs(10))
+                .unwrap()
+                .datagrams,
+            2
         );
         assert_eq!(
             server.join().unwrap(),
             vec![b"abcd".to_vec(), b"ef".to_vec()]
+        );
+    }
+
+    /// A server on a thread that echoes each of `n` datagrams twice.
+    fn doubling_server(n: usize) -> (SocketAddr, std::thread::JoinHandle<()>) {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let addr = socket.local_addr().unwrap();
+        let handle = std::thread::spawn(move || {
+            let mut buf = vec![0u8; BUF_LEN];
+            for _ in 0..n {
+                let (len, from) = socket.recv_from(&mut buf).unwrap();
+                socket.send_to(&buf[..len], from).unwrap();
+                socket.send_to(&buf[..len], from).unwrap();
+            }
+        });
+        (addr, handle)
+    }
+
+    /// UDP may deliver a datagram twice: the second copy of an echo, read while the next
+    /// datagram's is awaited, is a duplicate, not a wrong echo (it was `datagram 2 came
+    /// back different`, exit 3). Each copy is sent before the next datagram, so all but
+    /// the last are read.
+    #[test]
+    fn a_duplicated_echo_is_counted_not_called_different() {
+        let (addr, server) = doubling_server(3);
+        let mut output = Vec::new();
+        let session = interactive(
+            addr,
+            Duration::from_secs(10),
+            &b"one\ntwo\nsix\n"[..],
+            &mut output,
+        )
+        .unwrap();
+        assert_eq!(output, b"one\ntwo\nsix\n");
+        assert_eq!((session.datagrams, session.duplicates), (3, 2));
+        server.join().unwrap();
+        let (addr, server) = doubling_server(3);
+        let session = send_all(addr, &b"abcdefghij"[..], 4, Duration::from_secs(10)).unwrap();
+        assert_eq!(
+            (session.datagrams, session.bytes, session.duplicates),
+            (3, 10, 2)
+        );
+        server.join().unwrap();
+        // A copy of an older datagram is still wrong.
+        let (addr, _server) = server_that(2, |reply| *reply = b"zero".to_vec());
+        let err = send_all(addr, &b"abcdefgh"[..], 4, Duration::from_secs(10)).unwrap_err();
+        assert!(
+            matches!(err, ClientError::Mismatch { idx: 0, .. }),
+            "{err:?}"
         );
     }
 
