@@ -54,6 +54,9 @@ pub struct Counts {
     /// ICMP error, ENOBUFS, EPERM from a firewall); the others were still due when the
     /// window ended (the generator fell behind).
     pub refused_sends: u64,
+    /// Of `lost`, the datagrams still awaited when the run ended before their timeout
+    /// (only an interrupted run ends so: it waits a short grace, not the whole timeout).
+    pub given_up: u64,
 }
 
 impl Counts {
@@ -70,6 +73,7 @@ impl Counts {
         self.corrupt_answers += other.corrupt_answers;
         self.unsent += other.unsent;
         self.refused_sends += other.refused_sends;
+        self.given_up += other.given_up;
     }
 
     /// Every datagram meant to be sent: sent plus never sent. At the end of a run (nothing
@@ -247,13 +251,15 @@ impl Flow {
         expired.len() as u64
     }
 
-    /// Counts every datagram still awaited as lost (the end of a run); returns how many.
+    /// Counts every datagram still awaited as lost (the end of a run), and as given up
+    /// before its timeout; returns how many.
     pub fn give_up(&mut self) -> u64 {
         let rest: Vec<u64> = self.outstanding.keys().copied().collect();
         self.outstanding.clear();
         for seq in &rest {
             self.mark_lost(*seq);
         }
+        self.counts.given_up += rest.len() as u64;
         rest.len() as u64
     }
 
@@ -562,6 +568,7 @@ mod tests {
             corrupt_answers: 2,
             unsent: 9,
             refused_sends: 1,
+            given_up: 2,
         };
         // Different values on each side, so that no other operator gives the same sums.
         let b = Counts {
@@ -576,6 +583,7 @@ mod tests {
             corrupt_answers: 20,
             unsent: 90,
             refused_sends: 10,
+            given_up: 20,
         };
         a.add(&b);
         assert_eq!(
@@ -592,6 +600,7 @@ mod tests {
                 corrupt_answers: 22,
                 unsent: 99,
                 refused_sends: 11,
+                given_up: 22,
             }
         );
         // And the larger distance wins from either side.

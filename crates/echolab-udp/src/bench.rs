@@ -29,6 +29,12 @@ const RECV_BUDGET: usize = 256;
 /// The longest a loop waits without looking at the clock and the stop flag.
 const MAX_WAIT: Duration = Duration::from_millis(50);
 
+/// How long an interrupted run still waits for the echoes awaited (at most `--timeout`):
+/// Ctrl-C must not wait out a long timeout (it waited the whole of `--timeout 20s`, and
+/// a second Ctrl-C then exited without a report). What is still awaited then is counted
+/// lost and given up.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(1);
+
 /// A checked `bench --udp` configuration.
 #[derive(Debug, Clone)]
 pub struct UdpBenchConfig {
@@ -222,6 +228,14 @@ impl UdpReport {
             c.max_reorder_distance,
             c.corrupt
         );
+        if c.given_up > 0 {
+            out += &format!(
+                "  interrupt   {} still awaited {:.2} s after the interrupt counted lost, before their --timeout of {:.2} s\n",
+                echolab_cli::counted(c.given_up, "datagram"),
+                cfg.timeout.min(INTERRUPT_GRACE).as_secs_f64(),
+                cfg.timeout.as_secs_f64()
+            );
+        }
         if let Some(rate) = cfg.rate {
             out += &format!(
                 "  schedule    {} due in the {:.2} s window at {rate}/s: sent {}, never sent {} ({:.1}%)\n",
@@ -326,6 +340,7 @@ impl UdpReport {
             "intended": c.intended(),
             "sent": c.sent,
             "unsent": c.unsent,
+            "given_up": c.given_up,
             "refused_sends": c.refused_sends,
             "echoed": c.echoed,
             "lost": c.lost,
@@ -652,6 +667,7 @@ fn drive(
     let mut latency = new_histogram();
     let mut socket_errors = SocketErrors::default();
     let mut window: Option<Duration> = None;
+    let mut interrupted_at: Option<Duration> = None;
     let mut published = Duration::ZERO;
     loop {
         let now = start.elapsed();
@@ -659,7 +675,11 @@ fn drive(
             published = now;
             publish(&socks, socket_errors.total, tally);
         }
-        let sending = now < config.duration && !stop.load(Ordering::SeqCst);
+        let stopped = stop.load(Ordering::SeqCst);
+        if stopped && interrupted_at.is_none() {
+            interrupted_at = Some(now);
+        }
+        let sending = now < config.duration && !stopped;
         if !sending && window.is_none() {
             // The window ends. This turn still sends what any turn would have: the slots
             // due before the end, up to the turn's budget (the loop woke a little after
@@ -733,6 +753,13 @@ fn drive(
         }
         if done {
             break;
+        }
+        if let Some(at) = interrupted_at {
+            let give_up_at = at + config.timeout.min(INTERRUPT_GRACE);
+            if now >= give_up_at {
+                break;
+            }
+            next_wake = earliest(next_wake, give_up_at);
         }
         // Wait for echoes, a send time or a deadline.
         let mut wait = next_wake.map_or(MAX_WAIT, |at| at.saturating_sub(start.elapsed()));

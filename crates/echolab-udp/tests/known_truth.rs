@@ -419,6 +419,39 @@ fn a_slot_due_before_the_window_ends_is_sent_late_not_counted_unsent() {
     assert_eq!(report.verdict(0.0).0, 130, "{}", report.verdict(0.0).1);
 }
 
+#[test]
+fn an_interrupted_run_waits_a_short_grace_not_the_whole_timeout() {
+    // A server that never answers and a 30 s timeout: interrupted (here before it starts;
+    // the open loop's first slot, due at 0, still goes), the run gives its datagram 1 s,
+    // then counts it lost and given up. It waited the whole timeout.
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let cfg = UdpBenchConfig {
+        addr: socket.local_addr().unwrap(),
+        n_conns: 1,
+        size: 64,
+        duration: Duration::from_secs(10),
+        count: None,
+        rate: Some(1.0),
+        timeout: Duration::from_secs(30),
+        n_threads: 1,
+    };
+    let started = Instant::now();
+    let report = run(&cfg, &AtomicBool::new(true)).unwrap();
+    let took = started.elapsed();
+    eprintln!("{}", report.text());
+    let c = &report.counts;
+    assert_eq!((c.sent, c.echoed, c.lost, c.given_up), (1, 0, 1, 1));
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(20),
+        "{took:?}"
+    );
+    assert!(report
+        .text()
+        .contains("interrupt   1 datagram still awaited 1.00 s after the interrupt counted lost, before their --timeout of 30.00 s"));
+    assert_eq!(report.json()["given_up"], 1);
+    assert_eq!(report.verdict(100.0).0, 130);
+}
+
 /// `--interval`: progress lines while the run goes, their figures never ahead of the
 /// final counts and never going backwards. Every 10th datagram is dropped and each drop
 /// stalls its socket for the 100 ms timeout, so the run lasts about a second: the 0.1 s
