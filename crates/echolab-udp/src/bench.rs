@@ -126,7 +126,7 @@ impl UdpReport {
         }
         if counts.unsent > 0 {
             let rate = self.config.rate.unwrap_or(0.0);
-            let behind = counts.unsent - counts.refused_sends;
+            let behind = counts.unsent.saturating_sub(counts.refused_sends);
             let refused = format!(
                 "{} refused by the kernel ({})",
                 counts.refused_sends,
