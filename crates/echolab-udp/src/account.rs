@@ -57,6 +57,9 @@ pub struct Counts {
     /// Of `lost`, the datagrams still awaited when the run ended before their timeout
     /// (only an interrupted run ends so: it waits a short grace, not the whole timeout).
     pub given_up: u64,
+    /// Echoes the bench's own sockets dropped, their receive queues full (the kernel's
+    /// per-socket count): counted in `lost`, but the server sent them.
+    pub bench_drops: u64,
 }
 
 impl Counts {
@@ -74,6 +77,7 @@ impl Counts {
         self.unsent += other.unsent;
         self.refused_sends += other.refused_sends;
         self.given_up += other.given_up;
+        self.bench_drops += other.bench_drops;
     }
 
     /// Every datagram meant to be sent: sent plus never sent. At the end of a run (nothing
@@ -569,6 +573,7 @@ mod tests {
             unsent: 9,
             refused_sends: 1,
             given_up: 2,
+            bench_drops: 3,
         };
         // Different values on each side, so that no other operator gives the same sums.
         let b = Counts {
@@ -584,6 +589,7 @@ mod tests {
             unsent: 90,
             refused_sends: 10,
             given_up: 20,
+            bench_drops: 30,
         };
         a.add(&b);
         assert_eq!(
@@ -601,6 +607,7 @@ mod tests {
                 unsent: 99,
                 refused_sends: 11,
                 given_up: 22,
+                bench_drops: 33,
             }
         );
         // And the larger distance wins from either side.

@@ -164,7 +164,15 @@ impl UdpReport {
         if loss > max_loss_percent {
             return (
                 1,
-                format!("FAIL: loss {loss:.3}% is above --max-loss {max_loss_percent}%"),
+                format!(
+                    "FAIL: loss {loss:.3}% is above --max-loss {max_loss_percent}%{}",
+                    match counts.bench_drops {
+                        0 => String::new(),
+                        n => format!(
+                            " ({n} of the lost echoes were dropped by the bench's own receive queues)"
+                        ),
+                    }
+                ),
             );
         }
         if self.socket_errors > 0 {
@@ -271,7 +279,15 @@ impl UdpReport {
         // Only when something answered: with nothing listening the loss is no server's
         // refusal, and the errors line says so. With nothing back at all and no error,
         // no rate limit explains it (a bucket lets its first second's worth through).
-        let answered = c.echoed + c.late + c.duplicates + c.corrupt;
+        let answered = c.echoed + c.late + c.duplicates + c.corrupt + c.bench_drops;
+        let unanswered = (c.lost - c.late).saturating_sub(c.bench_drops);
+        if c.bench_drops > 0 {
+            out += &format!(
+                "  bench drops {} echoes were dropped by the bench's own receive queues (its sockets' \
+                 drops in /proc/net/udp): counted lost, but the server sent them\n",
+                c.bench_drops
+            );
+        }
         if c.sent > 0 && answered == 0 && self.socket_errors == 0 {
             out += &format!(
                 "  note        nothing came back from {addr}: no server answered, or it answered from another \
@@ -279,12 +295,12 @@ impl UdpReport {
                  datagrams from anywhere else)\n",
                 addr = cfg.addr
             );
-        } else if c.lost > c.late && self.socket_errors == 0 {
+        } else if unanswered > 0 && self.socket_errors == 0 {
             out += &format!(
                 "  note        {} lost datagrams were not echoed while the bench listened; an echolab server counts what it \
                  refuses: if its `rate-limited` count is not 0, its --udp-rate-per-source (per \
                  source address: {} from one address) dropped them\n",
-                c.lost - c.late,
+                unanswered,
                 echolab_cli::counted(cfg.n_conns, "socket")
             );
         }
@@ -341,6 +357,7 @@ impl UdpReport {
             "sent": c.sent,
             "unsent": c.unsent,
             "given_up": c.given_up,
+            "bench_drops": c.bench_drops,
             "refused_sends": c.refused_sends,
             "echoed": c.echoed,
             "lost": c.lost,
@@ -538,6 +555,9 @@ pub fn run_with_progress(
     let open = config.rate.is_some();
     for conn_idx in 0..config.n_conns {
         let socket = mio::net::UdpSocket::bind(SocketAddr::new(local, 0))?;
+        // Best effort, as the server's: a small queue drops echoes of large datagrams
+        // before the loop reads them (the default 208 KiB holds three of 64 KiB).
+        let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(crate::RECV_BUFFER);
         socket.connect(config.addr)?;
         let schedule = config.rate.map(|rate| Schedule {
             rate,
@@ -829,6 +849,11 @@ fn drive(
     }
     publish(&socks, socket_errors.total, tally);
     let mut counts = Counts::default();
+    let inodes: Vec<u64> = socks
+        .iter()
+        .filter_map(|s| crate::drops::socket_inode(&s.socket))
+        .collect();
+    counts.bench_drops = crate::drops::drops(&inodes).unwrap_or(0);
     let mut jitters = Vec::new();
     for sock in &socks {
         counts.add(sock.flow.counts());
@@ -972,6 +997,50 @@ mod tests {
         assert!(
             text.contains("errors      3 socket errors (3 connection refused: ICMP port unreachable, nothing listens on 127.0.0.1:9)\n"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn echoes_the_bench_itself_dropped_are_said_apart_from_the_servers() {
+        // 4120 sent and echoed by the server, 3904 of the echoes dropped by the bench's
+        // own receive queues (64 KiB datagrams, the default 208 KiB queue).
+        let r = report(Counts {
+            sent: 4120,
+            echoed: 216,
+            lost: 3904,
+            bench_drops: 3904,
+            ..Counts::default()
+        });
+        let text = r.text();
+        assert!(
+            text.contains(
+                "  bench drops 3904 echoes were dropped by the bench's own receive queues"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("rate-limited"),
+            "nothing is left to blame on the server: {text}"
+        );
+        assert!(!text.contains("nothing came back"), "{text}");
+        assert!(r
+            .verdict(0.0)
+            .1
+            .ends_with("(3904 of the lost echoes were dropped by the bench's own receive queues)"));
+        assert_eq!(r.json()["bench_drops"], 3904);
+        // Some lost to the server too: the note counts only those.
+        let r = report(Counts {
+            sent: 100,
+            echoed: 90,
+            lost: 10,
+            bench_drops: 4,
+            ..Counts::default()
+        });
+        assert!(
+            r.text()
+                .contains("  note        6 lost datagrams were not echoed"),
+            "{}",
+            r.text()
         );
     }
 

@@ -25,7 +25,8 @@
 //! - [`batch`]: `recvmmsg`/`sendmmsg` batches for the event and reactor loops.
 //! - Load: [`wire`] (the bench datagram: connection id, sequence number, pattern),
 //!   [`account`] (the pure accounting: loss, late, duplicates, reordering, corrupt,
-//!   RFC 3550 jitter), [`bench`] (the load engine and its report), [`client`]
+//!   RFC 3550 jitter), [`bench`] (the load engine and its report), [`drops`] (the bench
+//!   sockets' own receive-queue drops, from `/proc/net/udp`), [`client`]
 //!   (`echolab client --udp`).
 //! - [`cli`]: the flags of `serve --udp`, `bench --udp` and `client --udp`, their checks,
 //!   and the run functions the binary calls.
@@ -37,6 +38,7 @@ pub mod batch;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod drops;
 pub mod event;
 pub mod guard;
 pub mod iterative;
