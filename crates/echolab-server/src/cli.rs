@@ -61,9 +61,9 @@ pub struct ServeArgs {
     #[arg(long, short = 'l', default_value = "127.0.0.1:7007", value_parser = parse_addr, allow_negative_numbers = true, action = clap::ArgAction::Append, value_name = "ADDR")]
     pub listen: Vec<SocketAddr>,
 
-    /// An IPv6 --listen address takes no IPv4 connections (IPV6_V6ONLY). Default: the
-    /// kernel's choice, dual-stack on Linux. UDP on IPv6 is always IPv6 only, so
-    /// `--udp-only` refuses it (exit 2), as it refuses every TCP setting given.
+    /// An IPv6 --listen address takes no IPv4 connections (IPV6_V6ONLY), and with --udp
+    /// or --udp-only no IPv4 datagrams. Default: the kernel's choice, dual-stack on Linux,
+    /// for TCP and UDP alike.
     #[arg(long)]
     pub ipv6_only: bool,
 
@@ -188,13 +188,12 @@ fn parse_max_line(text: &str) -> Result<usize, String> {
 /// The flags only the TCP server reads, by clap id; the bool says whether the flag takes a
 /// value. Several have defaults, which cannot be told from a value given, so
 /// [`tcp_only_flag_given`] asks where each value came from.
-const TCP_ONLY: [(&str, &str, bool); 6] = [
+const TCP_ONLY: [(&str, &str, bool); 5] = [
     ("max_conns", "--max-conns", true),
     ("max_conns_per_ip", "--max-conns-per-ip", true),
     ("idle_timeout", "--idle-timeout", true),
     ("max_line", "--max-line", true),
     ("long_line", "--long-line", true),
-    ("ipv6_only", "--ipv6-only", false),
 ];
 
 /// A flag only the TCP server reads that `matches` (the `serve` arguments) got from the
@@ -514,7 +513,8 @@ mod tests {
             given(&["--long-line", "close"]).as_deref(),
             Some("--long-line close")
         );
-        assert_eq!(given(&["--ipv6-only"]).as_deref(), Some("--ipv6-only"));
+        // --ipv6-only applies to UDP too.
+        assert_eq!(given(&["--ipv6-only"]), None);
         assert_eq!(given(&["--workers", "2", "-q"]), None);
         assert_eq!(
             given(&["--max-conns", "5"]).as_deref(),

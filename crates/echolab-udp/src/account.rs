@@ -43,9 +43,23 @@ pub struct Counts {
     pub max_reorder_distance: u64,
     /// Echoes whose bytes differ from the datagram sent.
     pub corrupt: u64,
+    /// Those corrupt echoes that named a datagram still awaited, which they resolve (the
+    /// server answered it, wrongly); the others (too short, another socket's id, a
+    /// datagram never sent or already resolved) resolve none.
+    pub corrupt_answers: u64,
     /// Open loop: datagrams whose intended send time fell in the sending window but that
     /// never left (the window ended first, or the send failed).
     pub unsent: u64,
+    /// Of `unsent`, the slots whose send the kernel refused (ECONNREFUSED from an earlier
+    /// ICMP error, ENOBUFS, EPERM from a firewall); the others were still due when the
+    /// window ended (the generator fell behind).
+    pub refused_sends: u64,
+    /// Of `lost`, the datagrams still awaited when the run ended before their timeout
+    /// (only an interrupted run ends so: it waits a short grace, not the whole timeout).
+    pub given_up: u64,
+    /// Echoes the bench's own sockets dropped, their receive queues full (the kernel's
+    /// per-socket count): counted in `lost`, but the server sent them.
+    pub bench_drops: u64,
 }
 
 impl Counts {
@@ -59,20 +73,25 @@ impl Counts {
         self.reordered += other.reordered;
         self.max_reorder_distance = self.max_reorder_distance.max(other.max_reorder_distance);
         self.corrupt += other.corrupt;
+        self.corrupt_answers += other.corrupt_answers;
         self.unsent += other.unsent;
+        self.refused_sends += other.refused_sends;
+        self.given_up += other.given_up;
+        self.bench_drops += other.bench_drops;
     }
 
     /// Every datagram meant to be sent: sent plus never sent. At the end of a run (nothing
-    /// outstanding) this is `echoed + lost + corrupt + unsent`, less any corrupt echo that
-    /// named no datagram awaited.
+    /// outstanding) this is `echoed + lost + corrupt_answers + unsent`.
     pub fn intended(&self) -> u64 {
         self.sent + self.unsent
     }
 
-    /// Lost datagrams as a fraction of those resolved (echoed, lost or corrupt); 0 when
-    /// nothing was resolved.
+    /// Lost datagrams as a fraction of those resolved (echoed, lost or answered with a
+    /// corrupt echo); 0 when nothing was resolved. A corrupt echo that resolved no datagram
+    /// is not one of ours answered, so it is not counted here (8 datagrams sent, all lost,
+    /// 8 empty replies: 100% loss, not 50%).
     pub fn loss_ratio(&self) -> f64 {
-        let resolved = self.echoed + self.lost + self.corrupt;
+        let resolved = self.echoed + self.lost + self.corrupt_answers;
         if resolved == 0 {
             0.0
         } else {
@@ -141,6 +160,8 @@ pub struct Flow {
     highest: Option<u64>,
     jitter: Jitter,
     counts: Counts,
+    /// The last send or on-time echo, from the start of the run.
+    last_active: Duration,
 }
 
 impl Flow {
@@ -154,6 +175,7 @@ impl Flow {
             highest: None,
             jitter: Jitter::default(),
             counts: Counts::default(),
+            last_active: Duration::ZERO,
         }
     }
 
@@ -164,6 +186,7 @@ impl Flow {
         self.next_seq += 1;
         self.outstanding.insert(seq, Sent { intended, actual });
         self.counts.sent += 1;
+        self.last_active = self.last_active.max(actual);
         seq
     }
 
@@ -172,7 +195,9 @@ impl Flow {
     pub fn echo(&mut self, seq: u64, intact: bool, now: Duration) -> Echo {
         if !intact {
             // Answered, wrongly: whatever it names is resolved.
-            self.outstanding.remove(&seq);
+            if self.outstanding.remove(&seq).is_some() {
+                self.counts.corrupt_answers += 1;
+            }
             self.counts.corrupt += 1;
             return Echo::Corrupt;
         }
@@ -197,6 +222,7 @@ impl Flow {
             self.highest = Some(self.highest.map_or(seq, |h| h.max(seq)));
             self.jitter.record(now.saturating_sub(sent.actual));
             self.counts.echoed += 1;
+            self.last_active = self.last_active.max(now);
             return Echo::OnTime { latency };
         }
         if self.lost.remove(&seq) {
@@ -229,13 +255,15 @@ impl Flow {
         expired.len() as u64
     }
 
-    /// Counts every datagram still awaited as lost (the end of a run); returns how many.
+    /// Counts every datagram still awaited as lost (the end of a run), and as given up
+    /// before its timeout; returns how many.
     pub fn give_up(&mut self) -> u64 {
         let rest: Vec<u64> = self.outstanding.keys().copied().collect();
         self.outstanding.clear();
         for seq in &rest {
             self.mark_lost(*seq);
         }
+        self.counts.given_up += rest.len() as u64;
         rest.len() as u64
     }
 
@@ -250,6 +278,13 @@ impl Flow {
     /// Counts `n` datagrams of the schedule that never left (open loop).
     pub fn not_sent(&mut self, n: u64) {
         self.counts.unsent += n;
+    }
+
+    /// Counts a slot of the schedule whose send the kernel refused (open loop): unsent,
+    /// and why.
+    pub fn send_refused(&mut self) {
+        self.counts.unsent += 1;
+        self.counts.refused_sends += 1;
     }
 
     /// Counts an echo that cannot be matched to any datagram of this flow (too short for
@@ -285,6 +320,12 @@ impl Flow {
     pub fn jitter(&self) -> Duration {
         self.jitter.get()
     }
+
+    /// When this flow last sent a datagram or took an on-time echo (the end of the span
+    /// over which its echoes are a rate: waiting out a loss's timeout is not in it).
+    pub fn last_active(&self) -> Duration {
+        self.last_active
+    }
 }
 
 #[cfg(test)]
@@ -309,8 +350,10 @@ mod tests {
         let mut flow = sent_n(2, ms(50));
         flow.not_sent(3);
         flow.not_sent(4);
-        assert_eq!(flow.counts().unsent, 7);
-        assert_eq!(flow.counts().intended(), 9);
+        flow.send_refused();
+        assert_eq!(flow.counts().unsent, 8);
+        assert_eq!(flow.counts().refused_sends, 1, "only the refused one");
+        assert_eq!(flow.counts().intended(), 10);
         assert_eq!(flow.counts().sent, 2);
     }
 
@@ -421,8 +464,47 @@ mod tests {
         assert_eq!(flow.outstanding(), 1);
         assert_eq!(flow.expire(ms(100)), 1);
         let c = flow.counts();
-        assert_eq!((c.corrupt, c.lost), (1, 1));
+        assert_eq!((c.corrupt, c.corrupt_answers, c.lost), (1, 1, 1));
         assert_eq!(c.loss_ratio(), 0.5);
+    }
+
+    #[test]
+    fn corrupt_echoes_that_answer_nothing_do_not_dilute_the_loss() {
+        // A server that answers each of 8 datagrams with an empty datagram (or another
+        // socket's echo): all 8 are lost, whatever else came back.
+        let mut flow = sent_n(8, ms(10));
+        for _ in 0..8 {
+            flow.unreadable();
+        }
+        // A damaged copy of a datagram never sent, and one of a datagram already lost.
+        assert_eq!(flow.echo(99, false, ms(1)), Echo::Corrupt);
+        assert_eq!(flow.give_up(), 8);
+        assert_eq!(flow.echo(3, false, ms(200)), Echo::Corrupt);
+        let c = flow.counts();
+        assert_eq!(
+            (c.sent, c.lost, c.corrupt, c.corrupt_answers),
+            (8, 8, 10, 0)
+        );
+        assert_eq!(c.loss_ratio(), 1.0);
+    }
+
+    #[test]
+    fn the_active_span_ends_at_the_last_send_or_on_time_echo() {
+        let mut flow = Flow::new(ms(100));
+        assert_eq!(flow.last_active(), Duration::ZERO);
+        let a = flow.sent(ms(0), ms(5));
+        assert_eq!(flow.last_active(), ms(5));
+        flow.echo(a, true, ms(7));
+        assert_eq!(flow.last_active(), ms(7));
+        // A datagram never answered: lost at 210 ms, but the span ended at its send.
+        flow.sent(ms(100), ms(110));
+        assert_eq!(flow.expire(ms(300)), 1);
+        assert_eq!(flow.last_active(), ms(110));
+        // Late, duplicate and corrupt echoes are not activity of the echo rate.
+        flow.echo(1, true, ms(400));
+        flow.echo(0, true, ms(401));
+        flow.echo(0, false, ms(402));
+        assert_eq!(flow.last_active(), ms(110));
     }
 
     #[test]
@@ -487,7 +569,11 @@ mod tests {
             reordered: 6,
             max_reorder_distance: 7,
             corrupt: 8,
+            corrupt_answers: 2,
             unsent: 9,
+            refused_sends: 1,
+            given_up: 2,
+            bench_drops: 3,
         };
         // Different values on each side, so that no other operator gives the same sums.
         let b = Counts {
@@ -499,7 +585,11 @@ mod tests {
             reordered: 60,
             max_reorder_distance: 3,
             corrupt: 80,
+            corrupt_answers: 20,
             unsent: 90,
+            refused_sends: 10,
+            given_up: 20,
+            bench_drops: 30,
         };
         a.add(&b);
         assert_eq!(
@@ -513,7 +603,11 @@ mod tests {
                 reordered: 66,
                 max_reorder_distance: 7,
                 corrupt: 88,
+                corrupt_answers: 22,
                 unsent: 99,
+                refused_sends: 11,
+                given_up: 22,
+                bench_drops: 33,
             }
         );
         // And the larger distance wins from either side.

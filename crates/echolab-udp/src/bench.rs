@@ -6,6 +6,7 @@
 //!
 //! The engine never prints; [`UdpReport`] renders the text and the JSON.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,6 +28,12 @@ const RECV_BUDGET: usize = 256;
 
 /// The longest a loop waits without looking at the clock and the stop flag.
 const MAX_WAIT: Duration = Duration::from_millis(50);
+
+/// How long an interrupted run still waits for the echoes awaited (at most `--timeout`):
+/// Ctrl-C must not wait out a long timeout (it waited the whole of `--timeout 20s`, and
+/// a second Ctrl-C then exited without a report). What is still awaited then is counted
+/// lost and given up.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(1);
 
 /// A checked `bench --udp` configuration.
 #[derive(Debug, Clone)]
@@ -62,17 +69,25 @@ pub struct UdpReport {
     /// Send or receive errors from the socket layer (ICMP port unreachable arrives as
     /// ECONNREFUSED on a connected socket).
     pub socket_errors: u64,
+    /// Those errors by what the kernel said (`connection refused`, `message too long`,
+    /// ...), adding up to `socket_errors`.
+    pub socket_error_kinds: BTreeMap<String, u64>,
     /// The sending window: from the start to `--duration`, or to the stop when
     /// interrupted. Open loop: every datagram due in it is accounted (sent or unsent).
     pub window: Duration,
     /// Whether SIGINT/SIGTERM cut the run short.
     pub interrupted: bool,
+    /// From the start to the last send or on-time echo ([`Flow::last_active`]): the span
+    /// of [`UdpReport::echoes_per_sec`].
+    pub active: Duration,
 }
 
 impl UdpReport {
-    /// On-time echoes per second of the run.
+    /// On-time echoes per second of the active span (from the start to the last send or
+    /// on-time echo): the wait for the last datagrams' timeouts is not in it, so a run
+    /// that loses one datagram at its end is not reported at half its rate.
     pub fn echoes_per_sec(&self) -> f64 {
-        let secs = self.elapsed.as_secs_f64();
+        let secs = self.active.as_secs_f64();
         if secs > 0.0 {
             self.counts.echoed as f64 / secs
         } else {
@@ -111,20 +126,35 @@ impl UdpReport {
         }
         if counts.unsent > 0 {
             let rate = self.config.rate.unwrap_or(0.0);
-            return (
-                1,
-                format!(
-                    "FAIL: {} of {} datagrams due in the {:.2} s window ({:.1}%) were never sent: \
-                     the generator sent {:.0}/s and could not keep --rate {rate}{}",
-                    counts.unsent,
-                    counts.intended(),
-                    self.window.as_secs_f64(),
-                    100.0 * self.unsent_ratio(),
+            let behind = counts.unsent.saturating_sub(counts.refused_sends);
+            let refused = format!(
+                "{} refused by the kernel ({})",
+                counts.refused_sends,
+                echolab_cli::counted(self.socket_errors, "socket error")
+            );
+            let why = match (behind, counts.refused_sends) {
+                (_, 0) => format!(
+                    "the generator sent {:.0}/s and could not keep --rate {rate}{}",
                     self.sent_per_sec(),
                     match self.socket_errors {
                         0 => String::new(),
                         n => format!(" ({n} socket errors)"),
                     }
+                ),
+                (0, _) => format!("their sends were {refused}"),
+                (behind, _) => format!(
+                    "{behind} because the generator fell behind (it sent {:.0}/s of --rate {rate}), {refused}",
+                    self.sent_per_sec()
+                ),
+            };
+            return (
+                1,
+                format!(
+                    "FAIL: {} of {} datagrams due in the {:.2} s window ({:.1}%) were never sent: {why}",
+                    counts.unsent,
+                    counts.intended(),
+                    self.window.as_secs_f64(),
+                    100.0 * self.unsent_ratio(),
                 ),
             );
         }
@@ -134,7 +164,15 @@ impl UdpReport {
         if loss > max_loss_percent {
             return (
                 1,
-                format!("FAIL: loss {loss:.3}% is above --max-loss {max_loss_percent}%"),
+                format!(
+                    "FAIL: loss {loss:.3}% is above --max-loss {max_loss_percent}%{}",
+                    match counts.bench_drops {
+                        0 => String::new(),
+                        n => format!(
+                            " ({n} of the lost echoes were dropped by the bench's own receive queues)"
+                        ),
+                    }
+                ),
             );
         }
         if self.socket_errors > 0 {
@@ -198,6 +236,14 @@ impl UdpReport {
             c.max_reorder_distance,
             c.corrupt
         );
+        if c.given_up > 0 {
+            out += &format!(
+                "  interrupt   {} still awaited {:.2} s after the interrupt counted lost, before their --timeout of {:.2} s\n",
+                echolab_cli::counted(c.given_up, "datagram"),
+                cfg.timeout.min(INTERRUPT_GRACE).as_secs_f64(),
+                cfg.timeout.as_secs_f64()
+            );
+        }
         if let Some(rate) = cfg.rate {
             out += &format!(
                 "  schedule    {} due in the {:.2} s window at {rate}/s: sent {}, never sent {} ({:.1}%)\n",
@@ -207,7 +253,13 @@ impl UdpReport {
                 c.unsent,
                 100.0 * self.unsent_ratio()
             );
-            if c.unsent > 0 {
+            if c.refused_sends > 0 {
+                out += &format!(
+                    "              ({} of them refused by the kernel: see the errors line)\n",
+                    c.refused_sends
+                );
+            }
+            if c.unsent > c.refused_sends {
                 out += "              (the generator fell behind its schedule: latency, loss and late are \
                         measured from the intended send times, so they include its own lag)\n";
             }
@@ -225,23 +277,66 @@ impl UdpReport {
             self.jitter.as_nanos() as f64 / 1000.0
         );
         // Only when something answered: with nothing listening the loss is no server's
-        // refusal, and the errors line says so.
-        if c.lost > c.late && self.socket_errors == 0 {
+        // refusal, and the errors line says so. With nothing back at all and no error,
+        // no rate limit explains it (a bucket lets its first second's worth through).
+        let answered = c.echoed + c.late + c.duplicates + c.corrupt + c.bench_drops;
+        let unanswered = (c.lost - c.late).saturating_sub(c.bench_drops);
+        if c.bench_drops > 0 {
+            out += &format!(
+                "  bench drops {} echoes were dropped by the bench's own receive queues (its sockets' \
+                 drops in /proc/net/udp): counted lost, but the server sent them\n",
+                c.bench_drops
+            );
+        }
+        if c.sent > 0 && answered == 0 && self.socket_errors == 0 {
+            out += &format!(
+                "  note        nothing came back from {addr}: no server answered, or it answered from another \
+                 address or port (the bench's sockets are connected to {addr}, and the kernel drops \
+                 datagrams from anywhere else)\n",
+                addr = cfg.addr
+            );
+        } else if unanswered > 0 && self.socket_errors == 0 {
             out += &format!(
                 "  note        {} lost datagrams were not echoed while the bench listened; an echolab server counts what it \
                  refuses: if its `rate-limited` count is not 0, its --udp-rate-per-source (per \
                  source address: {} from one address) dropped them\n",
-                c.lost - c.late,
+                unanswered,
                 echolab_cli::counted(cfg.n_conns, "socket")
             );
         }
         if self.socket_errors > 0 {
             out += &format!(
-                "  errors      {} socket errors (ECONNREFUSED: nothing listens on {})\n",
-                self.socket_errors, cfg.addr
+                "  errors      {}{}\n",
+                echolab_cli::counted(self.socket_errors, "socket error"),
+                self.error_kinds_text()
             );
         }
         out
+    }
+
+    /// The socket errors by kind, as the errors line says them: ` (3 connection refused:
+    /// ICMP port unreachable, nothing listens on ADDR; 2 message too long)`, or nothing
+    /// when no kind was recorded. Only the kernel's own words: what the errors were is
+    /// never assumed.
+    fn error_kinds_text(&self) -> String {
+        if self.socket_error_kinds.is_empty() {
+            return String::new();
+        }
+        let kinds: Vec<String> = self
+            .socket_error_kinds
+            .iter()
+            .map(|(kind, n)| {
+                if kind == REFUSED {
+                    format!(
+                        "{n} {kind}: ICMP port unreachable, nothing listens on {}",
+                        self.config.addr
+                    )
+                } else {
+                    format!("{n} {kind}")
+                }
+            })
+            .collect();
+        format!(" ({})", kinds.join("; "))
     }
 
     /// The run as one JSON document.
@@ -255,11 +350,15 @@ impl UdpReport {
             "rate": self.config.rate,
             "timeout_secs": self.config.timeout.as_secs_f64(),
             "elapsed_s": self.elapsed.as_secs_f64(),
+            "active_s": self.active.as_secs_f64(),
             "echoes_per_sec": self.echoes_per_sec(),
             "window_s": self.window.as_secs_f64(),
             "intended": c.intended(),
             "sent": c.sent,
             "unsent": c.unsent,
+            "given_up": c.given_up,
+            "bench_drops": c.bench_drops,
+            "refused_sends": c.refused_sends,
             "echoed": c.echoed,
             "lost": c.lost,
             "loss_ratio": c.loss_ratio(),
@@ -269,6 +368,7 @@ impl UdpReport {
             "max_reorder_distance": c.max_reorder_distance,
             "corrupt": c.corrupt,
             "socket_errors": self.socket_errors,
+            "socket_errors_by_kind": self.socket_error_kinds,
             "jitter_us": self.jitter.as_nanos() as f64 / 1000.0,
             "latency_us": {
                 "p50": self.quantile_us(0.5),
@@ -355,9 +455,31 @@ struct Part {
     counts: Counts,
     latency: Histogram<u64>,
     jitters: Vec<Duration>,
-    socket_errors: u64,
+    socket_errors: SocketErrors,
     /// When this thread stopped sending (the duration, or when it saw the stop flag).
     window: Duration,
+    /// Its sockets' last send or on-time echo.
+    active: Duration,
+}
+
+/// How `describe_io` says ECONNREFUSED (an ICMP port unreachable on a connected socket).
+const REFUSED: &str = "connection refused";
+
+/// One thread's socket errors, by what the kernel said.
+#[derive(Debug, Default)]
+struct SocketErrors {
+    total: u64,
+    by_kind: BTreeMap<String, u64>,
+}
+
+impl SocketErrors {
+    fn count(&mut self, err: &io::Error) {
+        self.total += 1;
+        *self
+            .by_kind
+            .entry(echolab_cli::describe_io(err))
+            .or_default() += 1;
+    }
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -433,6 +555,9 @@ pub fn run_with_progress(
     let open = config.rate.is_some();
     for conn_idx in 0..config.n_conns {
         let socket = mio::net::UdpSocket::bind(SocketAddr::new(local, 0))?;
+        // Best effort, as the server's: a small queue drops echoes of large datagrams
+        // before the loop reads them (the default 208 KiB holds three of 64 KiB).
+        let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(crate::RECV_BUFFER);
         socket.connect(config.addr)?;
         let schedule = config.rate.map(|rate| Schedule {
             rate,
@@ -507,14 +632,20 @@ pub fn run_with_progress(
     let mut latency = new_histogram();
     let mut jitters = Vec::new();
     let mut socket_errors = 0;
+    let mut socket_error_kinds = BTreeMap::new();
     let mut window = Duration::ZERO;
+    let mut active = Duration::ZERO;
     for part in parts {
         let part = part?;
         window = window.max(part.window);
+        active = active.max(part.active);
         counts.add(&part.counts);
         latency.add(&part.latency).map_err(io::Error::other)?;
         jitters.extend(part.jitters);
-        socket_errors += part.socket_errors;
+        socket_errors += part.socket_errors.total;
+        for (kind, n) in part.socket_errors.by_kind {
+            *socket_error_kinds.entry(kind).or_default() += n;
+        }
     }
     let jitter = if jitters.is_empty() {
         Duration::ZERO
@@ -528,8 +659,10 @@ pub fn run_with_progress(
         latency,
         jitter,
         socket_errors,
+        socket_error_kinds,
         window,
         interrupted: stop.load(Ordering::SeqCst),
+        active,
     })
 }
 
@@ -552,23 +685,41 @@ fn drive(
     let mut buf = vec![0u8; BUF_LEN];
     let mut scratch = Vec::new();
     let mut latency = new_histogram();
-    let mut socket_errors = 0u64;
+    let mut socket_errors = SocketErrors::default();
     let mut window: Option<Duration> = None;
+    let mut interrupted_at: Option<Duration> = None;
     let mut published = Duration::ZERO;
     loop {
         let now = start.elapsed();
         if now >= published + PUBLISH_EVERY {
             published = now;
-            publish(&socks, socket_errors, tally);
+            publish(&socks, socket_errors.total, tally);
         }
-        let sending = now < config.duration && !stop.load(Ordering::SeqCst);
+        let stopped = stop.load(Ordering::SeqCst);
+        if stopped && interrupted_at.is_none() {
+            interrupted_at = Some(now);
+        }
+        let sending = now < config.duration && !stopped;
         if !sending && window.is_none() {
-            // The window ends: every slot of the schedule due in it and not used is
+            // The window ends. This turn still sends what any turn would have: the slots
+            // due before the end, up to the turn's budget (the loop woke a little after
+            // the end, as it wakes a little after every send time; a slot due then is
+            // late, not unsent). Every slot due in the window and still not used is
             // counted unsent (a generator that fell behind must say so).
             let end = now.min(config.duration);
             window = Some(end);
             for sock in socks.iter_mut() {
                 if let Some(schedule) = sock.schedule {
+                    for _ in 0..SEND_BUDGET {
+                        let more = config.count.is_none_or(|n| sock.slots < n);
+                        if !more || sock.next_send >= end {
+                            break;
+                        }
+                        let intended = sock.next_send;
+                        sock.slots += 1;
+                        sock.next_send = schedule.intended(sock.slots);
+                        send(sock, intended, now, &mut out, &mut socket_errors, true);
+                    }
                     let due = schedule.due_before(sock.slots, end);
                     let left = config.count.map_or(due, |n| due.min(n - sock.slots));
                     sock.flow.not_sent(left);
@@ -623,6 +774,13 @@ fn drive(
         if done {
             break;
         }
+        if let Some(at) = interrupted_at {
+            let give_up_at = at + config.timeout.min(INTERRUPT_GRACE);
+            if now >= give_up_at {
+                break;
+            }
+            next_wake = earliest(next_wake, give_up_at);
+        }
         // Wait for echoes, a send time or a deadline.
         let mut wait = next_wake.map_or(MAX_WAIT, |at| at.saturating_sub(start.elapsed()));
         if sending {
@@ -648,31 +806,54 @@ fn drive(
                 match sock.socket.recv(&mut buf) {
                     Ok(len) => {
                         let now = start.elapsed();
-                        match wire::parse(&buf[..len], config.size, &mut scratch) {
-                            Parsed::Intact { conn_id, seq } if conn_id == sock.conn_id => {
-                                if let Echo::OnTime { latency: l } = sock.flow.echo(seq, true, now)
-                                {
-                                    let _ = latency.record((l.as_nanos() as u64).max(1));
-                                }
-                            }
-                            Parsed::Damaged { conn_id, seq } if conn_id == sock.conn_id => {
-                                sock.flow.echo(seq, false, now);
-                            }
-                            _ => sock.flow.unreadable(),
-                        }
+                        judge(
+                            sock,
+                            &buf[..len],
+                            now,
+                            config.size,
+                            &mut scratch,
+                            &mut latency,
+                        );
                     }
                     Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                     Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => socket_errors += 1,
+                    Err(err) => socket_errors.count(&err),
                 }
+            }
+        }
+    }
+    // What already arrived and was never read: the closed loop stops reading a socket
+    // once nothing is awaited, so a duplicate of its last echo was left uncounted.
+    for sock in socks.iter_mut() {
+        for _ in 0..RECV_BUDGET {
+            match sock.socket.recv(&mut buf) {
+                Ok(len) => {
+                    let now = start.elapsed();
+                    judge(
+                        sock,
+                        &buf[..len],
+                        now,
+                        config.size,
+                        &mut scratch,
+                        &mut latency,
+                    );
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => socket_errors.count(&err),
             }
         }
     }
     for sock in socks.iter_mut() {
         sock.flow.give_up();
     }
-    publish(&socks, socket_errors, tally);
+    publish(&socks, socket_errors.total, tally);
     let mut counts = Counts::default();
+    let inodes: Vec<u64> = socks
+        .iter()
+        .filter_map(|s| crate::drops::socket_inode(&s.socket))
+        .collect();
+    counts.bench_drops = crate::drops::drops(&inodes).unwrap_or(0);
     let mut jitters = Vec::new();
     for sock in &socks {
         counts.add(sock.flow.counts());
@@ -686,7 +867,35 @@ fn drive(
         jitters,
         socket_errors,
         window: window.unwrap_or_else(|| start.elapsed().min(config.duration)),
+        active: socks
+            .iter()
+            .map(|s| s.flow.last_active())
+            .max()
+            .unwrap_or_default(),
     })
+}
+
+/// Accounts one datagram that came back on `sock` at `now`: an echo of its own (on time,
+/// late, duplicate) or corrupt; an on-time echo's latency goes into `latency`.
+fn judge(
+    sock: &mut Sock,
+    datagram: &[u8],
+    now: Duration,
+    size: usize,
+    scratch: &mut Vec<u8>,
+    latency: &mut Histogram<u64>,
+) {
+    match wire::parse(datagram, size, scratch) {
+        Parsed::Intact { conn_id, seq } if conn_id == sock.conn_id => {
+            if let Echo::OnTime { latency: l } = sock.flow.echo(seq, true, now) {
+                let _ = latency.record((l.as_nanos() as u64).max(1));
+            }
+        }
+        Parsed::Damaged { conn_id, seq } if conn_id == sock.conn_id => {
+            sock.flow.echo(seq, false, now);
+        }
+        _ => sock.flow.unreadable(),
+    }
 }
 
 /// Stores one thread's counts so far where the progress lines read them.
@@ -713,7 +922,7 @@ fn send(
     intended: Duration,
     now: Duration,
     out: &mut [u8],
-    errors: &mut u64,
+    errors: &mut SocketErrors,
     scheduled: bool,
 ) {
     let seq = sock.flow.next_seq();
@@ -722,10 +931,10 @@ fn send(
         Ok(_) => {
             sock.flow.sent(intended, now);
         }
-        Err(_) => {
-            *errors += 1;
+        Err(err) => {
+            errors.count(&err);
             if scheduled {
-                sock.flow.not_sent(1);
+                sock.flow.send_refused();
             }
         }
     }
@@ -752,8 +961,10 @@ mod tests {
             latency: new_histogram(),
             jitter: Duration::ZERO,
             socket_errors: 0,
+            socket_error_kinds: BTreeMap::new(),
             window: Duration::from_secs(2),
             interrupted: false,
+            active: Duration::from_secs(2),
         }
     }
 
@@ -780,9 +991,108 @@ mod tests {
         );
         // Nothing listening: the loss is no server's refusal.
         r.socket_errors = 3;
+        r.socket_error_kinds = BTreeMap::from([(REFUSED.to_string(), 3)]);
         let text = r.text();
         assert!(!text.contains("--udp-rate-per-source"), "{text}");
-        assert!(text.contains("3 socket errors"), "{text}");
+        assert!(
+            text.contains("errors      3 socket errors (3 connection refused: ICMP port unreachable, nothing listens on 127.0.0.1:9)\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn echoes_the_bench_itself_dropped_are_said_apart_from_the_servers() {
+        // 4120 sent and echoed by the server, 3904 of the echoes dropped by the bench's
+        // own receive queues (64 KiB datagrams, the default 208 KiB queue).
+        let r = report(Counts {
+            sent: 4120,
+            echoed: 216,
+            lost: 3904,
+            bench_drops: 3904,
+            ..Counts::default()
+        });
+        let text = r.text();
+        assert!(
+            text.contains(
+                "  bench drops 3904 echoes were dropped by the bench's own receive queues"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("rate-limited"),
+            "nothing is left to blame on the server: {text}"
+        );
+        assert!(!text.contains("nothing came back"), "{text}");
+        assert!(r
+            .verdict(0.0)
+            .1
+            .ends_with("(3904 of the lost echoes were dropped by the bench's own receive queues)"));
+        assert_eq!(r.json()["bench_drops"], 3904);
+        // Some lost to the server too: the note counts only those.
+        let r = report(Counts {
+            sent: 100,
+            echoed: 90,
+            lost: 10,
+            bench_drops: 4,
+            ..Counts::default()
+        });
+        assert!(
+            r.text()
+                .contains("  note        6 lost datagrams were not echoed"),
+            "{}",
+            r.text()
+        );
+    }
+
+    #[test]
+    fn nothing_back_and_no_error_is_not_blamed_on_a_rate_limit() {
+        let r = report(Counts {
+            sent: 10,
+            lost: 10,
+            ..Counts::default()
+        });
+        let text = r.text();
+        assert!(text.contains("note        nothing came back from 127.0.0.1:9: no server answered, or it answered from another address or port"), "{text}");
+        assert!(!text.contains("rate-limited"), "{text}");
+        // One echo back: the rate-limit note, not this one.
+        let r = report(Counts {
+            sent: 10,
+            echoed: 1,
+            lost: 9,
+            ..Counts::default()
+        });
+        assert!(!r.text().contains("nothing came back"));
+        assert!(r.text().contains("9 lost datagrams were not echoed"));
+        // Nothing sent: nothing to say.
+        assert!(!report(Counts::default()).text().contains("note"));
+    }
+
+    #[test]
+    fn the_errors_line_says_what_the_kernel_said_never_a_guess() {
+        let mut r = report(Counts {
+            sent: 0,
+            unsent: 10,
+            ..Counts::default()
+        });
+        r.socket_errors = 10;
+        r.socket_error_kinds = BTreeMap::from([
+            ("message too long".to_string(), 9),
+            (REFUSED.to_string(), 1),
+        ]);
+        let text = r.text();
+        assert!(
+            text.contains("errors      10 socket errors (1 connection refused: ICMP port unreachable, nothing listens on 127.0.0.1:9; 9 message too long)\n"),
+            "{text}"
+        );
+        assert_eq!(r.json()["socket_errors_by_kind"]["message too long"], 9);
+        // Message too long alone: nothing is said about a listener.
+        r.socket_error_kinds = BTreeMap::from([("message too long".to_string(), 10)]);
+        let text = r.text();
+        assert!(!text.contains("listens"), "{text}");
+        assert!(
+            text.contains("10 socket errors (10 message too long)"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -970,6 +1280,108 @@ mod tests {
         assert_eq!(doc["intended"], 2000);
         assert_eq!(doc["unsent"], 1500);
         assert_eq!(doc["sent"], 500);
+    }
+
+    #[test]
+    fn echoes_per_second_are_over_the_active_span_not_the_wait_for_timeouts() {
+        // 1000/s for 1 s, every 10th lost: the run waits 1 s more for the last timeouts.
+        let mut r = report(Counts {
+            sent: 1000,
+            echoed: 900,
+            lost: 100,
+            ..Counts::default()
+        });
+        r.elapsed = Duration::from_secs(2);
+        r.active = Duration::from_millis(1_000);
+        assert_eq!(r.echoes_per_sec(), 900.0, "not 450");
+        assert!(r.text().contains("  echoes/s    900\n"), "{}", r.text());
+        assert_eq!(r.json()["active_s"], 1.0);
+        r.active = Duration::ZERO;
+        assert_eq!(r.echoes_per_sec(), 0.0);
+    }
+
+    #[test]
+    fn slots_the_kernel_refused_are_not_blamed_on_the_generator() {
+        // 2000 due at 1000/s; 500 sent, 1500 refused by the kernel (a closed port: each
+        // ICMP error comes out of the next send).
+        let mut r = report(Counts {
+            sent: 500,
+            lost: 500,
+            unsent: 1500,
+            refused_sends: 1500,
+            ..Counts::default()
+        });
+        r.socket_errors = 2000;
+        let (code, sentence) = r.verdict(100.0);
+        assert_eq!(code, 1);
+        assert_eq!(
+            sentence,
+            "FAIL: 1500 of 2000 datagrams due in the 2.00 s window (75.0%) were never sent: \
+             their sends were 1500 refused by the kernel (2000 socket errors)"
+        );
+        let text = r.text();
+        assert!(!text.contains("fell behind"), "{text}");
+        assert!(
+            text.contains("(1500 of them refused by the kernel"),
+            "{text}"
+        );
+        assert_eq!(r.json()["refused_sends"], 1500);
+        // Both: each cause with its count.
+        r.counts.refused_sends = 1000;
+        let (_, sentence) = r.verdict(100.0);
+        assert!(
+            sentence.ends_with(
+                "were never sent: 500 because the generator fell behind (it sent 250/s of \
+                 --rate 1000), 1000 refused by the kernel (2000 socket errors)"
+            ),
+            "{sentence}"
+        );
+        assert!(r.text().contains("fell behind"));
+    }
+
+    #[test]
+    fn a_scheduled_send_the_kernel_refuses_is_counted_refused() {
+        // A datagram too large for IPv4, to an IPv4-mapped address: EMSGSIZE every time.
+        let Ok(socket) = mio::net::UdpSocket::bind("[::]:0".parse().unwrap()) else {
+            eprintln!("SKIPPED: no IPv6 socket here, so no IPv4-mapped destination");
+            return;
+        };
+        socket
+            .connect("[::ffff:127.0.0.1]:9".parse().unwrap())
+            .unwrap();
+        let mut sock = Sock {
+            socket,
+            conn_id: 0,
+            flow: Flow::new(Duration::from_secs(1)),
+            schedule: None,
+            next_send: Duration::ZERO,
+            slots: 0,
+        };
+        let mut out = vec![0u8; 65_527];
+        let mut errors = SocketErrors::default();
+        send(
+            &mut sock,
+            Duration::ZERO,
+            Duration::ZERO,
+            &mut out,
+            &mut errors,
+            true,
+        );
+        send(
+            &mut sock,
+            Duration::ZERO,
+            Duration::ZERO,
+            &mut out,
+            &mut errors,
+            false,
+        );
+        let c = sock.flow.counts();
+        assert_eq!((c.sent, c.unsent, c.refused_sends), (0, 1, 1));
+        assert_eq!(errors.total, 2);
+        assert_eq!(
+            errors.by_kind,
+            BTreeMap::from([("message too long".to_string(), 2)])
+        );
     }
 
     #[test]

@@ -33,7 +33,8 @@ pub struct UdpServeArgs {
 
     /// Serve UDP echo only (no TCP listener). The TCP settings are refused with it (one
     /// line, exit 2): --mode lines, --max-line, --long-line, --idle-timeout, --max-conns,
-    /// --max-conns-per-ip, --ipv6-only, --processes, --listen given more than once.
+    /// --max-conns-per-ip, --processes, --listen given more than once. An IPv6 --listen
+    /// address takes IPv4 datagrams too (dual-stack [::] on Linux) unless --ipv6-only.
     #[arg(long)]
     pub udp_only: bool,
 
@@ -136,12 +137,14 @@ pub struct Notify {
 /// `stopping` once every loop has stopped (beside TCP, the TCP server says both).
 ///
 /// Logging must be initialised by the caller. Exit status: `tcp`'s, or 2 for a model
-/// without UDP or a bind error, 1 for a failure while serving.
+/// without UDP, a bind error or `--udp-only --ipv6-only` without an IPv6 address, 1 for a
+/// failure while serving.
 pub fn run_serve(
     args: &UdpServeArgs,
     model_name: &str,
     listen: SocketAddr,
     workers: Option<usize>,
+    ipv6_only: bool,
     tcp: impl FnOnce(SocketAddr) -> ExitCode,
     notify: Notify,
 ) -> ExitCode {
@@ -152,6 +155,11 @@ pub fn run_serve(
             return ExitCode::from(2);
         }
     };
+    // Beside TCP the TCP server says it; alone, a flag that would do nothing is refused.
+    if args.udp_only && ipv6_only && !listen.is_ipv6() && !crate::passed_pending() {
+        echolab_cli::say!("echolab serve: --ipv6-only: the --listen address is not IPv6 ({listen}): it applies to [::]:PORT or another IPv6 address");
+        return ExitCode::from(2);
+    }
     let stop = match stop_flag() {
         Ok(stop) => stop,
         Err(err) => {
@@ -164,6 +172,7 @@ pub fn run_serve(
         listen,
         workers,
         policy: args.policy(),
+        ipv6_only,
     };
     let server = match start_beside_tcp(&config, stop, !args.udp_only) {
         Ok(server) => server,
@@ -220,35 +229,36 @@ fn start_beside_tcp(
 ) -> Result<UdpServer, crate::UdpError> {
     let mut config = config.clone();
     if beside_tcp && config.listen.port() == 0 {
-        config.listen = pick_port(config.listen);
+        config.listen = pick_port(config.listen, config.ipv6_only);
     }
     UdpServer::start(&config, stop)
 }
 
-/// A port free for both UDP and TCP on `listen`'s address, or `listen` itself (port 0)
-/// when none was found.
-fn pick_port(listen: SocketAddr) -> SocketAddr {
+/// A port free for both UDP and TCP on `listen`'s address (bound as the servers bind it:
+/// IPv6-only when `ipv6_only`), or `listen` itself (port 0) when none was found.
+fn pick_port(listen: SocketAddr, ipv6_only: bool) -> SocketAddr {
     for _ in 0..PORT_ATTEMPTS {
-        let Ok(probe) = std::net::UdpSocket::bind(listen) else {
+        let Ok(probe) = crate::bind_first(listen, false, ipv6_only) else {
             return listen;
         };
         let Ok(addr) = probe.local_addr() else {
             return listen;
         };
-        if tcp_port_free(addr) {
+        if tcp_port_free(addr, ipv6_only) {
             return addr;
         }
     }
     listen
 }
 
-/// Whether a TCP listener could bind and listen on `addr` now.
-fn tcp_port_free(addr: SocketAddr) -> bool {
+/// Whether a TCP listener could bind and listen on `addr` now (IPv6-only when
+/// `ipv6_only`, as the TCP server binds it).
+fn tcp_port_free(addr: SocketAddr, ipv6_only: bool) -> bool {
     use socket2::{Domain, Socket, Type};
     let Ok(socket) = Socket::new(Domain::for_address(addr), Type::STREAM, None) else {
         return false;
     };
-    if addr.is_ipv6() && socket.set_only_v6(true).is_err() {
+    if addr.is_ipv6() && ipv6_only && socket.set_only_v6(true).is_err() {
         return false;
     }
     socket.set_reuse_address(true).is_ok()
@@ -290,7 +300,7 @@ pub struct UdpClientFlags {
 
     /// With --udp and --send: bytes per datagram (1 to 65507 over IPv4, 65527 over IPv6;
     /// or with a unit: 1K = 1024).
-    #[arg(long, short = 's', default_value_t = 1024, value_name = "SIZE", value_parser = parse_client_size, allow_negative_numbers = true, requires = "udp")]
+    #[arg(long, short = 's', default_value_t = 1024, value_name = "SIZE", value_parser = parse_client_size, allow_negative_numbers = true, requires = "udp", requires = "send")]
     pub size: usize,
 }
 
@@ -413,6 +423,8 @@ pub struct UdpClientArgs {
     pub addr: SocketAddr,
 
     /// Send this file in datagrams of --size bytes, check every echo, print only the verdict.
+    /// A regular file (as TCP client: not a pipe or a device), read a datagram at a time:
+    /// any size in bounded memory.
     #[arg(long, value_name = "FILE")]
     pub send: Option<PathBuf>,
 
@@ -551,7 +563,7 @@ pub fn run_client(args: &UdpClientArgs) -> ExitCode {
     let result = match &args.send {
         Some(path) => {
             // As TCP client: a device or a pipe (`--send /dev/zero`) has no end to read up
-            // to, and the file is read whole into memory before the first datagram.
+            // to (and a FIFO with no writer never starts).
             if std::fs::metadata(path).is_ok_and(|meta| !meta.is_file()) {
                 echolab_cli::say!(
                     "echolab client: cannot send {}: not a regular file",
@@ -559,21 +571,33 @@ pub fn run_client(args: &UdpClientArgs) -> ExitCode {
                 );
                 return ExitCode::from(2);
             }
-            let data = match std::fs::read(path) {
-                Ok(data) => data,
-                Err(err) => {
-                    let why = echolab_cli::describe_io(&err);
-                    echolab_cli::say!("echolab client: cannot read {}: {why}", path.display());
-                    return ExitCode::from(2);
-                }
+            let cannot_read = |err: &std::io::Error| {
+                let why = echolab_cli::describe_io(err);
+                echolab_cli::say!("echolab client: cannot read {}: {why}", path.display());
+                ExitCode::from(2)
             };
-            crate::client::send_all(args.addr, &data, args.only.size, args.timeout).map(|n| {
-                echolab_cli::say!(
-                    "echolab client: {} bytes in {n} datagrams of up to {} bytes, every echo matched",
-                    data.len(),
-                    args.only.size
-                );
-            })
+            // Streamed a datagram at a time: a file of any size in bounded memory.
+            let file = match std::fs::File::open(path) {
+                Ok(file) => file,
+                Err(err) => return cannot_read(&err),
+            };
+            match crate::client::send_all(args.addr, file, args.only.size, args.timeout) {
+                Ok(session) => {
+                    echolab_cli::say!(
+                        "echolab client: {} bytes in {} datagrams of up to {} bytes, every echo matched{}",
+                        session.bytes,
+                        session.datagrams,
+                        args.only.size,
+                        match session.duplicates {
+                            0 => String::new(),
+                            n => format!(" ({})", duplicates_ignored(n)),
+                        }
+                    );
+                    Ok(())
+                }
+                Err(crate::client::ClientError::Read(err)) => return cannot_read(&err),
+                Err(err) => Err(err),
+            }
         }
         None => crate::client::interactive(
             args.addr,
@@ -581,7 +605,11 @@ pub fn run_client(args: &UdpClientArgs) -> ExitCode {
             std::io::stdin().lock(),
             echolab_cli::stdout(),
         )
-        .map(|_| ()),
+        .map(|session| {
+            if session.duplicates > 0 {
+                echolab_cli::say!("echolab client: {}", duplicates_ignored(session.duplicates));
+            }
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -592,6 +620,14 @@ pub fn run_client(args: &UdpClientArgs) -> ExitCode {
             ExitCode::from(err.exit_code())
         }
     }
+}
+
+/// `N duplicates ignored: UDP delivered an echo twice`.
+fn duplicates_ignored(n: u64) -> String {
+    format!(
+        "{} ignored: UDP delivered an echo twice",
+        echolab_cli::counted(n, "duplicate")
+    )
 }
 
 // Durations, sizes, counts and addresses are parsed by echolab_cli::units, as every
@@ -751,6 +787,16 @@ mod tests {
         assert!(args.config().unwrap_err().contains("65507"));
         let args = bench(&["--size", "65507"]).unwrap();
         assert_eq!(args.config().unwrap().size, 65_507);
+        // An IPv4-mapped address is an IPv4 path: 65,527 bytes would fail every send.
+        let mapped = UdpBenchArgs::try_parse_from([
+            "echolab bench --udp",
+            "--udp",
+            "[::ffff:127.0.0.1]:9",
+            "--size",
+            "65508",
+        ])
+        .unwrap();
+        assert!(mapped.config().unwrap_err().contains("(65507 bytes)"));
     }
 
     #[test]
@@ -821,10 +867,10 @@ mod tests {
     #[test]
     fn a_port_held_by_tcp_is_not_free_and_a_fresh_one_is() {
         let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        assert!(!tcp_port_free(held.local_addr().unwrap()));
+        assert!(!tcp_port_free(held.local_addr().unwrap(), false));
         let addr = held.local_addr().unwrap();
         drop(held);
-        assert!(tcp_port_free(addr));
+        assert!(tcp_port_free(addr, false));
     }
 
     #[test]
@@ -834,10 +880,11 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             workers: None,
             policy: Policy::default(),
+            ipv6_only: false,
         };
         let stop = Arc::new(AtomicBool::new(false));
         let server = start_beside_tcp(&config, Arc::clone(&stop), true).unwrap();
-        assert!(tcp_port_free(server.local_addr()));
+        assert!(tcp_port_free(server.local_addr(), false));
         assert!(!stop.load(std::sync::atomic::Ordering::SeqCst));
     }
 
@@ -847,12 +894,12 @@ mod tests {
         let held: Vec<std::net::TcpListener> = (0..64)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
             .collect();
-        let picked = pick_port("127.0.0.1:0".parse().unwrap());
+        let picked = pick_port("127.0.0.1:0".parse().unwrap(), false);
         assert_ne!(picked.port(), 0);
         assert!(held
             .iter()
             .all(|l| l.local_addr().unwrap().port() != picked.port()));
-        assert!(tcp_port_free(picked));
+        assert!(tcp_port_free(picked, false));
     }
 
     #[test]
@@ -898,6 +945,23 @@ mod tests {
             );
         }
         assert_eq!(secs("5 min"), Ok(Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn client_size_without_send_is_refused_not_ignored() {
+        // Interactive mode sends a datagram per line: --size would do nothing.
+        let parse = |args: &[&str]| {
+            UdpClientArgs::try_parse_from(std::iter::once("c").chain(args.iter().copied()))
+        };
+        let err = parse(&["--udp", "--size", "100"]).unwrap_err().to_string();
+        assert!(err.contains("--send"), "{err}");
+        let args = parse(&["--udp", "--size", "100", "--send", "f"]).unwrap();
+        assert_eq!(args.only.size, 100);
+        assert_eq!(
+            parse(&["--udp"]).unwrap().only.size,
+            1024,
+            "the default is no flag"
+        );
     }
 
     #[test]

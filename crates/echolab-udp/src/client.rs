@@ -1,11 +1,12 @@
 //! `echolab client --udp`: one datagram per line typed (its echo printed), or `--send
 //! FILE` split into datagrams of `--size` bytes, each echo checked against what was sent.
 //!
-//! One datagram is outstanding at a time; an echo that is not the datagram awaited (a
-//! stale duplicate, damaged bytes) is an error, never printed as the echo.
+//! One datagram is outstanding at a time; an echo that is not the datagram awaited
+//! (damaged bytes, an older datagram's) is an error, never printed as the echo. A second
+//! copy of the previous echo (UDP may deliver a datagram twice) is counted and ignored.
 
 use std::fmt;
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -22,13 +23,17 @@ pub enum ClientError {
     Mismatch { idx: u64, sent: usize, got: usize },
     /// Input larger than one datagram can carry.
     TooLong { idx: u64, len: usize, max: usize },
+    /// `--send`'s source could not be read.
+    Read(io::Error),
 }
 
 impl ClientError {
-    /// 3 for a wrong echo, 1 for everything else.
+    /// 3 for a wrong echo, 2 for a source that cannot be read (a bad argument: a
+    /// directory), 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::Mismatch { .. } => 3,
+            ClientError::Read(_) => 2,
             _ => 1,
         }
     }
@@ -54,6 +59,9 @@ impl fmt::Display for ClientError {
                 "line {} is {len} bytes, more than one UDP datagram carries ({max})",
                 idx + 1
             ),
+            ClientError::Read(err) => {
+                write!(f, "cannot read: {}", echolab_cli::describe_io(err))
+            }
         }
     }
 }
@@ -62,6 +70,17 @@ impl From<io::Error> for ClientError {
     fn from(err: io::Error) -> ClientError {
         ClientError::Io(err)
     }
+}
+
+/// What a session sent and what came back besides the echoes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Session {
+    /// Datagrams sent, each echoed unchanged.
+    pub datagrams: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Second copies of an echo already taken (UDP may deliver a datagram twice), ignored.
+    pub duplicates: u64,
 }
 
 /// A socket connected to `addr` (so that only the server's datagrams are received).
@@ -77,13 +96,17 @@ pub fn connect(addr: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 /// Sends `payload` as datagram `idx` and returns its echo, or an error if none arrives
-/// within `timeout` or it differs.
+/// within `timeout` or it differs. A second copy of the previous datagram's echo
+/// (`previous`: UDP may deliver a datagram twice) is not this one's echo, nor a wrong
+/// one: it is counted in `duplicates` and the wait goes on.
 pub fn round_trip(
     socket: &UdpSocket,
     idx: u64,
     payload: &[u8],
+    previous: Option<&[u8]>,
     timeout: Duration,
     buf: &mut [u8],
+    duplicates: &mut u64,
 ) -> Result<usize, ClientError> {
     socket.send(payload)?;
     let deadline = Instant::now() + timeout;
@@ -95,6 +118,7 @@ pub fn round_trip(
         socket.set_read_timeout(Some(left))?;
         match socket.recv(buf) {
             Ok(len) if buf[..len] == *payload => return Ok(len),
+            Ok(len) if previous.is_some_and(|p| buf[..len] == *p) => *duplicates += 1,
             Ok(len) => {
                 return Err(ClientError::Mismatch {
                     idx,
@@ -117,18 +141,18 @@ pub fn round_trip(
 /// Interactive: each line of `input`, without its line ending (`\n` or `\r\n`), is one
 /// datagram; its echo is written to `output` followed by `\n` if the line had an ending
 /// (a last line without one gets none, as TCP client prints only what came back).
-/// Returns the number of datagrams.
 pub fn interactive(
     addr: SocketAddr,
     timeout: Duration,
     mut input: impl BufRead,
     mut output: impl Write,
-) -> Result<u64, ClientError> {
+) -> Result<Session, ClientError> {
     let socket = connect(addr)?;
     let max = crate::max_payload(&addr);
     let mut buf = vec![0u8; BUF_LEN];
     let mut line = Vec::new();
-    let mut n = 0u64;
+    let mut previous: Option<Vec<u8>> = None;
+    let mut session = Session::default();
     loop {
         line.clear();
         if input.read_until(b'\n', &mut line)? == 0 {
@@ -142,40 +166,90 @@ pub fn interactive(
             line.pop();
         }
         let datagram = &line[..];
+        let idx = session.datagrams;
         if datagram.len() > max {
             return Err(ClientError::TooLong {
-                idx: n,
+                idx,
                 len: datagram.len(),
                 max,
             });
         }
-        let len = round_trip(&socket, n, datagram, timeout, &mut buf)?;
+        let len = round_trip(
+            &socket,
+            idx,
+            datagram,
+            previous.as_deref(),
+            timeout,
+            &mut buf,
+            &mut session.duplicates,
+        )?;
         output.write_all(&buf[..len])?;
         if had_newline {
             output.write_all(b"\n")?;
         }
         output.flush()?;
-        n += 1;
+        session.datagrams += 1;
+        session.bytes += len as u64;
+        previous = Some(datagram.to_vec());
     }
-    Ok(n)
+    Ok(session)
 }
 
-/// Sends `data` in datagrams of at most `size` bytes, one at a time, checking each echo.
-/// Returns the number of datagrams (0 for empty data).
+/// Sends what `source` yields in datagrams of `size` bytes (the last one shorter), one at
+/// a time, checking each echo. The source is read one datagram ahead, never whole, so a
+/// file of any size, a pipe or a device (`/dev/zero`: until the server stops answering)
+/// costs two datagrams of memory (this one and the previous, to tell its duplicate).
 pub fn send_all(
     addr: SocketAddr,
-    data: &[u8],
+    mut source: impl Read,
     size: usize,
     timeout: Duration,
-) -> Result<u64, ClientError> {
+) -> Result<Session, ClientError> {
     let socket = connect(addr)?;
     let mut buf = vec![0u8; BUF_LEN];
-    let mut n = 0u64;
-    for chunk in data.chunks(size.max(1)) {
-        round_trip(&socket, n, chunk, timeout, &mut buf)?;
-        n += 1;
+    let mut chunk = vec![0u8; size.max(1)];
+    let mut previous = Vec::with_capacity(chunk.len());
+    let mut session = Session::default();
+    loop {
+        let len = fill(&mut source, &mut chunk).map_err(ClientError::Read)?;
+        if len == 0 {
+            break;
+        }
+        let idx = session.datagrams;
+        let before = (idx > 0).then_some(&previous[..]);
+        round_trip(
+            &socket,
+            idx,
+            &chunk[..len],
+            before,
+            timeout,
+            &mut buf,
+            &mut session.duplicates,
+        )?;
+        session.datagrams += 1;
+        session.bytes += len as u64;
+        if len < chunk.len() {
+            // `fill` stops short only at the end of the source.
+            break;
+        }
+        previous.clear();
+        previous.extend_from_slice(&chunk[..len]);
     }
-    Ok(n)
+    Ok(session)
+}
+
+/// Reads into `chunk` until it is full or the source ends; returns the bytes read.
+fn fill(source: &mut impl Read, chunk: &mut [u8]) -> io::Result<usize> {
+    let mut len = 0;
+    while len < chunk.len() {
+        match source.read(&mut chunk[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(len)
 }
 
 #[cfg(test)]
@@ -228,8 +302,8 @@ mod tests {
         ] {
             let (addr, server) = echo_server(datagrams.len());
             let mut output = Vec::new();
-            let n = interactive(addr, Duration::from_secs(10), input, &mut output).unwrap();
-            assert_eq!(n, datagrams.len() as u64);
+            let session = interactive(addr, Duration::from_secs(10), input, &mut output).unwrap();
+            assert_eq!(session.datagrams, datagrams.len() as u64);
             assert_eq!(
                 String::from_utf8_lossy(&output),
                 String::from_utf8_lossy(printed)
@@ -240,7 +314,7 @@ mod tests {
         let (addr, server) = echo_server(0);
         assert_eq!(
             interactive(addr, Duration::from_secs(1), &b""[..], &mut output).unwrap(),
-            0
+            Session::default()
         );
         assert!(output.is_empty());
         assert!(server.join().unwrap().is_empty());
@@ -366,14 +440,142 @@ mod tests {
     #[test]
     fn a_file_goes_in_datagrams_of_the_size_each_checked() {
         let (addr, server) = echo_server(3);
-        let n = send_all(addr, b"abcdefghij", 4, Duration::from_secs(10)).unwrap();
-        assert_eq!(n, 3);
+        let sent = send_all(addr, &b"abcdefghij"[..], 4, Duration::from_secs(10)).unwrap();
+        assert_eq!((sent.datagrams, sent.bytes, sent.duplicates), (3, 10, 0));
         assert_eq!(
             server.join().unwrap(),
             vec![b"abcd".to_vec(), b"efgh".to_vec(), b"ij".to_vec()]
         );
         let (addr, server) = echo_server(0);
-        assert_eq!(send_all(addr, b"", 4, Duration::from_secs(1)).unwrap(), 0);
+        let sent = send_all(addr, &b""[..], 4, Duration::from_secs(1)).unwrap();
+        assert_eq!(sent, Session::default());
         assert!(server.join().unwrap().is_empty());
+        // A source that yields a byte at a time is still cut at the size.
+        let (addr, server) = echo_server(2);
+        let trickle = Trickle(b"abcdef".iter().copied().collect());
+        assert_eq!(
+            send_all(addr, trickle, 4, Duration::from_secs(10))
+                .unwrap()
+                .datagrams,
+            2
+        );
+        assert_eq!(
+            server.join().unwrap(),
+            vec![b"abcd".to_vec(), b"ef".to_vec()]
+        );
+    }
+
+    /// A server on a thread that echoes each of `n` datagrams twice.
+    fn doubling_server(n: usize) -> (SocketAddr, std::thread::JoinHandle<()>) {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let addr = socket.local_addr().unwrap();
+        let handle = std::thread::spawn(move || {
+            let mut buf = vec![0u8; BUF_LEN];
+            for _ in 0..n {
+                let (len, from) = socket.recv_from(&mut buf).unwrap();
+                socket.send_to(&buf[..len], from).unwrap();
+                socket.send_to(&buf[..len], from).unwrap();
+            }
+        });
+        (addr, handle)
+    }
+
+    /// UDP may deliver a datagram twice: the second copy of an echo, read while the next
+    /// datagram's is awaited, is a duplicate, not a wrong echo (it was `datagram 2 came
+    /// back different`, exit 3). Each copy is sent before the next datagram, so all but
+    /// the last are read.
+    #[test]
+    fn a_duplicated_echo_is_counted_not_called_different() {
+        let (addr, server) = doubling_server(3);
+        let mut output = Vec::new();
+        let session = interactive(
+            addr,
+            Duration::from_secs(10),
+            &b"one\ntwo\nsix\n"[..],
+            &mut output,
+        )
+        .unwrap();
+        assert_eq!(output, b"one\ntwo\nsix\n");
+        assert_eq!((session.datagrams, session.duplicates), (3, 2));
+        server.join().unwrap();
+        let (addr, server) = doubling_server(3);
+        let session = send_all(addr, &b"abcdefghij"[..], 4, Duration::from_secs(10)).unwrap();
+        assert_eq!(
+            (session.datagrams, session.bytes, session.duplicates),
+            (3, 10, 2)
+        );
+        server.join().unwrap();
+        // A copy of an older datagram is still wrong.
+        let (addr, _server) = server_that(2, |reply| *reply = b"zero".to_vec());
+        let err = send_all(addr, &b"abcdefgh"[..], 4, Duration::from_secs(10)).unwrap_err();
+        assert!(
+            matches!(err, ClientError::Mismatch { idx: 0, .. }),
+            "{err:?}"
+        );
+    }
+
+    /// A source that gives one byte per read.
+    struct Trickle(std::collections::VecDeque<u8>);
+
+    impl Read for Trickle {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            match (self.0.pop_front(), out.first_mut()) {
+                (Some(byte), Some(slot)) => {
+                    *slot = byte;
+                    Ok(1)
+                }
+                _ => Ok(0),
+            }
+        }
+    }
+
+    /// An endless source (`--send /dev/zero`) that counts what was read from it and
+    /// refuses to give more than a mebibyte.
+    struct Endless {
+        pulled: usize,
+    }
+
+    impl Read for Endless {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            if self.pulled >= 1 << 20 {
+                return Err(io::Error::other(
+                    "read a mebibyte: the source is read whole",
+                ));
+            }
+            let n = out.len().min(4096);
+            out[..n].fill(0);
+            self.pulled += n;
+            Ok(n)
+        }
+    }
+
+    /// `--send /dev/zero` (or a huge file) is read a datagram ahead, not whole: against a
+    /// server that answers three datagrams, the fourth goes unanswered and the run ends,
+    /// having read four datagrams' worth.
+    #[test]
+    fn an_endless_source_is_read_one_datagram_ahead() {
+        let (addr, server) = echo_server(3);
+        let mut source = Endless { pulled: 0 };
+        let err = send_all(addr, &mut source, 1000, Duration::from_millis(500)).unwrap_err();
+        assert!(
+            matches!(err, ClientError::NoEcho { idx: 3, .. } | ClientError::Io(_)),
+            "{err:?}"
+        );
+        assert_eq!(server.join().unwrap().len(), 3);
+        assert!(source.pulled <= 4 * 4096, "read {} bytes", source.pulled);
+        // A source that fails to read is a bad argument (a directory), exit 2.
+        let (addr, _server) = echo_server(0);
+        let err = send_all(
+            addr,
+            Endless { pulled: 1 << 20 },
+            10,
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ClientError::Read(_)), "{err:?}");
+        assert_eq!(err.exit_code(), 2);
     }
 }

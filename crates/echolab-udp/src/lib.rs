@@ -25,7 +25,8 @@
 //! - [`batch`]: `recvmmsg`/`sendmmsg` batches for the event and reactor loops.
 //! - Load: [`wire`] (the bench datagram: connection id, sequence number, pattern),
 //!   [`account`] (the pure accounting: loss, late, duplicates, reordering, corrupt,
-//!   RFC 3550 jitter), [`bench`] (the load engine and its report), [`client`]
+//!   RFC 3550 jitter), [`bench`] (the load engine and its report), [`drops`] (the bench
+//!   sockets' own receive-queue drops, from `/proc/net/udp`), [`client`]
 //!   (`echolab client --udp`).
 //! - [`cli`]: the flags of `serve --udp`, `bench --udp` and `client --udp`, their checks,
 //!   and the run functions the binary calls.
@@ -37,6 +38,7 @@ pub mod batch;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod drops;
 pub mod event;
 pub mod guard;
 pub mod iterative;
@@ -75,9 +77,10 @@ const RECV_BUFFER: usize = 4 << 20;
 // A receive that fills the buffer must mean truncation: no payload may fill it.
 const _: () = assert!(BUF_LEN > MAX_PAYLOAD_V6 && MAX_PAYLOAD_V6 > MAX_PAYLOAD_V4);
 
-/// The largest payload for a socket of `addr`'s family.
+/// The largest payload to `addr`: an IPv4-mapped IPv6 address (`[::ffff:127.0.0.1]`)
+/// is reached over IPv4, so it takes IPv4's limit (a larger send fails with EMSGSIZE).
 pub fn max_payload(addr: &SocketAddr) -> usize {
-    if addr.is_ipv4() {
+    if addr.ip().to_canonical().is_ipv4() {
         MAX_PAYLOAD_V4
     } else {
         MAX_PAYLOAD_V6
@@ -146,6 +149,10 @@ pub struct UdpConfig {
     /// event, which have one loop by definition.
     pub workers: Option<usize>,
     pub policy: Policy,
+    /// An IPv6 `listen` address takes no IPv4 datagrams (IPV6_V6ONLY, serve's
+    /// `--ipv6-only`); otherwise the kernel's default holds, as for TCP: on Linux `[::]`
+    /// is dual-stack and IPv4 sources appear as `[::ffff:a.b.c.d]`.
+    pub ipv6_only: bool,
 }
 
 /// Why a UDP server could not start or stopped with an error.
@@ -189,13 +196,19 @@ impl fmt::Display for UdpError {
 impl std::error::Error for UdpError {}
 
 /// A UDP socket bound to `addr`, with SO_REUSEPORT when `reuse_port` (the reactor's
-/// sockets share one port), IPv6-only for an IPv6 address, and a large receive queue.
+/// sockets share one port), the kernel's default family rule (dual-stack `[::]` on
+/// Linux, as a TCP listener), and a large receive queue.
 pub fn bind(addr: SocketAddr, reuse_port: bool) -> Result<UdpSocket, UdpError> {
+    bind_family(addr, reuse_port, false)
+}
+
+/// [`bind`], IPv6-only (IPV6_V6ONLY) for an IPv6 `addr` when `ipv6_only`.
+fn bind_family(addr: SocketAddr, reuse_port: bool, ipv6_only: bool) -> Result<UdpSocket, UdpError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let bind_err = |source| UdpError::Bind { addr, source };
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
         .map_err(bind_err)?;
-    if addr.is_ipv6() {
+    if addr.is_ipv6() && ipv6_only {
         socket.set_only_v6(true).map_err(bind_err)?;
     }
     if reuse_port {
@@ -205,6 +218,22 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> Result<UdpSocket, UdpError> {
     let _ = socket.set_recv_buffer_size(RECV_BUFFER);
     socket.bind(&addr.into()).map_err(bind_err)?;
     Ok(socket.into())
+}
+
+/// The first socket of a server on `addr`: [`bind`], but with `reuse_port` and a port
+/// given, a plain bind first, so that a port another server already serves is "address
+/// already in use". (Linux lets a second SO_REUSEPORT socket of the same user bind it,
+/// and the two servers would split the datagrams without a word, as `net::bind` of
+/// echolab-server explains for TCP.) The loops' other sockets then bind without it.
+pub fn bind_first(
+    addr: SocketAddr,
+    reuse_port: bool,
+    ipv6_only: bool,
+) -> Result<UdpSocket, UdpError> {
+    if reuse_port && addr.port() != 0 {
+        drop(bind_family(addr, false, ipv6_only)?);
+    }
+    bind_family(addr, reuse_port, ipv6_only)
 }
 
 /// The default number of loops: one per CPU.
@@ -221,6 +250,12 @@ static PASSED: Mutex<Option<UdpSocket>> = Mutex::new(None);
 /// share the port without `SO_REUSEPORT` on the passed socket.
 pub fn serve_passed_socket(socket: UdpSocket) {
     *PASSED.lock().unwrap_or_else(|e| e.into_inner()) = Some(socket);
+}
+
+/// Whether a passed socket waits for the next [`UdpServer::start`] (which then binds
+/// nothing, so `--listen` and `--ipv6-only` do not apply).
+pub(crate) fn passed_pending() -> bool {
+    PASSED.lock().unwrap_or_else(|e| e.into_inner()).is_some()
 }
 
 /// The guard of the UDP server started last in this process, for [`live_stats`].
@@ -265,14 +300,14 @@ impl UdpServer {
         let is_passed = passed.is_some();
         let first = match passed {
             Some(socket) => socket,
-            None => bind(config.listen, per_loop)?,
+            None => bind_first(config.listen, per_loop, config.ipv6_only)?,
         };
         let addr = first.local_addr().map_err(UdpError::Io)?;
         let mut sockets = vec![first];
         if per_loop && !is_passed {
             // The other loops bind the port the first one got.
             for _ in 1..workers {
-                sockets.push(bind(addr, true)?);
+                sockets.push(bind_family(addr, true, config.ipv6_only)?);
             }
         }
         let mut loops = Vec::new();
@@ -441,6 +476,38 @@ mod tests {
         let v6: SocketAddr = "[::1]:1".parse().unwrap();
         assert_eq!(max_payload(&v4), 65_507);
         assert_eq!(max_payload(&v6), 65_527);
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:1".parse().unwrap();
+        assert_eq!(max_payload(&mapped), 65_507, "an IPv4 path");
+    }
+
+    #[test]
+    fn a_port_another_server_serves_is_refused_not_shared() {
+        // Reactor and uring bind SO_REUSEPORT sockets; a second server on the port must
+        // not join the first's group (the kernel would split the datagrams between them).
+        for model in [UdpModel::Reactor, UdpModel::Iterative] {
+            let config = |listen| UdpConfig {
+                model: UdpModel::Reactor,
+                listen,
+                workers: Some(2),
+                policy: Policy::default(),
+                ipv6_only: false,
+            };
+            let first = UdpServer::start(
+                &config("127.0.0.1:0".parse().unwrap()),
+                Arc::new(AtomicBool::new(false)),
+            )
+            .unwrap();
+            let mut second = config(first.local_addr());
+            second.model = model;
+            match UdpServer::start(&second, Arc::new(AtomicBool::new(false))) {
+                Err(UdpError::Bind { source, .. }) => {
+                    assert_eq!(source.kind(), io::ErrorKind::AddrInUse, "{model}: {source}")
+                }
+                other => panic!("{model}: a second server started: {other:?}"),
+            }
+            // Its own loops still share the port: two loops, one port.
+            assert_eq!(first.n_loops(), 2);
+        }
     }
 
     #[test]

@@ -277,6 +277,7 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             workers: Some(1),
             policy,
+            ipv6_only: false,
         };
         match UdpServer::start(&config, Arc::new(AtomicBool::new(false))) {
             Ok(server) => Some(server),

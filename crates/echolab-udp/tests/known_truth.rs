@@ -165,6 +165,28 @@ fn a_server_that_echoes_every_seventh_twice_gives_its_duplicates() {
 }
 
 #[test]
+fn a_duplicate_of_the_last_echo_is_counted_too() {
+    // Two sockets on one thread, one datagram each (closed loop). The first to arrive is
+    // held until the second has been echoed twice, so that when the run ends (on the held
+    // echo) the second socket's duplicate is already queued behind its echo. The closed
+    // loop stops reading a socket once nothing is awaited, and that duplicate was never
+    // counted (a server that doubles every datagram gave duplicates = sent - sockets).
+    let server = wrong_server(|idx| {
+        if idx == 0 {
+            Act::HoldFor(1)
+        } else {
+            Act::Twice
+        }
+    });
+    let mut cfg = config(server.addr, 2, 1, 5_000);
+    cfg.n_threads = 1;
+    let report = bench(&cfg);
+    let c = &report.counts;
+    assert_eq!((c.sent, c.echoed, c.lost, c.corrupt), (2, 2, 0, 0));
+    assert_eq!(c.duplicates, 1);
+}
+
+#[test]
 fn a_server_that_flips_a_byte_gives_corrupt_echoes_and_exit_3() {
     let server = wrong_server(|idx| if idx % 10 == 0 { Act::Flip } else { Act::Echo });
     let report = bench(&config(server.addr, 2, 50, 1_000));
@@ -172,6 +194,21 @@ fn a_server_that_flips_a_byte_gives_corrupt_echoes_and_exit_3() {
     assert_eq!(c.corrupt, 10);
     assert_eq!((c.sent, c.echoed, c.lost), (100, 90, 0));
     assert_eq!(report.verdict(100.0).0, 3);
+}
+
+#[test]
+fn the_echo_rate_leaves_out_the_wait_for_a_last_lost_datagram() {
+    // 10 datagrams, the last dropped: the run waits out its 1 s timeout, which is no time
+    // of echoing (the rate was halved, or worse, by it).
+    let server = wrong_server(|idx| if idx == 9 { Act::Drop } else { Act::Echo });
+    let report = bench(&config(server.addr, 1, 10, 1_000));
+    let c = &report.counts;
+    assert_eq!((c.sent, c.echoed, c.lost), (10, 9, 1));
+    assert!(
+        report.elapsed >= report.active + Duration::from_secs(1),
+        "{report:?}"
+    );
+    assert_eq!(report.echoes_per_sec(), 9.0 / report.active.as_secs_f64());
 }
 
 #[test]
@@ -205,8 +242,77 @@ fn nothing_listening_is_total_loss_and_socket_errors_not_a_hang() {
     assert_eq!(c.lost, c.sent);
     assert!(c.sent >= 1);
     assert!(report.socket_errors >= 1, "ECONNREFUSED is counted");
+    assert_eq!(
+        report.socket_error_kinds.keys().collect::<Vec<_>>(),
+        ["connection refused"]
+    );
+    assert!(report.text().contains("nothing listens on"));
     assert_eq!(report.verdict(100.0).0, 1);
     assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn a_send_the_kernel_refuses_is_said_as_it_is_not_as_nothing_listening() {
+    // A server that answers, reached through its IPv4-mapped IPv6 address with datagrams
+    // too large for IPv4: every send fails with EMSGSIZE. The report said "ECONNREFUSED:
+    // nothing listens" for any socket error.
+    let server = wrong_server(|_| Act::Echo);
+    if std::net::UdpSocket::bind("[::]:0").is_err() {
+        eprintln!("SKIPPED: no IPv6 socket here, so no IPv4-mapped destination");
+        return;
+    }
+    let std::net::IpAddr::V4(v4) = server.addr.ip() else {
+        unreachable!("the server binds 127.0.0.1")
+    };
+    let mapped = SocketAddr::new(v4.to_ipv6_mapped().into(), server.addr.port());
+    let mut cfg = config(mapped, 1, 3, 50);
+    cfg.size = 65_527;
+    // No send succeeds, so the count is never reached: the duration ends the run.
+    cfg.duration = Duration::from_millis(300);
+    let report = bench(&cfg);
+    assert_eq!((report.counts.sent, report.counts.echoed), (0, 0));
+    assert!(report.socket_errors >= 1);
+    assert_eq!(
+        report.socket_error_kinds.keys().collect::<Vec<_>>(),
+        ["message too long"]
+    );
+    let text = report.text();
+    assert!(!text.contains("listens"), "{text}");
+    assert!(
+        text.contains(&format!("{} message too long)", report.socket_errors)),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_server_that_answers_from_another_port_is_said_so_not_blamed_on_a_rate_limit() {
+    // The echo leaves from a second socket (a multi-homed or careless server): the bench's
+    // connected socket never sees it, and the report must not guess a rate limit.
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let addr = socket.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        for _ in 0..3 {
+            let Ok((len, src)) = socket.recv_from(&mut buf) else {
+                return;
+            };
+            other.send_to(&buf[..len], src).unwrap();
+        }
+    });
+    let report = bench(&config(addr, 1, 3, 50));
+    server.join().unwrap();
+    let c = &report.counts;
+    assert_eq!((c.sent, c.echoed, c.lost, c.corrupt), (3, 0, 3, 0));
+    let text = report.text();
+    assert!(
+        text.contains(&format!("nothing came back from {addr}")),
+        "{text}"
+    );
+    assert!(!text.contains("rate-limited"), "{text}");
 }
 
 #[test]
@@ -286,6 +392,64 @@ fn an_open_loop_accounts_exactly_the_send_times_of_its_window() {
     assert_eq!(c.sent + c.unsent, 100);
     assert_eq!(c.echoed + c.lost, c.sent);
     assert_eq!(report.verdict(100.0).0, if c.unsent == 0 { 0 } else { 1 });
+}
+
+#[test]
+fn a_slot_due_before_the_window_ends_is_sent_late_not_counted_unsent() {
+    // The turn that sees the window end (here at once: the run is interrupted before it
+    // starts) still sends the slots already due: socket 0's first is due at 0. It was
+    // counted unsent, and every open loop ended with a few such (a --rate 5000 run that
+    // kept its rate said `FAIL: 4 of 5000 datagrams due ... could not keep --rate 5000`;
+    // Ctrl-C gave exit 1, not 130).
+    let server = wrong_server(|_| Act::Echo);
+    let cfg = UdpBenchConfig {
+        addr: server.addr,
+        n_conns: 1,
+        size: 64,
+        duration: Duration::from_secs(10),
+        count: None,
+        rate: Some(1.0),
+        timeout: Duration::from_secs(5),
+        n_threads: 1,
+    };
+    let report = run(&cfg, &AtomicBool::new(true)).unwrap();
+    eprintln!("{}", report.text());
+    let c = &report.counts;
+    assert_eq!((c.intended(), c.sent, c.unsent, c.echoed), (1, 1, 0, 1));
+    assert_eq!(report.verdict(0.0).0, 130, "{}", report.verdict(0.0).1);
+}
+
+#[test]
+fn an_interrupted_run_waits_a_short_grace_not_the_whole_timeout() {
+    // A server that never answers and a 30 s timeout: interrupted (here before it starts;
+    // the open loop's first slot, due at 0, still goes), the run gives its datagram 1 s,
+    // then counts it lost and given up. It waited the whole timeout.
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let cfg = UdpBenchConfig {
+        addr: socket.local_addr().unwrap(),
+        n_conns: 1,
+        size: 64,
+        duration: Duration::from_secs(10),
+        count: None,
+        rate: Some(1.0),
+        timeout: Duration::from_secs(30),
+        n_threads: 1,
+    };
+    let started = Instant::now();
+    let report = run(&cfg, &AtomicBool::new(true)).unwrap();
+    let took = started.elapsed();
+    eprintln!("{}", report.text());
+    let c = &report.counts;
+    assert_eq!((c.sent, c.echoed, c.lost, c.given_up), (1, 0, 1, 1));
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(20),
+        "{took:?}"
+    );
+    assert!(report
+        .text()
+        .contains("interrupt   1 datagram still awaited 1.00 s after the interrupt counted lost, before their --timeout of 30.00 s"));
+    assert_eq!(report.json()["given_up"], 1);
+    assert_eq!(report.verdict(100.0).0, 130);
 }
 
 /// `--interval`: progress lines while the run goes, their figures never ahead of the

@@ -150,6 +150,7 @@ fn serve(args: ServeCmd, matches: &clap::ArgMatches) -> ExitCode {
         model,
         udp_listen,
         tcp.workers,
+        tcp.ipv6_only,
         |addr| {
             tcp.listen = vec![addr];
             echolab_server::cli::run(tcp)

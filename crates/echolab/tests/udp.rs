@@ -426,6 +426,51 @@ fn ipv6_keeps_its_larger_boundary(model: &str) {
     assert!(stats.contains("3 received, 3 echoed, 0 dropped"), "{stats}");
 }
 
+/// `[::]:PORT` is dual-stack, as TCP's listener is (Linux's default): an IPv4 source is
+/// answered, from the IPv4 address it wrote to. It was IPv6-only whatever was asked, so
+/// `socat - UDP:127.0.0.1:PORT` got nothing from a server whose TCP side on the same port
+/// took IPv4. `--ipv6-only` makes it IPv6-only.
+fn a_dual_stack_listener_answers_ipv4_unless_ipv6_only(model: &str) {
+    let Ok(v6) = client("[::1]:0") else {
+        eprintln!("SKIPPED: cannot bind [::1] (no IPv6 loopback here)");
+        return;
+    };
+    let bindv6only = std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only").unwrap_or_default();
+    if bindv6only.trim() != "0" {
+        eprintln!("SKIPPED: net.ipv6.bindv6only is {bindv6only:?}: [::] is not dual-stack here");
+        return;
+    }
+    let v4 = client("127.0.0.1:0").unwrap();
+    let mut buf = [0u8; 16];
+    let mut server = UdpServer::start_on(model, "[::]:0", &[]);
+    let port = server.addr.port();
+    let v4_server: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let v6_server: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    v4.send_to(b"over ipv4", v4_server).unwrap();
+    let (len, from) = v4.recv_from(&mut buf).expect("an echo over IPv4");
+    assert_eq!((&buf[..len], from), (&b"over ipv4"[..], v4_server));
+    v6.send_to(b"over ipv6", v6_server).unwrap();
+    let (len, from) = v6.recv_from(&mut buf).expect("an echo over IPv6");
+    assert_eq!((&buf[..len], from), (&b"over ipv6"[..], v6_server));
+    let stats = server.stop_within_2s();
+    assert!(stats.contains("2 received, 2 echoed, 0 dropped"), "{stats}");
+
+    let mut server = UdpServer::start_on(model, "[::]:0", &["--ipv6-only"]);
+    let port = server.addr.port();
+    v4.send_to(b"over ipv4", SocketAddr::from(([127, 0, 0, 1], port)))
+        .unwrap();
+    v6.send_to(
+        b"over ipv6",
+        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+    )
+    .unwrap();
+    assert_eq!(v6.recv(&mut buf).expect("an echo over IPv6"), 9);
+    let stats = server.stop_within_2s();
+    // The server has exited: a reply to IPv4 would be queued by now.
+    assert!(!has_datagram(&v4), "--ipv6-only answered an IPv4 source");
+    assert!(stats.contains("1 received, 1 echoed, 0 dropped"), "{stats}");
+}
+
 /// Why `serve --udp-only --model uring` cannot run here, if it cannot (the kernel refuses
 /// io_uring, as many containers do): its one-line error. Asked once per test binary.
 fn uring_refused() -> Option<String> {
@@ -489,6 +534,7 @@ udp_contract!(
     shutdown_within_two_seconds_under_load,
     sigint_stops_it_within_two_seconds_too,
     ipv6_keeps_its_larger_boundary,
+    a_dual_stack_listener_answers_ipv4_unless_ipv6_only,
 );
 
 #[test]

@@ -773,8 +773,10 @@ mod tests {
             latency,
             jitter: Duration::ZERO,
             socket_errors: 0,
+            socket_error_kinds: Default::default(),
             window: Duration::from_secs(2),
             interrupted: false,
+            active: Duration::from_secs(2),
         };
         // 0.02 s of server CPU over 4000 echoes: 5 µs each.
         let s = RunSample::from_udp_report(&report, Some(0.02), None);
