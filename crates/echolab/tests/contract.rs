@@ -138,6 +138,31 @@ fn client_reset_mid_stream_costs_only_its_connection(model: &str) {
     assert_eq!(round_trip(server.addr, b"alive?".to_vec()), b"alive?");
 }
 
+/// A client that resets a connection the server is only reading (its echo all sent back,
+/// nothing in flight): the close line names the reset, not a peer that closed cleanly.
+/// (io_uring: the receive's ECONNRESET closes the connection; treated as "no buffer free",
+/// the receive was armed again, read the end of the stream and logged "peer closed".)
+fn a_reset_while_reading_is_logged_as_a_reset(model: &str) {
+    let server = Server::start(model, &[]);
+    let mut victim = connect(server.addr);
+    victim.write_all(b"ping").unwrap();
+    assert_eq!(read_n(&mut victim, 4), b"ping");
+    // SO_LINGER 0: close sends RST.
+    socket2::SockRef::from(&victim)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(victim);
+    let closed = server.log.wait_for(" closed: ", 1);
+    assert!(
+        closed[0].contains("reset") && !closed[0].contains("peer closed"),
+        "{model}: {closed:?}"
+    );
+    assert!(
+        closed[0].contains("(4 bytes in, 4 out)"),
+        "{model}: {closed:?}"
+    );
+}
+
 /// A client that sends and never reads: the server stops reading it once 64 KiB are owed,
 /// so its memory stays bounded, and it keeps serving everyone else.
 /// Pushes into `hog` until the kernel has said "would block" for a while: every buffer on
@@ -1617,6 +1642,7 @@ contract!(
     second_client_while_first_is_idle,
     half_close_returns_every_byte_owed,
     client_reset_mid_stream_costs_only_its_connection,
+    a_reset_while_reading_is_logged_as_a_reset,
     client_that_never_reads_cannot_grow_server_memory,
     stalled_clients_do_not_starve_a_burst,
     slow_partial_line_blocks_no_one,
