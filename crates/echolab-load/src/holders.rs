@@ -1002,6 +1002,41 @@ mod tests {
         );
     }
 
+    /// A worker not started (the run was interrupted first): no pid, its share neither held
+    /// nor failed, the hold interrupted, and its line says so.
+    #[test]
+    fn a_worker_not_started_is_neither_held_nor_failed() {
+        let addr: std::net::SocketAddr = "127.0.0.1:7007".parse().unwrap();
+        let held = json!({"hold": {"established": 4, "failed": 0, "failed_by_kind": {},
+            "establish_secs": 0.125, "still_open": 4}});
+        let share = Share {
+            index: 1,
+            first: 4,
+            count: 6,
+            active: 0,
+        };
+        let never = Outcome {
+            share,
+            pid: None,
+            doc: Some(not_started(&share)),
+            died: None,
+            ready_secs: None,
+        };
+        let hold = combine(10, &[outcome(0, 4, Some(held), None), never], 0.5, None);
+        assert_eq!(hold["established"], 4);
+        assert_eq!(hold["failed"], 0);
+        assert_eq!(hold["failed_by_kind"], json!({}));
+        assert_eq!(hold["first_error"], Value::Null);
+        assert_eq!(hold["interrupted"], true);
+        let text = text(addr, &hold);
+        assert!(
+            text.ends_with(
+                "  worker 0 (pid 100): held 4 of 4 (0 failed) in 0.125 s, 4 still open\n  worker 1: not started (interrupted first): its 6 connections neither held nor failed\n"
+            ),
+            "{text}"
+        );
+    }
+
     #[test]
     fn exit_statuses_are_named() {
         use std::os::unix::process::ExitStatusExt;

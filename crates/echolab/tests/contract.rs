@@ -138,6 +138,31 @@ fn client_reset_mid_stream_costs_only_its_connection(model: &str) {
     assert_eq!(round_trip(server.addr, b"alive?".to_vec()), b"alive?");
 }
 
+/// A client that resets a connection the server is only reading (its echo all sent back,
+/// nothing in flight): the close line names the reset, not a peer that closed cleanly.
+/// (io_uring: the receive's ECONNRESET closes the connection; treated as "no buffer free",
+/// the receive was armed again, read the end of the stream and logged "peer closed".)
+fn a_reset_while_reading_is_logged_as_a_reset(model: &str) {
+    let server = Server::start(model, &[]);
+    let mut victim = connect(server.addr);
+    victim.write_all(b"ping").unwrap();
+    assert_eq!(read_n(&mut victim, 4), b"ping");
+    // SO_LINGER 0: close sends RST.
+    socket2::SockRef::from(&victim)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(victim);
+    let closed = server.log.wait_for(" closed: ", 1);
+    assert!(
+        closed[0].contains("reset") && !closed[0].contains("peer closed"),
+        "{model}: {closed:?}"
+    );
+    assert!(
+        closed[0].contains("(4 bytes in, 4 out)"),
+        "{model}: {closed:?}"
+    );
+}
+
 /// A client that sends and never reads: the server stops reading it once 64 KiB are owed,
 /// so its memory stays bounded, and it keeps serving everyone else.
 /// Pushes into `hog` until the kernel has said "would block" for a while: every buffer on
@@ -269,6 +294,35 @@ fn slow_partial_line_blocks_no_one(model: &str) {
     slow.write_all(b"no\0nl\r").unwrap();
     slow.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_to_end(&mut slow).unwrap(), b"no\0nl\r");
+}
+
+/// A partial line that nearly fills the 64 KiB bound, read in full before its newline is
+/// sent: the server still reads the newline and echoes the line. (io_uring: the receive
+/// armed at the start ends once it has delivered most of the room; the 5,536 bytes of room
+/// left are less than one receive buffer and nothing is being sent, so a receive must be
+/// armed for them, or the connection waits forever.) `-vv` logs each read.
+fn a_partial_line_near_the_bound_still_gets_its_newline_read(model: &str) {
+    let args = [&["--mode", "lines", "-vv"], one_loop(model)].concat();
+    let server = Server::start(model, &args);
+    let partial: Vec<u8> = pattern(60_000).iter().map(|b| b | 0x80).collect();
+    let mut conn = connect(server.addr);
+    conn.write_all(&partial).unwrap();
+    let received = || -> u64 {
+        let lines = server.log.lines();
+        let sizes = lines
+            .iter()
+            .filter_map(|l| l.split("server received ").nth(1))
+            .filter_map(|rest| rest.split(' ').next()?.parse::<u64>().ok());
+        sizes.sum()
+    };
+    assert!(
+        eventually(|| received() == 60_000),
+        "{model}: the server read {} of the 60,000 bytes",
+        received()
+    );
+    conn.write_all(b"\n").unwrap();
+    let line = [partial, vec![b'\n']].concat();
+    assert_eq!(read_n(&mut conn, line.len()), line, "{model}");
 }
 
 fn over_long_line_closes_that_connection(model: &str) {
@@ -1627,6 +1681,8 @@ contract!(
     second_client_while_first_is_idle,
     half_close_returns_every_byte_owed,
     client_reset_mid_stream_costs_only_its_connection,
+    a_reset_while_reading_is_logged_as_a_reset,
+    a_partial_line_near_the_bound_still_gets_its_newline_read,
     client_that_never_reads_cannot_grow_server_memory,
     stalled_clients_do_not_starve_a_burst,
     slow_partial_line_blocks_no_one,

@@ -443,6 +443,13 @@ impl Activated {
 
     /// As [`Activated::start`], with a socket passed for each of `ports`, in order.
     fn start_on(datagram: bool, ports: &[u16], args: &[&str]) -> Activated {
+        let program = [&[env!("CARGO_BIN_EXE_echolab"), "serve"], args].concat();
+        Activated::start_program(datagram, ports, &program)
+    }
+
+    /// As [`Activated::start_on`], running `program` (its path and arguments) in place of
+    /// `echolab serve ARGS`.
+    fn start_program(datagram: bool, ports: &[u16], program: &[&str]) -> Activated {
         use std::io::BufRead;
         let mut command = std::process::Command::new("systemd-socket-activate");
         if datagram {
@@ -452,8 +459,7 @@ impl Activated {
             command.args(["-l", &format!("127.0.0.1:{port}")]);
         }
         let mut child = command
-            .args([env!("CARGO_BIN_EXE_echolab"), "serve"])
-            .args(args)
+            .args(program)
             .env("RUST_LOG", "echolab=debug")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -651,6 +657,62 @@ fn a_passed_udp_socket_without_udp_flags_is_refused() {
     assert!(eventually(|| activated.has(
         "LISTEN_FDS passed a UDP socket: serve it with --udp or --udp-only"
     )));
+}
+
+/// Two UDP sockets passed (two `ListenDatagram=`): echolab serves one, so it refuses with
+/// one line naming the second one's descriptor (the passed ones are 3, 4, ...), exit 2.
+#[test]
+fn a_second_passed_udp_socket_is_refused_naming_its_descriptor() {
+    if !have("systemd-socket-activate", "systemd") {
+        return;
+    }
+    let ports = [free_port(), free_port()];
+    let mut activated = Activated::start_on(
+        true,
+        &ports,
+        &[
+            "--model",
+            "reactor",
+            "--udp-only",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.send_to(b"x", ("127.0.0.1", ports[0])).unwrap();
+    let status = wait_exit(&mut activated.child, STEP).expect("no exit");
+    assert_eq!(status.code(), Some(2), "{:?}", activated.lines());
+    let refusal =
+        "echolab serve: LISTEN_FDS: descriptor 4 is a second UDP socket (echolab serves one)";
+    assert!(
+        eventually(|| activated.has(refusal)),
+        "{:?}",
+        activated.lines()
+    );
+}
+
+/// A passed descriptor that is no socket (here /dev/null as descriptor 4, after a TCP
+/// listener as 3, with LISTEN_FDS=2 set by a shell between the tool and echolab): one line
+/// naming descriptor 4, exit 2.
+#[test]
+fn a_passed_descriptor_that_is_no_socket_is_refused_naming_it() {
+    if !have("systemd-socket-activate", "systemd") {
+        return;
+    }
+    let port = free_port();
+    let script = r#"LISTEN_FDS=2 exec "$0" serve --listen 127.0.0.1:0 4</dev/null"#;
+    let program = ["/bin/sh", "-c", script, env!("CARGO_BIN_EXE_echolab")];
+    let mut activated = Activated::start_program(false, &[port], &program);
+    let _conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let status = wait_exit(&mut activated.child, STEP).expect("no exit");
+    assert_eq!(status.code(), Some(2), "{:?}", activated.lines());
+    let refusal =
+        "echolab serve: LISTEN_FDS: descriptor 4 is neither a TCP nor a UDP socket of IPv4 or IPv6";
+    assert!(
+        eventually(|| activated.has(refusal)),
+        "{:?}",
+        activated.lines()
+    );
 }
 
 /// Two TCP sockets passed (two `ListenStream=`): every model serves both, as it serves

@@ -284,6 +284,9 @@ impl UringLoop<'_> {
                         }
                     }
                     Ok(n) => {
+                        // `sending` held the bytes of this send from `start` (room() counts
+                        // them as held): a wrong count would break the bound or waste room.
+                        debug_assert_eq!(conn.sending, Some(buf.len() - start), "send in flight");
                         conn.bytes_sent += n as u64;
                         conn.sending = None;
                         self.give_back(buf);
