@@ -367,6 +367,7 @@ impl UdpReport {
             "reordered": c.reordered,
             "max_reorder_distance": c.max_reorder_distance,
             "corrupt": c.corrupt,
+            "corrupt_answers": c.corrupt_answers,
             "socket_errors": self.socket_errors,
             "socket_errors_by_kind": self.socket_error_kinds,
             "jitter_us": self.jitter.as_nanos() as f64 / 1000.0,

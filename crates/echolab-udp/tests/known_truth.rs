@@ -194,6 +194,13 @@ fn a_server_that_flips_a_byte_gives_corrupt_echoes_and_exit_3() {
     assert_eq!(c.corrupt, 10);
     assert_eq!((c.sent, c.echoed, c.lost), (100, 90, 0));
     assert_eq!(report.verdict(100.0).0, 3);
+    // Each flipped echo still names its datagram: it answers it, wrongly. The JSON has
+    // what loss_ratio is over (sent = echoed + lost + corrupt_answers at the end).
+    let doc = report.json();
+    assert_eq!(
+        (doc["corrupt"].as_u64(), doc["corrupt_answers"].as_u64()),
+        (Some(10), Some(10))
+    );
 }
 
 #[test]
