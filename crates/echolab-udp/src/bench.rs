@@ -711,16 +711,16 @@ fn drive(
             window = Some(end);
             for sock in socks.iter_mut() {
                 if let Some(schedule) = sock.schedule {
-                    for _ in 0..SEND_BUDGET {
-                        let more = config.count.is_none_or(|n| sock.slots < n);
-                        if !more || sock.next_send >= end {
-                            break;
-                        }
-                        let intended = sock.next_send;
-                        sock.slots += 1;
-                        sock.next_send = schedule.intended(sock.slots);
-                        send(sock, intended, now, &mut out, &mut socket_errors, true);
-                    }
+                    let before_end = |at: Duration| at < end;
+                    send_due(
+                        sock,
+                        schedule,
+                        config.count,
+                        before_end,
+                        now,
+                        &mut out,
+                        &mut socket_errors,
+                    );
                     let due = schedule.due_before(sock.slots, end);
                     let left = config.count.map_or(due, |n| due.min(n - sock.slots));
                     sock.flow.not_sent(left);
@@ -740,14 +740,17 @@ fn drive(
                 Some(schedule) => {
                     let may_send =
                         |sock: &Sock| sending && config.count.is_none_or(|n| sock.slots < n);
-                    for _ in 0..SEND_BUDGET {
-                        if !may_send(sock) || sock.next_send > now {
-                            break;
-                        }
-                        let intended = sock.next_send;
-                        sock.slots += 1;
-                        sock.next_send = schedule.intended(sock.slots);
-                        send(sock, intended, now, &mut out, &mut socket_errors, true);
+                    if sending {
+                        let by_now = |at: Duration| at <= now;
+                        send_due(
+                            sock,
+                            schedule,
+                            config.count,
+                            by_now,
+                            now,
+                            &mut out,
+                            &mut socket_errors,
+                        );
                     }
                     if may_send(sock) {
                         next_wake = earliest(next_wake, sock.next_send);
@@ -913,6 +916,28 @@ fn publish(socks: &[Sock], socket_errors: u64, tally: &Tally) {
 
 fn earliest(a: Option<Duration>, b: Duration) -> Option<Duration> {
     Some(a.map_or(b, |a| a.min(b)))
+}
+
+/// Sends, up to a turn's budget ([`SEND_BUDGET`]), the slots of `sock`'s schedule whose
+/// intended time is `due` and that `count` (per socket) still allows, each at `now`.
+fn send_due(
+    sock: &mut Sock,
+    schedule: Schedule,
+    count: Option<u64>,
+    due: impl Fn(Duration) -> bool,
+    now: Duration,
+    out: &mut [u8],
+    errors: &mut SocketErrors,
+) {
+    for _ in 0..SEND_BUDGET {
+        if count.is_some_and(|n| sock.slots >= n) || !due(sock.next_send) {
+            break;
+        }
+        let intended = sock.next_send;
+        sock.slots += 1;
+        sock.next_send = schedule.intended(sock.slots);
+        send(sock, intended, now, out, errors, true);
+    }
 }
 
 /// Sends the socket's next datagram; a send error is counted and the datagram not
