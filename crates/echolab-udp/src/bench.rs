@@ -168,8 +168,10 @@ impl UdpReport {
                     "FAIL: loss {loss:.3}% is above --max-loss {max_loss_percent}%{}",
                     match counts.bench_drops {
                         0 => String::new(),
+                        // A dropped duplicate is no lost echo: no more than `lost` can be.
                         n => format!(
-                            " ({n} of the lost echoes were dropped by the bench's own receive queues)"
+                            " (up to {} of the lost echoes were dropped by the bench's own receive queues)",
+                            n.min(counts.lost)
                         ),
                     }
                 ),
@@ -282,10 +284,12 @@ impl UdpReport {
         let answered = c.echoed + c.late + c.duplicates + c.corrupt + c.bench_drops;
         let unanswered = (c.lost - c.late).saturating_sub(c.bench_drops);
         if c.bench_drops > 0 {
+            // The kernel counts datagrams: a dropped duplicate or late echo is one too.
             out += &format!(
-                "  bench drops {} echoes were dropped by the bench's own receive queues (its sockets' \
-                 drops in /proc/net/udp): counted lost, but the server sent them\n",
-                c.bench_drops
+                "  bench drops {} were dropped by the bench's own receive queues (its sockets' \
+                 drops in /proc/net/udp): up to {} of the lost echoes were sent by the server\n",
+                echolab_cli::counted(c.bench_drops, "datagram"),
+                c.bench_drops.min(c.lost)
             );
         }
         if c.sent > 0 && answered == 0 && self.socket_errors == 0 {
@@ -1040,7 +1044,8 @@ mod tests {
         let text = r.text();
         assert!(
             text.contains(
-                "  bench drops 3904 echoes were dropped by the bench's own receive queues"
+                "  bench drops 3904 datagrams were dropped by the bench's own receive queues (its \
+                 sockets' drops in /proc/net/udp): up to 3904 of the lost echoes were sent by the server\n"
             ),
             "{text}"
         );
@@ -1049,11 +1054,27 @@ mod tests {
             "nothing is left to blame on the server: {text}"
         );
         assert!(!text.contains("nothing came back"), "{text}");
-        assert!(r
-            .verdict(0.0)
-            .1
-            .ends_with("(3904 of the lost echoes were dropped by the bench's own receive queues)"));
+        assert!(r.verdict(0.0).1.ends_with(
+            "(up to 3904 of the lost echoes were dropped by the bench's own receive queues)"
+        ));
         assert_eq!(r.json()["bench_drops"], 3904);
+        // More drops than losses (duplicates dropped too): no more than the lost are said
+        // to be lost to the bench.
+        let r = report(Counts {
+            sent: 10,
+            echoed: 7,
+            lost: 3,
+            duplicates: 2,
+            bench_drops: 9,
+            ..Counts::default()
+        });
+        assert!(r.text().contains(
+            "  bench drops 9 datagrams were dropped by the bench's own receive queues (its \
+             sockets' drops in /proc/net/udp): up to 3 of the lost echoes were sent by the server\n"
+        ), "{}", r.text());
+        assert!(r.verdict(0.0).1.ends_with(
+            "(up to 3 of the lost echoes were dropped by the bench's own receive queues)"
+        ));
         // Some lost to the server too: the note counts only those.
         let r = report(Counts {
             sent: 100,
