@@ -286,9 +286,10 @@ impl UdpReport {
         if c.bench_drops > 0 {
             // The kernel counts datagrams: a dropped duplicate or late echo is one too.
             out += &format!(
-                "  bench drops {} were dropped by the bench's own receive queues (its sockets' \
-                 drops in /proc/net/udp): up to {} of the lost echoes were sent by the server\n",
+                "  bench drops {} {} dropped by the bench's own receive queues (its sockets' \
+                 drops in /proc/net/udp): the server sent up to {} of the lost echoes\n",
                 echolab_cli::counted(c.bench_drops, "datagram"),
+                if c.bench_drops == 1 { "was" } else { "were" },
                 c.bench_drops.min(c.lost)
             );
         }
@@ -1045,7 +1046,7 @@ mod tests {
         assert!(
             text.contains(
                 "  bench drops 3904 datagrams were dropped by the bench's own receive queues (its \
-                 sockets' drops in /proc/net/udp): up to 3904 of the lost echoes were sent by the server\n"
+                 sockets' drops in /proc/net/udp): the server sent up to 3904 of the lost echoes\n"
             ),
             "{text}"
         );
@@ -1068,10 +1069,28 @@ mod tests {
             bench_drops: 9,
             ..Counts::default()
         });
-        assert!(r.text().contains(
-            "  bench drops 9 datagrams were dropped by the bench's own receive queues (its \
-             sockets' drops in /proc/net/udp): up to 3 of the lost echoes were sent by the server\n"
-        ), "{}", r.text());
+        assert!(
+            r.text().contains(
+                "  bench drops 9 datagrams were dropped by the bench's own receive queues (its \
+             sockets' drops in /proc/net/udp): the server sent up to 3 of the lost echoes\n"
+            ),
+            "{}",
+            r.text()
+        );
+        // One: its verb agrees.
+        let one = report(Counts {
+            sent: 10,
+            echoed: 9,
+            lost: 1,
+            bench_drops: 1,
+            ..Counts::default()
+        });
+        assert!(
+            one.text()
+                .contains("  bench drops 1 datagram was dropped by the bench's own receive queues"),
+            "{}",
+            one.text()
+        );
         assert!(r.verdict(0.0).1.ends_with(
             "(up to 3 of the lost echoes were dropped by the bench's own receive queues)"
         ));
