@@ -302,11 +302,13 @@ impl UdpReport {
             );
         } else if unanswered > 0 && self.socket_errors == 0 {
             out += &format!(
-                "  note        {} lost datagrams were not echoed while the bench listened; an echolab server counts what it \
+                "  note        {} {} not echoed while the bench listened; an echolab server counts what it \
                  refuses: if its `rate-limited` count is not 0, its --udp-rate-per-source (per \
-                 source address: {} from one address) dropped them\n",
-                unanswered,
-                echolab_cli::counted(cfg.n_conns, "socket")
+                 source address: {} from one address) dropped {}\n",
+                echolab_cli::counted(unanswered, "lost datagram"),
+                if unanswered == 1 { "was" } else { "were" },
+                echolab_cli::counted(cfg.n_conns, "socket"),
+                if unanswered == 1 { "it" } else { "them" }
             );
         }
         if self.socket_errors > 0 {
@@ -1129,6 +1131,20 @@ mod tests {
         });
         assert!(!r.text().contains("nothing came back"));
         assert!(r.text().contains("9 lost datagrams were not echoed"));
+        // One lost: its verb agrees.
+        let r = report(Counts {
+            sent: 10,
+            echoed: 9,
+            lost: 1,
+            ..Counts::default()
+        });
+        assert!(
+            r.text()
+                .contains("note        1 lost datagram was not echoed")
+                && r.text().contains(") dropped it\n"),
+            "{}",
+            r.text()
+        );
         // Nothing sent: nothing to say.
         assert!(!report(Counts::default()).text().contains("note"));
     }
