@@ -287,10 +287,13 @@ impl UdpReport {
             // The kernel counts datagrams: a dropped duplicate or late echo is one too.
             out += &format!(
                 "  bench drops {} {} dropped by the bench's own receive queues (its sockets' \
-                 drops in /proc/net/udp): the server sent up to {} of the lost echoes\n",
+                 drops in /proc/net/udp): {}\n",
                 echolab_cli::counted(c.bench_drops, "datagram"),
                 if c.bench_drops == 1 { "was" } else { "were" },
-                c.bench_drops.min(c.lost)
+                match c.bench_drops.min(c.lost) {
+                    0 => "no echo was lost, so none was an echo awaited (duplicates)".to_string(),
+                    m => format!("the server sent up to {m} of the lost echoes"),
+                }
             );
         }
         if c.sent > 0 && answered == 0 && self.socket_errors == 0 {
