@@ -387,9 +387,11 @@ impl WatchedChild {
         let pgid = Pid::from_raw(self.pid());
         // ESRCH (the group is already gone) is fine.
         let _ = killpg(pgid, Signal::SIGKILL);
+        // Out of the list before the group is reaped: once it is, its id may be reused,
+        // and `stop_on_signal` must never kill a stranger's group.
+        live_groups().retain(|&group| group != pgid.as_raw());
         let _ = self.child.wait();
         reap_group(pgid);
-        live_groups().retain(|&group| group != pgid.as_raw());
         if let Some(reader) = self.stdout_reader.take() {
             let _ = reader.join();
         }

@@ -44,9 +44,15 @@ impl std::fmt::Debug for Datagrams {
 
 impl Datagrams {
     /// Room for `count` datagrams (at least 1) of up to `buf_len` bytes (at least 1) each.
+    /// Panics if `count × buf_len` bytes cannot be addressed.
     pub fn new(count: usize, buf_len: usize) -> Datagrams {
         let count = count.max(1);
         let buf_len = buf_len.max(1);
+        // Checked, not wrapped (as a release build's `*` would): every I/O vector below
+        // must lie inside `bufs`.
+        let total = count
+            .checked_mul(buf_len)
+            .expect("count × buf_len overflows usize");
         // SAFETY (for the zeroed values below): all-zero sockaddr_storage, iovec and
         // mmsghdr are valid values (null pointers, zero lengths).
         let zero_name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
@@ -56,7 +62,7 @@ impl Datagrams {
         };
         let zero_hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
         let mut batch = Datagrams {
-            bufs: vec![0u8; count * buf_len].into_boxed_slice(),
+            bufs: vec![0u8; total].into_boxed_slice(),
             buf_len,
             names: vec![zero_name; count].into_boxed_slice(),
             recv_iovs: vec![zero_iov; count].into_boxed_slice(),
@@ -68,7 +74,8 @@ impl Datagrams {
         let bufs = batch.bufs.as_mut_ptr();
         for idx in 0..count {
             batch.recv_iovs[idx] = libc::iovec {
-                // SAFETY: idx * buf_len + buf_len <= count * buf_len: inside `bufs`.
+                // SAFETY: idx * buf_len + buf_len <= total (no overflow: checked above):
+                // inside `bufs`.
                 iov_base: unsafe { bufs.add(idx * buf_len) }.cast(),
                 iov_len: buf_len,
             };
@@ -365,6 +372,14 @@ mod tests {
         assert_eq!(client.recv(&mut buf).unwrap(), 1);
         assert_eq!(client.recv(&mut buf).unwrap(), 3);
         assert_eq!(good, client.local_addr().unwrap());
+    }
+
+    /// A size that wraps (`count × buf_len` past usize::MAX) would leave the I/O vectors
+    /// pointing past a small buffer for the kernel to write: it is refused instead.
+    #[test]
+    #[should_panic(expected = "count × buf_len overflows usize")]
+    fn a_size_that_overflows_is_refused_not_wrapped() {
+        let _ = Datagrams::new(usize::MAX / 2 + 1, 2);
     }
 
     #[test]

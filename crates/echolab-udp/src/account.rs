@@ -57,8 +57,9 @@ pub struct Counts {
     /// Of `lost`, the datagrams still awaited when the run ended before their timeout
     /// (only an interrupted run ends so: it waits a short grace, not the whole timeout).
     pub given_up: u64,
-    /// Echoes the bench's own sockets dropped, their receive queues full (the kernel's
-    /// per-socket count): counted in `lost`, but the server sent them.
+    /// Datagrams the bench's own sockets dropped, their receive queues full (the kernel's
+    /// per-socket count): a dropped echo is counted in `lost`, but the server sent it; a
+    /// dropped duplicate or late echo is counted here too.
     pub bench_drops: u64,
 }
 

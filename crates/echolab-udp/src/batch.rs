@@ -59,8 +59,9 @@ impl Batch {
     /// One `recvmmsg` (non-blocking), then the guard's verdicts, then one or more
     /// `sendmmsg` for the admitted datagrams. Returns how many datagrams were received:
     /// 0 means the socket had none (WouldBlock), and fewer than [`BATCH`] that the call
-    /// emptied the socket's queue (a non-blocking `recvmmsg` stops early only then), so
-    /// that a caller need not make one more call just to hear WouldBlock.
+    /// emptied the socket's queue or met a socket error (which the next call reports), so
+    /// that a caller need not make one more call just to hear WouldBlock (a level-triggered
+    /// wait sees whatever is left).
     ///
     /// Errors: only a receive error other than WouldBlock/Interrupted/ConnectionRefused;
     /// send errors are counted as [`DropReason::SendFailed`] and never stop the loop.

@@ -168,8 +168,10 @@ impl UdpReport {
                     "FAIL: loss {loss:.3}% is above --max-loss {max_loss_percent}%{}",
                     match counts.bench_drops {
                         0 => String::new(),
+                        // A dropped duplicate is no lost echo: no more than `lost` can be.
                         n => format!(
-                            " ({n} of the lost echoes were dropped by the bench's own receive queues)"
+                            " (up to {} of the lost echoes were dropped by the bench's own receive queues)",
+                            n.min(counts.lost)
                         ),
                     }
                 ),
@@ -282,10 +284,16 @@ impl UdpReport {
         let answered = c.echoed + c.late + c.duplicates + c.corrupt + c.bench_drops;
         let unanswered = (c.lost - c.late).saturating_sub(c.bench_drops);
         if c.bench_drops > 0 {
+            // The kernel counts datagrams: a dropped duplicate or late echo is one too.
             out += &format!(
-                "  bench drops {} echoes were dropped by the bench's own receive queues (its sockets' \
-                 drops in /proc/net/udp): counted lost, but the server sent them\n",
-                c.bench_drops
+                "  bench drops {} {} dropped by the bench's own receive queues (its sockets' \
+                 drops in /proc/net/udp): {}\n",
+                echolab_cli::counted(c.bench_drops, "datagram"),
+                if c.bench_drops == 1 { "was" } else { "were" },
+                match c.bench_drops.min(c.lost) {
+                    0 => "no echo was lost, so none was an echo awaited (duplicates)".to_string(),
+                    m => format!("the server sent up to {m} of the lost echoes"),
+                }
             );
         }
         if c.sent > 0 && answered == 0 && self.socket_errors == 0 {
@@ -297,11 +305,13 @@ impl UdpReport {
             );
         } else if unanswered > 0 && self.socket_errors == 0 {
             out += &format!(
-                "  note        {} lost datagrams were not echoed while the bench listened; an echolab server counts what it \
+                "  note        {} {} not echoed while the bench listened; an echolab server counts what it \
                  refuses: if its `rate-limited` count is not 0, its --udp-rate-per-source (per \
-                 source address: {} from one address) dropped them\n",
-                unanswered,
-                echolab_cli::counted(cfg.n_conns, "socket")
+                 source address: {} from one address) dropped {}\n",
+                echolab_cli::counted(unanswered, "lost datagram"),
+                if unanswered == 1 { "was" } else { "were" },
+                echolab_cli::counted(cfg.n_conns, "socket"),
+                if unanswered == 1 { "it" } else { "them" }
             );
         }
         if self.socket_errors > 0 {
@@ -367,6 +377,7 @@ impl UdpReport {
             "reordered": c.reordered,
             "max_reorder_distance": c.max_reorder_distance,
             "corrupt": c.corrupt,
+            "corrupt_answers": c.corrupt_answers,
             "socket_errors": self.socket_errors,
             "socket_errors_by_kind": self.socket_error_kinds,
             "jitter_us": self.jitter.as_nanos() as f64 / 1000.0,
@@ -710,16 +721,16 @@ fn drive(
             window = Some(end);
             for sock in socks.iter_mut() {
                 if let Some(schedule) = sock.schedule {
-                    for _ in 0..SEND_BUDGET {
-                        let more = config.count.is_none_or(|n| sock.slots < n);
-                        if !more || sock.next_send >= end {
-                            break;
-                        }
-                        let intended = sock.next_send;
-                        sock.slots += 1;
-                        sock.next_send = schedule.intended(sock.slots);
-                        send(sock, intended, now, &mut out, &mut socket_errors, true);
-                    }
+                    let before_end = |at: Duration| at < end;
+                    send_due(
+                        sock,
+                        schedule,
+                        config.count,
+                        before_end,
+                        now,
+                        &mut out,
+                        &mut socket_errors,
+                    );
                     let due = schedule.due_before(sock.slots, end);
                     let left = config.count.map_or(due, |n| due.min(n - sock.slots));
                     sock.flow.not_sent(left);
@@ -739,14 +750,17 @@ fn drive(
                 Some(schedule) => {
                     let may_send =
                         |sock: &Sock| sending && config.count.is_none_or(|n| sock.slots < n);
-                    for _ in 0..SEND_BUDGET {
-                        if !may_send(sock) || sock.next_send > now {
-                            break;
-                        }
-                        let intended = sock.next_send;
-                        sock.slots += 1;
-                        sock.next_send = schedule.intended(sock.slots);
-                        send(sock, intended, now, &mut out, &mut socket_errors, true);
+                    if sending {
+                        let by_now = |at: Duration| at <= now;
+                        send_due(
+                            sock,
+                            schedule,
+                            config.count,
+                            by_now,
+                            now,
+                            &mut out,
+                            &mut socket_errors,
+                        );
                     }
                     if may_send(sock) {
                         next_wake = earliest(next_wake, sock.next_send);
@@ -914,6 +928,28 @@ fn earliest(a: Option<Duration>, b: Duration) -> Option<Duration> {
     Some(a.map_or(b, |a| a.min(b)))
 }
 
+/// Sends, up to a turn's budget ([`SEND_BUDGET`]), the slots of `sock`'s schedule whose
+/// intended time is `due` and that `count` (per socket) still allows, each at `now`.
+fn send_due(
+    sock: &mut Sock,
+    schedule: Schedule,
+    count: Option<u64>,
+    due: impl Fn(Duration) -> bool,
+    now: Duration,
+    out: &mut [u8],
+    errors: &mut SocketErrors,
+) {
+    for _ in 0..SEND_BUDGET {
+        if count.is_some_and(|n| sock.slots >= n) || !due(sock.next_send) {
+            break;
+        }
+        let intended = sock.next_send;
+        sock.slots += 1;
+        sock.next_send = schedule.intended(sock.slots);
+        send(sock, intended, now, out, errors, true);
+    }
+}
+
 /// Sends the socket's next datagram; a send error is counted and the datagram not
 /// recorded as sent (it did not leave): in the open loop (`scheduled`) its slot of the
 /// schedule is counted unsent.
@@ -1014,7 +1050,8 @@ mod tests {
         let text = r.text();
         assert!(
             text.contains(
-                "  bench drops 3904 echoes were dropped by the bench's own receive queues"
+                "  bench drops 3904 datagrams were dropped by the bench's own receive queues (its \
+                 sockets' drops in /proc/net/udp): the server sent up to 3904 of the lost echoes\n"
             ),
             "{text}"
         );
@@ -1023,11 +1060,45 @@ mod tests {
             "nothing is left to blame on the server: {text}"
         );
         assert!(!text.contains("nothing came back"), "{text}");
-        assert!(r
-            .verdict(0.0)
-            .1
-            .ends_with("(3904 of the lost echoes were dropped by the bench's own receive queues)"));
+        assert!(r.verdict(0.0).1.ends_with(
+            "(up to 3904 of the lost echoes were dropped by the bench's own receive queues)"
+        ));
         assert_eq!(r.json()["bench_drops"], 3904);
+        // More drops than losses (duplicates dropped too): no more than the lost are said
+        // to be lost to the bench.
+        let r = report(Counts {
+            sent: 10,
+            echoed: 7,
+            lost: 3,
+            duplicates: 2,
+            bench_drops: 9,
+            ..Counts::default()
+        });
+        assert!(
+            r.text().contains(
+                "  bench drops 9 datagrams were dropped by the bench's own receive queues (its \
+             sockets' drops in /proc/net/udp): the server sent up to 3 of the lost echoes\n"
+            ),
+            "{}",
+            r.text()
+        );
+        // One: its verb agrees.
+        let one = report(Counts {
+            sent: 10,
+            echoed: 9,
+            lost: 1,
+            bench_drops: 1,
+            ..Counts::default()
+        });
+        assert!(
+            one.text()
+                .contains("  bench drops 1 datagram was dropped by the bench's own receive queues"),
+            "{}",
+            one.text()
+        );
+        assert!(r.verdict(0.0).1.ends_with(
+            "(up to 3 of the lost echoes were dropped by the bench's own receive queues)"
+        ));
         // Some lost to the server too: the note counts only those.
         let r = report(Counts {
             sent: 100,
@@ -1063,6 +1134,20 @@ mod tests {
         });
         assert!(!r.text().contains("nothing came back"));
         assert!(r.text().contains("9 lost datagrams were not echoed"));
+        // One lost: its verb agrees.
+        let r = report(Counts {
+            sent: 10,
+            echoed: 9,
+            lost: 1,
+            ..Counts::default()
+        });
+        assert!(
+            r.text()
+                .contains("note        1 lost datagram was not echoed")
+                && r.text().contains(") dropped it\n"),
+            "{}",
+            r.text()
+        );
         // Nothing sent: nothing to say.
         assert!(!report(Counts::default()).text().contains("note"));
     }

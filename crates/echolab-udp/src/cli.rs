@@ -312,11 +312,13 @@ pub struct UdpClientFlags {
 /// loop measured from the intended send times.
 ///
 /// With --rate, every datagram whose intended send time falls in the --duration window is
-/// accounted: echoed, lost, or never sent (a generator that fell behind).
+/// accounted: echoed, lost, or never sent (a generator that fell behind, or a send the
+/// kernel refused: refused_sends).
 ///
 /// Exit status: 0 clean run; 1 loss above --max-loss, datagrams due but never sent, socket
-/// errors, or nothing echoed; 2 bad argument; 3 a corrupt echo; 130 interrupted; 141
-/// stdout closed by its reader (`| head`).
+/// errors, or nothing echoed; 2 bad argument; 3 a corrupt echo; 130 interrupted (Ctrl-C
+/// waits at most 1 s, or --timeout if shorter, for the echoes awaited: the rest are lost,
+/// given_up); 141 stdout closed by its reader (`| head`).
 #[derive(Debug, Parser)]
 #[command(name = "echolab bench --udp", disable_version_flag = true)]
 #[command(mut_arg("udp", |a| a.help("Use UDP (this command line).")))]

@@ -26,6 +26,8 @@ enum Act {
     Flip,
     /// Keep it, and echo it right after echoing the `n`-th datagram that arrives after it.
     HoldFor(usize),
+    /// Echo it this many times, back to back.
+    Flood(usize),
 }
 
 struct WrongServer {
@@ -73,6 +75,11 @@ fn wrong_server(rule: fn(u64) -> Act) -> WrongServer {
                 Act::Twice => {
                     socket.send_to(&data, src).unwrap();
                     socket.send_to(&data, src).unwrap();
+                }
+                Act::Flood(n) => {
+                    for _ in 0..n {
+                        socket.send_to(&data, src).unwrap();
+                    }
                 }
                 Act::Flip => {
                     let mut bad = data.clone();
@@ -187,6 +194,39 @@ fn a_duplicate_of_the_last_echo_is_counted_too() {
 }
 
 #[test]
+fn echoes_the_bench_sockets_drop_are_counted_from_the_kernel() {
+    // Two sockets on one thread, one 60,000-byte datagram each. The first to arrive is held
+    // until the second has been echoed 1000 times back to back. The closed loop reads the
+    // second socket's first copy and then nothing of it until the run ends (nothing is
+    // awaited there), so its receive queue (at most 8 MiB: ~140 such datagrams) overflows
+    // and the kernel drops the rest; the end of the run reads what was queued. Every copy
+    // after the first is a duplicate read or a drop, and none is a lost echo.
+    const COPIES: u64 = 1000;
+    let server = wrong_server(|idx| {
+        if idx == 0 {
+            Act::HoldFor(1)
+        } else {
+            Act::Flood(COPIES as usize)
+        }
+    });
+    let mut cfg = config(server.addr, 2, 1, 5_000);
+    cfg.n_threads = 1;
+    cfg.size = 60_000;
+    let report = bench(&cfg);
+    let c = &report.counts;
+    assert_eq!((c.sent, c.echoed, c.lost, c.corrupt), (2, 2, 0, 0));
+    assert!(c.bench_drops >= 1, "{c:?}");
+    // The kernel may still be delivering the last copies when the drops are read.
+    assert!(c.duplicates + c.bench_drops < COPIES, "{c:?}");
+    let text = report.text();
+    assert!(
+        text.contains("no echo was lost, so none was an echo awaited (duplicates)"),
+        "{text}"
+    );
+    assert_eq!(report.json()["bench_drops"], c.bench_drops);
+}
+
+#[test]
 fn a_server_that_flips_a_byte_gives_corrupt_echoes_and_exit_3() {
     let server = wrong_server(|idx| if idx % 10 == 0 { Act::Flip } else { Act::Echo });
     let report = bench(&config(server.addr, 2, 50, 1_000));
@@ -194,6 +234,13 @@ fn a_server_that_flips_a_byte_gives_corrupt_echoes_and_exit_3() {
     assert_eq!(c.corrupt, 10);
     assert_eq!((c.sent, c.echoed, c.lost), (100, 90, 0));
     assert_eq!(report.verdict(100.0).0, 3);
+    // Each flipped echo still names its datagram: it answers it, wrongly. The JSON has
+    // what loss_ratio is over (sent = echoed + lost + corrupt_answers at the end).
+    let doc = report.json();
+    assert_eq!(
+        (doc["corrupt"].as_u64(), doc["corrupt_answers"].as_u64()),
+        (Some(10), Some(10))
+    );
 }
 
 #[test]
