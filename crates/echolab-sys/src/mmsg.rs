@@ -4,9 +4,11 @@
 //! two calls is resetting the receive lengths and pointing a send header at each reply;
 //! nothing is allocated or converted (a source becomes a [`SocketAddr`] only when asked).
 //!
-//! Safety: every `iovec` and `mmsghdr` points into boxed slices owned by the
-//! [`Datagrams`] (their heap memory does not move when the struct does), and the kernel
-//! uses them only for the length of a call made through `&mut self`.
+//! Safety: every `iovec` and `mmsghdr` points into vectors owned by the [`Datagrams`],
+//! never resized (their heap memory does not move when the struct does), each pointer
+//! taken from its vector's `as_mut_ptr` (no reference to the whole vector is made after,
+//! so that the pointers stay valid under Rust's aliasing rules, for Miri as for the
+//! compiler); the kernel uses them only for the length of a call made through `&mut self`.
 //!
 //! [`send_each`] is the one loop that sends a prepared header array and skips a message
 //! the kernel refuses (`sendmmsg` reports an error only for the first message of a call);
@@ -21,13 +23,13 @@ use std::os::fd::RawFd;
 pub struct Datagrams {
     /// `count × buf_len` bytes, zeroed lazily by the allocator (pages are touched only as
     /// datagrams fill them).
-    bufs: Box<[u8]>,
+    bufs: Vec<u8>,
     buf_len: usize,
-    names: Box<[libc::sockaddr_storage]>,
-    recv_iovs: Box<[libc::iovec]>,
-    recv_hdrs: Box<[libc::mmsghdr]>,
-    send_iovs: Box<[libc::iovec]>,
-    send_hdrs: Box<[libc::mmsghdr]>,
+    names: Vec<libc::sockaddr_storage>,
+    recv_iovs: Vec<libc::iovec>,
+    recv_hdrs: Vec<libc::mmsghdr>,
+    send_iovs: Vec<libc::iovec>,
+    send_hdrs: Vec<libc::mmsghdr>,
     /// Datagrams held from the last receive.
     held: usize,
 }
@@ -62,32 +64,35 @@ impl Datagrams {
         };
         let zero_hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
         let mut batch = Datagrams {
-            bufs: vec![0u8; total].into_boxed_slice(),
+            bufs: vec![0u8; total],
             buf_len,
-            names: vec![zero_name; count].into_boxed_slice(),
-            recv_iovs: vec![zero_iov; count].into_boxed_slice(),
-            recv_hdrs: vec![zero_hdr; count].into_boxed_slice(),
-            send_iovs: vec![zero_iov; count].into_boxed_slice(),
-            send_hdrs: vec![zero_hdr; count].into_boxed_slice(),
+            names: vec![zero_name; count],
+            recv_iovs: vec![zero_iov; count],
+            recv_hdrs: vec![zero_hdr; count],
+            send_iovs: vec![zero_iov; count],
+            send_hdrs: vec![zero_hdr; count],
             held: 0,
         };
         let bufs = batch.bufs.as_mut_ptr();
-        for idx in 0..count {
-            batch.recv_iovs[idx] = libc::iovec {
-                // SAFETY: idx * buf_len + buf_len <= total (no overflow: checked above):
-                // inside `bufs`.
-                iov_base: unsafe { bufs.add(idx * buf_len) }.cast(),
-                iov_len: buf_len,
-            };
-            let hdr = &mut batch.recv_hdrs[idx].msg_hdr;
-            hdr.msg_name = std::ptr::from_mut(&mut batch.names[idx]).cast();
-            hdr.msg_iov = &mut batch.recv_iovs[idx];
-            hdr.msg_iovlen = 1;
+        let names = batch.names.as_mut_ptr();
+        let iovs = batch.recv_iovs.as_mut_ptr();
+        for (idx, hdr) in batch.recv_hdrs.iter_mut().enumerate() {
+            // SAFETY: idx < count, the length of `names` and `recv_iovs`; and
+            // idx * buf_len + buf_len <= total (no overflow: checked above): inside `bufs`.
+            unsafe {
+                iovs.add(idx).write(libc::iovec {
+                    iov_base: bufs.add(idx * buf_len).cast(),
+                    iov_len: buf_len,
+                });
+                hdr.msg_hdr.msg_name = names.add(idx).cast();
+                hdr.msg_hdr.msg_iov = iovs.add(idx);
+            }
+            hdr.msg_hdr.msg_iovlen = 1;
         }
         batch
     }
 
-    /// Receives up to [`Datagrams::capacity`] datagrams with one `recvmmsg(fd, flags)`
+    /// Receives up to `count` ([`Datagrams::new`]) datagrams with one `recvmmsg(fd, flags)`
     /// (for instance `MSG_DONTWAIT`, or `MSG_WAITFORONE` on a blocking socket), replacing
     /// the ones held. Returns how many arrived.
     ///
@@ -165,19 +170,25 @@ impl Datagrams {
     /// held.
     pub fn echo(&mut self, fd: RawFd, which: &[usize], outcomes: &mut Vec<io::Result<usize>>) {
         outcomes.clear();
+        let send_iovs = self.send_iovs.as_mut_ptr();
         for round in which.chunks(self.send_hdrs.len()) {
             for (slot, &idx) in round.iter().enumerate() {
                 assert!(idx < self.held, "datagram {idx} is not held");
-                self.send_iovs[slot] = libc::iovec {
+                let got = &self.recv_hdrs[idx];
+                let iov = libc::iovec {
                     iov_base: self.recv_iovs[idx].iov_base,
-                    iov_len: (self.recv_hdrs[idx].msg_len as usize).min(self.buf_len),
+                    iov_len: (got.msg_len as usize).min(self.buf_len),
                 };
-                let hdr = &mut self.send_hdrs[slot];
-                hdr.msg_hdr.msg_name = self.recv_hdrs[idx].msg_hdr.msg_name;
-                hdr.msg_hdr.msg_namelen = self.recv_hdrs[idx].msg_hdr.msg_namelen;
-                hdr.msg_hdr.msg_iov = &mut self.send_iovs[slot];
-                hdr.msg_hdr.msg_iovlen = 1;
-                hdr.msg_len = 0;
+                let hdr = &mut self.send_hdrs[slot].msg_hdr;
+                hdr.msg_name = got.msg_hdr.msg_name;
+                hdr.msg_namelen = got.msg_hdr.msg_namelen;
+                // SAFETY: slot < round.len() <= the length of `send_iovs`.
+                unsafe {
+                    send_iovs.add(slot).write(iov);
+                    hdr.msg_iov = send_iovs.add(slot);
+                }
+                hdr.msg_iovlen = 1;
+                self.send_hdrs[slot].msg_len = 0;
             }
             // SAFETY: the round's send headers point at held names and buffers and at
             // their own I/O vectors, all owned by `self` and alive for the call.
@@ -351,14 +362,16 @@ mod tests {
             batch.recv(server.as_raw_fd(), libc::MSG_DONTWAIT).unwrap(),
             3
         );
-        // Rewrite the second source's port to 0.
-        batch.names[1] = {
-            let mut name = batch.names[1];
-            // SAFETY: the name holds a sockaddr_in (the server is IPv4).
-            let v4 = unsafe { &mut *std::ptr::from_mut(&mut name).cast::<libc::sockaddr_in>() };
-            v4.sin_port = 0;
-            name
-        };
+        // Rewrite the second source's port to 0, where the kernel wrote it.
+        // SAFETY: the name holds a sockaddr_in (the server is IPv4), and nothing else
+        // refers to it during the write.
+        unsafe {
+            let v4 = batch.recv_hdrs[1]
+                .msg_hdr
+                .msg_name
+                .cast::<libc::sockaddr_in>();
+            (*v4).sin_port = 0;
+        }
         let mut outcomes = Vec::new();
         batch.echo(server.as_raw_fd(), &[0, 1, 2], &mut outcomes);
         assert_eq!(outcomes.len(), 3);
