@@ -14,7 +14,7 @@
 //! number), no `inf` or `NaN`, no sign. Each parser checks its flag's range, whose ends the
 //! caller gives (the ceilings live beside the flags), and says what is wrong in one
 //! lowercase sentence without the value: clap's line already names the flag and the value
-//! ("invalid value '0.5ms' for '--timeout <DURATION>': ...").
+//! (`invalid value '0.5ms' for '--timeout <DURATION>': ...`).
 //!
 //! Why not humantime: its grammar refuses a bare number ("time unit needed") and fractions
 //! (`0.5s`), both of which our flags have always taken.

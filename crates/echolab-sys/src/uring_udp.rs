@@ -16,7 +16,7 @@
 //! belongs to the [`UdpRing`] until the request's last completion arrives.**
 //! - Receive buffers are one allocation owned by the ring, handed to the kernel through a
 //!   registered buffer ring. A completion names a filled buffer; from then on it is the
-//!   caller's ([`Datagram`]) until [`UdpRing::recycle`] or [`UdpRing::reply`] takes it
+//!   caller's ([`Datagram`]) until [`UdpRing::recycle`] or [`UdpRing::reply_all`] takes it
 //!   back. The caller reads it only through [`UdpRing::payload`].
 //! - A reply's `mmsghdr` and `iovec` point into the lent buffer (its source address and
 //!   its payload) for the length of the `sendmmsg` call; the buffer goes back to the

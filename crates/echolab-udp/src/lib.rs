@@ -25,7 +25,7 @@
 //! - [`batch`]: `recvmmsg`/`sendmmsg` batches for the event and reactor loops.
 //! - Load: [`wire`] (the bench datagram: connection id, sequence number, pattern),
 //!   [`account`] (the pure accounting: loss, late, duplicates, reordering, corrupt,
-//!   RFC 3550 jitter), [`bench`] (the load engine and its report), [`drops`] (the bench
+//!   RFC 3550 jitter), [`bench`](mod@bench) (the load engine and its report), [`drops`] (the bench
 //!   sockets' own receive-queue drops, from `/proc/net/udp`), [`client`]
 //!   (`echolab client --udp`).
 //! - [`cli`]: the flags of `serve --udp`, `bench --udp` and `client --udp`, their checks,

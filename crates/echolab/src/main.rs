@@ -241,7 +241,7 @@ fn bench_wants_json() -> bool {
         && args.iter().any(|a| a == "--json" || a == "--json-stream")
 }
 
-/// A clap error on one line: "error: invalid value 'x' for '--model <MODEL>' [possible
+/// A clap error on one line: "error: invalid value 'x' for `'--model <MODEL>'` [possible
 /// values: ...]", without the blank line and the "--help" hint.
 fn one_line(rendered: &str) -> String {
     rendered
