@@ -506,6 +506,9 @@ impl BenchReport {
                 u.unsent
             );
         }
+        if let Some(sentence) = self.late_completion_sentence(unit) {
+            let _ = writeln!(out, "  {sentence}");
+        }
         // Only when no whole message ever came back (warm-up included): a server that
         // echoed whole messages before is not a lines server.
         let hint = if config.lines || self.last_echo_secs.is_some() {
@@ -538,6 +541,28 @@ impl BenchReport {
 }
 
 impl BenchReport {
+    /// The window's echoes took until [`Self::last_echo_secs`] to complete. When that is
+    /// well past the window (more than half a window more: a latency of the order of the
+    /// window, as 1 MiB messages on 1,000 connections in a 0.2 s window), the rate above,
+    /// messages of the window per second of it, is not what the server sustained: the
+    /// sentence gives the rate over the span they took, from the figures.
+    pub fn late_completion_sentence(&self, unit: &str) -> Option<String> {
+        let last = self.last_echo_secs?;
+        if self.messages == 0 || self.seconds <= 0.0 || last <= self.seconds * 1.5 {
+            return None;
+        }
+        Some(format!(
+            "NOTE: the window's {unit} kept completing until {last:.2} s, {:.1}× the {:.2} s \
+             window: {unit}/s above is the {unit} of the window per second of it; over the \
+             {last:.2} s they took, {:.0} {unit}/s (latency p50 {:.0} us): use a window many \
+             times the latency",
+            last / self.seconds,
+            self.seconds,
+            self.messages as f64 / last,
+            self.latency.p50_us,
+        ))
+    }
+
     /// The sentence about connections left without echoes, computed from the figures:
     /// when every connection stopped getting echoes (failed or unanswered at the end),
     /// the server stopped answering, with when; when some did and others were served to
@@ -1158,5 +1183,36 @@ mod tests {
             names,
             ["connect", "reset", "eof", "timeout", "mismatch", "extra", "starved"]
         );
+    }
+
+    /// Known figures: 1,000 messages of a 0.20 s window whose last echo came at 1.98 s
+    /// (1 MiB messages on 1,000 connections): the note gives 1,000 / 1.98 = 505 per second
+    /// and the ratio 9.9; at 1.5 windows or less, or with nothing completed, no note.
+    #[test]
+    fn echoes_completing_long_after_the_window_are_said_with_the_rate_over_their_span() {
+        let mut r = BenchReport::empty(1000);
+        r.messages = 1000;
+        r.seconds = 0.2;
+        r.latency.p50_us = 1_966_080.0;
+        r.last_echo_secs = Some(1.98);
+        assert_eq!(
+            r.late_completion_sentence("messages").unwrap(),
+            "NOTE: the window's messages kept completing until 1.98 s, 9.9× the 0.20 s window: \
+             messages/s above is the messages of the window per second of it; over the 1.98 s \
+             they took, 505 messages/s (latency p50 1966080 us): use a window many times the \
+             latency"
+        );
+        r.last_echo_secs = Some(0.3);
+        assert_eq!(r.late_completion_sentence("messages"), None);
+        r.last_echo_secs = Some(0.31);
+        assert!(r.late_completion_sentence("messages").is_some());
+        r.messages = 0;
+        assert_eq!(r.late_completion_sentence("messages"), None);
+        r.messages = 1000;
+        r.last_echo_secs = None;
+        assert_eq!(r.late_completion_sentence("messages"), None);
+        r.last_echo_secs = Some(1.98);
+        r.seconds = 0.0;
+        assert_eq!(r.late_completion_sentence("messages"), None);
     }
 }
