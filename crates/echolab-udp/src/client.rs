@@ -267,6 +267,16 @@ mod tests {
         n: usize,
         change: impl Fn(&mut Vec<u8>) + Send + 'static,
     ) -> (SocketAddr, std::thread::JoinHandle<Vec<Vec<u8>>>) {
+        server_sending(n, 1, change)
+    }
+
+    /// A server that answers `n` datagrams, each with `copies` copies of its reply
+    /// (`change` made to the received bytes); its thread returns what it received.
+    fn server_sending(
+        n: usize,
+        copies: usize,
+        change: impl Fn(&mut Vec<u8>) + Send + 'static,
+    ) -> (SocketAddr, std::thread::JoinHandle<Vec<Vec<u8>>>) {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         socket
             .set_read_timeout(Some(Duration::from_secs(10)))
@@ -279,7 +289,9 @@ mod tests {
                 let (len, from) = socket.recv_from(&mut buf).unwrap();
                 let mut reply = buf[..len].to_vec();
                 change(&mut reply);
-                socket.send_to(&reply, from).unwrap();
+                for _ in 0..copies {
+                    socket.send_to(&reply, from).unwrap();
+                }
                 got.push(buf[..len].to_vec());
             }
             got
@@ -466,21 +478,8 @@ mod tests {
     }
 
     /// A server on a thread that echoes each of `n` datagrams twice.
-    fn doubling_server(n: usize) -> (SocketAddr, std::thread::JoinHandle<()>) {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let addr = socket.local_addr().unwrap();
-        let handle = std::thread::spawn(move || {
-            let mut buf = vec![0u8; BUF_LEN];
-            for _ in 0..n {
-                let (len, from) = socket.recv_from(&mut buf).unwrap();
-                socket.send_to(&buf[..len], from).unwrap();
-                socket.send_to(&buf[..len], from).unwrap();
-            }
-        });
-        (addr, handle)
+    fn doubling_server(n: usize) -> (SocketAddr, std::thread::JoinHandle<Vec<Vec<u8>>>) {
+        server_sending(n, 2, |_| {})
     }
 
     /// UDP may deliver a datagram twice: the second copy of an echo, read while the next

@@ -160,18 +160,7 @@ fn output_lost_to_a_full_disk_is_an_error() {
         &["lab", "list"],
         &["lab", "progress-graph", "--trials", "1"],
     ] {
-        let full = std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/full")
-            .unwrap();
-        let child = echolab()
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(full)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = finish_bounded(child, STEP);
+        let out = run_with_stdout_full(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(

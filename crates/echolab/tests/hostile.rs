@@ -643,18 +643,7 @@ fn help_that_cannot_be_written_is_an_error() {
         &["serve", "--help"],
         &["bench", "--udp", "--help"],
     ] {
-        let full = std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/full")
-            .unwrap();
-        let child = echolab()
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(full)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = finish_bounded(child, STEP);
+        let out = run_with_stdout_full(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");

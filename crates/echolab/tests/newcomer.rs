@@ -18,15 +18,12 @@ fn udp_client_refuses_to_send_what_is_not_a_regular_file() {
     let fifo = dir.join("fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
     for path in [fifo.as_path(), std::path::Path::new("/dev/zero")] {
-        let child = echolab()
-            .args(["client", "--udp", "127.0.0.1:9", "--send"])
-            .arg(path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = finish_bounded(child, STEP);
+        let out = run_bounded(
+            echolab()
+                .args(["client", "--udp", "127.0.0.1:9", "--send"])
+                .arg(path),
+            STEP,
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert_eq!(
@@ -48,16 +45,13 @@ fn udp_client_refuses_to_send_what_is_not_a_regular_file() {
 #[test]
 fn the_first_streamed_interval_is_an_interval_long() {
     let server = Server::start("event", &[]);
-    let child = echolab()
-        .args(["bench", &server.addr.to_string()])
-        .args(["--conns", "1", "--warmup", "500ms", "--duration", "1300ms"])
-        .args(["--interval", "500ms", "--json-stream"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = finish_bounded(child, STEP);
+    let out = run_bounded(
+        echolab()
+            .args(["bench", &server.addr.to_string()])
+            .args(["--conns", "1", "--warmup", "500ms", "--duration", "1300ms"])
+            .args(["--interval", "500ms", "--json-stream"]),
+        STEP,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     let lines: Vec<serde_json::Value> = stdout

@@ -12,6 +12,18 @@ use std::time::Duration;
 
 use support::*;
 
+/// Every TCP model, for the tests that run one after another in a loop.
+const MODELS: [&str; 8] = [
+    "iterative",
+    "process",
+    "event",
+    "thread",
+    "prethreaded",
+    "reactor",
+    "uring",
+    "async",
+];
+
 /// Sends SIGUSR1 to `server` and returns the `count`th stats line it printed.
 fn usr1_stats(server: &Server, count: usize) -> String {
     nix::sys::signal::kill(
@@ -517,16 +529,7 @@ fn socket_activation_serves_the_passed_tcp_listener_in_every_model() {
     if !have("systemd-socket-activate", "systemd") {
         return;
     }
-    for model in [
-        "iterative",
-        "process",
-        "event",
-        "thread",
-        "prethreaded",
-        "reactor",
-        "uring",
-        "async",
-    ] {
+    for model in MODELS {
         if let Some(reason) = unsupported(model) {
             eprintln!("SKIPPED for {model}: {reason}");
             continue;
@@ -723,16 +726,7 @@ fn socket_activation_serves_every_passed_tcp_listener() {
     if !have("systemd-socket-activate", "systemd") {
         return;
     }
-    for model in [
-        "iterative",
-        "process",
-        "event",
-        "thread",
-        "prethreaded",
-        "reactor",
-        "uring",
-        "async",
-    ] {
+    for model in MODELS {
         if let Some(reason) = unsupported(model) {
             eprintln!("SKIPPED for {model}: {reason}");
             continue;

@@ -180,6 +180,23 @@ pub fn run_bounded(command: &mut Command, limit: Duration) -> std::process::Outp
     finish_bounded(child, limit)
 }
 
+/// Runs `echolab ARGS` with stdout a full disk (`/dev/full`: every write fails with
+/// ENOSPC), bounded by [`STEP`]; stderr is collected.
+pub fn run_with_stdout_full(args: &[&str]) -> std::process::Output {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("open /dev/full");
+    let child = echolab()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn echolab");
+    finish_bounded(child, STEP)
+}
+
 /// Waits for `child` and collects its output, killing it if it takes longer than `limit`
 /// (the test then fails, naming the limit).
 pub fn finish_bounded(child: Child, limit: Duration) -> std::process::Output {
