@@ -693,8 +693,10 @@ fn drive(
     }
     let mut events = Events::with_capacity(socks.len().max(1));
     let mut out = vec![0u8; config.size];
-    let mut buf = vec![0u8; BUF_LEN];
-    let mut scratch = Vec::new();
+    let mut rx = RecvBufs {
+        buf: vec![0u8; BUF_LEN],
+        scratch: Vec::new(),
+    };
     let mut latency = new_histogram();
     let mut socket_errors = SocketErrors::default();
     let mut window: Option<Duration> = None;
@@ -809,54 +811,35 @@ fn drive(
             let Some(sock) = socks.get_mut(event.token().0) else {
                 continue;
             };
-            for _ in 0..RECV_BUDGET {
-                // Closed loop: once nothing is awaited, the next datagram is due before
-                // anything else can arrive; reading on only to hear WouldBlock would cost
-                // a system call per echo. (Epoll reports the next arrival as a new edge,
-                // so a stray duplicate still queued is read then.)
-                if !open && sock.flow.outstanding() == 0 {
-                    break;
-                }
-                match sock.socket.recv(&mut buf) {
-                    Ok(len) => {
-                        let now = start.elapsed();
-                        judge(
-                            sock,
-                            &buf[..len],
-                            now,
-                            config.size,
-                            &mut scratch,
-                            &mut latency,
-                        );
-                    }
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                    Err(err) => socket_errors.count(&err),
-                }
-            }
+            // Closed loop: once nothing is awaited, the next datagram is due before anything
+            // else can arrive; reading on only to hear WouldBlock would cost a system call
+            // per echo. (Epoll reports the next arrival as a new edge, so a stray duplicate
+            // still queued is read then.)
+            let while_awaited = !open;
+            read_queued(
+                sock,
+                &mut rx,
+                start,
+                config.size,
+                &mut latency,
+                &mut socket_errors,
+                while_awaited,
+            );
         }
     }
     // What already arrived and was never read: the closed loop stops reading a socket
     // once nothing is awaited, so a duplicate of its last echo was left uncounted.
     for sock in socks.iter_mut() {
-        for _ in 0..RECV_BUDGET {
-            match sock.socket.recv(&mut buf) {
-                Ok(len) => {
-                    let now = start.elapsed();
-                    judge(
-                        sock,
-                        &buf[..len],
-                        now,
-                        config.size,
-                        &mut scratch,
-                        &mut latency,
-                    );
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => socket_errors.count(&err),
-            }
-        }
+        let while_awaited = false;
+        read_queued(
+            sock,
+            &mut rx,
+            start,
+            config.size,
+            &mut latency,
+            &mut socket_errors,
+            while_awaited,
+        );
     }
     for sock in socks.iter_mut() {
         sock.flow.give_up();
@@ -891,6 +874,39 @@ fn drive(
 
 /// Accounts one datagram that came back on `sock` at `now`: an echo of its own (on time,
 /// late, duplicate) or corrupt; an on-time echo's latency goes into `latency`.
+/// A loop's receive buffer and the scratch [`wire::parse`] checks patterns in.
+struct RecvBufs {
+    buf: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+/// Reads what `sock` has queued, at most [`RECV_BUDGET`] datagrams, and judges each as it
+/// arrives (time from `start`). `while_awaited`: stop as soon as the socket awaits no echo.
+fn read_queued(
+    sock: &mut Sock,
+    rx: &mut RecvBufs,
+    start: Instant,
+    size: usize,
+    latency: &mut Histogram<u64>,
+    socket_errors: &mut SocketErrors,
+    while_awaited: bool,
+) {
+    for _ in 0..RECV_BUDGET {
+        if while_awaited && sock.flow.outstanding() == 0 {
+            break;
+        }
+        match sock.socket.recv(&mut rx.buf) {
+            Ok(len) => {
+                let now = start.elapsed();
+                judge(sock, &rx.buf[..len], now, size, &mut rx.scratch, latency);
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => socket_errors.count(&err),
+        }
+    }
+}
+
 fn judge(
     sock: &mut Sock,
     datagram: &[u8],
