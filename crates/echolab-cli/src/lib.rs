@@ -15,6 +15,29 @@
 pub mod provenance;
 pub mod units;
 
+/// Opens the file a client's `--send` names: a regular file only. A pipe, a device or a
+/// directory has no end to read up to and no length to compare the echo with, and a FIFO
+/// with no writer would block the open itself, so the kind is looked up before the open
+/// (and checked again on what was opened). Returns the file and its length in bytes.
+///
+/// Errors: the sentence to print after the command's name, `cannot send PATH: not a
+/// regular file` or `cannot read PATH: WHY`.
+pub fn open_send_file(path: &std::path::Path) -> Result<(std::fs::File, u64), String> {
+    let shown = path.display();
+    let cannot_read = |err: &std::io::Error| format!("cannot read {shown}: {}", describe_io(err));
+    let not_regular = || format!("cannot send {shown}: not a regular file");
+    let kind = std::fs::metadata(path).map_err(|err| cannot_read(&err))?;
+    if !kind.is_file() {
+        return Err(not_regular());
+    }
+    let file = std::fs::File::open(path).map_err(|err| cannot_read(&err))?;
+    let opened = file.metadata().map_err(|err| cannot_read(&err))?;
+    if !opened.is_file() {
+        return Err(not_regular());
+    }
+    Ok((file, opened.len()))
+}
+
 /// An I/O error as one lowercase phrase, without Rust's " (os error N)":
 /// `no such file or directory`, for "cannot read FILE: no such file or directory".
 pub fn describe_io(err: &std::io::Error) -> String {

@@ -18,7 +18,6 @@
 //! offset, or the reason (reset, timeout, early end of file with N of M bytes).
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::Path;
@@ -122,23 +121,12 @@ pub fn send_file(
     timeout: Duration,
 ) -> Result<(u64, Duration), ClientError> {
     let shown = path.display();
-    let open = |path: &Path| {
-        File::open(path)
-            .map_err(|err| ClientError::Usage(format!("cannot read {shown}: {}", describe(&err))))
-    };
-    let metadata = open(path)?
-        .metadata()
-        .map_err(|err| ClientError::Usage(format!("cannot read {shown}: {}", describe(&err))))?;
     // The verdict compares the echo with a second reading of the file, and needs its length
-    // up front: a directory, a pipe or a device has neither.
-    if !metadata.is_file() {
-        return Err(ClientError::Usage(format!(
-            "cannot send {shown}: not a regular file"
-        )));
-    }
-    let total = metadata.len();
-    let mut expected = BufReader::with_capacity(64 * 1024, open(path)?);
-    let mut source = open(path)?;
+    // up front: a regular file only.
+    let (source, total) = echolab_cli::open_send_file(path).map_err(ClientError::Usage)?;
+    let mut source = source;
+    let (expected, _) = echolab_cli::open_send_file(path).map_err(ClientError::Usage)?;
+    let mut expected = BufReader::with_capacity(64 * 1024, expected);
     let started = Instant::now();
     let writer_conn = conn.try_clone().map_err(|err| {
         ClientError::Failed(format!(

@@ -564,24 +564,19 @@ pub fn run_client(args: &UdpClientArgs) -> ExitCode {
     }
     let result = match &args.send {
         Some(path) => {
-            // As TCP client: a device or a pipe (`--send /dev/zero`) has no end to read up
-            // to (and a FIFO with no writer never starts).
-            if std::fs::metadata(path).is_ok_and(|meta| !meta.is_file()) {
-                echolab_cli::say!(
-                    "echolab client: cannot send {}: not a regular file",
-                    path.display()
-                );
-                return ExitCode::from(2);
-            }
             let cannot_read = |err: &std::io::Error| {
                 let why = echolab_cli::describe_io(err);
                 echolab_cli::say!("echolab client: cannot read {}: {why}", path.display());
                 ExitCode::from(2)
             };
-            // Streamed a datagram at a time: a file of any size in bounded memory.
-            let file = match std::fs::File::open(path) {
-                Ok(file) => file,
-                Err(err) => return cannot_read(&err),
+            // A regular file, as TCP client's, streamed a datagram at a time: any size in
+            // bounded memory.
+            let file = match echolab_cli::open_send_file(path) {
+                Ok((file, _)) => file,
+                Err(why) => {
+                    echolab_cli::say!("echolab client: {why}");
+                    return ExitCode::from(2);
+                }
             };
             match crate::client::send_all(args.addr, file, args.only.size, args.timeout) {
                 Ok(session) => {

@@ -8,31 +8,33 @@ use std::process::Stdio;
 use support::*;
 
 /// `client --udp --send /dev/zero` read the device into memory until the kernel killed
-/// something (a FIFO: it waited for a writer forever); TCP client refused it at once. Both
-/// now refuse a file that is not a regular one: one line, exit 2.
+/// something, and a FIFO waited for a writer forever; TCP client refused /dev/zero but
+/// opened a FIFO before asking what it was, and the open waited forever too. Both clients
+/// now refuse a file that is not a regular one, through one check: one line, exit 2.
 #[test]
-fn udp_client_refuses_to_send_what_is_not_a_regular_file() {
+fn clients_refuse_to_send_what_is_not_a_regular_file() {
     let dir = std::env::temp_dir().join(format!("echolab-newcomer-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    // A FIFO nobody writes: opening it blocks, so a client that reads it never returns.
+    // A FIFO nobody writes: opening it blocks, so a client that opens it never returns.
     let fifo = dir.join("fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
-    for path in [fifo.as_path(), std::path::Path::new("/dev/zero")] {
-        let out = run_bounded(
-            echolab()
-                .args(["client", "--udp", "127.0.0.1:9", "--send"])
-                .arg(path),
-            STEP,
-        );
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
-        assert_eq!(
-            stderr.trim_end(),
-            format!(
-                "echolab client: cannot send {}: not a regular file",
-                path.display()
-            )
-        );
+    // TCP client connects before it opens the file: it needs a server.
+    let server = Server::start("event", &[]);
+    let tcp = server.addr.to_string();
+    for client in [&["client", "--udp", "127.0.0.1:9"][..], &["client", &tcp]] {
+        for path in [fifo.as_path(), std::path::Path::new("/dev/zero")] {
+            let out = run_bounded(echolab().args(client).arg("--send").arg(path), STEP);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{client:?}: {stderr}");
+            assert_eq!(
+                stderr.trim_end(),
+                format!(
+                    "echolab client: cannot send {}: not a regular file",
+                    path.display()
+                ),
+                "{client:?}"
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
