@@ -177,17 +177,9 @@ fn write_line(out: &mut impl std::io::Write, text: &str) -> std::io::Result<()> 
 /// by its reader.
 pub fn help_printed(printed: std::io::Result<()>) -> std::process::ExitCode {
     use std::io::Write;
-    match printed.and_then(|()| std::io::stdout().flush()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        // `echolab --help | head -1`: the reader stopped reading, as it meant to.
-        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => {
-            std::process::ExitCode::from(STDOUT_CLOSED)
-        }
-        Err(err) => {
-            crate::say!("echolab: cannot write to stdout: {err}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    // Noted as any write to stdout is, and said by the one place that says it.
+    let _ = Stdout::note(printed.and_then(|()| std::io::stdout().flush()));
+    exit_status(std::process::ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
